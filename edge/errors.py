@@ -1,0 +1,48 @@
+"""Typed errors a user of edge can catch.
+
+Every error a user can cause (a bad file, a bad value, a missing model) is an `EdgeError`;
+most are also `ValueError`s so generic callers still catch them. `assert` is kept for internal
+invariants only.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error edge raises on purpose."""
+
+
+class PackageError(EdgeError, ValueError):
+    """A path is not a usable edge package (missing manifest, graph or weight file)."""
+
+
+class IntegrityError(PackageError):
+    """A file's size or sha256 differs from what its manifest (or registry) promises."""
+
+
+class FormatVersionError(PackageError):
+    """The package was written by a newer edge than this one can read."""
+
+
+class UnsupportedModelError(EdgeError, ValueError):
+    """A source model (GGUF, Hugging Face folder) has an architecture or layout edge cannot export."""
+
+
+class UnknownModelError(EdgeError, ValueError):
+    """A model name that is neither in the registry nor an existing path."""
+
+
+class PullError(EdgeError, RuntimeError):
+    """Downloading or assembling a registered model failed."""
+
+
+class InvalidSamplingError(EdgeError, ValueError):
+    """A sampling or generation parameter is out of its allowed range."""
+
+
+class ContextOverflowError(EdgeError, ValueError):
+    """A prompt (plus the tokens asked for) does not fit the model's context window."""
+
+
+class TokenizerMismatchError(EdgeError, ValueError):
+    """An exported tokenizer does not encode or decode exactly like its source."""

@@ -1,0 +1,144 @@
+"""Merge the ONNX graphs of consecutive parts into one model, without the `onnx` package.
+
+The runtime must not depend on `onnx` (a Raspberry Pi has only numpy and onnxruntime), yet one
+session per device segment is much faster than one per part. ONNX files are protobuf, and the
+few fields merging touches are simple to walk at the wire level: nodes and initializers are
+concatenated (initializers shared by two parts, such as tied embeddings, are kept once), and a
+tensor that one part outputs and a later part inputs becomes internal to the merged graph.
+Part graphs are written with globally unique names, which makes this sound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from edge.errors import PackageError
+
+# protobuf field numbers from onnx.proto
+MODEL_GRAPH = 7
+GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER = 1, 2, 5
+GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 11, 12, 13
+VALUE_INFO_NAME = 1
+TENSOR_NAME = 8
+WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
+
+
+@dataclass(frozen=True)
+class _Field:
+    number: int
+    raw: bytes  # the whole field, tag included, ready to copy
+    payload: bytes  # the value of a length-delimited field
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise PackageError("truncated ONNX graph (varint runs past the end)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(buf: bytes) -> Iterator[_Field]:
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        payload = b""
+        if wire == WIRE_VARINT:
+            _, pos = _varint(buf, pos)
+        elif wire == WIRE_I64:
+            pos += 8
+        elif wire == WIRE_I32:
+            pos += 4
+        elif wire == WIRE_LEN:
+            length, pos = _varint(buf, pos)
+            payload = buf[pos:pos + length]
+            pos += length
+        else:
+            raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
+        if pos > len(buf):
+            raise PackageError("truncated ONNX graph")
+        yield _Field(number, buf[start:pos], payload)
+
+
+def _string_field(message: bytes, number: int) -> str:
+    for field in _fields(message):
+        if field.number == number:
+            return field.payload.decode("utf-8")
+    return ""
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | WIRE_LEN) + _encode_varint(len(payload)) + payload
+
+
+def _graph_of(model: bytes) -> tuple[list[_Field], bytes]:
+    header, graph = [], None
+    for field in _fields(model):
+        if field.number == MODEL_GRAPH:
+            graph = field.payload
+        else:
+            header.append(field)
+    if graph is None:
+        raise PackageError("ONNX model has no graph")
+    return header, graph
+
+
+def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
+    """One ONNX model computing the given part models in order (see module docstring)."""
+    if len(models) == 1:
+        return models[0]
+    header, _ = _graph_of(models[0])
+    graphs = [list(_fields(_graph_of(m)[1])) for m in models]
+
+    def names(graph: list[_Field], number: int, name_field: int) -> list[str]:
+        return [_string_field(f.payload, name_field) for f in graph if f.number == number]
+
+    part_inputs = [names(g, GRAPH_INPUT, VALUE_INFO_NAME) for g in graphs]
+    part_outputs = [names(g, GRAPH_OUTPUT, VALUE_INFO_NAME) for g in graphs]
+    produced_before: set[str] = set()
+    consumed_later = [set().union(*part_inputs[i + 1:]) for i in range(len(graphs))]
+    nodes, initializers, inputs, outputs = [], [], [], []
+    seen_inits: set[str] = set()
+    seen_inputs: set[str] = set()
+    for i, graph in enumerate(graphs):
+        for field in graph:
+            if field.number == GRAPH_NODE:
+                nodes.append(field.raw)
+            elif field.number == GRAPH_INITIALIZER:
+                tensor = _string_field(field.payload, TENSOR_NAME)
+                if tensor not in seen_inits:
+                    seen_inits.add(tensor)
+                    initializers.append(field.raw)
+            elif field.number == GRAPH_INPUT:
+                value = _string_field(field.payload, VALUE_INFO_NAME)
+                if value not in produced_before and value not in seen_inputs:
+                    seen_inputs.add(value)
+                    inputs.append(field.raw)
+            elif field.number == GRAPH_OUTPUT:
+                value = _string_field(field.payload, VALUE_INFO_NAME)
+                if value not in consumed_later[i]:
+                    outputs.append(field.raw)
+        produced_before.update(part_outputs[i])
+    graph = b"".join([_len_field(GRAPH_NAME, name.encode()), *nodes, *initializers, *inputs,
+                      *outputs])
+    return b"".join(f.raw for f in header) + _len_field(MODEL_GRAPH, graph)

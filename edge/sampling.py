@@ -1,0 +1,182 @@
+"""Choosing the next token from a model's logits, in pure numpy.
+
+The pipeline follows llama.cpp and Hugging Face so that a given `SamplingConfig` behaves the
+way users of those tools expect:
+
+    repetition penalty -> (greedy: argmax) | temperature -> top-k -> top-p -> min-p -> draw
+
+The greedy path is the hot path on small devices, so it reuses one scratch buffer and costs an
+argmax plus one log-sum-exp; the stochastic path may allocate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.errors import InvalidSamplingError
+
+__all__ = ["Sampler", "SamplingConfig"]
+
+
+def _require(ok: bool, name: str, value: object, allowed: str) -> None:
+    """Raise an error naming the field, its bad value and the allowed range."""
+    if not ok:
+        raise InvalidSamplingError(f"{name}={value!r} is out of range: must be {allowed}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick tokens; the defaults give deterministic greedy decoding.
+
+    `temperature == 0` means greedy: top-k, top-p, min-p and the seed are then ignored, but
+    the repetition penalty still applies. `top_k == 0` and `top_p == 1` turn those filters off.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_window: int = 64  # how many recent tokens the penalty looks at
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t, p, rp = self.temperature, self.top_p, self.repetition_penalty
+        _require(math.isfinite(t) and t >= 0, "temperature", t, "a finite number >= 0")
+        _require(self.top_k >= 0, "top_k", self.top_k, "an integer >= 0 (0 = off)")
+        _require(0 < p <= 1, "top_p", p, "in (0, 1] (1 = off)")
+        _require(0 <= self.min_p < 1, "min_p", self.min_p, "in [0, 1) (0 = off)")
+        _require(math.isfinite(rp) and rp > 0, "repetition_penalty", rp, "a finite number > 0")
+        _require(self.repetition_window >= 0, "repetition_window", self.repetition_window, ">= 0")
+
+    @property
+    def greedy(self) -> bool:
+        """True when the token is the argmax, so no randomness is involved."""
+        return self.temperature == 0.0
+
+
+class Sampler:
+    """Applies a `SamplingConfig` to one step's logits.
+
+    Holds its own seeded random generator and a scratch buffer, so it is stateful and not
+    thread-safe: use one `Sampler` per generation stream.
+    """
+
+    def __init__(self, config: SamplingConfig, vocab_size: int) -> None:
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size={vocab_size} must be > 0")
+        self.config = config
+        self.vocab_size = vocab_size
+        self._rng = np.random.default_rng(config.seed)
+        self._scratch = np.empty(vocab_size, dtype=np.float32)  # (V,) reused every step
+
+    def sample(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
+    ) -> tuple[int, float]:
+        """Pick the next token from `logits` (shape (V,), float32).
+
+        `recent_tokens` are the ids generated (or prompted) so far, oldest first; only the
+        last `repetition_window` of them are penalized.
+
+        Returns `(token_id, logprob)`. `logprob` is the log-probability of the chosen token
+        under the model's own distribution, `log_softmax(logits)[token_id]` of the raw
+        logits, before the penalty, temperature and filters: it scores what the model
+        believes, independent of how we chose to sample.
+        """
+        logits = self._check_logits(logits)
+        lse = self._logsumexp(logits)  # uses the scratch buffer, so it runs first
+        penalized = self._penalize(logits, recent_tokens)
+        token = int(np.argmax(penalized)) if self.config.greedy else self._draw(penalized)
+        return token, float(logits[token]) - lse
+
+    def _check_logits(self, logits: np.ndarray) -> np.ndarray:
+        logits = np.asarray(logits)
+        if logits.shape != (self.vocab_size,):
+            raise ValueError(f"logits shape {logits.shape} != ({self.vocab_size},)")
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise TypeError(f"logits dtype {logits.dtype} is not a float type")
+        return logits
+
+    def _logsumexp(self, logits: np.ndarray) -> float:
+        """log(sum(exp(logits))) in float64 without allocating a (V,) temporary."""
+        m = float(np.max(logits))
+        if not math.isfinite(m):  # NaN, +inf, or every logit -inf
+            raise ValueError(f"logits are not usable: max is {m}")
+        np.subtract(logits, m, out=self._scratch)
+        np.exp(self._scratch, out=self._scratch)
+        return m + math.log(float(self._scratch.sum(dtype=np.float64)))
+
+    def _penalize(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
+    ) -> np.ndarray:
+        """HF repetition penalty: shrink each recent token's logit toward "less likely".
+
+        Returns `logits` itself when there is nothing to do, else the scratch buffer (V,).
+        """
+        ids = self._recent_ids(recent_tokens)
+        if ids.size == 0:
+            return logits
+        penalty = self.config.repetition_penalty
+        out = self._scratch
+        np.copyto(out, logits)
+        picked = out[ids]  # (n_distinct,)
+        out[ids] = np.where(picked > 0, picked / penalty, picked * penalty)
+        return out
+
+    def _recent_ids(self, recent_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Distinct ids in the penalty window, shape (n_distinct,) int64."""
+        window = self.config.repetition_window
+        if self.config.repetition_penalty == 1.0 or window == 0:
+            return np.empty(0, dtype=np.int64)
+        if not isinstance(recent_tokens, (list, tuple, np.ndarray)):
+            recent_tokens = list(recent_tokens)
+        ids = np.unique(np.asarray(recent_tokens[-window:], dtype=np.int64))
+        if ids.size and (ids[0] < 0 or ids[-1] >= self.vocab_size):
+            raise ValueError(f"recent token ids must be in [0, {self.vocab_size})")
+        return ids
+
+    def _draw(self, scores: np.ndarray) -> int:
+        """Temperature -> top-k -> top-p -> min-p -> random draw; returns a token id."""
+        cfg = self.config
+        # Shift by the max before dividing so a tiny temperature cannot overflow to inf.
+        scaled = (scores.astype(np.float64) - float(np.max(scores))) / cfg.temperature  # (V,)
+        ids, vals = _top_k(scaled, cfg.top_k)  # (K,), (K,)
+        if cfg.top_p < 1.0:
+            ids, vals = _top_p(ids, vals, cfg.top_p)
+        ids, vals = _min_p(ids, vals, cfg.min_p)
+        probs = np.exp(vals - vals.max())  # unnormalized, (K',)
+        cdf = np.cumsum(probs)
+        pick = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
+        return int(ids[min(pick, ids.size - 1)])
+
+
+def _top_k(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the k largest scores (unordered); all of them when k is 0 or >= V."""
+    if k == 0 or k >= scaled.size:
+        return np.arange(scaled.size), scaled
+    ids = np.argpartition(scaled, -k)[-k:]
+    return ids, scaled[ids]
+
+
+def _top_p(ids: np.ndarray, vals: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the smallest most-likely set whose probability mass reaches top_p (>= 1 token)."""
+    order = np.argsort(-vals, kind="stable")
+    ids, vals = ids[order], vals[order]
+    probs = np.exp(vals - vals[0])
+    cum = np.cumsum(probs) / probs.sum()
+    keep = min(int(np.searchsorted(cum, top_p, side="left")) + 1, ids.size)
+    return ids[:keep], vals[:keep]
+
+
+def _min_p(ids: np.ndarray, vals: np.ndarray, min_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop tokens with prob < min_p * max prob, and any with zero probability.
+
+    The ratio prob/max_prob is exp(val - max_val), so no normalization is needed.
+    """
+    floor = vals.max() + math.log(min_p) if min_p > 0 else -math.inf
+    mask = (vals >= floor) & (vals > -math.inf)
+    return ids[mask], vals[mask]

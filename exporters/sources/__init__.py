@@ -1,0 +1,28 @@
+"""Source readers: a GGUF file or a Hugging Face folder, behind one `Source` interface."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.errors import UnsupportedModelError
+from exporters.sources.base import Source
+from exporters.sources.gguf_source import GGUFSource, is_gguf
+from exporters.sources.hf_source import HFSource, is_hf_folder
+
+
+def open_source(path: str | os.PathLike[str]) -> Source:
+    """Open `path` as a GGUF file or Hugging Face folder, or say clearly why it is neither."""
+    path = Path(path)
+    if not path.exists():
+        raise UnsupportedModelError(f"{path} does not exist")
+    if is_gguf(path):
+        return GGUFSource(path)
+    if is_hf_folder(path):
+        return HFSource(path)
+    raise UnsupportedModelError(
+        f"{path} is neither a GGUF file nor a Hugging Face folder (config.json + safetensors)"
+    )
+
+
+__all__ = ["GGUFSource", "HFSource", "Source", "open_source"]
