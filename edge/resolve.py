@@ -1,0 +1,60 @@
+"""Turn what a user typed (a model name, a GGUF file, a Hugging Face folder, a package) into
+a package directory, pulling and exporting on first use and caching the result."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from edge.errors import EdgeError, PackageError, UnknownModelError
+from edge.format import MANIFEST_FILE
+from edge.models.registry import DEFAULT_MODEL, REGISTRY
+from edge.paths import packages_dir
+
+
+class ExportUnavailableError(EdgeError, RuntimeError):
+    """The model needs exporting but the export extras (onnx, gguf) are not installed."""
+
+
+def resolve_package(model: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Path:
+    """The package directory for `model` (default: SmolLM2-135M-Instruct)."""
+    model = model or DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if path.exists():
+        if (path / MANIFEST_FILE).is_file():
+            return path
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise PackageError(f"{path} is neither an edge package (no {MANIFEST_FILE}) nor a "
+                               "Hugging Face folder (no config.json)")
+        return _export_cached(path, _cache_key(path), progress)
+    name = str(model)
+    if name in REGISTRY:
+        from edge.models.pull import pull
+
+        return _export_cached(pull(name, progress=progress), name, progress)
+    raise UnknownModelError(
+        f"{name!r} is not a known model or an existing path. Known models: "
+        f"{', '.join(sorted(REGISTRY))}; or give a GGUF file, a Hugging Face folder or an "
+        "edge package directory"
+    )
+
+
+def _cache_key(path: Path) -> str:
+    """Same source file (path, size, mtime) -> same cached package."""
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return f"{path.stem}-{digest.hexdigest()[:12]}"
+
+
+def _export_cached(source: Path, key: str, progress: bool) -> Path:
+    target = packages_dir() / key
+    if (target / MANIFEST_FILE).is_file():
+        return target
+    try:
+        from exporters.export import export
+    except ImportError as exc:
+        raise ExportUnavailableError(
+            f"{source} must be exported to an edge package first, which needs the export "
+            f"extras: pip install 'edge[export]' ({exc})") from exc
+    return export(source, target, overwrite=True, progress=progress)
