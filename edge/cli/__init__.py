@@ -1,0 +1,1 @@
+"""The `edge` command line: thin argparse subcommands over the SDK."""

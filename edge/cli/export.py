@@ -1,0 +1,33 @@
+"""edge export SRC -o DIR: turn a GGUF file or Hugging Face folder into an edge package."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a GGUF file, Hugging Face folder or registered model to an edge package"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC",
+                        help="GGUF file, Hugging Face folder, or a registered model name")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="package directory to create")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace DIR if it exists (the old package stays until the new "
+                             "one is complete)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge.models.registry import REGISTRY
+    from exporters.export import export
+
+    source = args.source
+    if not Path(source).exists() and source in REGISTRY:
+        from edge.models.pull import pull
+
+        source = pull(source, progress=not args.quiet)
+    print(export(source, args.output, overwrite=args.force, progress=not args.quiet))
+    return 0

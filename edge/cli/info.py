@@ -1,0 +1,40 @@
+"""edge info PACKAGE: what a package holds (architecture, parts, sizes, provenance)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "describe an edge package (or the package a model name resolves to)"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("package", nargs="?", default=None, metavar="PACKAGE|MODEL")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from edge.format import manifest_to_json, read_manifest
+    from edge.resolve import resolve_package
+
+    root = resolve_package(args.package)
+    manifest = read_manifest(root)
+    if args.json:
+        print(manifest_to_json(manifest), end="")
+        return 0
+    spec = manifest.spec
+    size = sum(f.size for f in manifest.files)
+    print(f"package       {root}")
+    print(f"architecture  {spec.architecture}: {spec.num_layers} layers, hidden "
+          f"{spec.hidden_size}, {spec.num_heads} heads / {spec.num_kv_heads} kv, ffn "
+          f"{spec.intermediate_size}, vocab {spec.vocab_size}")
+    print(f"context       {spec.max_position_embeddings} tokens, rope theta {spec.rope_theta:g}")
+    print(f"weights       {size / 2**20:.1f} MiB in {len(manifest.files)} files; "
+          f"quantization: {json.dumps(manifest.quantization) if manifest.quantization else 'none'}")
+    print(f"parts         {len(manifest.parts)} ({', '.join(p.name for p in manifest.parts[:3])}"
+          f", ..., {manifest.parts[-1].name})")
+    print(f"tokenizer     eos ids {list(manifest.tokenizer.eos_token_ids)}, chat template: "
+          f"{'yes' if manifest.tokenizer.chat_template else 'no'}")
+    print(f"exported by   edge {manifest.exporter.get('edge_version')} from "
+          f"{json.dumps(manifest.exporter.get('source'))}")
+    return 0

@@ -1,0 +1,69 @@
+"""`edge` entry point: one subcommand per module, each with configure_parser() and main()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge.cli import bench, chat, export, info, pull, run
+from edge.errors import EdgeError
+
+COMMANDS = {
+    "pull": pull,
+    "export": export,
+    "run": run,
+    "chat": chat,
+    "info": info,
+    "bench": bench,
+}
+
+DESCRIPTION = """\
+edge runs language models on the devices you already own.
+
+A MODEL is a registered name (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b,
+gemma3-270m), a GGUF file, a Hugging Face folder or an edge package directory. Names are
+downloaded and exported on first use, then cached. Without a MODEL, edge uses smollm2-135m.
+
+examples:
+  edge run "Write a haiku about the sea."
+  edge run qwen2.5-coder-0.5b "def fibonacci(n):" -n 64
+  edge chat
+  edge export model.gguf -o model-pkg
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        module.configure_parser(sub.add_parser(
+            name, help=module.HELP, description=module.HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter))
+    return parser
+
+
+def _version() -> str:
+    import edge
+
+    return f"edge {edge.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].main(args) or 0
+    except EdgeError as exc:
+        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `edge run ... | head` closed the pipe: not an error
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""edge run [MODEL] PROMPT: generate text, streamed to stdout so it pipes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge.cli.options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+
+HELP = "generate text from a prompt (the text alone goes to stdout)"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("words", nargs="+", metavar="[MODEL] PROMPT",
+                        help="optional model, then the prompt ('-' reads it from stdin)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap the prompt in the model's chat template as a user turn")
+    parser.add_argument("--system", default=None, help="system message (with --chat)")
+    parser.add_argument("--stats", action="store_true",
+                        help="print token counts and speeds to stderr")
+    add_model_options(parser)
+    add_sampling_options(parser)
+
+
+def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
+    if len(words) > 2:
+        raise SystemExit("edge run: quote the prompt: edge run [MODEL] \"PROMPT\"")
+    model, prompt = (None, words[0]) if len(words) == 1 else (words[0], words[1])
+    return model, sys.stdin.read() if prompt == "-" else prompt
+
+
+def main(args: argparse.Namespace) -> int:
+    model_name, prompt = split_model_prompt(args.words)
+    model = load_model(args, model_name)
+    kwargs = sampling_kwargs(args)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        responses = model.chat_stream([*messages, {"role": "user", "content": prompt}], **kwargs)
+    else:
+        responses = model.stream(prompt, **kwargs)
+    last = None
+    for last in responses:
+        sys.stdout.write(last.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.stats and last is not None:
+        print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
+              f"generated: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | "
+              f"finish: {last.finish_reason}", file=sys.stderr)
+    return 0
