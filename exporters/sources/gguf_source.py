@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,56 @@ class GGUFSource:
             raise UnsupportedModelError(f"{self.path} lacks tensor {name}")
         data = tensor.data if rows is None else tensor.data[rows]
         # gguf returns numpy order ([out, in]); quantized rows dequantize independently
-        values = self._gguf.quants.dequantize(data, tensor.tensor_type)
-        return np.asarray(values, dtype=np.float32)
+        values = np.asarray(self._gguf.quants.dequantize(data, tensor.tensor_type),
+                            dtype=np.float32)
+        self._release(tensor)
+        return values
+
+    def _release(self, tensor: Any) -> None:
+        """Drop the tensor's pages from this process's memory once dequantized.
+
+        The whole file is memory-mapped; without this every byte read stays resident, and
+        exporting a 1.1 GB GGUF would count 1.1 GB more peak RSS than one block needs.
+        """
+        mapped = getattr(self._reader.data, "_mmap", None)
+        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = tensor.data_offset - tensor.data_offset % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, start, tensor.data_offset + tensor.n_bytes - start)
 
     def reference_tokenizer(self) -> Any:
+        """transformers' own GGUF tokenizer; without torch, the same converter called directly.
+
+        transformers 5 reads GGUF metadata with a torch-based reader, but its tokenizer
+        converter needs only `tokenizers`; exporting must not require torch.
+        """
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        try:
+            return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        except ImportError:
+            return self.tokenizer_without_torch()
+
+    def tokenizer_without_torch(self) -> Any:
+        from transformers import PreTrainedTokenizerFast
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_TOKENIZER_MAPPING,
+            convert_gguf_tokenizer,
+        )
+
+        meta = {key: self._field(key) for key in self._reader.fields if key.startswith("tokenizer.")}
+        groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
+                          if f"tokenizer.{key}" in meta}
+                  for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+        tokens, config = groups["tokenizer"], groups["tokenizer_config"]
+        if tokens.get("tokenizer_type") == "llama":
+            config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece
+        for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                          ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+            token_id = meta.get(f"tokenizer.ggml.{key}")
+            config[name] = tokens["tokens"][token_id] if token_id is not None else None
+        backend, _ = convert_gguf_tokenizer(self.architecture, tokens)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, **config)
 
     def describe(self) -> dict[str, Any]:
         types = sorted({t.tensor_type.name for t in self._reader.tensors})
