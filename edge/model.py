@@ -61,7 +61,9 @@ class Model:
 
     def _stream_ids(self, ids: list[int], config: GenerationConfig
                     ) -> Iterator[GenerationResponse]:
-        reuse = _common_prefix(self._cached, ids[:-1])  # at least one token is fed
+        # At least one token is fed; a generation abandoned mid-way may have cached fewer
+        # tokens than it yielded, hence the min.
+        reuse = min(_common_prefix(self._cached, ids[:-1]), self.engine.position)
         self._cached = ids[:reuse]
         for response in stream_tokens(self.engine, self.tokenizer, ids, config, reuse):
             if response.generation_tokens == 1:
