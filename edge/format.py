@@ -256,7 +256,11 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
         raise PackageError(f"{root} is not a directory, so not an edge package")
     if not path.is_file():
         raise PackageError(f"{root} is not an edge package: it has no {MANIFEST_FILE}")
-    return manifest_from_json(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path} is not UTF-8 text, so not an edge manifest") from exc
+    return manifest_from_json(text, str(path))
 
 
 def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> None:

@@ -83,7 +83,10 @@ def _fields(buf: bytes) -> Iterator[_Field]:
 def _string_field(message: bytes, number: int) -> str:
     for field in _fields(message):
         if field.number == number:
-            return field.payload.decode("utf-8")
+            try:
+                return field.payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PackageError("corrupted ONNX graph: a tensor name is not UTF-8") from exc
     return ""
 
 
@@ -105,7 +108,10 @@ def _graph_of(model: bytes) -> tuple[list[_Field], bytes]:
 
 def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
     """One ONNX model computing the given part models in order (see module docstring)."""
+    if not models:
+        raise ValueError("no graphs to merge")
     if len(models) == 1:
+        list(_fields(_graph_of(models[0])[1]))  # walk it: a corrupt graph is a PackageError
         return models[0]
     header, _ = _graph_of(models[0])
     graphs = [list(_fields(_graph_of(m)[1])) for m in models]

@@ -50,6 +50,8 @@ def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     """
     config = config or ExportConfig()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PackageError(f"{out_dir} exists and is not a directory; choose another output")
     if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
         raise PackageError(f"{out_dir} exists and is not empty; pass overwrite=True "
                            "(--force) to replace it")

@@ -204,11 +204,6 @@ def test_malformed_json_manifest_is_package_error(tmp_path: Path, text: str) -> 
         open_package(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: edge/format.py read_manifest decodes outside manifest_from_json's error handling",
-)
 def test_binary_garbage_manifest_is_package_error(tmp_path: Path) -> None:
     """A manifest.json of binary garbage (not UTF-8) raises PackageError, not UnicodeDecodeError."""
     _write_manifest_text(tmp_path, b"\xff\xfe\x00\x9c garbage \x80\x81")
@@ -279,11 +274,6 @@ def test_merge_models_never_crashes_on_any_truncation(smollm2_package: Path) -> 
     assert refused >= len(block) - 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: edge/graph_merge.py _string_field decodes names unchecked",
-)
 def test_merge_models_on_corrupted_names_is_package_error(smollm2_package: Path) -> None:
     """Merging a graph with a corrupted (non-UTF-8) tensor name raises PackageError."""
     embed = (smollm2_package / "embed.onnx").read_bytes()

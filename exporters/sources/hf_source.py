@@ -62,7 +62,7 @@ class HFSource:
         self.path = Path(path)
         if not is_hf_folder(self.path):
             raise UnsupportedModelError(f"{self.path} is not a Hugging Face folder (no config.json)")
-        self._config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        self._config = _read_config(self.path / "config.json")
         self.architecture = str(self._config.get("model_type"))
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
@@ -107,6 +107,16 @@ class HFSource:
                 "architectures": self._config.get("architectures")}
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnsupportedModelError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{path} is not a JSON object, so not a model config")
+    return config
+
+
 def _read_header(file: Path) -> tuple[dict[str, Any], int]:
     with open(file, "rb") as fh:
         head = fh.read(8)
@@ -119,5 +129,7 @@ def _read_header(file: Path) -> tuple[dict[str, Any], int]:
             header = json.loads(fh.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UnsupportedModelError(f"{file}: bad safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise UnsupportedModelError(f"{file}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     return header, 8 + length

@@ -75,11 +75,6 @@ def test_non_model_source_is_unsupported(tmp_path: Path, make) -> None:
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, AttributeError),
-    reason="bug: exporters/sources/hf_source.py HFSource trusts config.json",
-)
 @pytest.mark.parametrize("config", ["{not json", "[1, 2]"], ids=["bad-json", "json-list"])
 def test_hf_folder_with_broken_config_is_unsupported(tmp_path: Path, config: str) -> None:
     """A folder whose config.json is not a JSON object raises UnsupportedModelError, not a crash."""
@@ -90,11 +85,6 @@ def test_hf_folder_with_broken_config_is_unsupported(tmp_path: Path, config: str
         export(folder, tmp_path / "out", progress=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, AttributeError),
-    reason="bug: exporters/sources/hf_source.py _read_header trusts the header",
-)
 def test_hf_folder_with_broken_safetensors_is_unsupported(tmp_path: Path) -> None:
     """A safetensors file whose header is JSON but not an object raises UnsupportedModelError."""
     folder = tmp_path / "hf"
@@ -152,11 +142,6 @@ def test_export_into_non_empty_dir_without_overwrite_is_refused(
     assert _staging_leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="bug: exporters/export.py iterdir()s the target without checking it is a directory",
-)
 def test_export_onto_a_file_without_overwrite_is_refused(
     smollm2_gguf: Path, tmp_path: Path
 ) -> None:
