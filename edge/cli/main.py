@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge.cli import bench, chat, export, info, pull, run
+from edge.cli import bench, chat, evaluation, export, info, pull, run
 from edge.errors import EdgeError
 
 COMMANDS = {
@@ -16,6 +16,7 @@ COMMANDS = {
     "chat": chat,
     "info": info,
     "bench": bench,
+    "eval": evaluation,
 }
 
 DESCRIPTION = """\
