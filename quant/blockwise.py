@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.config import WeightQuantConfig
+from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES, WeightQuantConfig
 from quant.hqq import hqq_blocks
 
 # Rows of N quantized at once: bounds the float temporaries to ~16 MiB each.
@@ -47,11 +47,18 @@ class QuantizedWeight:
     block_size: int
 
     def __post_init__(self) -> None:
+        if self.bits not in ALLOWED_BITS or self.block_size not in ALLOWED_BLOCK_SIZES:
+            raise ValueError(
+                f"QuantizedWeight bits/block_size must be in {list(ALLOWED_BITS)} / "
+                f"{list(ALLOWED_BLOCK_SIZES)}, got {self.bits} / {self.block_size}"
+            )
+        if self.K <= 0 or self.N <= 0:
+            raise ValueError(f"QuantizedWeight K and N must be positive, got {self.K}, {self.N}")
         nb = self.n_blocks
         _expect("packed", self.packed, np.uint8, (self.N, nb, self.block_size * self.bits // 8))
         _expect("scales", self.scales, np.float32, (self.N * nb,))
         zp = self.zero_points
-        if zp is not None and zp.dtype == np.float32:
+        if zp is not None and getattr(zp, "dtype", None) == np.float32:
             _expect("zero_points", zp, np.float32, (self.N * nb,))
         elif zp is not None:
             _expect("zero_points", zp, np.uint8, (self.N * -(-nb * self.bits // 8),))
@@ -186,7 +193,11 @@ def from_codes(
 
 
 def quantize(weight: np.ndarray, config: WeightQuantConfig) -> QuantizedWeight:
-    """Quantize a [K, N] weight (the layout of `x @ W`) block-wise along K."""
+    """Quantize a [K, N] weight (the layout of `x @ W`) block-wise along K.
+
+    RTN keeps every error within |scale| / 2; asymmetric RTN is byte-identical to ORT's own
+    packer. Columns go in chunks so a 150k-row embedding does not need GBs of temporaries.
+    """
     weight = np.asarray(weight, dtype=np.float32)
     if weight.ndim != 2 or 0 in weight.shape:
         raise ValueError(f"quantize expects a non-empty 2-D [K, N] weight, got {weight.shape}")

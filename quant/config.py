@@ -30,8 +30,10 @@ class WeightQuantConfig:
     """Block-wise weight-only quantization along the input dimension K.
 
     `symmetric=True` stores no zero points (the kernel's implicit 2**(bits-1) is used);
-    `symmetric=False` stores one unsigned zero point per block. `accuracy_level` is not used by
-    `quantize` but by the `MatMulNBits` node built for the weight (4 = int8 activations, fastest).
+    `symmetric=False` stores one unsigned zero point per block. `method="hqq"` stores float zero
+    points, which ORT 1.32's CPU kernel runs ~60x slower (see `quant.hqq`). `accuracy_level` is
+    not used by `quantize` but by the `MatMulNBits` node: 4 (int8 activations) is the fast CPU
+    path, and for 8-bit weights the only fast one (levels 0-3 measured 40-90x slower).
     """
 
     bits: int = 4

@@ -40,9 +40,10 @@ def matmul_nbits_node(
 ) -> tuple[NodeProto, list[TensorProto]]:
     """`y = input @ dequantize(q)` as one `MatMulNBits` node plus its initializers.
 
-    `accuracy_level=4` quantizes activations to int8 per block (the fast CPU path; only with
-    uint8 or absent zero points); 0 computes in fp32. As in ORT's quantizer the attribute is
-    left out when 0, since some execution providers reject it.
+    `accuracy_level=4` quantizes activations to int8 per block: the fast CPU path (only with
+    uint8 or absent zero points), and for 8-bit weights the only fast one. 0 computes in fp32.
+    As in ORT's quantizer the attribute is left out when 0, since some execution providers
+    reject it.
     """
     names = matmul_nbits_names(weight_name, q)
     attributes = {"K": q.K, "N": q.N, "bits": q.bits, "block_size": q.block_size}

@@ -190,3 +190,9 @@ def test_import_needs_no_onnx() -> None:
     """A runtime (a Pi with numpy + onnxruntime only) can import quant and dequantize."""
     code = "import sys, quant; assert 'onnx' not in sys.modules, 'onnx imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_quantized_weight_rejects_bad_bits() -> None:
+    q = quantize(weight((64, 4)), WeightQuantConfig())
+    with pytest.raises(ValueError, match="bits/block_size"):
+        QuantizedWeight(q.packed, q.scales, None, K=64, N=4, bits=2, block_size=32)
