@@ -45,7 +45,7 @@ PART_KINDS = ("embed", "block", "head")
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     """Bytes a tensor occupies on disk; packed 4-bit tensors round each row up to whole bytes."""
     _, bits = DTYPES[dtype]
-    if bits >= 8:
+    if bits >= 8 or not shape:
         return int(np.prod(shape, dtype=np.int64)) * bits // 8
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
     return rows * ((shape[-1] * bits + 7) // 8)
@@ -93,6 +93,9 @@ class TensorEntry:
     nbytes: int
 
     def __post_init__(self) -> None:
+        if any(d < 0 for d in self.shape) or self.offset < 0:
+            raise PackageError(f"tensor {self.name}: negative dimension or offset "
+                               f"(shape {list(self.shape)}, offset {self.offset})")
         if self.dtype not in DTYPES:
             raise PackageError(f"tensor {self.name}: unknown dtype {self.dtype!r}; "
                                f"known: {sorted(DTYPES)}")
@@ -310,7 +313,7 @@ def map_tensor(root: str | os.PathLike[str], entry: TensorEntry) -> np.ndarray:
     """A read-only memory map of one tensor (no copy; the OS pages it in on use)."""
     storage, bits = DTYPES[entry.dtype]
     path = Path(root, entry.file)
-    if bits >= 8:
+    if bits >= 8 or not entry.shape:
         return np.memmap(path, dtype=storage, mode="r", offset=entry.offset, shape=entry.shape)
     packed = (*entry.shape[:-1], (entry.shape[-1] * bits + 7) // 8)
     return np.memmap(path, dtype=storage, mode="r", offset=entry.offset, shape=packed)

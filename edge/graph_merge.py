@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from edge.errors import PackageError
 
 # protobuf field numbers from onnx.proto
-MODEL_GRAPH = 7
+MODEL_GRAPH, MODEL_OPSET_IMPORT = 7, 8
+OPSET_DOMAIN, OPSET_VERSION = 1, 2
 GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER = 1, 2, 5
 GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 11, 12, 13
 VALUE_INFO_NAME = 1
@@ -106,6 +107,24 @@ def _graph_of(model: bytes) -> tuple[list[_Field], bytes]:
     return header, graph
 
 
+def _merged_opsets(models: Sequence[bytes]) -> list[_Field]:
+    """Every domain any part imports, at the highest version imported."""
+    best: dict[str, tuple[int, _Field]] = {}
+    for model in models:
+        for field in _graph_of(model)[0]:
+            if field.number != MODEL_OPSET_IMPORT:
+                continue
+            domain, version = "", 0
+            for sub in _fields(field.payload):
+                if sub.number == OPSET_DOMAIN:
+                    domain = sub.payload.decode("utf-8", "replace")
+                elif sub.number == OPSET_VERSION:
+                    version = _varint(sub.raw, 1)[0]
+            if domain not in best or version > best[domain][0]:
+                best[domain] = (version, field)
+    return [field for _, field in best.values()]
+
+
 def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
     """One ONNX model computing the given part models in order (see module docstring)."""
     if not models:
@@ -114,6 +133,7 @@ def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
         list(_fields(_graph_of(models[0])[1]))  # walk it: a corrupt graph is a PackageError
         return models[0]
     header, _ = _graph_of(models[0])
+    header = [f for f in header if f.number != MODEL_OPSET_IMPORT] + _merged_opsets(models)
     graphs = [list(_fields(_graph_of(m)[1])) for m in models]
 
     def names(graph: list[_Field], number: int, name_field: int) -> list[str]:

@@ -44,14 +44,15 @@ class Model:
     def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: Sequence[str] = (), ignore_eos: bool = False,
+               stop: str | Sequence[str] = (), ignore_eos: bool = False,
                add_special_tokens: bool = True) -> Iterator[GenerationResponse]:
         """Yield a `GenerationResponse` per generated token. temperature=0 is greedy.
 
         `prompt` is text (encoded with the model's tokenizer) or a list of token ids.
         """
         config = GenerationConfig(
-            max_tokens=max_tokens, stop=tuple(stop), ignore_eos=ignore_eos,
+            max_tokens=max_tokens, ignore_eos=ignore_eos,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
             sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                     min_p=min_p, repetition_penalty=repetition_penalty,
                                     seed=seed))
