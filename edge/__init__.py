@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from edge.errors import (  # noqa: E402
+from edge.errors import (
     ContextOverflowError,
     EdgeError,
     IntegrityError,
@@ -18,9 +18,9 @@ from edge.errors import (  # noqa: E402
     UnknownModelError,
     UnsupportedModelError,
 )
-from edge.generate import GenerationConfig, GenerationResponse  # noqa: E402
-from edge.model import Model, load  # noqa: E402
-from edge.sampling import SamplingConfig  # noqa: E402
+from edge.generate import GenerationConfig, GenerationResponse
+from edge.model import Model, load
+from edge.sampling import SamplingConfig
 
 __all__ = [
     "ContextOverflowError",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.engine import Engine
+from edge.errors import ConfigError
 from edge.tokenizer import Tokenizer
 
 
@@ -22,7 +23,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "gen_tokens", "runs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)}; must be >= 1")
 
 
 @dataclass
@@ -50,7 +51,7 @@ def bench_prompt(tokenizer: Tokenizer, n_tokens: int) -> list[int]:
 def bench_engine(engine: Engine, prompt: list[int], config: BenchConfig) -> BenchResult:
     """Time prefill of `prompt` and greedy decode of `gen_tokens`, `runs` times (after warmup)."""
     if len(prompt) + config.gen_tokens > engine.max_context:
-        raise ValueError(f"prompt ({len(prompt)}) + gen ({config.gen_tokens}) tokens exceed the "
+        raise ConfigError(f"prompt ({len(prompt)}) + gen ({config.gen_tokens}) tokens exceed the "
                          f"context window ({engine.max_context})")
     result = BenchResult()
     for run in range(config.warmup + config.runs):

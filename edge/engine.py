@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge import format as fmt
-from edge.errors import ContextOverflowError
+from edge.errors import ConfigError, ContextOverflowError
 from edge.format import PartEntry
 from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
@@ -43,13 +43,13 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.max_context is not None and self.max_context < 1:
-            raise ValueError(f"max_context={self.max_context}; must be >= 1")
+            raise ConfigError(f"max_context={self.max_context}; must be >= 1")
         if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
+            raise ConfigError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads={self.threads}; must be >= 1")
+            raise ConfigError(f"threads={self.threads}; must be >= 1")
         if self.parts_per_session is not None and self.parts_per_session < 1:
-            raise ValueError(f"parts_per_session={self.parts_per_session}; must be >= 1")
+            raise ConfigError(f"parts_per_session={self.parts_per_session}; must be >= 1")
 
 
 def _ptr(array: np.ndarray) -> int:
@@ -121,8 +121,8 @@ class Engine:
         self.cache = KVCache.allocate(spec, self.max_context)
         # Bound by address below: these arrays must live as long as the engine.
         self.rope = rope_tables(spec, self.max_context)
-        threads = config.threads or physical_cores()
-        self.segments = [_Segment(package, group, threads, self.cache, self.rope)
+        self.threads = config.threads or physical_cores()
+        self.segments = [_Segment(package, group, self.threads, self.cache, self.rope)
                          for group in self._groups(list(package.manifest.parts))]
         chunk = self.chunk = min(config.prefill_chunk, self.max_context)
         # Step buffers, bound by address; a step of S tokens uses their leading views.

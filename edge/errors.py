@@ -40,6 +40,10 @@ class InvalidSamplingError(EdgeError, ValueError):
     """A sampling or generation parameter is out of its allowed range."""
 
 
+class ConfigError(EdgeError, ValueError):
+    """A run-time setting (context size, threads, benchmark sizes) is out of its allowed range."""
+
+
 class ContextOverflowError(EdgeError, ValueError):
     """A prompt (plus the tokens asked for) does not fit the model's context window."""
 

@@ -38,7 +38,7 @@ class Model:
         self._cached: list[int] = []
 
     @property
-    def spec(self):  # noqa: ANN201 - ModelSpec
+    def spec(self):
         return self.package.spec
 
     def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256,

@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
                           config)
     print(f"model    {model.package.root.name} ({model.spec.architecture}, "
           f"{model.engine.segments[0].session.get_providers()[0]}, "
-          f"{model.engine.config.threads or 'all'} threads)")
+          f"{model.engine.threads} threads)")
     print(f"prefill  {result.prefill_median:8.1f} tok/s  ({config.prompt_tokens}-token prompt, "
           f"median of {config.runs})")
     print(f"decode   {result.decode_median:8.1f} tok/s  ({config.gen_tokens} tokens, "

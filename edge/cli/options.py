@@ -39,7 +39,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "stop": args.stop}
 
 
-def load_model(args: argparse.Namespace, model: str | None):  # noqa: ANN201 - edge.Model
+def load_model(args: argparse.Namespace, model: str | None):
     import edge
 
     return edge.load(model, max_context=args.ctx, threads=args.threads,

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from edge.cli.options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from edge.errors import ConfigError as UsageError
 
 HELP = "generate text from a prompt (the text alone goes to stdout)"
 
@@ -24,7 +25,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
     if len(words) > 2:
-        raise SystemExit("edge run: quote the prompt: edge run [MODEL] \"PROMPT\"")
+        raise UsageError("quote the prompt: edge run [MODEL] \"PROMPT\"")
     model, prompt = (None, words[0]) if len(words) == 1 else (words[0], words[1])
     return model, sys.stdin.read() if prompt == "-" else prompt
 

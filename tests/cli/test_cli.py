@@ -31,9 +31,15 @@ EDGE = _edge_command()
 
 
 def edge_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EDGE, *args], input=stdin, capture_output=True, text=True,
-                          timeout=TIMEOUT, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-                          check=False)
+    return subprocess.run(
+        [*EDGE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +182,6 @@ def test_export_refuses_to_overwrite_without_force(tmp_path: Path, smollm2_gguf:
     assert (out / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.xfail(reason="bug: EngineConfig raises a plain ValueError, not an EdgeError, so the "
-                          "CLI shows a traceback and exits 1 (edge/engine.py EngineConfig)",
-                   strict=False)
 def test_invalid_context_size_is_a_clear_error(package: str) -> None:
     """`--ctx 0` exits 2 with an error naming max_context, no traceback."""
     result = edge_cli("run", package, "x", "--ctx", "0", "-q")
@@ -186,8 +189,6 @@ def test_invalid_context_size_is_a_clear_error(package: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(reason="bug: BenchConfig and bench_engine raise plain ValueErrors, so the CLI "
-                          "shows a traceback and exits 1 (edge/bench.py)", strict=False)
 def test_invalid_bench_sizes_are_a_clear_error(package: str) -> None:
     """`edge bench -p 0` (or a prompt larger than --ctx) exits 2 with no traceback."""
     for args in (["-p", "0"], ["-p", "16", "-n", "8", "--ctx", "16"]):
