@@ -241,7 +241,8 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
         return Manifest(
             spec=_from_dict(ModelSpec, data["spec"]),
             parts=parts,
-            tokenizer=_from_dict(TokenizerInfo, {**tok, "eos_token_ids": tuple(tok["eos_token_ids"])}),
+            tokenizer=_from_dict(TokenizerInfo,
+                                 {**tok, "eos_token_ids": tuple(tok["eos_token_ids"])}),
             files=tuple(_from_dict(FileEntry, f) for f in data["files"]),
             exporter=data.get("exporter", {}),
             quantization=data.get("quantization"),

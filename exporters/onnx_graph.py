@@ -83,7 +83,8 @@ class GraphBuilder:
 
     def op(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, *,
            outputs: Sequence[str] | None = None, domain: str = "", **attrs: object) -> list[str]:
-        names = list(outputs) if outputs else [self.fresh(op_type.lower()) for _ in range(n_outputs)]
+        names = (list(outputs) if outputs
+                 else [self.fresh(op_type.lower()) for _ in range(n_outputs)])
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type),
                                            domain=domain, **attrs))
         return names

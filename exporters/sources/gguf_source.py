@@ -120,7 +120,8 @@ class GGUFSource:
             convert_gguf_tokenizer,
         )
 
-        meta = {key: self._field(key) for key in self._reader.fields if key.startswith("tokenizer.")}
+        meta = {key: self._field(key) for key in self._reader.fields
+                if key.startswith("tokenizer.")}
         groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
                           if f"tokenizer.{key}" in meta}
                   for group, renames in GGUF_TOKENIZER_MAPPING.items()}

@@ -61,7 +61,8 @@ class HFSource:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not is_hf_folder(self.path):
-            raise UnsupportedModelError(f"{self.path} is not a Hugging Face folder (no config.json)")
+            raise UnsupportedModelError(
+                f"{self.path} is not a Hugging Face folder (no config.json)")
         self._config = _read_config(self.path / "config.json")
         self.architecture = str(self._config.get("model_type"))
         files = sorted(self.path.glob("*.safetensors"))
