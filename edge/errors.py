@@ -25,7 +25,7 @@ class FormatVersionError(PackageError):
 
 
 class UnsupportedModelError(EdgeError, ValueError):
-    """A source (GGUF file, Hugging Face folder) has an architecture or layout edge cannot export."""
+    """A source (GGUF, Hugging Face folder) has an architecture or layout edge cannot export."""
 
 
 class UnknownModelError(EdgeError, ValueError):
