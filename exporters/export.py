@@ -23,21 +23,46 @@ from edge.errors import PackageError
 from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry, WeightFileWriter
 from exporters.arch import get_architecture
 from exporters.arch.llama import LlamaArchitecture
+from exporters.linear import (
+    FloatLinear,
+    Linear,
+    QuantLinear,
+    quantized,
+    write_linear,
+    write_quantized,
+)
 from exporters.sources import Source, open_source
 from exporters.tokenizer_export import export_tokenizer
+from quant import WeightQuantConfig
+from quant.rows import concat_rows
+from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
+
+ROWS_PER_CHUNK = 8192  # embedding rows read (and quantized) at a time: bounds export memory
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """How to export; recorded in the manifest so an export can be reproduced."""
+    """How to export; recorded in the manifest so an export can be reproduced.
 
-    weight_dtype: str = "float32"
+    `quant`: None keeps float32 weights; otherwise one of `quant.schemes.SCHEME_NAMES`.
+    """
+
+    quant: str | None = None
+    block_size: int = 32
+    accuracy_level: int = 4
     check_tokenizer: bool = True
 
     def __post_init__(self) -> None:
-        if self.weight_dtype != "float32":
-            raise ValueError(f"weight_dtype={self.weight_dtype!r}: export writes float32; "
-                             "quantize the package afterwards")
+        if self.quant is not None and self.quant not in SCHEME_NAMES:
+            raise ValueError(f"quant={self.quant!r}; choose one of {list(SCHEME_NAMES)} "
+                             "(or None for float32)")
+        make_scheme("int4", 1, block_size=self.block_size,
+                    accuracy_level=self.accuracy_level)  # validates both values
+
+    def scheme(self, spec: ModelSpec) -> QuantScheme | None:
+        return None if self.quant is None else make_scheme(
+            self.quant, spec.num_layers, block_size=self.block_size,
+            accuracy_level=self.accuracy_level)
 
 
 def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -82,25 +107,41 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
         reference.backend_tokenizer.save(str(root / TOKENIZER_FILE))
         tokenizer = tokenizer_info(reference)
 
+    scheme = config.scheme(spec)
+    record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")
     bar = tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
                disable=not progress)
+    head_name = arch.head_tensor(source)
     with WeightFileWriter(root, "embed.bin") as out:
-        embed = arch.write_embed(source, spec, out)
-    parts = [_save_part(root, "embed", "embed", arch.embed_graph(spec, embed), [embed])]
+        embed = _write_matrix(out, source, "token_embd.weight", spec,
+                              scheme.embed if scheme else None, record)
+    embed_view = embed if isinstance(embed, TensorEntry) else embed.gather_view("token_embd")
+    parts = [_save_part(root, "embed", "embed", arch.embed_graph(spec, embed_view),
+                        _entries(embed_view))]
     bar.update()
     for i in range(spec.num_layers):
         with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
-            entries = {name: out.add(name, array)
-                       for name, array in arch.block_weights(source, spec, i).items()}
-        parts.append(_save_part(root, f"block.{i}", "block", arch.block_graph(spec, i, entries),
-                                list(entries.values()), block_index=i))
+            vectors = {n: out.add(n, a) for n, a in arch.block_vectors(source, spec, i).items()}
+            linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None,
+                                       record)
+                       for n, w in arch.block_linears(source, spec, i).items()}
+        tensors = [*vectors.values(), *(e for lin in linears.values() for e in _entries(lin))]
+        parts.append(_save_part(root, f"block.{i}", "block",
+                                arch.block_graph(spec, i, vectors, linears), tensors,
+                                block_index=i))
         bar.update()
     with WeightFileWriter(root, "head.bin") as out:
-        head = arch.write_head(source, spec, out, embed)
-    parts.append(_save_part(root, "head", "head", arch.head_graph(spec, head),
-                            list(head.values())))
+        norm = out.add("output_norm.weight", source.read("output_norm.weight"))
+        head_config = scheme.head if scheme else None
+        same_as_embed = head_name == "token_embd.weight" and (
+            scheme is None or scheme.embed == head_config)
+        output = embed if same_as_embed else _write_matrix(out, source, head_name, spec,
+                                                           head_config, record)
+    parts.append(_save_part(root, "head", "head", arch.head_graph(spec, norm, output),
+                            [norm, *_entries(output)]))
     bar.update()
     bar.close()
+    quantization = None if scheme is None else {"scheme": scheme.to_dict(), "tensors": record}
 
     files = sorted({f.name for f in root.iterdir()})
     manifest = Manifest(
@@ -109,8 +150,32 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
         exporter={"edge_version": edge.__version__, "source": source.describe(),
                   "config": asdict(config),
                   "seconds": round(time.perf_counter() - started, 2)},
+        quantization=quantization,
     )
     fmt.write_manifest(root, manifest)
+
+
+def _entries(weight: TensorEntry | Linear) -> list[TensorEntry]:
+    if isinstance(weight, TensorEntry):
+        return [weight]
+    return [weight.weight] if isinstance(weight, FloatLinear) else weight.entries
+
+
+def _write_matrix(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
+                  config: WeightQuantConfig | None,
+                  record: dict[str, dict]) -> TensorEntry | QuantLinear:
+    """An embedding-sized [V, H] matrix, processed in row chunks to bound memory."""
+    chunks = range(0, spec.vocab_size, ROWS_PER_CHUNK)
+    rows = [slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size)) for a in chunks]
+    if config is None:
+        record[name] = {"dtype": "float32"}
+        return out.add_chunks(name, "float32", (spec.vocab_size, spec.hidden_size),
+                              (source.read(name, r) for r in rows))
+    packed, how = zip(*(quantized(source.read_rows(name, r), config) for r in rows))
+    q = concat_rows(list(packed))
+    record[name] = {"bits": q.bits, "block_size": q.block_size, "symmetric": q.symmetric,
+                    "from": how[0]}
+    return write_quantized(out, name, q, config.accuracy_level)
 
 
 def _save_part(root: Path, name: str, kind: str, model: onnx.ModelProto,

@@ -11,7 +11,6 @@ Q, K and V (and gate and up) are stored fused so a decode step runs four matmuls
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,12 +19,12 @@ from onnx import TensorProto
 
 from edge import format as fmt
 from edge.errors import UnsupportedModelError
-from edge.format import ModelSpec, TensorEntry, WeightFileWriter
+from edge.format import ModelSpec, TensorEntry
+from exporters.linear import FloatLinear, Linear, QuantLinear, RowWeight, concat, permute
 from exporters.onnx_graph import GraphBuilder
 from exporters.sources.base import Source
 
 FLOAT = TensorProto.FLOAT
-ROWS_PER_CHUNK = 8192  # embedding rows dequantized at a time: bounds export memory
 
 
 def _config_value(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
@@ -79,61 +78,55 @@ class LlamaArchitecture:
                 f"rope scaling {kind!r} is not supported yet (only plain rotary embeddings)"
             )
 
-    # ---- weights -----------------------------------------------------------------------------
-    def write_embed(self, source: Source, spec: ModelSpec, out: WeightFileWriter) -> TensorEntry:
-        """The token embedding [V, H], written in row chunks (it is the largest tensor)."""
-        return out.add_chunks("token_embd.weight", "float32", (spec.vocab_size, spec.hidden_size),
-                              self._row_chunks(source, "token_embd.weight", spec.vocab_size))
+    # ---- weights ----------------------------------------------------------------------------
+    def head_tensor(self, source: Source) -> str:
+        """The output matrix [V, H]; tied models reuse the token embedding."""
+        return "output.weight" if source.has("output.weight") else "token_embd.weight"
 
-    def write_head(self, source: Source, spec: ModelSpec, out: WeightFileWriter,
-                   embed: TensorEntry) -> dict[str, TensorEntry]:
-        entries = {"norm": out.add("output_norm.weight", source.read("output_norm.weight"))}
-        if source.has("output.weight"):
-            entries["output"] = out.add_chunks(
-                "output.weight", "float32", (spec.vocab_size, spec.hidden_size),
-                self._row_chunks(source, "output.weight", spec.vocab_size))
-        else:  # tied embeddings: the head reads the embedding's bytes, stored once
-            entries["output"] = embed
-        return entries
-
-    @staticmethod
-    def _row_chunks(source: Source, name: str, rows: int) -> Iterator[np.ndarray]:
-        for start in range(0, rows, ROWS_PER_CHUNK):
-            yield source.read(name, slice(start, min(rows, start + ROWS_PER_CHUNK)))
-
-    def block_weights(self, source: Source, spec: ModelSpec, i: int) -> dict[str, np.ndarray]:
-        """One block's tensors in graph layout: matmul weights as [in, out], fused QKV/gate-up."""
-        def w(name: str) -> np.ndarray:
-            return source.read(f"blk.{i}.{name}")
-
-        q, k, v = w("attn_q.weight"), w("attn_k.weight"), w("attn_v.weight")
-        if source.kind == "gguf" and self.gguf_permutes_qk:
-            q = unpermute_rope_rows(q, spec.num_heads)
-            k = unpermute_rope_rows(k, spec.num_kv_heads)
-        weights = {
-            "attn_norm.weight": w("attn_norm.weight"),
-            "attn_qkv.weight": np.concatenate([q, k, v], axis=0).T,
-            "attn_output.weight": w("attn_output.weight").T,
-            "ffn_norm.weight": w("ffn_norm.weight"),
-            "ffn_gate_up.weight": np.concatenate([w("ffn_gate.weight"), w("ffn_up.weight")]).T,
-            "ffn_down.weight": w("ffn_down.weight").T,
-        }
+    def block_vectors(self, source: Source, spec: ModelSpec, i: int) -> dict[str, np.ndarray]:
+        """Norm weights (and Q/K/V biases): small, always float32."""
+        names = ["attn_norm.weight", "ffn_norm.weight"]
+        vectors = {n: source.read(f"blk.{i}.{n}") for n in names}
         if spec.attention_bias:
-            weights["attn_qkv.bias"] = np.concatenate(
-                [w("attn_q.bias"), w("attn_k.bias"), w("attn_v.bias")])
-        return {f"blk.{i}.{k}": np.ascontiguousarray(v, dtype=np.float32)
-                for k, v in weights.items()}
+            vectors["attn_qkv.bias"] = np.concatenate(
+                [source.read(f"blk.{i}.attn_{x}.bias") for x in "qkv"])
+        return {f"blk.{i}.{k}": np.ascontiguousarray(v, np.float32) for k, v in vectors.items()}
+
+    def block_linears(self, source: Source, spec: ModelSpec, i: int) -> dict[str, RowWeight]:
+        """One block's matmul weights, rows = outputs, Q/K/V and gate/up fused."""
+        def rows(name: str) -> RowWeight:
+            return source.read_rows(f"blk.{i}.{name}")
+
+        q, k = rows("attn_q.weight"), rows("attn_k.weight")
+        if source.kind == "gguf" and self.gguf_permutes_qk:
+            q = permute(q, rope_row_order(q.n_rows, spec.num_heads))
+            k = permute(k, rope_row_order(k.n_rows, spec.num_kv_heads))
+        linears = {
+            "attn_qkv.weight": concat([q, k, rows("attn_v.weight")]),
+            "attn_output.weight": rows("attn_output.weight"),
+            "ffn_gate_up.weight": concat([rows("ffn_gate.weight"), rows("ffn_up.weight")]),
+            "ffn_down.weight": rows("ffn_down.weight"),
+        }
+        return {f"blk.{i}.{k}": v for k, v in linears.items()}
 
     # ---- graphs ------------------------------------------------------------------------------
-    def embed_graph(self, spec: ModelSpec, embed: TensorEntry) -> onnx.ModelProto:
+    def embed_graph(self, spec: ModelSpec, embed: TensorEntry | QuantLinear) -> onnx.ModelProto:
         g = GraphBuilder("embed")
         ids = g.input(fmt.INPUT_IDS, TensorProto.INT64, ["batch", "seq"])
-        g.op("Gather", [g.weight(embed), ids], outputs=[fmt.hidden_name(0)], axis=0)
+        out = [fmt.hidden_name(0)]
+        if isinstance(embed, TensorEntry):
+            g.op("Gather", [g.weight(embed), ids], outputs=out, axis=0)
+        else:  # rows dequantized on the fly: [V, H * bits / 8] blocks -> [B, S, H] float32
+            inputs = [g.weight(embed.packed), ids, g.weight(embed.scales)]
+            if embed.zero_points is not None:
+                inputs.append(g.weight(embed.zero_points))
+            g.op("GatherBlockQuantized", inputs, outputs=out, domain="com.microsoft",
+                 gather_axis=0, quantize_axis=1, block_size=embed.block_size, bits=embed.bits)
         g.output(fmt.hidden_name(0), FLOAT, ["batch", "seq", spec.hidden_size])
         return g.model()
 
-    def block_graph(self, spec: ModelSpec, i: int,
-                    entries: dict[str, TensorEntry]) -> onnx.ModelProto:
+    def block_graph(self, spec: ModelSpec, i: int, vectors: dict[str, TensorEntry],
+                    linears: dict[str, Linear]) -> onnx.ModelProto:
         g = GraphBuilder(f"block.{i}")
         h, d = spec.hidden_size, spec.head_dim
         x = g.input(fmt.hidden_name(i), FLOAT, ["batch", "seq", h])
@@ -146,12 +139,15 @@ class LlamaArchitecture:
         sin = g.input(fmt.SIN_CACHE, FLOAT, ["max_context", d // 2])
 
         def weight(name: str) -> str:
-            return g.weight(entries[f"blk.{i}.{name}"])
+            return g.weight(vectors[f"blk.{i}.{name}"])
+
+        def linear(x: str, name: str) -> str:
+            return self.linear(g, x, linears[f"blk.{i}.{name}"])
 
         eps = spec.rms_norm_eps
         normed = g.op1("SimplifiedLayerNormalization", [x, weight("attn_norm.weight")],
                        axis=-1, epsilon=eps, stash_type=1)
-        qkv = self.linear(g, normed, weight("attn_qkv.weight"))
+        qkv = linear(normed, "attn_qkv.weight")
         if spec.attention_bias:
             qkv = g.op1("Add", [qkv, weight("attn_qkv.bias")])
         # qkv: [B, S, (H_q + 2 H_kv) * D]; the cache [B, H_kv, max_context, D] is updated in place
@@ -162,14 +158,14 @@ class LlamaArchitecture:
                     domain="com.microsoft", num_heads=spec.num_heads,
                     kv_num_heads=spec.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                     scale=float(d) ** -0.5)[0]
-        projected = self.linear(g, attn, weight("attn_output.weight"))
+        projected = linear(attn, "attn_output.weight")
         normed2, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
                                        [x, projected, weight("ffn_norm.weight")], 4,
                                        domain="com.microsoft", epsilon=eps)
-        gate_up = self.linear(g, normed2, weight("ffn_gate_up.weight"))
+        gate_up = linear(normed2, "ffn_gate_up.weight")
         gate, up = g.op("Split", [gate_up], 2, axis=-1)
         act = g.op1("Mul", [g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]), up])
-        down = self.linear(g, act, weight("ffn_down.weight"))
+        down = linear(act, "ffn_down.weight")
         g.op("Add", [residual, down], outputs=[fmt.hidden_name(i + 1)])
 
         g.output(fmt.hidden_name(i + 1), FLOAT, ["batch", "seq", h])
@@ -178,20 +174,38 @@ class LlamaArchitecture:
         return g.model()
 
     @staticmethod
-    def linear(g: GraphBuilder, x: str, weight: str) -> str:
-        """x @ W with W stored [in, out]; the quantization issue swaps this for MatMulNBits."""
-        return g.op1("MatMul", [x, weight])
+    def linear(g: GraphBuilder, x: str, weight: Linear) -> str:
+        """x @ W: `MatMul` on float32 [K, N], or `MatMulNBits` on block-quantized rows."""
+        if isinstance(weight, FloatLinear):
+            return g.op1("MatMul", [x, g.weight(weight.weight)])
+        inputs = [x, g.weight(weight.packed), g.weight(weight.scales)]
+        if weight.zero_points is not None:
+            inputs.append(g.weight(weight.zero_points))
+        attrs = {"K": weight.K, "N": weight.N, "bits": weight.bits,
+                 "block_size": weight.block_size}
+        if weight.accuracy_level:
+            attrs["accuracy_level"] = weight.accuracy_level
+        return g.op1("MatMulNBits", inputs, domain="com.microsoft", **attrs)
 
-    def head_graph(self, spec: ModelSpec, entries: dict[str, TensorEntry]) -> onnx.ModelProto:
+    def head_graph(self, spec: ModelSpec, norm: TensorEntry,
+                   output: TensorEntry | QuantLinear) -> onnx.ModelProto:
         g = GraphBuilder("head")
         x = g.input(fmt.hidden_name(spec.num_layers), FLOAT, ["batch", "seq", spec.hidden_size])
         index = g.input(fmt.LOGITS_INDEX, TensorProto.INT64, ["n_logits"])
         picked = g.op1("Gather", [x, index], axis=1)  # [B, K, H]: only the positions asked for
-        normed = g.op1("SimplifiedLayerNormalization", [picked, g.weight(entries["norm"])],
+        normed = g.op1("SimplifiedLayerNormalization", [picked, g.weight(norm)],
                        axis=-1, epsilon=spec.rms_norm_eps, stash_type=1)
+        if not isinstance(output, TensorEntry):
+            g.op("MatMulNBits", [normed, g.weight(output.packed), g.weight(output.scales),
+                                 *([g.weight(output.zero_points)] if output.zero_points else [])],
+                 outputs=[fmt.LOGITS], domain="com.microsoft", K=output.K, N=output.N,
+                 bits=output.bits, block_size=output.block_size,
+                 **({"accuracy_level": output.accuracy_level} if output.accuracy_level else {}))
+            g.output(fmt.LOGITS, FLOAT, ["batch", "n_logits", spec.vocab_size])
+            return g.model()
         flat = g.op1("Reshape", [normed, g.constant("flat", np.array([-1, spec.hidden_size]))])
         # The output matrix is [V, H] (shared with the embedding when tied): Gemm transposes it.
-        logits = g.op1("Gemm", [flat, g.weight(entries["output"])], transB=1)
+        logits = g.op1("Gemm", [flat, g.weight(output)], transB=1)
         lead = g.op1("Shape", [picked], start=0, end=2)
         shape = g.op1("Concat", [lead, g.constant("vocab", np.array([spec.vocab_size]))], axis=0)
         g.op("Reshape", [logits, shape], outputs=[fmt.LOGITS])
@@ -199,13 +213,8 @@ class LlamaArchitecture:
         return g.model()
 
 
-def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (interleaved rope -> Hugging Face half rotation).
-
-    weight: [n_heads * D, in]. Within each head llama.cpp orders rows (0, D/2, 1, D/2+1, ...).
-    """
-    rows = weight.shape[0]
+def rope_row_order(rows: int, n_heads: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's Q/K permutation (interleaved rope -> Hugging Face's
+    half rotation): within each head llama.cpp stores rows (0, D/2, 1, D/2+1, ...)."""
     half = rows // n_heads // 2
-    return (weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2)
-            .reshape(weight.shape))
-
+    return np.arange(rows).reshape(n_heads, half, 2).swapaxes(1, 2).reshape(-1)

@@ -23,6 +23,9 @@ class Source(Protocol):
     def read(self, name: str, rows: slice | None = None) -> Any:
         """The tensor (optionally a slice of its rows) as a float32 numpy array."""
 
+    def read_rows(self, name: str, rows: slice | None = None) -> Any:
+        """A linear weight as an `exporters.linear.RowWeight` (packed when lossless)."""
+
     def reference_tokenizer(self) -> Any:
         """The source's tokenizer as `transformers` loads it: the reference edge must match."""
 

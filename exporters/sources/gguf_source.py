@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UnsupportedModelError
+from exporters.linear import RowWeight
+from quant import is_lossless, repack_gguf
 
 GGUF_MAGIC = b"GGUF"
 
@@ -87,6 +89,19 @@ class GGUFSource:
                             dtype=np.float32)
         self._release(tensor)
         return values
+
+    def read_rows(self, name: str, rows: slice | None = None) -> RowWeight:
+        """Q4_0/Q8_0 come back packed (bit-exact repack); other types dequantized to fp32."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise UnsupportedModelError(f"{self.path} lacks tensor {name}")
+        kind = tensor.tensor_type.name
+        if not is_lossless(kind):
+            return RowWeight(kind, values=self.read(name, rows))
+        raw = tensor.data if rows is None else tensor.data[rows]
+        packed = repack_gguf(np.ascontiguousarray(raw), kind, (raw.shape[0], int(tensor.shape[0])))
+        self._release(tensor)
+        return RowWeight(kind, packed=packed)
 
     def _release(self, tensor: Any) -> None:
         """Drop the tensor's pages from this process's memory once dequantized.

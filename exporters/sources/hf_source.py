@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UnsupportedModelError
+from exporters.linear import RowWeight
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -97,6 +98,10 @@ class HFSource:
         if info["dtype"] == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return np.array(raw, dtype=np.float32)
+
+    def read_rows(self, name: str, rows: slice | None = None) -> RowWeight:
+        return RowWeight(self._index[name][1]["dtype"] if name in self._index else "F32",
+                         values=self.read(name, rows))
 
     def reference_tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -71,7 +71,7 @@ def test_logits_match_transformers(which: str, engine: Engine, smollm2_reference
     np.testing.assert_allclose(engine.prefill(ids)[0], expected[-1], rtol=0, atol=LOGITS_ATOL)
 
 
-@pytest.mark.parametrize("which", ["plain", "chat", "code"])
+@pytest.mark.parametrize("which", ["plain", "chat", "code", "long"])
 def test_greedy_matches_generate(which: str, engine: Engine, smollm2_reference: Any,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """64 greedy tokens equal transformers' generate(do_sample=False) on the same token ids.

@@ -1,0 +1,127 @@
+"""Linear-layer weights on their way into a package: float32 or block-quantized.
+
+A source hands over each weight with rows = output features (`RowWeight`), either as float32
+or, for GGUF Q4_0/Q8_0, already packed for `MatMulNBits` (a lossless repack). Fusing and
+permuting rows keeps packed weights packed; `write_linear` then stores float32 as [K, N] for
+`MatMul`, or packed blocks for `MatMulNBits`, quantizing only when the source's blocks do not
+already match the requested layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from edge.format import TensorEntry, WeightFileWriter
+from quant import QuantizedWeight, WeightQuantConfig, dequantize, quantize
+from quant.rows import concat_rows, matches, take_rows
+
+
+@dataclass(frozen=True)
+class RowWeight:
+    """A linear weight [N, K] (rows = outputs) as the source stores it."""
+
+    source_type: str  # "F32", "BF16", "Q4_0", "Q4_1", ...: recorded in the manifest
+    values: np.ndarray | None = None  # float32 [N, K]
+    packed: QuantizedWeight | None = None  # lossless repack (rows = N)
+
+    def fp32(self) -> np.ndarray:
+        if self.values is not None:
+            return self.values
+        assert self.packed is not None
+        return dequantize(self.packed).T
+
+    @property
+    def n_rows(self) -> int:
+        return self.values.shape[0] if self.values is not None else self.packed.N
+
+
+def concat(weights: Sequence[RowWeight]) -> RowWeight:
+    """Fuse weights along output rows (Q/K/V, gate/up); stays packed when all are alike."""
+    kinds = {w.source_type for w in weights}
+    kind = kinds.pop() if len(kinds) == 1 else "+".join(w.source_type for w in weights)
+    packed = [w.packed for w in weights]
+    if all(p is not None for p in packed) and len(
+            {(p.bits, p.block_size, p.symmetric, p.K) for p in packed}) == 1:
+        return RowWeight(kind, packed=concat_rows(packed))
+    return RowWeight(kind, values=np.concatenate([w.fp32() for w in weights]))
+
+
+def permute(weight: RowWeight, rows: np.ndarray) -> RowWeight:
+    if weight.packed is not None:
+        return RowWeight(weight.source_type, packed=take_rows(weight.packed, rows))
+    return RowWeight(weight.source_type, values=weight.values[rows])
+
+
+@dataclass(frozen=True)
+class FloatLinear:
+    weight: TensorEntry  # float32 [K, N]
+
+
+@dataclass(frozen=True)
+class QuantLinear:
+    """Entries and attributes of one `MatMulNBits`."""
+
+    packed: TensorEntry  # uint8 [N, n_blocks, block_size * bits / 8]
+    scales: TensorEntry  # float32 [N * n_blocks]
+    zero_points: TensorEntry | None
+    K: int
+    N: int
+    bits: int
+    block_size: int
+    accuracy_level: int
+
+    @property
+    def entries(self) -> list[TensorEntry]:
+        return [e for e in (self.packed, self.scales, self.zero_points) if e is not None]
+
+    def gather_view(self, name: str) -> QuantLinear:
+        """The same bytes shaped for `GatherBlockQuantized` ([N, K * bits / 8], [N, n_blocks]):
+        a tied embedding reads the head's quantized matrix without a second copy."""
+        n_blocks = self.scales.shape[0] // self.N
+
+        def view(entry: TensorEntry, suffix: str, columns: int) -> TensorEntry:
+            return replace(entry, name=f"{name}.{suffix}", shape=(self.N, columns))
+
+        zero = self.zero_points
+        return replace(
+            self,
+            packed=view(self.packed, "gather", self.packed.nbytes // self.N),
+            scales=view(self.scales, "gather_scales", n_blocks),
+            zero_points=None if zero is None else view(zero, "gather_zero_points",
+                                                       zero.nbytes // self.N))
+
+
+Linear = FloatLinear | QuantLinear
+
+
+def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWeight, str]:
+    """Packed blocks in `config`'s layout, and how they were obtained (for the manifest)."""
+    p = weight.packed
+    if p is not None and matches(p, config.bits, config.block_size, config.symmetric):
+        return p, f"repacked {weight.source_type} losslessly"
+    return quantize(np.ascontiguousarray(weight.fp32().T), config), \
+        f"quantized from {weight.source_type}"
+
+
+def write_linear(out: WeightFileWriter, name: str, weight: RowWeight,
+                 config: WeightQuantConfig | None, record: dict[str, Any]) -> Linear:
+    """Store one linear weight; `record[name]` says what was done to it."""
+    if config is None:
+        record[name] = {"dtype": "float32", "from": weight.source_type}
+        return FloatLinear(out.add(name, np.ascontiguousarray(weight.fp32().T,
+                                                              dtype=np.float32)))
+    q, how = quantized(weight, config)
+    record[name] = {"bits": q.bits, "block_size": q.block_size, "symmetric": q.symmetric,
+                    "from": how}
+    return write_quantized(out, name, q, config.accuracy_level)
+
+
+def write_quantized(out: WeightFileWriter, name: str, q: QuantizedWeight,
+                    accuracy_level: int) -> QuantLinear:
+    zero = None if q.zero_points is None else out.add(f"{name}.zero_points", q.zero_points)
+    return QuantLinear(out.add(f"{name}.q{q.bits}", q.packed), out.add(f"{name}.scales", q.scales),
+                       zero, q.K, q.N, q.bits, q.block_size, accuracy_level)
