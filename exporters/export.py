@@ -32,7 +32,6 @@ from exporters.linear import (
     write_quantized,
 )
 from exporters.sources import Source, open_source
-from exporters.tokenizer_export import export_tokenizer
 from quant import WeightQuantConfig
 from quant.rows import concat_rows
 from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
@@ -96,16 +95,26 @@ def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     return out_dir
 
 
+def quantize_package(package: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                     config: ExportConfig, *, overwrite: bool = False,
+                     progress: bool = True) -> Path:
+    """Quantize a float32 edge package into a new package; the source is only read.
+
+    >>> quantize_package("smol-pkg", "smol-int4", ExportConfig(quant="int4"))  # doctest: +SKIP
+    """
+    if config.quant is None:
+        raise ValueError("quantize_package needs ExportConfig.quant (int8, int4, int4-mixed)")
+    if Path(out_dir).resolve() == Path(package).resolve():
+        raise PackageError("the output must differ from the source package")
+    if not (Path(package) / fmt.MANIFEST_FILE).is_file():
+        raise PackageError(f"{package} is not an edge package (no {fmt.MANIFEST_FILE})")
+    return export(package, out_dir, config, overwrite=overwrite, progress=progress)
+
+
 def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
                    config: ExportConfig, progress: bool) -> None:
     started = time.perf_counter()
-    reference = source.reference_tokenizer()
-    tokenizer = export_tokenizer(reference, root) if config.check_tokenizer else None
-    if tokenizer is None:
-        from exporters.tokenizer_export import TOKENIZER_FILE, tokenizer_info
-
-        reference.backend_tokenizer.save(str(root / TOKENIZER_FILE))
-        tokenizer = tokenizer_info(reference)
+    tokenizer = source.write_tokenizer(root, check=config.check_tokenizer)
 
     scheme = config.scheme(spec)
     record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")

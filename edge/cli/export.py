@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge.cli.quant_options import add_quant_options, export_config
+
 HELP = "export a GGUF file, Hugging Face folder or registered model to an edge package"
 
 
@@ -16,6 +18,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="replace DIR if it exists (the old package stays until the new "
                              "one is complete)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quant_options(parser, required=False)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,5 +32,6 @@ def main(args: argparse.Namespace) -> int:
         from edge.models.pull import pull
 
         source = pull(source, progress=not args.quiet)
-    print(export(source, args.output, overwrite=args.force, progress=not args.quiet))
+    print(export(source, args.output, export_config(args), overwrite=args.force,
+                 progress=not args.quiet))
     return 0

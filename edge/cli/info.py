@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 HELP = "describe an edge package (or the package a model name resolves to)"
 
@@ -11,6 +12,15 @@ HELP = "describe an edge package (or the package a model name resolves to)"
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", nargs="?", default=None, metavar="PACKAGE|MODEL")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def _quantization(quantization: dict | None) -> str:
+    """"int4 (210 tensors quantized from Q4_1, 1 repacked Q8_0 losslessly)" or "none"."""
+    if not quantization:
+        return "none"
+    origins = Counter(t["from"] for t in quantization["tensors"].values())
+    detail = ", ".join(f"{n} {how}" for how, n in origins.most_common())
+    return f"{quantization['scheme']['name']} ({detail})"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
           f"{spec.intermediate_size}, vocab {spec.vocab_size}")
     print(f"context       {spec.max_position_embeddings} tokens, rope theta {spec.rope_theta:g}")
     print(f"weights       {size / 2**20:.1f} MiB in {len(manifest.files)} files; "
-          f"quantization: {json.dumps(manifest.quantization) if manifest.quantization else 'none'}")
+          f"quantization: {_quantization(manifest.quantization)}")
     print(f"parts         {len(manifest.parts)} ({', '.join(p.name for p in manifest.parts[:3])}"
           f", ..., {manifest.parts[-1].name})")
     print(f"tokenizer     eos ids {list(manifest.tokenizer.eos_token_ids)}, chat template: "

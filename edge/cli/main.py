@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge.cli import bench, chat, evaluation, export, info, pull, run
+from edge.cli import bench, chat, evaluation, export, info, pull, quantize, run
 from edge.errors import EdgeError
 
 COMMANDS = {
     "pull": pull,
     "export": export,
+    "quantize": quantize,
     "run": run,
     "chat": chat,
     "info": info,
@@ -30,7 +31,9 @@ examples:
   edge run "Write a haiku about the sea."
   edge run qwen2.5-coder-0.5b "def fibonacci(n):" -n 64
   edge chat
-  edge export model.gguf -o model-pkg
+  edge export model.gguf -o model-pkg --quant int4
+  edge quantize model-pkg -o model-int8 --quant int8
+  edge eval ppl model-pkg
 """
 
 

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 from edge.errors import UnsupportedModelError
+from edge.format import MANIFEST_FILE
 from exporters.sources.base import Source
 from exporters.sources.gguf_source import GGUFSource, is_gguf
 from exporters.sources.hf_source import HFSource, is_hf_folder
+from exporters.sources.package_source import PackageSource
 
 
 def open_source(path: str | os.PathLike[str]) -> Source:
@@ -18,6 +20,8 @@ def open_source(path: str | os.PathLike[str]) -> Source:
         raise UnsupportedModelError(f"{path} does not exist")
     if is_gguf(path):
         return GGUFSource(path)
+    if (path / MANIFEST_FILE).is_file():
+        return PackageSource(path)
     if is_hf_folder(path):
         return HFSource(path)
     raise UnsupportedModelError(

@@ -26,8 +26,9 @@ class Source(Protocol):
     def read_rows(self, name: str, rows: slice | None = None) -> Any:
         """A linear weight as an `exporters.linear.RowWeight` (packed when lossless)."""
 
-    def reference_tokenizer(self) -> Any:
-        """The source's tokenizer as `transformers` loads it: the reference edge must match."""
+    def write_tokenizer(self, root: Path, check: bool) -> Any:
+        """Write `tokenizer.json` into `root`; return its `TokenizerInfo`. With `check`,
+        refuse (TokenizerMismatchError) unless it behaves exactly like the source's."""
 
     def describe(self) -> dict[str, Any]:
         """What to record in the manifest about where the weights came from."""

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UnsupportedModelError
+from edge.format import TokenizerInfo
 from exporters.linear import RowWeight
+from exporters.tokenizer_export import export_tokenizer
 from quant import is_lossless, repack_gguf
 
 GGUF_MAGIC = b"GGUF"
@@ -114,6 +116,9 @@ class GGUFSource:
             return
         start = tensor.data_offset - tensor.data_offset % mmap.PAGESIZE
         mapped.madvise(mmap.MADV_DONTNEED, start, tensor.data_offset + tensor.n_bytes - start)
+
+    def write_tokenizer(self, root: Path, check: bool) -> TokenizerInfo:
+        return export_tokenizer(self.reference_tokenizer(), root, check)
 
     def reference_tokenizer(self) -> Any:
         """transformers' own GGUF tokenizer; without torch, the same converter called directly.

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from edge.errors import UnsupportedModelError
+from edge.format import TokenizerInfo
 from exporters.linear import RowWeight
+from exporters.tokenizer_export import export_tokenizer
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -102,6 +104,9 @@ class HFSource:
     def read_rows(self, name: str, rows: slice | None = None) -> RowWeight:
         return RowWeight(self._index[name][1]["dtype"] if name in self._index else "F32",
                          values=self.read(name, rows))
+
+    def write_tokenizer(self, root: Path, check: bool) -> TokenizerInfo:
+        return export_tokenizer(self.reference_tokenizer(), root, check)
 
     def reference_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
