@@ -103,6 +103,8 @@ def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWe
     p = weight.packed
     if p is not None and matches(p, config.bits, config.block_size, config.symmetric):
         return p, f"repacked {weight.source_type} losslessly"
+    if p is not None and p.bits > config.bits:  # never degrade what the source shipped
+        return p, f"repacked {weight.source_type} losslessly (kept {p.bits}-bit)"
     return quantize(np.ascontiguousarray(weight.fp32().T), config), \
         f"quantized from {weight.source_type}"
 

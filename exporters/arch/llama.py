@@ -72,6 +72,8 @@ class LlamaArchitecture:
     @staticmethod
     def _check_rope_scaling(config: dict[str, Any]) -> None:
         scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+        if config.get("use_sliding_window"):
+            raise UnsupportedModelError("sliding-window attention is not supported yet")
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind not in (None, "default"):
             raise UnsupportedModelError(

@@ -158,11 +158,11 @@ def _interrupt_at_block(monkeypatch: pytest.MonkeyPatch, index: int) -> list[int
     original = LlamaArchitecture.block_graph
     built: list[int] = []
 
-    def block_graph(self, spec, i, entries):
+    def block_graph(self, spec, i, *weights):
         if i == index:
             raise KeyboardInterrupt
         built.append(i)
-        return original(self, spec, i, entries)
+        return original(self, spec, i, *weights)
 
     monkeypatch.setattr(LlamaArchitecture, "block_graph", block_graph)
     return built
