@@ -23,6 +23,7 @@ from edge.errors import PackageError
 from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry, WeightFileWriter
 from exporters.arch import get_architecture
 from exporters.arch.llama import LlamaArchitecture
+from exporters.awq_export import AWQCalibrator, calibration_ids, embed_rows
 from exporters.linear import (
     FloatLinear,
     Linear,
@@ -36,6 +37,7 @@ from quant import WeightQuantConfig
 from quant.rows import concat_rows
 from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
 
+METHODS = ("rtn", "awq")
 ROWS_PER_CHUNK = 8192  # embedding rows read (and quantized) at a time: bounds export memory
 
 
@@ -44,11 +46,15 @@ class ExportConfig:
     """How to export; recorded in the manifest so an export can be reproduced.
 
     `quant`: None keeps float32 weights; otherwise one of `quant.schemes.SCHEME_NAMES`.
+    `method`: "rtn" (round to nearest) or "awq" (activation-aware scaling, calibrated on
+    `calibration_tokens` tokens of real text, applied to the int4 layers it re-quantizes).
     """
 
     quant: str | None = None
     block_size: int = 32
     accuracy_level: int = 4
+    method: str = "rtn"
+    calibration_tokens: int = 512
     check_tokenizer: bool = True
 
     def __post_init__(self) -> None:
@@ -57,6 +63,10 @@ class ExportConfig:
                              "(or None for float32)")
         make_scheme("int4", 1, block_size=self.block_size,
                     accuracy_level=self.accuracy_level)  # validates both values
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}; choose one of {list(METHODS)}")
+        if self.calibration_tokens < 16:
+            raise ValueError(f"calibration_tokens={self.calibration_tokens}; need >= 16")
 
     def scheme(self, spec: ModelSpec) -> QuantScheme | None:
         return None if self.quant is None else make_scheme(
@@ -128,12 +138,22 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
     parts = [_save_part(root, "embed", "embed", arch.embed_graph(spec, embed_view),
                         _entries(embed_view))]
     bar.update()
+    calibrator = None
+    if scheme is not None and config.method == "awq":
+        ids = calibration_ids(root, tokenizer, config.calibration_tokens)
+        calibrator = AWQCalibrator(spec, scheme, embed_rows(source, ids, spec.vocab_size))
     for i in range(spec.num_layers):
+        block_vectors = arch.block_vectors(source, spec, i)
+        block_linears = arch.block_linears(source, spec, i)
+        if calibrator is not None:
+            block_linears = calibrator.block(i, block_vectors, block_linears)
         with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
-            vectors = {n: out.add(n, a) for n, a in arch.block_vectors(source, spec, i).items()}
+            vectors = {n: out.add(n, a) for n, a in block_vectors.items()}
             linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None,
                                        record)
-                       for n, w in arch.block_linears(source, spec, i).items()}
+                       for n, w in block_linears.items()}
+        for name in calibrator.scaled if calibrator else ():
+            record[name]["from"] += " with AWQ scaling"
         tensors = [*vectors.values(), *(e for lin in linears.values() for e in _entries(lin))]
         parts.append(_save_part(root, f"block.{i}", "block",
                                 arch.block_graph(spec, i, vectors, linears), tensors,
@@ -150,7 +170,8 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
                             [norm, *_entries(output)]))
     bar.update()
     bar.close()
-    quantization = None if scheme is None else {"scheme": scheme.to_dict(), "tensors": record}
+    quantization = None if scheme is None else {
+        "scheme": scheme.to_dict(), "method": config.method, "tensors": record}
 
     files = sorted({f.name for f in root.iterdir()})
     manifest = Manifest(

@@ -98,13 +98,20 @@ class QuantLinear:
 Linear = FloatLinear | QuantLinear
 
 
+def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:
+    """A source's packed blocks are kept when they match the layout asked for, or are more
+    precise than it (never degrade what the source shipped)."""
+    p = weight.packed
+    return p is not None and (matches(p, config.bits, config.block_size, config.symmetric)
+                              or p.bits > config.bits)
+
+
 def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWeight, str]:
     """Packed blocks in `config`'s layout, and how they were obtained (for the manifest)."""
     p = weight.packed
-    if p is not None and matches(p, config.bits, config.block_size, config.symmetric):
-        return p, f"repacked {weight.source_type} losslessly"
-    if p is not None and p.bits > config.bits:  # never degrade what the source shipped
-        return p, f"repacked {weight.source_type} losslessly (kept {p.bits}-bit)"
+    if keeps_source_blocks(weight, config):
+        kept = "" if p.bits == config.bits else f" (kept {p.bits}-bit)"
+        return p, f"repacked {weight.source_type} losslessly{kept}"
     return quantize(np.ascontiguousarray(weight.fp32().T), config), \
         f"quantized from {weight.source_type}"
 
