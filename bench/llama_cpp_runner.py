@@ -24,6 +24,24 @@ def last_logits(llm: Llama) -> np.ndarray:
     return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
 
 
+def window_nll(args: argparse.Namespace, windows: list[list[int]]) -> dict:
+    """Summed NLL of every window's tokens after its first, each window from an empty cache."""
+    longest = max(len(w) for w in windows)
+    llm = Llama(args.model, n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=max(512, longest), n_batch=max(512, longest), logits_all=True,
+                verbose=False)
+    total, count = 0.0, 0
+    for window in windows:
+        llm.reset()
+        llm.eval(window)
+        scores = np.asarray(llm.scores[: len(window)], dtype=np.float64)
+        peak = scores.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(scores - peak).sum(axis=1)) + peak[:, 0]
+        total -= float((scores[np.arange(len(window) - 1), window[1:]] - lse[:-1]).sum())
+        count += len(window) - 1
+    return {"nll_sum": total, "tokens": count}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -31,20 +49,15 @@ def main() -> None:
     parser.add_argument("--gen", type=int, default=128)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--logits", action="store_true",
-                        help="also return every prompt position's logits (perplexity)")
+                        help="perplexity mode: stdin holds a list of windows of token ids; "
+                             "prints the summed negative log-likelihood")
     args = parser.parse_args()
     prompt = json.load(sys.stdin)
-    llm = Llama(args.model, n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=max(512, len(prompt) + args.gen + 8), n_batch=512,
-                logits_all=args.logits, verbose=False)
     if args.logits:
-        llm.eval(prompt)
-        scores = np.asarray(llm.scores[: len(prompt)], dtype=np.float32)
-        peak = scores.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(scores - peak).sum(axis=1)) + peak[:, 0]
-        nll = -(scores[np.arange(len(prompt) - 1), prompt[1:]] - lse[:-1]).sum()
-        print(json.dumps({"nll_sum": float(nll), "tokens": len(prompt) - 1}))
+        print(json.dumps(window_nll(args, prompt)))
         return
+    llm = Llama(args.model, n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=max(512, len(prompt) + args.gen + 8), n_batch=512, verbose=False)
     for _ in range(args.runs):
         llm.reset()
         start = time.perf_counter()

@@ -13,6 +13,9 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
                              "int4-mixed (int4 with embedding, head and sensitive layers int8)")
     parser.add_argument("--block-size", type=int, default=32, choices=(16, 32, 64, 128, 256),
                         help="int4 block size along the input dimension (default 32)")
+    parser.add_argument("--method", choices=("rtn", "awq"), default="rtn",
+                        help="rtn: round to nearest; awq: activation-aware scaling calibrated "
+                             "on real text (slower export, better int4 quality)")
     parser.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                         help="MatMulNBits compute: 4 = int8 activations (fast, default), "
                              "0 = float32")
@@ -22,4 +25,4 @@ def export_config(args: argparse.Namespace):  # -> exporters.export.ExportConfig
     from exporters.export import ExportConfig
 
     return ExportConfig(quant=args.quant, block_size=args.block_size,
-                        accuracy_level=args.accuracy_level)
+                        accuracy_level=args.accuracy_level, method=args.method)
