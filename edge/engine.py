@@ -60,13 +60,19 @@ class _Segment:
     """One ONNX Runtime session over consecutive parts, with its static inputs bound once."""
 
     def __init__(self, package: Package, parts: list[PartEntry], threads: int,
-                 cache: KVCache, rope: tuple[np.ndarray, np.ndarray]) -> None:
+                 cache: KVCache, rope: tuple[np.ndarray, np.ndarray],
+                 step: int | None = None) -> None:
         self.parts = parts
-        model = merge_models([package.graph_bytes(p) for p in parts], name=parts[0].name)
+        model = merge_models([package.graph_bytes(p, step) for p in parts], name=parts[0].name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if step is not None:
+            # A fixed-shape QDQ package is an NPU's graph; on the CPU keep its Q/DQ semantics.
+            # ORT's int8 fusions change them per step length (measured: logits differ by up
+            # to 1.0 between the 1-token and 64-token graphs; 0.2 with them off).
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         tensors = {t.name: t for p in parts for t in p.tensors}
         # The weights come from our own memory maps (the same path streaming will use).
         self._weights = [package.tensor(t) for t in tensors.values()]
@@ -116,15 +122,22 @@ class Engine:
         self.package = package
         self.config = config = config or EngineConfig()
         spec = self.spec = package.spec
-        self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT,
-                               spec.max_position_embeddings)
+        # Fixed-shape (NPU) packages: one set of sessions per step length, a fixed cache.
+        self.steps = package.static_steps
+        static = (package.manifest.quantization or {}).get("static", {})
+        self.max_context = static.get("max_context") or min(
+            config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
         self.cache = KVCache.allocate(spec, self.max_context)
         # Bound by address below: these arrays must live as long as the engine.
         self.rope = rope_tables(spec, self.max_context)
         self.threads = config.threads or physical_cores()
-        self.segments = [_Segment(package, group, self.threads, self.cache, self.rope)
-                         for group in self._groups(list(package.manifest.parts))]
-        chunk = self.chunk = min(config.prefill_chunk, self.max_context)
+        groups = self._groups(list(package.manifest.parts))
+        self.variants = {step: [_Segment(package, group, self.threads, self.cache, self.rope,
+                                         step) for group in groups]
+                         for step in (self.steps or (None,))}
+        self.segments = next(iter(self.variants.values()))
+        chunk = self.chunk = (max(self.steps) if self.steps
+                              else min(config.prefill_chunk, self.max_context))
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
         self._seqlens = np.zeros((1,), np.int32)
@@ -189,14 +202,23 @@ class Engine:
     def _run(self, n: int, all_logits: bool | None) -> np.ndarray:
         """Run n tokens already in `_ids`; logits [K, V] (K = n or 1; none when None)."""
         position = self.cache.position
-        self._seqlens[0] = position + n - 1
-        self._total[()] = position + n
+        # A fixed-shape package runs the smallest graph that fits, padded at the end: padding
+        # comes after every real token, so causal attention never lets a real token see it.
+        size = min((s for s in self.steps if s >= n), default=n)
+        if position + size > self.max_context:
+            raise ContextOverflowError(
+                f"this fixed-shape package pads a {n}-token step to {size} tokens, which "
+                f"does not fit the {self.max_context}-token cache at position {position}")
+        self._ids[0, n:size] = 0
+        self._seqlens[0] = position + size - 1
+        self._total[()] = position + size
+        self._last[0] = n - 1
         k = n if all_logits else 1
         logits = self._logits_buffer(k)
-        signature = (n, k)
-        for i, segment in enumerate(self.segments):
+        signature = (size, k)
+        for i, segment in enumerate(self.variants[size if self.steps else None]):
             if segment.signature != signature:
-                self._bind_step(i, segment, n, all_logits, logits)
+                self._bind_step(i, segment, size, all_logits, logits, k)
                 segment.signature = signature
             segment.run()
         self.cache.position = position + n
@@ -210,7 +232,7 @@ class Engine:
         return self._logits_all[:, :k]
 
     def _bind_step(self, i: int, segment: _Segment, n: int, all_logits: bool | None,
-                   logits: np.ndarray) -> None:
+                   logits: np.ndarray, k: int) -> None:
         """(Re)bind the per-step buffers of a step shape; decode steps reuse one binding."""
         if fmt.SEQLENS_K in segment.inputs:
             segment.bind(fmt.SEQLENS_K, self._seqlens)
@@ -221,11 +243,8 @@ class Engine:
             segment.bind(next(name for name in segment.inputs if name.startswith("hidden.")),
                          self._hidden[i - 1][:, :n])
         if fmt.LOGITS in segment.outputs:
-            if all_logits:
-                segment.bind(fmt.LOGITS_INDEX, self._positions[:n])
-            else:
-                self._last[0] = n - 1
-                segment.bind(fmt.LOGITS_INDEX, self._last)
+            index = self._positions[:k] if all_logits else self._last
+            segment.bind(fmt.LOGITS_INDEX, index)
             segment.bind(fmt.LOGITS, logits, output=True)
         else:
             hidden_out = next(name for name in segment.outputs if name.startswith("hidden."))

@@ -115,6 +115,8 @@ class PartEntry:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     block_index: int | None = None
+    # Fixed-shape graphs by step length (NPU packages); empty when `graph` takes any length.
+    static_graphs: tuple[tuple[int, str], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -234,6 +236,7 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
                 ),
                 "inputs": tuple(p["inputs"]),
                 "outputs": tuple(p["outputs"]),
+                "static_graphs": tuple((int(s), str(f)) for s, f in p.get("static_graphs", ())),
             })
             for p in data["parts"]
         )

@@ -31,11 +31,19 @@ class Package:
     def spec(self) -> fmt.ModelSpec:
         return self.manifest.spec
 
-    def graph_bytes(self, part: PartEntry) -> bytes:
-        path = self.root / part.graph
+    def graph_bytes(self, part: PartEntry, step: int | None = None) -> bytes:
+        """The part's graph; for fixed-shape (NPU) packages, the one for `step` tokens."""
+        graph = dict(part.static_graphs)[step] if step is not None else part.graph
+        path = self.root / graph
         if not path.is_file():
-            raise PackageError(f"package {self.root} is missing graph {part.graph} of {part.name}")
+            raise PackageError(f"package {self.root} is missing graph {graph} of {part.name}")
         return path.read_bytes()
+
+    @property
+    def static_steps(self) -> tuple[int, ...]:
+        """Step lengths of a fixed-shape package's graphs; () when graphs take any length."""
+        static = (self.manifest.quantization or {}).get("static")
+        return tuple(sorted(static["chunks"])) if static else ()
 
     def tensor(self, entry: TensorEntry) -> np.ndarray:
         if entry.name not in self._maps:

@@ -32,12 +32,14 @@ from exporters.linear import (
     write_linear,
     write_quantized,
 )
+from exporters.qdq_export import StaticInt8Writer
 from exporters.sources import Source, open_source
 from quant import WeightQuantConfig
 from quant.rows import concat_rows
 from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
 
 METHODS = ("rtn", "awq")
+STATIC_INT8 = "q-static-int8"
 ROWS_PER_CHUNK = 8192  # embedding rows read (and quantized) at a time: bounds export memory
 
 
@@ -55,12 +57,20 @@ class ExportConfig:
     accuracy_level: int = 4
     method: str = "rtn"
     calibration_tokens: int = 512
+    static_chunks: tuple[int, ...] = (1, 64)
+    static_context: int = 1024
+    static_activation_bits: int = 16
     check_tokenizer: bool = True
 
     def __post_init__(self) -> None:
-        if self.quant is not None and self.quant not in SCHEME_NAMES:
-            raise ValueError(f"quant={self.quant!r}; choose one of {list(SCHEME_NAMES)} "
-                             "(or None for float32)")
+        if self.quant is not None and self.quant not in (*SCHEME_NAMES, STATIC_INT8):
+            raise ValueError(f"quant={self.quant!r}; choose one of "
+                             f"{[*SCHEME_NAMES, STATIC_INT8]} (or None for float32)")
+        if self.static_activation_bits not in (8, 16):
+            raise ValueError(f"static_activation_bits={self.static_activation_bits}; 8 or 16")
+        if 1 not in self.static_chunks or max(self.static_chunks) > self.static_context:
+            raise ValueError(f"static_chunks={self.static_chunks} must include 1 (decode) "
+                             f"and fit static_context={self.static_context}")
         make_scheme("int4", 1, block_size=self.block_size,
                     accuracy_level=self.accuracy_level)  # validates both values
         if self.method not in METHODS:
@@ -69,7 +79,7 @@ class ExportConfig:
             raise ValueError(f"calibration_tokens={self.calibration_tokens}; need >= 16")
 
     def scheme(self, spec: ModelSpec) -> QuantScheme | None:
-        return None if self.quant is None else make_scheme(
+        return None if self.quant in (None, STATIC_INT8) else make_scheme(
             self.quant, spec.num_layers, block_size=self.block_size,
             accuracy_level=self.accuracy_level)
 
@@ -130,6 +140,19 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
     record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")
     bar = tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
                disable=not progress)
+    if config.quant == STATIC_INT8:
+        writer = StaticInt8Writer(source, arch, spec, root, tuple(sorted(config.static_chunks)),
+                                  config.static_context, config.static_activation_bits)
+        parts = writer.write(tokenizer, config.calibration_tokens, bar)
+        bar.close()
+        quantization = {"scheme": {"name": STATIC_INT8}, "method": "static-minmax",
+                        "static": {"chunks": sorted(config.static_chunks), "batch": 1,
+                                   "max_context": config.static_context,
+                                   "activation_bits": config.static_activation_bits,
+                                   "weight_bits": 8},
+                        "tensors": writer.record}
+        _finish(root, spec, parts, tokenizer, source, config, quantization, started)
+        return
     head_name = arch.head_tensor(source)
     with WeightFileWriter(root, "embed.bin") as out:
         embed = _write_matrix(out, source, "token_embd.weight", spec,
@@ -173,6 +196,14 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
     quantization = None if scheme is None else {
         "scheme": scheme.to_dict(), "method": config.method, "tensors": record}
 
+    _finish(root, spec, parts, tokenizer, source, config, quantization, started)
+
+
+def _finish(root: Path, spec: ModelSpec, parts: list[PartEntry], tokenizer: fmt.TokenizerInfo,
+            source: Source, config: ExportConfig, quantization: dict | None,
+            started: float) -> None:
+    """Checksum every file and write the manifest: the last step, so a package is complete
+    exactly when it has a manifest."""
     files = sorted({f.name for f in root.iterdir()})
     manifest = Manifest(
         spec=spec, parts=tuple(parts), tokenizer=tokenizer,

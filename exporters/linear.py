@@ -95,7 +95,63 @@ class QuantLinear:
                                                        zero.nbytes // self.N))
 
 
-Linear = FloatLinear | QuantLinear
+@dataclass(frozen=True)
+class QDQLinear:
+    """Static int8 (for NPUs): per-output-channel int8 weight, calibrated activation range."""
+
+    weight: TensorEntry  # int8 [K, N]
+    scale: TensorEntry  # float32 [N]
+    input_range: tuple[float, float]  # (min, max) of the input on calibration text
+    activation_bits: int = 16
+
+    @property
+    def entries(self) -> list[TensorEntry]:
+        return [self.weight, self.scale]
+
+
+@dataclass(frozen=True)
+class RowInt8:
+    """A [V, H] matrix as int8 rows with one scale each: the embedding table (Gather) and, when
+    tied, the head (DequantizeLinear + Gemm) read the same bytes."""
+
+    weight: TensorEntry  # int8 [V, H]
+    scale: TensorEntry  # float32 [V]
+    input_range: tuple[float, float] = (0.0, 0.0)  # the head's input range (QDQ)
+    activation_bits: int = 16
+
+    @property
+    def entries(self) -> list[TensorEntry]:
+        return [self.weight, self.scale]
+
+
+Linear = FloatLinear | QuantLinear | QDQLinear
+
+
+def activation_grid(low: float, high: float, bits: int) -> tuple[float, int]:
+    """Scale and zero point mapping [low, high] (widened to include 0) onto unsigned ints."""
+    top = 2**bits - 1
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-8) / top
+    return scale, int(np.clip(round(-low / scale), 0, top))
+
+
+def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale per slice along `axis` (0: rows, 1: columns)."""
+    peak = np.abs(weight).max(axis=1 - axis)
+    scale = np.maximum(peak, 1e-12).astype(np.float32) / 127.0
+    shaped = scale[:, None] if axis == 0 else scale[None, :]
+    return np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8), scale
+
+
+def write_qdq_linear(out: WeightFileWriter, name: str, weight: RowWeight,
+                     input_range: tuple[float, float], activation_bits: int,
+                     record: dict[str, Any]) -> QDQLinear:
+    q, scale = int8_per_channel(np.ascontiguousarray(weight.fp32().T), axis=1)  # [K, N]
+    record[name] = {"bits": 8, "per_channel": True, "static_input_range": list(input_range),
+                    "activation_bits": activation_bits,
+                    "from": f"quantized from {weight.source_type}"}
+    return QDQLinear(out.add(f"{name}.int8", q), out.add(f"{name}.scale", scale),
+                     input_range, activation_bits)
 
 
 def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:

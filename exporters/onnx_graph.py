@@ -15,8 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.format import TensorEntry
 
-OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-IR_VERSION = 8
+# Opset 21: QuantizeLinear/DequantizeLinear with 16-bit activations (A16W8 for NPUs).
+OPSETS = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+IR_VERSION = 10
 
 ONNX_DTYPES = {
     "float32": TensorProto.FLOAT,

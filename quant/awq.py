@@ -22,6 +22,15 @@ def _scales(activation_mean: np.ndarray, alpha: float) -> np.ndarray:
     return (s / np.sqrt(s.max() * s.min())).astype(np.float32)  # keep weights near their range
 
 
+def smooth_scale(weight: np.ndarray, x: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """SmoothQuant (Xiao et al. 2023): per-input-channel s [K] moving activation outliers into
+    the weight, s = max|x|^alpha / max|W|^(1 - alpha), so static per-tensor int8 activations
+    lose less. weight: [K, N]; x: [T, K]."""
+    a = np.maximum(np.abs(x).max(axis=0), 1e-5)
+    w = np.maximum(np.abs(weight).max(axis=1), 1e-5)
+    return (a ** alpha / w ** (1 - alpha)).astype(np.float32)
+
+
 def awq_scale(weight: np.ndarray, x: np.ndarray, config: WeightQuantConfig) -> np.ndarray:
     """Per-input-channel scales s [K] for weight [K, N] given calibration inputs x [T, K].
 

@@ -11,6 +11,7 @@ Q, K and V (and gate and up) are stored fused so a decode step runs four matmuls
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,11 +21,33 @@ from onnx import TensorProto
 from edge import format as fmt
 from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, TensorEntry
-from exporters.linear import FloatLinear, Linear, QuantLinear, RowWeight, concat, permute
+from exporters.linear import (
+    FloatLinear,
+    Linear,
+    QDQLinear,
+    QuantLinear,
+    RowInt8,
+    RowWeight,
+    activation_grid,
+    concat,
+    permute,
+)
 from exporters.onnx_graph import GraphBuilder
 from exporters.sources.base import Source
 
 FLOAT = TensorProto.FLOAT
+
+
+@dataclass(frozen=True)
+class GraphDims:
+    """Graph dimensions: symbolic (any length) or fixed, as NPU compilers need them."""
+
+    batch: int | str = "batch"
+    seq: int | str = "seq"
+    max_context: int | str = "max_context"
+
+
+DYNAMIC = GraphDims()
 
 
 def _config_value(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
@@ -112,33 +135,40 @@ class LlamaArchitecture:
         return {f"blk.{i}.{k}": v for k, v in linears.items()}
 
     # ---- graphs ------------------------------------------------------------------------------
-    def embed_graph(self, spec: ModelSpec, embed: TensorEntry | QuantLinear) -> onnx.ModelProto:
+    def embed_graph(self, spec: ModelSpec, embed: TensorEntry | QuantLinear | RowInt8,
+                    dims: GraphDims = DYNAMIC) -> onnx.ModelProto:
         g = GraphBuilder("embed")
-        ids = g.input(fmt.INPUT_IDS, TensorProto.INT64, ["batch", "seq"])
+        ids = g.input(fmt.INPUT_IDS, TensorProto.INT64, [dims.batch, dims.seq])
         out = [fmt.hidden_name(0)]
         if isinstance(embed, TensorEntry):
             g.op("Gather", [g.weight(embed), ids], outputs=out, axis=0)
+        elif isinstance(embed, RowInt8):  # plain ops: int8 rows times their scale
+            rows = g.op1("Cast", [g.op1("Gather", [g.weight(embed.weight), ids], axis=0)],
+                         to=TensorProto.FLOAT)
+            scale = g.op1("Unsqueeze", [g.op1("Gather", [g.weight(embed.scale), ids], axis=0),
+                                        g.constant("last", np.array([-1]))])
+            g.op("Mul", [rows, scale], outputs=out)
         else:  # rows dequantized on the fly: [V, H * bits / 8] blocks -> [B, S, H] float32
             inputs = [g.weight(embed.packed), ids, g.weight(embed.scales)]
             if embed.zero_points is not None:
                 inputs.append(g.weight(embed.zero_points))
             g.op("GatherBlockQuantized", inputs, outputs=out, domain="com.microsoft",
                  gather_axis=0, quantize_axis=1, block_size=embed.block_size, bits=embed.bits)
-        g.output(fmt.hidden_name(0), FLOAT, ["batch", "seq", spec.hidden_size])
+        g.output(fmt.hidden_name(0), FLOAT, [dims.batch, dims.seq, spec.hidden_size])
         return g.model()
 
     def block_graph(self, spec: ModelSpec, i: int, vectors: dict[str, TensorEntry],
-                    linears: dict[str, Linear]) -> onnx.ModelProto:
+                    linears: dict[str, Linear], dims: GraphDims = DYNAMIC) -> onnx.ModelProto:
         g = GraphBuilder(f"block.{i}")
         h, d = spec.hidden_size, spec.head_dim
-        x = g.input(fmt.hidden_name(i), FLOAT, ["batch", "seq", h])
-        cache_shape = ["batch", spec.num_kv_heads, "max_context", d]
+        x = g.input(fmt.hidden_name(i), FLOAT, [dims.batch, dims.seq, h])
+        cache_shape = [dims.batch, spec.num_kv_heads, dims.max_context, d]
         past_k = g.input(fmt.past_key_name(i), FLOAT, cache_shape)
         past_v = g.input(fmt.past_value_name(i), FLOAT, cache_shape)
-        seqlens = g.input(fmt.SEQLENS_K, TensorProto.INT32, ["batch"])
+        seqlens = g.input(fmt.SEQLENS_K, TensorProto.INT32, [dims.batch])
         total = g.input(fmt.TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, [])
-        cos = g.input(fmt.COS_CACHE, FLOAT, ["max_context", d // 2])
-        sin = g.input(fmt.SIN_CACHE, FLOAT, ["max_context", d // 2])
+        cos = g.input(fmt.COS_CACHE, FLOAT, [dims.max_context, d // 2])
+        sin = g.input(fmt.SIN_CACHE, FLOAT, [dims.max_context, d // 2])
 
         def weight(name: str) -> str:
             return g.weight(vectors[f"blk.{i}.{name}"])
@@ -165,12 +195,12 @@ class LlamaArchitecture:
                                        [x, projected, weight("ffn_norm.weight")], 4,
                                        domain="com.microsoft", epsilon=eps)
         gate_up = linear(normed2, "ffn_gate_up.weight")
-        gate, up = g.op("Split", [gate_up], 2, axis=-1)
+        gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
         act = g.op1("Mul", [g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]), up])
         down = linear(act, "ffn_down.weight")
         g.op("Add", [residual, down], outputs=[fmt.hidden_name(i + 1)])
 
-        g.output(fmt.hidden_name(i + 1), FLOAT, ["batch", "seq", h])
+        g.output(fmt.hidden_name(i + 1), FLOAT, [dims.batch, dims.seq, h])
         g.output(fmt.present_key_name(i), FLOAT, cache_shape)
         g.output(fmt.present_value_name(i), FLOAT, cache_shape)
         return g.model()
@@ -180,6 +210,10 @@ class LlamaArchitecture:
         """x @ W: `MatMul` on float32 [K, N], or `MatMulNBits` on block-quantized rows."""
         if isinstance(weight, FloatLinear):
             return g.op1("MatMul", [x, g.weight(weight.weight)])
+        if isinstance(weight, QDQLinear):  # static int8: Q/DQ pairs an NPU compiler fuses
+            w = g.op1("DequantizeLinear", [g.weight(weight.weight), g.weight(weight.scale)],
+                      axis=1)
+            return g.op1("MatMul", [qdq(g, x, weight.input_range, weight.activation_bits), w])
         inputs = [x, g.weight(weight.packed), g.weight(weight.scales)]
         if weight.zero_points is not None:
             inputs.append(g.weight(weight.zero_points))
@@ -190,29 +224,45 @@ class LlamaArchitecture:
         return g.op1("MatMulNBits", inputs, domain="com.microsoft", **attrs)
 
     def head_graph(self, spec: ModelSpec, norm: TensorEntry,
-                   output: TensorEntry | QuantLinear) -> onnx.ModelProto:
+                   output: TensorEntry | QuantLinear | RowInt8,
+                   dims: GraphDims = DYNAMIC) -> onnx.ModelProto:
         g = GraphBuilder("head")
-        x = g.input(fmt.hidden_name(spec.num_layers), FLOAT, ["batch", "seq", spec.hidden_size])
+        x = g.input(fmt.hidden_name(spec.num_layers), FLOAT,
+                    [dims.batch, dims.seq, spec.hidden_size])
         index = g.input(fmt.LOGITS_INDEX, TensorProto.INT64, ["n_logits"])
         picked = g.op1("Gather", [x, index], axis=1)  # [B, K, H]: only the positions asked for
         normed = g.op1("SimplifiedLayerNormalization", [picked, g.weight(norm)],
                        axis=-1, epsilon=spec.rms_norm_eps, stash_type=1)
-        if not isinstance(output, TensorEntry):
+        if isinstance(output, RowInt8):
+            normed = qdq(g, normed, output.input_range, output.activation_bits)
+            output = g.op1("DequantizeLinear", [g.weight(output.weight), g.weight(output.scale)],
+                           axis=0)  # [V, H]: NPUs fuse this into their int8 matmul
+        if isinstance(output, QuantLinear):
             g.op("MatMulNBits", [normed, g.weight(output.packed), g.weight(output.scales),
                                  *([g.weight(output.zero_points)] if output.zero_points else [])],
                  outputs=[fmt.LOGITS], domain="com.microsoft", K=output.K, N=output.N,
                  bits=output.bits, block_size=output.block_size,
                  **({"accuracy_level": output.accuracy_level} if output.accuracy_level else {}))
-            g.output(fmt.LOGITS, FLOAT, ["batch", "n_logits", spec.vocab_size])
+            g.output(fmt.LOGITS, FLOAT, [dims.batch, "n_logits", spec.vocab_size])
             return g.model()
         flat = g.op1("Reshape", [normed, g.constant("flat", np.array([-1, spec.hidden_size]))])
         # The output matrix is [V, H] (shared with the embedding when tied): Gemm transposes it.
-        logits = g.op1("Gemm", [flat, g.weight(output)], transB=1)
+        weight = g.weight(output) if isinstance(output, TensorEntry) else output
+        logits = g.op1("Gemm", [flat, weight], transB=1)
         lead = g.op1("Shape", [picked], start=0, end=2)
         shape = g.op1("Concat", [lead, g.constant("vocab", np.array([spec.vocab_size]))], axis=0)
         g.op("Reshape", [logits, shape], outputs=[fmt.LOGITS])
-        g.output(fmt.LOGITS, FLOAT, ["batch", "n_logits", spec.vocab_size])
+        g.output(fmt.LOGITS, FLOAT, [dims.batch, "n_logits", spec.vocab_size])
         return g.model()
+
+
+def qdq(g: GraphBuilder, x: str, value_range: tuple[float, float], bits: int) -> str:
+    """QuantizeLinear + DequantizeLinear of an activation over its calibrated range, on
+    uint8 or uint16 (NPUs such as Qualcomm's run LLM activations at 16 bits: A16W8)."""
+    scale, zero = activation_grid(*value_range, bits)
+    s = g.constant("act_scale", np.array(scale, np.float32))
+    z = g.constant("act_zero", np.array(zero, np.uint16 if bits == 16 else np.uint8))
+    return g.op1("DequantizeLinear", [g.op1("QuantizeLinear", [x, s, z]), s, z])
 
 
 def rope_row_order(rows: int, n_heads: int) -> np.ndarray:
