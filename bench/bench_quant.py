@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "edge" / "bench"))
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="registered model; models other than SmolLM2 compare edge int4 "
+                             "and int8 with llama.cpp on the GGUF as shipped")
     args = parser.parse_args()
 
     import edge
@@ -64,14 +67,18 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    q4_1 = pull("smollm2-135m", progress=False)
-    q4_0 = make_q4_0(args.llama_python, q4_1, work / "SmolLM2-135M-Instruct.Q4_0.gguf")
-    packages = {
-        "edge int4 (Q4_0 repacked)": (q4_0, "int4"),
-        "edge int4 (from Q4_1)": (q4_1, "int4"),
-        "edge int4-mixed (from Q4_1)": (q4_1, "int4-mixed"),
-        "edge int8 (from Q4_1)": (q4_1, "int8"),
-    }
+    shipped = pull(args.model, progress=False)
+    kind = shipped.stem.rsplit(".", 1)[-1].split("-")[-1].upper()  # Q4_1, Q4_K_M
+    smollm = args.model == "smollm2-135m"
+    if smollm:
+        q4_0 = make_q4_0(args.llama_python, shipped, work / "SmolLM2-135M-Instruct.Q4_0.gguf")
+        packages = {"edge int4 (Q4_0 repacked)": (q4_0, "int4"),
+                    f"edge int4 (from {kind})": (shipped, "int4"),
+                    f"edge int4-mixed (from {kind})": (shipped, "int4-mixed"),
+                    f"edge int8 (from {kind})": (shipped, "int8")}
+    else:
+        packages = {f"edge int4 (from {kind})": (shipped, "int4"),
+                    f"edge int8 (from {kind})": (shipped, "int8")}
     models = {}
     for label, (gguf, scheme) in packages.items():
         target = work / f"{gguf.stem}-{scheme}"
@@ -83,17 +90,18 @@ def main() -> None:
     rows: dict[str, list[tuple[float, float]]] = {}
     engines = {label: (lambda m=m: _edge(bench_engine, m, prompt, one)) for label, m in
                models.items()}
-    engines["llama.cpp Q4_0"] = lambda: llama_cpp(args.llama_python, q4_0, prompt,
-                                                  args.threads, args.gen_tokens)
-    engines["llama.cpp Q4_1"] = lambda: llama_cpp(args.llama_python, q4_1, prompt,
-                                                  args.threads, args.gen_tokens)
+    if smollm:
+        engines["llama.cpp Q4_0"] = lambda: llama_cpp(args.llama_python, q4_0, prompt,
+                                                      args.threads, args.gen_tokens)
+    engines[f"llama.cpp {kind}"] = lambda: llama_cpp(args.llama_python, shipped, prompt,
+                                                     args.threads, args.gen_tokens)
     if not args.no_transformers:
         sys.path.insert(0, str(HERE))
         import torch
         from bench_fp32 import bench_transformers
 
         torch.set_num_threads(args.threads)
-        engines["transformers fp32"] = lambda: bench_transformers(q4_1, prompt,
+        engines["transformers fp32"] = lambda: bench_transformers(shipped, prompt,
                                                                   args.gen_tokens)
     for fn in engines.values():  # warm-up
         fn()
@@ -102,11 +110,12 @@ def main() -> None:
             rows.setdefault(label, []).append(fn())
     medians = {k: (statistics.median(p for p, _ in v), statistics.median(d for _, d in v))
                for k, v in rows.items()}
-    base = medians["llama.cpp Q4_0"]
-    print(f"SmolLM2-135M, {args.threads} threads, {args.prompt_tokens}-token prompt, "
+    reference = "llama.cpp Q4_0" if smollm else f"llama.cpp {kind}"
+    base = medians[reference]
+    print(f"{args.model}, {args.threads} threads, {args.prompt_tokens}-token prompt, "
           f"{args.gen_tokens} decoded tokens, median of {args.runs} alternating runs")
-    print("| engine | prefill tok/s | decode tok/s | prefill vs llama.cpp Q4_0 | "
-          "decode vs llama.cpp Q4_0 |")
+    print(f"| engine | prefill tok/s | decode tok/s | prefill vs {reference} | "
+          f"decode vs {reference} |")
     print("|---|---|---|---|---|")
     for label, (p, d) in medians.items():
         print(f"| {label} | {p:.0f} | {d:.1f} | {p / base[0]:.2f}x | {d / base[1]:.2f}x |")
