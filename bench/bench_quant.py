@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_ppl import llama_quantize  # noqa: E402 - a sibling script, not a package
 
 
 def llama_cpp(python: str, gguf: Path, prompt: list[int], threads: int, gen: int) -> tuple:
@@ -30,18 +32,6 @@ def llama_cpp(python: str, gguf: Path, prompt: list[int], threads: int, gen: int
                          capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     return row["prefill_tps"], row["decode_tps"]
-
-
-def make_q4_0(python: str, source: Path, target: Path) -> Path:
-    if not target.exists():
-        script = ("import ctypes, sys, llama_cpp as L\n"
-                  "p = L.llama_model_quantize_default_params()\n"
-                  "p.ftype = L.LLAMA_FTYPE_MOSTLY_Q4_0; p.allow_requantize = True\n"
-                  "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),"
-                  " ctypes.byref(p)))\n")
-        subprocess.run([python, "-c", script, str(source), str(target)], check=True,
-                       capture_output=True)
-    return target
 
 
 def main() -> None:
@@ -71,7 +61,8 @@ def main() -> None:
     kind = shipped.stem.rsplit(".", 1)[-1].split("-")[-1].upper()  # Q4_1, Q4_K_M
     smollm = args.model == "smollm2-135m"
     if smollm:
-        q4_0 = make_q4_0(args.llama_python, shipped, work / "SmolLM2-135M-Instruct.Q4_0.gguf")
+        q4_0 = llama_quantize(args.llama_python, shipped, work / f"{shipped.stem}.Q4_0.gguf",
+                              "LLAMA_FTYPE_MOSTLY_Q4_0")
         packages = {"edge int4 (Q4_0 repacked)": (q4_0, "int4"),
                     f"edge int4 (from {kind})": (shipped, "int4"),
                     f"edge int4-mixed (from {kind})": (shipped, "int4-mixed"),
@@ -96,7 +87,6 @@ def main() -> None:
     engines[f"llama.cpp {kind}"] = lambda: llama_cpp(args.llama_python, shipped, prompt,
                                                      args.threads, args.gen_tokens)
     if not args.no_transformers:
-        sys.path.insert(0, str(HERE))
         import torch
         from bench_fp32 import bench_transformers
 

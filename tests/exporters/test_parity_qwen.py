@@ -21,6 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from greedy_parity import assert_same_greedy  # noqa: E402
+
 from edge.engine import Engine, EngineConfig  # noqa: E402
 from edge.package import open_package  # noqa: E402
 
@@ -99,19 +101,4 @@ def test_greedy_matches_generate(which: str, qwen_engine: Engine,
     model, tokenizer = qwen_reference
     ids = _prompt_ids(tokenizer, which)
     monkeypatch.setattr(model.generation_config, "eos_token_id", None)
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=int),
-                         do_sample=False, max_new_tokens=NEW_TOKENS)
-    expected = out[0, len(ids):].tolist()
-    assert len(expected) == NEW_TOKENS
-
-    qwen_engine.reset()
-    logits = qwen_engine.prefill(ids)[0]
-    actual = []
-    for _ in range(NEW_TOKENS):
-        actual.append(int(np.argmax(logits)))
-        logits = qwen_engine.decode(actual[-1])
-    first_diff = next((i for i, (a, b) in enumerate(zip(actual, expected)) if a != b), None)
-    assert actual == expected, (
-        f"{which}: greedy tokens diverge at step {first_diff}: edge "
-        f"{tokenizer.decode(actual)!r} vs transformers {tokenizer.decode(expected)!r}"
-    )
+    assert_same_greedy(qwen_engine, model, tokenizer, ids, NEW_TOKENS, which)
