@@ -80,7 +80,8 @@ def main() -> None:
                          "LLAMA_FTYPE_ALL_F32")
     q4_0 = llama_quantize(args.llama_python, gguf, work / f"{gguf.stem}.Q4_0.gguf",
                           "LLAMA_FTYPE_MOSTLY_Q4_0")
-    for label, path in ((f"llama.cpp {gguf.stem.split('.')[-1]} (as shipped)", gguf),
+    kind = gguf.stem.rsplit(".", 1)[-1].split("-")[-1].upper()  # Q4_1, Q4_K_M
+    for label, path in ((f"llama.cpp {kind} (as shipped)", gguf),
                         ("llama.cpp F32", f32), ("llama.cpp Q4_0", q4_0)):
         rows.append((label, llama_ppl(args.llama_python, path, windows, args.threads)))
     base = {"edge": rows[0][1], "llama.cpp": rows[-2][1]}
