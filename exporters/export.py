@@ -54,6 +54,7 @@ class ExportConfig:
 
     quant: str | None = None
     block_size: int = 32
+    symmetric: bool = True
     accuracy_level: int = 4
     method: str = "rtn"
     calibration_tokens: int = 512
@@ -81,7 +82,7 @@ class ExportConfig:
     def scheme(self, spec: ModelSpec) -> QuantScheme | None:
         return None if self.quant in (None, STATIC_INT8) else make_scheme(
             self.quant, spec.num_layers, block_size=self.block_size,
-            accuracy_level=self.accuracy_level)
+            accuracy_level=self.accuracy_level, symmetric=self.symmetric)
 
 
 def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],

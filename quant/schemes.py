@@ -57,13 +57,16 @@ def sensitive_layers(num_layers: int) -> tuple[str, ...]:
     return tuple(f"blk.{i}.{t}" for i in ends for t in ("ffn_down.weight", "attn_qkv.weight"))
 
 
-def make_scheme(name: str, num_layers: int, *, block_size: int = 32,
-                accuracy_level: int = 4) -> QuantScheme:
-    """The scheme behind a user-facing name (see `SCHEME_NAMES`)."""
+def make_scheme(name: str, num_layers: int, *, block_size: int = 32, accuracy_level: int = 4,
+                symmetric: bool = True) -> QuantScheme:
+    """The scheme behind a user-facing name (see `SCHEME_NAMES`); `symmetric=False` stores a
+    zero point per block (closer to asymmetric sources such as GGUF Q4_1, slightly slower)."""
     if name not in SCHEME_NAMES:
         raise ValueError(f"unknown quantization {name!r}; choose one of {list(SCHEME_NAMES)}")
-    int8 = WeightQuantConfig(bits=8, block_size=32, accuracy_level=accuracy_level)
-    int4 = WeightQuantConfig(bits=4, block_size=block_size, accuracy_level=accuracy_level)
+    int8 = WeightQuantConfig(bits=8, block_size=32, symmetric=symmetric,
+                             accuracy_level=accuracy_level)
+    int4 = WeightQuantConfig(bits=4, block_size=block_size, symmetric=symmetric,
+                             accuracy_level=accuracy_level)
     if name == "int8":
         return QuantScheme(name, linear=int8, head=int8, embed=int8)
     if name == "int4":

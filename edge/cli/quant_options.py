@@ -14,6 +14,8 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
                              "or q-static-int8 (QDQ graphs with fixed shapes for NPUs)")
     parser.add_argument("--block-size", type=int, default=32, choices=(16, 32, 64, 128, 256),
                         help="int4 block size along the input dimension (default 32)")
+    parser.add_argument("--asymmetric", action="store_true",
+                        help="store a zero point per block (default: symmetric)")
     parser.add_argument("--method", choices=("rtn", "awq"), default="rtn",
                         help="rtn: round to nearest; awq: activation-aware scaling calibrated "
                              "on real text (slower export, better int4 quality)")
@@ -34,6 +36,7 @@ def export_config(args: argparse.Namespace):  # -> exporters.export.ExportConfig
 
     chunks = tuple(int(c) for c in args.static_chunks.split(",") if c.strip())
     return ExportConfig(quant=args.quant, block_size=args.block_size,
+                        symmetric=not args.asymmetric,
                         accuracy_level=args.accuracy_level, method=args.method,
                         static_chunks=chunks, static_context=args.static_context,
                         static_activation_bits=args.activation_bits)
