@@ -64,17 +64,21 @@ def main() -> None:
         q4_0 = llama_quantize(args.llama_python, shipped, work / f"{shipped.stem}.Q4_0.gguf",
                               "LLAMA_FTYPE_MOSTLY_Q4_0")
         packages = {"edge int4 (Q4_0 repacked)": (q4_0, "int4"),
+                    "edge int4 (Q4_0 repacked) + int8 prefill": (q4_0, "int4+prefill"),
                     f"edge int4 (from {kind})": (shipped, "int4"),
                     f"edge int4-mixed (from {kind})": (shipped, "int4-mixed"),
                     f"edge int8 (from {kind})": (shipped, "int8")}
     else:
         packages = {f"edge int4 (from {kind})": (shipped, "int4"),
+                    f"edge int4 (from {kind}) + int8 prefill": (shipped, "int4+prefill"),
                     f"edge int8 (from {kind})": (shipped, "int8")}
     models = {}
     for label, (gguf, scheme) in packages.items():
         target = work / f"{gguf.stem}-{scheme}"
         if not (target / "manifest.json").exists():
-            export(gguf, target, ExportConfig(quant=scheme), overwrite=True, progress=False)
+            quant, _, extra = scheme.partition("+")
+            export(gguf, target, ExportConfig(quant=quant, prefill_int8=extra == "prefill"),
+                   overwrite=True, progress=False)
         models[label] = edge.load(target, threads=args.threads, progress=False)
     prompt = bench_prompt(next(iter(models.values())).tokenizer, args.prompt_tokens)
     one = BenchConfig(args.prompt_tokens, args.gen_tokens, runs=1, warmup=0)

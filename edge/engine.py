@@ -18,7 +18,7 @@ import onnxruntime as ort
 from edge import format as fmt
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import PartEntry
-from edge.graph_merge import merge_models
+from edge.graph_merge import initializer_names, merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
 from edge.rope import rope_tables
@@ -40,6 +40,9 @@ class EngineConfig:
     prefill_chunk: int = 256
     threads: int | None = None
     parts_per_session: int | None = None
+    # Run multi-token steps with a package's prefill graphs (int8 kernels) when it has them;
+    # off saves their memory on small devices, at the cost of slower prompts.
+    prefill_kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.max_context is not None and self.max_context < 1:
@@ -61,9 +64,10 @@ class _Segment:
 
     def __init__(self, package: Package, parts: list[PartEntry], threads: int,
                  cache: KVCache, rope: tuple[np.ndarray, np.ndarray],
-                 step: int | None = None) -> None:
+                 step: int | None = None, prefill: bool = False) -> None:
         self.parts = parts
-        model = merge_models([package.graph_bytes(p, step) for p in parts], name=parts[0].name)
+        model = merge_models([package.graph_bytes(p, step, prefill) for p in parts],
+                             name=parts[0].name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -73,7 +77,8 @@ class _Segment:
             # ORT's int8 fusions change them per step length (measured: logits differ by up
             # to 1.0 between the 1-token and 64-token graphs; 0.2 with them off).
             options.add_session_config_entry("session.disable_quant_qdq", "1")
-        tensors = {t.name: t for p in parts for t in p.tensors}
+        used = initializer_names(model)  # a part's prefill weights are not its decode graph's
+        tensors = {t.name: t for p in parts for t in p.tensors if t.name in used}
         # The weights come from our own memory maps (the same path streaming will use).
         self._weights = [package.tensor(t) for t in tensors.values()]
         options.add_external_initializers(
@@ -136,6 +141,11 @@ class Engine:
                                          step) for group in groups]
                          for step in (self.steps or (None,))}
         self.segments = next(iter(self.variants.values()))
+        has_prefill = any(p.prefill_graph for p in package.manifest.parts)
+        self.prefill_segments = ([_Segment(package, group, self.threads, self.cache, self.rope,
+                                           prefill=True) for group in groups]
+                                 if has_prefill and config.prefill_kernels and not self.steps
+                                 else None)
         chunk = self.chunk = (max(self.steps) if self.steps
                               else min(config.prefill_chunk, self.max_context))
         # Step buffers, bound by address; a step of S tokens uses their leading views.
@@ -216,7 +226,9 @@ class Engine:
         k = n if all_logits else 1
         logits = self._logits_buffer(k)
         signature = (size, k)
-        for i, segment in enumerate(self.variants[size if self.steps else None]):
+        segments = (self.prefill_segments if n > 1 and self.prefill_segments
+                    else self.variants[size if self.steps else None])
+        for i, segment in enumerate(segments):
             if segment.signature != signature:
                 self._bind_step(i, segment, size, all_logits, logits, k)
                 segment.signature = signature

@@ -117,6 +117,8 @@ class PartEntry:
     block_index: int | None = None
     # Fixed-shape graphs by step length (NPU packages); empty when `graph` takes any length.
     static_graphs: tuple[tuple[int, str], ...] = ()
+    # Optional graph for multi-token steps (prefill) with kernels that win there.
+    prefill_graph: str | None = None
 
     @property
     def nbytes(self) -> int:

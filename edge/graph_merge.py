@@ -125,6 +125,13 @@ def _merged_opsets(models: Sequence[bytes]) -> list[_Field]:
     return [field for _, field in best.values()]
 
 
+def initializer_names(model: bytes) -> set[str]:
+    """Names of a model's initializers (to hand ONNX Runtime exactly the weights it reads)."""
+    _, graph = _graph_of(model)
+    return {_string_field(f.payload, TENSOR_NAME) for f in _fields(graph)
+            if f.number == GRAPH_INITIALIZER}
+
+
 def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
     """One ONNX model computing the given part models in order (see module docstring)."""
     if not models:

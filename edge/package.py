@@ -31,9 +31,14 @@ class Package:
     def spec(self) -> fmt.ModelSpec:
         return self.manifest.spec
 
-    def graph_bytes(self, part: PartEntry, step: int | None = None) -> bytes:
-        """The part's graph; for fixed-shape (NPU) packages, the one for `step` tokens."""
-        graph = dict(part.static_graphs)[step] if step is not None else part.graph
+    def graph_bytes(self, part: PartEntry, step: int | None = None,
+                    prefill: bool = False) -> bytes:
+        """The part's graph; for fixed-shape (NPU) packages, the one for `step` tokens; with
+        `prefill`, its multi-token graph when it has one."""
+        if step is not None:
+            graph = dict(part.static_graphs)[step]
+        else:
+            graph = part.prefill_graph if prefill and part.prefill_graph else part.graph
         path = self.root / graph
         if not path.is_file():
             raise PackageError(f"package {self.root} is missing graph {graph} of {part.name}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -29,6 +29,7 @@ from exporters.linear import (
     Linear,
     QuantLinear,
     quantized,
+    write_int8_row_linear,
     write_linear,
     write_quantized,
 )
@@ -61,6 +62,7 @@ class ExportConfig:
     static_chunks: tuple[int, ...] = (1, 64)
     static_context: int = 1024
     static_activation_bits: int = 16
+    prefill_int8: bool = False
     check_tokenizer: bool = True
 
     def __post_init__(self) -> None:
@@ -176,12 +178,19 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
             linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None,
                                        record)
                        for n, w in block_linears.items()}
+            prefill = ({n: write_int8_row_linear(out, n, w) for n, w in block_linears.items()}
+                       if scheme is not None and config.prefill_int8 else None)
         for name in calibrator.scaled if calibrator else ():
             record[name]["from"] += " with AWQ scaling"
-        tensors = [*vectors.values(), *(e for lin in linears.values() for e in _entries(lin))]
-        parts.append(_save_part(root, f"block.{i}", "block",
-                                arch.block_graph(spec, i, vectors, linears), tensors,
-                                block_index=i))
+        every = [*linears.values(), *(prefill or {}).values()]
+        tensors = [*vectors.values(), *(e for lin in every for e in _entries(lin))]
+        part = _save_part(root, f"block.{i}", "block",
+                          arch.block_graph(spec, i, vectors, linears), tensors, block_index=i)
+        if prefill:
+            graph = f"block.{i}.prefill.onnx"
+            onnx.save_model(arch.block_graph(spec, i, vectors, prefill), str(root / graph))
+            part = replace(part, prefill_graph=graph)
+        parts.append(part)
         bar.update()
     with WeightFileWriter(root, "head.bin") as out:
         norm = out.add("output_norm.weight", source.read("output_norm.weight"))
@@ -195,7 +204,9 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
     bar.update()
     bar.close()
     quantization = None if scheme is None else {
-        "scheme": scheme.to_dict(), "method": config.method, "tensors": record}
+        "scheme": scheme.to_dict(), "method": config.method, "tensors": record,
+        "prefill": "int8 per channel x int8 per token (MatMulInteger)"
+        if config.prefill_int8 else None}
 
     _finish(root, spec, parts, tokenizer, source, config, quantization, started)
 

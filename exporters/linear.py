@@ -124,7 +124,20 @@ class RowInt8:
         return [self.weight, self.scale]
 
 
-Linear = FloatLinear | QuantLinear | QDQLinear
+@dataclass(frozen=True)
+class Int8RowLinear:
+    """Prefill kernel: int8 weight per output channel, activations quantized per token
+    (row) at run time, `MatMulInteger` (u8 x s8, the AMX/VNNI path of ONNX Runtime's QGEMM)."""
+
+    weight: TensorEntry  # int8 [K, N]
+    scale: TensorEntry  # float32 [N]
+
+    @property
+    def entries(self) -> list[TensorEntry]:
+        return [self.weight, self.scale]
+
+
+Linear = FloatLinear | QuantLinear | QDQLinear | Int8RowLinear
 
 
 def activation_grid(low: float, high: float, bits: int) -> tuple[float, int]:
@@ -141,6 +154,12 @@ def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndar
     scale = np.maximum(peak, 1e-12).astype(np.float32) / 127.0
     shaped = scale[:, None] if axis == 0 else scale[None, :]
     return np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8), scale
+
+
+def write_int8_row_linear(out: WeightFileWriter, name: str, weight: RowWeight) -> Int8RowLinear:
+    q, scale = int8_per_channel(np.ascontiguousarray(weight.fp32().T), axis=1)  # [K, N]
+    return Int8RowLinear(out.add(f"{name}.prefill_int8", q),
+                         out.add(f"{name}.prefill_scale", scale))
 
 
 def write_qdq_linear(out: WeightFileWriter, name: str, weight: RowWeight,

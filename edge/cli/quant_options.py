@@ -16,6 +16,10 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="int4 block size along the input dimension (default 32)")
     parser.add_argument("--asymmetric", action="store_true",
                         help="store a zero point per block (default: symmetric)")
+    parser.add_argument("--prefill-int8", action="store_true",
+                        help="also store int8 weights for prompts: per-token int8 activations "
+                             "on MatMulInteger (AMX/VNNI), ~3x faster prefill for ~1x more "
+                             "weight memory")
     parser.add_argument("--method", choices=("rtn", "awq"), default="rtn",
                         help="rtn: round to nearest; awq: activation-aware scaling calibrated "
                              "on real text (slower export, better int4 quality)")
@@ -36,7 +40,7 @@ def export_config(args: argparse.Namespace):  # -> exporters.export.ExportConfig
 
     chunks = tuple(int(c) for c in args.static_chunks.split(",") if c.strip())
     return ExportConfig(quant=args.quant, block_size=args.block_size,
-                        symmetric=not args.asymmetric,
+                        symmetric=not args.asymmetric, prefill_int8=args.prefill_int8,
                         accuracy_level=args.accuracy_level, method=args.method,
                         static_chunks=chunks, static_context=args.static_context,
                         static_activation_bits=args.activation_bits)

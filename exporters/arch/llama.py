@@ -23,6 +23,7 @@ from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, TensorEntry
 from exporters.linear import (
     FloatLinear,
+    Int8RowLinear,
     Linear,
     QDQLinear,
     QuantLinear,
@@ -210,6 +211,8 @@ class LlamaArchitecture:
         """x @ W: `MatMul` on float32 [K, N], or `MatMulNBits` on block-quantized rows."""
         if isinstance(weight, FloatLinear):
             return g.op1("MatMul", [x, g.weight(weight.weight)])
+        if isinstance(weight, Int8RowLinear):
+            return int8_row_matmul(g, x, weight)
         if isinstance(weight, QDQLinear):  # static int8: Q/DQ pairs an NPU compiler fuses
             w = g.op1("DequantizeLinear", [g.weight(weight.weight), g.weight(weight.scale)],
                       axis=1)
@@ -254,6 +257,28 @@ class LlamaArchitecture:
         g.op("Reshape", [logits, shape], outputs=[fmt.LOGITS])
         g.output(fmt.LOGITS, FLOAT, [dims.batch, "n_logits", spec.vocab_size])
         return g.model()
+
+
+def int8_row_matmul(g: GraphBuilder, x: str, weight: Int8RowLinear) -> str:
+    """x @ W with x quantized per token: uint8 codes round(x / s_row) + 128, one scale per
+    row, so a token with huge activations does not coarsen every other token's grid.
+    x: [B, S, K] -> [B, S, N]."""
+    k, n = weight.weight.shape
+    rows = g.op1("Reshape", [x, g.constant("rows", np.array([-1, k]))])  # [T, K]
+    peak = g.op1("ReduceMax", [g.op1("Abs", [rows]), g.constant("axis", np.array([1]))],
+                 keepdims=1)  # [T, 1]
+    scale = g.op1("Div", [g.op1("Max", [peak, g.constant("tiny", np.array(1e-8, np.float32))]),
+                          g.constant("q127", np.array(127.0, np.float32))])
+    codes = g.op1("QuantizeLinear", [g.op1("Div", [rows, scale]),
+                                     g.constant("one", np.array(1.0, np.float32)),
+                                     g.constant("z128", np.array(128, np.uint8))])
+    acc = g.op1("MatMulInteger", [codes, g.weight(weight.weight),
+                                  g.constant("a_zero", np.array(128, np.uint8))])  # int32
+    out = g.op1("Mul", [g.op1("Mul", [g.op1("Cast", [acc], to=TensorProto.FLOAT), scale]),
+                        g.weight(weight.scale)])  # [T, N]
+    shape = g.op1("Concat", [g.op1("Shape", [x], start=0, end=2),
+                             g.constant("n", np.array([n]))], axis=0)
+    return g.op1("Reshape", [out, shape])
 
 
 def qdq(g: GraphBuilder, x: str, value_range: tuple[float, float], bits: int) -> str:

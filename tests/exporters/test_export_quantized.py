@@ -139,3 +139,23 @@ def test_interrupted_quantize_leaves_source_untouched(smollm2_package: Path, tmp
     assert os.listdir(tmp_path) == []
     assert {p.name: p.stat().st_mtime_ns for p in smollm2_package.iterdir()} == before
     open_package(smollm2_package, verify="full")
+
+
+def test_int8_prefill_graphs_keep_quality(smollm2_package: Path, tmp_path: Path,
+                                          corpus_ids: list[int]) -> None:
+    """--prefill-int8: prompts run per-token int8 kernels, single tokens the int4 graph, and
+    perplexity (scored on the prefill path) stays within 5% of the int4 decode path's."""
+    out = quantize_package(smollm2_package, tmp_path / "pf",
+                           ExportConfig(quant="int4", prefill_int8=True), progress=False)
+    assert all(p.prefill_graph for p in open_package(out).manifest.blocks)
+    fast = edge.load(out, progress=False)
+    from edge.engine import Engine, EngineConfig
+
+    plain = Engine(open_package(out), EngineConfig(prefill_kernels=False))
+    assert plain.prefill_segments is None and fast.engine.prefill_segments is not None
+    ppl_fast = perplexity(fast.engine, corpus_ids, PPL).perplexity
+    ppl_plain = perplexity(plain, corpus_ids, PPL).perplexity
+    assert ppl_fast <= 1.05 * ppl_plain
+    reply = fast.chat([{"role": "user", "content": "What is the capital city of France? "
+                                                   "Answer in one word."}], max_tokens=16)
+    assert "Paris" in reply
