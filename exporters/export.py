@@ -138,25 +138,37 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
                    config: ExportConfig, progress: bool) -> None:
     started = time.perf_counter()
     tokenizer = source.write_tokenizer(root, check=config.check_tokenizer)
+    with tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
+              disable=not progress) as bar:
+        if config.quant == STATIC_INT8:
+            parts, quantization = _write_static_int8(source, arch, spec, root, config,
+                                                     tokenizer, bar)
+        else:
+            parts, quantization = _write_weight_only(source, arch, spec, root, config,
+                                                     tokenizer, bar)
+    _finish(root, spec, parts, tokenizer, source, config, quantization, started)
 
+
+def _write_static_int8(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
+                       config: ExportConfig, tokenizer: fmt.TokenizerInfo,
+                       bar: tqdm) -> tuple[list[PartEntry], dict]:
+    writer = StaticInt8Writer(source, arch, spec, root, tuple(sorted(config.static_chunks)),
+                              config.static_context, config.static_activation_bits)
+    parts = writer.write(tokenizer, config.calibration_tokens, bar)
+    return parts, {"scheme": {"name": STATIC_INT8}, "method": "static-minmax",
+                   "static": {"chunks": sorted(config.static_chunks), "batch": 1,
+                              "max_context": config.static_context,
+                              "activation_bits": config.static_activation_bits,
+                              "weight_bits": 8},
+                   "tensors": writer.record}
+
+
+def _write_weight_only(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
+                       config: ExportConfig, tokenizer: fmt.TokenizerInfo,
+                       bar: tqdm) -> tuple[list[PartEntry], dict | None]:
+    """float32 or weight-only int4/int8: embed, each block, head, one part at a time."""
     scheme = config.scheme(spec)
     record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")
-    bar = tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
-               disable=not progress)
-    if config.quant == STATIC_INT8:
-        writer = StaticInt8Writer(source, arch, spec, root, tuple(sorted(config.static_chunks)),
-                                  config.static_context, config.static_activation_bits)
-        parts = writer.write(tokenizer, config.calibration_tokens, bar)
-        bar.close()
-        quantization = {"scheme": {"name": STATIC_INT8}, "method": "static-minmax",
-                        "static": {"chunks": sorted(config.static_chunks), "batch": 1,
-                                   "max_context": config.static_context,
-                                   "activation_bits": config.static_activation_bits,
-                                   "weight_bits": 8},
-                        "tensors": writer.record}
-        _finish(root, spec, parts, tokenizer, source, config, quantization, started)
-        return
-    head_name = arch.head_tensor(source)
     with WeightFileWriter(root, "embed.bin") as out:
         embed = _write_matrix(out, source, "token_embd.weight", spec,
                               scheme.embed if scheme else None, record)
@@ -169,46 +181,51 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
         ids = calibration_ids(root, tokenizer, config.calibration_tokens)
         calibrator = AWQCalibrator(spec, scheme, embed_rows(source, ids, spec.vocab_size))
     for i in range(spec.num_layers):
-        block_vectors = arch.block_vectors(source, spec, i)
-        block_linears = arch.block_linears(source, spec, i)
-        if calibrator is not None:
-            block_linears = calibrator.block(i, block_vectors, block_linears)
-        with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
-            vectors = {n: out.add(n, a) for n, a in block_vectors.items()}
-            linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None,
-                                       record)
-                       for n, w in block_linears.items()}
-            prefill = ({n: write_int8_row_linear(out, n, w) for n, w in block_linears.items()}
-                       if scheme is not None and config.prefill_int8 else None)
-        for name in calibrator.scaled if calibrator else ():
-            record[name]["from"] += " with AWQ scaling"
-        every = [*linears.values(), *(prefill or {}).values()]
-        tensors = [*vectors.values(), *(e for lin in every for e in _entries(lin))]
-        part = _save_part(root, f"block.{i}", "block",
-                          arch.block_graph(spec, i, vectors, linears), tensors, block_index=i)
-        if prefill:
-            graph = f"block.{i}.prefill.onnx"
-            onnx.save_model(arch.block_graph(spec, i, vectors, prefill), str(root / graph))
-            part = replace(part, prefill_graph=graph)
-        parts.append(part)
+        parts.append(_write_block(source, arch, spec, root, i, scheme, config, calibrator,
+                                  record))
         bar.update()
+    head_name = arch.head_tensor(source)
     with WeightFileWriter(root, "head.bin") as out:
         norm = out.add("output_norm.weight", source.read("output_norm.weight"))
         head_config = scheme.head if scheme else None
-        same_as_embed = head_name == "token_embd.weight" and (
-            scheme is None or scheme.embed == head_config)
-        output = embed if same_as_embed else _write_matrix(out, source, head_name, spec,
-                                                           head_config, record)
+        tied = head_name == "token_embd.weight" and (scheme is None or
+                                                      scheme.embed == head_config)
+        output = embed if tied else _write_matrix(out, source, head_name, spec, head_config,
+                                                  record)
     parts.append(_save_part(root, "head", "head", arch.head_graph(spec, norm, output),
                             [norm, *_entries(output)]))
     bar.update()
-    bar.close()
-    quantization = None if scheme is None else {
+    return parts, None if scheme is None else {
         "scheme": scheme.to_dict(), "method": config.method, "tensors": record,
         "prefill": "int8 per channel x int8 per token (MatMulInteger)"
         if config.prefill_int8 else None}
 
-    _finish(root, spec, parts, tokenizer, source, config, quantization, started)
+
+def _write_block(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path, i: int,
+                 scheme: QuantScheme | None, config: ExportConfig,
+                 calibrator: AWQCalibrator | None, record: dict[str, dict]) -> PartEntry:
+    block_vectors = arch.block_vectors(source, spec, i)
+    block_linears = arch.block_linears(source, spec, i)
+    if calibrator is not None:
+        block_linears = calibrator.block(i, block_vectors, block_linears)
+    with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
+        vectors = {n: out.add(n, a) for n, a in block_vectors.items()}
+        linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None, record)
+                   for n, w in block_linears.items()}
+        prefill = ({n: write_int8_row_linear(out, n, w) for n, w in block_linears.items()}
+                   if scheme is not None and config.prefill_int8 else {})
+    for name in linears:
+        if calibrator is not None and name in calibrator.scaled:
+            record[name]["from"] += " with AWQ scaling"
+    every = [*linears.values(), *prefill.values()]
+    tensors = [*vectors.values(), *(e for lin in every for e in _entries(lin))]
+    part = _save_part(root, f"block.{i}", "block", arch.block_graph(spec, i, vectors, linears),
+                      tensors, block_index=i)
+    if not prefill:
+        return part
+    graph = f"block.{i}.prefill.onnx"
+    onnx.save_model(arch.block_graph(spec, i, vectors, prefill), str(root / graph))
+    return replace(part, prefill_graph=graph)
 
 
 def _finish(root: Path, spec: ModelSpec, parts: list[PartEntry], tokenizer: fmt.TokenizerInfo,

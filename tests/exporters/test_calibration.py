@@ -45,4 +45,6 @@ def test_awq_beats_round_to_nearest(smollm2_package: Path, tmp_path: Path) -> No
         record = model.package.manifest.quantization
         assert record["method"] == method
     assert results["awq"] < results["rtn"]
-    assert "with AWQ scaling" in record["tensors"]["blk.0.attn_qkv.weight"]["from"]
+    for name in ("blk.0.attn_qkv.weight", "blk.29.ffn_down.weight"):
+        assert record["tensors"][name]["from"].endswith("from F32 with AWQ scaling")
+        assert record["tensors"][name]["from"].count("AWQ") == 1
