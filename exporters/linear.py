@@ -174,11 +174,15 @@ def write_qdq_linear(out: WeightFileWriter, name: str, weight: RowWeight,
 
 
 def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:
-    """A source's packed blocks are kept when they match the layout asked for, or are more
-    precise than it (never degrade what the source shipped)."""
+    """A source's packed blocks are kept when they match the layout asked for (symmetric blocks
+    also serve an asymmetric request: their implicit zero point is one), or are more precise
+    than it (never degrade what the source shipped)."""
     p = weight.packed
-    return p is not None and (matches(p, config.bits, config.block_size, config.symmetric)
-                              or p.bits > config.bits)
+    if p is None:
+        return False
+    same_grid = matches(p, config.bits, config.block_size, config.symmetric) or (
+        p.symmetric and matches(p, config.bits, config.block_size, True))
+    return same_grid or p.bits > config.bits
 
 
 def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWeight, str]:

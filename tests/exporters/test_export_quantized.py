@@ -159,3 +159,20 @@ def test_int8_prefill_graphs_keep_quality(smollm2_package: Path, tmp_path: Path,
     reply = fast.chat([{"role": "user", "content": "What is the capital city of France? "
                                                    "Answer in one word."}], max_tokens=16)
     assert "Paris" in reply
+
+
+def test_symmetric_source_blocks_serve_an_asymmetric_request() -> None:
+    """GGUF Q4_0 blocks are kept (lossless) even when asymmetric int4 is asked for, and a less
+    precise source is never kept in place of what was asked."""
+    from exporters.linear import RowWeight, keeps_source_blocks
+    from quant import WeightQuantConfig, quantize
+
+    weight = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    q4_sym = quantize(weight, WeightQuantConfig(bits=4, block_size=32))
+    assert keeps_source_blocks(RowWeight("Q4_0", packed=q4_sym),
+                               WeightQuantConfig(bits=4, block_size=32, symmetric=False))
+    assert not keeps_source_blocks(RowWeight("Q4_0", packed=q4_sym),
+                                   WeightQuantConfig(bits=8, block_size=32))
+    q4_asym = quantize(weight, WeightQuantConfig(bits=4, block_size=32, symmetric=False))
+    assert not keeps_source_blocks(RowWeight("Q4_1", packed=q4_asym),
+                                   WeightQuantConfig(bits=4, block_size=32))
