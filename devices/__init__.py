@@ -1,0 +1,1 @@
+"""Device discovery, profiles and execution backends (the placement issue builds them)."""

@@ -1,0 +1,1 @@
+"""Disk-streamed weights: weight store, sliding-window policy, prefetcher (the streaming issue)."""
