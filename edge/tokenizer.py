@@ -61,6 +61,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def vocab(self) -> dict[str, int]:
+        """Token string -> id, added tokens included (to compare two models' tokenizers)."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.info.eos_token_ids

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli.options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from edge.cli.options import (
+    add_draft_options,
+    add_model_options,
+    add_sampling_options,
+    load_model,
+    sampling_kwargs,
+)
 
 HELP = "chat interactively (/reset starts over, /exit or Ctrl-D quits)"
 
@@ -16,6 +22,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system message")
     add_model_options(parser)
     add_sampling_options(parser)
+    add_draft_options(parser)
 
 
 def main(args: argparse.Namespace) -> int:

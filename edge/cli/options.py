@@ -15,6 +15,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars on stderr")
 
 
+def add_draft_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speculative decoding")
+    group.add_argument("--draft", default=None, metavar="MODEL|lookup",
+                       help="draft with a small model of the same family, or 'lookup' "
+                            "(n-grams of the prompt and output); greedy output is unchanged")
+    group.add_argument("--draft-threads", type=int, default=None,
+                       help="CPU threads of the draft model (default: --threads)")
+    group.add_argument("--draft-tokens", type=int, default=None, metavar="K",
+                       help="draft K tokens per round (default: adaptive, up to 8)")
+    group.add_argument("--parallel-draft", action="store_true",
+                       help="draft the next tokens while the target verifies (PEARL)")
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("-n", "--max-tokens", type=int, default=256,
@@ -43,4 +56,17 @@ def load_model(args: argparse.Namespace, model: str | None):
     import edge
 
     return edge.load(model, max_context=args.ctx, threads=args.threads,
-                     progress=not args.quiet)
+                     progress=not args.quiet, **draft_kwargs(args))
+
+
+def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """edge.load's speculative keywords from --draft* options (none when absent)."""
+    if getattr(args, "draft", None) is None:
+        return {}
+    from edge.speculative import SpeculativeConfig
+
+    k = args.draft_tokens
+    config = (SpeculativeConfig(draft_tokens=k, max_draft=max(k, 8), adaptive=False,
+                                parallel=args.parallel_draft) if k
+              else SpeculativeConfig(parallel=args.parallel_draft))
+    return {"draft": args.draft, "draft_threads": args.draft_threads, "speculative": config}

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli.options import add_model_options, add_sampling_options, load_model, sampling_kwargs
+from edge.cli.options import (
+    add_draft_options,
+    add_model_options,
+    add_sampling_options,
+    load_model,
+    sampling_kwargs,
+)
 from edge.errors import ConfigError as UsageError
+from edge.generate import SpeculationStats
 
 HELP = "generate text from a prompt (the text alone goes to stdout)"
 
@@ -21,6 +28,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="print token counts and speeds to stderr")
     add_model_options(parser)
     add_sampling_options(parser)
+    add_draft_options(parser)
 
 
 def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
@@ -28,6 +36,12 @@ def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
         raise UsageError("quote the prompt: edge run [MODEL] \"PROMPT\"")
     model, prompt = (None, words[0]) if len(words) == 1 else (words[0], words[1])
     return model, sys.stdin.read() if prompt == "-" else prompt
+
+
+def speculation_line(s: SpeculationStats) -> str:
+    return (f"speculation: {s.accepted}/{s.drafted} draft tokens accepted "
+            f"({s.acceptance:.0%}), {s.tokens_per_pass:.2f} tokens per target pass, "
+            f"{s.speedup:.2f}x plain decoding{'' if s.active else ' (switched itself off)'}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,4 +62,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | "
               f"generated: {last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s | "
               f"finish: {last.finish_reason}", file=sys.stderr)
+        if last.speculation is not None:
+            print(speculation_line(last.speculation), file=sys.stderr)
     return 0

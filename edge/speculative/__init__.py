@@ -1,0 +1,22 @@
+"""Speculative decoding: a cheap draft proposes tokens, the target verifies them in one pass.
+
+>>> import edge
+>>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
+>>> m = edge.load("qwen2.5-coder-1.5b", draft="lookup")  # no draft model  # doctest: +SKIP
+"""
+
+from edge.speculative.controller import SpeculativeConfig
+from edge.speculative.decoder import SpeculativeDecoder
+from edge.speculative.drafts import Draft, DraftSource, LookupConfig, LookupDraft, ModelDraft
+from edge.speculative.pairing import check_same_tokenizer
+
+__all__ = [
+    "Draft",
+    "DraftSource",
+    "LookupConfig",
+    "LookupDraft",
+    "ModelDraft",
+    "SpeculativeConfig",
+    "SpeculativeDecoder",
+    "check_same_tokenizer",
+]

@@ -1,0 +1,181 @@
+"""The speculative generation loop: draft, verify in one target pass, commit, roll back.
+
+The target's KV cache holds every committed token but the newest (the *pending* token, whose
+logits are not computed yet). A round feeds [pending, d1..dk] to the target in one pass, keeps
+the accepted prefix plus the target's own next token, and rewinds the cache past the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from edge.engine import Engine
+from edge.generate import (
+    GenerationConfig,
+    GenerationResponse,
+    ResponseEmitter,
+    SpeculationStats,
+    check_prompt,
+    prefill_prompt,
+)
+from edge.sampling import Sampler
+from edge.speculative.acceptance import accept_greedy, accept_sampled
+from edge.speculative.controller import DraftController, SpeculativeConfig
+from edge.speculative.drafts import Draft, DraftSource, ModelDraft
+from edge.tokenizer import Tokenizer
+
+log = logging.getLogger("edge.speculative")
+
+
+def _log_softmax_at(logits: np.ndarray, token: int) -> float:
+    m = float(np.max(logits))
+    return float(logits[token]) - m - float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
+
+
+class SpeculativeDecoder:
+    """Generates with `target`, drafting with `draft`. Greedy output equals the target's greedy
+    output token for token; sampled output follows the target's distribution."""
+
+    def __init__(self, target: Engine, draft: DraftSource,
+                 config: SpeculativeConfig | None = None) -> None:
+        self.target = target
+        self.draft = draft
+        self.config = config or SpeculativeConfig()
+        self.controller = DraftController(self.config)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-draft")
+        self._ahead: tuple[list[int], Future[Draft]] | None = None
+
+    def stream(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], config: GenerationConfig,
+               cached_prefix: int = 0) -> Iterator[GenerationResponse]:
+        check_prompt(prompt_ids, self.target.max_context)
+        sampler = Sampler(config.sampling, self.target.spec.vocab_size)
+        if isinstance(self.draft, ModelDraft):
+            self.draft.set_sampling(config.sampling)
+        self.controller.start_request()
+        logits, prompt_tps = prefill_prompt(self.target, prompt_ids, cached_prefix)
+        out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context,
+                              prompt_tps)
+        run = _Run(self, sampler, out)
+        token, logprob = sampler.sample(logits, out.history)
+        yield (response := out.emit(token, logprob, speculation=run.stats()))
+        try:
+            while not response.finish_reason:
+                for response in run.round():
+                    yield response
+                    if response.finish_reason:
+                        break
+        finally:
+            self._drop_lookahead()
+
+    def _drop_lookahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead[1].exception()  # wait: the draft engine must be idle before reuse
+            self._ahead = None
+
+    def propose(self, history: list[int], k: int) -> Draft:
+        """The draft for `history`, reusing a lookahead drafted during the last verification."""
+        if self._ahead is not None:
+            context, future = self._ahead
+            self._ahead = None
+            ahead = future.result()
+            extra = history[len(context):]
+            if history[:len(context)] == context and ahead.tokens[:len(extra)] == extra:
+                tokens = ahead.tokens[len(extra):]
+                if tokens:
+                    dists = ahead.distributions and ahead.distributions[len(extra):]
+                    return Draft(tokens[:k], dists[:k] if dists else None)
+        return self.draft.propose(history, k)
+
+    def draft_ahead(self, context: list[int], k: int) -> None:
+        """Start drafting after `context` (history + the draft under verification)."""
+        if self.config.parallel and isinstance(self.draft, ModelDraft):
+            self._ahead = (context, self._pool.submit(self.draft.propose, context, k + 1))
+
+    def close(self) -> None:
+        self._drop_lookahead()
+        self._pool.shutdown(wait=True)
+
+
+class _Run:
+    """One request's state: the pending token, counters, and the round logic."""
+
+    def __init__(self, decoder: SpeculativeDecoder, sampler: Sampler,
+                 out: ResponseEmitter) -> None:
+        self.d, self.sampler, self.out = decoder, sampler, out
+        self.drafted = self.accepted = self.passes = self.committed = 0
+        self.decode_seconds = 0.0
+        self.draft_failed = False
+
+    def stats(self) -> SpeculationStats:
+        plain = self.d.controller.plain_step.value
+        rate = self.committed / self.decode_seconds if self.decode_seconds else 0.0
+        return SpeculationStats(self.drafted, self.accepted, self.passes, self.committed,
+                                rate * plain if plain else 0.0,
+                                self.d.controller.active and not self.draft_failed)
+
+    def round(self) -> Iterator[GenerationResponse]:
+        started = time.perf_counter()
+        history = self.out.history
+        k = 0 if self.draft_failed else self.d.controller.next_k()
+        room = self.d.target.max_context - self.d.target.position - 1
+        draft = self._propose(history, min(k, room)) if k and room > 0 else Draft([])
+        drafted = time.perf_counter()
+        if not draft.tokens:
+            yield from self._plain_step(started)
+            return
+        yield from self._verify(draft, started, drafted)
+
+    def _propose(self, history: list[int], k: int) -> Draft:
+        try:
+            return self.d.propose(history, k)
+        except Exception as error:  # a draft device that fails must not cost the request
+            log.warning("draft %s failed (%s); continuing with plain decoding",
+                        self.d.draft.name, error)
+            self.draft_failed = True
+            self.d._ahead = None
+            return Draft([])
+
+    def _plain_step(self, started: float) -> Iterator[GenerationResponse]:
+        logits = self.d.target.decode(self.out.history[-1])
+        seconds = time.perf_counter() - started
+        self.d.controller.record_plain(seconds)
+        self._count(1, seconds)
+        token, logprob = self.sampler.sample(logits, self.out.history)
+        yield self.out.emit(token, logprob, speculation=self.stats())
+
+    def _verify(self, draft: Draft, started: float, drafted: float
+                ) -> Iterator[GenerationResponse]:
+        target, history = self.d.target, self.out.history
+        base = target.position  # the cache holds history[:-1]
+        fed = [history[-1], *draft.tokens]
+        self.d.draft_ahead(history + draft.tokens, len(draft.tokens))
+        logits = target.prefill(fed, all_logits=True)  # [k+1, V]
+        if self.sampler.config.greedy:
+            n, token = accept_greedy(self.sampler, logits, draft.tokens, history)
+        else:
+            n, token = accept_sampled(self.sampler, logits, draft.tokens, draft.distributions,
+                                      history)
+        target.rewind(base + 1 + n)
+        seconds = time.perf_counter() - started
+        self.d.controller.record_round(len(draft.tokens), len(draft.tokens), n,
+                                       drafted - started, seconds)
+        self.drafted += len(draft.tokens)
+        self.accepted += n
+        self._count(n + 1, seconds)
+        for i, t in enumerate([*draft.tokens[:n], token]):
+            response = self.out.emit(t, _log_softmax_at(logits[i], t), from_draft=i < n,
+                                     speculation=self.stats())
+            yield response
+            if response.finish_reason:
+                return
+
+    def _count(self, tokens: int, seconds: float) -> None:
+        self.passes += 1
+        self.committed += tokens
+        self.decode_seconds += seconds

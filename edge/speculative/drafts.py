@@ -1,0 +1,153 @@
+"""Draft sources: who proposes the tokens the target then verifies in one pass.
+
+Two kinds. `LookupDraft` copies what followed the latest earlier occurrence of the text's
+last n-gram (prompt lookup / token recycling): free, no model, strong on code and edits where
+the output repeats the input. `ModelDraft` runs a small model with the same tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge.engine import Engine
+from edge.errors import ConfigError
+from edge.sampling import Sampler, SamplingConfig
+
+
+@dataclass
+class Draft:
+    """Proposed tokens and, when drafted by sampling, the distribution each was drawn from
+    ((ids, probabilities) per token). `None` means deterministic proposals: for rejection
+    sampling a deterministic proposal is a one-hot distribution."""
+
+    tokens: list[int]
+    distributions: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+
+class DraftSource(Protocol):
+    """Proposes up to k tokens continuing `history` (the prompt and every committed token)."""
+
+    name: str
+
+    def propose(self, history: Sequence[int], k: int) -> Draft: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LookupConfig:
+    """`max_ngram` .. `min_ngram`: the suffix lengths tried, longest first."""
+
+    max_ngram: int = 4
+    min_ngram: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ConfigError(f"lookup n-grams {self.min_ngram}..{self.max_ngram}; "
+                              "need 1 <= min_ngram <= max_ngram")
+
+
+class LookupDraft:
+    """Prompt lookup: find the text's last n-gram earlier in the history, propose what followed.
+
+    An index from each n-gram to where it last ended is extended as the history grows, so a
+    proposal costs O(max_ngram) dictionary lookups, not a scan of the history.
+    """
+
+    name = "lookup"
+
+    def __init__(self, config: LookupConfig | None = None) -> None:
+        self.config = config or LookupConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        self._seen: list[int] = []
+        # n-gram -> index of the token that followed its latest occurrence
+        self._next: dict[tuple[int, ...], int] = {}
+
+    def propose(self, history: Sequence[int], k: int) -> Draft:
+        self._index(history)
+        seen = self._seen
+        for n in range(min(self.config.max_ngram, len(seen) - 1), self.config.min_ngram - 1, -1):
+            start = self._next.get(tuple(seen[-n:]))
+            if start is not None:
+                return Draft(seen[start:start + k])
+        return Draft([])
+
+    def _index(self, history: Sequence[int]) -> None:
+        seen = self._seen
+        common = 0
+        for a, b in zip(seen, history):
+            if a != b:
+                break
+            common += 1
+        if common < len(seen):  # another conversation: rebuild
+            self.reset()
+            seen, common = self._seen, 0
+        for position in range(common, len(history)):
+            seen.append(int(history[position]))
+            for n in range(1, self.config.max_ngram + 1):
+                if position - n < 0:
+                    break
+                self._next[tuple(seen[position - n:position])] = position
+
+
+class ModelDraft:
+    """A small model with the target's tokenizer, drafting on its own engine (its own device,
+    threads or backend). Its KV cache follows the committed history; rejected tokens are
+    rolled back by rewinding."""
+
+    name = "model"
+
+    def __init__(self, engine: Engine, sampling: SamplingConfig | None = None) -> None:
+        self.engine = engine
+        self.sampler = Sampler(sampling or SamplingConfig(), engine.spec.vocab_size)
+        self._cached: list[int] = []  # tokens whose keys/values the draft's cache holds
+
+    def reset(self) -> None:
+        self._cached = []
+        self.engine.reset()
+
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        self.sampler = Sampler(sampling, self.engine.spec.vocab_size)
+
+    def propose(self, history: Sequence[int], k: int) -> Draft:
+        """k tokens after `history`; the draft's cache then holds history + all but the last."""
+        k = min(k, self.engine.max_context - len(history))
+        if k < 1:
+            return Draft([])
+        logits = self._catch_up(history)
+        tokens: list[int] = []
+        dists: list[tuple[np.ndarray, np.ndarray]] | None = (
+            None if self.sampler.config.greedy else [])
+        context = list(history)
+        for i in range(k):
+            if dists is None:
+                token = self.sampler.choose(logits, context)
+            else:
+                ids, probs = self.sampler.distribution(logits, context)
+                token = self.sampler.draw(ids, probs)
+                dists.append((ids, probs))
+            tokens.append(token)
+            context.append(token)
+            if i + 1 < k:
+                logits = self.engine.decode(token)
+                self._cached.append(token)
+        return Draft(tokens, dists)
+
+    def _catch_up(self, history: Sequence[int]) -> np.ndarray:
+        """Feed what the cache lacks of `history` (at least its last token); its logits [V]."""
+        common = 0
+        for a, b in zip(self._cached, history):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(history) - 1, self.engine.position)
+        self.engine.rewind(common)
+        logits = self.engine.prefill(list(history[common:]))[0]
+        self._cached = list(history)
+        return logits
