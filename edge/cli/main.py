@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge.cli import bench, chat, evaluation, export, info, pull, quantize, run
+from edge.cli import bench, chat, devices, evaluation, export, info, pull, quantize, run
 from edge.errors import EdgeError
 
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "info": info,
     "bench": bench,
     "eval": evaluation,
+    "devices": devices,
 }
 
 DESCRIPTION = """\
