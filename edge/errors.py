@@ -50,3 +50,23 @@ class ContextOverflowError(EdgeError, ValueError):
 
 class TokenizerMismatchError(EdgeError, ValueError):
     """An exported tokenizer does not encode or decode exactly like its source."""
+
+
+class BudgetTooSmallError(ConfigError):
+    """A memory budget cannot hold the resident parts, one streamed unit, the KV cache and the
+    runtime; the message states the smallest budget that would work."""
+
+    def __init__(self, message: str, *, budget: int = 0, minimum: int = 0) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.minimum = minimum
+
+    def __reduce__(self) -> tuple:
+        # Pickle rebuilds an error from its args alone; carry the fields as state too
+        # (errors cross process boundaries in the cluster).
+        return (type(self), (str(self),), {"budget": self.budget, "minimum": self.minimum})
+
+
+class StreamReadError(PackageError):
+    """Reading a streamed part's weights from disk failed (short read, truncated or missing
+    file, I/O error); the message names the part and the file."""

@@ -1,0 +1,105 @@
+"""From a package and a memory budget to a window: the one call the engine needs.
+
+Composes the pieces: units (blocks or halves), the budget split (pinned parts, KV cache,
+activations, runtime), the window size that what is left allows, and the policy. Pure: no
+I/O beyond what the caller passes in, so the planner can call it for `--dry-run`.
+
+>>> plan = plan_stream(manifest, MemoryBudget.parse("300MB"), kv_cache=kv, activations=act)
+>>> plan.policy.window, plan.window_bytes
+>>> with plan.prefetcher(package_root) as prefetcher: ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edge.errors import ConfigError
+from edge.format import Manifest, PartEntry
+from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, window_bytes
+from memory_sched.prefetcher import Prefetcher
+from memory_sched.store import WeightStore, plan_layout
+from memory_sched.units import HALVES, half_name, stream_units
+from memory_sched.window import WindowPolicy, window_size
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The units in execution order, which are pinned, and the window over the rest."""
+
+    units: tuple[PartEntry, ...]
+    policy: WindowPolicy
+    unit_bytes: int  # one pool buffer: the largest streamed unit, aligned
+    window_bytes: int  # what the budget leaves for the window (>= window * unit_bytes)
+    pinned_bytes: int
+
+    @property
+    def streamed_units(self) -> tuple[PartEntry, ...]:
+        return tuple(u for u in self.units if u.name not in self.policy.pinned)
+
+    @property
+    def pool_bytes(self) -> int:
+        """Memory the prefetcher's buffers take."""
+        return self.policy.window * self.unit_bytes if self.policy.streamed else 0
+
+    def store(self, root: str | os.PathLike[str], direct: bool = False,
+              **options: object) -> WeightStore:
+        """A WeightStore over the streamed units (pinned ones are loaded elsewhere)."""
+        return WeightStore(root, self.streamed_units, direct, **options)  # type: ignore[arg-type]
+
+    def prefetcher(self, root: str | os.PathLike[str], direct: bool = False,
+                   **options: object) -> Prefetcher:
+        """A started Prefetcher for this plan; close it (or use `with`)."""
+        return Prefetcher(self.store(root, direct, **options), self.policy)
+
+
+def _pinned_units(units: tuple[PartEntry, ...], pinned: Iterable[str]) -> frozenset[str]:
+    names = {u.name for u in units}
+    chosen: set[str] = set()
+    for name in pinned:
+        halves = {half_name(name, h) for h in HALVES}
+        if name in names:
+            chosen.add(name)
+        elif halves <= names:  # a whole block pinned while streaming halves
+            chosen |= halves
+        else:
+            raise ConfigError(f"pinned part {name!r} is not a unit of this package; "
+                              f"units: {sorted(names)}")
+    return frozenset(chosen)
+
+
+def unique_bytes(parts: Iterable[PartEntry]) -> int:
+    """Bytes of the tensors of `parts`, a tensor shared by two (a tied embedding) counted once."""
+    seen: dict[tuple[str, int], int] = {}
+    for part in parts:
+        for tensor in part.tensors:
+            seen[(tensor.file, tensor.offset)] = tensor.nbytes
+    return sum(seen.values())
+
+
+def plan_stream(manifest: Manifest, budget: MemoryBudget, *, kv_cache: int, activations: int,
+                pinned: Iterable[str] = ("embed", "head"), split_blocks: bool = False,
+                runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+                max_window: int | None = None) -> StreamPlan:
+    """Size the window for `manifest` under `budget`; `BudgetTooSmallError` if one unit won't fit.
+
+    `pinned` parts stay resident (default: the embedding and the head); `max_window` caps the
+    window (two units already hide reads behind compute when a read is faster than a unit's
+    compute; more only absorbs jitter).
+    """
+    if max_window is not None and max_window < 1:
+        raise ConfigError(f"max_window must be >= 1 or None, got {max_window}")
+    units = stream_units(manifest.parts, split_blocks=split_blocks)
+    pinned_names = _pinned_units(units, pinned)
+    streamed = [u for u in units if u.name not in pinned_names]
+    sizes = [plan_layout(u).buffer_bytes for u in streamed]
+    unit = max(sizes, default=0)
+    pinned_bytes = unique_bytes(u for u in units if u.name in pinned_names)
+    left = window_bytes(budget, pinned=pinned_bytes, kv_cache=kv_cache, activations=activations,
+                        unit=unit, runtime_overhead=runtime_overhead)
+    window = max(window_size(left, sizes), 1)
+    if max_window is not None:
+        window = min(window, max_window)
+    policy = WindowPolicy(tuple(u.name for u in units), window, pinned_names)
+    return StreamPlan(units, policy, unit, left, pinned_bytes)
