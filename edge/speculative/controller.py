@@ -71,7 +71,6 @@ class DraftController:
         self._accepted = self._trials = 0.0
         self.active = True
         self._plain_since_probe = 0
-        self._last_k = self.config.draft_tokens
 
     @property
     def acceptance(self) -> float:
@@ -82,19 +81,18 @@ class DraftController:
         """Tokens to draft next; 0 means a plain decode step."""
         if self.plain_step.value is None:
             return 0  # measure plain decoding once before judging speculation against it
-        if not self.config.adaptive:
-            return self.config.draft_tokens
+        if not self.config.adaptive or (self._trials == 0 and not self.round_time):
+            return self.config.draft_tokens  # fixed, or the first round before any measurement
         best_k, best_rate = self.best()
         plain_rate = 1.0 / self.plain_step.value
         if self.config.self_disable and best_rate < plain_rate:
             self.active = False
             self._plain_since_probe += 1
-            if self._plain_since_probe < self.config.probe_every:
+            if self._plain_since_probe <= self.config.probe_every:
                 return 0
             self._plain_since_probe = 0
             return 1  # a cheap probe: acceptance may have changed with the text
         self.active = True
-        self._last_k = best_k
         return best_k
 
     def best(self) -> tuple[int, float]:

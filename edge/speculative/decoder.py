@@ -74,8 +74,12 @@ class SpeculativeDecoder:
 
     def _drop_lookahead(self) -> None:
         if self._ahead is not None:
-            self._ahead[1].cancel()
-            self._ahead[1].exception()  # wait: the draft engine must be idle before reuse
+            future = self._ahead[1]
+            # A lookahead not started yet is cancelled; a running one is waited for: the
+            # draft engine must be idle before reuse. (exception() on a cancelled future
+            # would raise CancelledError.)
+            if not future.cancel():
+                future.exception()
             self._ahead = None
 
     def propose(self, history: list[int], k: int) -> Draft:
@@ -167,8 +171,11 @@ class _Run:
                                        drafted - started, seconds)
         self.drafted += len(draft.tokens)
         self.accepted += n
-        self._count(n + 1, seconds)
+        # Count tokens as they are emitted: a stream that ends inside this round (max_tokens,
+        # EOS, a stop string) must not report tokens the caller never received.
+        self._count(0, seconds)
         for i, t in enumerate([*draft.tokens[:n], token]):
+            self.committed += 1
             response = self.out.emit(t, _log_softmax_at(logits[i], t), from_draft=i < n,
                                      speculation=self.stats())
             yield response

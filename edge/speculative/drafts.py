@@ -8,7 +8,7 @@ the output repeats the input. `ModelDraft` runs a small model with the same toke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -96,6 +96,9 @@ class LookupDraft:
                 self._next[tuple(seen[position - n:position])] = position
 
 
+_DRAFT_STREAM = 0x6472616674  # "draft": keys the draft sampler's seed apart from the target's
+
+
 class ModelDraft:
     """A small model with the target's tokenizer, drafting on its own engine (its own device,
     threads or backend). Its KV cache follows the committed history; rejected tokens are
@@ -113,6 +116,13 @@ class ModelDraft:
         self.engine.reset()
 
     def set_sampling(self, sampling: SamplingConfig) -> None:
+        # The draft's random stream must be independent of the target's: with the request's
+        # own seed both samplers would draw the same uniforms, so a draft token would depend
+        # on the target's previous draw and the output would no longer follow the target's
+        # distribution. Derive a distinct, still reproducible seed instead.
+        if sampling.seed is not None:
+            seed = int(np.random.SeedSequence([sampling.seed, _DRAFT_STREAM]).generate_state(1)[0])
+            sampling = replace(sampling, seed=seed)
         self.sampler = Sampler(sampling, self.engine.spec.vocab_size)
 
     def propose(self, history: Sequence[int], k: int) -> Draft:

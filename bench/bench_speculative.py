@@ -1,0 +1,105 @@
+"""Speculative decoding, side by side in one run: target alone vs draft model vs lookup.
+
+    python bench/bench_speculative.py --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b
+
+Greedy, EOS ignored, the same chat prompts for every configuration (code prompts that quote the
+code to rewrite, open prose prompts; `edge.bench.SPECULATIVE_PROMPTS`). Configurations run
+alternately per prompt so machine noise hits all alike; medians per prompt kind, with each
+configuration's speedup over the target alone and, for speculative ones, the acceptance rate
+and tokens committed per target pass. Every speculative output is checked token for token
+against the target's own greedy output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import edge
+from edge.bench import SPECULATIVE_PROMPTS
+from edge.model import Model
+from edge.speculative import LookupDraft, ModelDraft, SpeculativeConfig, SpeculativeDecoder
+
+
+@dataclass
+class Row:
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    acceptance: dict[str, list[float]] = field(default_factory=dict)
+    per_pass: dict[str, list[float]] = field(default_factory=dict)
+
+
+def chat_ids(model: Model, text: str) -> list[int]:
+    prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": text}])
+    return model.tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def timed(model: Model, ids: list[int], tokens: int) -> tuple[list[int], float, object]:
+    model.engine.reset()
+    model._cached = []
+    responses = model.stream(ids, max_tokens=tokens, ignore_eos=True)
+    out = [next(responses).token]
+    start = time.perf_counter()
+    last = None
+    for last in responses:
+        out.append(last.token)
+    return out, (tokens - 1) / (time.perf_counter() - start), last.speculation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draft-threads", type=int, default=None)
+    parser.add_argument("--tokens", type=int, default=96)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+
+    target = edge.load(args.target, threads=args.threads, max_context=2048)
+    draft = edge.load(args.draft, threads=args.draft_threads or args.threads, max_context=2048)
+    configs = {
+        "target alone": None,
+        "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine)),
+        "draft model, parallel": SpeculativeDecoder(
+            target.engine, ModelDraft(draft.engine), SpeculativeConfig(parallel=True)),
+        "lookup": SpeculativeDecoder(target.engine, LookupDraft()),
+    }
+    rows: dict[str, Row] = {kind: Row() for kind in SPECULATIVE_PROMPTS}
+    for _ in range(args.runs):
+        for kind, texts in SPECULATIVE_PROMPTS.items():
+            for text in texts:
+                ids = chat_ids(target, text)
+                reference = None
+                for name, decoder in configs.items():
+                    target.speculative = decoder
+                    out, rate, stats = timed(target, ids, args.tokens)
+                    reference = reference or out
+                    if out != reference:
+                        sys.exit(f"{name} changed the greedy output on a {kind} prompt")
+                    row = rows[kind]
+                    row.rates.setdefault(name, []).append(rate)
+                    if stats is not None:
+                        row.acceptance.setdefault(name, []).append(stats.acceptance)
+                        row.per_pass.setdefault(name, []).append(stats.tokens_per_pass)
+                    print(f"  {kind:5} {name:24} {rate:6.2f} tok/s", file=sys.stderr)
+    print(f"\n{args.target} (target) / {args.draft} (draft), {args.threads} threads, greedy, "
+          f"{args.tokens} tokens, medians over {args.runs} x {len(texts)} prompts\n")
+    print("| prompts | configuration | tok/s | speedup | accepted | tokens/pass |")
+    print("|---|---|---|---|---|---|")
+    for kind, row in rows.items():
+        base = statistics.median(row.rates["target alone"])
+        for name, rates in row.rates.items():
+            rate = statistics.median(rates)
+            acc = row.acceptance.get(name)
+            per = row.per_pass.get(name)
+            print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x | "
+                  f"{f'{statistics.mean(acc):.0%}' if acc else '-'} | "
+                  f"{f'{statistics.mean(per):.2f}' if per else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
