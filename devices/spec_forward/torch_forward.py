@@ -1,0 +1,197 @@
+"""The PyTorch forward: the numpy forward's math on a torch device (CUDA, Apple MPS, or CPU).
+
+Weights are uploaded once. Block-quantized (int4/int8) weights are dequantized on the host by
+quant's numpy reference and uploaded as dense [K, N] matrices in the compute dtype, rather
+than kept packed and dequantized per call: one dequantization path shared with the numpy
+reference (so both backends multiply by the same numbers), plain matmuls that use the GPU's
+tensor cores, and no custom kernel to maintain. The price is device memory: 4x (fp16) the
+int4 bytes, which is fine for the small models edge puts on a GPU. The embedding table stays on
+the host (a step's rows are gathered there, as the numpy forward does, and copied up): a
+quantized table need not be dequantized whole, and a tied float head shares no second copy.
+
+This module imports torch at import time; `devices.spec_forward` imports it only when
+`TorchForward` is asked for, so nothing in devices/ needs torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from devices.spec_forward.numpy_forward import (
+    DEFAULT_MAX_CONTEXT,
+    DequantizingLinear,
+    StepRunner,
+    embedding_rows,
+    rope_tables,
+)
+from devices.spec_forward.weights import (
+    BlockWeights,
+    LinearWeight,
+    ModelWeights,
+    load_model_weights,
+)
+from edge.errors import ConfigError, ContextOverflowError
+from edge.format import ModelSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TorchForwardConfig:
+    """`device`: a torch device string ("cuda", "cuda:1", "mps", "cpu"); `dtype`: weights,
+    activations and KV cache (norms, rope and softmax always run in float32); `max_context`:
+    KV cache length (None: min(4096, the model's maximum))."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_context: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"TorchForwardConfig.dtype={self.dtype!r}; choose one of "
+                              f"{list(DTYPES)}")
+        if self.max_context is not None and self.max_context < 1:
+            raise ConfigError(f"TorchForwardConfig.max_context={self.max_context}; "
+                              "must be >= 1")
+        try:
+            torch.device(self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"TorchForwardConfig.device={self.device!r} is not a torch "
+                              f"device: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Linear:
+    weight: torch.Tensor  # [K, N]
+    bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.weight
+        return out if self.bias is None else out + self.bias
+
+
+@dataclass(frozen=True)
+class _Block:
+    attn_norm: torch.Tensor
+    ffn_norm: torch.Tensor
+    qkv: _Linear
+    attn_output: _Linear
+    gate_up: _Linear
+    down: _Linear
+
+
+class TorchForward(StepRunner):
+    """A whole package on a torch device; same `prefill`/`decode` as edge's Engine.
+
+    >>> cfg = TorchForwardConfig(device="cuda", dtype="float16")
+    >>> model = TorchForward.from_package("smollm2-pkg", cfg)  # doctest: +SKIP
+    >>> logits = model.prefill([1, 2, 3])  # numpy [1, V], float32
+    """
+
+    def __init__(self, weights: ModelWeights, config: TorchForwardConfig | None = None) -> None:
+        config = self.config = config or TorchForwardConfig()
+        spec = self.spec = weights.spec
+        self.device = torch.device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.max_context = config.max_context or min(DEFAULT_MAX_CONTEXT,
+                                                     spec.max_position_embeddings)
+        self.position = 0
+        self._embed = weights.embed.table
+        self._dequantize = DequantizingLinear(cache=False)  # each matrix is uploaded once anyway
+        self._blocks = [self._block(b) for b in weights.blocks]
+        self._head_norm = self._vector(weights.head.norm)
+        self._head = self._upload(weights.head.output)
+        cos, sin = rope_tables(spec, self.max_context)
+        self._cos = torch.from_numpy(cos).to(self.device)  # [max_context, D/2] float32
+        self._sin = torch.from_numpy(sin).to(self.device)
+        shape = (1, spec.num_kv_heads, self.max_context, spec.head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                     for _ in range(spec.num_layers)]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+
+    @classmethod
+    def from_package(cls, root: str | os.PathLike[str],
+                     config: TorchForwardConfig | None = None) -> TorchForward:
+        return cls(load_model_weights(root), config)
+
+    # ---- upload ---------------------------------------------------------------------------------
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        # a private copy: memory maps are read-only, which torch.from_numpy warns about
+        return torch.from_numpy(np.array(array, np.float32)).to(self.device, dtype)
+
+    def _vector(self, array: np.ndarray) -> torch.Tensor:
+        return self._tensor(array, torch.float32)
+
+    def _upload(self, weight: LinearWeight) -> _Linear:
+        bias = None if weight.bias is None else self._tensor(weight.bias, self.dtype)
+        return _Linear(self._tensor(self._dequantize.matrix(weight), self.dtype), bias)
+
+    def _block(self, b: BlockWeights) -> _Block:
+        return _Block(self._vector(b.attn_norm), self._vector(b.ffn_norm), self._upload(b.qkv),
+                      self._upload(b.attn_output), self._upload(b.gate_up),
+                      self._upload(b.down))
+
+    # ---- forward --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        rows = embedding_rows(self._embed, ids)  # [S, H] on the host
+        x = torch.from_numpy(rows).to(self.device, self.dtype)
+        for i, block in enumerate(self._blocks):
+            x = self._block_forward(i, block, x)
+        picked = x if all_logits else x[-1:]
+        normed = _rms_norm(picked, self._head_norm, self.spec.rms_norm_eps)
+        return self._head(normed).float().cpu().numpy()
+
+    def _block_forward(self, i: int, b: _Block, x: torch.Tensor) -> torch.Tensor:
+        """x: [S, H] -> [S, H]; writes the step's keys/values into the cache in place."""
+        spec: ModelSpec = self.spec
+        s, d, hq, hkv = x.shape[0], spec.head_dim, spec.num_heads, spec.num_kv_heads
+        start, end = self.position, self.position + s
+        if end > self.max_context:
+            raise ContextOverflowError(f"{start} cached + {s} new tokens exceed the KV cache "
+                                       f"of {self.max_context}")
+        qkv = b.qkv(_rms_norm(x, b.attn_norm, spec.rms_norm_eps))
+        q = qkv[:, :hq * d].reshape(s, hq, d).transpose(0, 1)  # [H_q, S, D]
+        k = qkv[:, hq * d:(hq + hkv) * d].reshape(s, hkv, d).transpose(0, 1)  # [H_kv, S, D]
+        v = qkv[:, (hq + hkv) * d:].reshape(s, hkv, d).transpose(0, 1)
+        cos, sin = self._cos[start:end], self._sin[start:end]
+        self.keys[i][0, :, start:end] = _rope(k, cos, sin)
+        self.values[i][0, :, start:end] = v
+        attn = _attention(_rope(q, cos, sin), self.keys[i][0, :, :end],
+                          self.values[i][0, :, :end], start)
+        residual = x + b.attn_output(attn)
+        gate, up = b.gate_up(_rms_norm(residual, b.ffn_norm, spec.rms_norm_eps)).chunk(2, dim=-1)
+        return residual + b.down(torch.nn.functional.silu(gate) * up)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32 whatever the compute dtype. x: [S, H]."""
+    xf = x.float()
+    normed = xf / torch.sqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half rotation in float32. x: [heads, S, D]; cos, sin: [S, D/2]."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               position: int) -> torch.Tensor:
+    """Causal GQA, softmax in float32. q: [H_q, S, D]; keys, values: [H_kv, T, D].
+    Returns [S, H_q * D]."""
+    hq, s, d = q.shape
+    hkv, t, _ = keys.shape
+    grouped = q.reshape(hkv, hq // hkv, s, d)  # [H_kv, G, S, D]
+    scores = (grouped @ keys.unsqueeze(1).transpose(-1, -2)).float() * d ** -0.5
+    rows = torch.arange(s, device=q.device)[:, None] + position
+    visible = torch.arange(t, device=q.device)[None, :] <= rows  # [S, T]
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(values.dtype)
+    out = probs @ values.unsqueeze(1)  # [H_kv, G, S, D]
+    return out.reshape(hq, s, d).transpose(0, 1).reshape(s, hq * d)
