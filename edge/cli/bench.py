@@ -14,6 +14,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--prompt-tokens", type=int, default=128)
     parser.add_argument("-n", "--gen-tokens", type=int, default=128)
     parser.add_argument("-r", "--runs", type=int, default=3)
+    parser.add_argument("--stream", action="store_true",
+                        help="stream weights under --memory-budget (default: half the "
+                             "weights) and report I/O wait, compute and overlap per token")
+    parser.add_argument("--timeline", default="stream-timeline.png", metavar="PNG",
+                        help="with --stream: where to write the read/compute timeline plot")
     add_model_options(parser)
     add_draft_options(parser)
 
@@ -23,6 +28,8 @@ def main(args: argparse.Namespace) -> int:
     from edge.cli.options import load_model
 
     config = BenchConfig(args.prompt_tokens, args.gen_tokens, args.runs)
+    if args.stream:
+        return _bench_stream(args, config)
     model = load_model(args, args.model)
     if model.speculative is not None:
         return _bench_draft(model, args)
@@ -48,4 +55,37 @@ def _bench_draft(model, args: argparse.Namespace) -> int:
     for row in bench_speculative(model, args.gen_tokens, args.runs):
         print(f"{row.kind:8} {row.plain_tps:12.1f} {row.speculative_tps:12.1f} "
               f"{row.speedup:7.2f}x {row.acceptance:9.0%} {row.tokens_per_pass:9.2f}")
+    return 0
+
+
+def _bench_stream(args: argparse.Namespace, config) -> int:
+    """Decode under a memory budget with a live per-token line, then the summary and plot."""
+    from tqdm import tqdm
+
+    from edge.bench import bench_prompt
+    from edge.cli.options import load_model
+    from edge.package import open_package
+    from edge.resolve import resolve_package
+    from edge.streaming.report import plot_timeline, summarize
+
+    if args.memory_budget is None:
+        package = open_package(resolve_package(args.model, progress=not args.quiet))
+        weights = sum(t.nbytes for p in package.manifest.parts for t in p.tensors)
+        args.memory_budget = str(weights // 2)
+    model = load_model(args, args.model)
+    engine = model.engine
+    logits = engine.prefill(bench_prompt(model.tokenizer, config.prompt_tokens))[0]
+    with tqdm(total=config.gen_tokens, desc="streamed decode", unit="tok",
+              disable=args.quiet) as bar:
+        for _ in range(config.gen_tokens):
+            logits = engine.decode(int(logits.argmax()))
+            step = engine.stats.steps[-1]
+            bar.set_postfix_str(f"I/O wait {step.io_wait * 1e3:.0f} ms, "
+                                f"read {step.bytes_read / 1e6:.0f} MB")
+            bar.update()
+    events = engine.prefetcher.events() if engine.prefetcher else ()
+    print(f"model    {model.package.root.name}, budget {args.memory_budget} bytes")
+    print(f"decode   {summarize(engine, events).line()}")
+    if events:
+        print(f"timeline {plot_timeline(events, args.timeline)}")
     return 0

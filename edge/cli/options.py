@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -13,6 +14,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: physical cores)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars on stderr")
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
+                             "stream from disk while earlier blocks compute")
 
 
 def add_draft_options(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +59,15 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def load_model(args: argparse.Namespace, model: str | None):
     import edge
 
-    return edge.load(model, max_context=args.ctx, threads=args.threads,
-                     progress=not args.quiet, **draft_kwargs(args))
+    loaded = edge.load(model, max_context=args.ctx, threads=args.threads,
+                       progress=not args.quiet, memory_budget=args.memory_budget,
+                       **draft_kwargs(args))
+    plan = getattr(loaded.engine, "plan", None)
+    if plan is not None and not args.quiet:
+        from edge.streaming import describe_plan
+
+        print(f"memory budget {args.memory_budget}: {describe_plan(plan)}", file=sys.stderr)
+    return loaded
 
 
 def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,0 +1,29 @@
+"""Kernels of our own, JIT-compiled with llvmlite for the host's instruction set.
+
+They exist where ONNX Runtime has no fast path for the data as edge holds it: streamed weight
+blocks live in plain numpy buffers (the prefetch window's), and ORT's `MatMulNBits` with
+weights as graph inputs skips pre-packing (~100x slower), while a session per streamed block
+costs 40-70 ms to build. `NBitsMatMul` reads ORT's int4/int8 block-wise layout in place.
+"""
+
+from devices.kernels.jit import HostTarget, KernelCompileError, host_target
+from devices.kernels.nbits_activations import PreparedX
+from devices.kernels.nbits_matmul import (
+    KernelInputError,
+    NBitsMatMul,
+    NBitsSpec,
+    int16_supported,
+    zero_point_kind,
+)
+
+__all__ = [
+    "HostTarget",
+    "KernelCompileError",
+    "KernelInputError",
+    "NBitsMatMul",
+    "NBitsSpec",
+    "PreparedX",
+    "host_target",
+    "int16_supported",
+    "zero_point_kind",
+]

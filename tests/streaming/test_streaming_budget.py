@@ -1,0 +1,99 @@
+"""Memory budgets at load: refused below the minimum with the minimum stated, honoured exactly
+at it, written the ways a user writes sizes; and `StreamConfig` refusing bad values by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import edge
+from edge.errors import BudgetTooSmallError, ConfigError
+from edge.package import open_package
+from edge.streaming import StreamConfig
+from memory_sched.budget import GiB, MemoryBudget, MiB, format_size, system_memory
+
+
+def _load(root: Path, budget: int | str, streaming) -> edge.Model:
+    return edge.load(root, memory_budget=budget, max_context=streaming.MAX_CONTEXT,
+                     progress=False, verify="sizes")
+
+
+def test_streaming_budget_minimum_is_stated_and_exact(streaming_int4_package: Path,
+                                                      streaming) -> None:
+    """`edge.load(memory_budget=...)` under the minimum raises BudgetTooSmallError before any
+    weights are read, its message stating the budget and the minimum (readable and in bytes);
+    one byte under the minimum is refused too, and exactly the minimum loads, streams every
+    block through a window of one and generates 4 tokens equal to the all-pinned run's."""
+    with pytest.raises(BudgetTooSmallError) as info:
+        _load(streaming_int4_package, "50MB", streaming)
+    minimum = info.value.minimum
+    assert minimum == streaming.minimum_budget(open_package(streaming_int4_package))
+    assert info.value.budget == 50_000_000
+    message = str(info.value)
+    assert f"{format_size(50_000_000)} is too small" in message
+    assert f"the minimum is {format_size(minimum)} ({minimum} bytes)" in message
+    with pytest.raises(BudgetTooSmallError, match=f"{minimum} bytes"):
+        _load(streaming_int4_package, minimum - 1, streaming)
+
+    model = _load(streaming_int4_package, minimum, streaming)
+    try:
+        plan = model.engine.plan
+        assert plan.policy.window == 1
+        assert len(plan.policy.streamed) == model.spec.num_layers
+        tokens = streaming.greedy_tokens(model, n=4)
+    finally:
+        model.engine.close()
+    pinned = _load(streaming_int4_package, streaming.EVERYTHING_PINNED, streaming)
+    assert pinned.engine.prefetcher is None
+    assert tokens == streaming.greedy_tokens(pinned, n=4)
+
+
+def test_streaming_budget_strings_parse() -> None:
+    """Budgets are bytes or strings: decimal and binary units, bare letters binary like
+    `docker --memory`, and a percentage of this machine's physical memory."""
+    assert StreamConfig("300MB").budget.limit == 300_000_000
+    assert StreamConfig("1.5GiB").budget.limit == 3 * GiB // 2
+    assert StreamConfig("512M").budget.limit == 512 * MiB
+    assert StreamConfig(123_456_789).budget.limit == 123_456_789
+    assert StreamConfig("25%").budget == MemoryBudget(system_memory() // 4)
+    assert StreamConfig(" 50 % ").budget == MemoryBudget(system_memory() // 2)
+    assert StreamConfig(MemoryBudget(7 * MiB)).budget.limit == 7 * MiB
+
+
+def test_streaming_budget_percent_loads(streaming_int4_package: Path, streaming) -> None:
+    """`edge.load(memory_budget="25%")` takes a quarter of physical memory, which holds all of
+    SmolLM2 int4: nothing streams."""
+    model = _load(streaming_int4_package, "25%", streaming)
+    assert model.engine.config.budget.limit == system_memory() // 4
+    assert model.engine.prefetcher is None
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"max_context": 0}, "max_context=0"),
+    ({"max_context": -8}, "max_context=-8"),
+    ({"prefill_chunk": 0}, "prefill_chunk=0"),
+    ({"max_window": 0}, "max_window=0"),
+    ({"threads": 0}, "threads=0"),
+    ({"budget": "lots"}, "'lots'"),
+    ({"budget": "300 parsecs"}, "'parsecs'"),
+    ({"budget": "150%"}, "'150%'"),
+    ({"budget": 0}, "got 0"),
+    ({"budget": -1}, "-1"),
+    ({"budget": True}, "True"),
+])
+def test_streaming_config_rejects_bad_values(kwargs: dict[str, object], named: str) -> None:
+    """Each bad StreamConfig value raises ConfigError (an EdgeError and a ValueError) whose
+    message names the value."""
+    fields = {"budget": "300MB", **kwargs}
+    with pytest.raises(ConfigError) as info:
+        StreamConfig(**fields)  # type: ignore[arg-type]
+    assert named in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_streaming_load_rejects_garbage_budget(streaming_int4_package: Path, streaming) -> None:
+    """`edge.load(memory_budget="plenty")` raises ConfigError naming the string, before any
+    engine is built."""
+    with pytest.raises(ConfigError, match="'plenty'"):
+        _load(streaming_int4_package, "plenty", streaming)

@@ -1,0 +1,191 @@
+"""The memory budget holds for real: Qwen2.5-Coder-1.5B int4 generating inside a memory cgroup
+whose limit is the budget plus 10%, in a fresh process, at budgets of 25% and 50% of the
+weights' bytes (but never under the minimum the engine states).
+
+The cgroup is a child of the test's own memory cgroup (so whatever limits the machine already
+sets still apply) and is removed afterwards. cgroup v1 charges the page cache to the group too,
+but reclaims it under the limit rather than killing the process; the engine reads streamed
+blocks with O_DIRECT, so they never enter the page cache at all. What must hold: the process is
+not OOM-killed, the group's peak usage stays under its limit, and the process's peak RSS does
+too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.package import open_package
+from memory_sched.budget import format_size
+
+pytestmark = pytest.mark.slow
+
+QWEN_ENV = "EDGE_QWEN15_INT4"
+QWEN_DEFAULT = "/work/pkgs/qwen2.5-coder-1.5b-int4"
+OVERHEAD = 0.10  # the cgroup's limit over the budget: allocator slack, stacks, page tables
+MAX_CONTEXT = 512
+TOKENS = 16
+REPO = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import json, resource, sys
+import edge
+from edge.streaming import describe_plan
+
+model = edge.load(sys.argv[1], memory_budget=int(sys.argv[2]), max_context=int(sys.argv[3]),
+                  progress=False, verify="sizes")
+tokens = [r.token for r in model.stream("def fibonacci(n):", max_tokens=int(sys.argv[4]),
+                                        ignore_eos=True)]
+print("RESULT " + json.dumps({
+    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "tokens": tokens, "plan": describe_plan(model.engine.plan)}))
+"""
+
+
+class MemoryCgroup:
+    """A child memory cgroup (v1 `memory.limit_in_bytes`, or v2 `memory.max`)."""
+
+    def __init__(self, path: Path, v1: bool) -> None:
+        self.path, self.v1 = path, v1
+
+    @property
+    def procs(self) -> Path:
+        return self.path / "cgroup.procs"
+
+    def set_limit(self, nbytes: int) -> None:
+        name = "memory.limit_in_bytes" if self.v1 else "memory.max"
+        (self.path / name).write_text(str(nbytes))
+
+    def limit(self) -> int:
+        name = "memory.limit_in_bytes" if self.v1 else "memory.max"
+        return int((self.path / name).read_text())
+
+    def peak(self) -> int | None:
+        name = "memory.max_usage_in_bytes" if self.v1 else "memory.peak"
+        path = self.path / name
+        return int(path.read_text()) if path.exists() else None
+
+    def events(self) -> str:
+        """Limit hits and OOM kills, for the report."""
+        if self.v1:
+            oom = (self.path / "memory.oom_control").read_text().split()
+            return (f"failcnt {(self.path / 'memory.failcnt').read_text().strip()}, "
+                    f"oom_control {' '.join(oom)}")
+        return (self.path / "memory.events").read_text().replace("\n", ", ")
+
+    def remove(self) -> None:
+        for _ in range(50):  # the last process may take a moment to leave
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.path.rmdir()
+
+
+def _own_cgroup(v1: bool) -> Path | None:
+    """The cgroup this process is in, under the v1 memory hierarchy or the v2 one."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if v1 and "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+        if not v1 and controllers == "":
+            return Path("/sys/fs/cgroup") / path.lstrip("/")
+    return None
+
+
+def _make_cgroup(name: str) -> MemoryCgroup:
+    """A writable child memory cgroup, or skip saying why there is none."""
+    reasons = []
+    for v1, limit_file in ((True, "memory.limit_in_bytes"), (False, "memory.max")):
+        parent = _own_cgroup(v1)
+        if parent is None or not parent.is_dir():
+            reasons.append(f"cgroup {'v1' if v1 else 'v2'}: no memory hierarchy for this process")
+            continue
+        child = parent / name
+        try:
+            child.mkdir()
+        except OSError as exc:
+            reasons.append(f"cgroup {'v1' if v1 else 'v2'}: cannot create {child}: {exc}")
+            continue
+        if (child / limit_file).exists():
+            return MemoryCgroup(child, v1)
+        child.rmdir()
+        reasons.append(f"cgroup {'v1' if v1 else 'v2'}: {child} has no {limit_file} "
+                       "(memory controller not enabled there)")
+    pytest.skip("no writable memory cgroup: " + "; ".join(reasons))
+
+
+@pytest.fixture
+def cgroup() -> Iterator[MemoryCgroup]:
+    group = _make_cgroup(f"edge-stream-test-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
+@pytest.fixture(scope="module")
+def qwen_package() -> Path:
+    path = Path(os.environ.get(QWEN_ENV, QWEN_DEFAULT))
+    if not (path / "manifest.json").is_file():
+        pytest.skip(f"Qwen2.5-Coder-1.5B int4 package not found at {path}: export it there "
+                    f"or point {QWEN_ENV} at one")
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen_tokens() -> dict[float, list[int]]:
+    """Tokens of each budget's run, to check they agree."""
+    return {}
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.50])
+def test_streaming_budget_holds_in_memory_cgroup(fraction: float, qwen_package: Path,
+                                                 cgroup: MemoryCgroup,
+                                                 qwen_tokens: dict[float, list[int]],
+                                                 streaming) -> None:
+    """Qwen 1.5B int4, 16 greedy tokens at max_context 512 in a fresh process confined to a
+    memory cgroup of budget + 10%: exit code 0 (not OOM-killed), the group's peak usage and
+    the process's peak RSS within the limit; every budget gives the same tokens."""
+    package = open_package(qwen_package, verify="sizes")
+    weights = sum(t.nbytes for p in package.manifest.parts for t in p.tensors)
+    minimum = streaming.minimum_budget(package, max_context=MAX_CONTEXT)
+    budget = max(int(weights * fraction), minimum)
+    limit = int(budget * (1 + OVERHEAD))
+    cgroup.set_limit(limit)
+    assert cgroup.limit() >= limit - 4096  # the kernel rounds down to a page
+
+    # The shell joins the group before exec'ing python, so the whole run is charged to it.
+    command = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.procs), sys.executable,
+               "-c", CHILD, str(qwen_package), str(budget), str(MAX_CONTEXT), str(TOKENS)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=600)
+    peak = cgroup.peak()
+    print(f"\nbudget {fraction:.0%} of weights {format_size(weights)} -> "
+          f"{format_size(budget)} ({budget} B; minimum {minimum} B), cgroup limit "
+          f"{format_size(limit)}: exit {proc.returncode}, cgroup peak "
+          f"{format_size(peak) if peak is not None else 'n/a'}, {cgroup.events()}")
+    assert proc.returncode == 0, (
+        f"{'OOM-killed' if proc.returncode in (-9, 137) else 'failed'} "
+        f"(exit {proc.returncode}) under {format_size(limit)}:\n{proc.stderr[-3000:]}")
+    result = json.loads(next(line for line in proc.stdout.splitlines()
+                             if line.startswith("RESULT "))[len("RESULT "):])
+    print(f"plan: {result['plan']}; peak RSS {format_size(result['peak_rss'])} "
+          f"({result['peak_rss'] / budget:.1%} of the budget); tokens {result['tokens']}")
+    assert len(result["tokens"]) == TOKENS
+    if peak is not None:
+        assert peak <= limit
+    assert result["peak_rss"] <= limit
+    qwen_tokens[fraction] = result["tokens"]
+    assert all(tokens == result["tokens"] for tokens in qwen_tokens.values())
