@@ -6,8 +6,11 @@ Greedy, EOS ignored, the same chat prompts for every configuration (code prompts
 code to rewrite, open prose prompts; `edge.bench.SPECULATIVE_PROMPTS`). Configurations run
 alternately per prompt so machine noise hits all alike; medians per prompt kind, with each
 configuration's speedup over the target alone and, for speculative ones, the acceptance rate
-and tokens committed per target pass. Every speculative output is checked token for token
-against the target's own greedy output.
+and tokens committed per target pass. Every speculative output is compared token for token
+with the target's own greedy output (last column: runs identical over all tokens). With
+fp32 compute (fp32 packages, `--accuracy-level 0`) they are identical; ONNX Runtime's int8
+activations (`accuracy_level` 4) make a batched pass differ from a one-token pass by up to
+~0.3 logits, so near-ties can resolve differently.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ class Row:
     rates: dict[str, list[float]] = field(default_factory=dict)
     acceptance: dict[str, list[float]] = field(default_factory=dict)
     per_pass: dict[str, list[float]] = field(default_factory=dict)
+    agreement: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _agreement(out: list[int], reference: list[int]) -> int:
+    """How many leading tokens equal the target's own greedy output."""
+    n = 0
+    while n < min(len(out), len(reference)) and out[n] == reference[n]:
+        n += 1
+    return n
 
 
 def chat_ids(model: Model, text: str) -> list[int]:
@@ -78,9 +90,8 @@ def main() -> None:
                     target.speculative = decoder
                     out, rate, stats = timed(target, ids, args.tokens)
                     reference = reference or out
-                    if out != reference:
-                        sys.exit(f"{name} changed the greedy output on a {kind} prompt")
                     row = rows[kind]
+                    row.agreement.setdefault(name, []).append(_agreement(out, reference))
                     row.rates.setdefault(name, []).append(rate)
                     if stats is not None:
                         row.acceptance.setdefault(name, []).append(stats.acceptance)
@@ -88,8 +99,9 @@ def main() -> None:
                     print(f"  {kind:5} {name:24} {rate:6.2f} tok/s", file=sys.stderr)
     print(f"\n{args.target} (target) / {args.draft} (draft), {args.threads} threads, greedy, "
           f"{args.tokens} tokens, medians over {args.runs} x {len(texts)} prompts\n")
-    print("| prompts | configuration | tok/s | speedup | accepted | tokens/pass |")
-    print("|---|---|---|---|---|---|")
+    print("| prompts | configuration | tok/s | speedup | accepted | tokens/pass | "
+          "= target greedy |")
+    print("|---|---|---|---|---|---|---|")
     for kind, row in rows.items():
         base = statistics.median(row.rates["target alone"])
         for name, rates in row.rates.items():
@@ -98,7 +110,9 @@ def main() -> None:
             per = row.per_pass.get(name)
             print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x | "
                   f"{f'{statistics.mean(acc):.0%}' if acc else '-'} | "
-                  f"{f'{statistics.mean(per):.2f}' if per else '-'} |")
+                  f"{f'{statistics.mean(per):.2f}' if per else '-'} | "
+                  f"{sum(a == args.tokens for a in row.agreement[name])}/"
+                  f"{len(row.agreement[name])} |")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,47 @@
-"""The engine: ONNX Runtime sessions over a package's parts, a KV cache, prefill and decode.
+"""The engine: a package's parts run as segments on backends, a KV cache, prefill and decode.
 
-Consecutive parts placed on one device form a *segment* and run as one session (their graphs
-merged, see `graph_merge`): a `session.run` costs microseconds, but dozens per token add up.
-Every buffer a step touches (token ids, KV cache, activations between segments, logits) is
-allocated once and bound by address through IOBinding, so a decode step allocates nothing and
-copies nothing in Python.
+A `Placement` (edge/placement.py) says which backend runs which consecutive parts; none means
+everything on ONNX Runtime's CPU backend. Consecutive parts on one backend run as one
+executable (their graphs merged, see `graph_merge`): a run costs microseconds, but dozens per
+token add up. Every buffer a step touches (token ids, KV cache, activations between segments,
+logits) is allocated here once and handed to the backends by address (devices/backend.py), so
+a decode step on CPU backends allocates nothing and copies nothing in Python, and activations
+move between backends only at segment boundaries, through one shared buffer.
+
+A backend that cannot load or compile its segment falls back to ONNX Runtime's CPU backend,
+with the reason logged (logger "edge.engine") and kept in `engine.fallbacks`. A backend that
+fails mid-generation raises `BackendError` naming it and the parts; `reset()` reloads it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from edge import format as fmt
-from edge.errors import ConfigError, ContextOverflowError
-from edge.format import PartEntry
-from edge.graph_merge import initializer_names, merge_models
+from edge.errors import BackendError, ConfigError, ContextOverflowError, PackageError
+from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
+from edge.placement import DEFAULT_BACKEND, Fallback, Placement, SegmentPlacement
 from edge.rope import rope_tables
 
+if TYPE_CHECKING:
+    from devices.backend import Backend, Loaded
+
+# devices/ is imported inside the functions that use it: devices.backend imports edge.format,
+# which runs edge/__init__ (importing this module), so a module-level import here would make
+# `import devices.backend` first in a process a circular import.
+
 DEFAULT_MAX_CONTEXT = 4096
+log = logging.getLogger("edge.engine")
+
+Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
 
 
 def physical_cores() -> int:
@@ -34,7 +52,8 @@ def physical_cores() -> int:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Run-time knobs. `parts_per_session=None` runs each device segment as one session."""
+    """Run-time knobs. `parts_per_session=None` runs each placement segment as one executable;
+    `placement=None` runs every part on ONNX Runtime's CPU backend."""
 
     max_context: int | None = None
     prefill_chunk: int = 256
@@ -43,6 +62,7 @@ class EngineConfig:
     # Run multi-token steps with a package's prefill graphs (int8 kernels) when it has them;
     # off saves their memory on small devices, at the cost of slower prompts.
     prefill_kernels: bool = True
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
         if self.max_context is not None and self.max_context < 1:
@@ -53,66 +73,26 @@ class EngineConfig:
             raise ConfigError(f"threads={self.threads}; must be >= 1")
         if self.parts_per_session is not None and self.parts_per_session < 1:
             raise ConfigError(f"parts_per_session={self.parts_per_session}; must be >= 1")
-
-
-def _ptr(array: np.ndarray) -> int:
-    return array.ctypes.data
+        if self.placement is not None and not isinstance(self.placement, Placement):
+            raise ConfigError(f"placement={self.placement!r}; must be an edge.placement."
+                              "Placement or None")
 
 
 class _Segment:
-    """One ONNX Runtime session over consecutive parts, with its static inputs bound once."""
+    """One loaded executable: consecutive parts on one backend, with its step-binding cache."""
 
-    def __init__(self, package: Package, parts: list[PartEntry], threads: int,
-                 cache: KVCache, rope: tuple[np.ndarray, np.ndarray],
-                 step: int | None = None, prefill: bool = False) -> None:
-        self.parts = parts
-        model = merge_models([package.graph_bytes(p, step, prefill) for p in parts],
-                             name=parts[0].name)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if step is not None:
-            # A fixed-shape QDQ package is an NPU's graph; on the CPU keep its Q/DQ semantics.
-            # ORT's int8 fusions change them per step length (measured: logits differ by up
-            # to 1.0 between the 1-token and 64-token graphs; 0.2 with them off).
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
-        used = initializer_names(model)  # a part's prefill weights are not its decode graph's
-        tensors = {t.name: t for p in parts for t in p.tensors if t.name in used}
-        # The weights come from our own memory maps (the same path streaming will use).
-        self._weights = [package.tensor(t) for t in tensors.values()]
-        options.add_external_initializers(
-            list(tensors), [ort.OrtValue.ortvalue_from_numpy(w) for w in self._weights])
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.io = self.session.io_binding()
+    __slots__ = ("backend", "end", "inputs", "loaded", "outputs", "placed", "signature", "start")
+
+    def __init__(self, backend: Backend, loaded: Loaded, placed: int) -> None:
+        executable = loaded.executable
+        self.backend, self.loaded, self.placed = backend, loaded, placed
+        self.inputs, self.outputs = executable.inputs, executable.outputs
+        self.start, self.end = executable.graph.start, executable.graph.end
         self.signature: tuple[int, int] | None = None
-        self._bind_static(cache, rope)
 
-    def _bind_static(self, cache: KVCache, rope: tuple[np.ndarray, np.ndarray]) -> None:
-        for name, table in zip((fmt.COS_CACHE, fmt.SIN_CACHE), rope):
-            if name in self.inputs:
-                self.bind(name, table)
-        for part in self.parts:
-            if part.kind != "block":
-                continue
-            i = part.block_index
-            assert i is not None
-            for buf, past, present in (
-                (cache.keys[i], fmt.past_key_name(i), fmt.present_key_name(i)),
-                (cache.values[i], fmt.past_value_name(i), fmt.present_value_name(i)),
-            ):
-                self.bind(past, buf)
-                self.bind(present, buf, output=True)
-
-    def bind(self, name: str, array: np.ndarray, output: bool = False) -> None:
-        """Bind `array`'s memory (it must stay alive and in place) to an input or output."""
-        binder = self.io.bind_output if output else self.io.bind_input
-        binder(name, "cpu", 0, array.dtype.type, list(array.shape), _ptr(array))
-
-    def run(self) -> None:
-        self.session.run_with_iobinding(self.io)
+    @property
+    def session(self):  # the ONNX Runtime session, for ORT backends (edge bench prints it)
+        return getattr(self.loaded.executable, "session", None)
 
 
 class Engine:
@@ -127,25 +107,28 @@ class Engine:
         self.package = package
         self.config = config = config or EngineConfig()
         spec = self.spec = package.spec
-        # Fixed-shape (NPU) packages: one set of sessions per step length, a fixed cache.
+        # Fixed-shape (NPU) packages: one set of executables per step length, a fixed cache.
         self.steps = package.static_steps
         static = (package.manifest.quantization or {}).get("static", {})
         self.max_context = static.get("max_context") or min(
             config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
         self.cache = KVCache.allocate(spec, self.max_context)
-        # Bound by address below: these arrays must live as long as the engine.
+        # Bound by address: these arrays must live as long as the engine.
         self.rope = rope_tables(spec, self.max_context)
+        from devices.backend import Resident
+
+        self.resident = Resident(self.cache.keys, self.cache.values, *self.rope)
         self.threads = config.threads or physical_cores()
-        groups = self._groups(list(package.manifest.parts))
-        self.variants = {step: [_Segment(package, group, self.threads, self.cache, self.rope,
-                                         step) for group in groups]
-                         for step in (self.steps or (None,))}
-        self.segments = next(iter(self.variants.values()))
+        self.placement = config.placement or Placement.single(len(package.manifest.parts))
+        self.placement.check(package.manifest)
         has_prefill = any(p.prefill_graph for p in package.manifest.parts)
-        self.prefill_segments = ([_Segment(package, group, self.threads, self.cache, self.rope,
-                                           prefill=True) for group in groups]
-                                 if has_prefill and config.prefill_kernels and not self.steps
-                                 else None)
+        self._kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
+        if has_prefill and config.prefill_kernels and not self.steps:
+            self._kinds.append((None, True))
+        self.fallbacks: list[Fallback] = []
+        self._broken: set[int] = set()  # placement segments that failed mid-run
+        self._placed = [self._place(i) for i in range(len(self.placement.segments))]
+        self._assemble()
         chunk = self.chunk = (max(self.steps) if self.steps
                               else min(config.prefill_chunk, self.max_context))
         # Step buffers, bound by address; a step of S tokens uses their leading views.
@@ -154,21 +137,108 @@ class Engine:
         self._total = np.zeros((), np.int32)
         self._positions = np.arange(chunk, dtype=np.int64)
         self._last = np.zeros((1,), np.int64)
+        # One buffer per boundary: segment i writes it, segment i + 1 reads it, no copy.
         self._hidden = [np.zeros((1, chunk, spec.hidden_size), np.float32)
                         for _ in self.segments[1:]]
         self._logits_last = np.zeros((1, 1, spec.vocab_size), np.float32)
         self._logits_all: np.ndarray | None = None
 
-    def _groups(self, parts: list[PartEntry]) -> list[list[PartEntry]]:
-        size = self.config.parts_per_session or len(parts)
-        return [parts[i:i + size] for i in range(0, len(parts), size)]
+    # ---- building segments ------------------------------------------------------------------
+    def _backend(self, name: str, options: dict) -> Backend:
+        from devices import registry
 
+        cls = registry.backend_class(name)
+        defaults: dict[str, object] = {"threads": self.threads}
+        if len({s.backend for s in self.placement.segments}) > 1:
+            # Between its runs another runtime computes on the same cores: an idle ORT pool
+            # spinning there slows it (measured, SmolLM2 int4 split over ORT and OpenVINO:
+            # 23 ms per token spinning, 14 ms not).
+            defaults["spinning"] = False
+        options = {**{k: v for k, v in defaults.items() if k in cls.OPTIONS}, **options}
+        return cls(options)
+
+    def _place(self, index: int, reloading: bool = False) -> dict[Kind, list[_Segment]]:
+        """Load placement segment `index` on its backend, or on the CPU if that fails."""
+        placed = self.placement.segments[index]
+        backend = self._backend(placed.backend, placed.option_dict)
+        if backend.name == DEFAULT_BACKEND:
+            return self._load(backend, placed, index)
+        when, reason = self._refusal(backend, placed)
+        if not reason:
+            try:
+                return self._load(backend, placed, index)
+            except (PackageError, ConfigError):
+                raise  # the package or the settings are wrong, not the backend
+            except Exception as exc:  # any failure of the runtime: fall back, say why
+                when, reason = "compile", f"{type(exc).__name__}: {_message(exc)}"
+        fallback = Fallback(placed.start, placed.end, placed.backend, reason,
+                            when=f"reload, {when}" if reloading else when)
+        log.warning("%s", fallback)
+        self.fallbacks.append(fallback)
+        return self._load(self._backend(DEFAULT_BACKEND, {}), placed, index)
+
+    def _refusal(self, backend: Backend, placed: SegmentPlacement) -> tuple[str, str]:
+        available = backend.is_available()
+        if not available:
+            return "available", available.reason
+        for part in self.package.manifest.parts[placed.start:placed.end]:
+            supported = backend.supports(part, self.package)
+            if not supported:
+                return "supports", supported.reason
+        return "", ""
+
+    def _load(self, backend: Backend, placed: SegmentPlacement,
+              index: int) -> dict[Kind, list[_Segment]]:
+        from devices.backend import SegmentGraph
+
+        parts = self.package.manifest.parts[placed.start:placed.end]
+        size = self.config.parts_per_session or len(parts)
+        out: dict[Kind, list[_Segment]] = {}
+        done: list[_Segment] = []
+        try:
+            for step, prefill in self._kinds:
+                out[step, prefill] = []
+                for offset in range(0, len(parts), size):
+                    group = tuple(parts[offset:offset + size])
+                    model = merge_models([self.package.graph_bytes(p, step, prefill)
+                                          for p in group], name=group[0].name)
+                    graph = SegmentGraph(self.package, placed.start + offset, group, model,
+                                         step, prefill)
+                    segment = _Segment(backend, backend.load(backend.compile(graph),
+                                                             self.resident), index)
+                    out[step, prefill].append(segment)
+                    done.append(segment)
+        except BaseException:
+            for segment in done:
+                backend.unload(segment.loaded)
+            raise
+        return out
+
+    def _assemble(self) -> None:
+        """The run lists, in part order, from the per-placement-segment executables."""
+        def chain(kind: Kind) -> list[_Segment]:
+            return [s for placed in self._placed for s in placed[kind]]
+
+        self.variants = {step: chain((step, False)) for step in (self.steps or (None,))}
+        self.segments = next(iter(self.variants.values()))
+        self.prefill_segments = chain((None, True)) if (None, True) in self._kinds else None
+
+    # ---- the public API ---------------------------------------------------------------------
     @property
     def position(self) -> int:
         """How many tokens the KV cache holds."""
         return self.cache.position
 
     def reset(self) -> None:
+        """Empty the cache; after a backend failure, also reload the backend that failed."""
+        if self._broken:
+            for index in sorted(self._broken):
+                for segments in self._placed[index].values():
+                    for segment in segments:
+                        _unload_quietly(segment)
+                self._placed[index] = self._place(index, reloading=True)
+            self._broken.clear()
+            self._assemble()
         self.cache.rewind(0)
 
     def rewind(self, position: int) -> None:
@@ -205,12 +275,15 @@ class Engine:
                 f"(the model supports up to {self.spec.max_position_embeddings})"
             )
 
+    # ---- steps ------------------------------------------------------------------------------
     def _step(self, ids: np.ndarray, all_logits: bool | None) -> np.ndarray:
         self._ids[0, :len(ids)] = ids
         return self._run(len(ids), all_logits)
 
     def _run(self, n: int, all_logits: bool | None) -> np.ndarray:
         """Run n tokens already in `_ids`; logits [K, V] (K = n or 1; none when None)."""
+        if self._broken:
+            raise self._needs_reset()
         position = self.cache.position
         # A fixed-shape package runs the smallest graph that fits, padded at the end: padding
         # comes after every real token, so causal attention never lets a real token see it.
@@ -229,12 +302,35 @@ class Engine:
         segments = (self.prefill_segments if n > 1 and self.prefill_segments
                     else self.variants[size if self.steps else None])
         for i, segment in enumerate(segments):
-            if segment.signature != signature:
-                self._bind_step(i, segment, size, all_logits, logits, k)
-                segment.signature = signature
-            segment.run()
+            try:
+                if segment.signature != signature:
+                    self._bind_step(i, segment, size, all_logits, logits, k)
+                    segment.signature = signature
+                segment.backend.run(segment.loaded, position, size)
+            except Exception as exc:  # the backend's own error: wrap it with where it happened
+                raise self._failed(segment, position, exc) from exc
         self.cache.position = position + n
         return logits[0]
+
+    def _failed(self, segment: _Segment, position: int, exc: Exception) -> BackendError:
+        from devices.backend import describe_parts
+
+        self._broken.add(segment.placed)
+        segment.signature = None
+        parts = self.package.manifest.parts[segment.start:segment.end]
+        message = (f"{segment.backend.describe()} failed running "
+                   f"{describe_parts(segment.start, parts)} at position {position}: "
+                   f"{type(exc).__name__}: {_message(exc)}; the engine works again after "
+                   "reset(), which reloads it")
+        log.error("%s", message)
+        return BackendError(message, segment.backend.name, segment.backend.device,
+                            segment.start, segment.end)
+
+    def _needs_reset(self) -> BackendError:
+        placed = [self.placement.segments[i] for i in sorted(self._broken)]
+        names = ", ".join(f"{p.backend} (parts [{p.start}, {p.end}))" for p in placed)
+        return BackendError(f"{names} failed earlier; call reset() before running again",
+                            placed[0].backend, "", placed[0].start, placed[0].end)
 
     def _logits_buffer(self, k: int) -> np.ndarray:
         if k == 1:
@@ -246,18 +342,34 @@ class Engine:
     def _bind_step(self, i: int, segment: _Segment, n: int, all_logits: bool | None,
                    logits: np.ndarray, k: int) -> None:
         """(Re)bind the per-step buffers of a step shape; decode steps reuse one binding."""
+        inputs: dict[str, np.ndarray] = {}
+        outputs: dict[str, np.ndarray] = {}
         if fmt.SEQLENS_K in segment.inputs:
-            segment.bind(fmt.SEQLENS_K, self._seqlens)
-            segment.bind(fmt.TOTAL_SEQUENCE_LENGTH, self._total)
+            inputs[fmt.SEQLENS_K] = self._seqlens
+            inputs[fmt.TOTAL_SEQUENCE_LENGTH] = self._total
         if fmt.INPUT_IDS in segment.inputs:
-            segment.bind(fmt.INPUT_IDS, self._ids[:, :n])
+            inputs[fmt.INPUT_IDS] = self._ids[:, :n]
         else:
-            segment.bind(next(name for name in segment.inputs if name.startswith("hidden.")),
-                         self._hidden[i - 1][:, :n])
+            inputs[_hidden_name(segment.inputs)] = self._hidden[i - 1][:, :n]
         if fmt.LOGITS in segment.outputs:
-            index = self._positions[:k] if all_logits else self._last
-            segment.bind(fmt.LOGITS_INDEX, index)
-            segment.bind(fmt.LOGITS, logits, output=True)
+            inputs[fmt.LOGITS_INDEX] = self._positions[:k] if all_logits else self._last
+            outputs[fmt.LOGITS] = logits
         else:
-            hidden_out = next(name for name in segment.outputs if name.startswith("hidden."))
-            segment.bind(hidden_out, self._hidden[i][:, :n], output=True)
+            outputs[_hidden_name(segment.outputs)] = self._hidden[i][:, :n]
+        segment.backend.bind(segment.loaded, inputs, outputs)
+
+
+def _hidden_name(names: Sequence[str] | frozenset[str]) -> str:
+    return next(name for name in names if name.startswith("hidden."))
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text[:400] + ("..." if len(text) > 400 else "")
+
+
+def _unload_quietly(segment: _Segment) -> None:
+    try:
+        segment.backend.unload(segment.loaded)
+    except Exception as exc:  # a backend that already failed may fail to unload too
+        log.warning("unloading %s failed: %s", segment.backend.describe(), exc)

@@ -70,3 +70,16 @@ class BudgetTooSmallError(ConfigError):
 class StreamReadError(PackageError):
     """Reading a streamed part's weights from disk failed (short read, truncated or missing
     file, I/O error); the message names the part and the file."""
+
+
+class BackendError(EdgeError, RuntimeError):
+    """A backend failed while running a segment; the message names the backend, its device and
+    the part range. The engine that raised it works again after `reset()`."""
+
+    def __init__(self, message: str, backend: str = "", device: str = "",
+                 start: int = -1, end: int = -1) -> None:
+        super().__init__(message)
+        self.backend, self.device, self.start, self.end = backend, device, start, end
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.backend, self.device, self.start, self.end))

@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     result = bench_engine(model.engine, bench_prompt(model.tokenizer, config.prompt_tokens),
                           config)
     print(f"model    {model.package.root.name} ({model.spec.architecture}, "
-          f"{model.engine.segments[0].session.get_providers()[0]}, "
+          f"{' + '.join(s.backend.describe() for s in model.engine.segments)}, "
           f"{model.engine.threads} threads)")
     print(f"prefill  {result.prefill_median:8.1f} tok/s  ({config.prompt_tokens}-token prompt, "
           f"median of {config.runs})")
