@@ -21,9 +21,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import edge
 from edge.bench import SPECULATIVE_PROMPTS
+from edge.engine import EngineConfig
 from edge.model import Model
+from edge.package import open_package
+from edge.resolve import resolve_package
 from edge.speculative import LookupDraft, ModelDraft, SpeculativeConfig, SpeculativeDecoder
 
 
@@ -71,8 +73,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
 
-    target = edge.load(args.target, threads=args.threads, max_context=2048)
-    draft = edge.load(args.draft, threads=args.draft_threads or args.threads, max_context=2048)
+    # Both engines take turns on the same cores: no idle-thread spinning (edge.load does the
+    # same when given a draft model); the target alone runs on the same engine.
+    target = Model(open_package(resolve_package(args.target)),
+                   EngineConfig(threads=args.threads, max_context=2048, spinning=False))
+    draft = Model(open_package(resolve_package(args.draft)),
+                  EngineConfig(threads=args.draft_threads or args.threads, max_context=2048,
+                               spinning=False))
     configs = {
         "target alone": None,
         "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine)),

@@ -63,6 +63,9 @@ class EngineConfig:
     # off saves their memory on small devices, at the cost of slower prompts.
     prefill_kernels: bool = True
     placement: Placement | None = None
+    # Let idle ONNX Runtime threads spin between runs. None: on, unless another runtime or
+    # engine computes on the same cores in between (a split placement, a draft model).
+    spinning: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_context is not None and self.max_context < 1:
@@ -149,7 +152,9 @@ class Engine:
 
         cls = registry.backend_class(name)
         defaults: dict[str, object] = {"threads": self.threads}
-        if len({s.backend for s in self.placement.segments}) > 1:
+        if self.config.spinning is not None:
+            defaults["spinning"] = self.config.spinning
+        elif len({s.backend for s in self.placement.segments}) > 1:
             # Between its runs another runtime computes on the same cores: an idle ORT pool
             # spinning there slows it (measured, SmolLM2 int4 split over ORT and OpenVINO:
             # 23 ms per token spinning, 14 ms not).
@@ -259,6 +264,19 @@ class Engine:
                 self._step(chunk, None)
         return np.concatenate(out) if all_logits else out[-1]
 
+    def verify(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Feed up to `chunk` tokens in one step through the decode graphs; logits [S, V].
+
+        Speculative decoding's verification pass: a package's prefill graphs (int8 kernels)
+        would judge a draft with other arithmetic than decoding uses.
+        """
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        self._check_room(len(ids))
+        if len(ids) > self.chunk:
+            raise ValueError(f"verify takes at most {self.chunk} tokens, got {len(ids)}")
+        self._ids[0, :len(ids)] = ids
+        return self._run(len(ids), True, decode_graphs=True).copy()
+
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; its next-token logits [V] (a view, valid until the next call)."""
         self._check_room(1)
@@ -280,7 +298,7 @@ class Engine:
         self._ids[0, :len(ids)] = ids
         return self._run(len(ids), all_logits)
 
-    def _run(self, n: int, all_logits: bool | None) -> np.ndarray:
+    def _run(self, n: int, all_logits: bool | None, decode_graphs: bool = False) -> np.ndarray:
         """Run n tokens already in `_ids`; logits [K, V] (K = n or 1; none when None)."""
         if self._broken:
             raise self._needs_reset()
@@ -299,7 +317,8 @@ class Engine:
         k = n if all_logits else 1
         logits = self._logits_buffer(k)
         signature = (size, k)
-        segments = (self.prefill_segments if n > 1 and self.prefill_segments
+        segments = (self.prefill_segments
+                    if n > 1 and self.prefill_segments and not decode_graphs
                     else self.variants[size if self.steps else None])
         for i, segment in enumerate(segments):
             try:

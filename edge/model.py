@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from edge.engine import Engine, EngineConfig
@@ -169,7 +170,11 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
     elif str(draft) == "lookup":
         source = LookupDraft()
     else:
+        # Target and draft take turns on the same cores: idle ONNX Runtime threads spinning
+        # between runs would steal them from the other engine.
+        if isinstance(config, EngineConfig):
+            config = replace(config, spinning=False)
         source = Model(open_package(resolve_package(draft, progress=progress), verify=verify),
                        EngineConfig(max_context=max_context, threads=draft_threads or threads,
-                                    prefill_chunk=prefill_chunk))
+                                    prefill_chunk=prefill_chunk, spinning=False))
     return Model(open_package(root, verify=verify), config, source, speculative, progress)

@@ -37,6 +37,25 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
     return float(logits[token]) - m - float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
 
 
+def int8_activations(target: Engine) -> bool:
+    """Whether the target quantizes activations to int8 (MatMulNBits accuracy_level 4)."""
+    quantization = getattr(getattr(target, "package", None), "manifest", None)
+    quantization = getattr(quantization, "quantization", None) or {}
+    scheme = quantization.get("scheme") or {}
+    levels = [(scheme.get(role) or {}).get("accuracy_level", 0)
+              for role in ("linear", "head", "sensitive_config")]
+    return isinstance(target, Engine) and any(level and level >= 1 for level in levels)
+
+
+def _warn_if_batch_variant(target: Engine) -> None:
+    if int8_activations(target):
+        log.warning(
+            "the target rounds activations to int8 (accuracy_level 4): a pass over k tokens "
+            "and k one-token passes differ by up to ~0.3 logits, so speculative greedy output "
+            "equals plain greedy output except where the top two tokens nearly tie; export "
+            "with --accuracy-level 0 for token-for-token equality")
+
+
 class SpeculativeDecoder:
     """Generates with `target`, drafting with `draft`. Greedy output equals the target's greedy
     output token for token; sampled output follows the target's distribution."""
@@ -47,6 +66,7 @@ class SpeculativeDecoder:
         self.draft = draft
         self.config = config or SpeculativeConfig()
         self.controller = DraftController(self.config)
+        _warn_if_batch_variant(target)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-draft")
         self._ahead: tuple[list[int], Future[Draft]] | None = None
 
@@ -127,7 +147,8 @@ class _Run:
         started = time.perf_counter()
         history = self.out.history
         k = 0 if self.draft_failed else self.d.controller.next_k()
-        room = self.d.target.max_context - self.d.target.position - 1
+        target = self.d.target
+        room = min(target.max_context - target.position, target.chunk) - 1
         draft = self._propose(history, min(k, room)) if k and room > 0 else Draft([])
         drafted = time.perf_counter()
         if not draft.tokens:
@@ -159,7 +180,7 @@ class _Run:
         base = target.position  # the cache holds history[:-1]
         fed = [history[-1], *draft.tokens]
         self.d.draft_ahead(history + draft.tokens, len(draft.tokens))
-        logits = target.prefill(fed, all_logits=True)  # [k+1, V]
+        logits = target.verify(fed)  # [k+1, V], the arithmetic of decoding
         if self.sampler.config.greedy:
             n, token = accept_greedy(self.sampler, logits, draft.tokens, history)
         else:

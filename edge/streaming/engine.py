@@ -148,6 +148,10 @@ class StreamedEngine:
                 out.append(logits)
         return np.concatenate(out) if all_logits else out[-1]
 
+    def verify(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Logits [S, V] for every fed token (one kernel path serves every step here)."""
+        return self.prefill(token_ids, all_logits=True)
+
     def decode(self, token_id: int) -> np.ndarray:
         self._check_room(1)
         return self._step(np.array([token_id], np.int64), True, False)[0]
