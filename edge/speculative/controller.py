@@ -71,6 +71,8 @@ class DraftController:
         self._accepted = self._trials = 0.0
         self.active = True
         self._plain_since_probe = 0
+        self._probe_every = self.config.probe_every
+        self._probing = False
 
     @property
     def acceptance(self) -> float:
@@ -86,13 +88,19 @@ class DraftController:
         best_k, best_rate = self.best()
         plain_rate = 1.0 / self.plain_step.value
         if self.config.self_disable and best_rate < plain_rate:
+            if self._probing:  # the last probe did not pay either: probe half as often
+                self._probe_every = min(2 * self._probe_every, 16 * self.config.probe_every)
+            self._probing = False
             self.active = False
             self._plain_since_probe += 1
-            if self._plain_since_probe <= self.config.probe_every:
+            if self._plain_since_probe <= self._probe_every:
                 return 0
             self._plain_since_probe = 0
+            self._probing = True
             return 1  # a cheap probe: acceptance may have changed with the text
         self.active = True
+        self._probing = False
+        self._probe_every = self.config.probe_every
         return best_k
 
     def best(self) -> tuple[int, float]:

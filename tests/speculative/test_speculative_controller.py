@@ -56,11 +56,13 @@ def test_switches_off_when_rounds_cost_more_than_they_give() -> None:
 
 @pytest.mark.parametrize("probe_every", [1, 4, 16])
 def test_probes_again_after_probe_every_plain_tokens(probe_every: int) -> None:
-    """While off, exactly `probe_every` plain steps (k = 0) separate probes of k = 1."""
+    """While off, `probe_every` plain steps (k = 0) precede the first probe of k = 1, and each
+    probe that still loses doubles the gap (a text where drafts never pay costs ever less)."""
     controller = _controller(probe_every=probe_every)
     _make_expensive(controller)
-    ks = [controller.next_k() for _ in range(3 * (probe_every + 1))]
-    assert ks == ([0] * probe_every + [1]) * 3
+    gaps = (probe_every, 2 * probe_every, 4 * probe_every)
+    ks = [controller.next_k() for _ in range(sum(gaps) + 3)]
+    assert ks == [k for gap in gaps for k in [0] * gap + [1]]
 
 
 def test_turns_back_on_when_probes_succeed() -> None:
