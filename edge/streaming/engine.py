@@ -1,7 +1,8 @@
 """A model larger than the memory it is given: TPI-LLM's sliding window over disk.
 
-The embedding, the head and as many leading blocks as the budget allows stay resident
-(*pinned*); the other blocks stream through a window of preallocated buffers, read from disk
+The head and as many leading blocks as the budget allows stay resident (*pinned*); the
+embedding is memory-mapped (a token touches one row, so only rows in use take memory); the
+other blocks stream through a window of preallocated buffers, read from disk
 by `memory_sched`'s prefetcher while earlier blocks compute. Every part runs through the
 numpy forward of `devices.spec_forward` with a kernel that reads the weights where they lie
 (`StreamedLinear`), so memory is exactly: pinned weights + window buffers + KV cache +
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from devices.spec_forward.numpy_forward import (
     head_forward,
     rope_tables,
 )
-from devices.spec_forward.weights import PartWeights, part_weights
+from devices.spec_forward.weights import PartWeights, map_part, part_weights
 from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores
 from edge.errors import BudgetTooSmallError, ConfigError, ContextOverflowError, StreamReadError
 from edge.format import PartEntry
@@ -38,6 +39,8 @@ from memory_sched.prefetcher import Prefetcher
 from memory_sched.sizing import StreamPlan, plan_stream
 
 TOKENIZER_RSS_FACTOR = 9
+# Pages of the mapped embedding that the rows of a long conversation touch.
+EMBEDDING_ROWS_ALLOWANCE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,9 @@ class StreamedEngine:
         self.linear = StreamedLinear(self.threads)
         self.parts = {p.name: p for p in package.manifest.parts}
         self.pinned = load_pinned(package, self.plan.policy.pinned, progress)
+        embed = next(p for p in package.manifest.parts if p.kind == "embed")
+        self.embed = part_weights(spec, embed, map_part(package.root, embed),
+                                  package.manifest.quantization)
         self.prefetcher: Prefetcher | None = (
             self.plan.prefetcher(package.root, direct=config.direct)
             if self.plan.policy.streamed else None)
@@ -174,7 +180,7 @@ class StreamedEngine:
         started = time.perf_counter()
         waited = 0.0
         position = self.cache.position
-        x = embed_forward(self.pinned["embed"], ids[None])
+        x = embed_forward(self.embed, ids[None])
         try:
             for part in self.package.manifest.blocks:
                 weights, wait = self._acquire(part)
@@ -224,7 +230,7 @@ class StreamedEngine:
 
 def plan_budget(package: Package, config: StreamConfig, max_context: int,
                 chunk: int) -> StreamPlan:
-    """Pin the embedding, the head and as many leading blocks as the budget holds beside a
+    """Pin the head and as many leading blocks as the budget holds beside a
     window of at least two streamed blocks (one computing, one being read); stream the rest.
 
     Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
@@ -239,11 +245,14 @@ def plan_budget(package: Package, config: StreamConfig, max_context: int,
     # The tokenizer lives in the same process: measured ~9x its JSON size in RSS (Qwen2.5's
     # 11.4 MB file adds ~100 MiB), so large vocabularies get a larger allowance.
     tokenizer = os.path.getsize(os.path.join(package.root, manifest.tokenizer.file))
-    overhead = config.runtime_overhead + TOKENIZER_RSS_FACTOR * tokenizer
+    overhead = (config.runtime_overhead + TOKENIZER_RSS_FACTOR * tokenizer
+                + EMBEDDING_ROWS_ALLOWANCE)
+    # The embedding is mapped, not streamed nor pinned: plan over the other parts.
+    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
 
     def attempt(pinned_blocks: int) -> StreamPlan:
-        return plan_stream(manifest, config.budget, kv_cache=kv, activations=act,
-                           pinned=("embed", "head", *blocks[:pinned_blocks]),
+        return plan_stream(parts, config.budget, kv_cache=kv, activations=act,
+                           pinned=("head", *blocks[:pinned_blocks]),
                            runtime_overhead=overhead,
                            max_window=config.max_window)
 
