@@ -118,8 +118,9 @@ def _initialize() -> None:
     llvm.initialize_native_asmprinter()
 
 
-@cache
 def _target_machine(target: HostTarget) -> llvm.TargetMachine:
+    """A new target machine: an MCJIT engine takes ownership of (and frees) the one it gets,
+    so each compiled module needs its own."""
     return llvm.Target.from_triple(target.triple).create_target_machine(
         cpu=target.cpu, features=target.features, opt=3, jit=True
     )

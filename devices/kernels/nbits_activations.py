@@ -1,14 +1,15 @@
 """x laid out for the `MatMulNBits` kernels, once per call (x is tiny next to the weights).
 
 fp32: x zero-padded to whole blocks and, for 4 bits, de-interleaved per chunk of 2*lanes (the
-even-k lanes, then the odd-k lanes) to match the two nibbles of a byte.
+even-k lanes, then the odd-k lanes) to match the two nibbles of a byte; per-block sums of x.
 
 int16: x rounded per block to integers xq = hi * 128 + lo with |xq| <= 16256 (so |hi| <= 127,
 |lo| <= 64 fit int8) and one float scale per block; the error is at most the block's max |x| /
 32512. hi and lo are laid out in the byte order of one 64-byte code step (for 4 bits: even-k,
 then odd-k codes), and each VNNI lane gets its block's scale. Per-block sums of the rounded x
-keep the zero-point term consistent with it. The work is JIT-compiled too
-(`nbits_prepare_ir`): in numpy it took ~45 us, a quarter of a 2048 x 8192 GEMV.
+keep the zero-point term consistent with it.
+
+Both are JIT-compiled too (`nbits_prepare_ir`): in numpy they took 10-45 us per call.
 """
 
 from __future__ import annotations
@@ -64,18 +65,19 @@ def layout_key(layout: NBitsLayout, K: int) -> tuple:
     return (K, layout.block_size, layout.bits, layout.lanes, layout.activations)
 
 
-def prepare_fp32(x: np.ndarray, layout: NBitsLayout, n_blocks: int) -> PreparedX:
+def prepare_fp32(x: np.ndarray, layout: NBitsLayout, n_blocks: int,
+                 prepare: Callable[..., None]) -> PreparedX:
+    """Block sums (and for 4 bits the de-interleaved copy) with the JIT-compiled `prepare`."""
     M = x.shape[0]
-    key = layout_key(layout, x.shape[1])
     source = _padded(x, n_blocks * layout.block_size)
-    xsum = source.reshape(M, n_blocks, layout.block_size).sum(axis=2, dtype=np.float32)
-    if layout.bits == 8:
-        return PreparedX(source, _EMPTY, xsum, key)
-    lanes = layout.lanes
-    chunks = source.shape[1] // (2 * lanes)
-    xd = np.empty((M, chunks, 2, lanes), np.float32)
-    xd.transpose(0, 1, 3, 2)[...] = source.reshape(M, chunks, lanes, 2)
-    return PreparedX(xd.reshape(M, -1), _EMPTY, xsum, key)
+    xsum = np.empty((M, n_blocks), np.float32)
+    if layout.bits == 4:
+        laid_out = np.empty_like(source)
+    else:  # a copy even when x is usable as is: a PreparedX must not change under its xsum
+        laid_out = source if source is not x else x.copy()
+    prepare(source.ctypes.data, M, source.shape[1], n_blocks, laid_out.ctypes.data,
+            laid_out.shape[1], xsum.ctypes.data)
+    return PreparedX(laid_out, _EMPTY, xsum, layout_key(layout, x.shape[1]))
 
 
 def prepare_int16(x: np.ndarray, layout: NBitsLayout, n_blocks: int,

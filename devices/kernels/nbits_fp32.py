@@ -19,6 +19,7 @@ from devices.kernels.nbits_layout import NBitsLayout
 from devices.kernels.nbits_tile import TileEmitter
 
 SCALE_FIRST_ACTS = 4  # from this many activation rows per tile, scale codes before the FMAs
+SUM_SETS = {1: 2, 2: 2}  # running-sum sets by tile size (rows * acts)
 _UNROLL = 4  # chunks (vector loads of codes) unrolled per block before looping
 _PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps: float table lookup by the low 4 bits
 
@@ -39,7 +40,7 @@ class Fp32Tile(TileEmitter):
         self.x_floats = [b.bitcast(row, F32.as_pointer()) for row in self.x_rows]
         # Small tiles alternate two sets of running sums between even and odd blocks, so that
         # consecutive blocks do not wait on each other's FMA latency.
-        sets = [self.new_sums() for _ in range(2 if self.rows * self.acts <= 2 else 1)]
+        sets = [self.new_sums() for _ in range(SUM_SETS.get(self.rows * self.acts, 1))]
 
         def blocks(first: ir.Value) -> None:
             for i, accs in enumerate(sets):

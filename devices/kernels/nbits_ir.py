@@ -15,8 +15,8 @@ Exported C signature (sizes int64; x is float32 for fp32, int8 parts for int16):
                     int64 out_stride, int64 n_start, int64 n_end, int64 n_blocks)
 
 It writes out[m, n] for all m < M and n_start <= n < n_end; xsum is [M, n_blocks] and
-lane_scales (int16 only) [M, lane_stride]; int16 modules also export `prepare_int16`, which
-lays x out. Output rows go 4 at a time (a tile may cover 1, 2 or
+lane_scales (int16 only) [M, lane_stride]. `prepare_fp32` / `prepare_int16` (one per module)
+lay x out. Output rows go 4 at a time (a tile may cover 1, 2 or
 4 of them), activation rows 8, 4, 2 or 1 at a time, so weights are decoded once per tile.
 """
 
@@ -34,7 +34,12 @@ from devices.kernels.nbits_layout import (
     can_vnni,
     kernel_lanes,
 )
-from devices.kernels.nbits_prepare_ir import PREPARE_NAME, add_prepare_int16
+from devices.kernels.nbits_prepare_ir import (
+    PREPARE_FP32_NAME,
+    PREPARE_NAME,
+    add_prepare_fp32,
+    add_prepare_int16,
+)
 from devices.kernels.nbits_tile import TileEmitter
 from devices.kernels.nbits_vnni import VnniTile
 
@@ -44,6 +49,7 @@ _GROUP = 4  # output rows per step of the row loop; every tile's row count divid
 __all__ = [
     "ACTIVATION_KINDS",
     "FUNCTION_NAME",
+    "PREPARE_FP32_NAME",
     "PREPARE_NAME",
     "ZERO_POINT_KINDS",
     "NBitsLayout",
@@ -122,4 +128,6 @@ def build_nbits_module(layout: NBitsLayout, vector_registers: int) -> ir.Module:
     b.ret_void()
     if layout.activations == "int16":
         add_prepare_int16(module, layout)
+    else:
+        add_prepare_fp32(module, layout)
     return module

@@ -36,6 +36,7 @@ from devices.kernels.nbits_activations import (
 from devices.kernels.nbits_ir import (
     ACTIVATION_KINDS,
     FUNCTION_NAME,
+    PREPARE_FP32_NAME,
     PREPARE_NAME,
     ZERO_POINT_KINDS,
     NBitsLayout,
@@ -47,7 +48,7 @@ from devices.kernels.nbits_ir import (
 from devices.kernels.pool import get_pool, physical_cores
 from edge.errors import ConfigError, EdgeError
 
-# Below this many weight bytes per thread, waking a worker (~10 us) costs more than it saves.
+# Below this many code bytes per thread, waking a worker (~10 us) costs more than it saves.
 MIN_BYTES_PER_THREAD = 256 * 1024
 # Thread shares start on multiples of this many rows so tiles stay whole and outputs rarely
 # share a cache line.
@@ -56,6 +57,7 @@ _ROW_ALIGN = 16
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURE = ctypes.CFUNCTYPE(None, _P, _I, _P, _I, _P, _I, _P, _P, _P, _P, _I, _I, _I, _I)
 _PREPARE_SIGNATURE = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _P, _I, _P, _I, _P)
+_PREPARE_FP32_SIGNATURE = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _P, _I, _P)
 
 
 def int16_supported(target: jit.HostTarget | None = None) -> bool:
@@ -127,7 +129,8 @@ class NBitsMatMul:
 
     Output rows are split across `threads` threads of a process-wide pool (default: physical
     cores). One instance may serve many weights of the same spec (the streamed blocks of a
-    model): the weight buffers are arguments of each call.
+    model): the weight buffers are arguments of each call. A call costs ~10 us of Python on
+    top of the kernel; everything that does not depend on the arguments is fixed here.
     """
 
     def __init__(self, spec: NBitsSpec, threads: int | None = None,
@@ -137,6 +140,10 @@ class NBitsMatMul:
             threads = physical_cores()
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"NBitsMatMul threads must be a positive int, got {threads!r}")
+        if (isinstance(min_bytes_per_thread, bool) or not isinstance(min_bytes_per_thread, int)
+                or min_bytes_per_thread < 0):
+            raise ConfigError("NBitsMatMul min_bytes_per_thread must be an int >= 0, got "
+                              f"{min_bytes_per_thread!r}")
         if activations not in ACTIVATION_KINDS:
             raise ConfigError(f"NBitsMatMul activations must be one of {list(ACTIVATION_KINDS)}, "
                               f"got {activations!r}")
@@ -144,12 +151,9 @@ class NBitsMatMul:
         if activations == "int16" and not int16_supported(target):
             raise ConfigError("NBitsMatMul activations='int16' needs AVX-512 VNNI, which this "
                               f"CPU ({target.cpu}) lacks; use activations='fp32'")
-        self.spec = spec
-        self.threads = threads
-        self.min_bytes_per_thread = min_bytes_per_thread
-        lanes = kernel_lanes(spec.bits, spec.block_size, target.lanes)
-        if activations == "int16":
-            lanes = 16
+        self.spec, self.threads = spec, threads
+        lanes = 16 if activations == "int16" else kernel_lanes(spec.bits, spec.block_size,
+                                                                target.lanes)
         permute = can_permute(target.features, target.triple, lanes)
         self.layout = NBitsLayout(spec.bits, spec.block_size, spec.zero_points, lanes, permute,
                                   activations)
@@ -158,10 +162,18 @@ class NBitsMatMul:
             lambda t: build_nbits_module(self.layout, t.vector_registers),
             target,
         )
-        self._kernel = _SIGNATURE(module.address(FUNCTION_NAME))
-        self._prepare = (_PREPARE_SIGNATURE(module.address(PREPARE_NAME))
-                         if activations == "int16" else None)
         self._module = module  # keeps the machine code alive as long as this object
+        self._kernel = _SIGNATURE(module.address(FUNCTION_NAME))
+        if activations == "int16":
+            self._prepare = _PREPARE_SIGNATURE(module.address(PREPARE_NAME))
+        else:
+            self._prepare = _PREPARE_FP32_SIGNATURE(module.address(PREPARE_FP32_NAME))
+        self.x_key = layout_key(self.layout, spec.K)
+        self._checks = _weight_checks(spec)
+        packed_bytes = spec.N * spec.n_blocks * spec.block_size * spec.bits // 8
+        used = max(1, min(threads, packed_bytes // max(1, min_bytes_per_thread),
+                          -(-spec.N // _ROW_ALIGN)))
+        self._shares = list(pairwise(_row_bounds(spec.N, used)))
 
     def __call__(self, x: np.ndarray | PreparedX, packed: np.ndarray, scales: np.ndarray,
                  zero_points: np.ndarray | None = None, out: np.ndarray | None = None
@@ -172,52 +184,39 @@ class NBitsMatMul:
         projections that share an input: q/k/v, gate/up), which saves laying it out again.
         """
         spec = self.spec
-        prepared = x if isinstance(x, PreparedX) else self.prepare_x(x)
+        prepared = x if type(x) is PreparedX else self.prepare_x(x)
         if prepared.key != self.x_key:
             raise KernelInputError(
                 f"x was prepared for a kernel with x layout {prepared.key}, this one needs "
                 f"{self.x_key}"
             )
         M = prepared.rows
-        pointers = [
-            _weight_pointer("packed", packed, np.uint8, int(np.prod(spec.packed_shape)),
-                            {spec.packed_shape}),
-            _weight_pointer("scales", scales, np.float32, spec.N * spec.n_blocks,
-                            {(spec.N, spec.n_blocks)}),
-            _zero_point_pointer(spec, zero_points),
-        ]
+        packed_check, scales_check, zp_check = self._checks
         if out is None:
             out = np.empty((M, spec.N), np.float32)
         else:
             _check_out(out, M, spec.N)
-        call = partial(self._kernel, prepared.x.ctypes.data, prepared.x_stride,
-                       prepared.lane_scales.ctypes.data, prepared.lane_stride,
-                       prepared.xsum.ctypes.data, M, *pointers, out.ctypes.data, spec.N)
-        bounds = _row_bounds(spec.N, self._threads_for(packed.nbytes))
-        tasks = [partial(call, lo, hi, spec.n_blocks) for lo, hi in pairwise(bounds)]
-        get_pool(len(tasks)).run(tasks)
+        args = (prepared.x.ctypes.data, prepared.x_stride, prepared.lane_scales.ctypes.data,
+                prepared.lane_stride, prepared.xsum.ctypes.data, M,
+                packed_check.pointer(packed), scales_check.pointer(scales),
+                zp_check.pointer(zero_points), out.ctypes.data, spec.N)
+        if len(self._shares) == 1:
+            self._kernel(*args, 0, spec.N, spec.n_blocks)
+        else:
+            get_pool(len(self._shares)).run(
+                [partial(self._kernel, *args, lo, hi, spec.n_blocks) for lo, hi in self._shares])
         return out
-
-    @property
-    def x_key(self) -> tuple:
-        """Kernels with equal keys accept each other's `prepare_x` results."""
-        return layout_key(self.layout, self.spec.K)
 
     def prepare_x(self, x: np.ndarray) -> PreparedX:
         """x float32 [M, K] in the kernel's layout (see `nbits_activations`)."""
         _check_x(x, self.spec.K)
         if self.layout.activations == "int16":
             return prepare_int16(x, self.layout, self.spec.n_blocks, self._prepare)
-        return prepare_fp32(x, self.layout, self.spec.n_blocks)
+        return prepare_fp32(x, self.layout, self.spec.n_blocks, self._prepare)
 
     def assembly(self) -> str:
         """The compiled machine code as text, for inspection (and the no-AMX test)."""
         return self._module.assembly()
-
-    def _threads_for(self, weight_bytes: int) -> int:
-        by_size = weight_bytes // max(1, self.min_bytes_per_thread)
-        return max(1, min(self.threads, by_size,
-                          -(-self.spec.N // _ROW_ALIGN)))
 
 
 def _row_bounds(N: int, threads: int) -> list[int]:
@@ -244,34 +243,47 @@ def _check_out(out: np.ndarray, M: int, N: int) -> None:
         )
 
 
-def _weight_pointer(name: str, array: Any, dtype: type, size: int,
-                    shapes: set[tuple[int, ...]]) -> int:
-    """The address of a weight buffer read in place: wrong layouts are errors, never copies."""
-    allowed = shapes | {(size,)}
-    if (not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape not in allowed
-            or not array.flags.c_contiguous):
-        wanted = " or ".join(str(list(s)) for s in sorted(allowed))
-        raise KernelInputError(
-            f"{name} must be a C-contiguous {np.dtype(dtype)} array of shape {wanted}, "
-            f"got {_describe(array)}"
-        )
-    return array.ctypes.data
+@dataclass(frozen=True)
+class _BufferCheck:
+    """One weight buffer read in place: wrong layouts are errors, never silent copies."""
 
+    name: str
+    dtype: np.dtype | None  # None: the buffer must be absent (implicit zero points)
+    shapes: frozenset[tuple[int, ...]]
 
-def _zero_point_pointer(spec: NBitsSpec, zero_points: Any) -> int | None:
-    if spec.zero_points == "none":
-        if zero_points is not None:
+    def pointer(self, array: Any) -> int | None:
+        if self.dtype is None:
+            if array is not None:
+                raise KernelInputError(
+                    f"{self.name} must be None for a kernel built with zero_points='none', got "
+                    f"{_describe(array)}; build NBitsMatMul with NBitsSpec.of(weight)"
+                )
+            return None
+        if (type(array) is not np.ndarray or array.dtype != self.dtype
+                or array.shape not in self.shapes or not array.flags.c_contiguous):
+            if array is None:
+                raise KernelInputError(f"{self.name} is None but the kernel was built for "
+                                       f"{self.dtype} {self.name}")
+            wanted = " or ".join(str(list(s)) for s in sorted(self.shapes))
             raise KernelInputError(
-                "zero_points must be None for a kernel built with zero_points='none', got "
-                f"{_describe(zero_points)}; build NBitsMatMul with NBitsSpec.of(weight)"
+                f"{self.name} must be a C-contiguous {self.dtype} array of shape {wanted}, "
+                f"got {_describe(array)}"
             )
-        return None
-    if zero_points is None:
-        raise KernelInputError(
-            f"zero_points is None but the kernel was built for {spec.zero_points!r} zero points"
-        )
-    dtype = np.float32 if spec.zero_points == "float" else np.uint8
-    return _weight_pointer("zero_points", zero_points, dtype, spec.zero_points_size, set())
+        return array.ctypes.data
+
+
+def _weight_checks(spec: NBitsSpec) -> tuple[_BufferCheck, _BufferCheck, _BufferCheck]:
+    packed_size = spec.N * spec.n_blocks * spec.block_size * spec.bits // 8
+    scales_size = spec.N * spec.n_blocks
+    zp_dtype = {"none": None, "uint8": np.dtype(np.uint8), "float": np.dtype(np.float32)}
+    return (
+        _BufferCheck("packed", np.dtype(np.uint8),
+                     frozenset({spec.packed_shape, (packed_size,)})),
+        _BufferCheck("scales", np.dtype(np.float32),
+                     frozenset({(spec.N, spec.n_blocks), (scales_size,)})),
+        _BufferCheck("zero_points", zp_dtype[spec.zero_points],
+                     frozenset({(spec.zero_points_size,)})),
+    )
 
 
 def _describe(array: Any) -> str:
