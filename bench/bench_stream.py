@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import edge
 from edge.streaming.report import plot_timeline, summarize
@@ -42,7 +42,8 @@ print(json.dumps({"tok_s": s.tokens_per_second, "io_wait": s.io_wait_per_token,
                   "compute": s.compute_per_token, "bytes": s.bytes_per_token,
                   "read_s": s.read_seconds_per_token, "overlap": s.overlap,
                   "window": engine.plan.policy.window, "streamed": len(engine.plan.policy.streamed),
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": 1024 * int(next(line.split()[1] for line in open("/proc/self/status")
+                                              if line.startswith("VmHWM:")))}))
 """
 
 

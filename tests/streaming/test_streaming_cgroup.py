@@ -34,8 +34,10 @@ MAX_CONTEXT = 512
 TOKENS = 16
 REPO = Path(__file__).resolve().parents[2]
 
+# Peak RSS from the kernel's per-image high-water mark (VmHWM): ru_maxrss survives fork+exec,
+# so a child of a big pytest process would report its parent's peak.
 CHILD = r"""
-import json, resource, sys
+import json, sys
 import edge
 from edge.streaming import describe_plan
 
@@ -44,7 +46,8 @@ model = edge.load(sys.argv[1], memory_budget=int(sys.argv[2]), max_context=int(s
 tokens = [r.token for r in model.stream("def fibonacci(n):", max_tokens=int(sys.argv[4]),
                                         ignore_eos=True)]
 print("RESULT " + json.dumps({
-    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss": 1024 * int(next(line.split()[1] for line in open("/proc/self/status")
+                                if line.startswith("VmHWM:"))),
     "tokens": tokens, "plan": describe_plan(model.engine.plan)}))
 """
 
