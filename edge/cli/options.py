@@ -14,6 +14,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: physical cores)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars on stderr")
+    parser.add_argument("--plan", default=None, metavar="auto|FILE",
+                        help="place parts on this machine's devices: 'auto' (the planner) or "
+                             "a placement JSON from 'edge plan --json'")
     parser.add_argument("--memory-budget", default=None, metavar="SIZE",
                         help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
                              "stream from disk while earlier blocks compute")
@@ -61,7 +64,11 @@ def load_model(args: argparse.Namespace, model: str | None):
 
     loaded = edge.load(model, max_context=args.ctx, threads=args.threads,
                        progress=not args.quiet, memory_budget=args.memory_budget,
-                       **draft_kwargs(args))
+                       plan=getattr(args, "plan", None), **draft_kwargs(args))
+    placement = getattr(loaded.engine, "placement", None)
+    if getattr(args, "plan", None) and placement is not None and not args.quiet:
+        print(f"plan {args.plan}:\n{placement.describe(loaded.package.manifest)}",
+              file=sys.stderr)
     plan = getattr(loaded.engine, "plan", None)
     if plan is not None and not args.quiet:
         from edge.streaming import describe_plan

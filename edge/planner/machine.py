@@ -1,0 +1,92 @@
+"""The devices a plan may use: this machine's (measured), or a built-in profile's ("what if").
+
+Kept apart from the pure planner: discovering this machine runs a cached micro-benchmark and
+asks each runtime whether it is installed.
+
+>>> devices = local_devices(budget=600 << 20)  # doctest: +SKIP
+>>> plan = plan_model("smollm2-135m", profiles=["rpi5"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+from devices.profiles import PLATFORMS, PROFILES, DeviceProfile, DeviceProfileError
+from edge.planner.plan import Device, Plan, PlanConfig
+
+# Spellings people use for the built-in platforms.
+ALIASES = {"rpi4": "pi4", "rpi5": "pi5", "raspberry-pi-4": "pi4", "raspberry-pi-5": "pi5",
+           "jetson": "jetson-orin-nano", "phone": "snapdragon-8-gen-3", "laptop": "laptop-x86"}
+# The backend each kind of device runs through: ONNX Runtime on CPUs, PyTorch on GPUs (the
+# GPU path on Jetson), Qualcomm's QNN execution provider on the phone's NPU.
+BACKEND_FOR_KIND = {"cpu": "ort_cpu", "gpu": "torch", "npu": "ort_qnn"}
+LOCAL_BACKENDS = ("ort_cpu", "openvino")
+# Sequential read speed of each platform's usual storage, GB/s, for streamed plans: Pi 4 from a
+# USB 3 SSD (~0.35; a microSD card reads ~0.09), Pi 5 from an NVMe HAT on PCIe 2.0 x1 (~0.45),
+# Jetson Orin Nano from NVMe on PCIe 3.0 x4 (~1.5 sustained), a phone's UFS 4.0 (~2), a
+# laptop's NVMe (~3). Published figures, derated to sustained reads.
+PLATFORM_DISK_GBS = {"pi4": 0.35, "pi5": 0.45, "jetson-orin-nano": 1.5,
+                     "snapdragon-8-gen-3": 2.0, "laptop-x86": 3.0}
+
+
+def _limit(budget: int | str | None, total: int | None = None) -> int | None:
+    """Bytes of a budget; a percentage is of `total` (a profile's memory) or of this machine's."""
+    from memory_sched.budget import MemoryBudget
+
+    return None if budget is None else MemoryBudget.parse(budget, total=total).limit
+
+
+def profile_devices(names: Sequence[str], budget: int | str | None = None
+                    ) -> tuple[Device, ...]:
+    """Devices of built-in platforms or profiles ("rpi5", "jetson-orin-nano", "pi4", ...);
+    a percentage budget is of each profile's memory."""
+    out: list[Device] = []
+    for name in names:
+        key = ALIASES.get(name, name)
+        if key in PLATFORMS:
+            profiles = [PROFILES[n] for n in PLATFORMS[key]]
+        elif key in PROFILES:
+            profiles = [PROFILES[key]]
+        else:
+            known = sorted({*PLATFORMS, *PROFILES, *ALIASES})
+            raise DeviceProfileError(f"unknown profile {name!r}; known: {', '.join(known)}")
+        out += [Device(p, BACKEND_FOR_KIND[p.kind], _limit(budget, p.memory_bytes))
+                for p in profiles]
+    return tuple(out)
+
+
+def local_devices(budget: int | str | None = None, *, refresh: bool = False
+                  ) -> tuple[Device, ...]:
+    """This machine's CPU (measured profile) through every CPU runtime that is installed."""
+    from devices import registry
+    from devices.microbench import measured_profile
+
+    profile: DeviceProfile = measured_profile(refresh=refresh)
+    devices = []
+    for name in LOCAL_BACKENDS:
+        if name == "ort_cpu" or registry.create(name).is_available():
+            devices.append(Device(profile, name, _limit(budget)))
+    return tuple(devices)
+
+
+def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str | None = None,
+               profiles: Sequence[str] = (), config: PlanConfig | None = None,
+               progress: bool = False) -> Plan:
+    """Plan `model` (a name, GGUF, folder or package, as `edge.load` takes) for this machine or
+    for built-in `profiles`; `budget` ("600MB", "25%", bytes) caps each device's memory."""
+    from edge.format import read_manifest
+    from edge.planner.make import make_plan
+    from edge.resolve import resolve_package
+
+    config = config or PlanConfig()
+    devices = profile_devices(profiles, budget) if profiles else local_devices(budget)
+    if profiles and config.disk_gbs is None:
+        platform = ALIASES.get(profiles[0], profiles[0])
+        platform = next((p for p, names in PLATFORMS.items()
+                         if platform == p or platform in names), platform)
+        if platform in PLATFORM_DISK_GBS:
+            config = replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
+    manifest = read_manifest(resolve_package(model, progress=progress))
+    return make_plan(manifest, devices, config)

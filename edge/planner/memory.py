@@ -1,0 +1,269 @@
+"""Predicted peak memory of a plan: what each runtime really keeps of a package, as measured.
+
+Memory estimates are what users of edge-device runtimes complain about most (Ollama #9170,
+exo #1279), so every constant below was measured on this machine (2 vCPU Xeon, onnxruntime
+1.32, openvino 2026.4, Python 3.12) by `python bench/bench_plan_memory.py`, which reprints them;
+`tests/planner/test_planner_memory.py` checks whole plans against a real process's peak RSS.
+
+What the measurements showed (per byte of the tensor on disk, after a 64-token prefill and 16
+decoded tokens; "mapped" counts the pages of our package's files the process keeps touched,
+which RSS counts like any other memory):
+
+- ONNX Runtime CPU copies every external initializer we hand it into memory of its own *and*
+  keeps our memory maps' pages touched: float tensors cost 1x allocated + 1x mapped (the float
+  embedding table included: the Gather reads ORT's copy, not our map; 1.11x for float matrices
+  in a whole Model, see ORT_CPU). MatMulNBits pre-packs
+  (4-bit data plus per-block sums) and keeps its scales: 1.47x allocated (8-bit: 1.31x). A
+  tensor two parts share under one name (a tied float embedding) is copied twice (Gather and
+  MatMul each keep their own) but mapped once. Loading peaks above the steady state by the
+  last pre-packed matrix's unpacked copy (the head's data tensor, 1.0x); no growth while
+  generating.
+- OpenVINO maps the weight files itself and computes from the maps where it can: float
+  embedding tables and quantized gather tables cost nothing allocated. It re-packs 4-bit and
+  8-bit MatMulNBits weights into 8/16-bit layouts at the first inference (~1.8x allocated) and
+  float matrices into blocked layouts (1x allocated, beside the map), ~3.9 MiB per block more.
+  It also grows while decoding (its dynamic-shape kernels' per-shape state: 1.3-2.8 MiB per
+  token per segment, still linear at 160 tokens); predictions count it up to `tokens`.
+- The streamed engine reads pinned parts into memory it owns (1x, no map), maps the embedding
+  (rows in use only) and streams the rest through its window buffers: plan_budget's exact
+  accounting of weights plus the measured runtime, mostly llvmlite's LLVM (~44 MiB on import,
+  ~36 MiB more code pages once the int4 kernel is JIT-compiled).
+- The process: python + numpy + edge imports (~38 MiB), onnxruntime for the resident engine
+  (+20 MiB; the streamed engine never imports it); the tokenizer ~7x its JSON size net (9x
+  alone, see TOKENIZER_FACTOR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from edge.format import ModelSpec
+from edge.planner.costs import (
+    GATHER_F32,
+    GATHER_Q,
+    MATMUL_F32,
+    NBITS4,
+    NBITS8,
+    OTHER,
+    PREFILL_INT8,
+    QDQ_INT8,
+    ModelCosts,
+)
+
+MiB = 1 << 20
+PAGE = 4096
+
+# ---- the process (bench/bench_plan_memory.py: "process") ---------------------------------------
+PROCESS_BASE = 38 * MiB  # python + numpy + `import edge` (VmRSS before loading)
+RESIDENT_IMPORTS = 20 * MiB  # onnxruntime, which the resident engine's backends import
+# A loaded tokenizers.Tokenizer holds 9.0-9.5x its tokenizer.json in RSS, after a load peak of
+# ~12x whose freed part the allocator hands to the engine's next allocations: over whole-model
+# runs (SmolLM2 3.5 MB, Qwen2.5 11.4 MB) the tokenizer costs 6.7x (least squares, streamed runs).
+TOKENIZER_FACTOR = 7.0
+
+
+@dataclass(frozen=True)
+class RuntimeMemory:
+    """How one runtime holds a package, per tensor class (see costs.py), in bytes per byte on
+    disk: `allocated` is memory the runtime owns, `mapped` the file pages it keeps touched.
+
+    map_scope "name": the process maps each tensor name once (ONNX Runtime gets our
+    `Package.tensor` maps, cached by name); "part": each part's graph maps its own regions
+    (OpenVINO reads each part's graph file with its external data).
+    """
+
+    name: str
+    runtime_bytes: int  # once per process when first used: code pages, thread pools, plugins
+    per_block_bytes: int  # per block: kernel objects and per-node buffers
+    allocated: Mapping[str, float]
+    mapped: Mapping[str, float]
+    map_scope: str = "name"
+    # `allocated` while loaded but not yet run, where it differs (OpenVINO re-packs at its first
+    # inference); None: the same as `allocated`.
+    allocated_at_load: Mapping[str, float] | None = None
+    prepack_transient: float = 0.0  # load peak above steady, x the last pre-packed matrix
+    growth_per_token: int = 0  # per segment, per decoded token
+    growth_per_token_block: int = 0  # per block of a segment, per decoded token
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allocated", MappingProxyType(dict(self.allocated)))
+        object.__setattr__(self, "mapped", MappingProxyType(dict(self.mapped)))
+        if self.allocated_at_load is not None:
+            object.__setattr__(self, "allocated_at_load",
+                               MappingProxyType(dict(self.allocated_at_load)))
+        if self.map_scope not in ("name", "part"):
+            raise ValueError(f"map_scope must be 'name' or 'part', got {self.map_scope!r}")
+
+
+_ALL_ONCE = {c: 1.0 for c in (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8,
+                              QDQ_INT8, OTHER)}
+_NONE = dict.fromkeys(_ALL_ONCE, 0.0)
+
+# bench/bench_plan_memory.py, "ort_cpu"/"openvino" rows: least squares over one segment holding
+# the embedding, one block, ten blocks or the head, for SmolLM2 fp32, SmolLM2 int4 and
+# Qwen2.5-0.5B int4 (residuals <= 4 MiB allocated, <= 7 MiB mapped). runtime_bytes is the fit's
+# fixed term (allocations + the runtime's code pages as they page in), for OpenVINO plus its
+# import and CPU plugin (37 MiB measured before its first segment), less the activation
+# estimate the fit's 64-token prompt already contained.
+# MATMUL_F32 allocates 0.99x in a process that loads nothing else first, but 1.11x in a whole
+# `Model` (mean of 8 runs of SmolLM2 fp32, 1243-1330 MiB): freeing the tokenizer's load buffers
+# raises glibc's mmap threshold, so ONNX Runtime's per-matrix copies (freed after pre-packing)
+# come from the heap and some stay as fragmentation.
+ORT_CPU = RuntimeMemory(
+    "ort_cpu", runtime_bytes=int(14.5 * MiB), per_block_bytes=int(0.37 * MiB),
+    allocated={**_ALL_ONCE, GATHER_F32: 0.98, GATHER_Q: 0.97, MATMUL_F32: 1.11, NBITS4: 1.47,
+               NBITS8: 1.31},
+    mapped=_ALL_ONCE, map_scope="name", prepack_transient=1.0)
+OPENVINO = RuntimeMemory(
+    "openvino", runtime_bytes=70 * MiB, per_block_bytes=int(3.9 * MiB),
+    allocated={**_ALL_ONCE, GATHER_F32: 0.0, GATHER_Q: 0.0, MATMUL_F32: 0.99, NBITS4: 1.87,
+               NBITS8: 1.88},
+    allocated_at_load={**_ALL_ONCE, GATHER_F32: 0.0, GATHER_Q: 0.0, MATMUL_F32: 0.99,
+                       NBITS4: 1.02, NBITS8: 1.0},
+    mapped={**_ALL_ONCE, GATHER_F32: 0.92, GATHER_Q: 0.08, MATMUL_F32: 0.95, NBITS4: 0.98,
+            NBITS8: 0.99},
+    map_scope="part",
+    # 10 blocks: 1.7 MiB/token over 16 tokens, 1.3 over 64; 30 blocks: 2.8 and 1.8.
+    growth_per_token=int(1.0 * MiB), growth_per_token_block=int(0.04 * MiB))
+# A backend nobody measured (a GPU through torch, an NPU provider): the weights once, in its
+# own memory; nothing else is known.
+GENERIC = RuntimeMemory("generic", 0, 0, _ALL_ONCE, _NONE)
+RUNTIMES: dict[str, RuntimeMemory] = {"ort_cpu": ORT_CPU, "openvino": OPENVINO}
+
+# ---- the streamed engine (bench/bench_plan_memory.py: "streamed" rows) ------------------------
+# Least squares over SmolLM2 fp32/int4 and Qwen2.5-0.5B int4 at the engine's minimum budget and
+# with everything pinned (residuals <= 13 MiB): what is left after the process, the pinned
+# weights, the window buffers and the KV cache.
+STREAM_RUNTIME = 45 * MiB  # edge.streaming's imports (llvmlite: 44 MiB), threads, buffers
+STREAM_JIT = 36 * MiB  # LLVM code pages touched once the NBits kernel is compiled
+STREAM_ACTIVATION_FACTOR = 0.25  # peak temporaries / edge.streaming's activation bound
+STREAM_FAULT_AROUND = 8 << 10  # file pages one touched embedding row brings in, per tensor
+
+
+def mapped_embedding(costs: ModelCosts, tokens: int) -> int:
+    """The streamed engine maps the embedding: each token touches a row of each of its tensors
+    (measured: ~1.5 MiB of file pages after 80 tokens)."""
+    embed = costs.parts[0]
+    return min(embed.weight_bytes, tokens * len(embed.tensors) * STREAM_FAULT_AROUND)
+
+
+def runtime_memory(backend: str) -> RuntimeMemory:
+    return RUNTIMES.get(backend, GENERIC)
+
+
+def process_base(costs: ModelCosts, resident: bool = True) -> int:
+    """What the process costs before any weights: interpreter, libraries, tokenizer. The
+    streamed engine never imports onnxruntime (its own runtime is STREAM_RUNTIME)."""
+    imports = RESIDENT_IMPORTS if resident else 0
+    return PROCESS_BASE + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)
+
+
+def kv_resident(spec: ModelSpec, blocks: int, tokens: int) -> int:
+    """KV-cache bytes resident once `tokens` positions are written: the cache is np.zeros
+    (untouched pages cost nothing), laid out [1, H_kv, max_context, D] per layer, so each
+    head's rows are touched page by page."""
+    row = tokens * spec.head_dim * 4
+    return 2 * blocks * spec.num_kv_heads * (-(-row // PAGE) * PAGE)
+
+
+def activation_bytes(spec: ModelSpec, chunk: int) -> int:
+    """An estimate of the runtime's activation arena for a `chunk`-token step: the MLP's
+    gate/up output and a few hidden-sized temporaries (measured: 2-6 MiB at 64 tokens)."""
+    return 4 * chunk * (2 * spec.intermediate_size + 4 * spec.hidden_size)
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Predicted bytes of one device's share, by what holds them."""
+
+    process: int = 0  # interpreter, libraries, tokenizer (charged to the host device)
+    weights: int = 0  # memory the runtime allocated for the weights
+    mapped: int = 0  # package file pages kept touched
+    runtime: int = 0
+    blocks: int = 0  # per-block kernel state
+    kv_cache: int = 0
+    activations: int = 0
+    growth: int = 0  # OpenVINO's per-token growth up to `tokens`
+    transient: int = 0  # load-time peak above the steady state
+    load_relief: int = 0  # how much less the runtime holds while loading than when running
+
+    @property
+    def steady(self) -> int:
+        return (self.process + self.weights + self.mapped + self.runtime + self.blocks
+                + self.kv_cache)
+
+    @property
+    def peak(self) -> int:
+        return self.steady + max(self.transient - self.load_relief,
+                                 self.activations + self.growth)
+
+    def items(self) -> tuple[tuple[str, int], ...]:
+        return tuple((k, v) for k, v in (
+            ("process", self.process), ("weights", self.weights), ("mapped files", self.mapped),
+            ("runtime", self.runtime + self.blocks), ("KV cache", self.kv_cache),
+            ("activations", self.activations), ("decode growth", self.growth),
+            ("load transient", self.transient)) if v)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Parts [start, end) on one backend, as one segment (what the engine loads)."""
+
+    start: int
+    end: int
+    backend: str
+
+
+def resident_breakdown(costs: ModelCosts, spans: Sequence[Span], *, tokens: int, decoded: int,
+                       chunk: int, charge_runtime: Iterable[str] = (),
+                       mapped_names: set | None = None) -> Breakdown:
+    """Predicted memory of the parts in `spans` (all on one device), holding `tokens`
+    positions of KV cache, `decoded` of them decode steps, running steps of `chunk` tokens.
+
+    `charge_runtime`: backends whose one-off runtime cost this device pays (the caller charges
+    each runtime to one device). `mapped_names`: tensor identities already mapped by earlier
+    devices of the same process (updated in place), so a map shared by name is counted once.
+    """
+    mapped_names = set() if mapped_names is None else mapped_names
+    weights = mapped = blocks = kv = growth = transient = relief = 0
+    charged = set(charge_runtime)
+    runtime = sum(runtime_memory(b).runtime_bytes for b in charged)
+    spec = costs.spec
+    for span in spans:
+        model = runtime_memory(span.backend)
+        parts = costs.parts[span.start:span.end]
+        n_blocks = sum(p.kind == "block" for p in parts)
+        for part in parts:
+            for name, file, offset, cls, nbytes in part.tensors:
+                weights += int(model.allocated.get(cls, 1.0) * nbytes)
+                if model.allocated_at_load is not None:
+                    relief += int((model.allocated.get(cls, 1.0)
+                                   - model.allocated_at_load.get(cls, 1.0)) * nbytes)
+                key = ((span.backend, name) if model.map_scope == "name"
+                       else (span.backend, part.name, file, offset))
+                if key not in mapped_names:
+                    mapped_names.add(key)
+                    mapped += int(model.mapped.get(cls, 0.0) * nbytes)
+        blocks += model.per_block_bytes * n_blocks
+        kv += kv_resident(spec, n_blocks, tokens)
+        growth += decoded * (model.growth_per_token + model.growth_per_token_block * n_blocks)
+        transient = max(transient, int(model.prepack_transient * _last_prepacked(costs, span)))
+    activations = activation_bytes(spec, chunk) if spans else 0
+    return Breakdown(weights=weights, mapped=mapped, runtime=runtime, blocks=blocks, kv_cache=kv,
+                     activations=activations, growth=growth, transient=transient,
+                     load_relief=relief)
+
+
+def _last_prepacked(costs: ModelCosts, span: Span) -> int:
+    """Bytes of the unpacked copy a runtime frees after pre-packing the segment's last matrix
+    (its data tensor: a float matrix, or MatMulNBits' packed bits without the scales), unless
+    another part of the segment reads the same tensor (a tied float embedding keeps it)."""
+    parts = costs.parts[span.start:span.end]
+    last = parts[-1]
+    names = {t[0] for p in parts[:-1] for t in p.tensors}
+    matrices = [nbytes for name, _, _, cls, nbytes in last.tensors
+                if cls in (MATMUL_F32, NBITS4, NBITS8) and name not in names
+                and not name.endswith((".scales", ".zero_points"))]
+    return max(matrices, default=0)

@@ -1,0 +1,54 @@
+"""A plan in words: segments per device for the prompt and for decode, predicted speed and peak
+memory per device, and why parts fell back (what `edge plan` prints)."""
+
+from __future__ import annotations
+
+from edge.planner.plan import Plan, SegmentPlan
+from memory_sched.budget import format_size
+
+
+def _segments(title: str, segments: tuple[SegmentPlan, ...], unit: str) -> list[str]:
+    lines = [f"{title}:"]
+    for s in segments:
+        seconds = f"{s.seconds * 1e3:.2f} ms {unit}"
+        lines.append(f"  [{s.start:>3}, {s.end:>3})  {s.parts:<22} {s.device:<34} {seconds}")
+    return lines
+
+
+def describe(plan: Plan) -> str:
+    """The human-readable plan."""
+    lines = [f"model: {plan.model}",
+             f"plan: {plan.mode}, context {plan.max_context} tokens, prompt {plan.prompt_tokens} "
+             f"tokens in chunks of {plan.prefill_chunk}; memory predicted with "
+             f"{plan.context_tokens} tokens in the cache",
+             f"predicted: time to first token {plan.ttft_s * 1e3:.0f} ms, decode "
+             f"{plan.decode_tokens_per_s:.1f} tokens/s, peak memory of the process "
+             f"{format_size(plan.peak_bytes)}"]
+    lines += _segments("prompt (prefill)", plan.prefill, "for the prompt")
+    lines += _segments("decode", plan.decode, "per token")
+    if plan.streaming is not None:
+        s = plan.streaming
+        rereads = (f"re-reads {format_size(s.read_bytes_per_token)} per token at "
+                   f"{s.disk_gbs:.1f} GB/s" if s.read_bytes_per_token else "reads each once")
+        lines.append(f"streaming: budget {format_size(s.budget)}; {len(s.pinned)} parts "
+                     f"pinned, {len(s.streamed)} streamed through a window of {s.window} x "
+                     f"{format_size(s.unit_bytes)}; {rereads}; the engine needs at least "
+                     f"{format_size(s.engine_minimum)}")
+    lines.append("devices:")
+    for use in plan.devices:
+        if not use.breakdown:
+            lines.append(f"  {use.device:<34} unused")
+            continue
+        parts = ", ".join(f"{k} {format_size(v)}" for k, v in use.breakdown)
+        runs = "" if use.decode_parts or use.prefill_parts else ", runs no part"
+        lines.append(f"  {use.device:<34} peak {format_size(use.peak_bytes)} of "
+                     f"{format_size(use.limit_bytes)} ({parts}{runs})")
+    if plan.transfers:
+        lines.append("transfers:")
+        lines += [f"  {t.phase} after {t.after}: {t.source} -> {t.target}, "
+                  f"{t.bytes_per_token} B/token, {t.seconds * 1e3:.2f} ms" for t in plan.transfers]
+    if plan.fallbacks:
+        lines.append("fallbacks:")
+        lines += [f"  {f}" for f in plan.fallbacks]
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)

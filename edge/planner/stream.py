@@ -1,0 +1,137 @@
+"""Streamed plans: the model under a budget too small to hold it, as the streamed engine runs it.
+
+The pinning is exactly the streamed engine's (`edge.streaming.engine.plan_budget`: the head
+and as many leading blocks as fit beside a window of at least two; the embedding memory-mapped,
+so only the rows in use take memory), recomputed here from the manifest alone so the planner
+stays pure; a test checks the two agree. The engine admits a
+budget by its own conservative accounting (a fixed runtime allowance); the planner predicts
+the peak it will really reach with the measured constants of `memory.py`.
+
+Throughput: every token computes every part and, unless the window holds all streamed blocks,
+re-reads the streamed ones from disk; with a window of two or more the reads overlap compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+
+from devices.profiles import DeviceProfile
+from edge.errors import BudgetTooSmallError
+from edge.format import Manifest
+from edge.planner import memory
+from edge.planner.costs import NBITS4, NBITS8, ModelCosts
+from edge.planner.plan import STREAM_BACKEND
+from edge.planner.timing import decode_seconds, prefill_seconds
+from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget
+from memory_sched.sizing import StreamPlan, plan_stream, unique_bytes
+from memory_sched.store import plan_layout
+
+_PREFILL_SUFFIXES = (".prefill_int8", ".prefill_scale")
+
+
+def _engine_terms(manifest: Manifest, tokenizer_bytes: int, max_context: int,
+                  chunk: int) -> tuple[int, int, int]:
+    """(KV cache, activations, runtime allowance) exactly as plan_budget counts them."""
+    # Imported here: edge.streaming loads llvmlite (~44 MiB), which only streamed plans need.
+    from edge.streaming.engine import (
+        EMBEDDING_ROWS_ALLOWANCE,
+        TOKENIZER_RSS_FACTOR,
+        activation_bytes,
+    )
+
+    spec = manifest.spec
+    kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
+    # activation_bytes reads only `.spec` of the package it is given.
+    act = activation_bytes(SimpleNamespace(spec=spec), chunk, max_context)  # type: ignore[arg-type]
+    overhead = (DEFAULT_RUNTIME_OVERHEAD + TOKENIZER_RSS_FACTOR * tokenizer_bytes
+                + EMBEDDING_ROWS_ALLOWANCE)
+    return kv, act, overhead
+
+
+def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
+                       max_context: int, chunk: int, max_window: int | None) -> StreamPlan:
+    """What `plan_budget` decides for this budget (BudgetTooSmallError when nothing fits)."""
+    kv, act, overhead = _engine_terms(manifest, tokenizer_bytes, max_context, chunk)
+    blocks = [p.name for p in manifest.blocks]
+    limit = MemoryBudget(budget)
+    # The embedding is mapped, neither streamed nor pinned: plan over the other parts.
+    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
+
+    def attempt(pinned_blocks: int) -> StreamPlan:
+        return plan_stream(parts, limit, kv_cache=kv, activations=act,
+                           pinned=("head", *blocks[:pinned_blocks]),
+                           runtime_overhead=overhead, max_window=max_window)
+
+    try:
+        return attempt(len(blocks))
+    except BudgetTooSmallError:
+        pass
+    best = attempt(0)
+    for n in range(1, len(blocks)):
+        try:
+            plan = attempt(n)
+        except BudgetTooSmallError:
+            break
+        if plan.policy.window < min(2, len(blocks) - n):
+            break
+        best = plan
+    return best
+
+
+def stream_minimum(manifest: Manifest, *, max_context: int, prefill_chunk: int = 64,
+                   max_window: int | None = 4) -> int:
+    """The smallest budget the streamed engine accepts (what its error message states)."""
+    from edge.planner.costs import tokenizer_bytes
+
+    try:
+        engine_stream_plan(manifest, tokenizer_bytes(manifest), 1, max_context,
+                           min(prefill_chunk, max_context), max_window)
+    except BudgetTooSmallError as exc:
+        return exc.minimum
+    return 1
+
+
+@dataclass(frozen=True)
+class StreamedCosts:
+    plan: StreamPlan
+    breakdown: memory.Breakdown
+    read_bytes_per_token: int
+    decode_s: float
+    ttft_s: float
+
+
+def _pinned_bytes(manifest: Manifest, pinned: frozenset[str]) -> int:
+    """What load_pinned reads: pinned parts' tensors once each, prefill-graph rows excluded."""
+    return unique_bytes(
+        replace(p, tensors=tuple(t for t in p.tensors if not t.name.endswith(_PREFILL_SUFFIXES)))
+        for p in manifest.parts if p.name in pinned)
+
+
+def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile,
+                   plan: StreamPlan, *, max_context: int, chunk: int, tokens: int,
+                   prompt_tokens: int, disk_gbs: float) -> StreamedCosts:
+    """Predicted memory and speed of the streamed engine running `plan`."""
+    from edge.streaming.engine import activation_bytes
+
+    spec = manifest.spec
+    quantized = any(c in (NBITS4, NBITS8) for p in costs.parts for c in p.class_bytes)
+    act_bound = activation_bytes(SimpleNamespace(spec=spec), chunk, max_context)  # type: ignore[arg-type]
+    breakdown = memory.Breakdown(
+        weights=_pinned_bytes(manifest, plan.policy.pinned) + plan.pool_bytes,
+        mapped=memory.mapped_embedding(costs, tokens),
+        process=memory.process_base(costs, resident=False),
+        runtime=memory.STREAM_RUNTIME + (memory.STREAM_JIT if quantized else 0),
+        kv_cache=memory.kv_resident(spec, spec.num_layers, tokens),
+        activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound))
+    streamed = plan.streamed_units
+    rereads = bool(streamed) and not plan.policy.keeps_all
+    read = sum(plan_layout(u).buffer_bytes for u in streamed) if rereads else 0
+    read_s = read / (disk_gbs * 1e9)
+    compute = sum(decode_seconds(p, profile, STREAM_BACKEND, tokens) for p in costs.parts)
+    decode_s = max(compute, read_s) if plan.policy.window >= 2 else compute + read_s
+    steps = -(-prompt_tokens // chunk)
+    prompt = sum(prefill_seconds(p, profile, STREAM_BACKEND, prompt_tokens, chunk, False)
+                 for p in costs.parts)
+    ttft = max(prompt, read_s * steps) if plan.policy.window >= 2 else prompt + read_s * steps
+    return StreamedCosts(plan, breakdown, read, decode_s, ttft)

@@ -1,0 +1,55 @@
+"""Streamed plans agree with the streamed engine: the planner recomputes the engine's pinning
+from the manifest alone (to stay pure), so for every budget it must pin, stream and size the
+window exactly as `edge.streaming.engine.plan_budget` does, and state the same minimum."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from devices.profiles import DeviceProfile
+from edge.errors import BudgetTooSmallError
+from edge.package import Package
+from edge.planner import Device, PlanConfig, make_plan, stream_minimum
+from edge.streaming.engine import StreamConfig, plan_budget
+
+MAX_CONTEXT = 512
+CPU = DeviceProfile("cpu", "cpu", 16 << 30, 20.0, 200.0, 800.0, 4, "published spec: test CPU")
+
+
+def _package(tmp_path: Path, manifest) -> Package:
+    """A Package the engine's planning accepts: it reads only the manifest and the size of
+    tokenizer.json (a sparse file of the manifest's size)."""
+    size = next(f.size for f in manifest.files if f.path == "tokenizer.json")
+    with open(tmp_path / "tokenizer.json", "wb") as f:
+        f.truncate(size)
+    return Package(tmp_path, manifest)
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: Path) -> None:
+    manifest = manifest_factory(layers=12, hidden=512, ffn=2048, vocab=32000, quant=quant)
+    package = _package(tmp_path, manifest)
+    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=64)
+    with pytest.raises(BudgetTooSmallError) as info:
+        plan_budget(package, StreamConfig(minimum - 1, max_context=MAX_CONTEXT),
+                    MAX_CONTEXT, 64)
+    assert info.value.minimum == minimum
+    config = PlanConfig(max_context=MAX_CONTEXT, mode="streamed")
+    blocks = sum(p.nbytes for p in manifest.blocks)
+    for extra in (0, blocks // 8, blocks // 3, blocks // 2, 2 * blocks):
+        budget = minimum + extra
+        engine = plan_budget(package, StreamConfig(budget, max_context=MAX_CONTEXT),
+                             MAX_CONTEXT, 64)
+        plan = make_plan(manifest, [Device(CPU, "ort_cpu", budget)], config)
+        streaming = plan.streaming
+        assert streaming is not None and streaming.budget == budget
+        assert set(streaming.pinned) == set(engine.policy.pinned)
+        assert streaming.streamed == engine.policy.streamed
+        assert streaming.window == engine.policy.window
+        assert streaming.pool_bytes == engine.pool_bytes
+        assert streaming.engine_minimum == minimum
+        assert plan.peak_bytes <= budget, "the prediction exceeds what the engine admits"
+    assert os.path.getsize(tmp_path / "tokenizer.json") > 0
