@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from edge.errors import ConfigError
-from edge.format import Manifest, PartEntry
+from edge.errors import BudgetTooSmallError, ConfigError
+from edge.format import Manifest, ModelSpec, PartEntry
 from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, window_bytes
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.store import WeightStore, plan_layout
@@ -103,3 +103,63 @@ def plan_stream(manifest: Manifest, budget: MemoryBudget, *, kv_cache: int, acti
         window = min(window, max_window)
     policy = WindowPolicy(tuple(u.name for u in units), window, pinned_names)
     return StreamPlan(units, policy, unit, left, pinned_bytes)
+
+
+# The streamed engine's own accounting beside the window (`plan_budget_for`).
+# The tokenizer lives in the same process: measured ~9x its JSON size in RSS (Qwen2.5's
+# 11.4 MB file adds ~100 MiB), so large vocabularies get a larger allowance.
+TOKENIZER_RSS_FACTOR = 9
+# Pages of the memory-mapped embedding that the rows of a long conversation touch.
+EMBEDDING_ROWS_ALLOWANCE = 8 << 20
+
+
+def kv_cache_bytes(spec: ModelSpec, max_context: int) -> int:
+    """float32 keys and values of every layer for `max_context` tokens."""
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
+
+
+def activation_bytes(spec: ModelSpec, chunk: int, max_context: int) -> int:
+    """Peak float32 temporaries of one step of `chunk` tokens (the MLP's gate/up and the
+    attention scores dominate), doubled for the copies numpy makes along the way."""
+    mlp = chunk * spec.intermediate_size * 2 * 4 * 2
+    scores = spec.num_heads * chunk * max_context * 4 * 2
+    logits = chunk * spec.vocab_size * 4
+    return 2 * (mlp + scores) + logits
+
+
+def plan_budget_for(manifest: Manifest, budget: MemoryBudget, *, tokenizer_bytes: int,
+                    max_context: int, chunk: int,
+                    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+                    max_window: int | None = None) -> StreamPlan:
+    """Pin the head and as many leading blocks as the budget holds beside a window of at least
+    two streamed blocks (one computing, one being read); stream the rest. The embedding is
+    memory-mapped by the engine (only rows in use take memory), so it is planned out.
+
+    Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
+    block does not fit beside the pinned parts, the KV cache and the activations.
+    """
+    kv = kv_cache_bytes(manifest.spec, max_context)
+    act = activation_bytes(manifest.spec, chunk, max_context)
+    overhead = runtime_overhead + TOKENIZER_RSS_FACTOR * tokenizer_bytes + EMBEDDING_ROWS_ALLOWANCE
+    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
+    blocks = [p.name for p in manifest.blocks]
+
+    def attempt(pinned_blocks: int) -> StreamPlan:
+        return plan_stream(parts, budget, kv_cache=kv, activations=act,
+                           pinned=("head", *blocks[:pinned_blocks]),
+                           runtime_overhead=overhead, max_window=max_window)
+
+    try:
+        return attempt(len(blocks))
+    except BudgetTooSmallError:
+        pass
+    best = attempt(0)  # raises BudgetTooSmallError with the minimum when nothing fits
+    for n in range(1, len(blocks)):
+        try:
+            plan = attempt(n)
+        except BudgetTooSmallError:
+            break
+        if plan.policy.window < min(2, len(blocks) - n):
+            break
+        best = plan
+    return best

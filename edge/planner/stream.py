@@ -1,9 +1,8 @@
 """Streamed plans: the model under a budget too small to hold it, as the streamed engine runs it.
 
-The pinning is exactly the streamed engine's (`edge.streaming.engine.plan_budget`: the head
-and as many leading blocks as fit beside a window of at least two; the embedding memory-mapped,
-so only the rows in use take memory), recomputed here from the manifest alone so the planner
-stays pure; a test checks the two agree. The engine admits a
+The pinning is exactly the streamed engine's: both call `memory_sched.sizing.plan_budget_for`
+(the head and as many leading blocks as fit beside a window of at least two; the embedding
+memory-mapped, so only the rows in use take memory). The engine admits a
 budget by its own conservative accounting (a fixed runtime allowance); the planner predicts
 the peak it will really reach with the measured constants of `memory.py`.
 
@@ -14,7 +13,6 @@ re-reads the streamed ones from disk; with a window of two or more the reads ove
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 
 from devices.profiles import DeviceProfile
 from edge.errors import BudgetTooSmallError
@@ -23,60 +21,19 @@ from edge.planner import memory
 from edge.planner.costs import NBITS4, NBITS8, ModelCosts
 from edge.planner.plan import STREAM_BACKEND
 from edge.planner.timing import decode_seconds, prefill_seconds
-from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget
-from memory_sched.sizing import StreamPlan, plan_stream, unique_bytes
+from memory_sched.budget import MemoryBudget
+from memory_sched.sizing import StreamPlan, activation_bytes, plan_budget_for, unique_bytes
 from memory_sched.store import plan_layout
 
 _PREFILL_SUFFIXES = (".prefill_int8", ".prefill_scale")
 
 
-def _engine_terms(manifest: Manifest, tokenizer_bytes: int, max_context: int,
-                  chunk: int) -> tuple[int, int, int]:
-    """(KV cache, activations, runtime allowance) exactly as plan_budget counts them."""
-    # Imported here: edge.streaming loads llvmlite (~44 MiB), which only streamed plans need.
-    from edge.streaming.engine import (
-        EMBEDDING_ROWS_ALLOWANCE,
-        TOKENIZER_RSS_FACTOR,
-        activation_bytes,
-    )
-
-    spec = manifest.spec
-    kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
-    # activation_bytes reads only `.spec` of the package it is given.
-    act = activation_bytes(SimpleNamespace(spec=spec), chunk, max_context)  # type: ignore[arg-type]
-    overhead = (DEFAULT_RUNTIME_OVERHEAD + TOKENIZER_RSS_FACTOR * tokenizer_bytes
-                + EMBEDDING_ROWS_ALLOWANCE)
-    return kv, act, overhead
-
-
 def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
                        max_context: int, chunk: int, max_window: int | None) -> StreamPlan:
-    """What `plan_budget` decides for this budget (BudgetTooSmallError when nothing fits)."""
-    kv, act, overhead = _engine_terms(manifest, tokenizer_bytes, max_context, chunk)
-    blocks = [p.name for p in manifest.blocks]
-    limit = MemoryBudget(budget)
-    # The embedding is mapped, neither streamed nor pinned: plan over the other parts.
-    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
-
-    def attempt(pinned_blocks: int) -> StreamPlan:
-        return plan_stream(parts, limit, kv_cache=kv, activations=act,
-                           pinned=("head", *blocks[:pinned_blocks]),
-                           runtime_overhead=overhead, max_window=max_window)
-
-    try:
-        return attempt(len(blocks))
-    except BudgetTooSmallError:
-        pass
-    best = attempt(0)
-    for n in range(1, len(blocks)):
-        try:
-            plan = attempt(n)
-        except BudgetTooSmallError:
-            break
-        if plan.policy.window < min(2, len(blocks) - n):
-            break
-        best = plan
-    return best
+    """What the streamed engine decides for this budget (BudgetTooSmallError when nothing
+    fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
+    return plan_budget_for(manifest, MemoryBudget(budget), tokenizer_bytes=tokenizer_bytes,
+                           max_context=max_context, chunk=chunk, max_window=max_window)
 
 
 def stream_minimum(manifest: Manifest, *, max_context: int, prefill_chunk: int = 64,
@@ -112,11 +69,10 @@ def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile
                    plan: StreamPlan, *, max_context: int, chunk: int, tokens: int,
                    prompt_tokens: int, disk_gbs: float) -> StreamedCosts:
     """Predicted memory and speed of the streamed engine running `plan`."""
-    from edge.streaming.engine import activation_bytes
 
     spec = manifest.spec
     quantized = any(c in (NBITS4, NBITS8) for p in costs.parts for c in p.class_bytes)
-    act_bound = activation_bytes(SimpleNamespace(spec=spec), chunk, max_context)  # type: ignore[arg-type]
+    act_bound = activation_bytes(spec, chunk, max_context)
     breakdown = memory.Breakdown(
         weights=_pinned_bytes(manifest, plan.policy.pinned) + plan.pool_bytes,
         mapped=memory.mapped_embedding(costs, tokens),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from devices.spec_forward.numpy_forward import (
 )
 from devices.spec_forward.weights import PartWeights, map_part, part_weights
 from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores
-from edge.errors import BudgetTooSmallError, ConfigError, ContextOverflowError, StreamReadError
+from edge.errors import ConfigError, ContextOverflowError, StreamReadError
 from edge.format import PartEntry
 from edge.kv_cache import KVCache
 from edge.package import Package
@@ -36,11 +36,7 @@ from edge.streaming.kernels import StreamedLinear
 from edge.streaming.pinned import load_pinned
 from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, format_size
 from memory_sched.prefetcher import Prefetcher
-from memory_sched.sizing import StreamPlan, plan_stream
-
-TOKENIZER_RSS_FACTOR = 9
-# Pages of the mapped embedding that the rows of a long conversation touch.
-EMBEDDING_ROWS_ALLOWANCE = 8 << 20
+from memory_sched.sizing import StreamPlan, plan_budget_for
 
 
 @dataclass(frozen=True)
@@ -84,16 +80,6 @@ class StepTiming:
 @dataclass
 class StreamStats:
     steps: list[StepTiming] = field(default_factory=list)
-
-
-def activation_bytes(package: Package, chunk: int, max_context: int) -> int:
-    """Peak float32 temporaries of one step of `chunk` tokens (the MLP's gate/up and the
-    attention scores dominate), doubled for the copies numpy makes along the way."""
-    spec = package.spec
-    mlp = chunk * spec.intermediate_size * 2 * 4 * 2
-    scores = spec.num_heads * chunk * max_context * 4 * 2
-    logits = chunk * spec.vocab_size * 4
-    return 2 * (mlp + scores) + logits
 
 
 class StreamedEngine:
@@ -230,48 +216,13 @@ class StreamedEngine:
 
 def plan_budget(package: Package, config: StreamConfig, max_context: int,
                 chunk: int) -> StreamPlan:
-    """Pin the head and as many leading blocks as the budget holds beside a
-    window of at least two streamed blocks (one computing, one being read); stream the rest.
-
-    Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
-    block does not fit beside the pinned parts, the KV cache and the activations.
-    """
-    spec = package.spec
-    kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
-    act = activation_bytes(package, chunk, max_context)
+    """The window for this package under `config.budget` (see `plan_budget_for`)."""
     manifest = package.manifest
-    blocks = [p.name for p in manifest.blocks]
-
-    # The tokenizer lives in the same process: measured ~9x its JSON size in RSS (Qwen2.5's
-    # 11.4 MB file adds ~100 MiB), so large vocabularies get a larger allowance.
     tokenizer = os.path.getsize(os.path.join(package.root, manifest.tokenizer.file))
-    overhead = (config.runtime_overhead + TOKENIZER_RSS_FACTOR * tokenizer
-                + EMBEDDING_ROWS_ALLOWANCE)
-    # The embedding is mapped, not streamed nor pinned: plan over the other parts.
-    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
-
-    def attempt(pinned_blocks: int) -> StreamPlan:
-        return plan_stream(parts, config.budget, kv_cache=kv, activations=act,
-                           pinned=("head", *blocks[:pinned_blocks]),
-                           runtime_overhead=overhead,
+    return plan_budget_for(manifest, config.budget, tokenizer_bytes=tokenizer,
+                           max_context=max_context, chunk=chunk,
+                           runtime_overhead=config.runtime_overhead,
                            max_window=config.max_window)
-
-    try:
-        everything = attempt(len(blocks))
-    except BudgetTooSmallError:
-        everything = None
-    if everything is not None:
-        return everything
-    best = attempt(0)  # raises BudgetTooSmallError with the minimum when nothing fits
-    for n in range(1, len(blocks)):
-        try:
-            plan = attempt(n)
-        except BudgetTooSmallError:
-            break
-        if plan.policy.window < min(2, len(blocks) - n):
-            break
-        best = plan
-    return best
 
 
 def describe_plan(plan: StreamPlan) -> str:
