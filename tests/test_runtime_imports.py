@@ -45,6 +45,16 @@ import edge.detokenizer  # noqa: F401
 import edge.models.pull  # noqa: F401
 import edge.sampling  # noqa: F401
 import memory_sched  # noqa: F401
+import devices.backends.openvino_runtime  # noqa: F401
+import devices.backends.ort_cpu  # noqa: F401
+import devices.discovery  # noqa: F401
+import devices.kernels  # noqa: F401
+import devices.spec_forward  # noqa: F401
+import edge.cli.main  # noqa: F401
+import edge.planner  # noqa: F401
+import edge.speculative  # noqa: F401
+import edge.streaming  # noqa: F401
+import memory_sched.prefetcher  # noqa: F401
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package
 from edge.tokenizer import Tokenizer
