@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from devices.backend import Backend, Options
 from devices.backends.npu_ep import CoreMlBackend, NnapiBackend, QnnBackend
+from devices.backends.numpy_reference import NumpyBackend
 from devices.backends.openvino_runtime import OpenVinoBackend
 from devices.backends.ort_cpu import OrtCpuBackend
+from devices.backends.ort_cuda import OrtCudaBackend
 from edge.errors import ConfigError
 
 DEFAULT = OrtCpuBackend.name
 _BACKENDS: dict[str, type[Backend]] = {
     cls.name: cls
-    for cls in (OrtCpuBackend, OpenVinoBackend, QnnBackend, CoreMlBackend, NnapiBackend)
+    for cls in (OrtCpuBackend, OrtCudaBackend, OpenVinoBackend, QnnBackend, CoreMlBackend,
+                NnapiBackend, NumpyBackend)
 }
 
 
