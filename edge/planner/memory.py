@@ -35,6 +35,10 @@ which RSS counts like any other memory):
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -137,6 +141,7 @@ RUNTIMES: dict[str, RuntimeMemory] = {"ort_cpu": ORT_CPU, "openvino": OPENVINO}
 # with everything pinned (residuals <= 13 MiB): what is left after the process, the pinned
 # weights, the window buffers and the KV cache.
 STREAM_RUNTIME = 45 * MiB  # edge.streaming's imports (llvmlite: 44 MiB), threads, buffers
+STREAM_LLVMLITE = 44 * MiB  # the llvmlite share of STREAM_RUNTIME, measured anew when possible
 STREAM_JIT = 36 * MiB  # LLVM code pages touched once the NBits kernel is compiled
 STREAM_ACTIVATION_FACTOR = 0.25  # peak temporaries / edge.streaming's activation bound
 STREAM_FAULT_AROUND = 8 << 10  # file pages one touched embedding row brings in, per tensor
@@ -153,11 +158,61 @@ def runtime_memory(backend: str) -> RuntimeMemory:
     return RUNTIMES.get(backend, GENERIC)
 
 
+@dataclass(frozen=True)
+class ImportFootprint:
+    """Resident bytes of this environment's libraries once imported, measured in a fresh
+    interpreter. They vary with the page cache: a library's file pages map in larger pieces
+    when they are hot (measured: llvmlite 41 MiB from a cold cache, 99 MiB from a freshly
+    installed, hot one), so constants measured on one machine's state mislead on another."""
+
+    base: int  # python + numpy + `import edge`
+    onnxruntime: int
+    llvmlite: int  # edge.streaming's imports
+    jit: int  # compiling the first NBits kernel
+
+
+_FOOTPRINT_SCRIPT = r"""
+import json
+def rss():
+    return 1024 * int(next(l.split()[1] for l in open("/proc/self/status")
+                           if l.startswith("VmRSS:")))
+import numpy, edge
+base = rss()
+import onnxruntime
+ort = rss()
+import edge.streaming
+llvm = rss()
+from devices.kernels.nbits_matmul import NBitsMatMul, NBitsSpec
+NBitsMatMul(NBitsSpec(256, 64), threads=1)
+print(json.dumps([base, ort - base, llvm - ort, rss() - llvm]))
+"""
+
+
+@functools.cache
+def import_footprint() -> ImportFootprint:
+    """Measured once per process (about a second); the constants above where it cannot run."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _FOOTPRINT_SCRIPT], capture_output=True,
+                             text=True, timeout=120, check=True)
+        return ImportFootprint(*json.loads(out.stdout.strip().splitlines()[-1]))
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError):
+        return ImportFootprint(PROCESS_BASE, RESIDENT_IMPORTS, STREAM_LLVMLITE, STREAM_JIT)
+
+
 def process_base(costs: ModelCosts, resident: bool = True) -> int:
     """What the process costs before any weights: interpreter, libraries, tokenizer. The
-    streamed engine never imports onnxruntime (its own runtime is STREAM_RUNTIME)."""
-    imports = RESIDENT_IMPORTS if resident else 0
-    return PROCESS_BASE + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)
+    streamed engine never imports onnxruntime (its own runtime is `stream_runtime`)."""
+    footprint = import_footprint()
+    imports = footprint.onnxruntime if resident else 0
+    return footprint.base + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)
+
+
+def stream_runtime(quantized: bool) -> int:
+    """The streamed engine's runtime: llvmlite, the JIT's code pages when it compiles
+    kernels (block-quantized weights), threads and buffers."""
+    footprint = import_footprint()
+    return (STREAM_RUNTIME - STREAM_LLVMLITE + footprint.llvmlite
+            + (footprint.jit if quantized else 0))
 
 
 def kv_resident(spec: ModelSpec, blocks: int, tokens: int) -> int:

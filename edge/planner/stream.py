@@ -77,7 +77,7 @@ def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile
         weights=_pinned_bytes(manifest, plan.policy.pinned) + plan.pool_bytes,
         mapped=memory.mapped_embedding(costs, tokens),
         process=memory.process_base(costs, resident=False),
-        runtime=memory.STREAM_RUNTIME + (memory.STREAM_JIT if quantized else 0),
+        runtime=memory.stream_runtime(quantized),
         kv_cache=memory.kv_resident(spec, spec.num_layers, tokens),
         activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound))
     streamed = plan.streamed_units
