@@ -55,6 +55,7 @@ from edge.planner.costs import (
     QDQ_INT8,
     ModelCosts,
 )
+from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD
 
 MiB = 1 << 20
 PAGE = 4096
@@ -205,6 +206,16 @@ def process_base(costs: ModelCosts, resident: bool = True) -> int:
     footprint = import_footprint()
     imports = footprint.onnxruntime if resident else 0
     return footprint.base + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)
+
+
+def stream_allowance() -> int:
+    """The runtime allowance the streamed engine admits a budget with: its measured libraries
+    (interpreter, numpy, llvmlite, the JIT's code pages) or the fixed default, whichever is
+    larger; the tokenizer and the mapped embedding are added on top by the engine."""
+    footprint = import_footprint()
+    measured = (footprint.base + footprint.llvmlite + footprint.jit
+                + STREAM_RUNTIME - STREAM_LLVMLITE)
+    return max(DEFAULT_RUNTIME_OVERHEAD, measured)
 
 
 def stream_runtime(quantized: bool) -> int:

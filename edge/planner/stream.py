@@ -33,7 +33,8 @@ def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
     """What the streamed engine decides for this budget (BudgetTooSmallError when nothing
     fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
     return plan_budget_for(manifest, MemoryBudget(budget), tokenizer_bytes=tokenizer_bytes,
-                           max_context=max_context, chunk=chunk, max_window=max_window)
+                           max_context=max_context, chunk=chunk, max_window=max_window,
+                           runtime_overhead=memory.stream_allowance())
 
 
 def stream_minimum(manifest: Manifest, *, max_context: int, prefill_chunk: int = 64,

@@ -34,7 +34,7 @@ from edge.kv_cache import KVCache
 from edge.package import Package
 from edge.streaming.kernels import StreamedLinear
 from edge.streaming.pinned import load_pinned
-from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, format_size
+from memory_sched.budget import MemoryBudget, format_size
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.sizing import StreamPlan, plan_budget_for
 
@@ -51,7 +51,8 @@ class StreamConfig:
     threads: int | None = None
     direct: bool = True
     max_window: int | None = 4
-    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD
+    # None: this environment's measured libraries (at least DEFAULT_RUNTIME_OVERHEAD).
+    runtime_overhead: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, MemoryBudget):
@@ -221,8 +222,16 @@ def plan_budget(package: Package, config: StreamConfig, max_context: int,
     tokenizer = os.path.getsize(os.path.join(package.root, manifest.tokenizer.file))
     return plan_budget_for(manifest, config.budget, tokenizer_bytes=tokenizer,
                            max_context=max_context, chunk=chunk,
-                           runtime_overhead=config.runtime_overhead,
+                           runtime_overhead=_runtime_overhead(config),
                            max_window=config.max_window)
+
+
+def _runtime_overhead(config: StreamConfig) -> int:
+    if config.runtime_overhead is not None:
+        return config.runtime_overhead
+    from edge.planner.memory import stream_allowance
+
+    return stream_allowance()
 
 
 def describe_plan(plan: StreamPlan) -> str:
