@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,19 @@ DEFAULT_MAX_CONTEXT = 4096
 log = logging.getLogger("edge.engine")
 
 Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
+
+
+def prefill_in_chunks(ids: np.ndarray, chunk: int, all_logits: bool,
+                      step: Callable[[np.ndarray, bool], np.ndarray | None]) -> np.ndarray:
+    """Run `ids` in steps of at most `chunk` tokens; `step(ids, want_logits)`. Logits [S, V]
+    for every position when `all_logits`, else [1, V] for the last (only it is computed)."""
+    out = []
+    for start in range(0, len(ids), chunk):
+        want = all_logits or start + chunk >= len(ids)
+        logits = step(ids[start:start + chunk], want)
+        if want:
+            out.append(logits)
+    return np.concatenate(out) if all_logits else out[-1]
 
 
 def physical_cores() -> int:
@@ -254,15 +267,12 @@ class Engine:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         self._check_room(len(ids))
-        out = []
-        for start in range(0, len(ids), self.chunk):
-            chunk = ids[start:start + self.chunk]
-            last_chunk = start + self.chunk >= len(ids)
-            if all_logits or last_chunk:
-                out.append(self._step(chunk, all_logits).copy())
-            else:
-                self._step(chunk, None)
-        return np.concatenate(out) if all_logits else out[-1]
+
+        def step(chunk: np.ndarray, want: bool) -> np.ndarray | None:
+            # logits are a view of a reused buffer: copy what is kept
+            return self._step(chunk, all_logits).copy() if want else self._step(chunk, None)
+
+        return prefill_in_chunks(ids, self.chunk, all_logits, step)
 
     def verify(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
         """Feed up to `chunk` tokens in one step through the decode graphs; logits [S, V].

@@ -19,7 +19,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:  # this module is the PyTorch path; the rest of devices/ is not
+    raise ImportError("the PyTorch forward needs torch (CUDA on Jetson/NVIDIA, MPS on Macs): "
+                      "pip install torch") from exc
 
 from devices.spec_forward.numpy_forward import (
     DEFAULT_MAX_CONTEXT,

@@ -27,7 +27,7 @@ from devices.spec_forward.numpy_forward import (
     rope_tables,
 )
 from devices.spec_forward.weights import PartWeights, map_part, part_weights
-from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores
+from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores, prefill_in_chunks
 from edge.errors import ConfigError, ContextOverflowError, StreamReadError
 from edge.format import PartEntry
 from edge.kv_cache import KVCache
@@ -132,14 +132,8 @@ class StreamedEngine:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         self._check_room(len(ids))
-        out = []
-        for start in range(0, len(ids), self.chunk):
-            chunk = ids[start:start + self.chunk]
-            last = start + self.chunk >= len(ids)
-            logits = self._step(chunk, all_logits or last, all_logits)
-            if logits is not None:
-                out.append(logits)
-        return np.concatenate(out) if all_logits else out[-1]
+        return prefill_in_chunks(ids, self.chunk, all_logits,
+                                 lambda chunk, want: self._step(chunk, want, all_logits))
 
     def verify(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
         """Logits [S, V] for every fed token (one kernel path serves every step here)."""
