@@ -1,16 +1,17 @@
-"""Speculative decoding, side by side in one run: target alone vs draft model vs lookup.
+"""Speculative decoding, side by side in one run: target alone vs draft model vs lookup vs both.
 
     python bench/bench_speculative.py --target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b
 
-Greedy, EOS ignored, the same chat prompts for every configuration (code prompts that quote the
-code to rewrite, open prose prompts; `edge.bench.SPECULATIVE_PROMPTS`). Configurations run
-alternately per prompt so machine noise hits all alike; medians per prompt kind, with each
-configuration's speedup over the target alone and, for speculative ones, the acceptance rate
-and tokens committed per target pass. Every speculative output is compared token for token
-with the target's own greedy output (last column: runs identical over all tokens). With
-fp32 compute (fp32 packages, `--accuracy-level 0`) they are identical; ONNX Runtime's int8
-activations (`accuracy_level` 4) make a batched pass differ from a one-token pass by up to
-~0.3 logits, so near-ties can resolve differently.
+Greedy, EOS ignored (`--eos` stops there instead), the same chat prompts for every
+configuration (code prompts that quote the code to rewrite, open prose prompts;
+`edge.bench.SPECULATIVE_PROMPTS`). Configurations run alternately per prompt so machine noise
+hits all alike; medians per prompt kind, with each configuration's speedup over the target
+alone and, for speculative ones, the acceptance rate and tokens committed per target pass.
+Every speculative output is compared token for token with the target's own greedy output
+(last column: runs identical over all tokens). With fp32 compute (fp32 packages,
+`--accuracy-level 0`) they are identical; ONNX Runtime's int8 activations (`accuracy_level`
+4) make a batched pass differ from a one-token pass by up to ~0.3 logits, so near-ties can
+resolve differently.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from edge.engine import EngineConfig
 from edge.model import Model
 from edge.package import open_package
 from edge.resolve import resolve_package
-from edge.speculative import LookupDraft, ModelDraft, SpeculativeConfig, SpeculativeDecoder
+from edge.speculative import (
+    ChainedDraft,
+    LookupDraft,
+    ModelDraft,
+    SpeculativeConfig,
+    SpeculativeDecoder,
+)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Row:
     acceptance: dict[str, list[float]] = field(default_factory=dict)
     per_pass: dict[str, list[float]] = field(default_factory=dict)
     agreement: dict[str, list[int]] = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list)  # the target's output length per prompt
 
 
 def _agreement(out: list[int], reference: list[int]) -> int:
@@ -50,16 +58,18 @@ def chat_ids(model: Model, text: str) -> list[int]:
     return model.tokenizer.encode(prompt, add_special_tokens=False)
 
 
-def timed(model: Model, ids: list[int], tokens: int) -> tuple[list[int], float, object]:
+def timed(model: Model, ids: list[int], tokens: int, eos: bool
+          ) -> tuple[list[int], float, object]:
     model.engine.reset()
     model._cached = []
-    responses = model.stream(ids, max_tokens=tokens, ignore_eos=True)
-    out = [next(responses).token]
+    responses = model.stream(ids, max_tokens=tokens, ignore_eos=not eos)
+    first = next(responses)
+    out = [first.token]
     start = time.perf_counter()
-    last = None
+    last = first
     for last in responses:
         out.append(last.token)
-    return out, (tokens - 1) / (time.perf_counter() - start), last.speculation
+    return out, (len(out) - 1) / (time.perf_counter() - start), last.speculation
 
 
 def main() -> None:
@@ -71,6 +81,8 @@ def main() -> None:
     parser.add_argument("--draft-threads", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--eos", action="store_true",
+                        help="stop each answer at its end of sequence (default: run past it)")
     args = parser.parse_args()
 
     # Both engines take turns on the same cores: no idle-thread spinning (edge.load does the
@@ -80,12 +92,17 @@ def main() -> None:
     draft = Model(open_package(resolve_package(args.draft)),
                   EngineConfig(threads=args.draft_threads or args.threads, max_context=2048,
                                spinning=False))
+    model_only = SpeculativeConfig(lookup_first=False)
     configs = {
         "target alone": None,
-        "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine)),
+        "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine),
+                                                      model_only),
         "draft model, parallel": SpeculativeDecoder(
-            target.engine, ModelDraft(draft.engine), SpeculativeConfig(parallel=True)),
+            target.engine, ModelDraft(draft.engine), SpeculativeConfig(parallel=True,
+                                                                       lookup_first=False)),
         "lookup": SpeculativeDecoder(target.engine, LookupDraft()),
+        "lookup, then draft model": SpeculativeDecoder(
+            target.engine, ChainedDraft([LookupDraft(), ModelDraft(draft.engine)])),
     }
     rows: dict[str, Row] = {kind: Row() for kind in SPECULATIVE_PROMPTS}
     for _ in range(args.runs):
@@ -95,17 +112,23 @@ def main() -> None:
                 reference = None
                 for name, decoder in configs.items():
                     target.speculative = decoder
-                    out, rate, stats = timed(target, ids, args.tokens)
-                    reference = reference or out
+                    out, rate, stats = timed(target, ids, args.tokens, args.eos)
                     row = rows[kind]
+                    if reference is None:
+                        reference = out
+                        row.lengths.append(len(out))
                     row.agreement.setdefault(name, []).append(_agreement(out, reference))
                     row.rates.setdefault(name, []).append(rate)
                     if stats is not None:
                         row.acceptance.setdefault(name, []).append(stats.acceptance)
                         row.per_pass.setdefault(name, []).append(stats.tokens_per_pass)
-                    print(f"  {kind:5} {name:24} {rate:6.2f} tok/s", file=sys.stderr)
+                    detail = "" if stats is None else (
+                        f"  {stats.tokens_per_pass:.2f} tokens/pass, "
+                        + ", ".join(f"{src} {acc}/{n}" for src, n, acc in stats.by_source))
+                    print(f"  {kind:5} {name:24} {rate:6.2f} tok/s{detail}", file=sys.stderr)
     print(f"\n{args.target} (target) / {args.draft} (draft), {args.threads} threads, greedy, "
-          f"{args.tokens} tokens, medians over {args.runs} x {len(texts)} prompts\n")
+          f"{args.tokens} tokens{' or up to EOS' if args.eos else ''}, medians over "
+          f"{args.runs} x {len(texts)} prompts\n")
     print("| prompts | configuration | tok/s | speedup | accepted | tokens/pass | "
           "= target greedy |")
     print("|---|---|---|---|---|---|---|")
@@ -118,7 +141,7 @@ def main() -> None:
             print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x | "
                   f"{f'{statistics.mean(acc):.0%}' if acc else '-'} | "
                   f"{f'{statistics.mean(per):.2f}' if per else '-'} | "
-                  f"{sum(a == args.tokens for a in row.agreement[name])}/"
+                  f"{sum(a == r for a, r in zip(row.agreement[name], row.lengths))}/"
                   f"{len(row.agreement[name])} |")
 
 

@@ -63,6 +63,8 @@ class SpeculationStats:
     tokens: int  # tokens committed by those passes
     speedup: float  # measured tokens/s over the estimated plain-decoding tokens/s
     active: bool  # False once speculation switched itself off for this request
+    by_source: tuple[tuple[str, int, int], ...] = ()  # (source, drafted, accepted) each
+
 
     @property
     def acceptance(self) -> float:

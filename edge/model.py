@@ -16,6 +16,7 @@ from edge.placement import Placement
 from edge.resolve import resolve_package
 from edge.sampling import SamplingConfig
 from edge.speculative import (
+    ChainedDraft,
     DraftSource,
     LookupDraft,
     ModelDraft,
@@ -62,6 +63,8 @@ class Model:
             check_same_tokenizer(self.tokenizer, draft.tokenizer, str(package.root),
                                  str(draft.package.root))
             draft = ModelDraft(draft.engine)
+            if (speculative or SpeculativeConfig()).lookup_first:
+                draft = ChainedDraft([LookupDraft(), draft])
         if draft is not None:
             self.speculative = SpeculativeDecoder(self.engine, draft, speculative)
         # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
@@ -145,7 +148,8 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
 
     `draft` turns on speculative decoding: "lookup" drafts from n-grams of the prompt and the
     text so far (no second model); any other name or path loads a draft model, which must share
-    the target's tokenizer. Greedy output is unchanged; only its speed is.
+    the target's tokenizer (lookup is still tried first, unless
+    `SpeculativeConfig(lookup_first=False)`). Greedy output is unchanged; only its speed is.
 
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP

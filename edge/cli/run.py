@@ -39,8 +39,11 @@ def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
 
 
 def speculation_line(s: SpeculationStats) -> str:
+    sources = (" [" + ", ".join(f"{name} {accepted}/{drafted}"
+                                for name, drafted, accepted in s.by_source) + "]"
+               if len(s.by_source) > 1 else "")
     return (f"speculation: {s.accepted}/{s.drafted} draft tokens accepted "
-            f"({s.acceptance:.0%}), {s.tokens_per_pass:.2f} tokens per target pass, "
+            f"({s.acceptance:.0%}){sources}, {s.tokens_per_pass:.2f} tokens per target pass, "
             f"{s.speedup:.2f}x plain decoding{'' if s.active else ' (switched itself off)'}")
 
 

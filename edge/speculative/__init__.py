@@ -7,10 +7,18 @@
 
 from edge.speculative.controller import SpeculativeConfig
 from edge.speculative.decoder import SpeculativeDecoder
-from edge.speculative.drafts import Draft, DraftSource, LookupConfig, LookupDraft, ModelDraft
+from edge.speculative.drafts import (
+    ChainedDraft,
+    Draft,
+    DraftSource,
+    LookupConfig,
+    LookupDraft,
+    ModelDraft,
+)
 from edge.speculative.pairing import check_same_tokenizer
 
 __all__ = [
+    "ChainedDraft",
     "Draft",
     "DraftSource",
     "LookupConfig",

@@ -1,10 +1,18 @@
 """How many tokens to draft next, from measured acceptance and measured costs.
 
 A round that drafts k tokens commits E(k) = (1 - a^(k+1)) / (1 - a) tokens on average
-(acceptance a per token, plus the target's own token) and costs the draft's time plus one
-target pass over k+1 tokens. Plain decoding commits 1 token per target step. The controller
-picks the k with the best tokens per second and, when no k beats plain decoding, switches
-speculation off (probing again now and then, since acceptance changes with the text).
+(acceptance a per token, plus the target's own token) and costs k drafted tokens plus one
+target pass over k+1 tokens, which costs a plain step times (1 + slope * k): the slope is
+fitted from the verification passes measured so far (about 0.19 for an int4 1.5B on 2 cores).
+Plain decoding commits 1 token per target step. The controller picks the k with the best tokens
+per second and, when no k beats plain decoding, drafts nothing (probing again now and then,
+since acceptance changes with the text).
+
+Acceptance is kept per *kind* of draft (`Draft.key`): a prompt-lookup draft that matched the
+last 4 tokens is right far more often than one that matched 1, and a draft model differs again.
+So each kind gets its own k, and kinds that lose are switched off on their own. What a kind's
+acceptance was carries into the next request with the weight of a few trials only, so a new
+text re-teaches it quickly.
 """
 
 from __future__ import annotations
@@ -19,15 +27,18 @@ class SpeculativeConfig:
     """`draft_tokens`: k when not adaptive, the first k tried when adaptive (<= max_draft).
 
     `parallel` overlaps drafting with verification (PEARL): while the target verifies a
-    draft, the draft model drafts the next tokens assuming all are accepted.
+    draft, the draft model drafts the next tokens assuming all are accepted. `lookup_first`
+    puts free prompt-lookup drafts before a draft model, which then runs only where no
+    lookup draft is taken.
     """
 
     draft_tokens: int = 4
-    max_draft: int = 8
+    max_draft: int = 12
     adaptive: bool = True
     parallel: bool = False
+    lookup_first: bool = True
     self_disable: bool = True
-    probe_every: int = 16  # plain tokens between probes while speculation is off
+    probe_every: int = 16  # declined drafts of one kind between probes while it is off
     smoothing: float = 0.3  # weight of the newest measurement in running averages
 
     def __post_init__(self) -> None:
@@ -52,6 +63,25 @@ class _Average:
         self.value = x if self.value is None else self.value + self.weight * (x - self.value)
 
 
+class _Kind:
+    """One kind of draft: its acceptance and, within a request, its on/off probing state."""
+
+    REMEMBERED_TRIALS = 8.0  # the weight earlier requests' acceptance keeps in a new one
+
+    def __init__(self, probe_every: int) -> None:
+        self.accepted = self.trials = 0.0
+        self.start(probe_every)
+
+    def start(self, probe_every: int) -> None:
+        """A new request: forget the probing state, keep the acceptance at a low weight."""
+        if self.trials > self.REMEMBERED_TRIALS:
+            self.accepted *= self.REMEMBERED_TRIALS / self.trials
+            self.trials = self.REMEMBERED_TRIALS
+        self.off = self.probing = False
+        self.declined = 0  # drafts of this kind turned down since the last probe
+        self.probe_every = probe_every
+
+
 class DraftController:
     """Measures and decides; holds no model. One per speculative decoder, so what it learned
     of the costs carries over between requests, while acceptance restarts per request."""
@@ -63,73 +93,92 @@ class DraftController:
         self.config = config
         w = config.smoothing
         self.plain_step = _Average(w)  # seconds per plain decode step
-        self.draft_token = _Average(w)  # seconds per drafted token
-        self.round_time: dict[int, _Average] = {}  # k -> seconds per round (draft + verify)
+        self.verify_slope = _Average(w)  # (verify pass / plain step - 1) / drafted tokens
+        self.draft_token: dict[str, _Average] = {}  # kind -> seconds per drafted token
+        self.kinds: dict[str, _Kind] = {}
         self.start_request()
 
     def start_request(self) -> None:
-        self._accepted = self._trials = 0.0
-        self.active = True
-        self._plain_since_probe = 0
-        self._probe_every = self.config.probe_every
-        self._probing = False
+        for kind in self.kinds.values():
+            kind.start(self.config.probe_every)
+        self.active = True  # whether the last decision drafted anything
 
-    @property
-    def acceptance(self) -> float:
-        """Per-token acceptance, geometric estimate with a weak prior (2 pseudo-trials)."""
-        return (self._accepted + 2 * self.PRIOR_ACCEPTANCE) / (self._trials + 2)
+    def _kind(self, key: str) -> _Kind:
+        kind = self.kinds.get(key)
+        if kind is None:
+            kind = self.kinds[key] = _Kind(self.config.probe_every)
+        return kind
 
-    def next_k(self) -> int:
-        """Tokens to draft next; 0 means a plain decode step."""
+    def acceptance(self, key: str = "") -> float:
+        """Per-token acceptance of a kind, geometric estimate with a weak prior (2 trials)."""
+        kind = self.kinds.get(key)
+        accepted, trials = (kind.accepted, kind.trials) if kind else (0.0, 0.0)
+        return (accepted + 2 * self.PRIOR_ACCEPTANCE) / (trials + 2)
+
+    def next_k(self, key: str = "") -> int:
+        """Tokens to draft next of this kind; 0 means a plain decode step."""
         if self.plain_step.value is None:
-            return 0  # measure plain decoding once before judging speculation against it
-        if not self.config.adaptive or (self._trials == 0 and not self.round_time):
-            return self.config.draft_tokens  # fixed, or the first round before any measurement
-        best_k, best_rate = self.best()
-        plain_rate = 1.0 / self.plain_step.value
-        if self.config.self_disable and best_rate < plain_rate:
-            if self._probing:  # the last probe did not pay either: probe half as often
-                self._probe_every = min(2 * self._probe_every, 16 * self.config.probe_every)
-            self._probing = False
             self.active = False
-            self._plain_since_probe += 1
-            if self._plain_since_probe <= self._probe_every:
+            return 0  # measure plain decoding once before judging speculation against it
+        kind = self._kind(key)
+        if not self.config.adaptive or (kind.trials == 0 and self.verify_slope.value is None):
+            self.active = True
+            return self.config.draft_tokens  # fixed, or the first round before any measurement
+        best_k, best_rate = self.best(key)
+        if self.config.self_disable and best_rate < 1.0 / self.plain_step.value:
+            self.active = False
+            if kind.probing:  # the last probe did not pay either: probe half as often
+                kind.probe_every = min(2 * kind.probe_every, 16 * self.config.probe_every)
+            kind.probing = False
+            kind.off = True
+            kind.declined += 1
+            if kind.declined <= kind.probe_every:
                 return 0
-            self._plain_since_probe = 0
-            self._probing = True
+            kind.declined = 0
+            kind.probing = True
+            self.active = True
             return 1  # a cheap probe: acceptance may have changed with the text
+        kind.off = kind.probing = False
+        kind.probe_every = self.config.probe_every
         self.active = True
-        self._probing = False
-        self._probe_every = self.config.probe_every
         return best_k
 
-    def best(self) -> tuple[int, float]:
-        """(k, predicted tokens/s) maximizing the predicted rate."""
-        rates = {k: self.expected_tokens(k) / self.round_cost(k)
+    def best(self, key: str = "") -> tuple[int, float]:
+        """(k, predicted tokens/s) maximizing the predicted rate for a kind."""
+        rates = {k: self.expected_tokens(k, key) / self.round_cost(k, key)
                  for k in range(1, self.config.max_draft + 1)}
         k = max(rates, key=rates.__getitem__)
         return k, rates[k]
 
-    def expected_tokens(self, k: int) -> float:
-        a = min(self.acceptance, 0.999)
+    def expected_tokens(self, k: int, key: str = "") -> float:
+        a = min(self.acceptance(key), 0.999)
         return (1 - a ** (k + 1)) / (1 - a)
 
-    def round_cost(self, k: int) -> float:
-        measured = self.round_time.get(k)
-        if measured is not None and measured.value is not None:
-            return measured.value
+    def round_cost(self, k: int, key: str = "") -> float:
+        """Predicted seconds of a round drafting k tokens of this kind."""
         step = self.plain_step.value or 1e-3
-        draft = (self.draft_token.value or 0.0) * k
-        return draft + step * (1 + self.PRIOR_VERIFY_SLOPE * k)
+        slope = self.verify_slope.value
+        slope = self.PRIOR_VERIFY_SLOPE if slope is None else slope
+        draft = self.draft_token.get(key)
+        per_token = draft.value if draft is not None and draft.value is not None else 0.0
+        return per_token * k + step * (1 + slope * k)
 
     def record_plain(self, seconds: float) -> None:
         self.plain_step.add(seconds)
 
-    def record_round(self, k: int, proposed: int, accepted: int, draft_seconds: float,
-                     round_seconds: float) -> None:
-        """One verification: k asked, `proposed` drafted, `accepted` kept."""
-        self._accepted += accepted
-        self._trials += accepted + (1 if accepted < proposed else 0)
-        if proposed:
-            self.draft_token.add(draft_seconds / proposed)
-        self.round_time.setdefault(proposed, _Average(self.config.smoothing)).add(round_seconds)
+    def record_round(self, key: str, proposed: int, accepted: int, draft_seconds: float,
+                     verify_seconds: float) -> None:
+        """One verification of `proposed` drafted tokens of a kind, `accepted` of them kept.
+
+        draft_seconds is the drafting cost per round that will recur (a draft model's prompt
+        prefill, paid once, is left out by the caller); verify_seconds the target's pass.
+        """
+        if proposed < 1:
+            return
+        kind = self._kind(key)
+        kind.accepted += accepted
+        kind.trials += accepted + (1 if accepted < proposed else 0)
+        self.draft_token.setdefault(key, _Average(self.config.smoothing)).add(
+            draft_seconds / proposed)
+        if self.plain_step.value:
+            self.verify_slope.add(max(0.0, verify_seconds / self.plain_step.value - 1) / proposed)

@@ -26,7 +26,7 @@ from edge.generate import (
 from edge.sampling import Sampler
 from edge.speculative.acceptance import accept_greedy, accept_sampled
 from edge.speculative.controller import DraftController, SpeculativeConfig
-from edge.speculative.drafts import Draft, DraftSource, ModelDraft
+from edge.speculative.drafts import ChainedDraft, Draft, DraftSource, ModelDraft
 from edge.tokenizer import Tokenizer
 
 log = logging.getLogger("edge.speculative")
@@ -67,6 +67,9 @@ class SpeculativeDecoder:
         self.config = config or SpeculativeConfig()
         self.controller = DraftController(self.config)
         _warn_if_batch_variant(target)
+        self.sources = list(draft.sources) if isinstance(draft, ChainedDraft) else [draft]
+        models = [source for source in self.sources if isinstance(source, ModelDraft)]
+        self.model = models[0] if models else None  # the source a PEARL lookahead runs on
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-draft")
         self._ahead: tuple[list[int], Future[Draft]] | None = None
 
@@ -74,8 +77,9 @@ class SpeculativeDecoder:
                cached_prefix: int = 0) -> Iterator[GenerationResponse]:
         check_prompt(prompt_ids, self.target.max_context)
         sampler = Sampler(config.sampling, self.target.spec.vocab_size)
-        if isinstance(self.draft, ModelDraft):
-            self.draft.set_sampling(config.sampling)
+        for source in self.sources:
+            if isinstance(source, ModelDraft):
+                source.set_sampling(config.sampling)
         self.controller.start_request()
         logits, prompt_tps = prefill_prompt(self.target, prompt_ids, cached_prefix)
         out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context,
@@ -102,9 +106,33 @@ class SpeculativeDecoder:
                 future.exception()
             self._ahead = None
 
-    def propose(self, history: list[int], k: int) -> Draft:
+    def choose_draft(self, history: list[int], room: int) -> Draft:
+        """The first source's proposal whose kind the controller takes, cut to its best k.
+
+        A free source (lookup) is asked for as much as fits and cut afterwards; a model is
+        asked for exactly the k the controller picks for it. Empty: decode plainly. (Taking
+        the best predicted source instead of the first was tried: a draft model, once
+        measured, keeps winning over lookup kinds that never get the rounds to show their
+        acceptance, and on code that copies its prompt it lost a third of lookup's speed.)
+        """
+        controller = self.controller
+        for source in self.sources:
+            if getattr(source, "free", False):
+                proposal = source.propose(history, min(room, self.config.max_draft))
+                if not proposal.tokens:
+                    continue
+                k = min(controller.next_k(proposal.key), room)
+                if k:
+                    return proposal.head(k)
+            else:
+                k = min(controller.next_k(source.name), room)
+                if k:
+                    return self.propose(source, history, k)
+        return Draft([])
+
+    def propose(self, source: DraftSource, history: list[int], k: int) -> Draft:
         """The draft for `history`, reusing a lookahead drafted during the last verification."""
-        if self._ahead is not None:
+        if self._ahead is not None and source is self.model:
             context, future = self._ahead
             self._ahead = None
             ahead = future.result()
@@ -113,13 +141,15 @@ class SpeculativeDecoder:
                 tokens = ahead.tokens[len(extra):]
                 if tokens:
                     dists = ahead.distributions and ahead.distributions[len(extra):]
-                    return Draft(tokens[:k], dists[:k] if dists else None)
-        return self.draft.propose(history, k)
+                    return Draft(tokens[:k], dists[:k] if dists else None, key=ahead.key,
+                                 source=ahead.source)
+        return source.propose(history, k)
 
     def draft_ahead(self, context: list[int], k: int) -> None:
         """Start drafting after `context` (history + the draft under verification)."""
-        if self.config.parallel and isinstance(self.draft, ModelDraft):
-            self._ahead = (context, self._pool.submit(self.draft.propose, context, k + 1))
+        if self.config.parallel and self.model is not None:
+            self._drop_lookahead()
+            self._ahead = (context, self._pool.submit(self.model.propose, context, k + 1))
 
     def close(self) -> None:
         self._drop_lookahead()
@@ -135,30 +165,29 @@ class _Run:
         self.drafted = self.accepted = self.passes = self.committed = 0
         self.decode_seconds = 0.0
         self.draft_failed = False
+        self.by_source: dict[str, list[int]] = {}  # source -> [drafted, accepted]
 
     def stats(self) -> SpeculationStats:
         plain = self.d.controller.plain_step.value
         rate = self.committed / self.decode_seconds if self.decode_seconds else 0.0
         return SpeculationStats(self.drafted, self.accepted, self.passes, self.committed,
                                 rate * plain if plain else 0.0,
-                                self.d.controller.active and not self.draft_failed)
+                                self.d.controller.active and not self.draft_failed,
+                                tuple((name, *counts) for name, counts in self.by_source.items()))
 
     def round(self) -> Iterator[GenerationResponse]:
         started = time.perf_counter()
-        history = self.out.history
-        k = 0 if self.draft_failed else self.d.controller.next_k()
         target = self.d.target
         room = min(target.max_context - target.position, target.chunk) - 1
-        draft = self._propose(history, min(k, room)) if k and room > 0 else Draft([])
-        drafted = time.perf_counter()
+        draft = Draft([]) if self.draft_failed or room < 1 else self._propose(room)
         if not draft.tokens:
             yield from self._plain_step(started)
             return
-        yield from self._verify(draft, started, drafted)
+        yield from self._verify(draft, time.perf_counter() - started)
 
-    def _propose(self, history: list[int], k: int) -> Draft:
+    def _propose(self, room: int) -> Draft:
         try:
-            return self.d.propose(history, k)
+            return self.d.choose_draft(self.out.history, room)
         except Exception as error:  # a draft device that fails must not cost the request
             log.warning("draft %s failed (%s); continuing with plain decoding",
                         self.d.draft.name, error)
@@ -167,15 +196,16 @@ class _Run:
             return Draft([])
 
     def _plain_step(self, started: float) -> Iterator[GenerationResponse]:
+        step_started = time.perf_counter()
         logits = self.d.target.decode(self.out.history[-1])
-        seconds = time.perf_counter() - started
-        self.d.controller.record_plain(seconds)
-        self._count(1, seconds)
+        done = time.perf_counter()
+        self.d.controller.record_plain(done - step_started)
+        self._count(1, done - started)  # with the time spent choosing not to draft
         token, logprob = self.sampler.sample(logits, self.out.history)
         yield self.out.emit(token, logprob, speculation=self.stats())
 
-    def _verify(self, draft: Draft, started: float, drafted: float
-                ) -> Iterator[GenerationResponse]:
+    def _verify(self, draft: Draft, draft_seconds: float) -> Iterator[GenerationResponse]:
+        started = time.perf_counter()
         target, history = self.d.target, self.out.history
         base = target.position  # the cache holds history[:-1]
         fed = [history[-1], *draft.tokens]
@@ -187,11 +217,15 @@ class _Run:
             n, token = accept_sampled(self.sampler, logits, draft.tokens, draft.distributions,
                                       history)
         target.rewind(base + 1 + n)
-        seconds = time.perf_counter() - started
-        self.d.controller.record_round(len(draft.tokens), len(draft.tokens), n,
-                                       drafted - started, seconds)
+        verify_seconds = time.perf_counter() - started
+        self.d.controller.record_round(draft.key, len(draft.tokens), n,
+                                       draft_seconds - draft.setup_seconds, verify_seconds)
+        seconds = draft_seconds + verify_seconds
         self.drafted += len(draft.tokens)
         self.accepted += n
+        counts = self.by_source.setdefault(draft.source or self.d.draft.name, [0, 0])
+        counts[0] += len(draft.tokens)
+        counts[1] += n
         # Count tokens as they are emitted: a stream that ends inside this round (max_tokens,
         # EOS, a stop string) must not report tokens the caller never received.
         self._count(0, seconds)

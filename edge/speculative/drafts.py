@@ -7,6 +7,7 @@ the output repeats the input. `ModelDraft` runs a small model with the same toke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -26,12 +27,25 @@ class Draft:
 
     tokens: list[int]
     distributions: list[tuple[np.ndarray, np.ndarray]] | None = None
+    key: str = ""  # the kind of draft, for acceptance kept per kind ("ngram3", "model")
+    source: str = ""  # the source's name ("lookup", "model")
+    setup_seconds: float = 0.0  # one-off work inside the proposal (a draft model's catch-up)
+
+    def head(self, k: int) -> Draft:
+        """The first k tokens (and their distributions)."""
+        dists = self.distributions[:k] if self.distributions else self.distributions
+        return replace(self, tokens=self.tokens[:k], distributions=dists)
 
 
 class DraftSource(Protocol):
-    """Proposes up to k tokens continuing `history` (the prompt and every committed token)."""
+    """Proposes up to k tokens continuing `history` (the prompt and every committed token).
+
+    `free` sources (lookup) cost nothing to ask for many tokens: the controller trims their
+    proposal by its kind's acceptance. Others (a model) are asked for exactly the k it chose.
+    """
 
     name: str
+    free: bool
 
     def propose(self, history: Sequence[int], k: int) -> Draft: ...
 
@@ -59,6 +73,7 @@ class LookupDraft:
     """
 
     name = "lookup"
+    free = True
 
     def __init__(self, config: LookupConfig | None = None) -> None:
         self.config = config or LookupConfig()
@@ -75,8 +90,8 @@ class LookupDraft:
         for n in range(min(self.config.max_ngram, len(seen) - 1), self.config.min_ngram - 1, -1):
             start = self._next.get(tuple(seen[-n:]))
             if start is not None:
-                return Draft(seen[start:start + k])
-        return Draft([])
+                return Draft(seen[start:start + k], key=f"ngram{n}", source=self.name)
+        return Draft([], key="ngram0", source=self.name)
 
     def _index(self, history: Sequence[int]) -> None:
         seen = self._seen
@@ -96,6 +111,7 @@ class LookupDraft:
                 self._next[tuple(seen[position - n:position])] = position
 
 
+_ROUND_FEED = 2  # tokens a draft model feeds at the start of an ordinary round
 _DRAFT_STREAM = 0x6472616674  # "draft": keys the draft sampler's seed apart from the target's
 
 
@@ -105,6 +121,7 @@ class ModelDraft:
     rolled back by rewinding."""
 
     name = "model"
+    free = False
 
     def __init__(self, engine: Engine, sampling: SamplingConfig | None = None) -> None:
         self.engine = engine
@@ -129,8 +146,14 @@ class ModelDraft:
         """k tokens after `history`; the draft's cache then holds history + all but the last."""
         k = min(k, self.engine.max_context - len(history))
         if k < 1:
-            return Draft([])
+            return Draft([], key=self.name, source=self.name)
+        started = time.perf_counter()
+        fed = len(history) - self._common(history)
         logits = self._catch_up(history)
+        # Every round feeds up to 2 tokens (the last drafted one, if accepted, and the target's
+        # own); feeding more (the prompt, or text another source drafted) is catch-up that the
+        # controller must not mistake for the per-token cost of drafting.
+        setup = (time.perf_counter() - started) * max(0, fed - _ROUND_FEED) / fed
         tokens: list[int] = []
         dists: list[tuple[np.ndarray, np.ndarray]] | None = (
             None if self.sampler.config.greedy else [])
@@ -147,17 +170,48 @@ class ModelDraft:
             if i + 1 < k:
                 logits = self.engine.decode(token)
                 self._cached.append(token)
-        return Draft(tokens, dists)
+        return Draft(tokens, dists, key=self.name, source=self.name, setup_seconds=setup)
 
-    def _catch_up(self, history: Sequence[int]) -> np.ndarray:
-        """Feed what the cache lacks of `history` (at least its last token); its logits [V]."""
+    def _common(self, history: Sequence[int]) -> int:
         common = 0
         for a, b in zip(self._cached, history):
             if a != b:
                 break
             common += 1
-        common = min(common, len(history) - 1, self.engine.position)
+        return min(common, len(history) - 1, self.engine.position)
+
+    def _catch_up(self, history: Sequence[int]) -> np.ndarray:
+        """Feed what the cache lacks of `history` (at least its last token); its logits [V]."""
+        common = self._common(history)
         self.engine.rewind(common)
         logits = self.engine.prefill(list(history[common:]))[0]
         self._cached = list(history)
         return logits
+
+
+class ChainedDraft:
+    """Several sources asked in order: the first whose kind the controller accepts drafts.
+
+    The usual chain is lookup, then a model: where the output copies the prompt (code edits)
+    the free lookup draft is taken, and only elsewhere is the draft model's time spent.
+    """
+
+    free = False
+
+    def __init__(self, sources: Sequence[DraftSource]) -> None:
+        if not sources:
+            raise ConfigError("a chained draft needs at least one source")
+        self.sources = list(sources)
+        self.name = "+".join(source.name for source in self.sources)
+
+    def propose(self, history: Sequence[int], k: int) -> Draft:
+        """Without a controller: the first non-empty proposal of up to k tokens."""
+        for source in self.sources:
+            draft = source.propose(history, k)
+            if draft.tokens:
+                return draft
+        return Draft([], key=self.name)
+
+    def reset(self) -> None:
+        for source in self.sources:
+            source.reset()

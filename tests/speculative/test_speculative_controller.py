@@ -1,6 +1,7 @@
 """DraftController: picks the draft length with the best predicted tokens per second from
-measured acceptance and costs, and switches speculation off when plain decoding is faster,
-probing again every `probe_every` plain tokens. Pure arithmetic: no model, no clock."""
+measured acceptance (per kind of draft) and costs (draft time per token, a verification slope
+fitted from measured passes), and switches a kind off when plain decoding is faster, probing
+it again after `probe_every` declined drafts. Pure arithmetic: no model, no clock."""
 
 from __future__ import annotations
 
@@ -22,27 +23,29 @@ def test_plain_step_is_measured_first() -> None:
     """Before one plain step is measured there is nothing to compare against: k = 0."""
     controller = DraftController(SpeculativeConfig())
     assert controller.next_k() == 0
+    assert controller.active is False
     controller.record_plain(PLAIN)
     assert controller.next_k() >= 1  # the priors (acceptance 0.6) favour speculating
     assert controller.active
 
 
 def test_high_acceptance_and_cheap_rounds_draft_several_tokens() -> None:
-    """All 4 of 4 tokens accepted, rounds costing 1.2 plain steps: k > 1 and active."""
+    """All 4 of 4 tokens accepted, passes of 5 tokens costing 1.2 plain steps: k > 1."""
     controller = _controller()
     for _ in range(10):
-        controller.record_round(4, 4, 4, draft_seconds=0.0004, round_seconds=1.2 * PLAIN)
-    assert controller.acceptance > 0.95
+        controller.record_round("", 4, 4, draft_seconds=0.0004, verify_seconds=1.2 * PLAIN)
+    assert controller.acceptance() > 0.95
+    assert controller.verify_slope.value == pytest.approx(0.05)
     k = controller.next_k()
     assert k > 1
     assert controller.active
     assert controller.expected_tokens(k) / controller.round_cost(k) > 1 / PLAIN
 
 
-def _make_expensive(controller: DraftController) -> None:
-    """Nothing accepted, and every round costs five plain steps."""
+def _make_expensive(controller: DraftController, key: str = "") -> None:
+    """Nothing accepted, drafting costs a plain step per token, and verifying 5 of them."""
     for k in range(1, controller.config.max_draft + 1):
-        controller.record_round(k, k, 0, draft_seconds=k * PLAIN, round_seconds=5 * PLAIN)
+        controller.record_round(key, k, 0, draft_seconds=k * PLAIN, verify_seconds=5 * PLAIN)
 
 
 def test_switches_off_when_rounds_cost_more_than_they_give() -> None:
@@ -54,10 +57,35 @@ def test_switches_off_when_rounds_cost_more_than_they_give() -> None:
     assert controller.best()[1] < 1 / PLAIN
 
 
+def test_kinds_are_judged_apart() -> None:
+    """A kind that is always rejected is switched off while a kind that is always accepted
+    keeps drafting long: lookup drafts matched on 4 tokens against those matched on 1."""
+    controller = _controller()
+    for _ in range(20):
+        controller.record_round("ngram1", 3, 0, draft_seconds=0.0, verify_seconds=1.4 * PLAIN)
+        controller.record_round("ngram4", 3, 3, draft_seconds=0.0, verify_seconds=1.4 * PLAIN)
+    assert controller.next_k("ngram1") == 0
+    assert controller.next_k("ngram4") == controller.config.max_draft
+    assert controller.acceptance("ngram1") < 0.1 < 0.9 < controller.acceptance("ngram4")
+
+
+def test_draft_cost_is_kept_per_kind() -> None:
+    """A free kind (lookup) and a costly one (a model) at equal acceptance: the costly one
+    drafts fewer tokens, since each costs it time."""
+    controller = _controller()
+    for _ in range(20):
+        controller.record_round("free", 4, 3, draft_seconds=0.0, verify_seconds=1.6 * PLAIN)
+        controller.record_round("model", 4, 3, draft_seconds=4 * 0.5 * PLAIN,
+                                verify_seconds=1.6 * PLAIN)
+    assert controller.round_cost(4, "model") > controller.round_cost(4, "free")
+    assert controller.next_k("model") < controller.next_k("free")
+
+
 @pytest.mark.parametrize("probe_every", [1, 4, 16])
 def test_probes_again_after_probe_every_plain_tokens(probe_every: int) -> None:
-    """While off, `probe_every` plain steps (k = 0) precede the first probe of k = 1, and each
-    probe that still loses doubles the gap (a text where drafts never pay costs ever less)."""
+    """While off, `probe_every` declined drafts (k = 0) precede the first probe of k = 1, and
+    each probe that still loses doubles the gap (a text where drafts never pay costs ever
+    less)."""
     controller = _controller(probe_every=probe_every)
     _make_expensive(controller)
     gaps = (probe_every, 2 * probe_every, 4 * probe_every)
@@ -71,12 +99,8 @@ def test_turns_back_on_when_probes_succeed() -> None:
     _make_expensive(controller)
     assert controller.next_k() == 0
     controller.start_request()  # a new request: acceptance back to its prior
-    assert controller.active
     for _ in range(40):
-        controller.record_round(1, 1, 1, draft_seconds=0.0001, round_seconds=1.05 * PLAIN)
-    for k in range(2, controller.config.max_draft + 1):
-        controller.record_round(k, k, k, draft_seconds=0.0001 * k,
-                                round_seconds=(1 + 0.05 * k) * PLAIN)
+        controller.record_round("", 1, 1, draft_seconds=0.0001, verify_seconds=1.05 * PLAIN)
     assert controller.next_k() >= 1
     assert controller.active
 
@@ -99,6 +123,21 @@ def test_fixed_k_when_not_adaptive() -> None:
 def test_expected_tokens_per_round() -> None:
     """E(k) = (1 - a^(k+1)) / (1 - a): with a = 0.5, k = 1 commits 1.5 tokens on average."""
     controller = _controller()
-    controller._accepted, controller._trials = 0.5 * 1e6, 1e6  # a ~ 0.5, the prior negligible
+    kind = controller._kind("")
+    kind.accepted, kind.trials = 0.5 * 1e6, 1e6  # a ~ 0.5, the prior negligible
     assert controller.expected_tokens(1) == pytest.approx(1.5, rel=1e-4)
     assert controller.expected_tokens(3) == pytest.approx(1.875, rel=1e-4)
+
+
+def test_acceptance_carries_into_the_next_request_lightly() -> None:
+    """A kind's acceptance from earlier requests is the next request's starting point, but
+    with the weight of a few trials: a handful of rejections in the new text outweigh it."""
+    controller = _controller()
+    for _ in range(40):
+        controller.record_round("ngram3", 4, 4, draft_seconds=0.0, verify_seconds=1.5 * PLAIN)
+    controller.start_request()
+    assert controller.acceptance("ngram3") > 0.8
+    for _ in range(10):
+        controller.record_round("ngram3", 4, 0, draft_seconds=0.0, verify_seconds=1.5 * PLAIN)
+    assert controller.acceptance("ngram3") < 0.5
+

@@ -47,6 +47,7 @@ class FailingDraft:
     """A DraftSource that drafts with the target's own weights and raises on call `fail_on`."""
 
     name = "failing"
+    free = False
 
     def __init__(self, inner: ModelDraft, fail_on: int = 3) -> None:
         self.inner, self.fail_on, self.calls = inner, fail_on, 0
@@ -135,7 +136,7 @@ def test_close_cancels_a_lookahead_not_started(target: Path,
     (dict(max_draft=0), "max_draft=0"),
     (dict(max_draft=65), "max_draft=65"),
     (dict(draft_tokens=0), "draft_tokens=0"),
-    (dict(draft_tokens=9), "draft_tokens=9"),  # above the default max_draft of 8
+    (dict(draft_tokens=13), "draft_tokens=13"),  # above the default max_draft of 12
     (dict(draft_tokens=5, max_draft=4), "draft_tokens=5"),
     (dict(probe_every=0), "probe_every=0"),
     (dict(smoothing=0.0), "smoothing=0.0"),

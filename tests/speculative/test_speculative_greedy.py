@@ -33,6 +33,7 @@ def _run(model: Model, ids: list[int], max_tokens: int = N, **kwargs: Any
 
 
 def _fixed(k: int, **kwargs: Any) -> SpeculativeConfig:
+    kwargs.setdefault("lookup_first", False)  # these tests are about the draft model
     return SpeculativeConfig(adaptive=False, draft_tokens=k, max_draft=max(k, 8), **kwargs)
 
 
@@ -84,6 +85,22 @@ def test_lookup_draft(target: Path, load_tiny: Callable[..., Model],
         tokens, responses = _run(model, spec_prompt_ids)
         assert tokens == plain
         assert responses[-1].speculation.drafted > 0
+
+
+def test_lookup_then_model_chain(target: Path, load_tiny: Callable[..., Model],
+                                 spec_prompt_ids: list[int], plain: list[int]) -> None:
+    """The default chain for a draft model: lookup first, the model where lookup finds no
+    match. With the target as its own draft both sources draft (the model's every token
+    accepted), the stats split them by source, and the output is plain greedy."""
+    model = load_tiny(target, draft=load_tiny(target),
+                      speculative=_fixed(3, lookup_first=True))
+    assert model.speculative.draft.name == "lookup+model"
+    tokens, responses = _run(model, spec_prompt_ids)
+    assert tokens == plain
+    by_source = {name: (drafted, accepted)
+                 for name, drafted, accepted in responses[-1].speculation.by_source}
+    assert set(by_source) == {"lookup", "model"}
+    assert by_source["model"][0] > 0 and by_source["model"][0] == by_source["model"][1]
 
 
 @pytest.mark.parametrize("draft_kind", ["other", "lookup"])

@@ -53,3 +53,13 @@ def test_diverging_history_rebuilds_the_index() -> None:
     assert draft.propose([9, 5, 6, 1, 2], 2).tokens == []  # (1, 2) -> 3 was the old text's
     assert draft.propose([9, 5, 6, 1, 2, 5], 2).tokens == [6, 1]
     assert draft.propose([9, 5], 2).tokens == []  # a prefix of the old history: rebuilt too
+
+
+def test_draft_kind_names_the_matched_ngram() -> None:
+    """Each proposal says how long a suffix matched ("ngram3"): the controller keeps acceptance
+    per kind, since longer matches are right more often."""
+    draft = LookupDraft()
+    assert draft.propose([1, 2, 3, 9, 1, 2, 3], 2).key == "ngram3"
+    assert draft.propose([5, 6, 7, 5], 2).key == "ngram1"
+    assert draft.propose([5, 6, 7], 2).key == "ngram0"
+    assert LookupDraft.free and draft.propose([5, 6, 5], 2).source == "lookup"
