@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.engine import Engine, EngineConfig
 from edge.errors import ConfigError
+from edge.format import MANIFEST_FILE
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.package import Package, Verify, open_package
 from edge.placement import Placement
@@ -24,6 +26,7 @@ from edge.speculative import (
     SpeculativeDecoder,
     check_same_tokenizer,
 )
+from edge.speculative.calibration import calibration_path
 from edge.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # imported when used: memory_sched and devices import edge's leaf modules
@@ -47,7 +50,8 @@ class Model:
 
     def __init__(self, package: Package, engine_config: EngineConfig | StreamConfig | None = None,
                  draft: DraftSource | Model | None = None,
-                 speculative: SpeculativeConfig | None = None, progress: bool = True) -> None:
+                 speculative: SpeculativeConfig | None = None, progress: bool = True,
+                 remember: bool = False) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
         # A memory budget streams what does not fit (our kernels, exact memory accounting);
@@ -66,7 +70,11 @@ class Model:
             if (speculative or SpeculativeConfig()).lookup_first:
                 draft = ChainedDraft([LookupDraft(), draft])
         if draft is not None:
-            self.speculative = SpeculativeDecoder(self.engine, draft, speculative)
+            # remember: keep what speculation learned on this machine for the next process
+            calibration = calibration_path(
+                package.root / MANIFEST_FILE, _draft_identity(draft),
+                getattr(engine_config, "threads", None)) if remember else None
+            self.speculative = SpeculativeDecoder(self.engine, draft, speculative, calibration)
         # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
         # (the next turn of a chat) only prefills what is new.
         self._cached: list[int] = []
@@ -134,6 +142,19 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _draft_identity(draft: DraftSource) -> str:
+    """The draft's name, with each draft model's manifest digest (which names its weights)."""
+    sources = draft.sources if isinstance(draft, ChainedDraft) else [draft]
+    parts = []
+    for source in sources:
+        if isinstance(source, ModelDraft):
+            manifest = source.engine.package.root / MANIFEST_FILE
+            parts.append(f"model:{hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]}")
+        else:
+            parts.append(source.name)
+    return "+".join(parts)
+
+
 def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None = None,
          threads: int | None = None, prefill_chunk: int = 256, verify: Verify = "auto",
          progress: bool = True, draft: str | os.PathLike[str] | DraftSource | None = None,
@@ -190,7 +211,8 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
         source = Model(open_package(resolve_package(draft, progress=progress), verify=verify),
                        EngineConfig(max_context=max_context, threads=draft_threads or threads,
                                     prefill_chunk=prefill_chunk, spinning=False))
-    return Model(open_package(root, verify=verify), config, source, speculative, progress)
+    return Model(open_package(root, verify=verify), config, source, speculative, progress,
+                 remember=True)
 
 
 def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Placement,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
+from edge.speculative.calibration import Calibration
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,24 @@ class DraftController:
         draft = self.draft_token.get(key)
         per_token = draft.value if draft is not None and draft.value is not None else 0.0
         return per_token * k + step * (1 + slope * k)
+
+    def snapshot(self) -> Calibration:
+        """What was learned, to carry into another process (see `calibration`)."""
+        return Calibration(
+            self.plain_step.value, self.verify_slope.value,
+            {key: a.value for key, a in self.draft_token.items() if a.value is not None},
+            {key: (kind.accepted, kind.trials) for key, kind in self.kinds.items()})
+
+    def restore(self, calibration: Calibration) -> None:
+        """Start from an earlier process's measurements; new ones soon outweigh them."""
+        self.plain_step.value = calibration.plain_step
+        self.verify_slope.value = calibration.verify_slope
+        for key, seconds in calibration.draft_token.items():
+            self.draft_token.setdefault(key, _Average(self.config.smoothing)).value = seconds
+        for key, (accepted, trials) in calibration.acceptance.items():
+            kind = self._kind(key)
+            kind.accepted, kind.trials = accepted, trials
+            kind.start(self.config.probe_every)
 
     def record_plain(self, seconds: float) -> None:
         self.plain_step.add(seconds)

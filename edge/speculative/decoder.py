@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from edge.generate import (
 )
 from edge.sampling import Sampler
 from edge.speculative.acceptance import accept_greedy, accept_sampled
+from edge.speculative.calibration import load_calibration, save_calibration
 from edge.speculative.controller import DraftController, SpeculativeConfig
 from edge.speculative.drafts import ChainedDraft, Draft, DraftSource, ModelDraft
 from edge.tokenizer import Tokenizer
@@ -58,14 +60,24 @@ def _warn_if_batch_variant(target: Engine) -> None:
 
 class SpeculativeDecoder:
     """Generates with `target`, drafting with `draft`. Greedy output equals the target's greedy
-    output token for token; sampled output follows the target's distribution."""
+    output token for token; sampled output follows the target's distribution.
+
+    With `calibration` (a file path), what the controller learns is loaded at start and saved
+    after each request, so the next process starts informed (`edge.load` does this).
+    """
 
     def __init__(self, target: Engine, draft: DraftSource,
-                 config: SpeculativeConfig | None = None) -> None:
+                 config: SpeculativeConfig | None = None,
+                 calibration: Path | None = None) -> None:
         self.target = target
         self.draft = draft
         self.config = config or SpeculativeConfig()
         self.controller = DraftController(self.config)
+        self.calibration = calibration
+        if calibration is not None and self.config.adaptive:
+            learned = load_calibration(calibration)
+            if learned is not None:
+                self.controller.restore(learned)
         _warn_if_batch_variant(target)
         self.sources = list(draft.sources) if isinstance(draft, ChainedDraft) else [draft]
         models = [source for source in self.sources if isinstance(source, ModelDraft)]
@@ -95,6 +107,8 @@ class SpeculativeDecoder:
                         break
         finally:
             self._drop_lookahead()
+            if self.calibration is not None and self.config.adaptive:
+                save_calibration(self.calibration, self.controller.snapshot())
 
     def _drop_lookahead(self) -> None:
         if self._ahead is not None:

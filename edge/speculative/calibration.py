@@ -1,0 +1,96 @@
+"""What the controller learned, kept on disk per target, draft and machine.
+
+`edge run --draft ...` is one process per request: without memory, every run would spend its
+first rounds (and a draft model's prompt prefill) finding out again that, say, the draft model
+does not pay on this machine. The file holds costs and per-kind acceptance only: plain JSON,
+checked on load; a missing, foreign or damaged file is ignored (with a log line), never
+trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge.paths import cache_dir
+
+log = logging.getLogger("edge.speculative")
+
+VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """Seconds per plain step, verification slope, seconds per drafted token of each kind,
+    and (accepted, trials) of each kind."""
+
+    plain_step: float | None = None
+    verify_slope: float | None = None
+    draft_token: dict[str, float] = field(default_factory=dict)
+    acceptance: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def calibration_path(target_manifest: Path, draft: str, threads: int | None) -> Path:
+    """Where the calibration of this target (by its manifest's bytes, which name every file's
+    checksum), draft and thread count on this machine lives."""
+    identity = hashlib.sha256(target_manifest.read_bytes())
+    identity.update(f"|{draft}|{threads}|{platform.node()}|{platform.machine()}".encode())
+    return cache_dir() / "speculative" / f"{identity.hexdigest()[:24]}.json"
+
+
+def load_calibration(path: Path) -> Calibration | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.info("ignoring unreadable speculative calibration %s: %s", path, error)
+        return None
+    try:
+        return _parse(data)
+    except (TypeError, ValueError, KeyError) as error:
+        log.info("ignoring malformed speculative calibration %s: %s", path, error)
+        return None
+
+
+def save_calibration(path: Path, calibration: Calibration) -> None:
+    """Write atomically (a reader never sees half a file); failures only log."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"version": VERSION, **asdict(calibration)}))
+        os.replace(temporary, path)
+    except OSError as error:
+        log.info("could not save speculative calibration %s: %s", path, error)
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _optional(value: object, what: str) -> float | None:
+    return None if value is None else _number(value, what)
+
+
+def _parse(data: object) -> Calibration:
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError(f"not a version {VERSION} calibration")
+    draft_token = {str(k): _number(v, f"draft_token[{k}]")
+                   for k, v in dict(data["draft_token"]).items()}
+    acceptance = {}
+    for key, pair in dict(data["acceptance"]).items():
+        accepted, trials = (_number(x, f"acceptance[{key}]") for x in pair)
+        if accepted > trials:
+            raise ValueError(f"acceptance[{key}]: {accepted} accepted of {trials} trials")
+        acceptance[str(key)] = (accepted, trials)
+    return Calibration(_optional(data["plain_step"], "plain_step"),
+                       _optional(data["verify_slope"], "verify_slope"), draft_token, acceptance)
