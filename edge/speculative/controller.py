@@ -69,8 +69,10 @@ class _Kind:
 
     REMEMBERED_TRIALS = 8.0  # the weight earlier requests' acceptance keeps in a new one
 
-    def __init__(self, probe_every: int) -> None:
+    def __init__(self, probe_every: int, smoothing: float) -> None:
         self.accepted = self.trials = 0.0
+        self.realized = _Average(smoothing)  # tokens/s of this kind's rounds, all costs in
+        self.rounds = 0
         self.start(probe_every)
 
     def start(self, probe_every: int) -> None:
@@ -89,6 +91,7 @@ class DraftController:
 
     PRIOR_ACCEPTANCE = 0.6
     PRIOR_VERIFY_SLOPE = 0.25  # extra cost per extra verified token, as a share of one step
+    MEASURED_ROUNDS = 3  # rounds of a kind before its measured rate may switch it off
 
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
@@ -107,7 +110,7 @@ class DraftController:
     def _kind(self, key: str) -> _Kind:
         kind = self.kinds.get(key)
         if kind is None:
-            kind = self.kinds[key] = _Kind(self.config.probe_every)
+            kind = self.kinds[key] = _Kind(self.config.probe_every, self.config.smoothing)
         return kind
 
     def acceptance(self, key: str = "") -> float:
@@ -126,7 +129,13 @@ class DraftController:
             self.active = True
             return self.config.draft_tokens  # fixed, or the first round before any measurement
         best_k, best_rate = self.best(key)
-        if self.config.self_disable and best_rate < 1.0 / self.plain_step.value:
+        plain_rate = 1.0 / self.plain_step.value
+        predicted_loss = best_rate < plain_rate
+        # The prediction leaves out what is hard to model (a draft model catching up on text
+        # lookup drafted, cache effects); the rounds' measured rate includes it.
+        measured_loss = (kind.rounds >= self.MEASURED_ROUNDS
+                         and kind.realized.value is not None and kind.realized.value < plain_rate)
+        if self.config.self_disable and (predicted_loss or measured_loss):
             self.active = False
             if kind.probing:  # the last probe did not pay either: probe half as often
                 kind.probe_every = min(2 * kind.probe_every, 16 * self.config.probe_every)
@@ -138,7 +147,9 @@ class DraftController:
             kind.declined = 0
             kind.probing = True
             self.active = True
-            return 1  # a cheap probe: acceptance may have changed with the text
+            # a probe: acceptance may have changed with the text (the cheapest when predicted
+            # to lose; the best k when only the measurements said so, to measure it again)
+            return 1 if predicted_loss else best_k
         kind.off = kind.probing = False
         kind.probe_every = self.config.probe_every
         self.active = True
@@ -186,15 +197,18 @@ class DraftController:
         self.plain_step.add(seconds)
 
     def record_round(self, key: str, proposed: int, accepted: int, draft_seconds: float,
-                     verify_seconds: float) -> None:
+                     verify_seconds: float, catch_up_seconds: float = 0.0) -> None:
         """One verification of `proposed` drafted tokens of a kind, `accepted` of them kept.
 
-        draft_seconds is the drafting cost per round that will recur (a draft model's prompt
-        prefill, paid once, is left out by the caller); verify_seconds the target's pass.
+        draft_seconds is the drafting proper; catch_up_seconds a draft model feeding text it
+        did not draft (recurring in a lookup-then-model chain; its first prompt prefill, a
+        sunk cost, is left out by the caller); verify_seconds the target's pass.
         """
         if proposed < 1:
             return
         kind = self._kind(key)
+        kind.rounds += 1
+        kind.realized.add((accepted + 1) / (draft_seconds + catch_up_seconds + verify_seconds))
         kind.accepted += accepted
         kind.trials += accepted + (1 if accepted < proposed else 0)
         self.draft_token.setdefault(key, _Average(self.config.smoothing)).add(

@@ -232,8 +232,11 @@ class _Run:
                                       history)
         target.rewind(base + 1 + n)
         verify_seconds = time.perf_counter() - started
+        # A source's first catch-up in a request is the prompt's prefill: paid once, sunk.
+        recurring = draft.setup_seconds if draft.source in self.by_source else 0.0
         self.d.controller.record_round(draft.key, len(draft.tokens), n,
-                                       draft_seconds - draft.setup_seconds, verify_seconds)
+                                       draft_seconds - draft.setup_seconds, verify_seconds,
+                                       recurring)
         seconds = draft_seconds + verify_seconds
         self.drafted += len(draft.tokens)
         self.accepted += n

@@ -141,3 +141,16 @@ def test_acceptance_carries_into_the_next_request_lightly() -> None:
         controller.record_round("ngram3", 4, 0, draft_seconds=0.0, verify_seconds=1.5 * PLAIN)
     assert controller.acceptance("ngram3") < 0.5
 
+
+
+def test_measured_rounds_overrule_the_prediction() -> None:
+    """A kind predicted to win (all accepted, cheap drafts) whose rounds measured slower than
+    plain decoding (here: catch-up the prediction leaves out) is switched off after
+    MEASURED_ROUNDS rounds; its probes then draft the best k, to measure it again."""
+    controller = _controller(probe_every=2)
+    for _ in range(DraftController.MEASURED_ROUNDS):
+        controller.record_round("model", 4, 4, draft_seconds=4 * 0.1 * PLAIN,
+                                verify_seconds=1.6 * PLAIN, catch_up_seconds=6 * PLAIN)
+    assert controller.best("model")[1] > 1 / PLAIN  # the prediction alone would draft
+    ks = [controller.next_k("model") for _ in range(3)]
+    assert ks[:2] == [0, 0] and ks[2] == controller.best("model")[0] > 1

@@ -18,7 +18,13 @@ import pytest
 from edge.engine import EngineConfig
 from edge.model import Model
 from edge.package import open_package
-from edge.speculative import LookupDraft, ModelDraft, SpeculativeConfig, SpeculativeDecoder
+from edge.speculative import (
+    ChainedDraft,
+    LookupDraft,
+    ModelDraft,
+    SpeculativeConfig,
+    SpeculativeDecoder,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +52,13 @@ def _ids(model: Model, text: str) -> list[int]:
     return model.tokenizer.encode(prompt, add_special_tokens=False)
 
 
-@pytest.mark.parametrize("draft_kind", ["model", "model-parallel", "lookup"])
+@pytest.mark.parametrize("draft_kind", ["model", "model-parallel", "lookup", "lookup+model"])
 def test_real_pair_greedy_is_the_targets(pair: tuple[Model, Model], draft_kind: str) -> None:
     """48 greedy tokens per prompt: identical to plain decoding for every draft kind."""
     target, draft = pair
-    source = LookupDraft() if draft_kind == "lookup" else ModelDraft(draft.engine)
+    sources = {"lookup": LookupDraft(), "lookup+model": ChainedDraft([LookupDraft(),
+                                                                      ModelDraft(draft.engine)])}
+    source = sources.get(draft_kind) or ModelDraft(draft.engine)
     config = SpeculativeConfig(adaptive=False, draft_tokens=4,
                                parallel=draft_kind == "model-parallel")
     for text in PROMPTS:
@@ -62,5 +70,5 @@ def test_real_pair_greedy_is_the_targets(pair: tuple[Model, Model], draft_kind: 
         target.speculative.close()
         target.speculative = None
         assert [r.token for r in responses] == plain
-        if draft_kind != "lookup":
+        if draft_kind.startswith("model"):
             assert responses[-1].speculation.acceptance >= 0.3  # the pair agrees often
