@@ -73,6 +73,7 @@ class _Kind:
         self.accepted = self.trials = 0.0
         self.realized = _Average(smoothing)  # tokens/s of this kind's rounds, all costs in
         self.rounds = 0
+        self.catches_up = False  # whether its rounds pay catch-up, which the prediction omits
         self.start(probe_every)
 
     def start(self, probe_every: int) -> None:
@@ -131,9 +132,9 @@ class DraftController:
         best_k, best_rate = self.best(key)
         plain_rate = 1.0 / self.plain_step.value
         predicted_loss = best_rate < plain_rate
-        # The prediction leaves out what is hard to model (a draft model catching up on text
-        # lookup drafted, cache effects); the rounds' measured rate includes it.
-        measured_loss = (kind.rounds >= self.MEASURED_ROUNDS
+        # The prediction leaves out a draft model catching up on text lookup drafted; for a
+        # kind that pays it, the rounds' measured rate, which includes it, may overrule.
+        measured_loss = (kind.catches_up and kind.rounds >= self.MEASURED_ROUNDS
                          and kind.realized.value is not None and kind.realized.value < plain_rate)
         if self.config.self_disable and (predicted_loss or measured_loss):
             self.active = False
@@ -208,6 +209,7 @@ class DraftController:
             return
         kind = self._kind(key)
         kind.rounds += 1
+        kind.catches_up = kind.catches_up or catch_up_seconds > 0
         kind.realized.add((accepted + 1) / (draft_seconds + catch_up_seconds + verify_seconds))
         kind.accepted += accepted
         kind.trials += accepted + (1 if accepted < proposed else 0)

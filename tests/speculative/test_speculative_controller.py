@@ -145,8 +145,9 @@ def test_acceptance_carries_into_the_next_request_lightly() -> None:
 
 def test_measured_rounds_overrule_the_prediction() -> None:
     """A kind predicted to win (all accepted, cheap drafts) whose rounds measured slower than
-    plain decoding (here: catch-up the prediction leaves out) is switched off after
-    MEASURED_ROUNDS rounds; its probes then draft the best k, to measure it again."""
+    plain decoding (because of catch-up, which the prediction leaves out) is switched off
+    after MEASURED_ROUNDS rounds; its probes then draft the best k, to measure it again. Kinds
+    without catch-up (lookup) are judged by the prediction alone."""
     controller = _controller(probe_every=2)
     for _ in range(DraftController.MEASURED_ROUNDS):
         controller.record_round("model", 4, 4, draft_seconds=4 * 0.1 * PLAIN,
@@ -154,3 +155,7 @@ def test_measured_rounds_overrule_the_prediction() -> None:
     assert controller.best("model")[1] > 1 / PLAIN  # the prediction alone would draft
     ks = [controller.next_k("model") for _ in range(3)]
     assert ks[:2] == [0, 0] and ks[2] == controller.best("model")[0] > 1
+    for _ in range(DraftController.MEASURED_ROUNDS):  # slow rounds, but no catch-up
+        controller.record_round("ngram4", 4, 4, draft_seconds=0.0, verify_seconds=6 * PLAIN)
+    controller.verify_slope.value = 0.2  # as measured elsewhere
+    assert controller.next_k("ngram4") > 1
