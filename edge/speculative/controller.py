@@ -71,9 +71,9 @@ class _Kind:
 
     def __init__(self, probe_every: int, smoothing: float) -> None:
         self.accepted = self.trials = 0.0
-        self.realized = _Average(smoothing)  # tokens/s of this kind's rounds, all costs in
-        self.rounds = 0
-        self.catches_up = False  # whether its rounds pay catch-up, which the prediction omits
+        # this request's rounds: tokens/s with all costs in, and whether they paid catch-up
+        # (which the prediction omits)
+        self.realized = _Average(smoothing)
         self.start(probe_every)
 
     def start(self, probe_every: int) -> None:
@@ -84,6 +84,7 @@ class _Kind:
         self.off = self.probing = False
         self.declined = 0  # drafts of this kind turned down since the last probe
         self.probe_every = probe_every
+        self.realized.value, self.rounds, self.catches_up = None, 0, False
 
 
 class DraftController:
@@ -100,6 +101,7 @@ class DraftController:
         self.plain_step = _Average(w)  # seconds per plain decode step
         self.verify_slope = _Average(w)  # (verify pass / plain step - 1) / drafted tokens
         self.draft_token: dict[str, _Average] = {}  # kind -> seconds per drafted token
+        self.catch_up_token = _Average(w)  # seconds per token a draft model catches up on
         self.kinds: dict[str, _Kind] = {}
         self.start_request()
 
@@ -120,12 +122,20 @@ class DraftController:
         accepted, trials = (kind.accepted, kind.trials) if kind else (0.0, 0.0)
         return (accepted + 2 * self.PRIOR_ACCEPTANCE) / (trials + 2)
 
-    def next_k(self, key: str = "") -> int:
-        """Tokens to draft next of this kind; 0 means a plain decode step."""
+    def next_k(self, key: str = "", catch_up: int = 0, remaining: int | None = None) -> int:
+        """Tokens to draft next of this kind; 0 means a plain decode step.
+
+        `catch_up`: tokens a draft model must first feed (the prompt, or text decoded while it
+        was off); it is engaged only if its predicted gain over the `remaining` tokens of the
+        request pays for that.
+        """
         if self.plain_step.value is None:
             self.active = False
             return 0  # measure plain decoding once before judging speculation against it
         kind = self._kind(key)
+        if catch_up and remaining is not None and not self._pays_back(key, catch_up, remaining):
+            self.active = False
+            return 0
         if not self.config.adaptive or (kind.trials == 0 and self.verify_slope.value is None):
             self.active = True
             return self.config.draft_tokens  # fixed, or the first round before any measurement
@@ -155,6 +165,16 @@ class DraftController:
         kind.probe_every = self.config.probe_every
         self.active = True
         return best_k
+
+    def _pays_back(self, key: str, catch_up: int, remaining: int) -> bool:
+        """Whether drafting from here saves more time than catching up costs (unknown costs
+        count as paying: they are learned by trying)."""
+        per_token = self.catch_up_token.value
+        if per_token is None or self.plain_step.value is None:
+            return True
+        rate = self.best(key)[1]
+        saved = remaining * (self.plain_step.value - 1.0 / rate)
+        return saved > catch_up * per_token
 
     def best(self, key: str = "") -> tuple[int, float]:
         """(k, predicted tokens/s) maximizing the predicted rate for a kind."""
@@ -196,6 +216,10 @@ class DraftController:
 
     def record_plain(self, seconds: float) -> None:
         self.plain_step.add(seconds)
+
+    def record_catch_up(self, tokens: int, seconds: float) -> None:
+        if tokens > 0:
+            self.catch_up_token.add(seconds / tokens)
 
     def record_round(self, key: str, proposed: int, accepted: int, draft_seconds: float,
                      verify_seconds: float, catch_up_seconds: float = 0.0) -> None:

@@ -120,7 +120,8 @@ class SpeculativeDecoder:
                 future.exception()
             self._ahead = None
 
-    def choose_draft(self, history: list[int], room: int) -> Draft:
+    def choose_draft(self, history: list[int], room: int, remaining: int | None = None
+                     ) -> Draft:
         """The first source's proposal whose kind the controller takes, cut to its best k.
 
         A free source (lookup) is asked for as much as fits and cut afterwards; a model is
@@ -139,7 +140,8 @@ class SpeculativeDecoder:
                 if k:
                     return proposal.head(k)
             else:
-                k = min(controller.next_k(source.name), room)
+                behind = source.behind(history) if isinstance(source, ModelDraft) else 0
+                k = min(controller.next_k(source.name, behind, remaining), room)
                 if k:
                     return self.propose(source, history, k)
         return Draft([])
@@ -201,7 +203,8 @@ class _Run:
 
     def _propose(self, room: int) -> Draft:
         try:
-            return self.d.choose_draft(self.out.history, room)
+            remaining = self.out.config.max_tokens - self.out.generated
+            return self.d.choose_draft(self.out.history, room, remaining)
         except Exception as error:  # a draft device that fails must not cost the request
             log.warning("draft %s failed (%s); continuing with plain decoding",
                         self.d.draft.name, error)
@@ -232,6 +235,7 @@ class _Run:
                                       history)
         target.rewind(base + 1 + n)
         verify_seconds = time.perf_counter() - started
+        self.d.controller.record_catch_up(draft.setup_tokens, draft.setup_seconds)
         # A source's first catch-up in a request is the prompt's prefill: paid once, sunk.
         recurring = draft.setup_seconds if draft.source in self.by_source else 0.0
         self.d.controller.record_round(draft.key, len(draft.tokens), n,

@@ -30,6 +30,7 @@ class Draft:
     key: str = ""  # the kind of draft, for acceptance kept per kind ("ngram3", "model")
     source: str = ""  # the source's name ("lookup", "model")
     setup_seconds: float = 0.0  # one-off work inside the proposal (a draft model's catch-up)
+    setup_tokens: int = 0  # tokens that catch-up fed
 
     def head(self, k: int) -> Draft:
         """The first k tokens (and their distributions)."""
@@ -153,7 +154,8 @@ class ModelDraft:
         # Every round feeds up to 2 tokens (the last drafted one, if accepted, and the target's
         # own); feeding more (the prompt, or text another source drafted) is catch-up that the
         # controller must not mistake for the per-token cost of drafting.
-        setup = (time.perf_counter() - started) * max(0, fed - _ROUND_FEED) / fed
+        extra = max(0, fed - _ROUND_FEED)
+        setup = (time.perf_counter() - started) * extra / fed
         tokens: list[int] = []
         dists: list[tuple[np.ndarray, np.ndarray]] | None = (
             None if self.sampler.config.greedy else [])
@@ -170,7 +172,12 @@ class ModelDraft:
             if i + 1 < k:
                 logits = self.engine.decode(token)
                 self._cached.append(token)
-        return Draft(tokens, dists, key=self.name, source=self.name, setup_seconds=setup)
+        return Draft(tokens, dists, key=self.name, source=self.name, setup_seconds=setup,
+                     setup_tokens=extra)
+
+    def behind(self, history: Sequence[int]) -> int:
+        """Tokens a proposal for `history` would feed beyond an ordinary round's."""
+        return max(0, len(history) - self._common(history) - _ROUND_FEED)
 
     def _common(self, history: Sequence[int]) -> int:
         common = 0

@@ -159,3 +159,16 @@ def test_measured_rounds_overrule_the_prediction() -> None:
         controller.record_round("ngram4", 4, 4, draft_seconds=0.0, verify_seconds=6 * PLAIN)
     controller.verify_slope.value = 0.2  # as measured elsewhere
     assert controller.next_k("ngram4") > 1
+
+
+def test_catch_up_must_pay_back_over_the_remaining_tokens() -> None:
+    """A draft model that is behind (the prompt, or text decoded while it was off) is engaged
+    only if its predicted gain over the request's remaining tokens covers the catch-up."""
+    controller = _controller()
+    for _ in range(10):
+        controller.record_round("model", 3, 3, draft_seconds=3 * 0.3 * PLAIN,
+                                verify_seconds=1.5 * PLAIN)
+    controller.record_catch_up(100, 100 * 0.2 * PLAIN)  # 20 plain steps to catch up on 100
+    assert controller.next_k("model") > 0
+    assert controller.next_k("model", catch_up=100, remaining=10) == 0
+    assert controller.next_k("model", catch_up=100, remaining=1000) > 0
