@@ -133,12 +133,13 @@ class DraftController:
             self.active = False
             return 0  # measure plain decoding once before judging speculation against it
         kind = self._kind(key)
-        if catch_up and remaining is not None and not self._pays_back(key, catch_up, remaining):
-            self.active = False
-            return 0
         if not self.config.adaptive or (kind.trials == 0 and self.verify_slope.value is None):
             self.active = True
             return self.config.draft_tokens  # fixed, or the first round before any measurement
+        if (self.config.self_disable and catch_up and remaining is not None
+                and not self._pays_back(key, catch_up, remaining)):
+            self.active = False
+            return 0
         best_k, best_rate = self.best(key)
         plain_rate = 1.0 / self.plain_step.value
         predicted_loss = best_rate < plain_rate
