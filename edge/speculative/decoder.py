@@ -8,9 +8,11 @@ the accepted prefix plus the target's own next token, and rewinds the cache past
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,23 @@ def int8_activations(target: Engine) -> bool:
     return isinstance(target, Engine) and any(level and level >= 1 for level in levels)
 
 
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity), which threads can use at once."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads(engine: object) -> int | None:
+    """The CPU threads an engine computes with; None when it computes elsewhere (a GPU)."""
+    if not isinstance(engine, Engine):
+        return None
+    if any(segment.backend.device.upper() != "CPU" for segment in engine.segments):
+        return None
+    return engine.threads
+
+
 def _warn_if_batch_variant(target: Engine) -> None:
     if int8_activations(target):
         log.warning(
@@ -82,8 +101,24 @@ class SpeculativeDecoder:
         self.sources = list(draft.sources) if isinstance(draft, ChainedDraft) else [draft]
         models = [source for source in self.sources if isinstance(source, ModelDraft)]
         self.model = models[0] if models else None  # the source a PEARL lookahead runs on
+        if self.config.parallel and self.model is not None:
+            self._check_parallel(self.model)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-draft")
         self._ahead: tuple[list[int], Future[Draft]] | None = None
+
+    def _check_parallel(self, model: ModelDraft) -> None:
+        """Overlap needs the draft on cores (or a device) of its own: on shared cores the
+        lookahead only slows verification. Then draft sequentially, and say why."""
+        target, draft = cpu_threads(self.target), cpu_threads(model.engine)
+        cores = usable_cpus()
+        if target is not None and draft is not None and target + draft > cores:
+            log.warning(
+                "parallel drafting needs cores of its own: target (%d threads) and draft (%d) "
+                "would share this machine's %d cores, so drafting runs sequentially; give them "
+                "disjoint threads (--threads, --draft-threads) or put the draft on another "
+                "device", target, draft, cores)
+            self.config = replace(self.config, parallel=False)
+            self.controller.config = self.config
 
     def stream(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], config: GenerationConfig,
                cached_prefix: int = 0) -> Iterator[GenerationResponse]:

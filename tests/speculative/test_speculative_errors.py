@@ -15,6 +15,7 @@ import pytest
 import edge
 from edge.errors import ConfigError, EdgeError, TokenizerMismatchError
 from edge.model import Model
+from edge.package import open_package
 from edge.speculative import Draft, LookupConfig, ModelDraft, SpeculativeConfig
 
 N = 48
@@ -153,3 +154,21 @@ def test_lookup_config_rejects_bad_values(kwargs: dict[str, int]) -> None:
     """LookupConfig needs 1 <= min_ngram <= max_ngram."""
     with pytest.raises(ConfigError, match="min_ngram"):
         LookupConfig(**kwargs)
+
+
+def test_parallel_on_shared_cores_drafts_sequentially(target: Path, load_tiny: Callable[..., Model],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """parallel=True with target and draft threads adding up to more CPUs than the process
+    may use: overlapping would only slow verification, so the decoder drafts sequentially and
+    says why; with threads that fit, parallel stays on."""
+    from edge.engine import EngineConfig
+    from edge.speculative.decoder import usable_cpus
+
+    crowded = Model(open_package(target), EngineConfig(threads=usable_cpus()),
+                    draft=load_tiny(target), speculative=SpeculativeConfig(parallel=True))
+    assert crowded.speculative.config.parallel is False
+    assert "parallel drafting needs cores of its own" in caplog.text
+    if usable_cpus() >= 2:
+        fits = load_tiny(target, draft=load_tiny(target),
+                         speculative=SpeculativeConfig(parallel=True))
+        assert fits.speculative.config.parallel is True
