@@ -28,12 +28,13 @@ VERSION = 1
 @dataclass
 class Calibration:
     """Seconds per plain step, verification slope, seconds per drafted token of each kind,
-    and (accepted, trials) of each kind."""
+    (accepted, trials) of each kind, and seconds per token a draft model catches up on."""
 
     plain_step: float | None = None
     verify_slope: float | None = None
     draft_token: dict[str, float] = field(default_factory=dict)
     acceptance: dict[str, tuple[float, float]] = field(default_factory=dict)
+    catch_up_token: float | None = None
 
 
 def calibration_path(target_manifest: Path, draft: str, threads: int | None) -> Path:
@@ -93,4 +94,5 @@ def _parse(data: object) -> Calibration:
             raise ValueError(f"acceptance[{key}]: {accepted} accepted of {trials} trials")
         acceptance[str(key)] = (accepted, trials)
     return Calibration(_optional(data["plain_step"], "plain_step"),
-                       _optional(data["verify_slope"], "verify_slope"), draft_token, acceptance)
+                       _optional(data["verify_slope"], "verify_slope"), draft_token, acceptance,
+                       _optional(data.get("catch_up_token"), "catch_up_token"))

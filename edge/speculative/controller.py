@@ -81,7 +81,7 @@ class _Kind:
         if self.trials > self.REMEMBERED_TRIALS:
             self.accepted *= self.REMEMBERED_TRIALS / self.trials
             self.trials = self.REMEMBERED_TRIALS
-        self.off = self.probing = False
+        self.probing = False
         self.declined = 0  # drafts of this kind turned down since the last probe
         self.probe_every = probe_every
         self.realized.value, self.rounds, self.catches_up = None, 0, False
@@ -89,7 +89,7 @@ class _Kind:
 
 class DraftController:
     """Measures and decides; holds no model. One per speculative decoder, so what it learned
-    of the costs carries over between requests, while acceptance restarts per request."""
+    of the costs carries over between requests, and acceptance too, at a lighter weight."""
 
     PRIOR_ACCEPTANCE = 0.6
     PRIOR_VERIFY_SLOPE = 0.25  # extra cost per extra verified token, as a share of one step
@@ -152,7 +152,6 @@ class DraftController:
             if kind.probing:  # the last probe did not pay either: probe half as often
                 kind.probe_every = min(2 * kind.probe_every, 16 * self.config.probe_every)
             kind.probing = False
-            kind.off = True
             kind.declined += 1
             if kind.declined <= kind.probe_every:
                 return 0
@@ -162,7 +161,7 @@ class DraftController:
             # a probe: acceptance may have changed with the text (the cheapest when predicted
             # to lose; the best k when only the measurements said so, to measure it again)
             return 1 if predicted_loss else best_k
-        kind.off = kind.probing = False
+        kind.probing = False
         kind.probe_every = self.config.probe_every
         self.active = True
         return best_k
@@ -202,12 +201,14 @@ class DraftController:
         return Calibration(
             self.plain_step.value, self.verify_slope.value,
             {key: a.value for key, a in self.draft_token.items() if a.value is not None},
-            {key: (kind.accepted, kind.trials) for key, kind in self.kinds.items()})
+            {key: (kind.accepted, kind.trials) for key, kind in self.kinds.items()},
+            self.catch_up_token.value)
 
     def restore(self, calibration: Calibration) -> None:
         """Start from an earlier process's measurements; new ones soon outweigh them."""
         self.plain_step.value = calibration.plain_step
         self.verify_slope.value = calibration.verify_slope
+        self.catch_up_token.value = calibration.catch_up_token
         for key, seconds in calibration.draft_token.items():
             self.draft_token.setdefault(key, _Average(self.config.smoothing)).value = seconds
         for key, (accepted, trials) in calibration.acceptance.items():

@@ -71,3 +71,15 @@ def test_edge_load_remembers_between_processes(tmp_path: Path, target: Path,
     assert again.speculative.calibration == files[0]
     assert again.speculative.controller.plain_step.value == pytest.approx(saved["plain_step"])
 
+
+
+def test_catch_up_cost_is_kept(tmp_path: Path) -> None:
+    """The cost of catching a draft model up travels too: without it a new process would
+    engage the model (and pay its prompt prefill) just to learn it again."""
+    learned = _learned()
+    learned.record_catch_up(100, 0.3)
+    path = tmp_path / "c.json"
+    save_calibration(path, learned.snapshot())
+    fresh = DraftController(SpeculativeConfig())
+    fresh.restore(load_calibration(path))
+    assert fresh.catch_up_token.value == pytest.approx(0.003)
