@@ -7,6 +7,9 @@ configuration (code prompts that quote the code to rewrite, open prose prompts;
 `edge.bench.SPECULATIVE_PROMPTS`). Configurations run alternately per prompt so machine noise
 hits all alike; medians per prompt kind, with each configuration's speedup over the target
 alone and, for speculative ones, the acceptance rate and tokens committed per target pass.
+`--baseline PKG` also decodes another package of the target model plainly in the same run (say
+int4 next to a w8a8 target, whose multi-token passes are cheap but whose single steps are not
+the fastest): the "vs baseline" column divides by its median instead of the target's.
 Every speculative output is compared token for token with the target's own greedy output
 (last column: runs identical over all tokens). With fp32 compute (fp32 packages,
 `--accuracy-level 0`) they are identical; ONNX Runtime's int8 activations (`accuracy_level`
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-threads", type=int, default=None)
+    parser.add_argument("--baseline", default=None, metavar="PKG",
+                        help="another package of the target model, decoded plainly alongside")
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--eos", action="store_true",
@@ -95,6 +100,9 @@ def main() -> None:
     model_only = SpeculativeConfig(lookup_first=False)
     parallel = SpeculativeDecoder(target.engine, ModelDraft(draft.engine),
                                   SpeculativeConfig(parallel=True, lookup_first=False))
+    baseline = None if args.baseline is None else Model(
+        open_package(resolve_package(args.baseline)),
+        EngineConfig(threads=args.threads, max_context=2048))
     configs = {
         "target alone": None,
         "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine),
@@ -115,6 +123,10 @@ def main() -> None:
             for text in texts:
                 ids = chat_ids(target, text)
                 reference = None
+                if baseline is not None:
+                    rate = timed(baseline, ids, args.tokens, args.eos)[1]
+                    rows[kind].rates.setdefault("baseline alone", []).append(rate)
+                    print(f"  {kind:5} {'baseline alone':24} {rate:6.2f} tok/s", file=sys.stderr)
                 for name, decoder in configs.items():
                     target.speculative = decoder
                     out, rate, stats = timed(target, ids, args.tokens, args.eos)
@@ -133,12 +145,14 @@ def main() -> None:
                         f"  {stats.tokens_per_pass:.2f} tokens/pass, "
                         + ", ".join(f"{src} {acc}/{n}" for src, n, acc in stats.by_source))
                     print(f"  {kind:5} {name:24} {rate:6.2f} tok/s{detail}", file=sys.stderr)
-    print(f"\n{args.target} (target) / {args.draft} (draft), {args.threads} threads, greedy, "
-          f"{args.tokens} tokens{' or up to EOS' if args.eos else ''}, medians over "
+    against = f" (baseline: {args.baseline} alone)" if baseline else ""
+    print(f"\n{args.target} (target) / {args.draft} (draft){against}, {args.threads} threads, "
+          f"greedy, {args.tokens} tokens{' or up to EOS' if args.eos else ''}, medians over "
           f"{args.runs} x {len(texts)} prompts\n")
-    print("| prompts | configuration | tok/s | speedup | accepted | tokens/pass | "
+    extra = " vs baseline |" if baseline else ""
+    print(f"| prompts | configuration | tok/s | speedup |{extra} accepted | tokens/pass | "
           "= target greedy |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|" + ("---|" if baseline else ""))
     for kind, row in rows.items():
         base = statistics.median(row.rates["target alone"])
         for name, rates in row.rates.items():
@@ -146,9 +160,12 @@ def main() -> None:
             drafted, accepted, tokens, passes = row.counts.get(name, (0, 0, 0, 0))
             acc = f"{accepted / drafted:.0%}" if drafted else "-"
             per = f"{tokens / passes:.2f}" if passes else "-"
-            print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x | {acc} | {per} | "
-                  f"{sum(a == r for a, r in zip(row.agreement[name], row.lengths))}/"
-                  f"{len(row.agreement[name])} |")
+            same = (f"{sum(a == r for a, r in zip(row.agreement[name], row.lengths))}/"
+                    f"{len(row.agreement[name])}" if name in row.agreement else "-")
+            versus = (f" {rate / statistics.median(row.rates['baseline alone']):.2f}x |"
+                      if baseline else "")
+            print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x |{versus} {acc} | "
+                  f"{per} | {same} |")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,21 @@ def prefill_in_chunks(ids: np.ndarray, chunk: int, all_logits: bool,
     return np.concatenate(out) if all_logits else out[-1]
 
 
+def min_step_tokens(manifest: fmt.Manifest) -> int:
+    """2 for packages that round activations to int8 per token (w8a8), else 1.
+
+    ONNX Runtime's GroupQueryAttention computes a one-token step on another code path than a
+    longer one: 1e-7 apart, while any two longer steps agree row for row (measured). Rounding
+    each token's activations to int8 turns such a difference into whole-unit logit changes now
+    and then. Stepping at least two tokens (the second a pad, whose cache slot the next step
+    overwrites) makes a token's logits independent of how many tokens share its step, so
+    speculative verification equals plain decoding bit for bit; it costs ~5% of a step there.
+    """
+    scheme = (manifest.quantization or {}).get("scheme") or {}
+    per_token = any("kind" in (scheme.get(role) or {}) for role in ("linear", "head"))
+    return 2 if per_token else 1
+
+
 def physical_cores() -> int:
     import psutil
 
@@ -128,9 +143,11 @@ class Engine:
         static = (package.manifest.quantization or {}).get("static", {})
         self.max_context = static.get("max_context") or min(
             config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
-        self.cache = KVCache.allocate(spec, self.max_context)
+        self.min_step = 1 if self.steps else min_step_tokens(package.manifest)
+        slots = self.max_context + self.min_step - 1  # a padded last step needs a spare slot
+        self.cache = KVCache.allocate(spec, slots)
         # Bound by address: these arrays must live as long as the engine.
-        self.rope = rope_tables(spec, self.max_context)
+        self.rope = rope_tables(spec, slots)
         from devices.backend import Resident
 
         self.resident = Resident(self.cache.keys, self.cache.values, *self.rope)
@@ -146,7 +163,8 @@ class Engine:
         self._placed = [self._place(i) for i in range(len(self.placement.segments))]
         self._assemble()
         chunk = self.chunk = (max(self.steps) if self.steps
-                              else min(config.prefill_chunk, self.max_context))
+                              else max(min(config.prefill_chunk, self.max_context),
+                                       self.min_step))
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
         self._seqlens = np.zeros((1,), np.int32)
@@ -315,8 +333,8 @@ class Engine:
         position = self.cache.position
         # A fixed-shape package runs the smallest graph that fits, padded at the end: padding
         # comes after every real token, so causal attention never lets a real token see it.
-        size = min((s for s in self.steps if s >= n), default=n)
-        if position + size > self.max_context:
+        size = max(min((s for s in self.steps if s >= n), default=n), self.min_step)
+        if position + size > self.cache.max_context:
             raise ContextOverflowError(
                 f"this fixed-shape package pads a {n}-token step to {size} tokens, which "
                 f"does not fit the {self.max_context}-token cache at position {position}")

@@ -198,6 +198,12 @@ SIN_CACHE = "sin_cache"
 LOGITS_INDEX = "logits_index"  # int64 [K]: positions of this step whose logits are wanted
 LOGITS = "logits"  # float32 [B, K, vocab]
 
+# Tensor name suffixes of int8-row matmul weights (int8 [K, N] + float32 scale [N], run by
+# MatMulInteger on activations quantized per token): a "w8a8" package's decode weights, and the
+# optional prefill graphs' copies beside block-quantized decode weights.
+INT8_ROWS_SUFFIXES = (".int8_rows", ".int8_rows_scale")
+PREFILL_INT8_SUFFIXES = (".prefill_int8", ".prefill_scale")
+
 
 # ---- reading and writing ----------------------------------------------------------------------
 

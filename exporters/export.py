@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
@@ -26,8 +27,10 @@ from exporters.arch.llama import LlamaArchitecture
 from exporters.awq_export import AWQCalibrator, calibration_ids, embed_rows
 from exporters.linear import (
     FloatLinear,
+    Int8RowLinear,
     Linear,
     QuantLinear,
+    int8_per_channel,
     quantized,
     write_int8_row_linear,
     write_linear,
@@ -35,7 +38,7 @@ from exporters.linear import (
 )
 from exporters.qdq_export import StaticInt8Writer
 from exporters.sources import Source, open_source
-from quant import WeightQuantConfig
+from quant import TokenInt8Config, WeightQuantConfig
 from quant.rows import concat_rows
 from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
 
@@ -78,6 +81,12 @@ class ExportConfig:
                     accuracy_level=self.accuracy_level)  # validates both values
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}; choose one of {list(METHODS)}")
+        if self.quant == "w8a8" and self.method != "rtn":
+            raise ValueError(f"method={self.method!r} scales 4-bit layers; w8a8 has none "
+                             "(use method='rtn')")
+        if self.quant == "w8a8" and self.prefill_int8:
+            raise ValueError("prefill_int8 adds int8-row prefill graphs; a w8a8 package's "
+                             "own graphs already are (drop prefill_int8)")
         if self.calibration_tokens < 16:
             raise ValueError(f"calibration_tokens={self.calibration_tokens}; need >= 16")
 
@@ -190,8 +199,11 @@ def _write_weight_only(source: Source, arch: LlamaArchitecture, spec: ModelSpec,
         head_config = scheme.head if scheme else None
         tied = head_name == "token_embd.weight" and (scheme is None or
                                                       scheme.embed == head_config)
-        output = embed if tied else _write_matrix(out, source, head_name, spec, head_config,
-                                                  record)
+        if isinstance(head_config, TokenInt8Config):
+            output = _write_head_rows(out, source, head_name, spec, record)
+        else:
+            output = embed if tied else _write_matrix(out, source, head_name, spec,
+                                                      head_config, record)
     parts.append(_save_part(root, "head", "head", arch.head_graph(spec, norm, output),
                             [norm, *_entries(output)]))
     bar.update()
@@ -251,12 +263,18 @@ def _entries(weight: TensorEntry | Linear) -> list[TensorEntry]:
     return [weight.weight] if isinstance(weight, FloatLinear) else weight.entries
 
 
+def _vocab_chunks(spec: ModelSpec) -> list[slice]:
+    """Row ranges of an embedding-sized [V, H] matrix, processed a chunk at a time to bound
+    memory."""
+    return [slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
+            for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)]
+
+
 def _write_matrix(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
                   config: WeightQuantConfig | None,
                   record: dict[str, dict]) -> TensorEntry | QuantLinear:
-    """An embedding-sized [V, H] matrix, processed in row chunks to bound memory."""
-    chunks = range(0, spec.vocab_size, ROWS_PER_CHUNK)
-    rows = [slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size)) for a in chunks]
+    """An embedding-sized [V, H] matrix (the embedding, or a head of its own)."""
+    rows = _vocab_chunks(spec)
     if config is None:
         record[name] = {"dtype": "float32"}
         return out.add_chunks(name, "float32", (spec.vocab_size, spec.hidden_size),
@@ -266,6 +284,24 @@ def _write_matrix(out: WeightFileWriter, source: Source, name: str, spec: ModelS
     record[name] = {"bits": q.bits, "block_size": q.block_size, "symmetric": q.symmetric,
                     "from": how[0]}
     return write_quantized(out, name, q, config.accuracy_level)
+
+
+def _write_head_rows(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
+                     record: dict[str, dict]) -> Int8RowLinear:
+    """The output matrix `name` [V, H] as int8 rows [H, V] for MatMulInteger, stored as
+    `output.weight` even when the source ties it to the embedding (which keeps its own,
+    gatherable copy)."""
+    kinds, coded = set(), []
+    for rows in _vocab_chunks(spec):
+        chunk = source.read_rows(name, rows)
+        kinds.add(chunk.source_type)
+        coded.append(int8_per_channel(chunk.fp32(), axis=0))  # one scale per output row
+    weight = np.ascontiguousarray(np.concatenate([q for q, _ in coded]).T)
+    record["output.weight"] = {"bits": 8, "per_channel": True, "activations": "int8 per token",
+                               "from": f"quantized from {'+'.join(sorted(kinds))} {name}"}
+    stored = ("output.weight" + suffix for suffix in fmt.INT8_ROWS_SUFFIXES)
+    return Int8RowLinear(out.add(next(stored), weight),
+                         out.add(next(stored), np.concatenate([s for _, s in coded])))
 
 
 def _save_part(root: Path, name: str, kind: str, model: onnx.ModelProto,

@@ -15,8 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from edge.format import TensorEntry, WeightFileWriter
-from quant import QuantizedWeight, WeightQuantConfig, dequantize, quantize
+from edge.format import (
+    INT8_ROWS_SUFFIXES,
+    PREFILL_INT8_SUFFIXES,
+    TensorEntry,
+    WeightFileWriter,
+)
+from quant import QuantizedWeight, TokenInt8Config, WeightQuantConfig, dequantize, quantize
 from quant.rows import concat_rows, matches, take_rows
 
 
@@ -126,8 +131,9 @@ class RowInt8:
 
 @dataclass(frozen=True)
 class Int8RowLinear:
-    """Prefill kernel: int8 weight per output channel, activations quantized per token
-    (row) at run time, `MatMulInteger` (u8 x s8, the AMX/VNNI path of ONNX Runtime's QGEMM)."""
+    """int8 weight per output channel, activations quantized per token (row) at run time,
+    `MatMulInteger` (u8 x s8, the AMX/VNNI path of ONNX Runtime's QGEMM): the prefill kernel
+    beside block-quantized decode weights, or every linear of the "w8a8" scheme."""
 
     weight: TensorEntry  # int8 [K, N]
     scale: TensorEntry  # float32 [N]
@@ -156,10 +162,10 @@ def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndar
     return np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8), scale
 
 
-def write_int8_row_linear(out: WeightFileWriter, name: str, weight: RowWeight) -> Int8RowLinear:
+def write_int8_row_linear(out: WeightFileWriter, name: str, weight: RowWeight,
+                          suffixes: tuple[str, str] = PREFILL_INT8_SUFFIXES) -> Int8RowLinear:
     q, scale = int8_per_channel(np.ascontiguousarray(weight.fp32().T), axis=1)  # [K, N]
-    return Int8RowLinear(out.add(f"{name}.prefill_int8", q),
-                         out.add(f"{name}.prefill_scale", scale))
+    return Int8RowLinear(out.add(f"{name}{suffixes[0]}", q), out.add(f"{name}{suffixes[1]}", scale))
 
 
 def write_qdq_linear(out: WeightFileWriter, name: str, weight: RowWeight,
@@ -196,8 +202,13 @@ def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWe
 
 
 def write_linear(out: WeightFileWriter, name: str, weight: RowWeight,
-                 config: WeightQuantConfig | None, record: dict[str, Any]) -> Linear:
+                 config: WeightQuantConfig | TokenInt8Config | None,
+                 record: dict[str, Any]) -> Linear:
     """Store one linear weight; `record[name]` says what was done to it."""
+    if isinstance(config, TokenInt8Config):
+        record[name] = {"bits": 8, "per_channel": True, "activations": "int8 per token",
+                        "from": f"quantized from {weight.source_type}"}
+        return write_int8_row_linear(out, name, weight, INT8_ROWS_SUFFIXES)
     if config is None:
         record[name] = {"dtype": "float32", "from": weight.source_type}
         return FloatLinear(out.add(name, np.ascontiguousarray(weight.fp32().T,

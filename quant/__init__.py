@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from quant.blockwise import QuantizedWeight, dequantize, quantize
-from quant.config import WeightQuantConfig
+from quant.config import TokenInt8Config, WeightQuantConfig
 from quant.gguf_repack import is_lossless, repack_gguf, repack_q4_0, repack_q8_0
 from quant.metrics import max_relative_error, relative_error, sqnr_db
 
@@ -20,6 +20,7 @@ _ONNX_NAMES = ("matmul_nbits_arrays", "matmul_nbits_model", "matmul_nbits_names"
 
 __all__ = [
     "QuantizedWeight",
+    "TokenInt8Config",
     "WeightQuantConfig",
     "dequantize",
     "is_lossless",

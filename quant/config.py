@@ -71,3 +71,24 @@ class WeightQuantConfig:
                 f"WeightQuantConfig got unknown field(s) {unknown}; allowed: {sorted(known)}"
             )
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class TokenInt8Config:
+    """int8 weights with one scale per output channel, multiplied by activations quantized to
+    int8 per token at run time (ONNX `MatMulInteger`, ONNX Runtime's VNNI/AMX QGEMM).
+
+    Unlike `MatMulNBits`, whose int4 kernel costs 2-4x more for 8 tokens than for one, this
+    kernel reads the weights once for a whole step, so 8 tokens cost about what one does: the
+    layout that makes speculative verification and prompts cheap. Per-token scales keep every
+    row exact in integers, so a token's result does not depend on the others in its step.
+    """
+
+    kind: str = "int8-rows"
+
+    def __post_init__(self) -> None:
+        if self.kind != "int8-rows":
+            raise ValueError(f"TokenInt8Config.kind must be 'int8-rows', got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -28,6 +28,7 @@ from devices.spec_forward.weights import (
     EmbedWeights,
     FloatWeight,
     HeadWeights,
+    Int8RowsWeight,
     LinearWeight,
     ModelWeights,
 )
@@ -45,10 +46,24 @@ class Linear(Protocol):
     def __call__(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray: ...
 
 
+def round_per_token(x: np.ndarray) -> np.ndarray:
+    """`x` [M, K] rounded to int8 per row (scale max|row| / 127, half to even) and scaled back:
+    what MatMulInteger's per-token activations hold, so `round_per_token(x) @ (W * scale)`
+    equals the graph's integer product up to float rounding."""
+    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-8)) / np.float32(127)
+    return np.clip(np.rint(x / scale), -128, 127).astype(np.float32) * scale
+
+
+def int8_rows_matrix(weight: Int8RowsWeight) -> np.ndarray:
+    """The float32 [K, N] matrix int8 rows stand for."""
+    return weight.weight.astype(np.float32) * weight.scale
+
+
 class DequantizingLinear:
-    """The reference kernel: float weights as they are; block-quantized ones dequantized with
-    quant's numpy reference, once per weight object when `cache` (resident weights). Streamed
-    weights whose buffer is reused need `cache=False`: a cached matrix would outlive its bytes.
+    """The reference kernel: float weights as they are; block-quantized and int8-row ones
+    dequantized (int8 rows also round `x` per token, as their graphs do), once per weight
+    object when `cache` (resident weights). Streamed weights whose buffer is reused need
+    `cache=False`: a cached matrix would outlive its bytes.
     """
 
     def __init__(self, cache: bool = True) -> None:
@@ -62,12 +77,15 @@ class DequantizingLinear:
             return weight.weight
         cached = self._matrices.get(weight)
         if cached is None:
-            cached = dequantize(weight.quantized())
+            cached = (int8_rows_matrix(weight) if isinstance(weight, Int8RowsWeight)
+                      else dequantize(weight.quantized()))
             if self.cache:
                 self._matrices[weight] = cached
         return cached
 
     def __call__(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
+        if isinstance(weight, Int8RowsWeight):
+            x = round_per_token(x)
         return x @ self.matrix(weight)
 
 

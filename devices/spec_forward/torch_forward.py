@@ -35,6 +35,7 @@ from devices.spec_forward.numpy_forward import (
 )
 from devices.spec_forward.weights import (
     BlockWeights,
+    Int8RowsWeight,
     LinearWeight,
     ModelWeights,
     load_model_weights,
@@ -73,8 +74,12 @@ class TorchForwardConfig:
 class _Linear:
     weight: torch.Tensor  # [K, N]
     bias: torch.Tensor | None
+    per_token: bool = False  # int8 rows: round x to int8 per token first, as their graphs do
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_token:
+            scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127
+            x = torch.round(x / scale).clamp(-128, 127) * scale
         out = x @ self.weight
         return out if self.bias is None else out + self.bias
 
@@ -133,7 +138,8 @@ class TorchForward(StepRunner):
 
     def _upload(self, weight: LinearWeight) -> _Linear:
         bias = None if weight.bias is None else self._tensor(weight.bias, self.dtype)
-        return _Linear(self._tensor(self._dequantize.matrix(weight), self.dtype), bias)
+        return _Linear(self._tensor(self._dequantize.matrix(weight), self.dtype), bias,
+                       per_token=isinstance(weight, Int8RowsWeight))
 
     def _block(self, b: BlockWeights) -> _Block:
         return _Block(self._vector(b.attn_norm), self._vector(b.ffn_norm), self._upload(b.qkv),

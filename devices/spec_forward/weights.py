@@ -8,7 +8,8 @@ module only checks shapes and names, it copies nothing.
 
 Names (see exporters/export.py and exporters/linear.py): a float linear is `<name>` as float32
 [K, N]; a block-quantized one is `<name>.q4` or `<name>.q8` (MatMulNBits' uint8
-[N, n_blocks, block_size * bits / 8]), `<name>.scales` and optionally `<name>.zero_points`. The
+[N, n_blocks, block_size * bits / 8]), `<name>.scales` and optionally `<name>.zero_points`; an
+int8-row one ("w8a8") is `<name>.int8_rows` (int8 [K, N]) and `<name>.int8_rows_scale`. The
 embedding is `token_embd.weight` (float32 [V, H]) or its `GatherBlockQuantized` view
 `token_embd.gather` (+ `_scales`, `_zero_points`). The head's output matrix is stored [V, H]
 (float) or as MatMulNBits with N = V. Q/K rows are already in Hugging Face's half-rotation order
@@ -35,25 +36,18 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 LINEAR_ROLES = ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down")
 # Tensors of an optional prefill graph (int8 rows x int8 tokens): a faster kernel for the same
 # matmuls, so the decode weights beside them compute the same block and these are not read.
-PREFILL_SUFFIXES = (".prefill_int8", ".prefill_scale")
+PREFILL_SUFFIXES = fmt.PREFILL_INT8_SUFFIXES
 
 
 class UnsupportedPartError(UnsupportedModelError):
     """A part this forward cannot compute (static int8, unknown architecture or tensors)."""
 
 
-@dataclass(frozen=True, eq=False)
-class FloatWeight:
-    """`x @ weight (+ bias)`; weight float32 [K, N], possibly a transposed view of [N, K]."""
+class _Matrix:
+    """A weight held as a plain [K, N] array (`weight`), with an optional bias [N]."""
 
     weight: np.ndarray
-    bias: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.weight.ndim != 2 or self.weight.dtype != np.float32:
-            raise UnsupportedPartError(f"FloatWeight.weight must be float32 [K, N], got "
-                                       f"{self.weight.dtype} {list(self.weight.shape)}")
-        _check_bias(self.bias, self.N)
+    bias: np.ndarray | None
 
     @property
     def K(self) -> int:
@@ -62,6 +56,24 @@ class FloatWeight:
     @property
     def N(self) -> int:
         return int(self.weight.shape[1])
+
+    def _check(self, dtype: type) -> None:
+        if self.weight.ndim != 2 or self.weight.dtype != dtype:
+            raise UnsupportedPartError(
+                f"{type(self).__name__}.weight must be {np.dtype(dtype).name} [K, N], got "
+                f"{self.weight.dtype} {list(self.weight.shape)}")
+        _check_bias(self.bias, self.N)
+
+
+@dataclass(frozen=True, eq=False)
+class FloatWeight(_Matrix):
+    """`x @ weight (+ bias)`; weight float32 [K, N], possibly a transposed view of [N, K]."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self._check(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +102,23 @@ class NBitsWeight:
             raise UnsupportedPartError(f"NBitsWeight K={self.K} N={self.N}: {exc}") from exc
 
 
-LinearWeight = FloatWeight | NBitsWeight
+@dataclass(frozen=True, eq=False)
+class Int8RowsWeight(_Matrix):
+    """int8 [K, N] with one scale per output column, multiplied by `x` rounded to int8 per
+    row (scale max|x_row| / 127): ONNX `MatMulInteger` as the "w8a8" graphs run it."""
+
+    weight: np.ndarray  # int8 [K, N]
+    scale: np.ndarray  # float32 [N]
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self._check(np.int8)
+        if tuple(self.scale.shape) != (self.N,):
+            raise UnsupportedPartError(f"Int8RowsWeight.scale must be [{self.N}], got "
+                                       f"{list(self.scale.shape)}")
+
+
+LinearWeight = FloatWeight | NBitsWeight | Int8RowsWeight
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,9 +253,12 @@ class _Reader:
 
 def _linear(reader: _Reader, name: str, K: int, N: int,
             bias: np.ndarray | None = None) -> LinearWeight:
-    """`name` as float32 [K, N] or as MatMulNBits tensors with these K and N."""
+    """`name` as float32 [K, N], as int8 rows or as MatMulNBits tensors with these K and N."""
     if reader.has(name):
         return FloatWeight(reader.get(name, (K, N)), bias)
+    rows, scale = (f"{name}{suffix}" for suffix in fmt.INT8_ROWS_SUFFIXES)
+    if reader.has(rows):
+        return Int8RowsWeight(reader.get(rows, (K, N)), reader.get(scale, (N,)), bias)
     bits = next((b for b in ALLOWED_BITS if reader.has(f"{name}.q{b}")), None)
     if bits is None:
         reader.get(name)  # raises, naming what the part has
@@ -259,8 +290,8 @@ def _head(spec: ModelSpec, reader: _Reader) -> HeadWeights:
     h, v = spec.hidden_size, spec.vocab_size
     norm = reader.get("output_norm.weight", (h,))
     candidates = ("output.weight", "token_embd.weight")
-    name = next((n for n in candidates if any(reader.has(f"{n}{s}") for s in ("", ".q4", ".q8"))),
-                None)
+    suffixes = ("", ".q4", ".q8", fmt.INT8_ROWS_SUFFIXES[0])
+    name = next((n for n in candidates if any(reader.has(f"{n}{s}") for s in suffixes)), None)
     if name is None:
         raise UnsupportedPartError(f"head part {reader.part} has no output matrix "
                                    f"({' or '.join(candidates)})")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-SCHEMES = ("int8", "int4", "int4-mixed", "q-static-int8")
+SCHEMES = ("int8", "int4", "int4-mixed", "w8a8", "q-static-int8")
 
 
 def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--quant", choices=SCHEMES, required=required,
                         help="weight quantization: int8, int4 (block-wise, MatMulNBits), "
                              "int4-mixed (int4 with embedding, head and sensitive layers int8), "
+                             "w8a8 (int8 per channel x int8 activations per token on "
+                             "MatMulInteger: int4's decode speed with VNNI, steps of several "
+                             "tokens nearly free, the target for speculative decoding), "
                              "or q-static-int8 (QDQ graphs with fixed shapes for NPUs)")
     parser.add_argument("--block-size", type=int, default=32, choices=(16, 32, 64, 128, 256),
                         help="int4 block size along the input dimension (default 32)")

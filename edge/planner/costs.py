@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from edge.errors import PackageError
-from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry
+from edge.format import (
+    INT8_ROWS_SUFFIXES,
+    PREFILL_INT8_SUFFIXES,
+    Manifest,
+    ModelSpec,
+    PartEntry,
+    TensorEntry,
+)
 
 # Tensor classes: how a runtime holds and reads a tensor depends on which of these it is.
 GATHER_F32 = "gather_f32"  # float embedding table: a token reads one row
@@ -26,14 +33,15 @@ MATMUL_F32 = "matmul_f32"  # float matrix of a MatMul (every byte read per token
 NBITS4 = "nbits4"  # MatMulNBits with <= 4 bits (data + scales + zero points)
 NBITS8 = "nbits8"  # MatMulNBits with 5..8 bits
 PREFILL_INT8 = "prefill_int8"  # int8 rows of the optional prefill graphs (MatMulInteger)
+INT8_ROWS = "int8_rows"  # a w8a8 package's int8 rows (MatMulInteger), read by every step
 QDQ_INT8 = "qdq_int8"  # static int8 rows behind DequantizeLinear (NPU packages)
 OTHER = "other"  # norms, biases: small
-CLASSES = (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8, QDQ_INT8, OTHER)
+CLASSES = (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8, INT8_ROWS, QDQ_INT8,
+           OTHER)
 # Read in full by every decode step (a gather table is not: one row per token).
-MATMUL_CLASSES = frozenset({MATMUL_F32, NBITS4, NBITS8, QDQ_INT8})
+MATMUL_CLASSES = frozenset({MATMUL_F32, NBITS4, NBITS8, INT8_ROWS, QDQ_INT8})
 
 _AUX_SUFFIXES = (".scales", ".zero_points")
-_PREFILL_SUFFIXES = (".prefill_int8", ".prefill_scale")
 _GATHER_MARKERS = (".gather", ".gather_scales", ".gather_zero_points")
 _FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 
@@ -50,8 +58,10 @@ def tensor_class(part: PartEntry, tensor: TensorEntry, nbits: Mapping[str, str])
     """The class of one tensor; `nbits` maps a MatMulNBits weight's stem to its class, so that
     its `.scales` and `.zero_points` count with it."""
     name = tensor.name
-    if name.endswith(_PREFILL_SUFFIXES):
+    if name.endswith(PREFILL_INT8_SUFFIXES):
         return PREFILL_INT8
+    if name.endswith(INT8_ROWS_SUFFIXES):
+        return INT8_ROWS
     if any(name.endswith(marker) for marker in _GATHER_MARKERS):
         return GATHER_Q
     data = _nbits_class(name)

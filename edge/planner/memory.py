@@ -47,6 +47,7 @@ from edge.format import ModelSpec
 from edge.planner.costs import (
     GATHER_F32,
     GATHER_Q,
+    INT8_ROWS,
     MATMUL_F32,
     NBITS4,
     NBITS8,
@@ -103,7 +104,7 @@ class RuntimeMemory:
 
 
 _ALL_ONCE = {c: 1.0 for c in (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8,
-                              QDQ_INT8, OTHER)}
+                              INT8_ROWS, QDQ_INT8, OTHER)}
 _NONE = dict.fromkeys(_ALL_ONCE, 0.0)
 
 # bench/bench_plan_memory.py, "ort_cpu"/"openvino" rows: least squares over one segment holding

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from devices.profiles import DeviceProfile
 from edge.errors import BudgetTooSmallError
-from edge.format import Manifest
+from edge.format import PREFILL_INT8_SUFFIXES, Manifest
 from edge.planner import memory
 from edge.planner.costs import NBITS4, NBITS8, ModelCosts
 from edge.planner.plan import STREAM_BACKEND
@@ -24,8 +24,6 @@ from edge.planner.timing import decode_seconds, prefill_seconds
 from memory_sched.budget import MemoryBudget
 from memory_sched.sizing import StreamPlan, activation_bytes, plan_budget_for, unique_bytes
 from memory_sched.store import plan_layout
-
-_PREFILL_SUFFIXES = (".prefill_int8", ".prefill_scale")
 
 
 def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
@@ -62,7 +60,8 @@ class StreamedCosts:
 def _pinned_bytes(manifest: Manifest, pinned: frozenset[str]) -> int:
     """What load_pinned reads: pinned parts' tensors once each, prefill-graph rows excluded."""
     return unique_bytes(
-        replace(p, tensors=tuple(t for t in p.tensors if not t.name.endswith(_PREFILL_SUFFIXES)))
+        replace(p, tensors=tuple(t for t in p.tensors
+                                 if not t.name.endswith(PREFILL_INT8_SUFFIXES)))
         for p in manifest.parts if p.name in pinned)
 
 

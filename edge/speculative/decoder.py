@@ -42,7 +42,10 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
 
 
 def int8_activations(target: Engine) -> bool:
-    """Whether the target quantizes activations to int8 (MatMulNBits accuracy_level 4)."""
+    """Whether the target's multi-token passes round differently from its one-token steps:
+    MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other paths
+    for one token than for several. (w8a8 packages round per token and always step two
+    tokens or more, which makes them exact: see `edge.engine.min_step_tokens`.)"""
     quantization = getattr(getattr(target, "package", None), "manifest", None)
     quantization = getattr(quantization, "quantization", None) or {}
     scheme = quantization.get("scheme") or {}
@@ -74,7 +77,7 @@ def _warn_if_batch_variant(target: Engine) -> None:
             "the target rounds activations to int8 (accuracy_level 4): a pass over k tokens "
             "and k one-token passes differ by up to ~0.3 logits, so speculative greedy output "
             "equals plain greedy output except where the top two tokens nearly tie; export "
-            "with --accuracy-level 0 for token-for-token equality")
+            "with --quant w8a8, or --accuracy-level 0, for token-for-token equality")
 
 
 class SpeculativeDecoder:

@@ -4,7 +4,8 @@ ONNX Runtime pre-packs quantized weights only when they are session initializers
 inputs, `MatMulNBits` runs ~100x slower, and a session per streamed block costs 40-70 ms to
 build. So streamed block-quantized weights go through our own JIT-compiled kernel
 (`devices.kernels.NBitsMatMul`, one compiled instance per weight shape) and float weights
-through numpy's BLAS, both reading the buffers in place.
+through numpy's BLAS, both reading the buffers in place. int8 rows ("w8a8") are widened to a
+float32 copy per step through numpy: correct, but 4x the bytes of a resident w8a8 step.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from devices.kernels.nbits_matmul import NBitsMatMul, NBitsSpec
-from devices.spec_forward.weights import FloatWeight, LinearWeight
+from devices.spec_forward.numpy_forward import int8_rows_matrix, round_per_token
+from devices.spec_forward.weights import FloatWeight, Int8RowsWeight, LinearWeight
 
 
 class StreamedLinear:
@@ -25,6 +27,8 @@ class StreamedLinear:
     def __call__(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
         if isinstance(weight, FloatWeight):
             return x @ weight.weight
+        if isinstance(weight, Int8RowsWeight):
+            return round_per_token(x) @ int8_rows_matrix(weight)
         spec = NBitsSpec.of(weight)
         kernel = self._kernels.get(spec)
         if kernel is None:

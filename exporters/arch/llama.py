@@ -227,7 +227,7 @@ class LlamaArchitecture:
         return g.op1("MatMulNBits", inputs, domain="com.microsoft", **attrs)
 
     def head_graph(self, spec: ModelSpec, norm: TensorEntry,
-                   output: TensorEntry | QuantLinear | RowInt8,
+                   output: TensorEntry | QuantLinear | RowInt8 | Int8RowLinear,
                    dims: GraphDims = DYNAMIC) -> onnx.ModelProto:
         g = GraphBuilder("head")
         x = g.input(fmt.hidden_name(spec.num_layers), FLOAT,
@@ -236,6 +236,10 @@ class LlamaArchitecture:
         picked = g.op1("Gather", [x, index], axis=1)  # [B, K, H]: only the positions asked for
         normed = g.op1("SimplifiedLayerNormalization", [picked, g.weight(norm)],
                        axis=-1, epsilon=spec.rms_norm_eps, stash_type=1)
+        if isinstance(output, Int8RowLinear):  # [H, V] int8 rows x the picked tokens
+            int8_row_matmul(g, normed, output, out=fmt.LOGITS)
+            g.output(fmt.LOGITS, FLOAT, [dims.batch, "n_logits", spec.vocab_size])
+            return g.model()
         if isinstance(output, RowInt8):
             normed = qdq(g, normed, output.input_range, output.activation_bits)
             output = g.op1("DequantizeLinear", [g.weight(output.weight), g.weight(output.scale)],
@@ -259,26 +263,29 @@ class LlamaArchitecture:
         return g.model()
 
 
-def int8_row_matmul(g: GraphBuilder, x: str, weight: Int8RowLinear) -> str:
+def int8_row_matmul(g: GraphBuilder, x: str, weight: Int8RowLinear,
+                    out: str | None = None) -> str:
     """x @ W with x quantized per token: uint8 codes round(x / s_row) + 128, one scale per
-    row, so a token with huge activations does not coarsen every other token's grid.
-    x: [B, S, K] -> [B, S, N]."""
-    k, n = weight.weight.shape
-    rows = g.op1("Reshape", [x, g.constant("rows", np.array([-1, k]))])  # [T, K]
-    peak = g.op1("ReduceMax", [g.op1("Abs", [rows]), g.constant("axis", np.array([1]))],
-                 keepdims=1)  # [T, 1]
+    row, so a token with huge activations does not coarsen every other token's grid, and each
+    token's result is exact in integers whatever else is in the step.
+    x: [B, S, K] -> [B, S, N], named `out` when given.
+
+    Eight ops: a decode step runs four of these per block, and each op costs a dispatch and a
+    thread-pool wake-up, so the integer product and the column scales are one fused
+    `MatMulIntegerToFloat` and nothing is reshaped.
+    """
+    peak = g.op1("ReduceMax", [g.op1("Abs", [x]), g.constant("last", np.array([-1]))],
+                 keepdims=1)  # [B, S, 1]
     scale = g.op1("Div", [g.op1("Max", [peak, g.constant("tiny", np.array(1e-8, np.float32))]),
                           g.constant("q127", np.array(127.0, np.float32))])
-    codes = g.op1("QuantizeLinear", [g.op1("Div", [rows, scale]),
+    codes = g.op1("QuantizeLinear", [g.op1("Div", [x, scale]),
                                      g.constant("one", np.array(1.0, np.float32)),
                                      g.constant("z128", np.array(128, np.uint8))])
-    acc = g.op1("MatMulInteger", [codes, g.weight(weight.weight),
-                                  g.constant("a_zero", np.array(128, np.uint8))])  # int32
-    out = g.op1("Mul", [g.op1("Mul", [g.op1("Cast", [acc], to=TensorProto.FLOAT), scale]),
-                        g.weight(weight.scale)])  # [T, N]
-    shape = g.op1("Concat", [g.op1("Shape", [x], start=0, end=2),
-                             g.constant("n", np.array([n]))], axis=0)
-    return g.op1("Reshape", [out, shape])
+    product = g.op1("MatMulIntegerToFloat",
+                    [codes, g.weight(weight.weight), g.constant("one", np.array(1.0, np.float32)),
+                     g.weight(weight.scale), g.constant("a_zero", np.array(128, np.uint8))],
+                    domain="com.microsoft")  # [B, S, N]: int32 sums x column scales
+    return g.op("Mul", [product, scale], outputs=[out] if out else None)[0]
 
 
 def qdq(g: GraphBuilder, x: str, value_range: tuple[float, float], bits: int) -> str:

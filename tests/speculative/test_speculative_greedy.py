@@ -163,6 +163,29 @@ def test_end_of_context_window(draft_kind: str, target: Path, other: Path,
     assert [r.finish_reason for r in responses[:-1]] == [None] * 20
 
 
+@pytest.fixture(scope="module")
+def w8a8_target(target: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from exporters.export import ExportConfig, quantize_package
+
+    return quantize_package(target, tmp_path_factory.mktemp("w8a8") / "pkg",
+                            ExportConfig(quant="w8a8"), progress=False)
+
+
+@pytest.mark.parametrize("draft_kind", ["self", "other", "lookup"])
+def test_w8a8_target_equals_its_plain_greedy(draft_kind: str, w8a8_target: Path, other: Path,
+                                             load_tiny: Callable[..., Model],
+                                             spec_prompt_ids: list[int]) -> None:
+    """A w8a8 target (activations rounded to int8 per token, where a near-tie could flip
+    with the step length) gives its plain greedy tokens with every kind of draft."""
+    expected, _ = _run(load_tiny(w8a8_target), spec_prompt_ids)
+    draft = {"self": lambda: load_tiny(w8a8_target), "other": lambda: load_tiny(other),
+             "lookup": LookupDraft}[draft_kind]()
+    model = load_tiny(w8a8_target, draft=draft, speculative=_fixed(4))
+    tokens, responses = _run(model, spec_prompt_ids)
+    assert tokens == expected
+    assert responses[-1].speculation.drafted > 0
+
+
 def test_load_with_draft_path(target: Path, other: Path, spec_prompt_ids: list[int],
                               plain: list[int]) -> None:
     """edge.load(target, draft=<package path>, draft_threads=1) builds a model draft."""

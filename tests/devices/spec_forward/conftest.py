@@ -95,8 +95,9 @@ def _write_tiny_qwen2(folder: Path, seed: int = 7) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{"fp32": ..., "int4-mixed": ...}: the int4-mixed one mixes 4- and 8-bit blocks with
-    zero points (asymmetric) and accuracy_level 0, so ORT computes it in float32 too."""
+    """{"fp32": ..., "int4-mixed": ..., "w8a8": ...}: the int4-mixed one mixes 4- and 8-bit
+    blocks with zero points (asymmetric) and accuracy_level 0, so ORT computes it in float32
+    too; w8a8 runs int8 rows on activations rounded to int8 per token."""
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("spec-tiny-qwen2")
     _write_tiny_qwen2(root / "hf")
@@ -104,7 +105,8 @@ def tiny_qwen2_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     mixed = quantize_package(fp32, root / "int4-mixed",
                              ExportConfig(quant="int4-mixed", symmetric=False, accuracy_level=0),
                              progress=False)
-    return {"fp32": fp32, "int4-mixed": mixed}
+    w8a8 = quantize_package(fp32, root / "w8a8", ExportConfig(quant="w8a8"), progress=False)
+    return {"fp32": fp32, "int4-mixed": mixed, "w8a8": w8a8}
 
 
 @pytest.fixture(scope="session")

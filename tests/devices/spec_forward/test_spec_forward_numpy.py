@@ -28,6 +28,7 @@ from spec_forward_parity import (
 from devices.spec_forward import (
     DequantizingLinear,
     ForwardConfig,
+    Int8RowsWeight,
     LinearWeight,
     NBitsWeight,
     NumpyForward,
@@ -94,6 +95,26 @@ def test_spec_forward_numpy_tiny_qwen2_matches_onnx(
                  GREEDY_STEPS)
     assert np.abs(expected.logits).max() > 1.0, "flat logits would prove nothing"
     assert scaled_error(actual.logits, expected.logits) <= FP32_RTOL
+    assert actual.tokens == expected.tokens
+
+
+def test_spec_forward_numpy_w8a8_matches_onnx(tiny_qwen2_packages: dict[str, Path],
+                                              ort_reference: Callable[[Path], Run]) -> None:
+    """w8a8 (int8 rows x activations rounded to int8 per token, MatMulInteger): the spec
+    forward rounds each token's activations as the graphs do, so it follows ORT far closer than
+    the float model does (a rounding tie may still fall the other way), with the same tokens."""
+    package = tiny_qwen2_packages["w8a8"]
+    expected = ort_reference(package)
+    weights = load_model_weights(package)
+    assert all(isinstance(w, Int8RowsWeight) for b in weights.blocks for w in b.linears)
+    assert isinstance(weights.head.output, Int8RowsWeight)
+    actual = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package),
+                 GREEDY_STEPS)
+    float_model = ort_reference(tiny_qwen2_packages["fp32"])
+    gap = scaled_error(float_model.logits, expected.logits)
+    error = scaled_error(actual.logits, expected.logits)
+    print(f"w8a8: spec vs ORT {error:.1e}, fp32 vs w8a8 {gap:.1e} of the logit scale")
+    assert error <= 0.1 * gap
     assert actual.tokens == expected.tokens
 
 
