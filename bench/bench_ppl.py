@@ -61,7 +61,7 @@ def main() -> None:
     variants = {"fp32": ExportConfig(), "int8": ExportConfig(quant="int8"),
                 "int4 (RTN)": ExportConfig(quant="int4"),
                 "int4 (AWQ)": ExportConfig(quant="int4", method="awq"),
-                "int4-mixed": ExportConfig(quant="int4-mixed")}
+                "int4-mixed": ExportConfig(quant="int4-mixed"), "w8a8": ExportConfig(quant="w8a8")}
     config = PerplexityConfig(window=args.window, stride=args.window, max_tokens=args.tokens)
     rows, ids = [], None
     for label, export_config in variants.items():

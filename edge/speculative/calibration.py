@@ -28,13 +28,15 @@ VERSION = 1
 @dataclass
 class Calibration:
     """Seconds per plain step, verification slope, seconds per drafted token of each kind,
-    (accepted, trials) of each kind, and seconds per token a draft model catches up on."""
+    (accepted, trials) of each kind, seconds per token a draft model catches up on, and the
+    best acceptance a whole request measured per kind."""
 
     plain_step: float | None = None
     verify_slope: float | None = None
     draft_token: dict[str, float] = field(default_factory=dict)
     acceptance: dict[str, tuple[float, float]] = field(default_factory=dict)
     catch_up_token: float | None = None
+    best_seen: dict[str, float] = field(default_factory=dict)
 
 
 def calibration_path(target_manifest: Path, draft: str, threads: int | None) -> Path:
@@ -93,6 +95,8 @@ def _parse(data: object) -> Calibration:
         if accepted > trials:
             raise ValueError(f"acceptance[{key}]: {accepted} accepted of {trials} trials")
         acceptance[str(key)] = (accepted, trials)
+    best_seen = {str(k): min(_number(v, f"best_seen[{k}]"), 1.0)
+                 for k, v in dict(data.get("best_seen", {})).items()}
     return Calibration(_optional(data["plain_step"], "plain_step"),
                        _optional(data["verify_slope"], "verify_slope"), draft_token, acceptance,
-                       _optional(data.get("catch_up_token"), "catch_up_token"))
+                       _optional(data.get("catch_up_token"), "catch_up_token"), best_seen)

@@ -71,6 +71,10 @@ class _Kind:
 
     def __init__(self, probe_every: int, smoothing: float) -> None:
         self.accepted = self.trials = 0.0
+        # the best acceptance a whole earlier request measured: text differs from request to
+        # request (code vs prose), and the blend of earlier requests under-rates a good one
+        self.best_seen = 0.0
+        self.request_accepted = self.request_trials = 0.0
         # this request's rounds: tokens/s with all costs in, and whether they paid catch-up
         # (which the prediction omits)
         self.realized = _Average(smoothing)
@@ -78,6 +82,10 @@ class _Kind:
 
     def start(self, probe_every: int) -> None:
         """A new request: forget the probing state, keep the acceptance at a low weight."""
+        if self.request_trials >= self.REMEMBERED_TRIALS:
+            self.best_seen = max(self.best_seen, self.request_accepted / self.request_trials)
+        self.request_accepted = self.request_trials = 0.0
+        self.probed_behind = False
         if self.trials > self.REMEMBERED_TRIALS:
             self.accepted *= self.REMEMBERED_TRIALS / self.trials
             self.trials = self.REMEMBERED_TRIALS
@@ -138,8 +146,16 @@ class DraftController:
             return self.config.draft_tokens  # fixed, or the first round before any measurement
         if (self.config.self_disable and catch_up and remaining is not None
                 and not self._pays_back(key, catch_up, remaining)):
-            self.active = False
-            return 0
+            # Once per request, before this request measured the kind: probe if the best
+            # acceptance an earlier request saw would pay (else a request of another kind of
+            # text would keep a good draft off for good, never measuring it).
+            best = kind.best_seen
+            if kind.rounds or kind.probed_behind or not self._pays_back(
+                    key, catch_up, remaining, best):
+                self.active = False
+                return 0
+            kind.probed_behind = self.active = True
+            return self.best(key, best)[0]
         best_k, best_rate = self.best(key)
         plain_rate = 1.0 / self.plain_step.value
         predicted_loss = best_rate < plain_rate
@@ -166,25 +182,27 @@ class DraftController:
         self.active = True
         return best_k
 
-    def _pays_back(self, key: str, catch_up: int, remaining: int) -> bool:
+    def _pays_back(self, key: str, catch_up: int, remaining: int,
+                   acceptance: float | None = None) -> bool:
         """Whether drafting from here saves more time than catching up costs (unknown costs
         count as paying: they are learned by trying)."""
         per_token = self.catch_up_token.value
         if per_token is None or self.plain_step.value is None:
             return True
-        rate = self.best(key)[1]
+        rate = self.best(key, acceptance)[1]
         saved = remaining * (self.plain_step.value - 1.0 / rate)
         return saved > catch_up * per_token
 
-    def best(self, key: str = "") -> tuple[int, float]:
-        """(k, predicted tokens/s) maximizing the predicted rate for a kind."""
-        rates = {k: self.expected_tokens(k, key) / self.round_cost(k, key)
+    def best(self, key: str = "", acceptance: float | None = None) -> tuple[int, float]:
+        """(k, predicted tokens/s) maximizing the predicted rate for a kind (at its measured
+        acceptance, or at `acceptance`)."""
+        rates = {k: self.expected_tokens(k, key, acceptance) / self.round_cost(k, key)
                  for k in range(1, self.config.max_draft + 1)}
         k = max(rates, key=rates.__getitem__)
         return k, rates[k]
 
-    def expected_tokens(self, k: int, key: str = "") -> float:
-        a = min(self.acceptance(key), 0.999)
+    def expected_tokens(self, k: int, key: str = "", acceptance: float | None = None) -> float:
+        a = min(self.acceptance(key) if acceptance is None else acceptance, 0.999)
         return (1 - a ** (k + 1)) / (1 - a)
 
     def round_cost(self, k: int, key: str = "") -> float:
@@ -202,7 +220,8 @@ class DraftController:
             self.plain_step.value, self.verify_slope.value,
             {key: a.value for key, a in self.draft_token.items() if a.value is not None},
             {key: (kind.accepted, kind.trials) for key, kind in self.kinds.items()},
-            self.catch_up_token.value)
+            self.catch_up_token.value,
+            {key: kind.best_seen for key, kind in self.kinds.items() if kind.best_seen})
 
     def restore(self, calibration: Calibration) -> None:
         """Start from an earlier process's measurements; new ones soon outweigh them."""
@@ -214,6 +233,7 @@ class DraftController:
         for key, (accepted, trials) in calibration.acceptance.items():
             kind = self._kind(key)
             kind.accepted, kind.trials = accepted, trials
+            kind.best_seen = calibration.best_seen.get(key, 0.0)
             kind.start(self.config.probe_every)
 
     def record_plain(self, seconds: float) -> None:
@@ -237,8 +257,11 @@ class DraftController:
         kind.rounds += 1
         kind.catches_up = kind.catches_up or catch_up_seconds > 0
         kind.realized.add((accepted + 1) / (draft_seconds + catch_up_seconds + verify_seconds))
+        trials = accepted + (1 if accepted < proposed else 0)
         kind.accepted += accepted
-        kind.trials += accepted + (1 if accepted < proposed else 0)
+        kind.trials += trials
+        kind.request_accepted += accepted
+        kind.request_trials += trials
         self.draft_token.setdefault(key, _Average(self.config.smoothing)).add(
             draft_seconds / proposed)
         if self.plain_step.value:

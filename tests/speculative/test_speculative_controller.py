@@ -172,3 +172,28 @@ def test_catch_up_must_pay_back_over_the_remaining_tokens() -> None:
     assert controller.next_k("model") > 0
     assert controller.next_k("model", catch_up=100, remaining=10) == 0
     assert controller.next_k("model", catch_up=100, remaining=1000) > 0
+
+
+def test_a_behind_draft_is_probed_once_per_request_at_its_best_acceptance() -> None:
+    """Acceptance varies with the text: after a request where the model drafted well (code)
+    and one where it did not (prose), the blend alone would not pay for catching up on a new
+    prompt, and the model would stay off the whole request without being measured. It is
+    probed once, at the best acceptance a whole request saw; declined again after that."""
+    controller = _controller()
+    controller.record_catch_up(100, 100 * 0.2 * PLAIN)  # 20 plain steps to catch up on 100
+    for _ in range(10):  # a request of code: all accepted
+        controller.record_round("model", 4, 4, draft_seconds=4 * 0.4 * PLAIN,
+                                verify_seconds=1.1 * PLAIN)
+    controller.start_request()
+    for _ in range(30):  # a request of prose: a third accepted
+        controller.record_round("model", 3, 1, draft_seconds=3 * 0.4 * PLAIN,
+                                verify_seconds=1.1 * PLAIN)
+    controller.start_request()
+    assert not controller._pays_back("model", 100, 100)  # the blend alone: never engaged
+    assert controller.next_k("model", catch_up=100, remaining=100) > 1  # the probe
+    assert controller.next_k("model", catch_up=100, remaining=100) == 0
+    snapshot = controller.snapshot()
+    assert snapshot.best_seen["model"] == pytest.approx(1.0)
+    restored = DraftController(controller.config)
+    restored.restore(snapshot)
+    assert restored.next_k("model", catch_up=100, remaining=100) > 1

@@ -142,3 +142,27 @@ def test_streaming_int4_streamed_equals_pinned(kind: str, streaming_int4_package
     assert tokens == pinned_tokens
     np.testing.assert_array_equal(logits, pinned_logits)
     assert _scaled_error(logits, expected) <= INT4_RTOL
+
+
+def test_streaming_w8a8_streamed_equals_numpy_reference(smollm2_package: Path, tmp_path: Path,
+                                                        streaming) -> None:
+    """SmolLM2 w8a8 streamed through a window of one: int8 rows read from the window's
+    buffers, activations rounded per token, the same arithmetic as NumpyForward on memory
+    maps, so tokens and logits are equal bit for bit."""
+    from exporters.export import ExportConfig, quantize_package
+
+    root = quantize_package(smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"),
+                            progress=False)
+    package = open_package(root)
+    ids = Tokenizer.from_package(root, package.manifest.tokenizer).encode(streaming.PROMPT)
+    budget = streaming.minimum_budget(package)
+    engine = StreamedEngine(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
+    try:
+        _check_plan("window1", engine.plan, len(package.manifest.blocks))
+        tokens, logits = _trace(engine, ids, 6)
+    finally:
+        engine.close()
+    numpy = NumpyForward(load_model_weights(root), ForwardConfig(streaming.MAX_CONTEXT))
+    expected_tokens, expected = _trace(numpy, ids, 6)
+    assert tokens == expected_tokens
+    np.testing.assert_array_equal(logits, expected)
