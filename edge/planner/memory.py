@@ -113,6 +113,8 @@ _NONE = dict.fromkeys(_ALL_ONCE, 0.0)
 # fixed term (allocations + the runtime's code pages as they page in), for OpenVINO plus its
 # import and CPU plugin (37 MiB measured before its first segment), less the activation
 # estimate the fit's 64-token prompt already contained.
+# INT8_ROWS (w8a8, MatMulIntegerToFloat's packed int8 weights): fitted on SmolLM2 w8a8 alone
+# (peak RSS 474.8 MiB, 45 MiB above a 1.0x guess on its 129 MiB of int8 rows).
 # MATMUL_F32 allocates 0.99x in a process that loads nothing else first, but 1.11x in a whole
 # `Model` (mean of 8 runs of SmolLM2 fp32, 1243-1330 MiB): freeing the tokenizer's load buffers
 # raises glibc's mmap threshold, so ONNX Runtime's per-matrix copies (freed after pre-packing)
@@ -120,7 +122,7 @@ _NONE = dict.fromkeys(_ALL_ONCE, 0.0)
 ORT_CPU = RuntimeMemory(
     "ort_cpu", runtime_bytes=int(14.5 * MiB), per_block_bytes=int(0.37 * MiB),
     allocated={**_ALL_ONCE, GATHER_F32: 0.98, GATHER_Q: 0.97, MATMUL_F32: 1.11, NBITS4: 1.47,
-               NBITS8: 1.31},
+               NBITS8: 1.31, INT8_ROWS: 1.35},
     mapped=_ALL_ONCE, map_scope="name", prepack_transient=1.0)
 OPENVINO = RuntimeMemory(
     "openvino", runtime_bytes=70 * MiB, per_block_bytes=int(3.9 * MiB),

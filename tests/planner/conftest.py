@@ -128,3 +128,12 @@ def planner_int4_package(smollm2_package, tmp_path_factory: pytest.TempPathFacto
 
     return quantize_package(smollm2_package, tmp_path_factory.mktemp("planner") / "int4",
                             ExportConfig(quant="int4"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def planner_w8a8_package(smollm2_package, tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2 w8a8 (int8 rows on MatMulIntegerToFloat, padded two-token steps)."""
+    from exporters.export import ExportConfig, quantize_package
+
+    return quantize_package(smollm2_package, tmp_path_factory.mktemp("planner") / "w8a8",
+                            ExportConfig(quant="w8a8"), progress=False)

@@ -1,11 +1,12 @@
 """The planner's predicted peak memory against a real process's peak RSS, within 10%, for
-three plans of different shapes:
+four plans of different shapes:
 
 1. SmolLM2 fp32, every part resident on ONNX Runtime's CPU backend (one segment);
 2. SmolLM2 int4 split in three segments, ONNX Runtime / OpenVINO / ONNX Runtime (two runtimes
    in one process, each holding the weights its own way);
 3. SmolLM2 int4 under a memory budget the resident plan does not fit: streamed, a third of the
-   blocks pinned and the rest read from disk through a window (`edge.load(memory_budget=...)`).
+   blocks pinned and the rest read from disk through a window (`edge.load(memory_budget=...)`);
+4. SmolLM2 w8a8 resident on ONNX Runtime (int8 rows that MatMulIntegerToFloat packs).
 
 Each runs in a fresh process that loads the model per the plan, prefills 64 tokens and decodes
 16 greedily, then reports its peak RSS: VmHWM from /proc/self/status, which belongs to that
@@ -75,9 +76,10 @@ def _openvino_available() -> bool:
     return bool(registry.create("openvino").is_available())
 
 
-def _plans(fp32: Path, int4: Path) -> dict[str, tuple[Path, Plan]]:
-    plans = {"fp32 resident on ort_cpu":
-             (fp32, make_plan(read_manifest(fp32), [Device(HOST, "ort_cpu")], CONFIG))}
+def _plans(fp32: Path, int4: Path, w8a8: Path) -> dict[str, tuple[Path, Plan]]:
+    plans = {name: (path, make_plan(read_manifest(path), [Device(HOST, "ort_cpu")], CONFIG))
+             for name, path in (("fp32 resident on ort_cpu", fp32),
+                                ("w8a8 resident on ort_cpu", w8a8))}
     manifest = read_manifest(int4)
     n = len(manifest.parts)
     if _openvino_available():
@@ -100,9 +102,10 @@ def _job(path: Path, plan: Plan) -> dict:
 
 
 @pytest.fixture(scope="module")
-def measured(smollm2_package: Path, planner_int4_package: Path) -> dict[str, tuple[Plan, dict]]:
+def measured(smollm2_package: Path, planner_int4_package: Path,
+             planner_w8a8_package: Path) -> dict[str, tuple[Plan, dict]]:
     """Every plan's process, run side by side (each measures only its own memory)."""
-    plans = _plans(smollm2_package, planner_int4_package)
+    plans = _plans(smollm2_package, planner_int4_package, planner_w8a8_package)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {name: subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(_job(path, plan))], cwd=REPO, env=env,
@@ -137,7 +140,8 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
 
 @pytest.mark.parametrize("name", ["fp32 resident on ort_cpu",
                                   "int4 split ort_cpu/openvino/ort_cpu",
-                                  "int4 streamed under a budget"])
+                                  "int4 streamed under a budget",
+                                  "w8a8 resident on ort_cpu"])
 def test_planner_memory_prediction_within_10_percent(
         name: str, measured: dict[str, tuple[Plan, dict]]) -> None:
     if name not in measured:
