@@ -69,8 +69,8 @@ def make_scheme(name: str, num_layers: int, *, block_size: int = 32, accuracy_le
     zero point per block (closer to asymmetric sources such as GGUF Q4_1, slightly slower).
 
     "w8a8": every linear and the head as int8 rows x int8 tokens (`TokenInt8Config`), the
-    embedding as int8 blocks; as fast as int4 per decoded token on CPUs with VNNI, and a step of
-    several tokens costs little more than one (speculative verification, prompts)."""
+    embedding as int8 blocks; a decoded token costs ~1.2x int4's (twice the bytes to read), a
+    step of several tokens little more than one (speculative verification, prompts)."""
     if name not in SCHEME_NAMES:
         raise ValueError(f"unknown quantization {name!r}; choose one of {list(SCHEME_NAMES)}")
     int8 = WeightQuantConfig(bits=8, block_size=32, symmetric=symmetric,
