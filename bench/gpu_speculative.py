@@ -84,8 +84,9 @@ def draft_costs(package: Path, dtype: str) -> dict:
     import torch
 
     from devices.spec_forward.torch_forward import TorchForward, TorchForwardConfig
+    from edge.package import open_package
 
-    draft = TorchForward.from_package(package, TorchForwardConfig(
+    draft = TorchForward.from_package(open_package(package), TorchForwardConfig(
         device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype, max_context=1024))
     draft.prefill(list(range(1000, 1128)))
     base = draft.position
@@ -110,7 +111,7 @@ def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
     from edge.speculative.acceptance import accept_greedy  # noqa: F401 - the rule in use
 
     target = Engine(open_package(target_pkg), EngineConfig(max_context=1024))
-    draft = TorchForward.from_package(draft_pkg, TorchForwardConfig(
+    draft = TorchForward.from_package(open_package(draft_pkg), TorchForwardConfig(
         device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32",
         max_context=1024))
     prompt = list(range(1000, 1032))

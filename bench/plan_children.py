@@ -57,7 +57,7 @@ def job_tokenizer(job: dict, stages: dict) -> None:
 
     package = open_package(job["package"], verify="sizes")
     stages["ready"] = status()
-    Tokenizer.from_package(package.root, package.manifest.tokenizer).encode("hello " * 20)
+    Tokenizer.from_package(package).encode("hello " * 20)
     stages["tokenizer"] = status()
 
 

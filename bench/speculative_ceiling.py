@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     target_pkg = open_package(resolve_package(args.target))
-    tokenizer = Tokenizer.from_package(target_pkg.root, target_pkg.manifest.tokenizer)
+    tokenizer = Tokenizer.from_package(target_pkg)
     target = Engine(target_pkg, EngineConfig(threads=args.threads, max_context=2048))
     draft = Engine(open_package(resolve_package(args.draft)),
                    EngineConfig(threads=args.threads, max_context=2048))

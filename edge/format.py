@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
-from edge.errors import FormatVersionError, IntegrityError, PackageError
+from edge.errors import FormatVersionError, PackageError
 
 FORMAT_NAME = "edge-package"
 FORMAT_VERSION = 1
@@ -40,15 +42,59 @@ DTYPES: dict[str, tuple[np.dtype, int]] = {
 }
 
 PART_KINDS = ("embed", "block", "head")
+# A manifest is a few hundred KiB even for large models; a bigger one is not ours.
+MAX_MANIFEST_BYTES = 64 << 20
+# Sizes, counts and dimensions beyond this are corrupt: no edge model comes close, and every
+# index stays within int64 arithmetic (numpy silently wraps past it).
+MAX_DIMENSION = 1 << 40
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     """Bytes a tensor occupies on disk; packed 4-bit tensors round each row up to whole bytes."""
     _, bits = DTYPES[dtype]
     if bits >= 8 or not shape:
-        return int(np.prod(shape, dtype=np.int64)) * bits // 8
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        return math.prod(shape) * bits // 8
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
     return rows * ((shape[-1] * bits + 7) // 8)
+
+
+def storage_shape(entry: TensorEntry) -> tuple[int, ...]:
+    """The shape `entry` has in memory: packed 4-bit types hold two values a byte."""
+    _, bits = DTYPES[entry.dtype]
+    if bits >= 8 or not entry.shape:
+        return tuple(entry.shape)
+    return (*entry.shape[:-1], (entry.shape[-1] * bits + 7) // 8)
+
+
+def check_name(name: object, what: str) -> str:
+    """`name` if it is a plain relative path inside a package, else `PackageError`.
+
+    Only forward slashes, no empty, `.` or `..` components, nothing absolute on any platform,
+    no NUL: the same manifest must mean the same files on Linux, macOS and Windows.
+    """
+    if not isinstance(name, str) or not name:
+        raise PackageError(f"{what}: a file name must be a non-empty string, got {name!r}")
+    bad = ("\0" in name or "\\" in name or name.startswith("/")
+           or PureWindowsPath(name).drive or PurePosixPath(name).is_absolute())
+    if bad or any(p in ("", ".", "..") for p in name.split("/")):
+        raise PackageError(f"{what}: {name!r} is not a relative name inside the package "
+                           "(absolute paths, '..' and empty components are refused)")
+    return name
+
+
+def _check_int(value: object, what: str, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PackageError(f"{what} must be an integer, got {value!r}")
+    if not minimum <= value <= MAX_DIMENSION:
+        raise PackageError(f"{what} must be in [{minimum}, {MAX_DIMENSION}], got {value}")
+
+
+def _check_type(value: object, types: type | tuple[type, ...], what: str) -> None:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise PackageError(f"{what} has the wrong type: {value!r}")
+    if not isinstance(value, types):
+        raise PackageError(f"{what} has the wrong type: {type(value).__name__} {value!r:.80}")
 
 
 @dataclass(frozen=True)
@@ -70,10 +116,17 @@ class ModelSpec:
     attention_bias: bool = False
 
     def __post_init__(self) -> None:
+        _check_type(self.architecture, str, "ModelSpec.architecture")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise PackageError(f"ModelSpec.{name} must be positive, got {getattr(self, name)}")
+            _check_int(getattr(self, name), f"ModelSpec.{name}", minimum=1)
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            _check_type(value, (int, float), f"ModelSpec.{name}")
+            if not (math.isfinite(value) and value > 0):
+                raise PackageError(f"ModelSpec.{name} must be a positive number, got {value}")
+        for name in ("tie_word_embeddings", "attention_bias"):
+            _check_type(getattr(self, name), bool, f"ModelSpec.{name}")
         if self.num_heads % self.num_kv_heads:
             raise PackageError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -93,10 +146,15 @@ class TensorEntry:
     nbytes: int
 
     def __post_init__(self) -> None:
-        if any(d < 0 for d in self.shape) or self.offset < 0:
-            raise PackageError(f"tensor {self.name}: negative dimension or offset "
-                               f"(shape {list(self.shape)}, offset {self.offset})")
-        if self.dtype not in DTYPES:
+        _check_type(self.name, str, "a tensor name")
+        where = f"tensor {self.name[:80]!r}"
+        _check_type(self.shape, tuple, f"{where}: shape")
+        for d in self.shape:
+            _check_int(d, f"{where}: a dimension")
+        _check_int(self.offset, f"{where}: offset")
+        _check_int(self.nbytes, f"{where}: nbytes")
+        check_name(self.file, f"{where}: file")
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise PackageError(f"tensor {self.name}: unknown dtype {self.dtype!r}; "
                                f"known: {sorted(DTYPES)}")
         if tensor_nbytes(self.dtype, tuple(self.shape)) != self.nbytes:
@@ -120,9 +178,33 @@ class PartEntry:
     # Optional graph for multi-token steps (prefill) with kernels that win there.
     prefill_graph: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_type(self.name, str, "a part name")
+        where = f"part {self.name[:80]!r}"
+        if self.kind not in PART_KINDS:
+            raise PackageError(f"{where}: kind {self.kind!r:.80}; known: {list(PART_KINDS)}")
+        check_name(self.graph, f"{where}: graph")
+        if self.prefill_graph is not None:
+            check_name(self.prefill_graph, f"{where}: prefill_graph")
+        for step, graph in self.static_graphs:
+            _check_int(step, f"{where}: a static graph's step", minimum=1)
+            check_name(graph, f"{where}: static graph")
+        for t in self.tensors:
+            _check_type(t, TensorEntry, f"{where}: a tensor")
+        for value in (*self.inputs, *self.outputs):
+            _check_type(value, str, f"{where}: an input or output name")
+        if self.block_index is not None:
+            _check_int(self.block_index, f"{where}: block_index")
+
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def graph_files(self) -> tuple[str, ...]:
+        """Every graph the part ships."""
+        extra = (self.prefill_graph,) if self.prefill_graph else ()
+        return (self.graph, *extra, *(f for _, f in self.static_graphs))
 
 
 @dataclass(frozen=True)
@@ -136,12 +218,29 @@ class TokenizerInfo:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None = None
 
+    def __post_init__(self) -> None:
+        check_name(self.file, "tokenizer file")
+        for name in ("chat_template", "bos_token", "eos_token"):
+            _check_type(getattr(self, name), (str, type(None)), f"tokenizer.{name}")
+        for token in self.eos_token_ids:
+            _check_int(token, "tokenizer.eos_token_ids")
+        if self.bos_token_id is not None:
+            _check_int(self.bos_token_id, "tokenizer.bos_token_id")
+
 
 @dataclass(frozen=True)
 class FileEntry:
+    """One file of the package: everything a run reads is listed here and hashed."""
+
     path: str
     size: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        check_name(self.path, "files[]")
+        _check_int(self.size, f"files[] {self.path}: size")
+        if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
+            raise PackageError(f"files[] {self.path}: sha256 must be 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -155,6 +254,16 @@ class Manifest:
     exporter: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check_type(self.spec, ModelSpec, "spec")
+        _check_type(self.tokenizer, TokenizerInfo, "tokenizer")
+        for part in self.parts:
+            _check_type(part, PartEntry, "a part")
+        for entry in self.files:
+            _check_type(entry, FileEntry, "files[]")
+        _check_type(self.exporter, dict, "exporter")
+        _check_type(self.quantization, (dict, type(None)), "quantization")
 
     def part(self, name: str) -> PartEntry:
         for p in self.parts:
@@ -221,10 +330,13 @@ def manifest_to_json(manifest: Manifest) -> str:
 
 
 def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
+    """Parse and type-check a manifest; `PackageError` for anything that is not one."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PackageError(f"{where} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise PackageError(f"{where} is nested too deeply to be an edge manifest") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise PackageError(f"{where} is not an edge package manifest")
     version = data.get("format_version")
@@ -244,7 +356,7 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
                 ),
                 "inputs": tuple(p["inputs"]),
                 "outputs": tuple(p["outputs"]),
-                "static_graphs": tuple((int(s), str(f)) for s, f in p.get("static_graphs", ())),
+                "static_graphs": tuple((s, f) for s, f in p.get("static_graphs", ())),
             })
             for p in data["parts"]
         )
@@ -259,8 +371,68 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
             quantization=data.get("quantization"),
             format_version=version,
         )
-    except (KeyError, TypeError) as exc:
-        raise PackageError(f"{where} is malformed: missing or wrong field {exc}") from exc
+    except PackageError as exc:
+        raise PackageError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        raise PackageError(f"{where} is malformed: missing or wrong field {exc!s:.200}") from None
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """The checks across entries that make a manifest a runnable package.
+
+    Every file a part or the tokenizer reads is listed in `files` (so it is hashed), every
+    tensor lies inside its listed file, names are unique, and the parts are one embedding,
+    `spec.num_layers` blocks in order, and one head.
+    """
+    listed = {f.path: f.size for f in manifest.files}
+    if len(listed) != len(manifest.files):
+        raise PackageError("files[] lists a file twice")
+    if MANIFEST_FILE in listed:
+        raise PackageError(f"files[] may not list {MANIFEST_FILE} itself")
+
+    def require(name: str, what: str) -> int:
+        if name not in listed:
+            raise PackageError(f"{what} reads {name!r}, which files[] does not list (every "
+                               "file a package reads must be listed and hashed)")
+        return listed[name]
+
+    require(manifest.tokenizer.file, "the tokenizer")
+    names = [p.name for p in manifest.parts]
+    if len(set(names)) != len(names):
+        raise PackageError(f"a part name appears twice: {names}")
+    for part in manifest.parts:
+        for graph in part.graph_files:
+            require(graph, f"part {part.name}")
+        _check_tensors(part, require)
+    _check_layers(manifest)
+
+
+def _check_tensors(part: PartEntry, require: Any) -> None:
+    seen: set[str] = set()
+    for t in part.tensors:
+        if t.name in seen:
+            raise PackageError(f"part {part.name} lists tensor {t.name!r} twice")
+        seen.add(t.name)
+        size = require(t.file, f"tensor {t.name} of part {part.name}")
+        if t.offset + t.nbytes > size:
+            raise PackageError(f"tensor {t.name} of part {part.name} lies at bytes "
+                               f"[{t.offset}, {t.offset + t.nbytes}) of {t.file}, which has "
+                               f"{size}: the manifest points past the end of the file")
+
+
+def _check_layers(manifest: Manifest) -> None:
+    kinds = [p.kind for p in manifest.parts]
+    blocks = manifest.blocks
+    if kinds.count("embed") != 1 or kinds.count("head") != 1:
+        raise PackageError(f"a package has one embed and one head part; this one has parts "
+                           f"{[p.name for p in manifest.parts][:8]}")
+    if len(blocks) != manifest.spec.num_layers:
+        raise PackageError(f"the spec has {manifest.spec.num_layers} layers but the package "
+                           f"has {len(blocks)} block parts")
+    indices = [b.block_index for b in blocks]
+    if indices != list(range(len(blocks))):
+        raise PackageError(f"block parts must be numbered 0..{len(blocks) - 1} in order, got "
+                           f"{indices[:8]}")
 
 
 def read_manifest(root: str | os.PathLike[str]) -> Manifest:
@@ -271,11 +443,20 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
         raise PackageError(f"{root} is not a directory, so not an edge package")
     if not path.is_file():
         raise PackageError(f"{root} is not an edge package: it has no {MANIFEST_FILE}")
+    with open(path, "rb") as fh:
+        return manifest_from_bytes(fh.read(MAX_MANIFEST_BYTES + 1), str(path))
+
+
+def manifest_from_bytes(raw: bytes, where: str = MANIFEST_FILE) -> Manifest:
+    """`manifest_from_json` for the raw bytes of a manifest file, size and encoding checked."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{where} is over {MAX_MANIFEST_BYTES >> 20} MiB, so not an edge "
+                           "manifest")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PackageError(f"{path} is not UTF-8 text, so not an edge manifest") from exc
-    return manifest_from_json(text, str(path))
+        raise PackageError(f"{where} is not UTF-8 text, so not an edge manifest") from exc
+    return manifest_from_json(text, where)
 
 
 def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> None:
@@ -293,42 +474,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> str:
 def describe_file(root: Path, relative: str) -> FileEntry:
     path = root / relative
     return FileEntry(relative, path.stat().st_size, sha256_file(path))
-
-
-def verify_files(root: str | os.PathLike[str], manifest: Manifest, *, hashes: bool) -> None:
-    """Check every listed file exists with its size, and (if `hashes`) its sha256.
-
-    Sizes are always cheap to check and catch truncation; hashing catches a flipped byte.
-    """
-    root = Path(root)
-    for entry in manifest.files:
-        path = root / entry.path
-        if not path.is_file():
-            raise PackageError(f"package {root} is missing {entry.path}")
-        size = path.stat().st_size
-        if size != entry.size:
-            raise IntegrityError(
-                f"{entry.path} in {root} is {size} bytes, the manifest says {entry.size} "
-                "(truncated or replaced): re-export the package"
-            )
-    if hashes:
-        for entry in manifest.files:
-            actual = sha256_file(root / entry.path)
-            if actual != entry.sha256:
-                raise IntegrityError(
-                    f"{entry.path} in {root} is corrupted: sha256 {actual} differs from the "
-                    f"manifest's {entry.sha256}"
-                )
-
-
-def map_tensor(root: str | os.PathLike[str], entry: TensorEntry) -> np.ndarray:
-    """A read-only memory map of one tensor (no copy; the OS pages it in on use)."""
-    storage, bits = DTYPES[entry.dtype]
-    path = Path(root, entry.file)
-    if bits >= 8 or not entry.shape:
-        return np.memmap(path, dtype=storage, mode="r", offset=entry.offset, shape=entry.shape)
-    packed = (*entry.shape[:-1], (entry.shape[-1] * bits + 7) // 8)
-    return np.memmap(path, dtype=storage, mode="r", offset=entry.offset, shape=packed)
 
 
 class WeightFileWriter:

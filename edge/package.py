@@ -1,30 +1,43 @@
-"""Open an edge package for running: manifest, integrity checks, graph bytes, mapped weights."""
+"""Open an edge package for running: the one place a package's manifest and files are trusted.
+
+`open_package` resolves every name in the manifest inside the package directory, opens every
+listed file once, checks sizes (and sha256 when needed), and refuses graphs that could make ONNX
+Runtime read anything but the manifest's own tensors. Everything a run reads afterwards comes
+through the `Package`'s open descriptors.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from devices.backends.onnx_graph import external_tensors
 from edge import format as fmt
-from edge.errors import PackageError
+from edge.errors import IntegrityError, PackageError
 from edge.format import Manifest, PartEntry, TensorEntry
+from edge.package_files import PackageFiles, TensorRows
 from edge.paths import cache_dir
+from edge.stamps import fingerprint, read_stamp, write_stamp
 
 Verify = Literal["auto", "full", "sizes"]
 
 
 @dataclass
 class Package:
-    """A verified package on disk. Weights are memory-mapped on first use, never copied here."""
+    """A verified package on disk, its files open. Resident tensors are memory-mapped through
+    those descriptors (the verified files, whatever happens to their paths later); the
+    engines call `check_files` before each step, so a file that shrinks under a run is a typed
+    error rather than a fault in a mapped page."""
 
     root: Path
     manifest: Manifest
+    files: PackageFiles = field(repr=False)
     _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -39,10 +52,14 @@ class Package:
             graph = dict(part.static_graphs)[step]
         else:
             graph = part.prefill_graph if prefill and part.prefill_graph else part.graph
-        path = self.root / graph
-        if not path.is_file():
-            raise PackageError(f"package {self.root} is missing graph {graph} of {part.name}")
-        return path.read_bytes()
+        return self.files.read(graph)
+
+    def tokenizer_json(self) -> str:
+        name = self.manifest.tokenizer.file
+        try:
+            return self.files.read(name).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PackageError(f"package {self.root}: {name} is not UTF-8 text") from exc
 
     @property
     def static_steps(self) -> tuple[int, ...]:
@@ -51,9 +68,28 @@ class Package:
         return tuple(sorted(static["chunks"])) if static else ()
 
     def tensor(self, entry: TensorEntry) -> np.ndarray:
+        """A read-only memory map of `entry` (no copy; the OS pages it in on use)."""
         if entry.name not in self._maps:
-            self._maps[entry.name] = fmt.map_tensor(self.root, entry)
+            self._maps[entry.name] = self.files.map(entry)
         return self._maps[entry.name]
+
+    def rows(self, entry: TensorEntry) -> TensorRows:
+        """`entry` as rows read on demand, never mapped (a streamed run's embedding)."""
+        return self.files.rows(entry)
+
+    def check_files(self) -> None:
+        """`IntegrityError` naming a file that no longer has its verified size."""
+        for entry in self.manifest.files:
+            size = self.files.size(entry.path)
+            if size != entry.size:
+                raise IntegrityError(
+                    f"{entry.path} in {self.root} changed while in use: it has {size} bytes, "
+                    f"the manifest says {entry.size}; re-export or re-pull the package")
+
+    def close(self) -> None:
+        """Close the files; arrays mapped earlier stay valid until they are dropped."""
+        self._maps.clear()
+        self.files.close()
 
 
 def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Package:
@@ -61,47 +97,66 @@ def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Packa
 
     `verify`: "sizes" checks file sizes only (catches truncation, costs nothing); "full" also
     hashes every file; "auto" hashes on first load and whenever a file changed since the last
-    successful check (remembered in edge's cache), so later loads start instantly.
+    successful check (by inode, ctime, size and mtime, remembered in edge's cache), so later
+    loads start instantly.
     """
     if verify not in ("auto", "full", "sizes"):
         raise ValueError(f"verify={verify!r}; allowed: 'auto', 'full', 'sizes'")
     root = Path(path).resolve()
-    manifest = fmt.read_manifest(root)
-    stamp = _stamp_path(root)
-    state = _file_state(root, manifest)
-    hashes = verify == "full" or (verify == "auto" and _read_stamp(stamp) != state)
-    fmt.verify_files(root, manifest, hashes=hashes)
-    if hashes:
-        _write_stamp(stamp, state)
-    return Package(root, manifest)
+    if not root.is_dir():
+        raise PackageError(f"{root} is not a directory, so not an edge package")
+    if not (root / fmt.MANIFEST_FILE).is_file():
+        raise PackageError(f"{root} is not an edge package: it has no {fmt.MANIFEST_FILE}")
+    files = PackageFiles(root, [fmt.MANIFEST_FILE])
+    try:
+        size = min(files.size(fmt.MANIFEST_FILE), fmt.MAX_MANIFEST_BYTES + 1)
+        manifest = fmt.manifest_from_bytes(files.read(fmt.MANIFEST_FILE, 0, size),
+                                           str(root / fmt.MANIFEST_FILE))
+        fmt.check_manifest(manifest)
+        files.add(f.path for f in manifest.files)
+        package = Package(root, manifest, files)
+        package.check_files()
+        stamp = _stamp_path(root)
+        state = {name: fingerprint(files.stat(name)) for name in files.names}
+        if verify == "full" or (verify == "auto" and read_stamp(stamp) != state):
+            _check_hashes(files, manifest)
+            write_stamp(stamp, state)
+        check_graphs(manifest, files.read)
+    except BaseException:
+        files.close()
+        raise
+    return package
+
+
+def check_graphs(manifest: Manifest, read: Callable[[str], bytes]) -> None:
+    """Refuse a graph with external data other than its part's own manifest tensors.
+
+    Those are handed to the runtime from the package's files; any other external location
+    would be resolved by ONNX Runtime against the working directory, outside the package.
+    """
+    for part in manifest.parts:
+        own = {t.name: t.file for t in part.tensors}
+        for graph in part.graph_files:
+            for tensor in external_tensors(read(graph)):
+                # ONNX Runtime gets manifest tensors from us; OpenVINO reads the graph's own
+                # location, so that must be the manifest's file too.
+                if own.get(tensor.name) != tensor.location:
+                    raise PackageError(
+                        f"graph {graph} of part {part.name} stores tensor {tensor.name!r} as "
+                        f"external data at {tensor.location!r}, which is not where the manifest "
+                        "puts that part's tensors: a package may only read its own declared "
+                        "weights")
+
+
+def _check_hashes(files: PackageFiles, manifest: Manifest) -> None:
+    for entry in manifest.files:
+        actual = files.sha256(entry.path)
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path} in {files.root} is corrupted: sha256 {actual} differs from the "
+                f"manifest's {entry.sha256}")
 
 
 def _stamp_path(root: Path) -> Path:
     key = hashlib.sha256(str(root).encode()).hexdigest()[:24]
     return cache_dir() / "verified" / f"{key}.json"
-
-
-def _file_state(root: Path, manifest: Manifest) -> dict[str, list[int]]:
-    """Size and mtime of every file: if none changed, an earlier full hash still holds."""
-    state = {}
-    for name in [fmt.MANIFEST_FILE, *(f.path for f in manifest.files)]:
-        try:
-            st = (root / name).stat()
-        except FileNotFoundError:
-            return {}
-        state[name] = [st.st_size, st.st_mtime_ns]
-    return state
-
-
-def _read_stamp(path: Path) -> dict[str, list[int]] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_stamp(path: Path, state: dict[str, list[int]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, path)

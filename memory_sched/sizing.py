@@ -6,7 +6,7 @@ I/O beyond what the caller passes in, so the planner can call it for `--dry-run`
 
 >>> plan = plan_stream(manifest, MemoryBudget.parse("300MB"), kv_cache=kv, activations=act)
 >>> plan.policy.window, plan.window_bytes
->>> with plan.prefetcher(package_root) as prefetcher: ...
+>>> with plan.prefetcher(package.files) as prefetcher: ...
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from edge.errors import BudgetTooSmallError, ConfigError
 from edge.format import Manifest, ModelSpec, PartEntry
+from edge.package_files import PackageFiles
 from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, window_bytes
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.store import WeightStore, plan_layout
@@ -43,15 +44,16 @@ class StreamPlan:
         """Memory the prefetcher's buffers take."""
         return self.policy.window * self.unit_bytes if self.policy.streamed else 0
 
-    def store(self, root: str | os.PathLike[str], direct: bool = False,
+    def store(self, source: PackageFiles | str | os.PathLike[str], direct: bool = False,
               **options: object) -> WeightStore:
-        """A WeightStore over the streamed units (pinned ones are loaded elsewhere)."""
-        return WeightStore(root, self.streamed_units, direct, **options)  # type: ignore[arg-type]
+        """A WeightStore over the streamed units (pinned ones are loaded elsewhere); `source`
+        is the package's open files or its directory."""
+        return WeightStore(source, self.streamed_units, direct, **options)  # type: ignore[arg-type]
 
-    def prefetcher(self, root: str | os.PathLike[str], direct: bool = False,
+    def prefetcher(self, source: PackageFiles | str | os.PathLike[str], direct: bool = False,
                    **options: object) -> Prefetcher:
         """A started Prefetcher for this plan; close it (or use `with`)."""
-        return Prefetcher(self.store(root, direct, **options), self.policy)
+        return Prefetcher(self.store(source, direct, **options), self.policy)
 
 
 def _pinned_units(units: tuple[PartEntry, ...], pinned: Iterable[str]) -> frozenset[str]:

@@ -17,7 +17,6 @@ store falls back to buffered reads and records why in `direct_fallback`.
 from __future__ import annotations
 
 import errno
-import io
 import mmap
 import os
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 
 from edge.errors import ConfigError, PackageError, StreamReadError
 from edge.format import DTYPES, PartEntry, TensorEntry, read_manifest
+from edge.package_files import PackageFiles, pread_into
 
 # O_DIRECT needs the file offset, the length and the buffer address aligned to the logical
 # block size; 4096 covers every common device (and is the page size mmap buffers start on).
@@ -121,7 +121,7 @@ def _coalesce(tensors: list[TensorEntry], max_gap: int) -> list[list[TensorEntry
 
 def tensor_view(buffer: np.ndarray, offset: int, entry: TensorEntry) -> np.ndarray:
     """A read-only typed view of `entry` at `offset` of `buffer` (4-bit rows stay packed,
-    exactly as `edge.format.map_tensor` presents them)."""
+    exactly as `edge.package.Package.tensor` presents them)."""
     storage, bits = DTYPES[entry.dtype]
     shape = entry.shape
     if bits < 8 and shape:
@@ -166,20 +166,27 @@ class PartWeights:
 
 
 class WeightStore:
-    """Reads parts of a package into caller-owned buffers; thread-safe (no shared file state).
+    """Reads parts of a package into caller-owned buffers; thread-safe (positioned reads).
 
-    `parts` are the units to read: manifest parts or halves of blocks (`units.split_block`).
+    `source` is the package's open files (`Package.files`: reads then come from the files the
+    loader verified, whatever happens to their paths) or its directory. `parts` are the units
+    to read: manifest parts or halves of blocks (`units.split_block`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], parts: Iterable[PartEntry],
-                 direct: bool = False, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 max_gap: int = DEFAULT_MAX_GAP, drop_page_cache: bool = True) -> None:
+    def __init__(self, source: PackageFiles | str | os.PathLike[str],
+                 parts: Iterable[PartEntry], direct: bool = False, *,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_gap: int = DEFAULT_MAX_GAP,
+                 drop_page_cache: bool = True) -> None:
         if chunk_bytes <= 0 or chunk_bytes % DIRECT_ALIGNMENT:
             raise ConfigError(f"chunk_bytes must be a positive multiple of {DIRECT_ALIGNMENT}, "
                               f"got {chunk_bytes}")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise PackageError(f"{self.root} is not a directory, so not an edge package")
+        parts = tuple(parts)
+        if not isinstance(source, PackageFiles):
+            if not Path(source).is_dir():
+                raise PackageError(f"{source} is not a directory, so not an edge package")
+            source = PackageFiles(source, sorted({t.file for p in parts for t in p.tensors}))
+        self.files = source
+        self.root = source.root
         self.chunk_bytes = chunk_bytes
         self.drop_page_cache = drop_page_cache
         self._layouts: dict[str, PartLayout] = {}
@@ -277,7 +284,7 @@ class WeightStore:
 
     def _read_extent(self, part: str, extent: Extent, view: memoryview, direct: bool) -> int:
         path = self.root / extent.file
-        fd = self._open(part, path, direct)
+        fd = self._descriptor(part, extent.file, direct)
         if fd is None:  # O_DIRECT refused at open: the store is buffered from now on
             return self._read_extent(part, extent, view, False)
         try:
@@ -297,24 +304,20 @@ class WeightStore:
                 raise StreamReadError(f"part {part!r}: reading weight file {path} failed at "
                                       f"bytes [{extent.start}, {extent.end}): {exc}") from exc
             refused = exc
-        finally:
-            os.close(fd)
         # Some filesystems accept O_DIRECT at open and refuse it at the first read.
         self._refuse_direct(path, refused)
         return self._read_extent(part, extent, view, False)
 
-    def _open(self, part: str, path: Path, direct: bool) -> int | None:
-        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | (os.O_DIRECT if direct else 0)
+    def _descriptor(self, part: str, name: str, direct: bool) -> int | None:
+        """The file's open descriptor; with `direct`, its O_DIRECT twin (None if refused)."""
         try:
-            fd = os.open(path, flags)
-        except OSError as exc:
-            if direct and exc.errno == errno.EINVAL:
-                self._refuse_direct(path, exc)
-                return None
-            raise StreamReadError(f"part {part!r}: cannot open weight file {path}: "
-                                  f"{exc.strerror}") from exc
-        if not direct and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if not direct:
+                return self.files.fd(name)
+            fd = self.files.direct_fd(name)
+        except PackageError as exc:
+            raise StreamReadError(f"part {part!r}: {exc}") from exc
+        if fd is None:
+            self._refuse_direct(self.root / name, OSError(errno.EINVAL, "refused"))
         return fd
 
     def _refuse_direct(self, path: Path, exc: OSError) -> None:
@@ -334,7 +337,7 @@ class WeightStore:
         target = view[extent.buffer_offset:extent.buffer_offset + request]
         got = 0
         while got < request:
-            count = _pread_into(fd, target[got:got + min(self.chunk_bytes, request - got)],
+            count = pread_into(fd, target[got:got + min(self.chunk_bytes, request - got)],
                                 extent.start + got)
             if count == 0:
                 break
@@ -343,11 +346,3 @@ class WeightStore:
                 break
         return min(got, want)
 
-
-def _pread_into(fd: int, target: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [target], offset)
-    # Windows has neither preadv nor pread: seek and read through an unowned FileIO (the
-    # descriptor is private to this read, so the seek is not shared with another thread).
-    os.lseek(fd, offset, os.SEEK_SET)
-    return io.FileIO(fd, closefd=False).readinto(target) or 0

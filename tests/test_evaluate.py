@@ -34,7 +34,7 @@ def test_perplexity_matches_transformers(smollm2_package, smollm2_reference) -> 
     """edge's perplexity of real English equals transformers' within 1e-3 relative."""
     model, _ = smollm2_reference
     package = open_package(smollm2_package)
-    tok = Tokenizer.from_package(package.root, package.manifest.tokenizer)
+    tok = Tokenizer.from_package(package)
     ids = tok.encode(default_corpus()[:4000], add_special_tokens=False)[:300]
     engine = Engine(package)
     result = perplexity(engine, ids, PerplexityConfig(window=128, stride=64))

@@ -22,11 +22,11 @@ from edge.format import (
     TensorEntry,
     TokenizerInfo,
     WeightFileWriter,
-    map_tensor,
     read_manifest,
     tensor_nbytes,
     write_manifest,
 )
+from edge.package_files import PackageFiles
 
 SPEC = ModelSpec(
     architecture="llama",
@@ -42,6 +42,11 @@ SPEC = ModelSpec(
     max_position_embeddings=128,
     tie_word_embeddings=True,
 )
+
+def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
+    """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
+    return PackageFiles(root, [entry.file]).map(entry)
+
 
 
 def _spec(**changes: object) -> ModelSpec:

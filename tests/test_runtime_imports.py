@@ -61,7 +61,7 @@ from edge.tokenizer import Tokenizer
 
 root = sys.argv[1]
 package = open_package(root)
-tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
+tokenizer = Tokenizer.from_package(package)
 engine = Engine(package, EngineConfig(max_context=256))
 ids = tokenizer.encode("The capital of France is")
 logits = engine.prefill(ids)[0]

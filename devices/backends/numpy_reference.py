@@ -57,7 +57,7 @@ class NumpyBackend(Backend):
             return Support(False, f"{part.name}: fixed-shape int8 graphs are for NPU "
                                   "compilers; the spec forward computes in float32")
         try:
-            part_weights(package.manifest.spec, part, map_part(package.root, part),
+            part_weights(package.manifest.spec, part, map_part(package, part),
                          package.manifest.quantization)
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
@@ -65,7 +65,7 @@ class NumpyBackend(Backend):
 
     def compile(self, graph: SegmentGraph) -> NumpyExecutable:
         manifest = graph.package.manifest
-        weights = [part_weights(manifest.spec, p, map_part(graph.package.root, p),
+        weights = [part_weights(manifest.spec, p, map_part(graph.package, p),
                                 manifest.quantization) for p in graph.parts]
         # The segment's interface: what its parts read that no earlier part of it produces,
         # and what they produce that no later part reads (as a merged graph's would be).

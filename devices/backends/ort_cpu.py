@@ -27,7 +27,8 @@ from devices.backend import (
     Support,
     part_graph_files,
 )
-from devices.backends.onnx_graph import read_graph
+from devices.backends.onnx_graph import external_tensors, read_graph
+from edge.errors import PackageError
 from edge.format import PartEntry
 
 CPU = "CPUExecutionProvider"
@@ -52,6 +53,17 @@ class OrtLoaded(Loaded):
 
 def _ptr(array: np.ndarray) -> int:
     return array.ctypes.data
+
+
+def check_external_data(graph: SegmentGraph, tensors: Mapping[str, object]) -> None:
+    """Refuse, before ONNX Runtime sees the bytes, a graph whose external data is anything
+    but the manifest tensors handed over from the package: ORT would resolve any other
+    location against the working directory."""
+    for tensor in external_tensors(graph.model):
+        if tensor.name not in tensors:
+            raise PackageError(f"{graph.label}: tensor {tensor.name!r} is stored as external "
+                               f"data at {tensor.location!r}, which is not a manifest tensor of "
+                               "these parts; refusing to load it")
 
 
 class OrtCpuBackend(Backend):
@@ -108,12 +120,17 @@ class OrtCpuBackend(Backend):
         options = self.session_options(graph)
         used = set(read_graph(graph.model).initializers)  # a prefill graph's weights differ
         tensors = {t.name: t for p in graph.parts for t in p.tensors if t.name in used}
+        check_external_data(graph, tensors)
         # The weights come from our own memory maps (the same path streaming will use).
         weights = [graph.package.tensor(t) for t in tensors.values()]
         if tensors:
             options.add_external_initializers(
                 list(tensors), [ort.OrtValue.ortvalue_from_numpy(w) for w in weights])
-        session = ort.InferenceSession(graph.model, options, providers=self.providers())
+        try:
+            session = ort.InferenceSession(graph.model, options, providers=self.providers())
+        except Exception as exc:  # onnxruntime's pybind errors share no base but Exception
+            raise PackageError(f"ONNX Runtime cannot load {graph.label}: "
+                               f"{str(exc).splitlines()[0][:500]}") from exc
         return OrtExecutable(self.name, graph, frozenset(i.name for i in session.get_inputs()),
                              tuple(o.name for o in session.get_outputs()), session, weights)
 

@@ -269,7 +269,7 @@ class StepRunner:
 class NumpyForward(StepRunner):
     """A whole package run by the numpy forward; the numpy reference of edge's Engine.
 
-    >>> model = NumpyForward(load_model_weights("smollm2-pkg"))  # doctest: +SKIP
+    >>> model = NumpyForward(load_model_weights(open_package("smollm2-pkg")))  # doctest: +SKIP
     >>> logits = model.prefill([1, 2, 3])  # [1, V]
     >>> logits = model.decode(int(logits[0].argmax()))  # [V]
     """

@@ -15,7 +15,6 @@ This module imports torch at import time; `devices.spec_forward` imports it only
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +37,7 @@ from devices.spec_forward.weights import (
     Int8RowsWeight,
     LinearWeight,
     ModelWeights,
+    PackageTensors,
     load_model_weights,
 )
 from edge.errors import ConfigError, ContextOverflowError
@@ -98,7 +98,7 @@ class TorchForward(StepRunner):
     """A whole package on a torch device; same `prefill`/`decode` as edge's Engine.
 
     >>> cfg = TorchForwardConfig(device="cuda", dtype="float16")
-    >>> model = TorchForward.from_package("smollm2-pkg", cfg)  # doctest: +SKIP
+    >>> model = TorchForward.from_package(open_package("smollm2-pkg"), cfg)  # doctest: +SKIP
     >>> logits = model.prefill([1, 2, 3])  # numpy [1, V], float32
     """
 
@@ -124,9 +124,10 @@ class TorchForward(StepRunner):
         self.values = [torch.zeros_like(k) for k in self.keys]
 
     @classmethod
-    def from_package(cls, root: str | os.PathLike[str],
+    def from_package(cls, package: PackageTensors,
                      config: TorchForwardConfig | None = None) -> TorchForward:
-        return cls(load_model_weights(root), config)
+        """From an opened package (`edge.package.open_package`)."""
+        return cls(load_model_weights(package), config)
 
     # ---- upload ---------------------------------------------------------------------------------
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -18,17 +18,15 @@ embedding is `token_embd.weight` (float32 [V, H]) or its `GatherBlockQuantized` 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from edge import format as fmt
 from edge.errors import UnsupportedModelError
-from edge.format import ModelSpec, PartEntry, TensorEntry
+from edge.format import ModelSpec, PartEntry, TensorEntry, storage_shape
 from quant.blockwise import QuantizedWeight, n_blocks_of
 from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES
 
@@ -338,17 +336,17 @@ def _check_bias(bias: np.ndarray | None, n: int) -> None:
 
 # ---- arrays from a package or from buffers ------------------------------------------------------
 
-def storage_shape(entry: TensorEntry) -> tuple[int, ...]:
-    """The shape `entry` has in memory: packed 4-bit types hold two values a byte."""
-    _, bits = fmt.DTYPES[entry.dtype]
-    if bits >= 8 or not entry.shape:
-        return tuple(entry.shape)
-    return (*entry.shape[:-1], (entry.shape[-1] * bits + 7) // 8)
+class PackageTensors(Protocol):
+    """An opened package as the forwards read it (`edge.package.Package` is one)."""
+
+    manifest: fmt.Manifest
+
+    def tensor(self, entry: TensorEntry) -> np.ndarray: ...
 
 
-def map_part(root: str | os.PathLike[str], part: PartEntry) -> dict[str, np.ndarray]:
-    """Read-only memory maps of a part's tensors (the OS pages them in on use)."""
-    return {t.name: fmt.map_tensor(root, t) for t in part.tensors}
+def map_part(package: PackageTensors, part: PartEntry) -> dict[str, np.ndarray]:
+    """Read-only memory maps of a part's tensors from an opened package."""
+    return {t.name: package.tensor(t) for t in part.tensors}
 
 
 def view_tensors(part: PartEntry, buffers: Mapping[str, Any],
@@ -372,18 +370,17 @@ def view_tensors(part: PartEntry, buffers: Mapping[str, Any],
     return views
 
 
-def load_model_weights(root: str | os.PathLike[str],
-                       manifest: fmt.Manifest | None = None) -> ModelWeights:
-    """All parts of the package at `root`, memory-mapped (checksums are the loader's job)."""
-    manifest = manifest or fmt.read_manifest(root)
+def load_model_weights(package: PackageTensors) -> ModelWeights:
+    """All parts of an opened package (`edge.package.open_package`), memory-mapped."""
+    manifest = package.manifest
     spec = manifest.spec
 
     def load(part: PartEntry) -> PartWeights:
-        return part_weights(spec, part, map_part(Path(root), part), manifest.quantization)
+        return part_weights(spec, part, map_part(package, part), manifest.quantization)
 
     embed = [load(p) for p in manifest.parts if p.kind == "embed"]
     heads = [load(p) for p in manifest.parts if p.kind == "head"]
     if len(embed) != 1 or len(heads) != 1:
-        raise UnsupportedPartError(f"package {root} needs one embed and one head part")
+        raise UnsupportedPartError("a package needs one embed and one head part")
     blocks = sorted((load(p) for p in manifest.blocks), key=lambda b: b.index)
     return ModelWeights(spec, embed[0], tuple(blocks), heads[0])

@@ -12,6 +12,9 @@ HELP = "describe an edge package (or the package a model name resolves to)"
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", nargs="?", default=None, metavar="PACKAGE|MODEL")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-hash every file and check every path and graph, as a first "
+                             "load does (exit code 2 and the reason when the package is bad)")
 
 
 def _quantization(quantization: dict | None) -> str:
@@ -24,11 +27,15 @@ def _quantization(quantization: dict | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.format import manifest_to_json, read_manifest
+    from edge.format import manifest_to_json
+    from edge.package import open_package
     from edge.resolve import resolve_package
 
     root = resolve_package(args.package)
-    manifest = read_manifest(root)
+    # The same checks as loading: paths inside the package, sizes, graphs; --verify hashes.
+    package = open_package(root, verify="full" if args.verify else "sizes")
+    manifest = package.manifest
+    package.close()
     if args.json:
         print(manifest_to_json(manifest), end="")
         return 0
@@ -47,4 +54,6 @@ def main(args: argparse.Namespace) -> int:
           f"{'yes' if manifest.tokenizer.chat_template else 'no'}")
     print(f"exported by   edge {manifest.exporter.get('edge_version')} from "
           f"{json.dumps(manifest.exporter.get('source'))}")
+    if args.verify:
+        print(f"verified      {len(manifest.files)} files: sha256, sizes, paths and graphs ok")
     return 0

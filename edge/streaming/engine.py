@@ -14,7 +14,6 @@ chat and speculative decoding run on it unchanged.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from devices.spec_forward.numpy_forward import (
     head_forward,
     rope_tables,
 )
-from devices.spec_forward.weights import PartWeights, map_part, part_weights
+from devices.spec_forward.weights import PartWeights, part_weights
 from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores, prefill_in_chunks
 from edge.errors import ConfigError, ContextOverflowError, StreamReadError
 from edge.format import PartEntry
@@ -105,10 +104,12 @@ class StreamedEngine:
         self.parts = {p.name: p for p in package.manifest.parts}
         self.pinned = load_pinned(package, self.plan.policy.pinned, progress)
         embed = next(p for p in package.manifest.parts if p.kind == "embed")
-        self.embed = part_weights(spec, embed, map_part(package.root, embed),
+        # The embedding's rows are read per step, never mapped: a run only touches the rows of
+        # its tokens, and a file truncated under it is an error, not a fault.
+        self.embed = part_weights(spec, embed, {t.name: package.rows(t) for t in embed.tensors},
                                   package.manifest.quantization)
         self.prefetcher: Prefetcher | None = (
-            self.plan.prefetcher(package.root, direct=config.direct)
+            self.plan.prefetcher(package.files, direct=config.direct)
             if self.plan.policy.streamed else None)
         self.stats = StreamStats()
         self._last_read: dict[str, object] = {}
@@ -213,7 +214,7 @@ def plan_budget(package: Package, config: StreamConfig, max_context: int,
                 chunk: int) -> StreamPlan:
     """The window for this package under `config.budget` (see `plan_budget_for`)."""
     manifest = package.manifest
-    tokenizer = os.path.getsize(os.path.join(package.root, manifest.tokenizer.file))
+    tokenizer = package.files.size(manifest.tokenizer.file)
     return plan_budget_for(manifest, config.budget, tokenizer_bytes=tokenizer,
                            max_context=max_context, chunk=chunk,
                            runtime_overhead=_runtime_overhead(config),

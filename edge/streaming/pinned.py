@@ -17,25 +17,23 @@ from devices.spec_forward.weights import (
     PREFILL_SUFFIXES,
     PartWeights,
     part_weights,
-    storage_shape,
 )
-from edge.errors import StreamReadError
-from edge.format import DTYPES, TensorEntry
+from edge.errors import PackageError, StreamReadError
+from edge.format import DTYPES, TensorEntry, storage_shape
 from edge.package import Package
+from edge.package_files import PackageFiles
 
 
-def read_tensor(root: os.PathLike[str] | str, entry: TensorEntry) -> np.ndarray:
+def read_tensor(files: PackageFiles, entry: TensorEntry) -> np.ndarray:
     """The tensor's bytes (uint8) in a fresh array; a short file raises `StreamReadError`."""
     out = np.empty(entry.nbytes, np.uint8)
-    path = os.path.join(root, entry.file)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(entry.offset)
-        got = f.readinto(memoryview(out))
-        if hasattr(os, "posix_fadvise"):  # the bytes are ours now; the page cache copy is not
-            os.posix_fadvise(f.fileno(), entry.offset, entry.nbytes, os.POSIX_FADV_DONTNEED)
-    if got != entry.nbytes:
-        raise StreamReadError(f"{entry.file} ends {entry.nbytes - (got or 0)} bytes early: "
-                              f"tensor {entry.name} is truncated")
+    try:
+        files.readinto(entry.file, entry.offset, memoryview(out))
+    except PackageError as exc:
+        raise StreamReadError(f"tensor {entry.name}: {exc}") from exc
+    if hasattr(os, "posix_fadvise"):  # the bytes are ours now; the page cache copy is not
+        os.posix_fadvise(files.fd(entry.file), entry.offset, entry.nbytes,
+                         os.POSIX_FADV_DONTNEED)
     return out
 
 
@@ -64,7 +62,7 @@ def load_pinned(package: Package, names: Iterable[str], progress: bool = True
             for t in tensors[part.name]:
                 key = (t.file, t.offset)
                 if key not in by_location:
-                    by_location[key] = read_tensor(package.root, t)
+                    by_location[key] = read_tensor(package.files, t)
                     bar.update(t.nbytes)
                 arrays[t.name] = _typed(by_location[key], t)
             out[part.name] = part_weights(package.spec, part, arrays,

@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 
 from edge.errors import TokenizerMismatchError
 from edge.format import read_manifest
+from edge.package import open_package
 from edge.tokenizer import Tokenizer
 from exporters import tokenizer_export
 from exporters.export import export
@@ -31,7 +32,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def exported(smollm2_package: Path) -> Tokenizer:
-    return Tokenizer.from_package(smollm2_package, read_manifest(smollm2_package).tokenizer)
+    return Tokenizer.from_package(open_package(smollm2_package))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def _altered(package: Path, tmp_path: Path, edit: Any) -> Tokenizer:
     data = json.loads((package / info.file).read_text(encoding="utf-8"))
     edit(data)
     (tmp_path / info.file).write_text(json.dumps(data), encoding="utf-8")
-    return Tokenizer.from_package(tmp_path, info)
+    return Tokenizer(tmp_path / info.file, info)
 
 
 def _drop_merge(data: dict[str, Any]) -> None:

@@ -13,13 +13,19 @@ import numpy as np
 import pytest
 
 from edge.errors import ConfigError, StreamReadError
-from edge.format import map_tensor, read_manifest
+from edge.format import TensorEntry, read_manifest
+from edge.package_files import PackageFiles
 from memory_sched.prefetcher import Prefetcher, PrefetchUsageError
 from memory_sched.store import PartWeights, WeightStore
 from memory_sched.window import WindowPolicy
 
 WAIT = 10.0  # seconds before a test gives up waiting for the reader (a hang, not a timing)
 PINNED = frozenset({"embed", "head"})
+
+def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
+    """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
+    return PackageFiles(root, [entry.file]).map(entry)
+
 
 
 class InstrumentedStore(WeightStore):

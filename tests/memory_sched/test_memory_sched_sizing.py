@@ -6,15 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.errors import BudgetTooSmallError, ConfigError
-from edge.format import map_tensor, read_manifest
+from edge.format import TensorEntry, read_manifest
+from edge.package_files import PackageFiles
 from memory_sched import MemoryBudget, plan_stream
 from memory_sched.sizing import unique_bytes
 from memory_sched.store import plan_layout
 
 OVERHEAD = 1000
+
+def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
+    """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
+    return PackageFiles(root, [entry.file]).map(entry)
+
 
 
 def _plan(root: Path, budget: int, **kwargs):

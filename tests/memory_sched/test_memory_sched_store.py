@@ -1,4 +1,4 @@
-"""WeightStore: parts read into preallocated buffers match `edge.format.map_tensor` byte for
+"""WeightStore: parts read into preallocated buffers match `Package.tensor` byte for
 byte, buffered and O_DIRECT alike; O_DIRECT falls back (with a reason) where refused; a
 truncated or missing file is a `StreamReadError` naming the part and the file."""
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edge.errors import ConfigError, PackageError, StreamReadError
-from edge.format import map_tensor, read_manifest
+from edge.format import TensorEntry, read_manifest
+from edge.package_files import PackageFiles
 from memory_sched import store as store_module
 from memory_sched.store import (
     DIRECT_ALIGNMENT,
@@ -22,6 +23,12 @@ from memory_sched.store import (
     plan_layout,
 )
 from memory_sched.units import split_block, stream_units
+
+
+def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
+    """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
+    return PackageFiles(root, [entry.file]).map(entry)
+
 
 
 def assert_matches_map_tensor(root: Path, store: WeightStore, name: str) -> None:
@@ -112,12 +119,21 @@ def test_truncated_file_names_part_and_file(make_package, disk_dir: Path, direct
     store.read("block.1")  # the others still read
 
 
-def test_missing_file_names_part_and_file(package: Path) -> None:
-    store = WeightStore.from_package(package)
+def test_missing_file_names_the_file(package: Path) -> None:
     (package / "block.001.bin").unlink()
-    with pytest.raises(StreamReadError, match=r"'block\.1'.*block\.001\.bin") as info:
-        store.read("block.1")
-    assert isinstance(info.value, PackageError)
+    with pytest.raises(PackageError, match=r"missing block\.001\.bin"):
+        WeightStore.from_package(package)
+
+
+def test_files_are_read_through_the_descriptors_opened_first(package: Path) -> None:
+    """A file removed or replaced at its path after the store opened it is still the file
+    read: a package swapped under a run cannot mix two packages' weights."""
+    store = WeightStore.from_package(package)
+    expected = store.read("block.1")["blk.1.attn_norm.weight"].copy()
+    path = package / "block.001.bin"
+    path.rename(package / "moved.bin")
+    path.write_bytes(b"\xff" * (package / "moved.bin").stat().st_size)
+    np.testing.assert_array_equal(store.read("block.1")["blk.1.attn_norm.weight"], expected)
 
 
 def test_bad_buffers_are_refused(make_package, disk_dir: Path) -> None:
@@ -173,14 +189,14 @@ def _refuse_direct_at_open(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _refuse_direct_at_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_read = store_module._pread_into
+    real_read = store_module.pread_into
 
     def fake_read(fd: int, target: memoryview, offset: int) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_read(fd, target, offset)
 
-    monkeypatch.setattr(store_module, "_pread_into", fake_read)
+    monkeypatch.setattr(store_module, "pread_into", fake_read)
 
 
 @pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")

@@ -97,13 +97,12 @@ def int4_reference(streaming_int4_package: Path, streaming
     """Prompt ids; the all-pinned run of the streamed engine's own path (same kernels, no
     window): its tokens and logits; and NumpyForward's logits fed those tokens."""
     package = open_package(streaming_int4_package)
-    ids = Tokenizer.from_package(package.root, package.manifest.tokenizer).encode(
-        streaming.PROMPT)
+    ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
     engine = StreamedEngine(package, StreamConfig(streaming.EVERYTHING_PINNED,
                                                   max_context=streaming.MAX_CONTEXT))
     assert engine.prefetcher is None
     tokens, logits = _trace(engine, ids, streaming.GREEDY_TOKENS)
-    numpy = NumpyForward(load_model_weights(package.root), ForwardConfig(streaming.MAX_CONTEXT))
+    numpy = NumpyForward(load_model_weights(package), ForwardConfig(streaming.MAX_CONTEXT))
     _, expected = _trace(numpy, ids, streaming.GREEDY_TOKENS, forced=tokens)
     return ids, tokens, logits, expected
 
@@ -154,7 +153,7 @@ def test_streaming_w8a8_streamed_equals_numpy_reference(smollm2_package: Path, t
     root = quantize_package(smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"),
                             progress=False)
     package = open_package(root)
-    ids = Tokenizer.from_package(root, package.manifest.tokenizer).encode(streaming.PROMPT)
+    ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
     budget = streaming.minimum_budget(package)
     engine = StreamedEngine(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
     try:
@@ -162,7 +161,7 @@ def test_streaming_w8a8_streamed_equals_numpy_reference(smollm2_package: Path, t
         tokens, logits = _trace(engine, ids, 6)
     finally:
         engine.close()
-    numpy = NumpyForward(load_model_weights(root), ForwardConfig(streaming.MAX_CONTEXT))
+    numpy = NumpyForward(load_model_weights(package), ForwardConfig(streaming.MAX_CONTEXT))
     expected_tokens, expected = _trace(numpy, ids, 6)
     assert tokens == expected_tokens
     np.testing.assert_array_equal(logits, expected)

@@ -107,7 +107,7 @@ def test_static_qdq_graphs_run_on_openvino_close_to_fp32(static: Package,
     differ by up to ~6 and the argmax agrees at ~75% of positions, in both runtimes."""
     from edge.tokenizer import Tokenizer
 
-    ids = Tokenizer.from_package(static.root, static.manifest.tokenizer).encode(PROMPT)
+    ids = Tokenizer.from_package(static).encode(PROMPT)
     placement = Placement.single(len(static.manifest.parts), "openvino",
                                  {"INFERENCE_PRECISION_HINT": "f32"})
     engine = Engine(static, EngineConfig(threads=2, placement=placement))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.format import read_manifest
+from edge.package import open_package
 from edge.tokenizer import Tokenizer
 
 PROMPT = "Rotary embeddings rotate queries and keys by an angle that grows with position."
@@ -50,8 +50,7 @@ class Run:
 
 
 def prompt_ids(package: Path) -> list[int]:
-    manifest = read_manifest(package)
-    ids = Tokenizer.from_package(package, manifest.tokenizer).encode(PROMPT)
+    ids = Tokenizer.from_package(open_package(package)).encode(PROMPT)
     assert len(ids) >= PROMPT_TOKENS
     return ids[:PROMPT_TOKENS]
 

@@ -42,11 +42,13 @@ from devices.spec_forward import (
 )
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import ModelSpec, read_manifest
+from edge.package import open_package
 from edge.rope import rope_tables as engine_rope_tables
 
 
 def _model(package: Path, **kwargs: object) -> NumpyForward:
-    return NumpyForward(load_model_weights(package), ForwardConfig(MAX_CONTEXT), **kwargs)
+    weights = load_model_weights(open_package(package))
+    return NumpyForward(weights, ForwardConfig(MAX_CONTEXT), **kwargs)
 
 
 def test_spec_forward_numpy_fp32_matches_onnx(smollm2_package: Path,
@@ -72,7 +74,7 @@ def test_spec_forward_numpy_int4_close_to_int8_activations(
     """SmolLM2 int4 at accuracy_level 4: ORT rounds activations to int8, we do not, so the
     check is relative (see spec_forward_parity.py); ORT's tokens are forced on both."""
     ort_int4, ort_fp32 = smollm2_int4_control
-    weights = load_model_weights(smollm2_int4_package)
+    weights = load_model_weights(open_package(smollm2_int4_package))
     assert isinstance(weights.blocks[0].qkv, NBitsWeight) and weights.embed.table.quantized
     ours = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)),
                prompt_ids(smollm2_int4_package), DECODE_STEPS + 1, forced=ort_int4.tokens)
@@ -86,7 +88,7 @@ def test_spec_forward_numpy_tiny_qwen2_matches_onnx(
     """Q/K/V biases, an untied head, 4- and 8-bit blocks with zero points (float32 in ORT)."""
     package = tiny_qwen2_packages[kind]
     expected = ort_reference(package)
-    weights = load_model_weights(package)
+    weights = load_model_weights(open_package(package))
     assert weights.blocks[0].qkv.bias is not None
     if kind == "int4-mixed":
         bits = {w.bits for b in weights.blocks for w in b.linears}
@@ -105,7 +107,7 @@ def test_spec_forward_numpy_w8a8_matches_onnx(tiny_qwen2_packages: dict[str, Pat
     the float model does (a rounding tie may still fall the other way), with the same tokens."""
     package = tiny_qwen2_packages["w8a8"]
     expected = ort_reference(package)
-    weights = load_model_weights(package)
+    weights = load_model_weights(open_package(package))
     assert all(isinstance(w, Int8RowsWeight) for b in weights.blocks for w in b.linears)
     assert isinstance(weights.head.output, Int8RowsWeight)
     actual = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package),
@@ -157,7 +159,7 @@ def test_spec_forward_numpy_block_from_streaming_buffers(
     spec, part = manifest.spec, manifest.blocks[1]
     buffer = bytearray((package / part.tensors[0].file).read_bytes())
     viewed = part_weights(spec, part, view_tensors(part, {part.tensors[0].file: buffer}))
-    mapped = part_weights(spec, part, map_part(package, part))
+    mapped = part_weights(spec, part, map_part(open_package(package), part))
     x = np.random.default_rng(0).normal(size=(1, 5, spec.hidden_size)).astype(np.float32)
     rope = rope_tables(spec, 16)
     outs = []
@@ -188,7 +190,7 @@ def test_spec_forward_numpy_refuses_what_it_cannot_run(
     package = tiny_qwen2_packages["fp32"]
     manifest = read_manifest(package)
     spec, part = manifest.spec, manifest.blocks[0]
-    arrays = map_part(package, part)
+    arrays = map_part(open_package(package), part)
     qdq = replace(part, tensors=tuple(replace(t, name=f"{t.name}.int8") if "ffn_down" in t.name
                                       else t for t in part.tensors))
     with pytest.raises(UnsupportedPartError, match="static int8"):
@@ -197,7 +199,7 @@ def test_spec_forward_numpy_refuses_what_it_cannot_run(
         part_weights(spec, part, {k: v for k, v in arrays.items() if "bias" not in k})
     with pytest.raises(UnsupportedPartError, match="architecture 'gemma'"):
         part_weights(replace(spec, architecture="gemma"), part, arrays)
-    model = NumpyForward(load_model_weights(package), ForwardConfig(max_context=8))
+    model = NumpyForward(load_model_weights(open_package(package)), ForwardConfig(max_context=8))
     with pytest.raises(ContextOverflowError):
         model.prefill(list(range(9)))
     with pytest.raises(ConfigError, match="max_context"):

@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 
 from devices.spec_forward import TorchForward, TorchForwardConfig  # noqa: E402
 from edge.errors import ConfigError, ContextOverflowError  # noqa: E402
+from edge.package import open_package  # noqa: E402
 
 # float16 / bfloat16 weights, activations and cache (norms, rope, softmax in float32), measured
 # on the tiny Qwen2 (3 layers, random weights of std 0.2): 3.3e-3 (fp16) and 3.9e-2 (bf16) of
@@ -33,8 +34,8 @@ HALF_RTOL = {"float16": 1e-2, "bfloat16": 8e-2}
 
 
 def _model(package: Path, **config: object) -> TorchForward:
-    return TorchForward.from_package(package, TorchForwardConfig(max_context=MAX_CONTEXT,
-                                                                 **config))
+    config = TorchForwardConfig(max_context=MAX_CONTEXT, **config)
+    return TorchForward.from_package(open_package(package), config)
 
 
 def test_spec_forward_torch_fp32_matches_onnx(smollm2_package: Path,
@@ -96,7 +97,7 @@ def test_spec_forward_torch_config_and_limits(tiny_qwen2_packages: dict[str, Pat
         TorchForwardConfig(device="gpu0")
     with pytest.raises(ConfigError, match="max_context"):
         TorchForwardConfig(max_context=0)
-    model = TorchForward.from_package(tiny_qwen2_packages["fp32"],
+    model = TorchForward.from_package(open_package(tiny_qwen2_packages["fp32"]),
                                       TorchForwardConfig(max_context=8))
     with pytest.raises(ContextOverflowError):
         model.prefill(list(range(9)))

@@ -1,0 +1,82 @@
+"""Load time of packages, this tree against another checkout of edge, side by side.
+
+    git worktree add /tmp/edge-base <commit>
+    python bench/bench_load.py --baseline /tmp/edge-base PKG [PKG ...] --runs 7
+
+Each sample is a fresh process (`python -I`, the tree's root first on sys.path) that times
+`edge.load(PKG)` warm: the page cache holds the package and its verification stamp is fresh,
+which is what every load after the first costs. Trees alternate sample by sample, so machine
+noise falls on both alike. Prints the CPU, the median seconds per tree and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import edge
+start = time.perf_counter()
+model = edge.load(sys.argv[2], progress=False)
+loaded = time.perf_counter() - start
+print(json.dumps({"seconds": loaded, "edge": edge.__file__}))
+"""
+
+
+def sample(tree: Path, package: Path, cache: Path) -> float:
+    env = {**os.environ, "EDGE_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-I", "-c", CHILD, str(tree), str(package)],
+                         capture_output=True, text=True, check=True, env=env, cwd=tree)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["edge"].startswith(str(tree)), result  # the tree asked for, not another
+    return float(result["seconds"])
+
+
+def cpu_line() -> str:
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, flags {' '.join(wanted) or 'none of interest'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("packages", nargs="+", type=Path)
+    parser.add_argument("--baseline", type=Path, required=True, help="another edge checkout")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/edge-bench-load-cache"))
+    args = parser.parse_args()
+    trees = {"this tree": HERE.parent, "baseline": args.baseline.resolve()}
+    print(f"CPU: {cpu_line()}")
+    print("| package | this tree (s) | baseline (s) | this / baseline |")
+    print("|---|---|---|---|")
+    for package in args.packages:
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        for name, tree in trees.items():  # first loads write stamps: not timed
+            sample(tree, package.resolve(), args.cache / name.replace(" ", "-"))
+        for _ in range(args.runs):
+            for name, tree in trees.items():
+                times[name].append(sample(tree, package.resolve(),
+                                          args.cache / name.replace(" ", "-")))
+        mine, base = (statistics.median(times[n]) for n in trees)
+        print(f"| {package.name} | {mine:.3f} | {base:.3f} | {mine / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
