@@ -8,6 +8,7 @@ Jetson's GPU shares system RAM, so its memory is the board's RAM and `unified_me
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ def parse_nvidia_smi(text: str) -> tuple[Gpu, ...]:
 def query_nvidia_smi(timeout_s: float = 10.0) -> str | None:
     """nvidia-smi's CSV answer, or None when it is not on PATH or fails (no driver loaded)."""
     exe = shutil.which("nvidia-smi")
-    if exe is None:
+    # A relative hit comes from a "." or empty entry in PATH: the working directory, which may
+    # hold anyone's files; only an installed nvidia-smi is run.
+    if exe is None or not os.path.isabs(exe):
         return None
     command = [exe, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"]
     try:

@@ -27,6 +27,7 @@ import numpy as np
 from devices.discovery import Machine, discover
 from devices.onnx_bytes import matmul_integer_model
 from devices.profiles import DeviceProfile
+from edge.paths import cache_dir
 
 CACHE_VERSION = 1
 GEMM_N = 1536  # fp32: 7 GFLOP per product, ~0.1 s on 2 cores; big enough to leave the caches
@@ -129,8 +130,6 @@ def measure(machine: Machine) -> Microbench:
 def cache_path(machine: Machine, cache_root: Path | None = None) -> Path:
     """One file per (CPU model, usable cores, onnxruntime version)."""
     if cache_root is None:
-        from edge.paths import cache_dir
-
         cache_root = cache_dir()
     key = f"{machine.cpu.model}|{machine.cpu.usable_cores}|{machine.onnxruntime.version}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]

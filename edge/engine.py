@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge import format as fmt
-from edge.errors import BackendError, ConfigError, ContextOverflowError, PackageError
+from edge.errors import (
+    BackendError,
+    ConfigError,
+    ContextOverflowError,
+    InvalidTokenError,
+    PackageError,
+)
 from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
@@ -72,10 +78,48 @@ def min_step_tokens(manifest: fmt.Manifest) -> int:
     return 2 if per_token else 1
 
 
+def usable_threads() -> int:
+    """The most threads that run at once here: CPUs in this process's affinity mask, capped by
+    a cgroup CPU quota (a container's share), not the host's count."""
+    from pathlib import Path
+
+    from devices.cpu_info import usable_cores
+
+    return usable_cores(Path("/"), os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
+    """The default thread count: one per physical core, within what this process may use."""
     import psutil
 
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, min(psutil.cpu_count(logical=False) or os.cpu_count() or 1, usable_threads()))
+
+
+def check_threads(threads: int | None, what: str = "threads") -> None:
+    """More threads than usable CPUs only contend (each ONNX Runtime step waits for the slowest
+    thread), so asking for them is refused with the maximum rather than silently slow."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"{what}={threads}; must be >= 1")
+    most = usable_threads()
+    if threads > most:
+        raise ConfigError(f"{what}={threads}; this machine lets edge use at most {most} "
+                          f"(its usable CPU cores)")
+
+
+def token_array(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+    """The ids as int64 [S], each checked against the vocabulary: an id outside it would index
+    past the embedding table (an error on one backend, garbage or a fault on another)."""
+    ids = np.asarray(token_ids)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidTokenError(f"token ids must be integers, got {ids.dtype} values")
+    ids = ids.astype(np.int64, copy=False).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+        raise InvalidTokenError(f"token id {bad} is outside this model's vocabulary "
+                                f"[0, {vocab_size})")
+    return ids
 
 
 @dataclass(frozen=True)
@@ -151,6 +195,7 @@ class Engine:
         from devices.backend import Resident
 
         self.resident = Resident(self.cache.keys, self.cache.values, *self.rope)
+        check_threads(config.threads)
         self.threads = config.threads or physical_cores()
         self.placement = config.placement or Placement.single(len(package.manifest.parts))
         self.placement.check(package.manifest)
@@ -283,7 +328,7 @@ class Engine:
 
     def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        ids = token_array(token_ids, self.spec.vocab_size)
         self._check_room(len(ids))
 
         def step(chunk: np.ndarray, want: bool) -> np.ndarray | None:
@@ -298,7 +343,7 @@ class Engine:
         Speculative decoding's verification pass: a package's prefill graphs (int8 kernels)
         would judge a draft with other arithmetic than decoding uses.
         """
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        ids = token_array(token_ids, self.spec.vocab_size)
         self._check_room(len(ids))
         if len(ids) > self.chunk:
             raise ValueError(f"verify takes at most {self.chunk} tokens, got {len(ids)}")
@@ -308,7 +353,7 @@ class Engine:
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; its next-token logits [V] (a view, valid until the next call)."""
         self._check_room(1)
-        self._ids[0, 0] = token_id
+        self._ids[0, 0] = token_array([token_id], self.spec.vocab_size)[0]
         return self._run(1, False)[0]
 
     def _check_room(self, n: int) -> None:
@@ -330,6 +375,7 @@ class Engine:
         """Run n tokens already in `_ids`; logits [K, V] (K = n or 1; none when None)."""
         if self._broken:
             raise self._needs_reset()
+        self.package.check_files()  # a mapped file that shrank would fault, not raise
         position = self.cache.position
         # A fixed-shape package runs the smallest graph that fits, padded at the end: padding
         # comes after every real token, so causal attention never lets a real token see it.

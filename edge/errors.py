@@ -83,3 +83,18 @@ class BackendError(EdgeError, RuntimeError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (str(self), self.backend, self.device, self.start, self.end))
+
+
+class CacheDirError(ConfigError):
+    """edge's cache folder cannot hold what must be stored there (a pulled model, an exported
+    package); the message names the folder and how to choose another ($EDGE_CACHE_DIR)."""
+
+
+class OutputError(EdgeError, OSError):
+    """An export's output cannot be written (under a regular file, read-only, out of space); the
+    message names the path and what to do. Nothing that was there before is lost."""
+
+
+class InvalidTokenError(EdgeError, ValueError):
+    """A prompt given as token ids holds something that is not an id of this model's vocabulary
+    (negative, too large, not an integer)."""

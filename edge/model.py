@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.engine import Engine, EngineConfig
-from edge.errors import ConfigError
+from edge.errors import ConfigError, InvalidTokenError
 from edge.format import MANIFEST_FILE
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.package import Package, Verify, open_package
@@ -52,7 +53,7 @@ class Model:
                  speculative: SpeculativeConfig | None = None, progress: bool = True,
                  remember: bool = False) -> None:
         self.package = package
-        self.tokenizer = Tokenizer.from_package(package.root, package.manifest.tokenizer)
+        self.tokenizer = Tokenizer.from_package(package)
         # A memory budget streams what does not fit (our kernels, exact memory accounting);
         # without one, ONNX Runtime runs every part resident (fastest).
         if isinstance(engine_config, EngineConfig | None):
@@ -98,7 +99,7 @@ class Model:
                                     min_p=min_p, repetition_penalty=repetition_penalty,
                                     seed=seed))
         ids = (self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-               if isinstance(prompt, str) else [int(t) for t in prompt])
+               if isinstance(prompt, str) else _token_ids(prompt, self.spec.vocab_size))
         return self._stream_ids(ids, config)
 
     def _stream_ids(self, ids: list[int], config: GenerationConfig
@@ -130,6 +131,24 @@ class Model:
     def chat(self, messages: Sequence[Message], **kwargs: Any) -> str:
         """The assistant's reply to `messages` ([{"role": "user", "content": "..."}, ...])."""
         return "".join(r.text for r in self.chat_stream(messages, **kwargs))
+
+
+def _token_ids(prompt: object, vocab_size: int) -> list[int]:
+    """A prompt given as ids, checked: each an integer in [0, vocab_size). Converting with int()
+    would silently accept 1.7 or the bytes of a string; an id outside the vocabulary would index
+    past the embedding table."""
+    if isinstance(prompt, bytes | bytearray | memoryview) or not isinstance(prompt, Iterable):
+        raise InvalidTokenError(f"the prompt must be text (str) or a sequence of token ids, "
+                                f"not {type(prompt).__name__}")
+    ids = []
+    for t in prompt:
+        if not isinstance(t, numbers.Integral) or isinstance(t, bool):
+            raise InvalidTokenError(f"token ids must be integers, got {t!r}")
+        if not 0 <= t < vocab_size:
+            raise InvalidTokenError(f"token id {t} is outside this model's vocabulary "
+                                    f"[0, {vocab_size})")
+        ids.append(int(t))
+    return ids
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -231,8 +250,8 @@ def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Place
 
     try:
         data = json.loads(Path(plan).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the plan {plan}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read the plan {plan}: {exc!s:.300}") from exc
     placement = Placement.from_dict(data.get("placement", data) if isinstance(data, dict)
                                     else {})
     return EngineConfig(max_context=max_context, threads=threads,

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from devices.backends.onnx_graph import external_tensors
 from edge import format as fmt
 from edge.errors import IntegrityError, PackageError
 from edge.format import Manifest, PartEntry, TensorEntry
+from edge.graph_trust import check_graphs
 from edge.package_files import PackageFiles, TensorRows
 from edge.paths import cache_dir
-from edge.stamps import fingerprint, read_stamp, write_stamp
+from edge.stamps import fingerprint, read_stamp, settled, write_stamp
 
 Verify = Literal["auto", "full", "sizes"]
 
@@ -119,33 +119,15 @@ def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Packa
         stamp = _stamp_path(root)
         state = {name: fingerprint(files.stat(name)) for name in files.names}
         if verify == "full" or (verify == "auto" and read_stamp(stamp) != state):
+            started = time.time_ns()
             _check_hashes(files, manifest)
-            write_stamp(stamp, state)
+            if settled(list(state.values()), started):
+                write_stamp(stamp, state)
         check_graphs(manifest, files.read)
     except BaseException:
         files.close()
         raise
     return package
-
-
-def check_graphs(manifest: Manifest, read: Callable[[str], bytes]) -> None:
-    """Refuse a graph with external data other than its part's own manifest tensors.
-
-    Those are handed to the runtime from the package's files; any other external location
-    would be resolved by ONNX Runtime against the working directory, outside the package.
-    """
-    for part in manifest.parts:
-        own = {t.name: t.file for t in part.tensors}
-        for graph in part.graph_files:
-            for tensor in external_tensors(read(graph)):
-                # ONNX Runtime gets manifest tensors from us; OpenVINO reads the graph's own
-                # location, so that must be the manifest's file too.
-                if own.get(tensor.name) != tensor.location:
-                    raise PackageError(
-                        f"graph {graph} of part {part.name} stores tensor {tensor.name!r} as "
-                        f"external data at {tensor.location!r}, which is not where the manifest "
-                        "puts that part's tensors: a package may only read its own declared "
-                        "weights")
 
 
 def _check_hashes(files: PackageFiles, manifest: Manifest) -> None:

@@ -28,8 +28,10 @@ from edge.format import DTYPES, TensorEntry, check_name, storage_shape
 
 HASH_CHUNK = 8 << 20
 _SEEK_LOCK = threading.Lock()
+# O_NONBLOCK: opening a FIFO planted in a package must not wait for a writer (it is refused
+# as not a regular file right after); reads of regular files ignore the flag.
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_NOFOLLOW", 0))
+               | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
 
 
 class PackageFiles:
@@ -64,6 +66,8 @@ class PackageFiles:
             raise PackageError(f"package {self.root}: {name} is a link to {real}, outside the "
                                "package; a package may only read its own files")
         try:
+            if not stat.S_ISREG(os.stat(real).st_mode):  # never open a device or a FIFO
+                raise PackageError(f"package {self.root}: {name} is not a regular file")
             fd = os.open(real, _OPEN_FLAGS)
         except FileNotFoundError:
             raise PackageError(f"package {self.root} is missing {name}") from None

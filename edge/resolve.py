@@ -1,5 +1,11 @@
 """Turn what a user typed (a model name, a GGUF file, a Hugging Face folder, a package) into
-a package directory, pulling and exporting on first use and caching the result."""
+a package directory, pulling and exporting on first use and caching the result.
+
+A cached package records the sha256 of the source it was exported from (the manifest's
+`exporter.source_sha256`); a source whose bytes changed since (a repaired pull, an edited file
+with its mtime restored) gets a fresh export instead of the stale package. Hashes are remembered
+by file fingerprint (`edge.hashing`), so an unchanged multi-GB source is not re-read on each run.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ import os
 from pathlib import Path
 
 from edge.errors import EdgeError, PackageError, UnknownModelError
-from edge.format import MANIFEST_FILE
+from edge.format import MANIFEST_FILE, read_manifest
+from edge.hashing import source_sha256
 from edge.models.registry import DEFAULT_MODEL, REGISTRY
 from edge.paths import packages_dir
 
@@ -25,8 +32,10 @@ def resolve_package(model: str | os.PathLike[str] | None = None, *, progress: bo
         if (path / MANIFEST_FILE).is_file():
             return path
         if path.is_dir() and not (path / "config.json").is_file():
-            raise PackageError(f"{path} is neither an edge package (no {MANIFEST_FILE}) nor a "
-                               "Hugging Face folder (no config.json)")
+            raise PackageError(
+                f"{path} is neither an edge package (no {MANIFEST_FILE}) nor a "
+                "Hugging Face folder (no config.json)"
+            )
         return _export_cached(path, _cache_key(path), progress)
     name = str(model)
     if name in REGISTRY:
@@ -48,13 +57,28 @@ def _cache_key(path: Path) -> str:
 
 
 def _export_cached(source: Path, key: str, progress: bool) -> Path:
+    """The cached package for `source`, exported again unless it was made from these bytes."""
     target = packages_dir() / key
-    if (target / MANIFEST_FILE).is_file():
+    if _recorded_source(target) == source_sha256(source):
         return target
     try:
         from exporters.export import export
     except ImportError as exc:
         raise ExportUnavailableError(
             f"{source} must be exported to an edge package first, which needs the export "
-            f"extras: pip install 'edge[export]' ({exc})") from exc
+            f"extras: pip install 'edge[export]' ({exc})"
+        ) from exc
     return export(source, target, overwrite=True, progress=progress)
+
+
+def _recorded_source(package: Path) -> str | None:
+    """The source sha256 a cached package was exported from; None if unknown or not a package."""
+    if not (package / MANIFEST_FILE).is_file():
+        return None
+    try:
+        recorded = read_manifest(package).exporter.get("source_sha256")
+    except (PackageError, OSError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+

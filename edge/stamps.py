@@ -17,11 +17,20 @@ from typing import Any
 
 # A stamp is a few hundred bytes; anything larger is not ours (and would be slow to parse).
 MAX_STAMP_BYTES = 1 << 20
+# File timestamps are coarse (a kernel tick): a file changed again within this long of a hash
+# could keep its fingerprint, so such a hash is not remembered.
+RACY_NS = 2_000_000_000
 
 
 def fingerprint(stat: os.stat_result) -> list[int]:
     """What identifies one version of a file without reading it: inode, ctime, size, mtime."""
     return [stat.st_ino, stat.st_ctime_ns, stat.st_size, stat.st_mtime_ns]
+
+
+def settled(prints: list[list[int]], hashed_at_ns: int) -> bool:
+    """Whether every fingerprint's ctime is old enough, at `hashed_at_ns` (`time.time_ns()`
+    when hashing began), that a later change must show in the fingerprint."""
+    return all(p[1] < hashed_at_ns - RACY_NS for p in prints)
 
 
 def read_stamp(path: Path) -> Any | None:

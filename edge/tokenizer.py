@@ -2,60 +2,45 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as FastTokenizer
 
+from edge.chat_template import ChatTemplate, ChatTemplateError
 from edge.errors import PackageError
 from edge.format import TokenizerInfo
 
-
-class ChatTemplateError(PackageError):
-    """The model's chat template failed to render these messages."""
-
-
-def _raise(message: str) -> None:
-    raise ChatTemplateError(message)
-
-
-def _chat_environment() -> ImmutableSandboxedEnvironment:
-    # The same environment transformers renders templates in, so prompts match byte for byte.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                       extensions=[loopcontrols])
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False,
-                                                                  indent=indent)
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+if TYPE_CHECKING:
+    from edge.package import Package
 
 
 class Tokenizer:
     """Encode, decode and render chat prompts for one package.
 
-    >>> tok = Tokenizer.from_package(package_dir, manifest.tokenizer)  # doctest: +SKIP
+    >>> tok = Tokenizer.from_package(open_package(package_dir))  # doctest: +SKIP
     >>> tok.decode(tok.encode("Hello"))  # doctest: +SKIP
     'Hello'
     """
 
-    def __init__(self, path: str | os.PathLike[str], info: TokenizerInfo) -> None:
+    def __init__(self, source: str | os.PathLike[str] | bytes, info: TokenizerInfo) -> None:
+        """`source`: a tokenizer.json file, or its bytes as a package's open file gives them."""
+        where = info.file if isinstance(source, bytes) else source
         try:
-            self._tok = FastTokenizer.from_file(str(path))
+            self._tok = (FastTokenizer.from_str(source.decode("utf-8"))
+                         if isinstance(source, bytes) else FastTokenizer.from_file(str(source)))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise PackageError(f"cannot read tokenizer {path}: {exc}") from exc
+            raise PackageError(f"cannot read tokenizer {where}: {exc}") from exc
         self.info = info
-        self._template = (_chat_environment().from_string(info.chat_template)
-                          if info.chat_template else None)
+        self._template: ChatTemplate | None = None  # compiled on first use: a broken template
+        # must fail chat only, not plain generation
 
     @classmethod
-    def from_package(cls, root: str | os.PathLike[str], info: TokenizerInfo) -> Tokenizer:
-        return cls(Path(root, info.file), info)
+    def from_package(cls, package: Package) -> Tokenizer:
+        """The tokenizer of an opened package, read through its verified file."""
+        info = package.manifest.tokenizer
+        return cls(package.files.read(info.file), info)
 
     @property
     def vocab_size(self) -> int:
@@ -80,14 +65,18 @@ class Tokenizer:
 
     @property
     def has_chat_template(self) -> bool:
-        return self._template is not None
+        return bool(self.info.chat_template)
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]],
                             add_generation_prompt: bool = True, **extra: Any) -> str:
-        """Render `messages` ([{"role": ..., "content": ...}]) with the model's own template."""
+        """Render `messages` ([{"role": ..., "content": ...}]) with the model's own template,
+        in a sandbox bounded in time and size (`edge.chat_template`)."""
         if self._template is None:
-            raise ChatTemplateError("this model has no chat template; use generate() instead")
-        return self._template.render(messages=list(messages),
-                                     add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.info.bos_token or "",
-                                     eos_token=self.info.eos_token or "", **extra)
+            if not self.info.chat_template:
+                raise ChatTemplateError("this model has no chat template; use generate() "
+                                        "instead")
+            self._template = ChatTemplate(self.info.chat_template)
+        context = {"messages": list(messages), "add_generation_prompt": add_generation_prompt,
+                   "bos_token": self.info.bos_token or "",
+                   "eos_token": self.info.eos_token or "", **extra}
+        return self._template.render(context)

@@ -4,6 +4,7 @@ Memory stays at about one block's fp32 weights (plus one embedding chunk): each 
 written and dropped before the next. The package is assembled in a temporary sibling directory
 and renamed into place only when complete, so a failed or interrupted export never leaves a
 half-written package where a loader would find it.
+An export never deletes what it did not create (see `exporters.output_dir`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import edge
 from edge import format as fmt
 from edge.errors import PackageError
 from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry, WeightFileWriter
+from edge.graph_trust import check_graphs
+from edge.hashing import source_sha256
 from exporters.arch import get_architecture
 from exporters.arch.llama import LlamaArchitecture
 from exporters.awq_export import AWQCalibrator, calibration_ids, embed_rows
@@ -35,6 +38,16 @@ from exporters.linear import (
     write_int8_row_linear,
     write_linear,
     write_quantized,
+)
+from exporters.output_dir import (
+    check_target,
+    claim,
+    holds,
+    output_error,
+    remove_stale,
+    replace_dir,
+    rmdir_if_empty,
+    temp_dir,
 )
 from exporters.qdq_export import StaticInt8Writer
 from exporters.sources import Source, open_source
@@ -101,30 +114,50 @@ def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
            progress: bool = True) -> Path:
     """Export a model to an edge package directory and return its path.
 
+    `out_dir` must be missing or empty, or, with `overwrite`, an edge package (manifest.json and
+    only the files it lists), which stays in place until the new package is complete. The
+    folder holding the source is never a valid output. Refusals raise `PackageError`; a folder
+    that cannot be written (read-only, full, under a file) raises `OutputError`.
+
     >>> export("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-pkg")  # doctest: +SKIP
     PosixPath('smollm2-pkg')
     """
     config = config or ExportConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PackageError(f"{out_dir} exists and is not a directory; choose another output")
-    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-        raise PackageError(f"{out_dir} exists and is not empty; pass overwrite=True "
-                           "(--force) to replace it")
-    source = open_source(source_path)
-    arch = get_architecture(source.architecture)
-    spec = arch.spec(source.config())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    target = Path(os.path.abspath(out_dir))  # "." or "pkg/.." name a folder with a parent
     try:
-        _write_package(source, arch, spec, staging, config, progress)
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        remove_stale(target.parent)
+        check_target(Path(source_path), target, overwrite)
+        source = open_source(source_path)
+        arch = get_architecture(source.architecture)
+        spec = arch.spec(source.config())
+        digest = source_sha256(source.path)
+        _export_into(source, arch, spec, target, config, overwrite, progress, digest)
+    except OSError as exc:
+        error = output_error(exc, target)
+        if error is None:
+            raise
+        raise error from exc
     return out_dir
+
+
+def _export_into(source: Source, arch: LlamaArchitecture, spec: ModelSpec, out_dir: Path,
+                 config: ExportConfig, overwrite: bool, progress: bool, digest: str) -> None:
+    """Claim `out_dir`, write the package beside it, move it in; on any failure remove only
+    what this call created."""
+    created: list[Path] = []
+    staging: Path | None = None
+    try:
+        claim(source.path, out_dir, overwrite, created)
+        staging = temp_dir(out_dir, "partial")
+        _write_package(source, arch, spec, staging, config, progress, digest)
+        replace_dir(staging, out_dir, overwrite)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for path in created:
+            rmdir_if_empty(path)
+        raise
 
 
 def quantize_package(package: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -132,19 +165,23 @@ def quantize_package(package: str | os.PathLike[str], out_dir: str | os.PathLike
                      progress: bool = True) -> Path:
     """Quantize a float32 edge package into a new package; the source is only read.
 
+    The output follows `export`'s rules; it can be neither the source package nor a folder
+    holding it.
+
     >>> quantize_package("smol-pkg", "smol-int4", ExportConfig(quant="int4"))  # doctest: +SKIP
     """
     if config.quant is None:
         raise ValueError("quantize_package needs ExportConfig.quant (int8, int4, int4-mixed)")
-    if Path(out_dir).resolve() == Path(package).resolve():
-        raise PackageError("the output must differ from the source package")
     if not (Path(package) / fmt.MANIFEST_FILE).is_file():
         raise PackageError(f"{package} is not an edge package (no {fmt.MANIFEST_FILE})")
+    if holds(Path(out_dir), Path(package)):
+        raise PackageError("the output must differ from the source package (and not hold it); "
+                           "choose another output")
     return export(package, out_dir, config, overwrite=overwrite, progress=progress)
 
 
 def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
-                   config: ExportConfig, progress: bool) -> None:
+                   config: ExportConfig, progress: bool, source_digest: str) -> None:
     started = time.perf_counter()
     tokenizer = source.write_tokenizer(root, check=config.check_tokenizer)
     with tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
@@ -155,7 +192,8 @@ def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, roo
         else:
             parts, quantization = _write_weight_only(source, arch, spec, root, config,
                                                      tokenizer, bar)
-    _finish(root, spec, parts, tokenizer, source, config, quantization, started)
+    _finish(root, spec, parts, tokenizer, source, config, quantization, started,
+            source_digest)
 
 
 def _write_static_int8(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
@@ -242,18 +280,22 @@ def _write_block(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root:
 
 def _finish(root: Path, spec: ModelSpec, parts: list[PartEntry], tokenizer: fmt.TokenizerInfo,
             source: Source, config: ExportConfig, quantization: dict | None,
-            started: float) -> None:
+            started: float, source_digest: str) -> None:
     """Checksum every file and write the manifest: the last step, so a package is complete
-    exactly when it has a manifest."""
+    exactly when it has a manifest. `source_digest` (`edge.hashing.source_sha256`) lets a
+    cached package notice that its source changed."""
     files = sorted({f.name for f in root.iterdir()})
     manifest = Manifest(
         spec=spec, parts=tuple(parts), tokenizer=tokenizer,
         files=tuple(fmt.describe_file(root, name) for name in files),
         exporter={"edge_version": edge.__version__, "source": source.describe(),
-                  "config": asdict(config),
+                  "source_sha256": source_digest, "config": asdict(config),
                   "seconds": round(time.perf_counter() - started, 2)},
         quantization=quantization,
     )
+    # What edge.load would refuse is never written: the same checks as opening a package.
+    fmt.check_manifest(manifest)
+    check_graphs(manifest, lambda name: (root / name).read_bytes())
     fmt.write_manifest(root, manifest)
 
 
@@ -314,18 +356,3 @@ def _save_part(root: Path, name: str, kind: str, model: onnx.ModelProto,
         outputs=tuple(o.name for o in model.graph.output),
         block_index=block_index,
     )
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished package into place; an old package survives until the new one is there."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    backup = target.parent / f".{target.name}.old-{os.getpid()}"
-    target.rename(backup)
-    try:
-        staging.rename(target)
-    except BaseException:
-        backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

@@ -8,13 +8,14 @@ bytes walked are small.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from edge.errors import PackageError
+from edge.onnx_wire import fields as _fields
+from edge.onnx_wire import text as _text
+from edge.onnx_wire import varint as _varint
 
-WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT = 1, 5, 11, 12
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
@@ -99,47 +100,8 @@ class GraphInfo:
                 if n.op_type == "QuantizeLinear" for out in n.outputs[:1]}
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise PackageError("truncated ONNX graph (varint runs past the end)")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value): ints for varints, bytes for length-delimited fields."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == WIRE_VARINT:
-            value, pos = _varint(buf, pos)
-            yield number, value
-        elif wire == WIRE_LEN:
-            length, pos = _varint(buf, pos)
-            if pos + length > len(buf):
-                raise PackageError("truncated ONNX graph")
-            yield number, buf[pos:pos + length]
-            pos += length
-        elif wire in (WIRE_I64, WIRE_I32):
-            pos += 8 if wire == WIRE_I64 else 4
-        else:
-            raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
-
-
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _text(value: int | bytes) -> str:
-    assert isinstance(value, bytes)
-    return value.decode("utf-8", "replace")
 
 
 def _node(buf: bytes) -> Node:
@@ -232,97 +194,3 @@ def read_graph(model: bytes) -> GraphInfo:
             init = _initializer(value)
             inits[init.name] = init
     return GraphInfo(tuple(nodes), tuple(inputs), tuple(outputs), inits)
-
-
-# ---- external data: where a graph could make ONNX Runtime read files -----------------------------
-MODEL_TRAINING_INFO, MODEL_FUNCTIONS = 20, 25
-TRAINING_GRAPHS = (1, 2)  # initialization, algorithm
-FUNCTION_NODE = 7
-GRAPH_SPARSE_INITIALIZER = 15
-SPARSE_TENSORS = (1, 2)  # values, indices
-ATTR_TENSOR, ATTR_GRAPH, ATTR_TENSORS, ATTR_GRAPHS = 5, 6, 10, 11
-ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 22, 23
-TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 13, 14
-EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
-MAX_GRAPH_DEPTH = 32  # subgraphs nest (If inside Loop); nothing we export nests at all
-
-
-@dataclass(frozen=True)
-class ExternalTensor:
-    """A tensor whose bytes ONNX Runtime would read from a file: its name and `location`."""
-
-    name: str
-    location: str
-
-
-def external_tensors(model: bytes) -> list[ExternalTensor]:
-    """Every tensor anywhere in `model` stored as external data: graph initializers, sparse
-    initializers, tensor attributes (`Constant`), subgraphs, functions and training graphs.
-
-    A serialized model given to ONNX Runtime as bytes resolves such locations against the
-    process's working directory, so a package must not be able to name any it does not own.
-    """
-    found: list[ExternalTensor] = []
-    for number, value in _fields(model):
-        if number == MODEL_GRAPH and isinstance(value, bytes):
-            _graph_external(value, found, 0)
-        elif number == MODEL_FUNCTIONS and isinstance(value, bytes):
-            for f_number, node in _fields(value):
-                if f_number == FUNCTION_NODE and isinstance(node, bytes):
-                    _node_external(node, found, 1)
-        elif number == MODEL_TRAINING_INFO and isinstance(value, bytes):
-            for t_number, graph in _fields(value):
-                if t_number in TRAINING_GRAPHS and isinstance(graph, bytes):
-                    _graph_external(graph, found, 1)
-    return found
-
-
-def _graph_external(graph: bytes, found: list[ExternalTensor], depth: int) -> None:
-    if depth > MAX_GRAPH_DEPTH:
-        raise PackageError(f"ONNX graph nests subgraphs over {MAX_GRAPH_DEPTH} deep")
-    for number, value in _fields(graph):
-        if not isinstance(value, bytes):
-            continue
-        if number == GRAPH_INITIALIZER:
-            _tensor_external(value, found)
-        elif number == GRAPH_SPARSE_INITIALIZER:
-            _sparse_external(value, found)
-        elif number == GRAPH_NODE:
-            _node_external(value, found, depth)
-
-
-def _node_external(node: bytes, found: list[ExternalTensor], depth: int) -> None:
-    for number, attribute in _fields(node):
-        if number != NODE_ATTRIBUTE or not isinstance(attribute, bytes):
-            continue
-        for a_number, value in _fields(attribute):
-            if not isinstance(value, bytes):
-                continue
-            if a_number in (ATTR_TENSOR, ATTR_TENSORS):
-                _tensor_external(value, found)
-            elif a_number in (ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS):
-                _sparse_external(value, found)
-            elif a_number in (ATTR_GRAPH, ATTR_GRAPHS):
-                _graph_external(value, found, depth + 1)
-
-
-def _sparse_external(sparse: bytes, found: list[ExternalTensor]) -> None:
-    for number, value in _fields(sparse):
-        if number in SPARSE_TENSORS and isinstance(value, bytes):
-            _tensor_external(value, found)
-
-
-def _tensor_external(tensor: bytes, found: list[ExternalTensor]) -> None:
-    name, location, external = "", "", False
-    for number, value in _fields(tensor):
-        if number == INIT_NAME:
-            name = _text(value)
-        elif number == TENSOR_DATA_LOCATION:
-            external = external or value == EXTERNAL
-        elif number == TENSOR_EXTERNAL_DATA and isinstance(value, bytes):
-            external = True
-            entry = dict(_fields(value))
-            if _text(entry.get(1, b"")) == "location":
-                location = _text(entry.get(2, b""))
-    if external:
-        found.append(ExternalTensor(name, location))

@@ -27,9 +27,10 @@ from devices.backend import (
     Support,
     part_graph_files,
 )
-from devices.backends.onnx_graph import external_tensors, read_graph
-from edge.errors import PackageError
+from devices.backends.onnx_graph import read_graph
+from edge.errors import ConfigError, PackageError
 from edge.format import PartEntry
+from edge.graph_trust import external_tensors
 
 CPU = "CPUExecutionProvider"
 OPTIMIZATION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -84,8 +85,6 @@ class OrtCpuBackend(Backend):
         options = super().check_options(options)
         level = options.get("optimization", "all")
         if level not in OPTIMIZATION_LEVELS:
-            from edge.errors import ConfigError
-
             raise ConfigError(f"backend {cls.name!r} option optimization={level!r}; allowed: "
                               f"{sorted(OPTIMIZATION_LEVELS)}")
         return options

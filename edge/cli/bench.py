@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from edge.cli.options import add_draft_options, add_model_options
+from edge.cli.options import add_draft_options, add_model_options, positive_int
 
 HELP = "measure prefill and decode speed (tokens/s, medians)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL")
-    parser.add_argument("-p", "--prompt-tokens", type=int, default=128)
-    parser.add_argument("-n", "--gen-tokens", type=int, default=128)
-    parser.add_argument("-r", "--runs", type=int, default=3)
+    parser.add_argument("-p", "--prompt-tokens", type=positive_int, default=128)
+    parser.add_argument("-n", "--gen-tokens", type=positive_int, default=128)
+    parser.add_argument("-r", "--runs", type=positive_int, default=3)
     parser.add_argument("--stream", action="store_true",
                         help="stream weights under --memory-budget (default: half the "
                              "weights) and report I/O wait, compute and overlap per token")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -57,18 +58,41 @@ def _version() -> str:
     return f"edge {edge.__version__}"
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped: an error may quote a name or value from an
+    untrusted package or input, which must not drive the terminal (escape sequences)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; its exit code. Every EdgeError (a user's mistake or a bad input) is
+    one "error:" line and exit 2; anything else is a bug in edge and keeps its traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error (exit 2, message printed) or --help/--version
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     try:
         return COMMANDS[args.command].main(args) or 0
     except EdgeError as exc:
-        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edge {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # `edge run ... | head` closed the pipe: not an error
+        _silence_stdout()
         return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python's flush at exit would hit the closed pipe again and
+    print "Exception ignored ... BrokenPipeError"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured, closed): nothing to silence
+        pass
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="float32 edge package, or a model name / GGUF / Hugging Face "
                              "folder (exported to float32 first, and cached)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR")
-    parser.add_argument("-f", "--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace DIR if it holds an edge package and nothing else")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_quant_options(parser, required=True)
 

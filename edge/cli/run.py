@@ -35,7 +35,31 @@ def split_model_prompt(words: list[str]) -> tuple[str | None, str]:
     if len(words) > 2:
         raise UsageError("quote the prompt: edge run [MODEL] \"PROMPT\"")
     model, prompt = (None, words[0]) if len(words) == 1 else (words[0], words[1])
-    return model, sys.stdin.read() if prompt == "-" else prompt
+    if prompt == "-":
+        return model, check_text(read_stdin(), "the prompt on stdin")
+    return model, check_text(prompt, "the prompt")
+
+
+def read_stdin() -> str:
+    """All of stdin as text; bytes that are not text in its encoding are a usage error."""
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        # (exc.start counts from the chunk being decoded, not from the start of stdin)
+        raise UsageError(f"stdin is not valid {exc.encoding} text (it holds the byte "
+                         f"{exc.object[exc.start:exc.start + 1]!r}); convert it to "
+                         f"{exc.encoding} first") from exc
+
+
+def check_text(text: str, what: str) -> str:
+    """`text`, if it can be encoded: an argument with invalid UTF-8 bytes reaches Python as
+    lone surrogates, which the tokenizer rejects with a bare TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"{what} is not valid UTF-8 (an undecodable byte at character "
+                         f"{exc.start})") from exc
+    return text
 
 
 def speculation_line(s: SpeculationStats) -> str:
@@ -49,10 +73,11 @@ def speculation_line(s: SpeculationStats) -> str:
 
 def main(args: argparse.Namespace) -> int:
     model_name, prompt = split_model_prompt(args.words)
-    model = load_model(args, model_name)
+    system = check_text(args.system, "--system") if args.system else None
     kwargs = sampling_kwargs(args)
+    model = load_model(args, model_name)
     if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages = [{"role": "system", "content": system}] if system else []
         responses = model.chat_stream([*messages, {"role": "user", "content": prompt}], **kwargs)
     else:
         responses = model.stream(prompt, **kwargs)

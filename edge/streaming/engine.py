@@ -26,7 +26,13 @@ from devices.spec_forward.numpy_forward import (
     rope_tables,
 )
 from devices.spec_forward.weights import PartWeights, part_weights
-from edge.engine import DEFAULT_MAX_CONTEXT, physical_cores, prefill_in_chunks
+from edge.engine import (
+    DEFAULT_MAX_CONTEXT,
+    check_threads,
+    physical_cores,
+    prefill_in_chunks,
+    token_array,
+)
 from edge.errors import ConfigError, ContextOverflowError, StreamReadError
 from edge.format import PartEntry
 from edge.kv_cache import KVCache
@@ -96,6 +102,7 @@ class StreamedEngine:
         self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT,
                                spec.max_position_embeddings)
         self.chunk = min(config.prefill_chunk, self.max_context)
+        check_threads(config.threads)
         self.threads = config.threads or physical_cores()
         self.plan = plan_budget(package, config, self.max_context, self.chunk)
         self.cache = KVCache.allocate(spec, self.max_context)
@@ -131,7 +138,7 @@ class StreamedEngine:
 
     def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        ids = token_array(token_ids, self.spec.vocab_size)
         self._check_room(len(ids))
         return prefill_in_chunks(ids, self.chunk, all_logits,
                                  lambda chunk, want: self._step(chunk, want, all_logits))
@@ -142,7 +149,7 @@ class StreamedEngine:
 
     def decode(self, token_id: int) -> np.ndarray:
         self._check_room(1)
-        return self._step(np.array([token_id], np.int64), True, False)[0]
+        return self._step(token_array([token_id], self.spec.vocab_size), True, False)[0]
 
     def close(self) -> None:
         if self.prefetcher is not None:

