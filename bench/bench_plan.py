@@ -31,6 +31,7 @@ from bench_plan_memory import DEFAULTS, child  # noqa: E402
 from edge.format import read_manifest  # noqa: E402
 from edge.placement import Placement  # noqa: E402
 from edge.planner import Device, Plan, PlanConfig, evaluate, make_plan, stream_minimum  # noqa: E402
+from edge.planner.machine import import_footprint  # noqa: E402
 
 MiB = 1 << 20
 PROMPT, DECODE, CONTEXT = 64, 32, 256
@@ -40,7 +41,8 @@ LABELS = {"fp32": "SmolLM2-135M fp32", "int4": "SmolLM2-135M int4",
 
 def plans(path: Path, cpu) -> list[tuple[str, Plan]]:
     manifest = read_manifest(path)
-    config = PlanConfig(max_context=CONTEXT, prompt_tokens=PROMPT,
+    config = PlanConfig(footprint=import_footprint(), max_context=CONTEXT,
+                        prompt_tokens=PROMPT,
                         context_tokens=PROMPT + DECODE, prefill_chunk=PROMPT)
     devices = [Device(cpu, "ort_cpu"), Device(cpu, "openvino")]
     auto = make_plan(manifest, devices, config)
@@ -48,7 +50,8 @@ def plans(path: Path, cpu) -> list[tuple[str, Plan]]:
     third = n // 3
     split = evaluate(manifest, devices, Placement.split(
         n, [(0, "ort_cpu"), (third, "openvino"), (2 * third, "ort_cpu")]), config)
-    minimum = stream_minimum(manifest, max_context=CONTEXT, prefill_chunk=PROMPT)
+    minimum = stream_minimum(manifest, max_context=CONTEXT, prefill_chunk=PROMPT,
+                             footprint=import_footprint())
     weights = sum(t.nbytes for p in manifest.blocks for t in p.tensors)
     budget = minimum + weights // 3  # about a third of the blocks pinned, the rest streamed
     streamed = make_plan(manifest, [Device(cpu, "ort_cpu", budget),

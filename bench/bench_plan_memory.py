@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from edge.format import read_manifest  # noqa: E402
 from edge.planner.costs import CLASSES, OTHER, model_costs  # noqa: E402
+from edge.planner.machine import import_footprint  # noqa: E402
 
 MiB = 1 << 20
 CHILD = str(REPO / "bench" / "plan_children.py")
@@ -162,11 +163,13 @@ def stream_rows(packages: dict[str, Path]) -> None:
         manifest = read_manifest(path)
         costs = model_costs(manifest)
         quantized = any("nbits" in c for p in costs.parts for c in p.class_bytes)
-        for budget in (stream_minimum(manifest, max_context=128, prefill_chunk=64), 4 << 30):
+        for budget in (stream_minimum(manifest, max_context=128, prefill_chunk=64,
+                             footprint=import_footprint()), 4 << 30):
             result = child({"job": "model", "package": str(path), "max_context": 128,
                             "prompt": 64, "decode": 16, "threads": 2, "budget": budget})
             jit = delta(result, "decode", "RssFile", since="loaded")
-            plan = engine_stream_plan(manifest, costs.tokenizer_bytes, budget, 128, 64, 4)
+            plan = engine_stream_plan(manifest, costs.tokenizer_bytes, budget, 128, 64, 4,
+                                      import_footprint())
             known = (memory.PROCESS_BASE + _pinned_bytes(manifest, plan.policy.pinned)
                      + plan.pool_bytes + memory.kv_resident(manifest.spec,
                                                             manifest.spec.num_layers, 80)
@@ -211,7 +214,8 @@ def predicted_peak(path: Path, job: dict) -> int:
 
     cpu = measured_profile()
     manifest = read_manifest(path)
-    config = PlanConfig(max_context=job["max_context"], prompt_tokens=job["prompt"],
+    config = PlanConfig(footprint=import_footprint(), max_context=job["max_context"],
+                        prompt_tokens=job["prompt"],
                         context_tokens=job["prompt"] + job["decode"],
                         prefill_chunk=job.get("prefill_chunk", 256),
                         mode="streamed" if job.get("budget") else "auto")

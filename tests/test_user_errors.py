@@ -85,23 +85,20 @@ def test_footprint_probe_ignores_the_working_directory(
 ) -> None:
     """`python -c` puts the working directory first on sys.path: the probe runs isolated (-I)
     from a scratch folder, so a json.py or numpy.py there never runs; it still measures."""
-    from edge.planner import memory
+    from edge.planner import machine, memory
 
     marker = tmp_path / "ran"
     for name in ("json", "numpy", "edge"):
         (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write('{name}')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # ignored by -I as well
-    memory.import_footprint.cache_clear()
+    machine.import_footprint.cache_clear()
     try:
-        footprint = memory.import_footprint()
+        footprint = machine.import_footprint()
     finally:
-        memory.import_footprint.cache_clear()
+        machine.import_footprint.cache_clear()
     assert not marker.exists(), marker.read_text()
-    fallback = memory.ImportFootprint(
-        memory.PROCESS_BASE, memory.RESIDENT_IMPORTS, memory.STREAM_LLVMLITE, memory.STREAM_JIT
-    )
-    assert footprint != fallback  # measured, not the constants it falls back to
+    assert footprint != memory.DEFAULT_FOOTPRINT  # measured, not the constants it falls back to
 
 
 # ---- the cache --------------------------------------------------------------------------------

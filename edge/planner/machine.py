@@ -9,11 +9,18 @@ asks each runtime whether it is installed.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from devices.profiles import PLATFORMS, PROFILES, DeviceProfile, DeviceProfileError
+from edge.planner.memory import DEFAULT_FOOTPRINT, ImportFootprint
 from edge.planner.plan import Device, Plan, PlanConfig
 
 # Spellings people use for the built-in platforms.
@@ -88,5 +95,44 @@ def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str
                          if platform == p or platform in names), platform)
         if platform in PLATFORM_DISK_GBS:
             config = replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
+    if config.footprint is None:  # the libraries as this environment holds them, measured
+        config = replace(config, footprint=import_footprint())
     manifest = read_manifest(resolve_package(model, progress=progress))
     return make_plan(manifest, devices, config)
+
+
+# Run isolated (`-I`) from a scratch folder: `python -c` would otherwise put the working
+# directory first on sys.path, so a `json.py` there would run. The folder edge was imported
+# from (argv[1]) goes last on the path, after the standard library and site-packages.
+_FOOTPRINT_SCRIPT = r"""
+import json, sys
+sys.path.append(sys.argv[1])
+def rss():
+    return 1024 * int(next(l.split()[1] for l in open("/proc/self/status")
+                           if l.startswith("VmRSS:")))
+import numpy, edge
+base = rss()
+import onnxruntime
+ort = rss()
+import edge.streaming
+llvm = rss()
+from devices.kernels.nbits_matmul import NBitsMatMul, NBitsSpec
+NBitsMatMul(NBitsSpec(256, 64), threads=1)
+print(json.dumps([base, ort - base, llvm - ort, rss() - llvm]))
+"""
+
+
+@functools.cache
+def import_footprint() -> ImportFootprint:
+    """Measured once per process (about a second); the constants above where it cannot run."""
+    import edge
+
+    root = str(Path(edge.__file__).resolve().parent.parent)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edge-probe-") as scratch:
+            out = subprocess.run([sys.executable, "-I", "-c", _FOOTPRINT_SCRIPT, root],
+                                 capture_output=True, text=True, timeout=120, check=True,
+                                 cwd=scratch)
+        return ImportFootprint(*json.loads(out.stdout.strip().splitlines()[-1]))
+    except (OSError, ValueError, TypeError, IndexError, subprocess.SubprocessError):
+        return DEFAULT_FOOTPRINT

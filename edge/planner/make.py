@@ -136,7 +136,8 @@ def _breakdowns(tables: Tables, decode: Segments, prefill: Segments
             tables.costs, spans, tokens=ctx.tokens, decoded=ctx.decoded, chunk=ctx.chunk,
             charge_runtime=charge, mapped_names=mapped)
         if d == tables.host:
-            breakdown = replace(breakdown, process=memory.process_base(tables.costs))
+            breakdown = replace(breakdown, process=memory.process_base(tables.costs,
+                                                                       tables.footprint))
         out.append(breakdown)
     return out
 
@@ -244,7 +245,8 @@ def _too_small(manifest: Manifest, tables: Tables, config: PlanConfig,
     if streaming:
         candidates.append(stream_minimum(manifest, max_context=ctx.max_context,
                                          prefill_chunk=config.stream_prefill_chunk,
-                                         max_window=config.stream_max_window))
+                                         max_window=config.stream_max_window,
+                                         footprint=config.footprint))
     budget = _stream_budget(tables)
     minimum = min(candidates) if candidates else 0
     how = "streaming blocks from disk" if streaming and minimum == candidates[-1] else \
@@ -266,13 +268,15 @@ def _streamed(manifest: Manifest, tables: Tables, config: PlanConfig,
     chunk = min(config.stream_prefill_chunk, ctx.max_context)
     try:
         plan = engine_stream_plan(manifest, tables.costs.tokenizer_bytes, budget,
-                                  ctx.max_context, chunk, config.stream_max_window)
+                                  ctx.max_context, chunk, config.stream_max_window,
+                                  config.footprint)
     except BudgetTooSmallError:
         raise _too_small(manifest, tables, config, problems, streaming=True) from None
     disk = config.disk_gbs or DEFAULT_DISK_GBS
     streamed = streamed_costs(manifest, tables.costs, host.profile, plan,
                               max_context=ctx.max_context, chunk=chunk, tokens=ctx.tokens,
-                              prompt_tokens=ctx.prompt_tokens, disk_gbs=disk)
+                              prompt_tokens=ctx.prompt_tokens, disk_gbs=disk,
+                              footprint=config.footprint)
     return _streamed_plan(manifest, tables, config, problems, budget, streamed, chunk, disk)
 
 
@@ -293,7 +297,8 @@ def _streamed_plan(manifest: Manifest, tables: Tables, config: PlanConfig,
                           plan.pool_bytes, streamed.read_bytes_per_token, disk,
                           stream_minimum(manifest, max_context=tables.ctx.max_context,
                                          prefill_chunk=chunk,
-                                         max_window=config.stream_max_window))
+                                         max_window=config.stream_max_window,
+                                         footprint=config.footprint))
     label = use.device
     fallback = ()
     if plan.policy.streamed:

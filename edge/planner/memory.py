@@ -35,14 +35,8 @@ which RSS counts like any other memory):
 
 from __future__ import annotations
 
-import functools
-import json
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 from edge.format import ModelSpec
@@ -177,65 +171,33 @@ class ImportFootprint:
     jit: int  # compiling the first NBits kernel
 
 
-# Run isolated (`-I`) from a scratch folder: `python -c` would otherwise put the working
-# directory first on sys.path, so a `json.py` there would run. The folder edge was imported
-# from (argv[1]) goes last on the path, after the standard library and site-packages.
-_FOOTPRINT_SCRIPT = r"""
-import json, sys
-sys.path.append(sys.argv[1])
-def rss():
-    return 1024 * int(next(l.split()[1] for l in open("/proc/self/status")
-                           if l.startswith("VmRSS:")))
-import numpy, edge
-base = rss()
-import onnxruntime
-ort = rss()
-import edge.streaming
-llvm = rss()
-from devices.kernels.nbits_matmul import NBitsMatMul, NBitsSpec
-NBitsMatMul(NBitsSpec(256, 64), threads=1)
-print(json.dumps([base, ort - base, llvm - ort, rss() - llvm]))
-"""
+# What the constants above amount to: the footprint planned with when none was measured.
+DEFAULT_FOOTPRINT = ImportFootprint(PROCESS_BASE, RESIDENT_IMPORTS, STREAM_LLVMLITE, STREAM_JIT)
 
 
-@functools.cache
-def import_footprint() -> ImportFootprint:
-    """Measured once per process (about a second); the constants above where it cannot run."""
-    import edge
-
-    root = str(Path(edge.__file__).resolve().parent.parent)
-    try:
-        with tempfile.TemporaryDirectory(prefix="edge-probe-") as scratch:
-            out = subprocess.run([sys.executable, "-I", "-c", _FOOTPRINT_SCRIPT, root],
-                                 capture_output=True, text=True, timeout=120, check=True,
-                                 cwd=scratch)
-        return ImportFootprint(*json.loads(out.stdout.strip().splitlines()[-1]))
-    except (OSError, ValueError, TypeError, IndexError, subprocess.SubprocessError):
-        return ImportFootprint(PROCESS_BASE, RESIDENT_IMPORTS, STREAM_LLVMLITE, STREAM_JIT)
-
-
-def process_base(costs: ModelCosts, resident: bool = True) -> int:
+def process_base(costs: ModelCosts, footprint: ImportFootprint | None,
+                 resident: bool = True) -> int:
     """What the process costs before any weights: interpreter, libraries, tokenizer. The
     streamed engine never imports onnxruntime (its own runtime is `stream_runtime`)."""
-    footprint = import_footprint()
+    footprint = footprint or DEFAULT_FOOTPRINT
     imports = footprint.onnxruntime if resident else 0
     return footprint.base + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)
 
 
-def stream_allowance() -> int:
+def stream_allowance(footprint: ImportFootprint | None) -> int:
     """The runtime allowance the streamed engine admits a budget with: its measured libraries
     (interpreter, numpy, llvmlite, the JIT's code pages) or the fixed default, whichever is
     larger; the tokenizer and the mapped embedding are added on top by the engine."""
-    footprint = import_footprint()
+    footprint = footprint or DEFAULT_FOOTPRINT
     measured = (footprint.base + footprint.llvmlite + footprint.jit
                 + STREAM_RUNTIME - STREAM_LLVMLITE)
     return max(DEFAULT_RUNTIME_OVERHEAD, measured)
 
 
-def stream_runtime(quantized: bool) -> int:
+def stream_runtime(quantized: bool, footprint: ImportFootprint | None) -> int:
     """The streamed engine's runtime: llvmlite, the JIT's code pages when it compiles
     kernels (block-quantized weights), threads and buffers."""
-    footprint = import_footprint()
+    footprint = footprint or DEFAULT_FOOTPRINT
     return (STREAM_RUNTIME - STREAM_LLVMLITE + footprint.llvmlite
             + (footprint.jit if quantized else 0))
 

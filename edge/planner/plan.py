@@ -17,6 +17,7 @@ from typing import Any
 from devices.profiles import DeviceProfile
 from edge.errors import ConfigError
 from edge.placement import OptionValue, Placement, SegmentPlacement
+from edge.planner.memory import ImportFootprint
 
 MODES = ("auto", "resident", "streamed")
 DEFAULT_DISK_GBS = 1.6  # cold sequential reads on this machine (../shared/ANCHORS.md: 1.65)
@@ -105,6 +106,9 @@ class PlanConfig:
     int8_prefill: bool = True
     stream_prefill_chunk: int = 64
     stream_max_window: int | None = 4
+    # Resident bytes of the runtime's libraries, measured by the caller (`plan_model` does:
+    # edge.planner.machine.import_footprint); None plans with constants measured here once.
+    footprint: ImportFootprint | None = None
 
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "prefill_chunk", "max_segments", "stream_prefill_chunk"):

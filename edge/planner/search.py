@@ -105,7 +105,7 @@ def shares(tables: Tables, decode: Segments, prefill: Segments = ()) -> tuple[Sh
                           memory.activation_bytes(tables.costs.spec, tables.ctx.chunk)
                           + sum(tables.growth(s, e, d) for s, e in mine))
         if d == tables.host:
-            steady += memory.process_base(tables.costs)
+            steady += memory.process_base(tables.costs, tables.footprint)
         # The host holds the process itself even when it runs no part.
         out.append(Share(steady, share.transient, share.relief, share.running,
                          bool(parts) or d == tables.host))

@@ -19,6 +19,7 @@ from edge.errors import BudgetTooSmallError
 from edge.format import PREFILL_INT8_SUFFIXES, Manifest
 from edge.planner import memory
 from edge.planner.costs import NBITS4, NBITS8, ModelCosts
+from edge.planner.memory import ImportFootprint
 from edge.planner.plan import STREAM_BACKEND
 from edge.planner.timing import decode_seconds, prefill_seconds
 from memory_sched.budget import MemoryBudget
@@ -27,22 +28,23 @@ from memory_sched.store import plan_layout
 
 
 def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
-                       max_context: int, chunk: int, max_window: int | None) -> StreamPlan:
+                       max_context: int, chunk: int, max_window: int | None,
+                       footprint: ImportFootprint | None = None) -> StreamPlan:
     """What the streamed engine decides for this budget (BudgetTooSmallError when nothing
     fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
     return plan_budget_for(manifest, MemoryBudget(budget), tokenizer_bytes=tokenizer_bytes,
                            max_context=max_context, chunk=chunk, max_window=max_window,
-                           runtime_overhead=memory.stream_allowance())
+                           runtime_overhead=memory.stream_allowance(footprint))
 
 
 def stream_minimum(manifest: Manifest, *, max_context: int, prefill_chunk: int = 64,
-                   max_window: int | None = 4) -> int:
+                   max_window: int | None = 4, footprint: ImportFootprint | None = None) -> int:
     """The smallest budget the streamed engine accepts (what its error message states)."""
     from edge.planner.costs import tokenizer_bytes
 
     try:
         engine_stream_plan(manifest, tokenizer_bytes(manifest), 1, max_context,
-                           min(prefill_chunk, max_context), max_window)
+                           min(prefill_chunk, max_context), max_window, footprint)
     except BudgetTooSmallError as exc:
         return exc.minimum
     return 1
@@ -67,7 +69,8 @@ def _pinned_bytes(manifest: Manifest, pinned: frozenset[str]) -> int:
 
 def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile,
                    plan: StreamPlan, *, max_context: int, chunk: int, tokens: int,
-                   prompt_tokens: int, disk_gbs: float) -> StreamedCosts:
+                   prompt_tokens: int, disk_gbs: float,
+                   footprint: ImportFootprint | None = None) -> StreamedCosts:
     """Predicted memory and speed of the streamed engine running `plan`."""
 
     spec = manifest.spec
@@ -76,8 +79,8 @@ def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile
     breakdown = memory.Breakdown(
         weights=_pinned_bytes(manifest, plan.policy.pinned) + plan.pool_bytes,
         mapped=memory.mapped_embedding(costs, tokens),
-        process=memory.process_base(costs, resident=False),
-        runtime=memory.stream_runtime(quantized),
+        process=memory.process_base(costs, footprint, resident=False),
+        runtime=memory.stream_runtime(quantized, footprint),
         kv_cache=memory.kv_resident(spec, spec.num_layers, tokens),
         activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound))
     streamed = plan.streamed_units

@@ -14,6 +14,7 @@ from itertools import accumulate
 from edge.format import Manifest
 from edge.planner import memory, timing
 from edge.planner.costs import ModelCosts, PartCost
+from edge.planner.memory import ImportFootprint
 from edge.planner.plan import Device, PlanConfig
 
 
@@ -74,6 +75,7 @@ class Tables:
     relief: list[list[int]]  # bytes a part holds less while loading than when running
     shared: list[list[tuple[int, int, int]]]  # per device: (part, earlier part, bytes mapped once)
     host: int  # index of the device the process itself is charged to
+    footprint: ImportFootprint | None = None  # the libraries' resident bytes (PlanConfig's)
     _prefix: dict = field(default_factory=dict)
     _transient: dict = field(default_factory=dict)
 
@@ -161,4 +163,4 @@ def build(manifest: Manifest, costs: ModelCosts, devices: tuple[Device, ...],
         shared.append(_shared_maps(costs, backend))
     host = next((i for i, d in enumerate(devices) if d.profile.kind == "cpu"), 0)
     return Tables(devices, costs, ctx, decode_s, prefill_s, decode_no, prefill_no, mem, relief,
-                  shared, host)
+                  shared, host, config.footprint)

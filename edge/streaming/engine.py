@@ -231,9 +231,10 @@ def plan_budget(package: Package, config: StreamConfig, max_context: int,
 def _runtime_overhead(config: StreamConfig) -> int:
     if config.runtime_overhead is not None:
         return config.runtime_overhead
+    from edge.planner.machine import import_footprint
     from edge.planner.memory import stream_allowance
 
-    return stream_allowance()
+    return stream_allowance(import_footprint())
 
 
 def describe_plan(plan: StreamPlan) -> str:

@@ -29,6 +29,7 @@ from devices.profiles import profile_by_name
 from edge.format import read_manifest
 from edge.placement import Placement
 from edge.planner import Device, Plan, PlanConfig, evaluate, make_plan, stream_minimum
+from edge.planner.machine import import_footprint
 from memory_sched.budget import format_size
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,8 +37,10 @@ MAX_CONTEXT, PROMPT, DECODE = 128, 64, 16
 TOLERANCE = 0.10
 # Memory predictions do not depend on a profile's speeds; any CPU with room will do.
 HOST = profile_by_name("laptop-x86")
+# Predictions are checked against processes of this environment: plan with its measured
+# library footprint, as plan_model does.
 CONFIG = PlanConfig(max_context=MAX_CONTEXT, prompt_tokens=PROMPT, prefill_chunk=PROMPT,
-                    context_tokens=PROMPT + DECODE)
+                    context_tokens=PROMPT + DECODE, footprint=import_footprint())
 
 CHILD = r"""
 import json, resource, sys
@@ -87,7 +90,8 @@ def _plans(fp32: Path, int4: Path, w8a8: Path) -> dict[str, tuple[Path, Plan]]:
                                         (2 * n // 3, "ort_cpu")])
         plans["int4 split ort_cpu/openvino/ort_cpu"] = (int4, evaluate(
             manifest, [Device(HOST, "ort_cpu"), Device(HOST, "openvino")], placement, CONFIG))
-    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=PROMPT)
+    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=PROMPT,
+                             footprint=CONFIG.footprint)
     budget = minimum + sum(p.nbytes for p in manifest.blocks) // 3
     plans["int4 streamed under a budget"] = (
         int4, make_plan(manifest, [Device(HOST, "ort_cpu", budget)], CONFIG))

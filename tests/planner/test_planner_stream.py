@@ -12,7 +12,9 @@ import pytest
 from devices.profiles import DeviceProfile
 from edge.errors import BudgetTooSmallError
 from edge.package import Package
+from edge.package_files import PackageFiles
 from edge.planner import Device, PlanConfig, make_plan, stream_minimum
+from edge.planner.machine import import_footprint
 from edge.streaming.engine import StreamConfig, plan_budget
 
 MAX_CONTEXT = 512
@@ -25,19 +27,21 @@ def _package(tmp_path: Path, manifest) -> Package:
     size = next(f.size for f in manifest.files if f.path == "tokenizer.json")
     with open(tmp_path / "tokenizer.json", "wb") as f:
         f.truncate(size)
-    return Package(tmp_path, manifest)
+    return Package(tmp_path, manifest, PackageFiles(tmp_path, ["tokenizer.json"]))
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
 def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: Path) -> None:
     manifest = manifest_factory(layers=12, hidden=512, ffn=2048, vocab=32000, quant=quant)
     package = _package(tmp_path, manifest)
-    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=64)
+    footprint = import_footprint()  # what the engine admits budgets with, passed in
+    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=64,
+                             footprint=footprint)
     with pytest.raises(BudgetTooSmallError) as info:
         plan_budget(package, StreamConfig(minimum - 1, max_context=MAX_CONTEXT),
                     MAX_CONTEXT, 64)
     assert info.value.minimum == minimum
-    config = PlanConfig(max_context=MAX_CONTEXT, mode="streamed")
+    config = PlanConfig(max_context=MAX_CONTEXT, mode="streamed", footprint=footprint)
     blocks = sum(p.nbytes for p in manifest.blocks)
     for extra in (0, blocks // 8, blocks // 3, blocks // 2, 2 * blocks):
         budget = minimum + extra
