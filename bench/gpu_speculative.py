@@ -108,7 +108,6 @@ def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
     from edge.engine import Engine, EngineConfig
     from edge.package import open_package
     from edge.speculative import ModelDraft, SpeculativeConfig, SpeculativeDecoder
-    from edge.speculative.acceptance import accept_greedy  # noqa: F401 - the rule in use
 
     target = Engine(open_package(target_pkg), EngineConfig(max_context=1024))
     draft = TorchForward.from_package(open_package(draft_pkg), TorchForwardConfig(

@@ -27,8 +27,9 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidSamplingError(f"max_tokens={self.max_tokens!r}; must be an int >= 1")
-        if any(not s for s in self.stop):
-            raise InvalidSamplingError("stop strings must be non-empty")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidSamplingError(f"stop={self.stop!r}; stop strings must be non-empty "
+                                       "strings")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def stream_tokens(engine: Engine, tokenizer: Tokenizer, prompt_ids: Sequence[int
     logits, prompt_tps = prefill_prompt(engine, prompt_ids, cached_prefix)
     out = ResponseEmitter(tokenizer, prompt_ids, config, engine.max_context, prompt_tps)
     while True:
-        token, logprob = sampler.sample(logits, out.history)
+        # The token's absolute position keys its sampling noise, as in speculative decoding.
+        token, logprob = sampler.sample(logits, out.history, len(out.history))
         response = out.emit(token, logprob)
         yield response
         if response.finish_reason:

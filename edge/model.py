@@ -188,7 +188,8 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
     `draft` turns on speculative decoding: "lookup" drafts from n-grams of the prompt and the
     text so far (no second model); any other name or path loads a draft model, which must share
     the target's tokenizer (lookup is still tried first, unless
-    `SpeculativeConfig(lookup_first=False)`). Greedy output is unchanged; only its speed is.
+    `SpeculativeConfig(lookup_first=False)`). Output is unchanged, greedy or sampled with a
+    seed (each position's noise comes from (seed, position)); only its speed is.
 
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP

@@ -5,6 +5,15 @@ way users of those tools expect:
 
     repetition penalty -> (greedy: argmax) | temperature -> top-k -> top-p -> min-p -> draw
 
+The draw is Gumbel-max: the kept token with the largest log-weight plus Gumbel noise, which
+samples exactly from the filtered distribution. The noise of the token at sequence position p
+comes from its own random stream, keyed by (seed, p) alone, so a token is a pure function of
+(logits, recent tokens, seed, position): not of how many draws came before, or in what order.
+That is what makes speculative decoding reproducible and equal to plain sampling: verification
+asks the same function at the same positions, and a draft model choosing with the same noise
+agrees with the target wherever both favour the same token under it (see
+`edge.speculative.acceptance`).
+
 The greedy path is the hot path on small devices, so it reuses one scratch buffer and costs an
 argmax plus one log-sum-exp; the stochastic path may allocate.
 """
@@ -12,6 +21,7 @@ argmax plus one log-sum-exp; the stochastic path may allocate.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +29,7 @@ import numpy as np
 
 from edge.errors import InvalidSamplingError
 
-__all__ = ["Sampler", "SamplingConfig"]
+__all__ = ["Sampler", "SamplingConfig", "fresh_seed", "position_uniforms"]
 
 
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
@@ -28,12 +38,22 @@ def _require(ok: bool, name: str, value: object, allowed: str) -> None:
         raise InvalidSamplingError(f"{name}={value!r} is out of range: must be {allowed}")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to pick tokens; the defaults give deterministic greedy decoding.
 
     `temperature == 0` means greedy: top-k, top-p, min-p and the seed are then ignored, but
     the repetition penalty still applies. `top_k == 0` and `top_p == 1` turn those filters off.
+    A seed fixes the sampled text, with or without a speculative draft; `None` draws a fresh
+    seed for each `Sampler` (each request).
     """
 
     temperature: float = 0.0
@@ -45,6 +65,14 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        # Type checks first: a string or float where an int belongs would otherwise surface as
+        # a numpy TypeError deep in sampling (or, for the seed, numpy's own ValueError).
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            _require(_is_real(value), name, value, "a number")
+        for name in ("top_k", "repetition_window"):
+            value = getattr(self, name)
+            _require(_is_int(value), name, value, "an integer")
         t, p, rp = self.temperature, self.top_p, self.repetition_penalty
         _require(math.isfinite(t) and t >= 0, "temperature", t, "a finite number >= 0")
         _require(self.top_k >= 0, "top_k", self.top_k, "an integer >= 0 (0 = off)")
@@ -52,6 +80,8 @@ class SamplingConfig:
         _require(0 <= self.min_p < 1, "min_p", self.min_p, "in [0, 1) (0 = off)")
         _require(math.isfinite(rp) and rp > 0, "repetition_penalty", rp, "a finite number > 0")
         _require(self.repetition_window >= 0, "repetition_window", self.repetition_window, ">= 0")
+        _require(self.seed is None or (_is_int(self.seed) and self.seed >= 0), "seed",
+                 self.seed, "None or an integer >= 0")
 
     @property
     def greedy(self) -> bool:
@@ -59,11 +89,31 @@ class SamplingConfig:
         return self.temperature == 0.0
 
 
+def fresh_seed() -> int:
+    """A seed from the OS's entropy (128 bits), for requests that gave none."""
+    return int(np.random.SeedSequence().entropy)
+
+
+def position_uniforms(seed: int, position: int, size: int) -> np.ndarray:
+    """Uniforms in [0, 1), shape (size,) float64, for the token at sequence `position`.
+
+    Each (seed, position) keys a stream of its own (a SeedSequence spawn key, hashed, so
+    neighbouring positions and seeds are independent), and value i belongs to token id i:
+    a vocabulary of another size gets the same values for the ids both have.
+    """
+    if position < 0:
+        raise ValueError(f"position={position} must be >= 0")
+    stream = np.random.SeedSequence(seed, spawn_key=(position,))
+    return np.random.Generator(np.random.PCG64(stream)).random(size)
+
+
 class Sampler:
     """Applies a `SamplingConfig` to one step's logits.
 
-    Holds its own seeded random generator and a scratch buffer, so it is stateful and not
-    thread-safe: use one `Sampler` per generation stream.
+    Its randomness is a function of (seed, position), so it holds no random state; the seed is
+    `config.seed`, or one drawn once here when that is None. It reuses a scratch buffer, so it
+    is not thread-safe: use one `Sampler` per generation stream (a draft model gets its own,
+    with the same `seed`, to choose with the same noise).
     """
 
     def __init__(self, config: SamplingConfig, vocab_size: int) -> None:
@@ -71,16 +121,19 @@ class Sampler:
             raise ValueError(f"vocab_size={vocab_size} must be > 0")
         self.config = config
         self.vocab_size = vocab_size
-        self._rng = np.random.default_rng(config.seed)
+        self.seed: int = config.seed if config.seed is not None else fresh_seed()
         self._scratch = np.empty(vocab_size, dtype=np.float32)  # (V,) reused every step
 
     def sample(
-        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
+        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray,
+        position: int | None = None,
     ) -> tuple[int, float]:
         """Pick the next token from `logits` (shape (V,), float32).
 
         `recent_tokens` are the ids generated (or prompted) so far, oldest first; only the
-        last `repetition_window` of them are penalized.
+        last `repetition_window` of them are penalized. `position` is the chosen token's
+        index in the whole sequence (prompt included), which picks its random noise; it
+        defaults to `len(recent_tokens)`, right when those are the whole sequence so far.
 
         Returns `(token_id, logprob)`. `logprob` is the log-probability of the chosen token
         under the model's own distribution, `log_softmax(logits)[token_id]` of the raw
@@ -90,7 +143,7 @@ class Sampler:
         logits = self._check_logits(logits)
         lse = self._logsumexp(logits)  # uses the scratch buffer, so it runs first
         penalized = self._penalize(logits, recent_tokens)
-        token = int(np.argmax(penalized)) if self.config.greedy else self._draw(penalized)
+        token = self._pick(penalized, _position(position, recent_tokens))
         return token, float(logits[token]) - lse
 
     def _check_logits(self, logits: np.ndarray) -> np.ndarray:
@@ -139,45 +192,50 @@ class Sampler:
             raise ValueError(f"recent token ids must be in [0, {self.vocab_size})")
         return ids
 
-    def choose(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray) -> int:
-        """The greedy choice (after the repetition penalty); no randomness, no logprob."""
-        return int(np.argmax(self._penalize(self._check_logits(logits), recent_tokens)))
+    def choose(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray,
+               position: int | None = None) -> int:
+        """The token `sample` picks at `position`, without its logprob: speculative
+        verification and drafting ask this, so they pick what plain sampling picks."""
+        scores = self._penalize(self._check_logits(logits), recent_tokens)
+        return self._pick(scores, _position(position, recent_tokens))
 
     def distribution(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
         """The distribution `sample` draws from: (token ids (K,), probabilities (K,) summing
-        to 1) after penalty, temperature, top-k, top-p and min-p. Speculative sampling needs
-        it to accept or reject a draft's token without changing what the target would draw."""
+        to 1) after penalty, temperature, top-k, top-p and min-p; its exact statistics, for
+        tests and for anyone scoring what sampling would do."""
         if self.config.greedy:
             return np.array([self.choose(logits, recent_tokens)]), np.ones(1)
         scores = self._penalize(self._check_logits(logits), recent_tokens)
-        return self._filtered(scores)
+        ids, vals = self._kept(scores)
+        probs = np.exp(vals - vals.max())  # (K,)
+        return ids, probs / probs.sum()
 
-    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
-        """One token from a distribution given as (ids, probabilities)."""
-        cdf = np.cumsum(probs)
-        pick = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
-        return int(ids[min(pick, ids.size - 1)])
-
-    def uniform(self) -> float:
-        """A number in [0, 1) from this stream's seeded generator."""
-        return float(self._rng.random())
-
-    def _filtered(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Temperature -> top-k -> top-p -> min-p; (ids, normalized probabilities)."""
+    def _kept(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Temperature -> top-k -> top-p -> min-p; (ids (K,), unnormalized log-weights (K,))."""
         cfg = self.config
         # Shift by the max before dividing so a tiny temperature cannot overflow to inf.
         scaled = (scores.astype(np.float64) - float(np.max(scores))) / cfg.temperature  # (V,)
         ids, vals = _top_k(scaled, cfg.top_k)  # (K,), (K,)
         if cfg.top_p < 1.0:
             ids, vals = _top_p(ids, vals, cfg.top_p)
-        ids, vals = _min_p(ids, vals, cfg.min_p)
-        probs = np.exp(vals - vals.max())  # (K',)
-        return ids, probs / probs.sum()
+        return _min_p(ids, vals, cfg.min_p)
 
-    def _draw(self, scores: np.ndarray) -> int:
-        """Temperature -> top-k -> top-p -> min-p -> random draw; returns a token id."""
-        return self.draw(*self._filtered(scores))
+    def _pick(self, scores: np.ndarray, position: int) -> int:
+        """Greedy: the argmax. Else Gumbel-max over the kept tokens: argmax of log-weight plus
+        -log(-log(u)), u uniform, is an exact draw from their softmax; with u from
+        (seed, position) the draw depends on nothing else."""
+        if self.config.greedy:
+            return int(np.argmax(scores))
+        ids, vals = self._kept(scores)
+        uniforms = position_uniforms(self.seed, position, self.vocab_size)[ids]  # (K,)
+        with np.errstate(divide="ignore"):  # u == 0 (p = 2^-53): noise -inf, never chosen
+            noisy = vals - np.log(-np.log(uniforms))
+        return int(ids[int(np.argmax(noisy))])
+
+
+def _position(position: int | None, recent_tokens: Sequence[int] | np.ndarray) -> int:
+    return len(recent_tokens) if position is None else position
 
 
 def _top_k(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Tests for edge.sampling: greedy, filters, penalty, logprobs, validation, statistics."""
+"""Tests for edge.sampling: greedy, filters, penalty, logprobs, validation, statistics, and
+randomness keyed by (seed, position)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge.errors import InvalidSamplingError
-from edge.sampling import Sampler, SamplingConfig
+from edge.sampling import Sampler, SamplingConfig, position_uniforms
 
 VOCAB = 50
 
@@ -22,8 +23,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _draws(cfg: SamplingConfig, logits: np.ndarray, n: int) -> list[int]:
+    """n independent draws: the same logits at positions 0..n-1 (each has its own noise)."""
     sampler = Sampler(cfg, logits.size)
-    return [sampler.sample(logits, [])[0] for _ in range(n)]
+    return [sampler.sample(logits, [], position)[0] for position in range(n)]
 
 
 def test_default_config_is_greedy() -> None:
@@ -129,7 +131,7 @@ def test_repetition_penalty_applies_when_sampling() -> None:
     cfg = SamplingConfig(temperature=1.0, repetition_penalty=1e6, seed=0)
     # 5 / 1e6 ~ 0 == logit of token 1, so token 1 becomes roughly as likely as token 0.
     sampler = Sampler(cfg, 2)
-    counts = np.bincount([sampler.sample(logits, [0])[0] for _ in range(2000)], minlength=2)
+    counts = np.bincount([sampler.sample(logits, [0], i)[0] for i in range(2000)], minlength=2)
     assert 800 < counts[1] < 1200
 
 
@@ -146,8 +148,8 @@ def test_logprob_is_log_softmax_of_raw_logits(cfg: SamplingConfig) -> None:
     logits = _logits(6)
     expected = _log_softmax(logits)
     sampler = Sampler(cfg, VOCAB)
-    for _ in range(20):
-        token, logprob = sampler.sample(logits, [0, 1, 2, int(np.argmax(logits))])
+    for position in range(20):
+        token, logprob = sampler.sample(logits, [0, 1, 2, int(np.argmax(logits))], position)
         assert logprob == pytest.approx(expected[token], abs=1e-5)
 
 
@@ -223,3 +225,86 @@ def test_temperature_sharpens_and_flattens() -> None:
     hot = np.bincount(_draws(SamplingConfig(temperature=3.0, seed=1), logits, n), minlength=3)
     assert cold[0] > hot[0]
     assert cold[2] < hot[2]
+
+
+# ---- randomness keyed by (seed, position) ------------------------------------------------------
+
+SAMPLED = SamplingConfig(temperature=0.8, top_p=0.9, seed=1)
+
+
+def test_token_depends_only_on_seed_and_position() -> None:
+    """A token is a function of (logits, recent tokens, seed, position): drawing positions
+    in another order, skipping some, or on a fresh sampler changes nothing; `choose` picks
+    what `sample` picks."""
+    rows = np.stack([_logits(seed) for seed in range(40)])  # (40, V)
+    forward = Sampler(SAMPLED, VOCAB)
+    tokens = [forward.sample(rows[p], [], p)[0] for p in range(40)]
+    backward = Sampler(SAMPLED, VOCAB)
+    assert [backward.sample(rows[p], [], p)[0] for p in reversed(range(40))] == tokens[::-1]
+    assert [Sampler(SAMPLED, VOCAB).choose(rows[p], [], p) for p in range(0, 40, 3)] == (
+        tokens[::3])
+    assert len(set(tokens)) > 5  # it really is sampling
+
+
+def test_position_defaults_to_the_history_length() -> None:
+    """The token after n tokens of history sits at position n."""
+    logits, history = _logits(8), [3, 1, 4, 1, 5]
+    sampler = Sampler(SAMPLED, VOCAB)
+    assert sampler.sample(logits, history)[0] == sampler.sample(logits, history, 5)[0]
+    assert sampler.choose(logits, history) == sampler.choose(logits, [9], 5)
+
+
+def test_seeds_and_positions_get_independent_noise() -> None:
+    """Neighbouring positions and seeds do not share or shift their streams."""
+    streams = [position_uniforms(seed, position, 64) for seed in (0, 1) for position in (0, 1)]
+    for i, a in enumerate(streams):
+        for b in streams[i + 1:]:
+            assert not np.isin(a, b).any()
+    assert np.array_equal(position_uniforms(5, 7, 64), position_uniforms(5, 7, 64))
+
+
+def test_noise_of_a_token_id_does_not_depend_on_the_vocabulary_size() -> None:
+    """A draft model with a larger or smaller embedding gets the target's noise for every
+    id both have, so coupling works across vocabulary sizes."""
+    assert np.array_equal(position_uniforms(3, 11, 1000)[:600], position_uniforms(3, 11, 600))
+
+
+def test_seed_none_draws_one_seed_per_sampler() -> None:
+    """No seed: each sampler (request) draws its own, then keeps it for every position."""
+    config = SamplingConfig(temperature=1.0)
+    first, second = Sampler(config, VOCAB), Sampler(config, VOCAB)
+    assert first.seed != second.seed
+    logits = _logits(9)
+    tokens = [first.choose(logits, [], p) for p in range(30)]
+    assert tokens == [first.choose(logits, [], p) for p in range(30)]
+    assert tokens != [second.choose(logits, [], p) for p in range(30)]
+    assert Sampler(SamplingConfig(temperature=1.0, seed=4), VOCAB).seed == 4
+
+
+def test_negative_position_is_rejected() -> None:
+    with pytest.raises(ValueError, match="position"):
+        Sampler(SAMPLED, VOCAB).choose(_logits(0), [], -1)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplingConfig(temperature=0.8, top_p=0.9, seed=5),
+        SamplingConfig(temperature=1.3, top_k=8, min_p=0.02, repetition_penalty=1.5, seed=6),
+    ],
+)
+def test_gumbel_max_matches_the_processed_distribution(cfg: SamplingConfig) -> None:
+    """Draws over positions follow `distribution` (after penalty, temperature, top-k, top-p,
+    min-p), token by token within 4 standard errors, and never leave its support."""
+    logits = _logits(10, vocab=12) / 3.0
+    recent = [0, int(np.argmax(logits))]
+    sampler = Sampler(cfg, logits.size)
+    ids, probs = sampler.distribution(logits, recent)
+    expected = np.zeros(logits.size)
+    expected[ids] = probs
+    n = 20_000
+    draws = [sampler.sample(logits, recent, position)[0] for position in range(n)]
+    freqs = np.bincount(draws, minlength=logits.size) / n
+    assert (freqs[expected == 0] == 0).all()
+    tolerance = 4 * np.sqrt(expected * (1 - expected) / n) + 1e-12
+    np.testing.assert_array_less(np.abs(freqs - expected), tolerance)

@@ -27,7 +27,7 @@ from edge.generate import (
     prefill_prompt,
 )
 from edge.sampling import Sampler
-from edge.speculative.acceptance import accept_greedy, accept_sampled
+from edge.speculative.acceptance import accept_draft
 from edge.speculative.calibration import load_calibration, save_calibration
 from edge.speculative.controller import DraftController, SpeculativeConfig
 from edge.speculative.drafts import ChainedDraft, Draft, DraftSource, ModelDraft
@@ -75,14 +75,16 @@ def _warn_if_batch_variant(target: Engine) -> None:
     if int8_activations(target):
         log.warning(
             "the target rounds activations to int8 (accuracy_level 4): a pass over k tokens "
-            "and k one-token passes differ by up to ~0.3 logits, so speculative greedy output "
-            "equals plain greedy output except where the top two tokens nearly tie; export "
-            "with --quant w8a8, or --accuracy-level 0, for token-for-token equality")
+            "and k one-token passes differ by up to ~0.3 logits, so speculative output equals "
+            "plain output (greedy, or sampled with the same seed) except where two tokens "
+            "nearly tie; export with --quant w8a8, or --accuracy-level 0, for token-for-token "
+            "equality")
 
 
 class SpeculativeDecoder:
-    """Generates with `target`, drafting with `draft`. Greedy output equals the target's greedy
-    output token for token; sampled output follows the target's distribution.
+    """Generates with `target`, drafting with `draft`. The output equals the target's plain
+    decoding token for token: greedy, or sampled with the same seed (see `acceptance`), so a
+    seed fixes the text whatever the draft, its k, or the timings the controller follows.
 
     With `calibration` (a file path), what the controller learns is loaded at start and saved
     after each request, so the next process starts informed (`edge.load` does this).
@@ -127,15 +129,18 @@ class SpeculativeDecoder:
                cached_prefix: int = 0) -> Iterator[GenerationResponse]:
         check_prompt(prompt_ids, self.target.max_context)
         sampler = Sampler(config.sampling, self.target.spec.vocab_size)
+        # The draft model chooses with the target's noise (the seed drawn for this request
+        # when it gave none), which is what makes it agree with the target's samples.
+        drafting = replace(config.sampling, seed=sampler.seed)
         for source in self.sources:
             if isinstance(source, ModelDraft):
-                source.set_sampling(config.sampling)
+                source.set_sampling(drafting)
         self.controller.start_request()
         logits, prompt_tps = prefill_prompt(self.target, prompt_ids, cached_prefix)
         out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context,
                               prompt_tps)
         run = _Run(self, sampler, out)
-        token, logprob = sampler.sample(logits, out.history)
+        token, logprob = sampler.sample(logits, out.history, len(out.history))
         yield (response := out.emit(token, logprob, speculation=run.stats()))
         try:
             while not response.finish_reason:
@@ -194,9 +199,7 @@ class SpeculativeDecoder:
             if history[:len(context)] == context and ahead.tokens[:len(extra)] == extra:
                 tokens = ahead.tokens[len(extra):]
                 if tokens:
-                    dists = ahead.distributions and ahead.distributions[len(extra):]
-                    return Draft(tokens[:k], dists[:k] if dists else None, key=ahead.key,
-                                 source=ahead.source)
+                    return Draft(tokens[:k], key=ahead.key, source=ahead.source)
         return source.propose(history, k)
 
     def draft_ahead(self, context: list[int], k: int) -> None:
@@ -256,7 +259,8 @@ class _Run:
         done = time.perf_counter()
         self.d.controller.record_plain(done - step_started)
         self._count(1, done - started)  # with the time spent choosing not to draft
-        token, logprob = self.sampler.sample(logits, self.out.history)
+        history = self.out.history
+        token, logprob = self.sampler.sample(logits, history, len(history))
         yield self.out.emit(token, logprob, speculation=self.stats())
 
     def _verify(self, draft: Draft, draft_seconds: float) -> Iterator[GenerationResponse]:
@@ -266,11 +270,7 @@ class _Run:
         fed = [history[-1], *draft.tokens]
         self.d.draft_ahead(history + draft.tokens, len(draft.tokens))
         logits = target.verify(fed)  # [k+1, V], the arithmetic of decoding
-        if self.sampler.config.greedy:
-            n, token = accept_greedy(self.sampler, logits, draft.tokens, history)
-        else:
-            n, token = accept_sampled(self.sampler, logits, draft.tokens, draft.distributions,
-                                      history)
+        n, token = accept_draft(self.sampler, logits, draft.tokens, history)
         target.rewind(base + 1 + n)
         verify_seconds = time.perf_counter() - started
         self.d.controller.record_catch_up(draft.setup_tokens, draft.setup_seconds)

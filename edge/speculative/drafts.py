@@ -21,21 +21,18 @@ from edge.sampling import Sampler, SamplingConfig
 
 @dataclass
 class Draft:
-    """Proposed tokens and, when drafted by sampling, the distribution each was drawn from
-    ((ids, probabilities) per token). `None` means deterministic proposals: for rejection
-    sampling a deterministic proposal is a one-hot distribution."""
+    """Proposed tokens. The target keeps those equal to its own choices, so a proposal needs
+    no distribution: how it was drafted changes only how many tokens are kept."""
 
     tokens: list[int]
-    distributions: list[tuple[np.ndarray, np.ndarray]] | None = None
     key: str = ""  # the kind of draft, for acceptance kept per kind ("ngram3", "model")
     source: str = ""  # the source's name ("lookup", "model")
     setup_seconds: float = 0.0  # one-off work inside the proposal (a draft model's catch-up)
     setup_tokens: int = 0  # tokens that catch-up fed
 
     def head(self, k: int) -> Draft:
-        """The first k tokens (and their distributions)."""
-        dists = self.distributions[:k] if self.distributions else self.distributions
-        return replace(self, tokens=self.tokens[:k], distributions=dists)
+        """The first k tokens."""
+        return replace(self, tokens=self.tokens[:k])
 
 
 class DraftSource(Protocol):
@@ -113,7 +110,6 @@ class LookupDraft:
 
 
 _ROUND_FEED = 2  # tokens a draft model feeds at the start of an ordinary round
-_DRAFT_STREAM = 0x6472616674  # "draft": keys the draft sampler's seed apart from the target's
 
 
 class ModelDraft:
@@ -134,13 +130,10 @@ class ModelDraft:
         self.engine.reset()
 
     def set_sampling(self, sampling: SamplingConfig) -> None:
-        # The draft's random stream must be independent of the target's: with the request's
-        # own seed both samplers would draw the same uniforms, so a draft token would depend
-        # on the target's previous draw and the output would no longer follow the target's
-        # distribution. Derive a distinct, still reproducible seed instead.
-        if sampling.seed is not None:
-            seed = int(np.random.SeedSequence([sampling.seed, _DRAFT_STREAM]).generate_state(1)[0])
-            sampling = replace(sampling, seed=seed)
+        """Draft as the request samples. With the target's seed (the decoder passes the one its
+        sampler uses) the draft adds the target's own noise at each position to its logits:
+        that coupling makes it propose the token the target will sample as often as their
+        distributions allow. It cannot bias the output, which is the target's choices."""
         self.sampler = Sampler(sampling, self.engine.spec.vocab_size)
 
     def propose(self, history: Sequence[int], k: int) -> Draft:
@@ -157,22 +150,15 @@ class ModelDraft:
         extra = max(0, fed - _ROUND_FEED)
         setup = (time.perf_counter() - started) * extra / fed
         tokens: list[int] = []
-        dists: list[tuple[np.ndarray, np.ndarray]] | None = (
-            None if self.sampler.config.greedy else [])
         context = list(history)
         for i in range(k):
-            if dists is None:
-                token = self.sampler.choose(logits, context)
-            else:
-                ids, probs = self.sampler.distribution(logits, context)
-                token = self.sampler.draw(ids, probs)
-                dists.append((ids, probs))
+            token = self.sampler.choose(logits, context, len(context))  # absolute position
             tokens.append(token)
             context.append(token)
             if i + 1 < k:
                 logits = self.engine.decode(token)
                 self._cached.append(token)
-        return Draft(tokens, dists, key=self.name, source=self.name, setup_seconds=setup,
+        return Draft(tokens, key=self.name, source=self.name, setup_seconds=setup,
                      setup_tokens=extra)
 
     def behind(self, history: Sequence[int]) -> int:
