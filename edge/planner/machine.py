@@ -15,20 +15,23 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from devices.profiles import PLATFORMS, PROFILES, DeviceProfile, DeviceProfileError
+from edge.errors import ConfigError, PackageError
+from edge.package import Package
 from edge.planner.memory import DEFAULT_FOOTPRINT, ImportFootprint
 from edge.planner.plan import Device, Plan, PlanConfig
 
 # Spellings people use for the built-in platforms.
 ALIASES = {"rpi4": "pi4", "rpi5": "pi5", "raspberry-pi-4": "pi4", "raspberry-pi-5": "pi5",
            "jetson": "jetson-orin-nano", "phone": "snapdragon-8-gen-3", "laptop": "laptop-x86"}
-# The backend each kind of device runs through: ONNX Runtime on CPUs, PyTorch on GPUs (the
-# GPU path on Jetson), Qualcomm's QNN execution provider on the phone's NPU.
-BACKEND_FOR_KIND = {"cpu": "ort_cpu", "gpu": "torch", "npu": "ort_qnn"}
+# The backend each kind of device runs through, all registered (devices.registry): ONNX Runtime
+# on CPUs, its CUDA provider on GPUs (onnxruntime-gpu, as Jetson's JetPack wheels ship it),
+# Qualcomm's QNN execution provider on the phone's NPU.
+BACKEND_FOR_KIND = {"cpu": "ort_cpu", "gpu": "ort_cuda", "npu": "ort_qnn"}
 LOCAL_BACKENDS = ("ort_cpu", "openvino")
 # Sequential read speed of each platform's usual storage, GB/s, for streamed plans: Pi 4 from a
 # USB 3 SSD (~0.35; a microSD card reads ~0.09), Pi 5 from an NVMe HAT on PCIe 2.0 x1 (~0.45),
@@ -83,7 +86,7 @@ def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str
                progress: bool = False) -> Plan:
     """Plan `model` (a name, GGUF, folder or package, as `edge.load` takes) for this machine or
     for built-in `profiles`; `budget` ("600MB", "25%", bytes) caps each device's memory."""
-    from edge.format import read_manifest
+    from edge.package import open_package
     from edge.planner.make import make_plan
     from edge.resolve import resolve_package
 
@@ -97,8 +100,41 @@ def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str
             config = replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
     if config.footprint is None:  # the libraries as this environment holds them, measured
         config = replace(config, footprint=import_footprint())
-    manifest = read_manifest(resolve_package(model, progress=progress))
-    return make_plan(manifest, devices, config)
+    package = open_package(resolve_package(model, progress=progress), verify="sizes")
+    try:
+        refusals = backend_refusals(package, {d.backend for d in devices}, local=not profiles)
+        return make_plan(package.manifest, devices, config, refusals)
+    finally:
+        package.close()
+
+
+def backend_refusals(package: Package, backends: Iterable[str], *, local: bool
+                     ) -> dict[tuple[str, int], str]:
+    """(backend, part index) -> why that backend refuses the part: each backend's own
+    ahead-of-time `supports()`, and for this machine (`local`) its `is_available()`, so the
+    planner never proposes what the engine would refuse. ONNX Runtime's CPU provider runs
+    every part (it is every backend's fallback) and is not asked."""
+    from devices.backend import Support
+    from devices.registry import DEFAULT, create
+
+    parts = package.manifest.parts
+    out: dict[tuple[str, int], str] = {}
+    for name in sorted(set(backends) - {DEFAULT}):
+        try:
+            backend = create(name)
+        except ConfigError as exc:
+            out.update({(name, i): str(exc) for i in range(len(parts))})
+            continue
+        available = backend.is_available() if local else None
+        for i, part in enumerate(parts):
+            try:
+                support = available if available is not None and not available else \
+                    backend.supports(part, package)
+            except PackageError as exc:  # a graph this backend's reader cannot take
+                support = Support(False, str(exc))
+            if not support:
+                out[(name, i)] = support.reason
+    return out
 
 
 # Run isolated (`-I`) from a scratch folder: `python -c` would otherwise put the working

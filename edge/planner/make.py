@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from typing import Any
@@ -54,17 +54,20 @@ def _devices(devices: Sequence[Device | Sequence[Any]]) -> tuple[Device, ...]:
 
 
 def make_plan(manifest: Manifest, devices: Sequence[Device | Sequence[Any]],
-              config: PlanConfig | None = None) -> Plan:
+              config: PlanConfig | None = None,
+              refusals: Mapping[tuple[str, int], str] | None = None) -> Plan:
     """The best plan for `manifest` on `devices` (Device or (profile, backend, budget)).
 
     Resident when some split fits every budget (one device unless a split gains
     `config.min_split_gain`), else streamed from disk on the host CPU; raises
     `BudgetTooSmallError` stating the smallest budget that works when not even that fits.
+    `refusals` are the backends' own answers, (backend, part index) -> why it refuses the part
+    (`edge.planner.machine.backend_refusals`): a refused part is never placed there.
     """
     config = config or PlanConfig()
     devs = _devices(devices)
     costs = model_costs(manifest)
-    tables = build(manifest, costs, devs, config)
+    tables = build(manifest, costs, devs, config, refusals)
     problems: tuple[str, ...] = ()
     if config.mode != "streamed":
         decode = best_decode(tables, config)

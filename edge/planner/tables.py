@@ -8,6 +8,7 @@ the same device), as the exact breakdown of the chosen plan (`memory.resident_br
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -39,6 +40,12 @@ def resolve(manifest: Manifest, costs: ModelCosts, config: PlanConfig) -> Contex
     tokens = min(config.context_tokens or max_context, max_context)
     chunk = min(config.prefill_chunk, max_context)
     return Context(max_context, prompt, tokens, max(tokens - prompt, 0), chunk)
+
+
+def _refused(refusals: Mapping[tuple[str, int], str], backend: str,
+             part: PartCost) -> str | None:
+    reason = refusals.get((backend, part.index))
+    return None if reason is None else f"{backend}: {reason}"
 
 
 def refusal(device: Device, part: PartCost, phase: str, manifest: Manifest,
@@ -142,8 +149,9 @@ def _shared_maps(costs: ModelCosts, backend: str) -> list[tuple[int, int, int]]:
 
 
 def build(manifest: Manifest, costs: ModelCosts, devices: tuple[Device, ...],
-          config: PlanConfig) -> Tables:
+          config: PlanConfig, refusals: Mapping[tuple[str, int], str] | None = None) -> Tables:
     ctx = resolve(manifest, costs, config)
+    refused = refusals or {}
     decode_s, prefill_s, decode_no, prefill_no, mem, relief, shared = [], [], [], [], [], [], []
     for device in devices:
         profile, backend = device.profile, device.backend
@@ -155,8 +163,11 @@ def build(manifest: Manifest, costs: ModelCosts, devices: tuple[Device, ...],
             p, profile, backend, ctx.prompt_tokens,
             max(p.static_steps) if p.static_steps else chunk, config.int8_prefill)
             for p in costs.parts])
-        decode_no.append([refusal(device, p, "decode", manifest, config) for p in costs.parts])
-        prefill_no.append([refusal(device, p, "prefill", manifest, config)
+        decode_no.append([_refused(refused, backend, p)
+                          or refusal(device, p, "decode", manifest, config)
+                          for p in costs.parts])
+        prefill_no.append([_refused(refused, backend, p)
+                           or refusal(device, p, "prefill", manifest, config)
                            for p in costs.parts])
         mem.append([_part_memory(costs, p, backend, ctx.tokens) for p in costs.parts])
         relief.append([_part_relief(p, backend) for p in costs.parts])

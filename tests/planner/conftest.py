@@ -100,9 +100,10 @@ def synthetic_manifest(*, layers: int = 4, hidden: int = 256, ffn: int = 512,
                         "static": {"chunks": [1, 64], "batch": 1, "max_context": 1024,
                                    "activation_bits": 8}}
     files = tuple(FileEntry(f, size, "0" * 64) for f, size in w.ends.items())
+    graphs = tuple(FileEntry(g, 0, "0" * 64) for p in parts for g in p.graph_files)
     return Manifest(spec, tuple(parts),
                     TokenizerInfo("tokenizer.json", None, None, None, (2,)),
-                    (*files, FileEntry("tokenizer.json", tokenizer_bytes, "0" * 64)),
+                    (*files, *graphs, FileEntry("tokenizer.json", tokenizer_bytes, "0" * 64)),
                     quantization=quantization)
 
 

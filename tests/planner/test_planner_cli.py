@@ -23,8 +23,13 @@ def _run(*argv: str) -> int:
 
 @pytest.fixture
 def package_dir(tmp_path: Path, manifest_factory) -> Path:
-    """A directory holding only a manifest: all `edge plan` reads."""
-    write_manifest(tmp_path, manifest_factory(layers=6, hidden=512, ffn=1024, vocab=8000))
+    """A package of the manifest's shape: sparse files of the listed sizes (planning reads the
+    manifest, opens the files and asks non-default backends about the graphs)."""
+    manifest = manifest_factory(layers=6, hidden=512, ffn=1024, vocab=8000)
+    write_manifest(tmp_path, manifest)
+    for entry in manifest.files:
+        with open(tmp_path / entry.path, "wb") as fh:
+            fh.truncate(entry.size)
     return tmp_path
 
 
@@ -40,7 +45,7 @@ def test_planner_cli_json(package_dir: Path, capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["mode"] == "resident"
     assert {d["device"] for d in data["devices"]} == {"jetson-orin-nano-cpu/ort_cpu",
-                                                      "jetson-orin-nano-gpu/torch"}
+                                                      "jetson-orin-nano-gpu/ort_cuda"}
     assert data["placement"]["segments"][0]["start"] == 0
     assert data["decode_tokens_per_s"] > 0
 

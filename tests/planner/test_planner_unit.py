@@ -50,14 +50,14 @@ def test_planner_costs_classify_tensors(manifest_factory) -> None:
 def test_planner_is_pure(manifest_factory) -> None:
     """Same inputs, same plan (equal dataclasses and equal JSON), and the inputs untouched."""
     manifest = manifest_factory()
-    devices = [Device(_cpu(), "ort_cpu"), Device(_gpu(1 << 30), "torch")]
+    devices = [Device(_cpu(), "ort_cpu"), Device(_gpu(1 << 30), "ort_cuda")]
     before = dataclasses.asdict(manifest)
     first, second = make_plan(manifest, devices, CONFIG), make_plan(manifest, devices, CONFIG)
     assert first == second
     assert first.to_dict() == second.to_dict()
     assert dataclasses.asdict(manifest) == before
     # tuples are accepted for devices, as (profile, backend, budget)
-    assert make_plan(manifest, [(_cpu(), "ort_cpu", None), (_gpu(1 << 30), "torch", None)],
+    assert make_plan(manifest, [(_cpu(), "ort_cpu", None), (_gpu(1 << 30), "ort_cuda", None)],
                      CONFIG) == first
 
 
@@ -65,7 +65,7 @@ def test_planner_npu_without_static_graphs_gets_nothing(manifest_factory) -> Non
     """On the phone (CPU + GPU + NPU) a package without static int8 graphs runs nowhere on
     the NPU, and every part the NPU would prefill faster says why."""
     manifest = manifest_factory(quant="int4")
-    devices = [Device(p, {"npu": "ort_qnn", "gpu": "torch"}.get(p.kind, "ort_cpu"))
+    devices = [Device(p, {"npu": "ort_qnn", "gpu": "ort_cuda"}.get(p.kind, "ort_cpu"))
                for p in platform_by_name("snapdragon-8-gen-3")]
     plan = make_plan(manifest, devices, CONFIG)
     used = {s.device for s in (*plan.decode, *plan.prefill)}
@@ -99,17 +99,17 @@ def test_planner_split_only_when_it_pays(manifest_factory) -> None:
     cpu = _cpu()
     same = make_plan(manifest, [Device(cpu, "ort_cpu"), Device(cpu, "openvino")], CONFIG)
     assert len(same.decode) == 1
-    big = make_plan(manifest, [Device(cpu, "ort_cpu"), Device(_gpu(4 << 30), "torch")], CONFIG)
-    assert [s.backend for s in big.decode] == ["torch"]
+    big = make_plan(manifest, [Device(cpu, "ort_cpu"), Device(_gpu(4 << 30), "ort_cuda")], CONFIG)
+    assert [s.backend for s in big.decode] == ["ort_cuda"]
     assert big.decode_tokens_per_s > same.decode_tokens_per_s
     weights = model_costs(manifest).weight_bytes
     small = make_plan(manifest, [Device(cpu, "ort_cpu"),
-                                 Device(_gpu(4 << 30), "torch", weights // 2)], CONFIG)
-    assert {s.backend for s in small.decode} == {"ort_cpu", "torch"}
+                                 Device(_gpu(4 << 30), "ort_cuda", weights // 2)], CONFIG)
+    assert {s.backend for s in small.decode} == {"ort_cpu", "ort_cuda"}
     assert same.decode_tokens_per_s < small.decode_tokens_per_s < big.decode_tokens_per_s
-    on_cpu = [f for f in small.fallbacks if f.phase == "decode" and f.device == "gpu/torch"]
+    on_cpu = [f for f in small.fallbacks if f.phase == "decode" and f.device == "gpu/ort_cuda"]
     assert on_cpu and all("over its" in f.reason and "budget" in f.reason for f in on_cpu)
-    gpu = next(u for u in small.devices if u.device == "gpu/torch")
+    gpu = next(u for u in small.devices if u.device == "gpu/ort_cuda")
     assert gpu.peak_bytes <= gpu.limit_bytes
     assert small.transfers and all(t.bytes_per_token == 4 * manifest.spec.hidden_size
                                    for t in small.transfers)
@@ -189,9 +189,9 @@ def test_planner_what_if_builtin_profiles(qwen15_shaped) -> None:
                     PlanConfig(disk_gbs=0.35))
     assert pi4.mode == "streamed"
     assert pi4.decode_tokens_per_s < pi5.decode_tokens_per_s
-    jetson = make_plan(qwen15_shaped, [Device(p, "torch" if p.kind == "gpu" else "ort_cpu")
+    jetson = make_plan(qwen15_shaped, [Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
                                        for p in platform_by_name("jetson-orin-nano")])
-    assert any(s.backend == "torch" for s in jetson.decode)
+    assert any(s.backend == "ort_cuda" for s in jetson.decode)
 
 
 def test_planner_evaluate_placement(manifest_factory) -> None:
@@ -235,7 +235,7 @@ def test_planner_device_rejects_bad_values() -> None:
 def test_planner_shared_memory_counts_the_process(qwen15_shaped) -> None:
     """On a Jetson the CPU and GPU share memory: a budget the GPU's share fits alone but not
     with the process beside it (interpreter, tokenizer) is refused, a little more is not."""
-    devices = [Device(p, "torch" if p.kind == "gpu" else "ort_cpu")
+    devices = [Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
                for p in platform_by_name("jetson-orin-nano")]
     plan = make_plan(qwen15_shaped, devices, CONFIG)
     gpu = next(u for u in plan.devices if u.kind == "gpu")

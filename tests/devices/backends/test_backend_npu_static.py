@@ -124,3 +124,24 @@ def test_static_qdq_graphs_run_on_openvino_close_to_fp32(static: Package,
         mean, worst, hits = _closeness(reference, ours)
         assert mean <= 0.5 and worst <= 1.5 and hits >= 0.9, (mean, worst, hits)
         assert mean <= 1.5 * ort_mean + 0.05, (mean, ort_mean)
+
+
+def test_planner_keeps_refused_parts_off_the_npu(static: Package) -> None:
+    """The planner asks each backend's own `supports()`: QNN refuses every block and the head
+    of this package, so neither the decode nor the prompt placement puts them on the NPU,
+    and the plan says why in the backend's words."""
+    from devices.profiles import profile_by_name
+    from edge.planner import Device, PlanConfig, make_plan
+    from edge.planner.machine import backend_refusals
+
+    refusals = backend_refusals(static, {"ort_cpu", "ort_qnn"}, local=False)
+    n = len(static.manifest.parts)
+    assert {i for b, i in refusals if b == "ort_qnn"} == set(range(1, n))
+    devices = [Device(profile_by_name("snapdragon-8-gen-3-cpu"), "ort_cpu"),
+               Device(profile_by_name("snapdragon-8-gen-3-npu"), "ort_qnn")]
+    plan = make_plan(static.manifest, devices, PlanConfig(max_context=256), refusals)
+    for segment in (*plan.decode, *plan.prefill):
+        if segment.backend == "ort_qnn":
+            assert segment.end <= 1, f"QNN was given parts [{segment.start}, {segment.end})"
+    reasons = " ".join(f.reason for f in plan.fallbacks)
+    assert "GroupQueryAttention" in reasons
