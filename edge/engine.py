@@ -48,6 +48,7 @@ DEFAULT_MAX_CONTEXT = 4096
 log = logging.getLogger("edge.engine")
 
 Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
+Placed = tuple[str, int]  # ("decode" or "prefill" placement, segment index in it)
 
 
 def prefill_in_chunks(ids: np.ndarray, chunk: int, all_logits: bool,
@@ -135,6 +136,10 @@ class EngineConfig:
     # off saves their memory on small devices, at the cost of slower prompts.
     prefill_kernels: bool = True
     placement: Placement | None = None
+    # Where prompts (multi-token steps) run, when not where decoding does (an NPU's int8
+    # graphs for prompts, the CPU for tokens): both are loaded, and since every backend
+    # computes in host memory the KV cache is shared, with nothing to hand over.
+    prefill_placement: Placement | None = None
     # Let idle ONNX Runtime threads spin between runs. None: on, unless another runtime or
     # engine computes on the same cores in between (a split placement, a draft model).
     spinning: bool | None = None
@@ -148,9 +153,11 @@ class EngineConfig:
             raise ConfigError(f"threads={self.threads}; must be >= 1")
         if self.parts_per_session is not None and self.parts_per_session < 1:
             raise ConfigError(f"parts_per_session={self.parts_per_session}; must be >= 1")
-        if self.placement is not None and not isinstance(self.placement, Placement):
-            raise ConfigError(f"placement={self.placement!r}; must be an edge.placement."
-                              "Placement or None")
+        for name in ("placement", "prefill_placement"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Placement):
+                raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or "
+                                  "None")
 
 
 class _Segment:
@@ -158,7 +165,7 @@ class _Segment:
 
     __slots__ = ("backend", "end", "inputs", "loaded", "outputs", "placed", "signature", "start")
 
-    def __init__(self, backend: Backend, loaded: Loaded, placed: int) -> None:
+    def __init__(self, backend: Backend, loaded: Loaded, placed: Placed) -> None:
         executable = loaded.executable
         self.backend, self.loaded, self.placed = backend, loaded, placed
         self.inputs, self.outputs = executable.inputs, executable.outputs
@@ -200,12 +207,22 @@ class Engine:
         self.placement = config.placement or Placement.single(len(package.manifest.parts))
         self.placement.check(package.manifest)
         has_prefill = any(p.prefill_graph for p in package.manifest.parts)
-        self._kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
-        if has_prefill and config.prefill_kernels and not self.steps:
-            self._kinds.append((None, True))
+        prompt_kind: Kind = (None, bool(has_prefill and config.prefill_kernels))
+        kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
+        if prompt_kind[1] and not self.steps:
+            kinds.append(prompt_kind)
+        self.placements: dict[str, tuple[Placement, list[Kind]]] = {"decode": (self.placement,
+                                                                              kinds)}
+        prompts = config.prefill_placement
+        if prompts is not None and prompts != self.placement:
+            prompts.check(package.manifest)
+            # Only what prompts use: multi-token fixed shapes, or the prompt graphs.
+            self.placements["prefill"] = (prompts, [(s, False) for s in self.steps if s > 1]
+                                          or [prompt_kind])
         self.fallbacks: list[Fallback] = []
-        self._broken: set[int] = set()  # placement segments that failed mid-run
-        self._placed = [self._place(i) for i in range(len(self.placement.segments))]
+        self._broken: set[Placed] = set()  # placement segments that failed mid-run
+        self._placed = {phase: [self._place((phase, i)) for i in range(len(p.segments))]
+                        for phase, (p, _) in self.placements.items()}
         self._assemble()
         chunk = self.chunk = (max(self.steps) if self.steps
                               else max(min(config.prefill_chunk, self.max_context),
@@ -217,8 +234,10 @@ class Engine:
         self._positions = np.arange(chunk, dtype=np.int64)
         self._last = np.zeros((1,), np.int64)
         # One buffer per boundary: segment i writes it, segment i + 1 reads it, no copy.
+        longest = max(len(c) for c in (*self.variants.values(), *self.prefill_variants.values(),
+                                        self.prefill_segments or ()))
         self._hidden = [np.zeros((1, chunk, spec.hidden_size), np.float32)
-                        for _ in self.segments[1:]]
+                        for _ in range(longest - 1)]
         self._logits_last = np.zeros((1, 1, spec.vocab_size), np.float32)
         self._logits_all: np.ndarray | None = None
 
@@ -238,16 +257,16 @@ class Engine:
         options = {**{k: v for k, v in defaults.items() if k in cls.OPTIONS}, **options}
         return cls(options)
 
-    def _place(self, index: int, reloading: bool = False) -> dict[Kind, list[_Segment]]:
-        """Load placement segment `index` on its backend, or on the CPU if that fails."""
-        placed = self.placement.segments[index]
+    def _place(self, where: Placed, reloading: bool = False) -> dict[Kind, list[_Segment]]:
+        """Load segment `where` (phase, index) on its backend, or on the CPU if that fails."""
+        placed = self._segment_placement(where)
         backend = self._backend(placed.backend, placed.option_dict)
         if backend.name == DEFAULT_BACKEND:
-            return self._load(backend, placed, index)
+            return self._load(backend, placed, where)
         when, reason = self._refusal(backend, placed)
         if not reason:
             try:
-                return self._load(backend, placed, index)
+                return self._load(backend, placed, where)
             except (PackageError, ConfigError):
                 raise  # the package or the settings are wrong, not the backend
             except Exception as exc:  # any failure of the runtime: fall back, say why
@@ -256,7 +275,11 @@ class Engine:
                             when=f"reload, {when}" if reloading else when)
         log.warning("%s", fallback)
         self.fallbacks.append(fallback)
-        return self._load(self._backend(DEFAULT_BACKEND, {}), placed, index)
+        return self._load(self._backend(DEFAULT_BACKEND, {}), placed, where)
+
+    def _segment_placement(self, where: Placed) -> SegmentPlacement:
+        phase, index = where
+        return self.placements[phase][0].segments[index]
 
     def _refusal(self, backend: Backend, placed: SegmentPlacement) -> tuple[str, str]:
         available = backend.is_available()
@@ -269,7 +292,7 @@ class Engine:
         return "", ""
 
     def _load(self, backend: Backend, placed: SegmentPlacement,
-              index: int) -> dict[Kind, list[_Segment]]:
+              where: Placed) -> dict[Kind, list[_Segment]]:
         from devices.backend import SegmentGraph
 
         parts = self.package.manifest.parts[placed.start:placed.end]
@@ -277,7 +300,7 @@ class Engine:
         out: dict[Kind, list[_Segment]] = {}
         done: list[_Segment] = []
         try:
-            for step, prefill in self._kinds:
+            for step, prefill in self.placements[where[0]][1]:
                 out[step, prefill] = []
                 for offset in range(0, len(parts), size):
                     group = tuple(parts[offset:offset + size])
@@ -286,7 +309,7 @@ class Engine:
                     graph = SegmentGraph(self.package, placed.start + offset, group, model,
                                          step, prefill)
                     segment = _Segment(backend, backend.load(backend.compile(graph),
-                                                             self.resident), index)
+                                                             self.resident), where)
                     out[step, prefill].append(segment)
                     done.append(segment)
         except BaseException:
@@ -297,12 +320,19 @@ class Engine:
 
     def _assemble(self) -> None:
         """The run lists, in part order, from the per-placement-segment executables."""
-        def chain(kind: Kind) -> list[_Segment]:
-            return [s for placed in self._placed for s in placed[kind]]
+        def chain(phase: str, kind: Kind) -> list[_Segment]:
+            return [s for placed in self._placed[phase] for s in placed[kind]]
 
-        self.variants = {step: chain((step, False)) for step in (self.steps or (None,))}
+        self.variants = {step: chain("decode", (step, False)) for step in (self.steps or (None,))}
         self.segments = next(iter(self.variants.values()))
-        self.prefill_segments = chain((None, True)) if (None, True) in self._kinds else None
+        phase = "prefill" if "prefill" in self._placed else "decode"
+        prompt_kinds = self.placements[phase][1]
+        # Multi-token steps: prompt graphs where the package has them, else the step graphs,
+        # on the prompt placement when it has its own.
+        self.prefill_segments = (chain(phase, (None, True)) if (None, True) in prompt_kinds
+                                 else None)
+        self.prefill_variants = ({kind[0]: chain(phase, kind) for kind in prompt_kinds
+                                  if not kind[1]} if phase == "prefill" else {})
 
     # ---- the public API ---------------------------------------------------------------------
     @property
@@ -313,11 +343,11 @@ class Engine:
     def reset(self) -> None:
         """Empty the cache; after a backend failure, also reload the backend that failed."""
         if self._broken:
-            for index in sorted(self._broken):
-                for segments in self._placed[index].values():
+            for phase, index in sorted(self._broken):
+                for segments in self._placed[phase][index].values():
                     for segment in segments:
                         _unload_quietly(segment)
-                self._placed[index] = self._place(index, reloading=True)
+                self._placed[phase][index] = self._place((phase, index), reloading=True)
             self._broken.clear()
             self._assemble()
         self.cache.rewind(0)
@@ -391,9 +421,12 @@ class Engine:
         k = n if all_logits else 1
         logits = self._logits_buffer(k)
         signature = (size, k)
-        segments = (self.prefill_segments
-                    if n > 1 and self.prefill_segments and not decode_graphs
-                    else self.variants[size if self.steps else None])
+        step = size if self.steps else None
+        if n > 1 and not decode_graphs and (self.prefill_segments or step in
+                                            self.prefill_variants):
+            segments = self.prefill_segments or self.prefill_variants[step]
+        else:
+            segments = self.variants[step]
         for i, segment in enumerate(segments):
             try:
                 if segment.signature != signature:
@@ -420,7 +453,7 @@ class Engine:
                             segment.start, segment.end)
 
     def _needs_reset(self) -> BackendError:
-        placed = [self.placement.segments[i] for i in sorted(self._broken)]
+        placed = [self._segment_placement(where) for where in sorted(self._broken)]
         names = ", ".join(f"{p.backend} (parts [{p.start}, {p.end}))" for p in placed)
         return BackendError(f"{names} failed earlier; call reset() before running again",
                             placed[0].backend, "", placed[0].start, placed[0].end)

@@ -253,7 +253,10 @@ def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Place
         data = json.loads(Path(plan).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"cannot read the plan {plan}: {exc!s:.300}") from exc
-    placement = Placement.from_dict(data.get("placement", data) if isinstance(data, dict)
-                                    else {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"the plan {plan} is not a JSON object (edge plan --json writes one)")
+    placement = Placement.from_dict(data.get("placement", data))
+    prompts = data.get("prefill_placement")
     return EngineConfig(max_context=max_context, threads=threads,
-                        prefill_chunk=prefill_chunk, placement=placement)
+                        prefill_chunk=prefill_chunk, placement=placement,
+                        prefill_placement=Placement.from_dict(prompts) if prompts else None)

@@ -124,7 +124,7 @@ class Placement:
                                               tuple(dict(s.get("options", {})).items()))
                              for s in data["segments"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed placement {dict(data)!r}: {exc}") from exc
+            raise ConfigError(f"malformed placement {data!r:.200}: {exc}") from exc
 
 
 @dataclass(frozen=True)

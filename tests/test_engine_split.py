@@ -87,6 +87,22 @@ def test_three_segments_over_two_runtimes_match_unsplit(
     assert len(references[precision]) == TOKENS
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_prompts_on_their_own_placement_give_the_same_tokens(
+        precision: str, packages: dict[str, Path], references: dict[str, list[int]]) -> None:
+    """A plan's prompt placement is executed, not only reported: prompts run split over
+    OpenVINO and ONNX Runtime while tokens run unsplit on ONNX Runtime, sharing one KV cache;
+    the greedy tokens equal the unsplit model's."""
+    prompts = THREE_WAY["ov-ort-ov"]
+    config = EngineConfig(max_context=128, threads=2, prefill_placement=prompts)
+    model = Model(open_package(packages[precision], verify="sizes"), config)
+    engine = model.engine
+    prompt_chain = engine.prefill_segments or next(iter(engine.prefill_variants.values()))
+    assert [s.backend.name for s in prompt_chain] == [s.backend for s in prompts.segments]
+    assert [s.backend.name for s in engine.segments] == ["ort_cpu"]
+    assert _greedy(model) == references[precision]
+
+
 class FailingLoad(OrtCpuBackend):
     """A real backend whose load fails, like a device that vanished after discovery."""
 

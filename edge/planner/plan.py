@@ -228,8 +228,8 @@ class Plan:
         return _placement(self.prefill)
 
     def engine_config(self, threads: int | None = None) -> Any:
-        """`EngineConfig` (resident) or `StreamConfig` (streamed) that runs this plan. The
-        engine takes one placement: the decode one (see `prefill_placement` when they differ)."""
+        """`EngineConfig` (resident) or `StreamConfig` (streamed) that runs this plan: the
+        engine runs prompts on the prefill placement and tokens on the decode one."""
         if self.streaming is not None:
             from edge.streaming import StreamConfig
 
@@ -238,7 +238,8 @@ class Plan:
         from edge.engine import EngineConfig
 
         return EngineConfig(max_context=self.max_context, prefill_chunk=self.prefill_chunk,
-                            threads=threads, placement=self.placement())
+                            threads=threads, placement=self.placement(),
+                            prefill_placement=self.prefill_placement())
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -145,3 +145,22 @@ def test_planner_keeps_refused_parts_off_the_npu(static: Package) -> None:
             assert segment.end <= 1, f"QNN was given parts [{segment.start}, {segment.end})"
     reasons = " ".join(f.reason for f in plan.fallbacks)
     assert "GroupQueryAttention" in reasons
+
+
+def test_static_prompts_run_on_their_own_placement(static: Package) -> None:
+    """An NPU plan's shape: prompts on the fixed-shape 32-token graphs of one placement (here
+    the embedding alone on QNN, which this machine lacks, so it falls back to the CPU saying
+    why), single tokens on another; the prompt's logits equal the unsplit engine's."""
+    from edge.tokenizer import Tokenizer
+
+    ids = Tokenizer.from_package(static).encode(PROMPT)
+    n = len(static.manifest.parts)
+    prompts = Placement.split(n, [(0, "ort_qnn"), (1, "ort_cpu")])
+    engine = Engine(static, EngineConfig(threads=2, prefill_placement=prompts))
+    assert set(engine.prefill_variants) == {32} and [s.start for s in engine.prefill_variants[32]
+                                                     ] == [0, 1]
+    assert [f.backend for f in engine.fallbacks] == ["ort_qnn"]
+    logits = engine.prefill(ids, all_logits=True)
+    plain = Engine(static, EngineConfig(threads=2)).prefill(ids, all_logits=True)
+    np.testing.assert_array_equal(logits, plain)
+    assert engine.decode(ids[0]).shape == (static.spec.vocab_size,)  # tokens: decode placement
