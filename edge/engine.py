@@ -405,7 +405,7 @@ class Engine:
         """Run n tokens already in `_ids`; logits [K, V] (K = n or 1; none when None)."""
         if self._broken:
             raise self._needs_reset()
-        self.package.check_files()  # a mapped file that shrank would fault, not raise
+        self.package.check_mapped()  # a mapped file that shrank would fault, not raise
         position = self.cache.position
         # A fixed-shape package runs the smallest graph that fits, padded at the end: padding
         # comes after every real token, so causal attention never lets a real token see it.

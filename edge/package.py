@@ -39,6 +39,7 @@ class Package:
     manifest: Manifest
     files: PackageFiles = field(repr=False)
     _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _mapped_files: dict[str, int] = field(default_factory=dict, repr=False)  # name -> size
 
     @property
     def spec(self) -> fmt.ModelSpec:
@@ -71,6 +72,8 @@ class Package:
         """A read-only memory map of `entry` (no copy; the OS pages it in on use)."""
         if entry.name not in self._maps:
             self._maps[entry.name] = self.files.map(entry)
+            self._mapped_files[entry.file] = next(f.size for f in self.manifest.files
+                                                  if f.path == entry.file)
         return self._maps[entry.name]
 
     def rows(self, entry: TensorEntry) -> TensorRows:
@@ -79,12 +82,20 @@ class Package:
 
     def check_files(self) -> None:
         """`IntegrityError` naming a file that no longer has its verified size."""
-        for entry in self.manifest.files:
-            size = self.files.size(entry.path)
-            if size != entry.size:
+        self._check_sizes({f.path: f.size for f in self.manifest.files})
+
+    def check_mapped(self) -> None:
+        """`check_files` for the memory-mapped files only (cheap enough for every step: a
+        mapped page past a file's new end would fault instead of raising)."""
+        self._check_sizes(self._mapped_files)
+
+    def _check_sizes(self, sizes: dict[str, int]) -> None:
+        for name, expected in sizes.items():
+            size = self.files.size(name)
+            if size != expected:
                 raise IntegrityError(
-                    f"{entry.path} in {self.root} changed while in use: it has {size} bytes, "
-                    f"the manifest says {entry.size}; re-export or re-pull the package")
+                    f"{name} in {self.root} changed while in use: it has {size} bytes, the "
+                    f"manifest says {expected}; re-export or re-pull the package")
 
     def close(self) -> None:
         """Close the files; arrays mapped earlier stay valid until they are dropped."""
