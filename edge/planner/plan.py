@@ -20,7 +20,7 @@ from edge.placement import OptionValue, Placement, SegmentPlacement
 from edge.planner.memory import ImportFootprint
 
 MODES = ("auto", "resident", "streamed")
-DEFAULT_DISK_GBS = 1.6  # cold sequential reads on this machine (../shared/ANCHORS.md: 1.65)
+DEFAULT_DISK_GBS = 1.6  # cold sequential reads on the reference VM (bench/bench_disk.py: 1.65)
 STREAM_BACKEND = "stream"  # the streamed engine (numpy + llvmlite kernels over a window)
 
 

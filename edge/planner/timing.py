@@ -4,7 +4,7 @@ A decode step reads every matmul weight once and does two FLOPs per weight, so o
 of interest it is bound by memory: seconds = effective bytes read / (bandwidth x efficiency).
 "Effective" bytes stretch the bytes on disk by how the runtime holds and reads them: ONNX
 Runtime's int4 MatMulNBits is compute-bound on this CPU (17 GB/s of int4 weights against
-28 GB/s of DRAM, ../shared/ANCHORS.md), OpenVINO reads the 8/16-bit copies it re-packed
+28 GB/s of DRAM measured on the reference VM), OpenVINO reads the 8/16-bit copies it re-packed
 (memory.py). A prompt step multiplies a chunk of tokens at once and is bound by compute:
 seconds = FLOPs / (the device's GEMM rate x efficiency x the kernel's measured fraction of it).
 
