@@ -356,6 +356,40 @@ class Engine:
         """Forget every token from `position` on (the cache keeps its memory)."""
         self.cache.rewind(position)
 
+    def close(self) -> None:
+        """Unload every executable (the engine is unusable afterwards)."""
+        for placed in self._placed.values():
+            for segments in placed:
+                for chain in segments.values():
+                    for segment in chain:
+                        _unload_quietly(segment)
+            placed.clear()
+
+    def cpu_threads(self) -> int | None:
+        if any(segment.backend.device.upper() != "CPU" for segment in self.segments):
+            return None
+        return self.threads
+
+    def rounds_by_step(self) -> bool:
+        """MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other
+        paths for one token than for several. (w8a8 packages round per token and always step
+        two tokens or more, which makes them exact: see `min_step_tokens`.)"""
+        scheme = (self.package.manifest.quantization or {}).get("scheme") or {}
+        levels = [(scheme.get(role) or {}).get("accuracy_level", 0)
+                  for role in ("linear", "head", "sensitive_config")]
+        return any(level and level >= 1 for level in levels)
+
+    def describe(self) -> str:
+        manifest = self.package.manifest
+        lines = [self.placement.describe(manifest)]
+        if "prefill" in self.placements:
+            lines.append("prompts:\n" + self.placements["prefill"][0].describe(manifest))
+        lines += [str(f) for f in self.fallbacks]
+        return "\n".join(lines)
+
+    def report(self) -> str | None:
+        return None
+
     def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
         ids = token_array(token_ids, self.spec.vocab_size)

@@ -9,13 +9,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.engine import Engine, EngineConfig
+from edge.engine import EngineConfig
 from edge.errors import ConfigError, InvalidTokenError
 from edge.format import MANIFEST_FILE
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.package import Package, Verify, open_package
 from edge.placement import Placement
 from edge.resolve import resolve_package
+from edge.runner import Runner, create_runner
 from edge.sampling import SamplingConfig
 from edge.speculative import (
     ChainedDraft,
@@ -54,14 +55,7 @@ class Model:
                  remember: bool = False) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package)
-        # A memory budget streams what does not fit (our kernels, exact memory accounting);
-        # without one, ONNX Runtime runs every part resident (fastest).
-        if isinstance(engine_config, EngineConfig | None):
-            self.engine = Engine(package, engine_config)
-        else:
-            from edge.streaming import StreamedEngine
-
-            self.engine = StreamedEngine(package, engine_config, progress=progress)
+        self.engine: Runner = create_runner(package, engine_config, progress)
         self.speculative: SpeculativeDecoder | None = None
         if isinstance(draft, Model):
             check_same_tokenizer(self.tokenizer, draft.tokenizer, str(package.root),

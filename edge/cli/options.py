@@ -101,15 +101,9 @@ def load_model(args: argparse.Namespace, model: str | None):
     loaded = edge.load(model, max_context=args.ctx, threads=args.threads,
                        progress=not args.quiet, memory_budget=args.memory_budget,
                        plan=getattr(args, "plan", None), **draft_kwargs(args))
-    placement = getattr(loaded.engine, "placement", None)
-    if getattr(args, "plan", None) and placement is not None and not args.quiet:
-        print(f"plan {args.plan}:\n{placement.describe(loaded.package.manifest)}",
-              file=sys.stderr)
-    plan = getattr(loaded.engine, "plan", None)
-    if plan is not None and not args.quiet:
-        from edge.streaming import describe_plan
-
-        print(f"memory budget {args.memory_budget}: {describe_plan(plan)}", file=sys.stderr)
+    if (getattr(args, "plan", None) or args.memory_budget) and not args.quiet:
+        where = f"plan {args.plan}:\n" if getattr(args, "plan", None) else ""
+        print(f"{where}{loaded.engine.describe()}", file=sys.stderr)
     return loaded
 
 

@@ -92,9 +92,7 @@ def main(args: argparse.Namespace) -> int:
               f"finish: {last.finish_reason}", file=sys.stderr)
         if last.speculation is not None:
             print(speculation_line(last.speculation), file=sys.stderr)
-        if getattr(model.engine, "prefetcher", None) is not None:
-            from edge.streaming.report import summarize
-
-            print(f"streaming: {summarize(model.engine, model.engine.prefetcher.events()).line()}",
-                  file=sys.stderr)
+        report = model.engine.report()
+        if report:
+            print(report, file=sys.stderr)
     return 0

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.engine import Engine
 from edge.generate import (
     GenerationConfig,
     GenerationResponse,
@@ -26,6 +25,7 @@ from edge.generate import (
     check_prompt,
     prefill_prompt,
 )
+from edge.runner import Runner
 from edge.sampling import Sampler
 from edge.speculative.acceptance import accept_draft
 from edge.speculative.calibration import load_calibration, save_calibration
@@ -41,19 +41,6 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
     return float(logits[token]) - m - float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
 
 
-def int8_activations(target: Engine) -> bool:
-    """Whether the target's multi-token passes round differently from its one-token steps:
-    MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other paths
-    for one token than for several. (w8a8 packages round per token and always step two
-    tokens or more, which makes them exact: see `edge.engine.min_step_tokens`.)"""
-    quantization = getattr(getattr(target, "package", None), "manifest", None)
-    quantization = getattr(quantization, "quantization", None) or {}
-    scheme = quantization.get("scheme") or {}
-    levels = [(scheme.get(role) or {}).get("accuracy_level", 0)
-              for role in ("linear", "head", "sensitive_config")]
-    return isinstance(target, Engine) and any(level and level >= 1 for level in levels)
-
-
 def usable_cpus() -> int:
     """Logical CPUs this process may run on (its affinity), which threads can use at once."""
     try:
@@ -62,17 +49,8 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_threads(engine: object) -> int | None:
-    """The CPU threads an engine computes with; None when it computes elsewhere (a GPU)."""
-    if not isinstance(engine, Engine):
-        return None
-    if any(segment.backend.device.upper() != "CPU" for segment in engine.segments):
-        return None
-    return engine.threads
-
-
-def _warn_if_batch_variant(target: Engine) -> None:
-    if int8_activations(target):
+def _warn_if_batch_variant(target: Runner) -> None:
+    if target.rounds_by_step():
         log.warning(
             "the target rounds activations to int8 (accuracy_level 4): a pass over k tokens "
             "and k one-token passes differ by up to ~0.3 logits, so speculative output equals "
@@ -90,7 +68,7 @@ class SpeculativeDecoder:
     after each request, so the next process starts informed (`edge.load` does this).
     """
 
-    def __init__(self, target: Engine, draft: DraftSource,
+    def __init__(self, target: Runner, draft: DraftSource,
                  config: SpeculativeConfig | None = None,
                  calibration: Path | None = None) -> None:
         self.target = target
@@ -114,7 +92,7 @@ class SpeculativeDecoder:
     def _check_parallel(self, model: ModelDraft) -> None:
         """Overlap needs the draft on cores (or a device) of its own: on shared cores the
         lookahead only slows verification. Then draft sequentially, and say why."""
-        target, draft = cpu_threads(self.target), cpu_threads(model.engine)
+        target, draft = self.target.cpu_threads(), model.engine.cpu_threads()
         cores = usable_cpus()
         if target is not None and draft is not None and target + draft > cores:
             log.warning(

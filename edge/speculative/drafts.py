@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.engine import Engine
 from edge.errors import ConfigError
+from edge.runner import Runner
 from edge.sampling import Sampler, SamplingConfig
 
 
@@ -120,7 +120,7 @@ class ModelDraft:
     name = "model"
     free = False
 
-    def __init__(self, engine: Engine, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, engine: Runner, sampling: SamplingConfig | None = None) -> None:
         self.engine = engine
         self.sampler = Sampler(sampling or SamplingConfig(), engine.spec.vocab_size)
         self._cached: list[int] = []  # tokens whose keys/values the draft's cache holds

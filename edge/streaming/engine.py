@@ -136,6 +136,24 @@ class StreamedEngine:
     def rewind(self, position: int) -> None:
         self.cache.rewind(position)
 
+    def cpu_threads(self) -> int | None:
+        return self.threads
+
+    def rounds_by_step(self) -> bool:
+        return False  # one kernel path serves every step length
+
+    def describe(self) -> str:
+        return (f"memory budget {format_size(self.config.budget.limit)}: "
+                f"{describe_plan(self.plan)}")
+
+    def report(self) -> str | None:
+        """The I/O-compute summary of the decode steps so far (None before any)."""
+        if self.prefetcher is None or not any(s.tokens == 1 for s in self.stats.steps):
+            return None
+        from edge.streaming.report import summarize
+
+        return f"streaming: {summarize(self, self.prefetcher.events()).line()}"
+
     def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
         ids = token_array(token_ids, self.spec.vocab_size)

@@ -1,0 +1,91 @@
+"""The one contract every engine keeps: what generation, speculation and the CLI may ask of it.
+
+`Engine` (resident parts on backends) and `StreamedEngine` (weights through a window under a
+memory budget) both implement `Runner`; callers use the protocol, never `isinstance` or
+`getattr` probing, and `create_runner` is the one place that picks the class.
+
+>>> runner = create_runner(open_package("smollm2-pkg"), EngineConfig())  # doctest: +SKIP
+>>> logits = runner.prefill([1, 2, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from edge.format import ModelSpec
+from edge.package import Package
+
+if TYPE_CHECKING:
+    from edge.engine import EngineConfig
+    from edge.streaming import StreamConfig
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs a package token by token over one KV cache. Not thread-safe."""
+
+    package: Package
+    spec: ModelSpec
+    max_context: int
+    chunk: int  # the most tokens one `verify` takes
+
+    @property
+    def position(self) -> int:
+        """How many tokens the KV cache holds."""
+        ...
+
+    def prefill(self, token_ids: Sequence[int] | np.ndarray,
+                all_logits: bool = False) -> np.ndarray:
+        """Feed tokens; logits [S, V] for every position, or [1, V] for the last."""
+        ...
+
+    def verify(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Logits [S, V] for every fed token, computed as decoding computes them."""
+        ...
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Feed one token; its next-token logits [V]."""
+        ...
+
+    def reset(self) -> None: ...
+
+    def rewind(self, position: int) -> None: ...
+
+    def close(self) -> None:
+        """Release threads and buffers the runner holds beyond its arrays."""
+        ...
+
+    def cpu_threads(self) -> int | None:
+        """The CPU threads it computes with; None when it computes elsewhere (a GPU)."""
+        ...
+
+    def rounds_by_step(self) -> bool:
+        """Whether a pass over k tokens rounds differently from k one-token steps (int8
+        activations quantized per block), so speculation is exact only up to near ties."""
+        ...
+
+    def describe(self) -> str:
+        """Where it runs, in a line or a few: the placement, or the streaming window."""
+        ...
+
+    def report(self) -> str | None:
+        """What a user wants to know after a generation (streaming I/O); None if nothing."""
+        ...
+
+
+def create_runner(package: Package, config: EngineConfig | StreamConfig | None = None,
+                  progress: bool = True) -> Runner:
+    """The runner a configuration asks for: a memory budget (`StreamConfig`) streams what
+    does not fit through our kernels; otherwise every part runs resident on its backend."""
+    from edge.streaming import StreamConfig
+
+    if isinstance(config, StreamConfig):
+        from edge.streaming import StreamedEngine
+
+        return StreamedEngine(package, config, progress=progress)
+    from edge.engine import Engine
+
+    return Engine(package, config)
