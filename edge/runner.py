@@ -80,12 +80,11 @@ def create_runner(package: Package, config: EngineConfig | StreamConfig | None =
                   progress: bool = True) -> Runner:
     """The runner a configuration asks for: a memory budget (`StreamConfig`) streams what
     does not fit through our kernels; otherwise every part runs resident on its backend."""
-    from edge.streaming import StreamConfig
+    from edge.engine import Engine, EngineConfig
 
-    if isinstance(config, StreamConfig):
-        from edge.streaming import StreamedEngine
+    if config is None or isinstance(config, EngineConfig):
+        return Engine(package, config)
+    # Imported only here: the streamed engine's libraries (llvmlite) cost resident runs ~50 MiB.
+    from edge.streaming import StreamedEngine
 
-        return StreamedEngine(package, config, progress=progress)
-    from edge.engine import Engine
-
-    return Engine(package, config)
+    return StreamedEngine(package, config, progress=progress)
