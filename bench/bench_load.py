@@ -4,9 +4,10 @@
     python bench/bench_load.py --baseline /tmp/edge-base PKG [PKG ...] --runs 7
 
 Each sample is a fresh process (`python -I`, the tree's root first on sys.path) that imports
-edge and onnxruntime, then times `edge.load(PKG)` warm: the page cache holds the package and its verification stamp is fresh,
-which is what every load after the first costs. Trees alternate sample by sample, so machine
-noise falls on both alike. Prints the CPU, the median seconds per tree and their ratio.
+edge and onnxruntime, then times `edge.load(PKG)` warm: the page cache holds the package and
+its verification stamp is fresh, which is what every load after the first costs. Trees
+alternate sample by sample, so machine noise falls on both alike. Prints the CPU, the median
+seconds per tree and their ratio.
 """
 
 from __future__ import annotations

@@ -73,8 +73,12 @@ def check_name(name: object, what: str) -> str:
     Only forward slashes, no empty, `.` or `..` components, nothing absolute on any platform,
     no NUL: the same manifest must mean the same files on Linux, macOS and Windows.
     """
-    if not isinstance(name, str) or not name:
-        raise PackageError(f"{what}: a file name must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not name or len(name) > 4096:
+        raise PackageError(f"{what}: a file name must be a non-empty string, got {name!r:.100}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PackageError(f"{what}: {name!r:.100} is not valid text (lone surrogates)") from None
     bad = ("\0" in name or "\\" in name or name.startswith("/")
            or PureWindowsPath(name).drive or PurePosixPath(name).is_absolute())
     if bad or any(p in ("", ".", "..") for p in name.split("/")):
@@ -97,6 +101,9 @@ def _check_type(value: object, types: type | tuple[type, ...], what: str) -> Non
         raise PackageError(f"{what} has the wrong type: {type(value).__name__} {value!r:.80}")
 
 
+ACTIVATIONS = ("silu", "gelu_tanh")  # ModelSpec.activation
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Architecture hyper-parameters: everything a runtime needs besides the weights."""
@@ -114,8 +121,20 @@ class ModelSpec:
     max_position_embeddings: int
     tie_word_embeddings: bool
     attention_bias: bool = False
+    # Block features beyond Llama's (see edge/architectures.py); the defaults are Llama's, so
+    # manifests written before these fields existed load unchanged.
+    qk_norm: bool = False  # RMSNorm [D] on each query and key head before rope
+    sandwich_norms: bool = False  # RMSNorm on the attention and FFN outputs before the residual
+    activation: str = "silu"  # of the gate: "silu" or "gelu_tanh"
+    embedding_scale: float = 1.0  # embedding rows are multiplied by this (Gemma: sqrt(H))
+    attention_scale: float = 0.0  # softmax scale; 0 means head_dim ** -0.5
+    sliding_window: int = 0  # keys a sliding layer's query sees (itself included); 0: none
+    sliding_layers: tuple[int, ...] = ()  # indices of the sliding-window layers
+    rope_local_theta: float = 0.0  # rope base of the sliding layers; 0 means rope_theta
 
     def __post_init__(self) -> None:
+        if isinstance(self.sliding_layers, list):  # as JSON gives it back
+            object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers))
         _check_type(self.architecture, str, "ModelSpec.architecture")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
@@ -125,8 +144,25 @@ class ModelSpec:
             _check_type(value, (int, float), f"ModelSpec.{name}")
             if not (math.isfinite(value) and value > 0):
                 raise PackageError(f"ModelSpec.{name} must be a positive number, got {value}")
-        for name in ("tie_word_embeddings", "attention_bias"):
+        for name in ("tie_word_embeddings", "attention_bias", "qk_norm", "sandwich_norms"):
             _check_type(getattr(self, name), bool, f"ModelSpec.{name}")
+        if self.activation not in ACTIVATIONS:
+            raise PackageError(f"ModelSpec.activation={self.activation!r}; known: "
+                               f"{list(ACTIVATIONS)}")
+        for name in ("embedding_scale", "attention_scale", "rope_local_theta"):
+            value = getattr(self, name)
+            _check_type(value, (int, float), f"ModelSpec.{name}")
+            if not (math.isfinite(value) and value >= 0):
+                raise PackageError(f"ModelSpec.{name} must be a number >= 0, got {value}")
+        _check_int(self.sliding_window, "ModelSpec.sliding_window")
+        _check_type(self.sliding_layers, tuple, "ModelSpec.sliding_layers")
+        for layer in self.sliding_layers:
+            _check_int(layer, "ModelSpec.sliding_layers[]")
+            if layer >= self.num_layers:
+                raise PackageError(f"ModelSpec.sliding_layers names layer {layer} of "
+                                   f"{self.num_layers}")
+        if self.sliding_layers and not self.sliding_window:
+            raise PackageError("ModelSpec.sliding_layers needs a sliding_window > 0")
         if self.num_heads % self.num_kv_heads:
             raise PackageError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -333,8 +369,8 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
     """Parse and type-check a manifest; `PackageError` for anything that is not one."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PackageError(f"{where} is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
+        raise PackageError(f"{where} is not valid JSON: {exc!s:.200}") from None
     except RecursionError:
         raise PackageError(f"{where} is nested too deeply to be an edge manifest") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:

@@ -53,6 +53,11 @@ class AWQCalibrator:
     hidden: np.ndarray  # [T, H]
     scaled: dict[str, str] = field(default_factory=dict)  # linear name -> "AWQ"
 
+    def __post_init__(self) -> None:
+        # `hidden` holds raw embedding rows (embed_rows); the embed graph scales them (Gemma)
+        if self.spec.embedding_scale != 1.0:
+            self.hidden = self.hidden * np.float32(self.spec.embedding_scale)
+
     def block(self, i: int, vectors: dict[str, np.ndarray],
               linears: dict[str, RowWeight]) -> dict[str, RowWeight]:
         """Scale block i's weights (vectors are updated in place) and advance the hidden."""

@@ -9,11 +9,14 @@ measured on real text, and weights are int8 per output channel behind Dequantize
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.architectures import FEATURE_FIELDS, spec_features
+from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, PartEntry, TensorEntry, TokenizerInfo, WeightFileWriter
 from exporters.arch.llama import GraphDims, LlamaArchitecture
 from exporters.awq_export import calibration_ids, embed_rows
@@ -40,12 +43,23 @@ def _row_int8(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
     return RowInt8(out.add(f"{name}.int8", np.concatenate([q for q, _ in parts])),
                    out.add(f"{name}.scale", np.concatenate([s for _, s in parts])))
 
+# The block features a Llama block has (ModelSpec's defaults).
+_LLAMA_FEATURES = {f.name: f.default for f in fields(ModelSpec) if f.name in FEATURE_FIELDS}
+
 
 class StaticInt8Writer:
     """Writes every part of a static int8 package, calibrating block by block."""
 
     def __init__(self, source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
                  chunks: tuple[int, ...], max_context: int, activation_bits: int) -> None:
+        beyond = [name for name, value in spec_features(spec).items()
+                  if value != _LLAMA_FEATURES[name]]
+        if beyond:
+            # Its calibration and QDQ blocks compute Llama's block; a Gemma-style one would
+            # be calibrated on the wrong activations.
+            raise UnsupportedModelError(
+                f"q-static-int8 exports Llama-style blocks only; this {spec.architecture} model "
+                f"uses {beyond}: export it with --quant int4, int8 or w8a8")
         self.source, self.arch, self.spec, self.root = source, arch, spec, root
         self.chunks, self.max_context = chunks, max_context
         self.activation_bits = activation_bits

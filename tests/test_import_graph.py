@@ -34,6 +34,7 @@ LOWER = ("devices", "memory_sched", "quant", "exporters")  # below the SDK
 # (`edge` itself is one: its __init__ imports the SDK lazily, PEP 562).
 LEAVES = frozenset({
     "edge",
+    "edge.architectures",
     "edge.chat_template",
     "edge.errors",
     "edge.format",

@@ -3,7 +3,8 @@
 It is the reference backend (ground truth in tests) and the streamed-weights path: every matmul
 goes through a pluggable `Linear` kernel, so a block whose weights sit in a window buffer can
 run through a kernel reading them in place (e.g. devices/kernels' `NBitsMatMul`). The math is
-that of the exported graphs (exporters/arch/llama.py), op for op:
+that of the exported graphs (exporters/arch/llama.py), op for op, with the block features
+the spec turns on (edge/architectures.py; Llama's block below):
 
     x -> RMSNorm -> x @ W_qkv (+ bias) -> rope(q, k) at the step's positions -> write k, v into
     the cache at [position, position + S) -> causal GQA attention -> @ W_o -> + x = r ->
@@ -15,9 +16,11 @@ interface so either can stand in for the other.
 
 from __future__ import annotations
 
+import functools
+import math
 import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -32,8 +35,10 @@ from devices.spec_forward.weights import (
     LinearWeight,
     ModelWeights,
 )
+from edge.architectures import attention_scale, is_sliding, layer_rope_theta
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import ModelSpec
+from edge.rope import rope_tables  # re-exported: devices.spec_forward.rope_tables
 from quant.blockwise import QuantizedWeight, dequantize
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -89,17 +94,6 @@ class DequantizingLinear:
         return x @ self.matrix(weight)
 
 
-def rope_tables(spec: ModelSpec, max_context: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [max_context, D/2]: the tables the engine feeds GroupQueryAttention, built
-    the same way as edge/rope.py (devices/ may not import edge's runtime; a test checks they
-    are equal)."""
-    d = spec.head_dim
-    inv_freq = (1.0 / (spec.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32)
-                                             / d))).astype(np.float32)
-    angles = np.arange(max_context, dtype=np.float32)[:, None] * inv_freq[None, :]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-
-
 # ---- ops ----------------------------------------------------------------------------------------
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -116,19 +110,25 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, position: int) -> np.ndarray:
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, position: int,
+              scale: float | None = None, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention of a step's queries over the cache.
 
     q: [H_q, S, D] for positions [position, position + S); keys, values: [H_kv, T, D] with
     T = position + S. Query head h reads kv head h // (H_q / H_kv), as ORT's GQA does.
-    Returns [S, H_q * D].
+    `scale`: of the scores (default D^-0.5); `window` > 0: a query sees only the last `window`
+    keys, itself included (sliding-window layers). Returns [S, H_q * D].
     """
     hq, s, d = q.shape
     hkv, t, _ = keys.shape
     grouped = q.reshape(hkv, hq // hkv, s, d)  # [H_kv, G, S, D]
-    scores = grouped @ keys[:, None].swapaxes(-1, -2) * np.float32(d ** -0.5)  # [H_kv, G, S, T]
-    # key j is visible to query i when j <= position + i
-    visible = np.arange(t)[None, :] <= (position + np.arange(s))[:, None]  # [S, T]
+    scale = d ** -0.5 if scale is None else scale
+    scores = grouped @ keys[:, None].swapaxes(-1, -2) * np.float32(scale)  # [H_kv, G, S, T]
+    # key j is visible to query i when j <= position + i (and j > position + i - window)
+    rows = (position + np.arange(s))[:, None]
+    visible = np.arange(t)[None, :] <= rows  # [S, T]
+    if window:
+        visible &= np.arange(t)[None, :] > rows - window
     scores = np.where(visible, scores, np.float32(-np.inf))
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs = scores / scores.sum(axis=-1, keepdims=True)
@@ -167,15 +167,44 @@ def embedding_rows(table: EmbeddingTable, ids: np.ndarray) -> np.ndarray:
 
 
 def embed_forward(weights: EmbedWeights, ids: np.ndarray) -> np.ndarray:
-    """input_ids [1, S] -> hidden [1, S, H]."""
-    return embedding_rows(weights.table, ids)[None]
+    """input_ids [1, S] -> hidden [1, S, H], rows times the spec's embedding_scale."""
+    rows = embedding_rows(weights.table, ids)
+    return (rows if weights.scale == 1.0 else rows * np.float32(weights.scale))[None]
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (transformers' gelu_pytorch_tanh, ORT's FastGelu)."""
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(
+        np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "silu": lambda gate: gate / (1.0 + np.exp(-gate)),
+    "gelu_tanh": gelu_tanh,
+}
+
+
+def layer_rope(spec: ModelSpec, layer: int, rope: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The cos/sin tables of `layer`: `rope` (the spec's base) unless the layer has its own
+    base (Gemma 3's sliding layers), whose tables are built here, as long as `rope`'s."""
+    theta = layer_rope_theta(spec, layer)
+    if theta == spec.rope_theta:
+        return rope
+    return _tables(replace(spec, rope_theta=theta), rope[0].shape[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _tables(spec: ModelSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
+    return rope_tables(spec, length)  # built once per (spec, length), not once per step
 
 
 def block_forward(spec: ModelSpec, weights: BlockWeights, x: np.ndarray, keys: np.ndarray,
                   values: np.ndarray, position: int, rope: tuple[np.ndarray, np.ndarray],
                   linear: Linear | None = None) -> np.ndarray:
     """One block: hidden [1, S, H] -> [1, S, H]; the step's keys and values are written into
-    `keys`/`values` [1, H_kv, max_context, D] at [position, position + S), in place."""
+    `keys`/`values` [1, H_kv, max_context, D] at [position, position + S), in place. `rope`:
+    the tables of the spec's base (the runtime's); layers with another base get their own."""
     linear = linear or DequantizingLinear()
     rows = _rows(x)
     s, d = rows.shape[0], spec.head_dim
@@ -187,17 +216,30 @@ def block_forward(spec: ModelSpec, weights: BlockWeights, x: np.ndarray, keys: n
     q = qkv[:, :hq * d].reshape(s, hq, d).transpose(1, 0, 2)  # [H_q, S, D]
     k = qkv[:, hq * d:(hq + hkv) * d].reshape(s, hkv, d).transpose(1, 0, 2)  # [H_kv, S, D]
     v = qkv[:, (hq + hkv) * d:].reshape(s, hkv, d).transpose(1, 0, 2)
-    cos, sin = (table[position:position + s] for table in rope)
+    if spec.qk_norm:  # per head, over D
+        assert weights.q_norm is not None and weights.k_norm is not None
+        q = rms_norm(q, weights.q_norm, spec.rms_norm_eps)
+        k = rms_norm(k, weights.k_norm, spec.rms_norm_eps)
+    cos, sin = (table[position:position + s] for table in layer_rope(spec, weights.index, rope))
     end = position + s
     keys[0, :, position:end] = apply_rope(k, cos, sin)
     values[0, :, position:end] = v
-    attn = attention(apply_rope(q, cos, sin), keys[0, :, :end], values[0, :, :end], position)
-    residual = rows + _apply(linear, attn, weights.attn_output)
+    window = spec.sliding_window if is_sliding(spec, weights.index) else 0
+    attn = attention(apply_rope(q, cos, sin), keys[0, :, :end], values[0, :, :end], position,
+                     attention_scale(spec), window)
+    projected = _apply(linear, attn, weights.attn_output)
+    if spec.sandwich_norms:
+        assert weights.post_attention_norm is not None
+        projected = rms_norm(projected, weights.post_attention_norm, spec.rms_norm_eps)
+    residual = rows + projected
     gate_up = _apply(linear, rms_norm(residual, weights.ffn_norm, spec.rms_norm_eps),
                      weights.gate_up)
     gate, up = np.split(gate_up, 2, axis=-1)
-    act = gate / (1.0 + np.exp(-gate)) * up  # silu(gate) * up
-    return (residual + _apply(linear, act, weights.down))[None]
+    down = _apply(linear, ACTIVATIONS[spec.activation](gate) * up, weights.down)
+    if spec.sandwich_norms:
+        assert weights.post_ffw_norm is not None
+        down = rms_norm(down, weights.post_ffw_norm, spec.rms_norm_eps)
+    return (residual + down)[None]
 
 
 def head_forward(spec: ModelSpec, weights: HeadWeights, x: np.ndarray,

@@ -30,6 +30,7 @@ from devices.spec_forward.numpy_forward import (
     DequantizingLinear,
     StepRunner,
     embedding_rows,
+    layer_rope,
     rope_tables,
 )
 from devices.spec_forward.weights import (
@@ -40,6 +41,7 @@ from devices.spec_forward.weights import (
     PackageTensors,
     load_model_weights,
 )
+from edge.architectures import attention_scale, is_sliding
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import ModelSpec
 
@@ -92,6 +94,13 @@ class _Block:
     attn_output: _Linear
     gate_up: _Linear
     down: _Linear
+    # the spec's features (edge/architectures.py); None where it has not them
+    q_norm: torch.Tensor | None = None  # [D]
+    k_norm: torch.Tensor | None = None
+    post_attention_norm: torch.Tensor | None = None  # [H]
+    post_ffw_norm: torch.Tensor | None = None
+    cos: torch.Tensor | None = None  # [max_context, D/2]: this layer's own rope base
+    sin: torch.Tensor | None = None
 
 
 class TorchForward(StepRunner):
@@ -111,11 +120,14 @@ class TorchForward(StepRunner):
                                                      spec.max_position_embeddings)
         self.position = 0
         self._embed = weights.embed.table
+        self._embed_scale = weights.embed.scale
+        self._rope = rope_tables(spec, self.max_context)
         self._dequantize = DequantizingLinear(cache=False)  # each matrix is uploaded once anyway
         self._blocks = [self._block(b) for b in weights.blocks]
+        self._activation = ACTIVATIONS[spec.activation]
         self._head_norm = self._vector(weights.head.norm)
         self._head = self._upload(weights.head.output)
-        cos, sin = rope_tables(spec, self.max_context)
+        cos, sin = self._rope
         self._cos = torch.from_numpy(cos).to(self.device)  # [max_context, D/2] float32
         self._sin = torch.from_numpy(sin).to(self.device)
         shape = (1, spec.num_kv_heads, self.max_context, spec.head_dim)
@@ -143,14 +155,23 @@ class TorchForward(StepRunner):
                        per_token=isinstance(weight, Int8RowsWeight))
 
     def _block(self, b: BlockWeights) -> _Block:
+        def vector(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else self._vector(array)
+
+        tables = layer_rope(self.spec, b.index, self._rope)
+        cos, sin = ((None, None) if tables is self._rope
+                    else (self._vector(tables[0]), self._vector(tables[1])))
         return _Block(self._vector(b.attn_norm), self._vector(b.ffn_norm), self._upload(b.qkv),
                       self._upload(b.attn_output), self._upload(b.gate_up),
-                      self._upload(b.down))
+                      self._upload(b.down), vector(b.q_norm), vector(b.k_norm),
+                      vector(b.post_attention_norm), vector(b.post_ffw_norm), cos, sin)
 
     # ---- forward --------------------------------------------------------------------------------
     @torch.inference_mode()
     def _forward(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         rows = embedding_rows(self._embed, ids)  # [S, H] on the host
+        if self._embed_scale != 1.0:
+            rows = rows * np.float32(self._embed_scale)
         x = torch.from_numpy(rows).to(self.device, self.dtype)
         for i, block in enumerate(self._blocks):
             x = self._block_forward(i, block, x)
@@ -170,18 +191,36 @@ class TorchForward(StepRunner):
         q = qkv[:, :hq * d].reshape(s, hq, d).transpose(0, 1)  # [H_q, S, D]
         k = qkv[:, hq * d:(hq + hkv) * d].reshape(s, hkv, d).transpose(0, 1)  # [H_kv, S, D]
         v = qkv[:, (hq + hkv) * d:].reshape(s, hkv, d).transpose(0, 1)
-        cos, sin = self._cos[start:end], self._sin[start:end]
+        if b.q_norm is not None and b.k_norm is not None:  # per head, over D
+            q = _rms_norm(q, b.q_norm, spec.rms_norm_eps)
+            k = _rms_norm(k, b.k_norm, spec.rms_norm_eps)
+        cos, sin = ((self._cos, self._sin) if b.cos is None or b.sin is None
+                    else (b.cos, b.sin))
+        cos, sin = cos[start:end], sin[start:end]
         self.keys[i][0, :, start:end] = _rope(k, cos, sin)
         self.values[i][0, :, start:end] = v
+        window = spec.sliding_window if is_sliding(spec, i) else 0
         attn = _attention(_rope(q, cos, sin), self.keys[i][0, :, :end],
-                          self.values[i][0, :, :end], start)
-        residual = x + b.attn_output(attn)
+                          self.values[i][0, :, :end], start, attention_scale(spec), window)
+        projected = b.attn_output(attn)
+        if b.post_attention_norm is not None:
+            projected = _rms_norm(projected, b.post_attention_norm, spec.rms_norm_eps)
+        residual = x + projected
         gate, up = b.gate_up(_rms_norm(residual, b.ffn_norm, spec.rms_norm_eps)).chunk(2, dim=-1)
-        return residual + b.down(torch.nn.functional.silu(gate) * up)
+        down = b.down(self._activation(gate) * up)
+        if b.post_ffw_norm is not None:
+            down = _rms_norm(down, b.post_ffw_norm, spec.rms_norm_eps)
+        return residual + down
+
+
+ACTIVATIONS = {
+    "silu": torch.nn.functional.silu,
+    "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+}
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in float32 whatever the compute dtype. x: [S, H]."""
+    """RMSNorm in float32 whatever the compute dtype. x: [..., H]."""
     xf = x.float()
     normed = xf / torch.sqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
     return (normed * weight).to(x.dtype)
@@ -195,15 +234,18 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 
 def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               position: int) -> torch.Tensor:
-    """Causal GQA, softmax in float32. q: [H_q, S, D]; keys, values: [H_kv, T, D].
-    Returns [S, H_q * D]."""
+               position: int, scale: float, window: int = 0) -> torch.Tensor:
+    """Causal GQA, softmax in float32. q: [H_q, S, D]; keys, values: [H_kv, T, D]; `window`
+    > 0: a query sees only the last `window` keys, itself included. Returns [S, H_q * D]."""
     hq, s, d = q.shape
     hkv, t, _ = keys.shape
     grouped = q.reshape(hkv, hq // hkv, s, d)  # [H_kv, G, S, D]
-    scores = (grouped @ keys.unsqueeze(1).transpose(-1, -2)).float() * d ** -0.5
+    scores = (grouped @ keys.unsqueeze(1).transpose(-1, -2)).float() * scale
     rows = torch.arange(s, device=q.device)[:, None] + position
-    visible = torch.arange(t, device=q.device)[None, :] <= rows  # [S, T]
+    keys_at = torch.arange(t, device=q.device)[None, :]
+    visible = keys_at <= rows  # [S, T]
+    if window:
+        visible &= keys_at > rows - window
     probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(values.dtype)
     out = probs @ values.unsqueeze(1)  # [H_kv, G, S, D]
     return out.reshape(hq, s, d).transpose(0, 1).reshape(s, hq * d)

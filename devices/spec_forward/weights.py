@@ -14,6 +14,7 @@ embedding is `token_embd.weight` (float32 [V, H]) or its `GatherBlockQuantized` 
 `token_embd.gather` (+ `_scales`, `_zero_points`). The head's output matrix is stored [V, H]
 (float) or as MatMulNBits with N = V. Q/K rows are already in Hugging Face's half-rotation order
 (the exporter undid llama.cpp's interleaving with `rope_row_order`), so nothing is permuted here.
+Which vectors a block holds follows its spec's features (edge/architectures.py).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge import format as fmt
+from edge.architectures import QK_NORMS, SANDWICH_NORMS
 from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, PartEntry, TensorEntry, storage_shape
 from quant.blockwise import QuantizedWeight, n_blocks_of
 from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
-LINEAR_ROLES = ("attn_qkv", "attn_output", "ffn_gate_up", "ffn_down")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 # Tensors of an optional prefill graph (int8 rows x int8 tokens): a faster kernel for the same
 # matmuls, so the decode weights beside them compute the same block and these are not read.
 PREFILL_SUFFIXES = fmt.PREFILL_INT8_SUFFIXES
@@ -139,6 +140,7 @@ class EmbeddingTable:
 @dataclass(frozen=True, eq=False)
 class EmbedWeights:
     table: EmbeddingTable
+    scale: float = 1.0  # rows are multiplied by it: the spec's embedding_scale (Gemma: sqrt(H))
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +154,10 @@ class BlockWeights:
     attn_output: LinearWeight  # [H_q * D, H]
     gate_up: LinearWeight  # [H, 2 F]: gate columns first
     down: LinearWeight  # [F, H]
+    q_norm: np.ndarray | None = None  # [D], spec.qk_norm
+    k_norm: np.ndarray | None = None  # [D]
+    post_attention_norm: np.ndarray | None = None  # [H], spec.sandwich_norms
+    post_ffw_norm: np.ndarray | None = None  # [H]
 
     @property
     def linears(self) -> tuple[LinearWeight, ...]:
@@ -207,7 +213,8 @@ def part_weights(spec: ModelSpec, part: PartEntry, arrays: Mapping[str, np.ndarr
             "packages are for NPU compilers; run them with ONNX Runtime, not the spec forward")
     reader = _Reader(part.name, names, arrays)
     if part.kind == "embed":
-        weights: PartWeights = EmbedWeights(_embedding(spec, reader, quantization or {}))
+        weights: PartWeights = EmbedWeights(_embedding(spec, reader, quantization or {}),
+                                            spec.embedding_scale)
     elif part.kind == "block":
         if part.block_index is None:
             raise UnsupportedPartError(f"block part {part.name} has no block_index")
@@ -273,6 +280,10 @@ def _block(spec: ModelSpec, reader: _Reader, i: int) -> BlockWeights:
     h, d, f = spec.hidden_size, spec.head_dim, spec.intermediate_size
     q_width, qkv_width = spec.num_heads * d, (spec.num_heads + 2 * spec.num_kv_heads) * d
     bias = reader.get(f"blk.{i}.attn_qkv.bias", (qkv_width,)) if spec.attention_bias else None
+    q_norm, k_norm = ((reader.get(f"blk.{i}.{n}", (d,)) for n in QK_NORMS) if spec.qk_norm
+                      else (None, None))
+    post_attention, post_ffw = ((reader.get(f"blk.{i}.{n}", (h,)) for n in SANDWICH_NORMS)
+                                if spec.sandwich_norms else (None, None))
     return BlockWeights(
         index=i,
         attn_norm=reader.get(f"blk.{i}.attn_norm.weight", (h,)),
@@ -281,6 +292,7 @@ def _block(spec: ModelSpec, reader: _Reader, i: int) -> BlockWeights:
         attn_output=_linear(reader, f"blk.{i}.attn_output.weight", q_width, h),
         gate_up=_linear(reader, f"blk.{i}.ffn_gate_up.weight", h, 2 * f),
         down=_linear(reader, f"blk.{i}.ffn_down.weight", f, h),
+        q_norm=q_norm, k_norm=k_norm, post_attention_norm=post_attention, post_ffw_norm=post_ffw,
     )
 
 

@@ -4,11 +4,13 @@ Hugging Face `model_type`)."""
 from __future__ import annotations
 
 from edge.errors import UnsupportedModelError
+from exporters.arch.gemma3 import Gemma3Architecture
 from exporters.arch.llama import LlamaArchitecture
 from exporters.arch.qwen2 import Qwen2Architecture
 
 ARCHITECTURES: dict[str, LlamaArchitecture] = {
-    arch.name: arch for arch in (LlamaArchitecture(), Qwen2Architecture())
+    name: arch for arch in (LlamaArchitecture(), Qwen2Architecture(), Gemma3Architecture())
+    for name in (arch.name, *arch.declaration.aliases)
 }
 
 

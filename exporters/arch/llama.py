@@ -7,10 +7,14 @@ Graph layout of one block (shapes for batch B, step length S, hidden H):
     -> SiLU(gate) * up -> MatMul(W_down) -> + residual -> [B,S,H]
 
 Q, K and V (and gate and up) are stored fused so a decode step runs four matmuls, not seven.
+Other architectures are this graph with the block features their spec turns on (q/k norm,
+sandwich norms, GELU, scaled embeddings, sliding-window layers with their own rope base: see
+edge/architectures.py and gemma3.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +23,17 @@ import onnx
 from onnx import TensorProto
 
 from edge import format as fmt
-from edge.errors import UnsupportedModelError
+from edge.architectures import (
+    LLAMA,
+    QK_NORMS,
+    QKV_BIAS,
+    SANDWICH_NORMS,
+    Declaration,
+    attention_scale,
+    block_vector_names,
+    is_sliding,
+    layer_rope_theta,
+)
 from edge.format import ModelSpec, TensorEntry
 from exporters.linear import (
     FloatLinear,
@@ -51,58 +65,21 @@ class GraphDims:
 DYNAMIC = GraphDims()
 
 
-def _config_value(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    if default is None:
-        raise UnsupportedModelError(f"model config lacks {keys[0]!r}")
-    return default
-
-
 class LlamaArchitecture:
-    """The `llama` architecture; subclasses change only what differs (see qwen2.py)."""
+    """The `llama` architecture's graphs and weight layout; what differs between architectures
+    is their `Declaration` (edge/architectures.py), which the spec carries into
+    the graphs (see qwen2.py, gemma3.py)."""
 
-    name: ClassVar[str] = "llama"
-    # llama.cpp's converter permutes Q/K rows of llama models for its interleaved rope.
-    gguf_permutes_qk: ClassVar[bool] = True
-    default_attention_bias: ClassVar[bool] = False
+    declaration: ClassVar[Declaration] = LLAMA
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
 
     # ---- spec --------------------------------------------------------------------------------
     def spec(self, config: dict[str, Any]) -> ModelSpec:
         """Hyper-parameters from a Hugging Face style config dict."""
-        self._check_rope_scaling(config)
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        rope = config.get("rope_parameters") or {}
-        return ModelSpec(
-            architecture=self.name,
-            vocab_size=int(config["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(_config_value(config, "num_key_value_heads", default=heads)),
-            head_dim=int(_config_value(config, "head_dim", default=hidden // heads)),
-            rope_theta=float(rope.get("rope_theta") or _config_value(config, "rope_theta",
-                                                                     default=10000.0)),
-            rms_norm_eps=float(_config_value(config, "rms_norm_eps", default=1e-6)),
-            max_position_embeddings=int(_config_value(config, "max_position_embeddings",
-                                                      default=2048)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            attention_bias=bool(config.get("attention_bias", self.default_attention_bias)),
-        )
-
-    @staticmethod
-    def _check_rope_scaling(config: dict[str, Any]) -> None:
-        scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
-        if config.get("use_sliding_window"):
-            raise UnsupportedModelError("sliding-window attention is not supported yet")
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind not in (None, "default"):
-            raise UnsupportedModelError(
-                f"rope scaling {kind!r} is not supported yet (only plain rotary embeddings)"
-            )
+        return self.declaration.spec(config)
 
     # ---- weights ----------------------------------------------------------------------------
     def head_tensor(self, source: Source) -> str:
@@ -111,10 +88,10 @@ class LlamaArchitecture:
 
     def block_vectors(self, source: Source, spec: ModelSpec, i: int) -> dict[str, np.ndarray]:
         """Norm weights (and Q/K/V biases): small, always float32."""
-        names = ["attn_norm.weight", "ffn_norm.weight"]
-        vectors = {n: source.read(f"blk.{i}.{n}") for n in names}
+        vectors = {n: source.read(f"blk.{i}.{n}") for n in block_vector_names(spec)
+                   if n != QKV_BIAS}
         if spec.attention_bias:
-            vectors["attn_qkv.bias"] = np.concatenate(
+            vectors[QKV_BIAS] = np.concatenate(
                 [source.read(f"blk.{i}.attn_{x}.bias") for x in "qkv"])
         return {f"blk.{i}.{k}": np.ascontiguousarray(v, np.float32) for k, v in vectors.items()}
 
@@ -124,7 +101,7 @@ class LlamaArchitecture:
             return source.read_rows(f"blk.{i}.{name}")
 
         q, k = rows("attn_q.weight"), rows("attn_k.weight")
-        if source.kind == "gguf" and self.gguf_permutes_qk:
+        if source.kind == "gguf" and self.declaration.gguf_permutes_qk:
             q = permute(q, rope_row_order(q.n_rows, spec.num_heads))
             k = permute(k, rope_row_order(k.n_rows, spec.num_kv_heads))
         linears = {
@@ -140,7 +117,8 @@ class LlamaArchitecture:
                     dims: GraphDims = DYNAMIC) -> onnx.ModelProto:
         g = GraphBuilder("embed")
         ids = g.input(fmt.INPUT_IDS, TensorProto.INT64, [dims.batch, dims.seq])
-        out = [fmt.hidden_name(0)]
+        scaled = spec.embedding_scale != 1.0
+        out = [g.fresh("rows") if scaled else fmt.hidden_name(0)]
         if isinstance(embed, TensorEntry):
             g.op("Gather", [g.weight(embed), ids], outputs=out, axis=0)
         elif isinstance(embed, RowInt8):  # plain ops: int8 rows times their scale
@@ -155,6 +133,10 @@ class LlamaArchitecture:
                 inputs.append(g.weight(embed.zero_points))
             g.op("GatherBlockQuantized", inputs, outputs=out, domain="com.microsoft",
                  gather_axis=0, quantize_axis=1, block_size=embed.block_size, bits=embed.bits)
+        if scaled:  # rows [B, S, H] times sqrt(H) (Gemma), a float32 constant as in transformers
+            g.op("Mul", [out[0], g.constant("embed_scale", np.array(spec.embedding_scale,
+                                                                     np.float32))],
+                 outputs=[fmt.hidden_name(0)])
         g.output(fmt.hidden_name(0), FLOAT, [dims.batch, dims.seq, spec.hidden_size])
         return g.model()
 
@@ -177,34 +159,88 @@ class LlamaArchitecture:
         def linear(x: str, name: str) -> str:
             return self.linear(g, x, linears[f"blk.{i}.{name}"])
 
-        eps = spec.rms_norm_eps
-        normed = g.op1("SimplifiedLayerNormalization", [x, weight("attn_norm.weight")],
-                       axis=-1, epsilon=eps, stash_type=1)
+        def norm(x: str, name: str) -> str:  # RMSNorm over the last axis, float32 statistics
+            return g.op1("SimplifiedLayerNormalization", [x, weight(name)], axis=-1,
+                         epsilon=spec.rms_norm_eps, stash_type=1)
+
+        normed = norm(x, "attn_norm.weight")
         qkv = linear(normed, "attn_qkv.weight")
         if spec.attention_bias:
-            qkv = g.op1("Add", [qkv, weight("attn_qkv.bias")])
+            qkv = g.op1("Add", [qkv, weight(QKV_BIAS)])
         # qkv: [B, S, (H_q + 2 H_kv) * D]; the cache [B, H_kv, max_context, D] is updated in place
+        rotary = 1
+        if spec.qk_norm or layer_rope_theta(spec, i) != spec.rope_theta:
+            q, k, v = g.op("Split", [qkv, g.constant("qkv_split", np.array(
+                [spec.num_heads * d, spec.num_kv_heads * d, spec.num_kv_heads * d]))], 3,
+                axis=-1)
+            q, k, rotary = self._heads(g, spec, i, q, k, total, weight)
+            attention_in = [q, k, v]
+        else:
+            attention_in = [qkv, "", ""]
+        # local_window_size = the sliding window as transformers counts it (the query itself
+        # included): checked against Gemma3 on a 4-key window (tests/exporters/test_parity_gemma3)
+        window = {"local_window_size": spec.sliding_window} if is_sliding(spec, i) else {}
         attn = g.op("GroupQueryAttention",
-                    [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],
+                    [*attention_in, past_k, past_v, seqlens, total, cos, sin],
                     outputs=[g.fresh("attn"), fmt.present_key_name(i),
                              fmt.present_value_name(i)],
                     domain="com.microsoft", num_heads=spec.num_heads,
-                    kv_num_heads=spec.num_kv_heads, do_rotary=1, rotary_interleaved=0,
-                    scale=float(d) ** -0.5)[0]
+                    kv_num_heads=spec.num_kv_heads, do_rotary=rotary, rotary_interleaved=0,
+                    scale=attention_scale(spec), **window)[0]
         projected = linear(attn, "attn_output.weight")
+        if spec.sandwich_norms:
+            projected = norm(projected, SANDWICH_NORMS[0])
         normed2, _, _, residual = g.op("SkipSimplifiedLayerNormalization",
                                        [x, projected, weight("ffn_norm.weight")], 4,
-                                       domain="com.microsoft", epsilon=eps)
+                                       domain="com.microsoft", epsilon=spec.rms_norm_eps)
         gate_up = linear(normed2, "ffn_gate_up.weight")
         gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
-        act = g.op1("Mul", [g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]), up])
+        if spec.activation == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            act = g.op1("Mul", [g.op1("FastGelu", [gate], domain="com.microsoft"), up])
+        else:
+            act = g.op1("Mul", [g.op1("Mul", [gate, g.op1("Sigmoid", [gate])]), up])
         down = linear(act, "ffn_down.weight")
+        if spec.sandwich_norms:
+            down = norm(down, SANDWICH_NORMS[1])
         g.op("Add", [residual, down], outputs=[fmt.hidden_name(i + 1)])
 
         g.output(fmt.hidden_name(i + 1), FLOAT, [dims.batch, dims.seq, h])
         g.output(fmt.present_key_name(i), FLOAT, cache_shape)
         g.output(fmt.present_value_name(i), FLOAT, cache_shape)
         return g.model()
+
+    @staticmethod
+    def _heads(g: GraphBuilder, spec: ModelSpec, i: int, q: str, k: str, total: str,
+               weight: Callable[[str], str]) -> tuple[str, str, int]:
+        """Per-head RMSNorm of q [B, S, H_q * D] and k [B, S, H_kv * D] (when the spec has
+        it), and their rotation here when this layer's rope base is not the one of the tables
+        the runtime feeds GroupQueryAttention (Gemma 3's sliding layers). Returns q, k and
+        GroupQueryAttention's do_rotary."""
+        d = spec.head_dim
+        heads = {"q": (q, spec.num_heads), "k": (k, spec.num_kv_heads)}
+        split = {n: g.op1("Reshape", [x, g.constant(f"{n}_heads", np.array([0, 0, n_h, d]))])
+                 for n, (x, n_h) in heads.items()}  # [B, S, heads, D]
+        if spec.qk_norm:
+            split = {n: g.op1("SimplifiedLayerNormalization", [x, weight(name)], axis=-1,
+                              epsilon=spec.rms_norm_eps, stash_type=1)
+                     for (n, x), name in zip(split.items(), QK_NORMS, strict=True)}
+        theta = layer_rope_theta(spec, i)
+        rotary = int(theta == spec.rope_theta)
+        if not rotary:  # positions [total - S, total) of this step: angles [S, 1, D/2]
+            end = g.op1("Cast", [total], to=TensorProto.INT64)
+            steps = g.op1("Shape", [q], start=1, end=2)
+            start = g.op1("Sub", [end, g.op1("Squeeze", [steps])])
+            positions = g.op1("Cast", [g.op1("Range", [start, end, g.constant(
+                "step", np.array(1))])], to=TensorProto.FLOAT)
+            inv_freq = (1.0 / (theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32)
+                                         / d))).astype(np.float32)  # as edge.rope builds it
+            angles = g.op1("Mul", [g.op1("Unsqueeze", [positions, g.constant(
+                "axes12", np.array([1, 2]))]), g.constant("inv_freq", inv_freq)])
+            cos, sin = g.op1("Cos", [angles]), g.op1("Sin", [angles])
+            split = {n: _rotate_half(g, x, cos, sin) for n, x in split.items()}
+        q, k = (g.op1("Reshape", [x, g.constant(f"{n}_flat", np.array([0, 0, -1]))])
+                for n, x in split.items())
+        return q, k, rotary
 
     @staticmethod
     def linear(g: GraphBuilder, x: str, weight: Linear) -> str:
@@ -261,6 +297,15 @@ class LlamaArchitecture:
         g.op("Reshape", [logits, shape], outputs=[fmt.LOGITS])
         g.output(fmt.LOGITS, FLOAT, [dims.batch, "n_logits", spec.vocab_size])
         return g.model()
+
+
+def _rotate_half(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
+    """Half rotation (Hugging Face's rotate_half) of x [B, S, heads, D] by angles whose cos and
+    sin are [S, 1, D/2]."""
+    x1, x2 = g.op("Split", [x], 2, axis=-1, num_outputs=2)
+    return g.op1("Concat", [g.op1("Sub", [g.op1("Mul", [x1, cos]), g.op1("Mul", [x2, sin])]),
+                            g.op1("Add", [g.op1("Mul", [x2, cos]), g.op1("Mul", [x1, sin])])],
+                 axis=-1)
 
 
 def int8_row_matmul(g: GraphBuilder, x: str, weight: Int8RowLinear,

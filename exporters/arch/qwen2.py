@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from edge.architectures import QWEN2, Declaration
 from exporters.arch.llama import LlamaArchitecture
 
 
 class Qwen2Architecture(LlamaArchitecture):
-    name: ClassVar[str] = "qwen2"
-    # llama.cpp runs qwen2 with NEOX (half-rotation) rope, so Q/K rows are stored as in HF.
-    gguf_permutes_qk: ClassVar[bool] = False
-    default_attention_bias: ClassVar[bool] = True
+    declaration: ClassVar[Declaration] = QWEN2

@@ -28,6 +28,7 @@ _CONFIG_KEYS = {
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "context_length": "max_position_embeddings",
     "attention.key_length": "head_dim",
+    "attention.sliding_window": "sliding_window",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.architectures import DECLARATIONS
 from edge.errors import UnsupportedModelError
 from edge.format import TokenizerInfo
 from exporters.linear import RowWeight
@@ -43,12 +44,14 @@ _GLOBAL_NAMES = {
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
-def gguf_style_name(hf_name: str) -> str | None:
+def gguf_style_name(hf_name: str, layer_names: dict[str, str] | None = None) -> str | None:
+    """`layer_names`: an architecture's names that differ from Llama's (its declaration)."""
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     match = _LAYER.match(hf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"blk.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    names = {**_LAYER_NAMES, **(layer_names or {})}
+    if match and match.group(2) in names:
+        return f"blk.{match.group(1)}.{names[match.group(2)]}"
     return None
 
 
@@ -68,6 +71,10 @@ class HFSource:
                 f"{self.path} is not a Hugging Face folder (no config.json)")
         self._config = _read_config(self.path / "config.json")
         self.architecture = str(self._config.get("model_type"))
+        known = DECLARATIONS.get(self.architecture)
+        layer_names = known.hf_layer_names if known else {}
+        # Gemma's norms compute x * (1 + w): stored with the 1 added, as llama.cpp's GGUF does
+        self._norm_offset = known.hf_norm_offset if known else 0.0
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             raise UnsupportedModelError(f"{self.path} has no .safetensors weights")
@@ -75,7 +82,7 @@ class HFSource:
         for file in files:
             header, data_start = _read_header(file)
             for hf_name, info in header.items():
-                name = gguf_style_name(hf_name)
+                name = gguf_style_name(hf_name, layer_names)
                 if name is not None:
                     self._index[name] = (file, info, data_start)
         if self._config.get("tie_word_embeddings") and "output.weight" in self._index:
@@ -98,8 +105,12 @@ class HFSource:
                         offset=data_start + begin, shape=tuple(info["shape"]))
         raw = raw if rows is None else raw[rows]
         if info["dtype"] == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        return np.array(raw, dtype=np.float32)
+            values = (raw.astype(np.uint32) << 16).view(np.float32)
+        else:
+            values = np.array(raw, dtype=np.float32)
+        if self._norm_offset and name.endswith("norm.weight"):
+            values = values + np.float32(self._norm_offset)
+        return values
 
     def read_rows(self, name: str, rows: slice | None = None) -> RowWeight:
         return RowWeight(self._index[name][1]["dtype"] if name in self._index else "F32",

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.architectures import FEATURES_KEY, spec_features
 from edge.errors import PackageError
 from edge.format import TokenizerInfo
 from edge.package import open_package
@@ -43,7 +44,7 @@ class PackageSource:
                 "rope_theta": s.rope_theta, "rms_norm_eps": s.rms_norm_eps,
                 "max_position_embeddings": s.max_position_embeddings,
                 "tie_word_embeddings": s.tie_word_embeddings,
-                "attention_bias": s.attention_bias}
+                "attention_bias": s.attention_bias, FEATURES_KEY: spec_features(s)}
 
     def _split(self, name: str) -> tuple[str, slice, bool] | None:
         """(stored tensor, column range, transposed) holding the source tensor `name`."""

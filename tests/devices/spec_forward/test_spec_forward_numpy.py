@@ -41,9 +41,8 @@ from devices.spec_forward import (
     view_tensors,
 )
 from edge.errors import ConfigError, ContextOverflowError
-from edge.format import ModelSpec, read_manifest
+from edge.format import read_manifest
 from edge.package import open_package
-from edge.rope import rope_tables as engine_rope_tables
 
 
 def _model(package: Path, **kwargs: object) -> NumpyForward:
@@ -118,15 +117,6 @@ def test_spec_forward_numpy_w8a8_matches_onnx(tiny_qwen2_packages: dict[str, Pat
     print(f"w8a8: spec vs ORT {error:.1e}, fp32 vs w8a8 {gap:.1e} of the logit scale")
     assert error <= 0.1 * gap
     assert actual.tokens == expected.tokens
-
-
-def test_spec_forward_numpy_rope_tables_equal_the_engines() -> None:
-    """devices/ may not import edge/rope.py, so it builds the tables itself: the same ones."""
-    spec = ModelSpec("llama", vocab_size=10, hidden_size=96, intermediate_size=64, num_layers=1,
-                     num_heads=3, num_kv_heads=1, head_dim=32, rope_theta=500000.0,
-                     rms_norm_eps=1e-5, max_position_embeddings=512, tie_word_embeddings=True)
-    for ours, theirs in zip(rope_tables(spec, 300), engine_rope_tables(spec, 300)):
-        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_spec_forward_numpy_pluggable_linear(tiny_qwen2_packages: dict[str, Path]) -> None:
