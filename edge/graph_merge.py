@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from edge.errors import PackageError
+from edge.onnx_wire import varint as _varint
 
 # protobuf field numbers from onnx.proto
 MODEL_GRAPH, MODEL_OPSET_IMPORT = 7, 8
@@ -30,19 +31,6 @@ class _Field:
     number: int
     raw: bytes  # the whole field, tag included, ready to copy
     payload: bytes  # the value of a length-delimited field
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise PackageError("truncated ONNX graph (varint runs past the end)")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def _encode_varint(value: int) -> bytes:

@@ -15,6 +15,7 @@ WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 
 
 def varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at `pos`."""
     value = shift = 0
     while True:
         if pos >= len(buf):
