@@ -37,20 +37,25 @@ PREFILL, CONTEXT, MAX_CONTEXT = 64, 64, 256
 class PartBench:
     """One part compiled and loaded on one backend, its buffers bound for one step shape."""
 
-    def __init__(self, package: Package, index: int, backend: str, threads: int,
-                 tokens: int, position: int) -> None:
+    def __init__(
+        self, package: Package, index: int, backend: str, threads: int, tokens: int, position: int
+    ) -> None:
         spec, part = package.spec, package.manifest.parts[index]
         self.backend = registry.create(backend, {"threads": threads})
         graph = SegmentGraph(package, index, (part,), package.graph_bytes(part))
-        keys = [np.zeros((1, spec.num_kv_heads, MAX_CONTEXT, spec.head_dim), np.float32)
-                for _ in range(spec.num_layers)]
+        keys = [
+            np.zeros((1, spec.num_kv_heads, MAX_CONTEXT, spec.head_dim), np.float32)
+            for _ in range(spec.num_layers)
+        ]
         values = [k.copy() for k in keys]
         self.resident = Resident(keys, values, *rope_tables(spec, MAX_CONTEXT))
         self.loaded = self.backend.load(self.backend.compile(graph), self.resident)
         self.position, self.tokens = position, tokens
         rng = np.random.default_rng(index)
-        inputs = {fmt.SEQLENS_K: np.array([position + tokens - 1], np.int32),
-                  fmt.TOTAL_SEQUENCE_LENGTH: np.array(position + tokens, np.int32)}
+        inputs = {
+            fmt.SEQLENS_K: np.array([position + tokens - 1], np.int32),
+            fmt.TOTAL_SEQUENCE_LENGTH: np.array(position + tokens, np.int32),
+        }
         outputs = {}
         if part.kind == "embed":
             inputs[fmt.INPUT_IDS] = rng.integers(0, spec.vocab_size, (1, tokens))
@@ -78,8 +83,9 @@ def engine_decode_ms(package: Package, backend: str, threads: int, repeats: int)
     from edge.placement import Placement
 
     placement = Placement.single(len(package.manifest.parts), backend)
-    engine = Engine(package, EngineConfig(max_context=MAX_CONTEXT, threads=threads,
-                                          placement=placement))
+    engine = Engine(
+        package, EngineConfig(max_context=MAX_CONTEXT, threads=threads, placement=placement)
+    )
     engine.prefill(list(range(100, 100 + CONTEXT)))
     times = []
     for i in range(repeats):
@@ -95,8 +101,7 @@ def bench_package(label: str, package: Package, threads: int, repeats: int) -> l
     rows = []
     for part, index in parts.items():
         for step, tokens, position in (("decode", 1, CONTEXT), (f"prefill {PREFILL}", PREFILL, 0)):
-            benches = {b: PartBench(package, index, b, threads, tokens, position)
-                       for b in BACKENDS}
+            benches = {b: PartBench(package, index, b, threads, tokens, position) for b in BACKENDS}
             for bench in benches.values():
                 for _ in range(5):
                     bench.time_once()
@@ -112,8 +117,10 @@ def bench_package(label: str, package: Package, threads: int, repeats: int) -> l
 
 
 def _row(label: str, part: str, step: str, ms: dict[str, float]) -> str:
-    return (f"| {label} | {part} | {step} | {ms['ort_cpu']:.3f} | {ms['openvino']:.3f} | "
-            f"{ms['openvino'] / ms['ort_cpu']:.2f}x |")
+    return (
+        f"| {label} | {part} | {step} | {ms['ort_cpu']:.3f} | {ms['openvino']:.3f} | "
+        f"{ms['openvino'] / ms['ort_cpu']:.2f}x |"
+    )
 
 
 def int4_package(fp32: Path, work: Path) -> Path:
@@ -126,8 +133,9 @@ def int4_package(fp32: Path, work: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fp32", default=str(Path.home() / ".cache/edge/packages/smollm2-135m"))
     parser.add_argument("--int4", default=None, help="an int4 package (made when not given)")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "edge" / "bench"))
@@ -139,13 +147,16 @@ def main() -> None:
         raise SystemExit(f"OpenVINO is needed for this comparison: {available.reason}")
     fp32 = Path(args.fp32)
     int4 = Path(args.int4) if args.int4 else int4_package(fp32, Path(args.work))
-    print(f"{args.threads} threads, medians of {args.repeats} runs; decode = 1 token with "
-          f"{CONTEXT} in the cache\n")
+    print(
+        f"{args.threads} threads, medians of {args.repeats} runs; decode = 1 token with "
+        f"{CONTEXT} in the cache\n"
+    )
     print("| model | part | step | ort_cpu ms | openvino ms | openvino / ort |")
     print("|---|---|---|---|---|---|")
     for label, path in (("fp32", fp32), ("int4", int4)):
-        for row in bench_package(label, open_package(path, verify="sizes"), args.threads,
-                                 args.repeats):
+        for row in bench_package(
+            label, open_package(path, verify="sizes"), args.threads, args.repeats
+        ):
             print(row, flush=True)
 
 

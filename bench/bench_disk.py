@@ -41,8 +41,10 @@ def file_units(manifest: Manifest) -> list[PartEntry]:
     for part in manifest.parts:
         for tensor in part.tensors:
             tensors.setdefault(tensor.file, {})[tensor.offset] = tensor
-    return [PartEntry(file, "block", "", tuple(by_offset.values()), (), ())
-            for file, by_offset in tensors.items()]
+    return [
+        PartEntry(file, "block", "", tuple(by_offset.values()), (), ())
+        for file, by_offset in tensors.items()
+    ]
 
 
 def drop_caches(root: Path, files: list[str]) -> str:
@@ -83,8 +85,7 @@ def stream_blocks(root: Path, manifest: Manifest, chunk: int, direct: bool) -> t
             prefetcher.acquire(block.name)
             prefetcher.release(block.name)
         elapsed = time.perf_counter() - start
-        nbytes = sum(e.nbytes for e in prefetcher.events() if e.kind == "read"
-                     and e.step == 0)
+        nbytes = sum(e.nbytes for e in prefetcher.events() if e.kind == "read" and e.step == 0)
     return elapsed, nbytes
 
 
@@ -93,8 +94,12 @@ def dd_read(root: Path, names: list[str], chunk_mib: int, direct: bool) -> tuple
     elapsed, nbytes = 0.0, 0
     for name in names:
         command = ["dd", f"if={root / name}", "of=/dev/null", f"bs={chunk_mib}M"]
-        done = subprocess.run(command + (["iflag=direct"] if direct else []), check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            command + (["iflag=direct"] if direct else []),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         match = re.search(r"^(\d+) bytes.* copied, ([\d.]+) s", done.stderr, re.MULTILINE)
         assert match, done.stderr
         nbytes += int(match.group(1))
@@ -102,8 +107,9 @@ def dd_read(root: Path, names: list[str], chunk_mib: int, direct: bool) -> tuple
     return elapsed, nbytes
 
 
-def run_case(root: Path, manifest: Manifest, units: list[PartEntry], mode: str,
-             chunk_mib: int) -> tuple[float, int, float, str]:
+def run_case(
+    root: Path, manifest: Manifest, units: list[PartEntry], mode: str, chunk_mib: int
+) -> tuple[float, int, float, str]:
     """One cold (or warm) pass over the files: (seconds, bytes, median s per file, how)."""
     names = [u.name for u in units]
     chunk = chunk_mib * MiB
@@ -117,8 +123,9 @@ def run_case(root: Path, manifest: Manifest, units: list[PartEntry], mode: str,
     if mode == "prefetch-direct":
         elapsed, nbytes = stream_blocks(root, manifest, chunk, True)
         return elapsed, nbytes, float("nan"), how
-    store = WeightStore(root, units, direct=direct, chunk_bytes=chunk,
-                        drop_page_cache=mode != "buffered-warm")
+    store = WeightStore(
+        root, units, direct=direct, chunk_bytes=chunk, drop_page_cache=mode != "buffered-warm"
+    )
     if mode == "buffered-warm":
         read_all(store, names)  # fill the page cache
         how = "warm"
@@ -144,25 +151,40 @@ def measure(args: argparse.Namespace) -> list[tuple]:
     rows = []
     for (mode, chunk), runs in results.items():
         rates = [nbytes / elapsed for elapsed, nbytes, _, _ in runs]
-        rows.append((mode, chunk, statistics.median(rates), min(rates), max(rates), runs[0][1],
-                     statistics.median(r[2] for r in runs) * 1e3, runs[-1][3]))
+        rows.append(
+            (
+                mode,
+                chunk,
+                statistics.median(rates),
+                min(rates),
+                max(rates),
+                runs[0][1],
+                statistics.median(r[2] for r in runs) * 1e3,
+                runs[-1][3],
+            )
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("package", nargs="?", default=str(DEFAULT_PACKAGE))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--chunks", default="1,8,32", help="chunk sizes in MiB")
     args = parser.parse_args()
     args.chunks = [int(c) for c in args.chunks.split(",")]
     rows = measure(args)
-    print(f"{'mode':<16} {'chunk':>6} {'GB/s med':>9} {'min':>6} {'max':>6} {'MB/run':>7} "
-          f"{'ms/file':>8}  cold by")
+    print(
+        f"{'mode':<16} {'chunk':>6} {'GB/s med':>9} {'min':>6} {'max':>6} {'MB/run':>7} "
+        f"{'ms/file':>8}  cold by"
+    )
     for mode, chunk, med, low, high, nbytes, per_file, how in rows:
-        print(f"{mode:<16} {chunk:>4}Mi {med / 1e9:>9.2f} {low / 1e9:>6.2f} {high / 1e9:>6.2f} "
-              f"{nbytes / 1e6:>7.0f} {per_file:>8.1f}  {how}")
+        print(
+            f"{mode:<16} {chunk:>4}Mi {med / 1e9:>9.2f} {low / 1e9:>6.2f} {high / 1e9:>6.2f} "
+            f"{nbytes / 1e6:>7.0f} {per_file:>8.1f}  {how}"
+        )
 
 
 if __name__ == "__main__":

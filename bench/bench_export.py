@@ -32,8 +32,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = f"{tmp}/pkg"
             start = time.perf_counter()
-            child = subprocess.run([sys.executable, "-c", CHILD, str(gguf), out], check=True,
-                                   capture_output=True, text=True)
+            child = subprocess.run(
+                [sys.executable, "-c", CHILD, str(gguf), out],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             seconds = time.perf_counter() - start
             peak_kib = int(child.stdout.split()[-1])
             size = sum(p.stat().st_size for p in Path(out).iterdir())

@@ -44,15 +44,17 @@ def _reference(gguf):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"gguf_file": gguf.name}
-        _REF[gguf] = (AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32,
-                                                           **kwargs).eval(),
-                      AutoTokenizer.from_pretrained(gguf.parent, **kwargs))
+        _REF[gguf] = (
+            AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs).eval(),
+            AutoTokenizer.from_pretrained(gguf.parent, **kwargs),
+        )
     return _REF[gguf]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
@@ -82,8 +84,10 @@ def main() -> None:
         rows["transformers"][0].append(p)
         rows["transformers"][1].append(d)
     med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in rows.items()}
-    print(f"{args.model} fp32, {args.threads} threads, {args.prompt_tokens}-token prompt, "
-          f"{args.gen_tokens} decoded tokens, median of {args.runs} alternating runs")
+    print(
+        f"{args.model} fp32, {args.threads} threads, {args.prompt_tokens}-token prompt, "
+        f"{args.gen_tokens} decoded tokens, median of {args.runs} alternating runs"
+    )
     print("| engine | prefill tok/s | decode tok/s |")
     print("|---|---|---|")
     for name, (p, d) in med.items():

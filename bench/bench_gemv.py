@@ -79,31 +79,45 @@ def session(model, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     # Dozens of sessions take turns: spinning pools of idle sessions would steal the cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def graph(node, inputs: list, K: int, N: int):
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", N])
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K])
-    return helper.make_model(helper.make_graph([node], "bench", [x, *inputs], [out]),
-                             opset_imports=_OPSETS)
+    return helper.make_model(
+        helper.make_graph([node], "bench", [x, *inputs], [out]), opset_imports=_OPSETS
+    )
 
 
 def nbits_inputs_model(q: QuantizedWeight):
     """MatMulNBits with B and scales as graph inputs (what a streamed block would feed)."""
-    node = helper.make_node("MatMulNBits", ["x", "B", "scales"], ["y"], domain=MS_DOMAIN,
-                            K=q.K, N=q.N, bits=q.bits, block_size=q.block_size, accuracy_level=4)
-    inputs = [helper.make_tensor_value_info("B", TensorProto.UINT8, list(q.packed.shape)),
-              helper.make_tensor_value_info("scales", TensorProto.FLOAT, [q.scales.size])]
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "B", "scales"],
+        ["y"],
+        domain=MS_DOMAIN,
+        K=q.K,
+        N=q.N,
+        bits=q.bits,
+        block_size=q.block_size,
+        accuracy_level=4,
+    )
+    inputs = [
+        helper.make_tensor_value_info("B", TensorProto.UINT8, list(q.packed.shape)),
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT, [q.scales.size]),
+    ]
     return graph(node, inputs, q.K, q.N)
 
 
 def dynamic_int8_model(K: int, N: int):
-    node = helper.make_node("DynamicQuantizeMatMul", ["x", "B", "b_scale"], ["y"],
-                            domain=MS_DOMAIN)
-    inputs = [helper.make_tensor_value_info("B", TensorProto.INT8, [K, N]),
-              helper.make_tensor_value_info("b_scale", TensorProto.FLOAT, [N])]
+    node = helper.make_node("DynamicQuantizeMatMul", ["x", "B", "b_scale"], ["y"], domain=MS_DOMAIN)
+    inputs = [
+        helper.make_tensor_value_info("B", TensorProto.INT8, [K, N]),
+        helper.make_tensor_value_info("b_scale", TensorProto.FLOAT, [N]),
+    ]
     return graph(node, inputs, K, N)
 
 
@@ -141,21 +155,44 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], list[float]]:
         x = rng.standard_normal((M, K)).astype(np.float32)
         out = np.empty((M, N), np.float32)
         variants = [
-            (f"edge jit int4, {kind} x (weights in place)", int4_bytes, args.rounds,
-             [partial(kernel, x, p, s, None, out) for p, s in weights])
+            (
+                f"edge jit int4, {kind} x (weights in place)",
+                int4_bytes,
+                args.rounds,
+                [partial(kernel, x, p, s, None, out) for p, s in weights],
+            )
             for kind, kernel in kernels.items()
         ] + [
-            ("ORT MatMulNBits int4, initializers (acc 4)", int4_bytes, args.rounds,
-             [partial(s.run, None, {"x": x}) for s in init_sessions]),
-            ("ORT MatMulNBits int4, graph inputs (acc 4)", int4_bytes, 1,
-             [partial(inputs_session.run, None, {"x": x, "B": p, "scales": s})
-              for p, s in weights[:3]]),
-            ("ORT DynamicQuantizeMatMul int8, graph inputs", int8.nbytes + int8_scales.nbytes,
-             args.rounds,
-             [partial(int8_session.run, None, {"x": x, "B": b, "b_scale": int8_scales})
-              for b in int8_weights]),
-            ("ORT MatMul fp32, graph inputs", w.nbytes, args.rounds,
-             [partial(fp32_session.run, None, {"x": x, "W": b}) for b in fp32_weights]),
+            (
+                "ORT MatMulNBits int4, initializers (acc 4)",
+                int4_bytes,
+                args.rounds,
+                [partial(s.run, None, {"x": x}) for s in init_sessions],
+            ),
+            (
+                "ORT MatMulNBits int4, graph inputs (acc 4)",
+                int4_bytes,
+                1,
+                [
+                    partial(inputs_session.run, None, {"x": x, "B": p, "scales": s})
+                    for p, s in weights[:3]
+                ],
+            ),
+            (
+                "ORT DynamicQuantizeMatMul int8, graph inputs",
+                int8.nbytes + int8_scales.nbytes,
+                args.rounds,
+                [
+                    partial(int8_session.run, None, {"x": x, "B": b, "b_scale": int8_scales})
+                    for b in int8_weights
+                ],
+            ),
+            (
+                "ORT MatMul fp32, graph inputs",
+                w.nbytes,
+                args.rounds,
+                [partial(fp32_session.run, None, {"x": x, "W": b}) for b in fp32_weights],
+            ),
         ]
         for name, nbytes, rounds, calls in variants:
             results.append(Result(name, M, *timed(calls, rounds), nbytes))
@@ -171,14 +208,17 @@ def table(results: list[Result], bandwidth: float, threads: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r.name} | {r.M} | {r.median * 1e3:.3f} | {r.best * 1e3:.3f} | "
-                     f"{r.gbps:.1f} | {100 * r.gbps / bandwidth:.0f}% |")
+        lines.append(
+            f"| {r.name} | {r.M} | {r.median * 1e3:.3f} | {r.best * 1e3:.3f} | "
+            f"{r.gbps:.1f} | {100 * r.gbps / bandwidth:.0f}% |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, default=2048)
     parser.add_argument("--n", type=int, default=8192)
@@ -188,12 +228,18 @@ def main() -> None:
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    print(f"{args.k}x{args.n} int4 block {args.block_size}, {args.threads} threads, "
-          f"load average at start {load:.2f} (other processes skew every number)", flush=True)
+    print(
+        f"{args.k}x{args.n} int4 block {args.block_size}, {args.threads} threads, "
+        f"load average at start {load:.2f} (other processes skew every number)",
+        flush=True,
+    )
     results, bandwidth = run_all(args)
     best = max(bandwidth)
-    print(f"\nread bandwidth ({args.threads} threads): "
-          + ", ".join(f"{b:.1f}" for b in bandwidth) + " GB/s (before, after)\n")
+    print(
+        f"\nread bandwidth ({args.threads} threads): "
+        + ", ".join(f"{b:.1f}" for b in bandwidth)
+        + " GB/s (before, after)\n"
+    )
     print(table(results, best, args.threads))
 
 

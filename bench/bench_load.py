@@ -37,8 +37,14 @@ print(json.dumps({"seconds": loaded, "edge": edge.__file__}))
 
 def sample(tree: Path, package: Path, cache: Path) -> float:
     env = {**os.environ, "EDGE_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, "-I", "-c", CHILD, str(tree), str(package)],
-                         capture_output=True, text=True, check=True, env=env, cwd=tree)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", CHILD, str(tree), str(package)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tree,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["edge"].startswith(str(tree)), result  # the tree asked for, not another
     return float(result["seconds"])
@@ -75,8 +81,9 @@ def main() -> None:
             sample(tree, package.resolve(), args.cache / name.replace(" ", "-"))
         for _ in range(args.runs):
             for name, tree in trees.items():
-                times[name].append(sample(tree, package.resolve(),
-                                          args.cache / name.replace(" ", "-")))
+                times[name].append(
+                    sample(tree, package.resolve(), args.cache / name.replace(" ", "-"))
+                )
         mine, base = (statistics.median(times[n]) for n in trees)
         print(f"| {package.name} | {mine:.3f} | {base:.3f} | {mine / base:.3f} |")
 

@@ -35,33 +35,53 @@ from edge.planner.machine import import_footprint  # noqa: E402
 
 MiB = 1 << 20
 PROMPT, DECODE, CONTEXT = 64, 32, 256
-LABELS = {"fp32": "SmolLM2-135M fp32", "int4": "SmolLM2-135M int4",
-          "qwen": "Qwen2.5-Coder-0.5B int4"}
+LABELS = {
+    "fp32": "SmolLM2-135M fp32",
+    "int4": "SmolLM2-135M int4",
+    "qwen": "Qwen2.5-Coder-0.5B int4",
+}
 
 
 def plans(path: Path, cpu) -> list[tuple[str, Plan]]:
     manifest = read_manifest(path)
-    config = PlanConfig(footprint=import_footprint(), max_context=CONTEXT,
-                        prompt_tokens=PROMPT,
-                        context_tokens=PROMPT + DECODE, prefill_chunk=PROMPT)
+    config = PlanConfig(
+        footprint=import_footprint(),
+        max_context=CONTEXT,
+        prompt_tokens=PROMPT,
+        context_tokens=PROMPT + DECODE,
+        prefill_chunk=PROMPT,
+    )
     devices = [Device(cpu, "ort_cpu"), Device(cpu, "openvino")]
     auto = make_plan(manifest, devices, config)
     n = len(manifest.parts)
     third = n // 3
-    split = evaluate(manifest, devices, Placement.split(
-        n, [(0, "ort_cpu"), (third, "openvino"), (2 * third, "ort_cpu")]), config)
-    minimum = stream_minimum(manifest, max_context=CONTEXT, prefill_chunk=PROMPT,
-                             footprint=import_footprint())
+    split = evaluate(
+        manifest,
+        devices,
+        Placement.split(n, [(0, "ort_cpu"), (third, "openvino"), (2 * third, "ort_cpu")]),
+        config,
+    )
+    minimum = stream_minimum(
+        manifest, max_context=CONTEXT, prefill_chunk=PROMPT, footprint=import_footprint()
+    )
     weights = sum(t.nbytes for p in manifest.blocks for t in p.tensors)
     budget = minimum + weights // 3  # about a third of the blocks pinned, the rest streamed
-    streamed = make_plan(manifest, [Device(cpu, "ort_cpu", budget),
-                                    Device(cpu, "openvino", budget)], config)
+    streamed = make_plan(
+        manifest, [Device(cpu, "ort_cpu", budget), Device(cpu, "openvino", budget)], config
+    )
     return [("auto", auto), ("ort/ov/ort", split), (f"budget {budget / MiB:.0f} MiB", streamed)]
 
 
 def job(path: Path, plan: Plan) -> dict:
-    base = {"job": "model", "package": str(path), "max_context": CONTEXT, "prompt": PROMPT,
-            "decode": DECODE, "threads": 2, "prefill_chunk": plan.prefill_chunk}
+    base = {
+        "job": "model",
+        "package": str(path),
+        "max_context": CONTEXT,
+        "prompt": PROMPT,
+        "decode": DECODE,
+        "threads": 2,
+        "prefill_chunk": plan.prefill_chunk,
+    }
     if plan.streaming is not None:
         return {**base, "budget": plan.streaming.budget}
     return {**base, "placement": plan.placement().to_dict()}
@@ -75,8 +95,9 @@ def describe(plan: Plan) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for key, path in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=Path, default=path)
     parser.add_argument("--runs", type=int, default=3)
@@ -85,10 +106,14 @@ def main() -> None:
 
     bench, _ = load_or_measure(refresh=True)
     cpu = measured_profile()
-    print(f"CPU profile measured now: {bench.bandwidth_gbs:.1f} GB/s memory read, "
-          f"{bench.fp32_gflops:.0f} GFLOP/s fp32, load average {bench.load_average}\n")
-    print("| model | plan | placement | decode tok/s predicted | measured | TTFT ms predicted "
-          "| measured | peak RSS MiB predicted | measured | RSS error |")
+    print(
+        f"CPU profile measured now: {bench.bandwidth_gbs:.1f} GB/s memory read, "
+        f"{bench.fp32_gflops:.0f} GFLOP/s fp32, load average {bench.load_average}\n"
+    )
+    print(
+        "| model | plan | placement | decode tok/s predicted | measured | TTFT ms predicted "
+        "| measured | peak RSS MiB predicted | measured | RSS error |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key in DEFAULTS:
         path = getattr(args, key)
@@ -102,10 +127,13 @@ def main() -> None:
             tps = statistics.median(DECODE / r["decode_s"] for r in runs)
             ttft = statistics.median(r["prefill_s"] for r in runs)
             rss = max(r["stages"]["decode"]["VmHWM"] for r in runs)
-            print(f"| {LABELS[key]} | {name} | {describe(plan)} | "
-                  f"{plan.decode_tokens_per_s:.1f} | {tps:.1f} | {plan.ttft_s * 1e3:.0f} | "
-                  f"{ttft * 1e3:.0f} | {plan.peak_bytes / MiB:.0f} | {rss / MiB:.0f} | "
-                  f"{(plan.peak_bytes - rss) / rss:+.1%} |", flush=True)
+            print(
+                f"| {LABELS[key]} | {name} | {describe(plan)} | "
+                f"{plan.decode_tokens_per_s:.1f} | {tps:.1f} | {plan.ttft_s * 1e3:.0f} | "
+                f"{ttft * 1e3:.0f} | {plan.peak_bytes / MiB:.0f} | {rss / MiB:.0f} | "
+                f"{(plan.peak_bytes - rss) / rss:+.1%} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,28 +20,43 @@ HERE = Path(__file__).resolve().parent
 
 
 def llama_ppl(python: str, gguf: Path, windows: list[list[int]], threads: int) -> float:
-    out = subprocess.run([python, str(HERE / "llama_cpp_runner.py"), str(gguf), "--logits",
-                          "--threads", str(threads)], input=json.dumps(windows),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            python,
+            str(HERE / "llama_cpp_runner.py"),
+            str(gguf),
+            "--logits",
+            "--threads",
+            str(threads),
+        ],
+        input=json.dumps(windows),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     row = json.loads(out.stdout.strip().splitlines()[-1])
     return math.exp(row["nll_sum"] / row["tokens"])
 
 
 def llama_quantize(python: str, source: Path, target: Path, ftype: str) -> Path:
     if not target.exists():
-        script = ("import ctypes, sys, llama_cpp as L\n"
-                  "p = L.llama_model_quantize_default_params()\n"
-                  f"p.ftype = L.{ftype}; p.allow_requantize = True\n"
-                  "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),"
-                  " ctypes.byref(p)))\n")
-        subprocess.run([python, "-c", script, str(source), str(target)], check=True,
-                       capture_output=True)
+        script = (
+            "import ctypes, sys, llama_cpp as L\n"
+            "p = L.llama_model_quantize_default_params()\n"
+            f"p.ftype = L.{ftype}; p.allow_requantize = True\n"
+            "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),"
+            " ctypes.byref(p)))\n"
+        )
+        subprocess.run(
+            [python, "-c", script, str(source), str(target)], check=True, capture_output=True
+        )
     return target
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--llama-python", required=True)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=2048)
@@ -58,10 +73,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     gguf = pull(args.model, progress=False)
-    variants = {"fp32": ExportConfig(), "int8": ExportConfig(quant="int8"),
-                "int4 (RTN)": ExportConfig(quant="int4"),
-                "int4 (AWQ)": ExportConfig(quant="int4", method="awq"),
-                "int4-mixed": ExportConfig(quant="int4-mixed"), "w8a8": ExportConfig(quant="w8a8")}
+    variants = {
+        "fp32": ExportConfig(),
+        "int8": ExportConfig(quant="int8"),
+        "int4 (RTN)": ExportConfig(quant="int4"),
+        "int4 (AWQ)": ExportConfig(quant="int4", method="awq"),
+        "int4-mixed": ExportConfig(quant="int4-mixed"),
+        "w8a8": ExportConfig(quant="w8a8"),
+    }
     config = PerplexityConfig(window=args.window, stride=args.window, max_tokens=args.tokens)
     rows, ids = [], None
     for label, export_config in variants.items():
@@ -75,18 +94,25 @@ def main() -> None:
             ids = ids[: args.tokens]
         rows.append((f"edge {label}", perplexity(model.engine, ids, config).perplexity))
         del model
-    windows = [ids[i:i + args.window] for i in range(0, len(ids), args.window)]
-    f32 = llama_quantize(args.llama_python, gguf, work / f"{gguf.stem}.F32.gguf",
-                         "LLAMA_FTYPE_ALL_F32")
-    q4_0 = llama_quantize(args.llama_python, gguf, work / f"{gguf.stem}.Q4_0.gguf",
-                          "LLAMA_FTYPE_MOSTLY_Q4_0")
+    windows = [ids[i : i + args.window] for i in range(0, len(ids), args.window)]
+    f32 = llama_quantize(
+        args.llama_python, gguf, work / f"{gguf.stem}.F32.gguf", "LLAMA_FTYPE_ALL_F32"
+    )
+    q4_0 = llama_quantize(
+        args.llama_python, gguf, work / f"{gguf.stem}.Q4_0.gguf", "LLAMA_FTYPE_MOSTLY_Q4_0"
+    )
     kind = gguf.stem.rsplit(".", 1)[-1].split("-")[-1].upper()  # Q4_1, Q4_K_M
-    for label, path in ((f"llama.cpp {kind} (as shipped)", gguf),
-                        ("llama.cpp F32", f32), ("llama.cpp Q4_0", q4_0)):
+    for label, path in (
+        (f"llama.cpp {kind} (as shipped)", gguf),
+        ("llama.cpp F32", f32),
+        ("llama.cpp Q4_0", q4_0),
+    ):
         rows.append((label, llama_ppl(args.llama_python, path, windows, args.threads)))
     base = {"edge": rows[0][1], "llama.cpp": rows[-2][1]}
-    print(f"{args.model}: perplexity on the first {len(ids)} tokens of pydoc_data.topics, "
-          f"windows of {args.window}")
+    print(
+        f"{args.model}: perplexity on the first {len(ids)} tokens of pydoc_data.topics, "
+        f"windows of {args.window}"
+    )
     print("| engine / weights | perplexity | vs its own fp32 |")
     print("|---|---|---|")
     for label, ppl in rows:

@@ -61,8 +61,7 @@ def chat_ids(model: Model, text: str) -> list[int]:
     return model.tokenizer.encode(prompt, add_special_tokens=False)
 
 
-def timed(model: Model, ids: list[int], tokens: int, eos: bool
-          ) -> tuple[list[int], float, object]:
+def timed(model: Model, ids: list[int], tokens: int, eos: bool) -> tuple[list[int], float, object]:
     model.engine.reset()
     model._cached = []
     responses = model.stream(ids, max_tokens=tokens, ignore_eos=not eos)
@@ -76,47 +75,70 @@ def timed(model: Model, ids: list[int], tokens: int, eos: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-threads", type=int, default=None)
-    parser.add_argument("--baseline", default=None, metavar="PKG",
-                        help="another package of the target model, decoded plainly alongside")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="PKG",
+        help="another package of the target model, decoded plainly alongside",
+    )
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--eos", action="store_true",
-                        help="stop each answer at its end of sequence (default: run past it)")
+    parser.add_argument(
+        "--eos",
+        action="store_true",
+        help="stop each answer at its end of sequence (default: run past it)",
+    )
     args = parser.parse_args()
 
     # One target engine for every configuration, as edge.load builds it: the target's idle
     # threads spin (plain decoding is ~2% faster so), the draft's do not.
-    target = Model(open_package(resolve_package(args.target)),
-                   EngineConfig(threads=args.threads, max_context=2048))
-    draft = Model(open_package(resolve_package(args.draft)),
-                  EngineConfig(threads=args.draft_threads or args.threads, max_context=2048,
-                               spinning=False))
+    target = Model(
+        open_package(resolve_package(args.target)),
+        EngineConfig(threads=args.threads, max_context=2048),
+    )
+    draft = Model(
+        open_package(resolve_package(args.draft)),
+        EngineConfig(threads=args.draft_threads or args.threads, max_context=2048, spinning=False),
+    )
     model_only = SpeculativeConfig(lookup_first=False)
-    parallel = SpeculativeDecoder(target.engine, ModelDraft(draft.engine),
-                                  SpeculativeConfig(parallel=True, lookup_first=False))
-    baseline = None if args.baseline is None else Model(
-        open_package(resolve_package(args.baseline)),
-        EngineConfig(threads=args.threads, max_context=2048))
+    parallel = SpeculativeDecoder(
+        target.engine,
+        ModelDraft(draft.engine),
+        SpeculativeConfig(parallel=True, lookup_first=False),
+    )
+    baseline = (
+        None
+        if args.baseline is None
+        else Model(
+            open_package(resolve_package(args.baseline)),
+            EngineConfig(threads=args.threads, max_context=2048),
+        )
+    )
     configs = {
         "target alone": None,
-        "draft model, sequential": SpeculativeDecoder(target.engine, ModelDraft(draft.engine),
-                                                      model_only),
+        "draft model, sequential": SpeculativeDecoder(
+            target.engine, ModelDraft(draft.engine), model_only
+        ),
         "lookup": SpeculativeDecoder(target.engine, LookupDraft()),
         "lookup, then draft model": SpeculativeDecoder(
-            target.engine, ChainedDraft([LookupDraft(), ModelDraft(draft.engine)])),
+            target.engine, ChainedDraft([LookupDraft(), ModelDraft(draft.engine)])
+        ),
     }
     if parallel.config.parallel:  # the draft has cores (or a device) of its own
         configs["draft model, parallel"] = parallel
     else:
-        print("draft model, parallel: not run, target and draft would share the cores (the "
-              "decoder drafts sequentially then); speculative_ceiling.py bounds the overlap",
-              file=sys.stderr)
+        print(
+            "draft model, parallel: not run, target and draft would share the cores (the "
+            "decoder drafts sequentially then); speculative_ceiling.py bounds the overlap",
+            file=sys.stderr,
+        )
     rows: dict[str, Row] = {kind: Row() for kind in SPECULATIVE_PROMPTS}
     for _ in range(args.runs):
         for kind, texts in SPECULATIVE_PROMPTS.items():
@@ -138,20 +160,30 @@ def main() -> None:
                     row.rates.setdefault(name, []).append(rate)
                     if stats is not None:
                         totals = row.counts.setdefault(name, [0, 0, 0, 0])
-                        for i, n in enumerate((stats.drafted, stats.accepted, stats.tokens,
-                                               stats.target_passes)):
+                        for i, n in enumerate(
+                            (stats.drafted, stats.accepted, stats.tokens, stats.target_passes)
+                        ):
                             totals[i] += n
-                    detail = "" if stats is None else (
-                        f"  {stats.tokens_per_pass:.2f} tokens/pass, "
-                        + ", ".join(f"{src} {acc}/{n}" for src, n, acc in stats.by_source))
+                    detail = (
+                        ""
+                        if stats is None
+                        else (
+                            f"  {stats.tokens_per_pass:.2f} tokens/pass, "
+                            + ", ".join(f"{src} {acc}/{n}" for src, n, acc in stats.by_source)
+                        )
+                    )
                     print(f"  {kind:5} {name:24} {rate:6.2f} tok/s{detail}", file=sys.stderr)
     against = f" (baseline: {args.baseline} alone)" if baseline else ""
-    print(f"\n{args.target} (target) / {args.draft} (draft){against}, {args.threads} threads, "
-          f"greedy, {args.tokens} tokens{' or up to EOS' if args.eos else ''}, medians over "
-          f"{args.runs} x {len(texts)} prompts\n")
+    print(
+        f"\n{args.target} (target) / {args.draft} (draft){against}, {args.threads} threads, "
+        f"greedy, {args.tokens} tokens{' or up to EOS' if args.eos else ''}, medians over "
+        f"{args.runs} x {len(texts)} prompts\n"
+    )
     extra = " vs baseline |" if baseline else ""
-    print(f"| prompts | configuration | tok/s | speedup |{extra} accepted | tokens/pass | "
-          "= target greedy |")
+    print(
+        f"| prompts | configuration | tok/s | speedup |{extra} accepted | tokens/pass | "
+        "= target greedy |"
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if baseline else ""))
     for kind, row in rows.items():
         base = statistics.median(row.rates["target alone"])
@@ -160,12 +192,21 @@ def main() -> None:
             drafted, accepted, tokens, passes = row.counts.get(name, (0, 0, 0, 0))
             acc = f"{accepted / drafted:.0%}" if drafted else "-"
             per = f"{tokens / passes:.2f}" if passes else "-"
-            same = (f"{sum(a == r for a, r in zip(row.agreement[name], row.lengths))}/"
-                    f"{len(row.agreement[name])}" if name in row.agreement else "-")
-            versus = (f" {rate / statistics.median(row.rates['baseline alone']):.2f}x |"
-                      if baseline else "")
-            print(f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x |{versus} {acc} | "
-                  f"{per} | {same} |")
+            same = (
+                f"{sum(a == r for a, r in zip(row.agreement[name], row.lengths))}/"
+                f"{len(row.agreement[name])}"
+                if name in row.agreement
+                else "-"
+            )
+            versus = (
+                f" {rate / statistics.median(row.rates['baseline alone']):.2f}x |"
+                if baseline
+                else ""
+            )
+            print(
+                f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x |{versus} {acc} | "
+                f"{per} | {same} |"
+            )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def step_costs(engine: Engine, repeats: int, rng: np.random.Generator) -> dict[i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("packages", nargs="+", metavar="PKG")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -54,12 +55,18 @@ def main() -> None:
     print("| package | one step (ms) | " + " | ".join(f"S={s}" for s in SIZES[1:]) + " |")
     print("|---|---|" + "---|" * (len(SIZES) - 1))
     for name in args.packages:
-        engine = Engine(open_package(resolve_package(name)),
-                        EngineConfig(threads=args.threads, max_context=1024))
+        engine = Engine(
+            open_package(resolve_package(name)),
+            EngineConfig(threads=args.threads, max_context=1024),
+        )
         costs = step_costs(engine, args.repeats, rng)
         one = costs[1]
-        print(f"| {name} | {one * 1e3:.1f} | "
-              + " | ".join(f"{costs[s] / one:.2f}" for s in SIZES[1:]) + " |", flush=True)
+        print(
+            f"| {name} | {one * 1e3:.1f} | "
+            + " | ".join(f"{costs[s] / one:.2f}" for s in SIZES[1:])
+            + " |",
+            flush=True,
+        )
         del engine
 
 

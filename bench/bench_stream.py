@@ -84,14 +84,19 @@ def minimum_budget(package: Path) -> int:
 
 def run(package: Path, budget: int, tokens: int, plot: str) -> dict:
     drop_caches()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(package), str(budget), str(tokens),
-                          plot], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(package), str(budget), str(tokens), plot],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("package", type=Path)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--tokens", type=int, default=24)
@@ -105,26 +110,32 @@ def main() -> None:
     disk = disk_throughput(args.package)
     resident = run(args.package, 4 * weights, args.tokens, "-")  # nothing streamed
     compute_bound = resident["tok_s"]
-    print(f"weights {weights / 2**20:.0f} MiB; minimum budget {floor / 2**20:.0f} MiB; cold "
-          f"O_DIRECT read {disk / 1e9:.2f} GB/s; all resident {compute_bound:.2f} tok/s "
-          f"(peak RSS {resident['peak_rss'] / 2**20:.0f} MiB)\n")
-    print("| budget | streamed blocks (window) | tok/s | disk bound tok/s | efficiency | "
-          "MB read/token | I/O wait ms | compute ms | overlap | peak RSS / budget |")
+    print(
+        f"weights {weights / 2**20:.0f} MiB; minimum budget {floor / 2**20:.0f} MiB; cold "
+        f"O_DIRECT read {disk / 1e9:.2f} GB/s; all resident {compute_bound:.2f} tok/s "
+        f"(peak RSS {resident['peak_rss'] / 2**20:.0f} MiB)\n"
+    )
+    print(
+        "| budget | streamed blocks (window) | tok/s | disk bound tok/s | efficiency | "
+        "MB read/token | I/O wait ms | compute ms | overlap | peak RSS / budget |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for fraction in args.fractions:
         budget = max(int(fraction * weights), floor)
         note = "" if budget == int(fraction * weights) else " (raised to the minimum)"
-        r = run(args.package, budget, args.tokens,
-                args.timeline if fraction == 0.5 else "-")
+        r = run(args.package, budget, args.tokens, args.timeline if fraction == 0.5 else "-")
         disk_bound = disk / r["bytes"] if r["bytes"] else float("inf")
         ceiling = min(disk_bound, compute_bound)
-        print(f"| {fraction:.0%} = {budget / 2**20:.0f} MiB{note} | {r['streamed']} "
-              f"({r['window']}) | {r['tok_s']:.2f} | "
-              f"{'-' if disk_bound == float('inf') else f'{disk_bound:.2f}'} | "
-              f"{r['tok_s'] / ceiling:.0%} | {r['bytes'] / 1e6:.0f} | {r['io_wait'] * 1e3:.0f} | "
-              f"{r['compute'] * 1e3:.0f} | {r['overlap']:.0%} | "
-              f"{r['peak_rss'] / 2**20:.0f} MiB / {budget / 2**20:.0f} MiB "
-              f"({r['peak_rss'] / budget:.0%}) |", flush=True)
+        print(
+            f"| {fraction:.0%} = {budget / 2**20:.0f} MiB{note} | {r['streamed']} "
+            f"({r['window']}) | {r['tok_s']:.2f} | "
+            f"{'-' if disk_bound == float('inf') else f'{disk_bound:.2f}'} | "
+            f"{r['tok_s'] / ceiling:.0%} | {r['bytes'] / 1e6:.0f} | {r['io_wait'] * 1e3:.0f} | "
+            f"{r['compute'] * 1e3:.0f} | {r['overlap']:.0%} | "
+            f"{r['peak_rss'] / 2**20:.0f} MiB / {budget / 2**20:.0f} MiB "
+            f"({r['peak_rss'] / budget:.0%}) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

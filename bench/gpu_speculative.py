@@ -24,13 +24,28 @@ from pathlib import Path
 import numpy as np
 
 SHAPES = {  # Qwen2.5-Coder configs (hidden, intermediate, layers, heads, kv heads)
-    "draft": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                  num_attention_heads=14, num_key_value_heads=2),
-    "target": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                   num_attention_heads=12, num_key_value_heads=2),
+    "draft": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+    "target": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+    ),
 }
-SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2)
+SMALL = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def make_checkpoint(folder: Path, shape: dict, tokenizer_json: Path, seed: int) -> Path:
@@ -38,15 +53,26 @@ def make_checkpoint(folder: Path, shape: dict, tokenizer_json: Path, seed: int) 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-                         tie_word_embeddings=shape["hidden_size"] < 1536, **shape)
+    config = Qwen2Config(
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        tie_word_embeddings=shape["hidden_size"] < 1536,
+        **shape,
+    )
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-         "pad_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
     return folder
 
 
@@ -76,8 +102,11 @@ def target_costs(package: Path, threads: int, max_k: int) -> dict:
 
     step(1)
     costs = {n: median_seconds(lambda n=n: step(n), 7) for n in range(1, max_k + 2)}
-    return {"threads": threads, "decode_s": costs[1],
-            "verify_s": {k: costs[k + 1] for k in range(1, max_k + 1)}}
+    return {
+        "threads": threads,
+        "decode_s": costs[1],
+        "verify_s": {k: costs[k + 1] for k in range(1, max_k + 1)},
+    }
 
 
 def draft_costs(package: Path, dtype: str) -> dict:
@@ -86,8 +115,12 @@ def draft_costs(package: Path, dtype: str) -> dict:
     from devices.spec_forward.torch_forward import TorchForward, TorchForwardConfig
     from edge.package import open_package
 
-    draft = TorchForward.from_package(open_package(package), TorchForwardConfig(
-        device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype, max_context=1024))
+    draft = TorchForward.from_package(
+        open_package(package),
+        TorchForwardConfig(
+            device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype, max_context=1024
+        ),
+    )
     draft.prefill(list(range(1000, 1128)))
     base = draft.position
 
@@ -96,8 +129,12 @@ def draft_costs(package: Path, dtype: str) -> dict:
         draft.decode(7)
 
     token()
-    return {"device": str(draft.device), "dtype": dtype, "decode_s": median_seconds(token, 31),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "device": str(draft.device),
+        "dtype": dtype,
+        "decode_s": median_seconds(token, 31),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
@@ -110,9 +147,12 @@ def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
     from edge.speculative import ModelDraft, SpeculativeConfig, SpeculativeDecoder
 
     target = Engine(open_package(target_pkg), EngineConfig(max_context=1024))
-    draft = TorchForward.from_package(open_package(draft_pkg), TorchForwardConfig(
-        device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32",
-        max_context=1024))
+    draft = TorchForward.from_package(
+        open_package(draft_pkg),
+        TorchForwardConfig(
+            device="cuda" if torch.cuda.is_available() else "cpu", dtype="float32", max_context=1024
+        ),
+    )
     prompt = list(range(1000, 1032))
     logits = target.prefill(prompt)[0]
     plain = []
@@ -120,8 +160,9 @@ def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
         plain.append(int(np.argmax(logits)))
         logits = target.decode(plain[-1])
     target.reset()
-    decoder = SpeculativeDecoder(target, ModelDraft(draft),
-                                 SpeculativeConfig(adaptive=False, draft_tokens=4, parallel=True))
+    decoder = SpeculativeDecoder(
+        target, ModelDraft(draft), SpeculativeConfig(adaptive=False, draft_tokens=4, parallel=True)
+    )
     from edge.generate import GenerationConfig
 
     class _Tok:  # the random model has no meaningful text: ids only
@@ -130,8 +171,12 @@ def speculative_run(target_pkg: Path, draft_pkg: Path, tokens: int) -> dict:
         def decode(self, ids, skip_special_tokens=True):
             return ""
 
-    out = [r.token for r in decoder.stream(_Tok(), prompt,
-                                           GenerationConfig(max_tokens=tokens, ignore_eos=True))]
+    out = [
+        r.token
+        for r in decoder.stream(
+            _Tok(), prompt, GenerationConfig(max_tokens=tokens, ignore_eos=True)
+        )
+    ]
     decoder.close()
     return {"identical_to_plain": out == plain, "tokens": tokens}
 
@@ -142,14 +187,17 @@ def projection(target: dict, draft: dict, acceptance: float, max_k: int) -> dict
     for k in range(1, max_k + 1):
         expected = (1 - acceptance ** (k + 1)) / (1 - acceptance)
         tv = target["verify_s"][k]
-        rows[k] = {"sequential": expected * t1 / (k * td + tv),
-                   "overlapped": expected * t1 / max(k * td, tv)}
+        rows[k] = {
+            "sequential": expected * t1 / (k * td + tv),
+            "overlapped": expected * t1 / max(k * td, tv),
+        }
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-spec"))
@@ -165,11 +213,16 @@ def main() -> None:
     packages = {}
     for seed, (role, shape) in enumerate(SHAPES.items()):
         start = time.perf_counter()
-        folder = make_checkpoint(args.work / role, SMALL if args.small else shape,
-                                 args.tokenizer, seed)
-        packages[role] = export(folder, args.work / f"{role}-int4",
-                                ExportConfig(quant="int4", check_tokenizer=False),
-                                overwrite=True, progress=False)
+        folder = make_checkpoint(
+            args.work / role, SMALL if args.small else shape, args.tokenizer, seed
+        )
+        packages[role] = export(
+            folder,
+            args.work / f"{role}-int4",
+            ExportConfig(quant="int4", check_tokenizer=False),
+            overwrite=True,
+            progress=False,
+        )
         results[f"{role}_export_s"] = time.perf_counter() - start
         print(role, "exported", flush=True)
     results["target"] = [target_costs(packages["target"], t, args.max_k) for t in (2, 16)]
@@ -180,12 +233,17 @@ def main() -> None:
     print("run", results["speculative_run"], flush=True)
     results["projection"] = {
         f"a={a} target {t['threads']} threads draft {d['dtype']}": projection(t, d, a, args.max_k)
-        for a in args.acceptance for t in results["target"] for d in results["draft"]}
+        for a in args.acceptance
+        for t in results["target"]
+        for d in results["draft"]
+    }
     (args.out / "gpu_speculative.json").write_text(json.dumps(results, indent=1))
     for name, rows in results["projection"].items():
         best = max(rows, key=lambda k: rows[k]["overlapped"])
-        print(f"{name}: best k={best} sequential {rows[best]['sequential']:.2f}x, "
-              f"overlapped {rows[best]['overlapped']:.2f}x")
+        print(
+            f"{name}: best k={best} sequential {rows[best]['sequential']:.2f}x, "
+            f"overlapped {rows[best]['overlapped']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

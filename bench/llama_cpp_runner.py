@@ -27,9 +27,15 @@ def last_logits(llm: Llama) -> np.ndarray:
 def window_nll(args: argparse.Namespace, windows: list[list[int]]) -> dict:
     """Summed NLL of every window's tokens after its first, each window from an empty cache."""
     longest = max(len(w) for w in windows)
-    llm = Llama(args.model, n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=max(512, longest), n_batch=max(512, longest), logits_all=True,
-                verbose=False)
+    llm = Llama(
+        args.model,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=max(512, longest),
+        n_batch=max(512, longest),
+        logits_all=True,
+        verbose=False,
+    )
     total, count = 0.0, 0
     for window in windows:
         llm.reset()
@@ -48,16 +54,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen", type=int, default=128)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--logits", action="store_true",
-                        help="perplexity mode: stdin holds a list of windows of token ids; "
-                             "prints the summed negative log-likelihood")
+    parser.add_argument(
+        "--logits",
+        action="store_true",
+        help="perplexity mode: stdin holds a list of windows of token ids; "
+        "prints the summed negative log-likelihood",
+    )
     args = parser.parse_args()
     prompt = json.load(sys.stdin)
     if args.logits:
         print(json.dumps(window_nll(args, prompt)))
         return
-    llm = Llama(args.model, n_threads=args.threads, n_threads_batch=args.threads,
-                n_ctx=max(512, len(prompt) + args.gen + 8), n_batch=512, verbose=False)
+    llm = Llama(
+        args.model,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=max(512, len(prompt) + args.gen + 8),
+        n_batch=512,
+        verbose=False,
+    )
     for _ in range(args.runs):
         llm.reset()
         start = time.perf_counter()
@@ -70,8 +85,16 @@ def main() -> None:
             tokens.append(token)
             llm.eval([token])
         decode = time.perf_counter() - start
-        print(json.dumps({"prefill_tps": len(prompt) / prefill, "decode_tps": args.gen / decode,
-                          "tokens": tokens}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "prefill_tps": len(prompt) / prefill,
+                    "decode_tps": args.gen / decode,
+                    "tokens": tokens,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -71,14 +71,16 @@ def _bind_segment(backend, loaded, executable, spec, n, buffers) -> None:
     if fmt.INPUT_IDS in executable.inputs:
         inputs[fmt.INPUT_IDS] = buffers["ids"][:, :n]
     else:
-        inputs[next(x for x in executable.inputs if x.startswith("hidden."))] = \
-            buffers["hidden_in"][:, :n]
+        inputs[next(x for x in executable.inputs if x.startswith("hidden."))] = buffers[
+            "hidden_in"
+        ][:, :n]
     if fmt.LOGITS in executable.outputs:
         inputs[fmt.LOGITS_INDEX] = buffers["last"]
         outputs[fmt.LOGITS] = buffers["logits"]
     else:
-        outputs[next(x for x in executable.outputs if x.startswith("hidden."))] = \
-            buffers["hidden_out"][:, :n]
+        outputs[next(x for x in executable.outputs if x.startswith("hidden."))] = buffers[
+            "hidden_out"
+        ][:, :n]
     backend.bind(loaded, inputs, outputs)
 
 
@@ -98,21 +100,27 @@ def job_parts(job: dict, stages: dict) -> None:
     package = open_package(job["package"], verify="sizes")
     spec, prompt = package.spec, job["prompt"]
     context = prompt + job["decode"]
-    keys = [np.zeros((1, spec.num_kv_heads, context, spec.head_dim), np.float32)
-            for _ in range(spec.num_layers)]
+    keys = [
+        np.zeros((1, spec.num_kv_heads, context, spec.head_dim), np.float32)
+        for _ in range(spec.num_layers)
+    ]
     resident = Resident(keys, [k.copy() for k in keys], *rope_tables(spec, context))
     stages["ready"] = status()
-    parts = tuple(package.manifest.parts[job["start"]:job["end"]])
+    parts = tuple(package.manifest.parts[job["start"] : job["end"]])
     model = merge_models([package.graph_bytes(p) for p in parts], name=parts[0].name)
     executable = backend.compile(SegmentGraph(package, job["start"], parts, model))
     loaded = backend.load(executable, resident)
     stages["loaded"] = status()
     rng = np.random.default_rng(0)
-    buffers = {"seqlens": np.zeros((1,), np.int32), "total": np.zeros((), np.int32),
-               "ids": np.full((1, prompt), 100, np.int64), "last": np.zeros((1,), np.int64),
-               "hidden_in": rng.standard_normal((1, prompt, spec.hidden_size), np.float32),
-               "hidden_out": np.zeros((1, prompt, spec.hidden_size), np.float32),
-               "logits": np.zeros((1, 1, spec.vocab_size), np.float32)}
+    buffers = {
+        "seqlens": np.zeros((1,), np.int32),
+        "total": np.zeros((), np.int32),
+        "ids": np.full((1, prompt), 100, np.int64),
+        "last": np.zeros((1,), np.int64),
+        "hidden_in": rng.standard_normal((1, prompt, spec.hidden_size), np.float32),
+        "hidden_out": np.zeros((1, prompt, spec.hidden_size), np.float32),
+        "logits": np.zeros((1, 1, spec.vocab_size), np.float32),
+    }
     position = 0
     for n, steps, stage in ((prompt, 1, "prefill"), (1, job["decode"], "decode")):
         _bind_segment(backend, loaded, executable, spec, n, buffers)
@@ -131,20 +139,28 @@ def job_model(job: dict, stages: dict) -> dict:
     from edge.package import open_package
     from edge.placement import Placement
 
-    if job.get("placement") and any(s["backend"] == "openvino"
-                                    for s in job["placement"]["segments"]):
+    if job.get("placement") and any(
+        s["backend"] == "openvino" for s in job["placement"]["segments"]
+    ):
         import openvino  # noqa: F401  (counted in the model stage either way)
     stages["ready"] = status()
     if job.get("budget"):
         from edge.streaming import StreamConfig
 
-        config = StreamConfig(int(job["budget"]), max_context=job["max_context"],
-                              prefill_chunk=job.get("prefill_chunk", 64),
-                              threads=job.get("threads"))
+        config = StreamConfig(
+            int(job["budget"]),
+            max_context=job["max_context"],
+            prefill_chunk=job.get("prefill_chunk", 64),
+            threads=job.get("threads"),
+        )
     else:
         placement = Placement.from_dict(job["placement"]) if job.get("placement") else None
-        config = EngineConfig(max_context=job["max_context"], threads=job.get("threads"),
-                              prefill_chunk=job.get("prefill_chunk", 256), placement=placement)
+        config = EngineConfig(
+            max_context=job["max_context"],
+            threads=job.get("threads"),
+            prefill_chunk=job.get("prefill_chunk", 256),
+            placement=placement,
+        )
     model = Model(open_package(job["package"], verify="sizes"), config, progress=False)
     stages["loaded"] = status()
     engine = model.engine
@@ -162,8 +178,11 @@ def job_model(job: dict, stages: dict) -> dict:
     close = getattr(engine, "close", None)
     if close is not None:
         close()
-    return {"prefill_s": prefill_s, "decode_s": decode_s,
-            "fallbacks": [str(f) for f in getattr(engine, "fallbacks", [])]}
+    return {
+        "prefill_s": prefill_s,
+        "decode_s": decode_s,
+        "fallbacks": [str(f) for f in getattr(engine, "fallbacks", [])],
+    }
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def agreement(draft: Engine, prompt: list[int], answer: list[int]) -> float:
     """Share of answer positions where the draft's greedy choice is the target's token."""
     draft.reset()
     logits = draft.prefill(prompt + answer[:-1], all_logits=True)
-    choices = np.argmax(logits[len(prompt) - 1:], axis=-1)
+    choices = np.argmax(logits[len(prompt) - 1 :], axis=-1)
     return float(np.mean(choices == np.asarray(answer)))
 
 
@@ -84,10 +84,13 @@ def lookup_with_hindsight(prompt: list[int], answer: list[int]) -> list[int]:
         for n in range(1, min(8, len(seen) - 1) + 1):
             suffix = seen[-n:]
             for j in range(len(seen) - n):
-                if seen[j:j + n] == suffix:
+                if seen[j : j + n] == suffix:
                     run = 0
-                    while (i + run < len(answer) and j + n + run < len(seen)
-                           and seen[j + n + run] == answer[i + run]):
+                    while (
+                        i + run < len(answer)
+                        and j + n + run < len(seen)
+                        and seen[j + n + run] == answer[i + run]
+                    ):
                         run += 1
                     best = max(best, run)
         accepted.append(best)
@@ -100,8 +103,9 @@ def expected_tokens(a: float, k: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
     parser.add_argument("--threads", type=int, default=2)
@@ -112,26 +116,39 @@ def main() -> None:
     target_pkg = open_package(resolve_package(args.target))
     tokenizer = Tokenizer.from_package(target_pkg)
     target = Engine(target_pkg, EngineConfig(threads=args.threads, max_context=2048))
-    draft = Engine(open_package(resolve_package(args.draft)),
-                   EngineConfig(threads=args.threads, max_context=2048))
+    draft = Engine(
+        open_package(resolve_package(args.draft)),
+        EngineConfig(threads=args.threads, max_context=2048),
+    )
 
-    prompts = {kind: [tokenizer.encode(tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}]), add_special_tokens=False) for text in texts]
-        for kind, texts in SPECULATIVE_PROMPTS.items()}
+    prompts = {
+        kind: [
+            tokenizer.encode(
+                tokenizer.apply_chat_template([{"role": "user", "content": text}]),
+                add_special_tokens=False,
+            )
+            for text in texts
+        ]
+        for kind, texts in SPECULATIVE_PROMPTS.items()
+    }
     first = prompts["code"][0]
     cost = verify_costs(target, first, range(1, 17), args.repeats)
     step = cost[1]
     draft_cost = verify_costs(draft, first, range(1, 2), args.repeats)[1]
-    print(f"target pass over S tokens / one decode step ({step * 1e3:.1f} ms), "
-          f"{args.threads} threads:")
+    print(
+        f"target pass over S tokens / one decode step ({step * 1e3:.1f} ms), "
+        f"{args.threads} threads:"
+    )
     print("| S | " + " | ".join(str(s) for s in cost) + " |")
     print("|---|" + "---|" * len(cost))
     print("| cost | " + " | ".join(f"{c / step:.2f}" for c in cost.values()) + " |")
     print(f"\ndraft token: {draft_cost * 1e3:.1f} ms = {draft_cost / step:.2f} target steps\n")
 
     free_perfect = max((k + 1) / (cost[k + 1] / step) for k in range(1, 16))
-    print("| prompts | draft agreement | draft model, sequential | draft model, hidden "
-          "(overlap) | lookup with hindsight | always-right free draft |")
+    print(
+        "| prompts | draft agreement | draft model, sequential | draft model, hidden "
+        "(overlap) | lookup with hindsight | always-right free draft |"
+    )
     print("|---|---|---|---|---|---|")
     for kind, ids_list in prompts.items():
         alphas, sequential, hidden, lookup = [], [], [], []
@@ -139,17 +156,21 @@ def main() -> None:
             answer = greedy_answer(target, ids, args.tokens)
             a = agreement(draft, ids, answer)
             alphas.append(a)
-            sequential.append(max(expected_tokens(a, k) / (k * draft_cost / step
-                                                            + cost[k + 1] / step)
-                                  for k in range(1, 16)))
-            hidden.append(max(expected_tokens(a, k) / (cost[k + 1] / step)
-                              for k in range(1, 16)))
+            sequential.append(
+                max(
+                    expected_tokens(a, k) / (k * draft_cost / step + cost[k + 1] / step)
+                    for k in range(1, 16)
+                )
+            )
+            hidden.append(max(expected_tokens(a, k) / (cost[k + 1] / step) for k in range(1, 16)))
             rounds = lookup_with_hindsight(ids, answer)
             spent = sum(cost[min(n, 15) + 1] / step if n else 1.0 for n in rounds)
             lookup.append(len(answer) / spent)
-        print(f"| {kind} | {statistics.mean(alphas):.0%} | {statistics.mean(sequential):.2f}x | "
-              f"{statistics.mean(hidden):.2f}x | {statistics.mean(lookup):.2f}x | "
-              f"{free_perfect:.2f}x |")
+        print(
+            f"| {kind} | {statistics.mean(alphas):.0%} | {statistics.mean(sequential):.2f}x | "
+            f"{statistics.mean(hidden):.2f}x | {statistics.mean(lookup):.2f}x | "
+            f"{free_perfect:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ BAR, GAP, LABEL_WIDTH, PLOT_WIDTH = 22, 8, 330, 420
 
 
 def parse_table(text: str, column: int) -> tuple[str, list[tuple[str, float]]]:
-    rows = [line.strip().strip("|").split("|") for line in text.splitlines()
-            if line.strip().startswith("|")]
+    rows = [
+        line.strip().strip("|").split("|")
+        for line in text.splitlines()
+        if line.strip().startswith("|")
+    ]
     header, body = rows[0], rows[2:]
     values = []
     for cells in body:
@@ -31,24 +34,27 @@ def parse_table(text: str, column: int) -> tuple[str, list[tuple[str, float]]]:
 def bar_chart(title: str, values: list[tuple[str, float]]) -> str:
     top = max(v for _, v in values) or 1.0
     height = 40 + len(values) * (BAR + GAP)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 80}" '
-             f'height="{height}" font-family="sans-serif" font-size="13">',
-             f'<text x="10" y="22" font-weight="bold">{escape(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 80}" '
+        f'height="{height}" font-family="sans-serif" font-size="13">',
+        f'<text x="10" y="22" font-weight="bold">{escape(title)}</text>',
+    ]
     for i, (label, value) in enumerate(values):
         y = 36 + i * (BAR + GAP)
         width = PLOT_WIDTH * value / top
         color = "#2b7bb9" if label.startswith("edge") else "#9a9a9a"
-        parts += [f'<text x="{LABEL_WIDTH - 8}" y="{y + 16}" text-anchor="end">'
-                  f'{escape(label)}</text>',
-                  f'<rect x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR}" '
-                  f'fill="{color}"/>',
-                  f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + 16}">{value:g}</text>']
+        parts += [
+            f'<text x="{LABEL_WIDTH - 8}" y="{y + 16}" text-anchor="end">{escape(label)}</text>',
+            f'<rect x="{LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR}" fill="{color}"/>',
+            f'<text x="{LABEL_WIDTH + width + 6:.1f}" y="{y + 16}">{value:g}</text>',
+        ]
     return "\n".join([*parts, "</svg>"]) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--column", type=int, default=2)
     parser.add_argument("--title", default=None)
     args = parser.parse_args()

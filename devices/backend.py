@@ -64,8 +64,9 @@ class PackageSource(Protocol):
     root: Path
     manifest: Manifest
 
-    def graph_bytes(self, part: PartEntry, step: int | None = None,
-                    prefill: bool = False) -> bytes: ...
+    def graph_bytes(
+        self, part: PartEntry, step: int | None = None, prefill: bool = False
+    ) -> bytes: ...
 
     def tensor(self, entry: TensorEntry) -> np.ndarray: ...
 
@@ -113,14 +114,18 @@ class SegmentGraph:
 
     @property
     def label(self) -> str:
-        variant = (f"{self.step}-token graphs" if self.step is not None
-                   else "prefill graphs" if self.prefill else "graphs")
+        variant = (
+            f"{self.step}-token graphs"
+            if self.step is not None
+            else "prefill graphs"
+            if self.prefill
+            else "graphs"
+        )
         return f"{describe_parts(self.start, self.parts)}, {variant}"
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(self.package.root / graph_file(p, self.step, self.prefill)
-                     for p in self.parts)
+        return tuple(self.package.root / graph_file(p, self.step, self.prefill) for p in self.parts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,7 +191,8 @@ class Backend(ABC):
 
     def __init__(self, options: Options | None = None) -> None:
         self.options: Mapping[str, OptionValue] = MappingProxyType(
-            self.check_options(dict(options or {})))
+            self.check_options(dict(options or {}))
+        )
 
     @classmethod
     def check_options(cls, options: dict[str, OptionValue]) -> dict[str, OptionValue]:
@@ -194,12 +200,14 @@ class Backend(ABC):
         for key, value in options.items():
             kind = cls.OPTIONS.get(key)
             if kind is None:
-                raise ConfigError(f"backend {cls.name!r} has no option {key!r}; allowed: "
-                                  f"{sorted(cls.OPTIONS)}")
+                raise ConfigError(
+                    f"backend {cls.name!r} has no option {key!r}; allowed: {sorted(cls.OPTIONS)}"
+                )
             # bool is an int in Python; an int option must not silently take True
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-                raise ConfigError(f"backend {cls.name!r} option {key}={value!r} must be "
-                                  f"{_type_names(kind)}")
+                raise ConfigError(
+                    f"backend {cls.name!r} option {key}={value!r} must be {_type_names(kind)}"
+                )
         threads = options.get("threads")
         if threads is not None and int(threads) < 1:
             raise ConfigError(f"backend {cls.name!r} option threads={threads}; must be >= 1")
@@ -232,8 +240,9 @@ class Backend(ABC):
         """Make `executable` runnable, binding the resident arrays its graph reads/writes."""
 
     @abstractmethod
-    def bind(self, loaded: Loaded, inputs: Mapping[str, np.ndarray],
-             outputs: Mapping[str, np.ndarray]) -> None:
+    def bind(
+        self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
         """Bind one step shape's buffers (views of the engine's, which stay in place until
         the next bind). Called only when the step shape changes, not every step."""
 

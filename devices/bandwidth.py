@@ -74,16 +74,20 @@ def _build_read_sum(target: jit.HostTarget) -> ir.Module:
 
 
 def _validate(threads: int, size_bytes: int, repeats: int) -> None:
-    for name, value, low in (("threads", threads, 1), ("size_bytes", size_bytes, 4096),
-                             ("repeats", repeats, 1)):
+    for name, value, low in (
+        ("threads", threads, 1),
+        ("size_bytes", size_bytes, 4096),
+        ("repeats", repeats, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(
                 f"measure_read_bandwidth {name} must be an int >= {low}, got {value!r}"
             )
 
 
-def measure_read_bandwidth(threads: int, size_bytes: int = DEFAULT_SIZE_BYTES,
-                           repeats: int = 3) -> float:
+def measure_read_bandwidth(
+    threads: int, size_bytes: int = DEFAULT_SIZE_BYTES, repeats: int = 3
+) -> float:
     """Best streaming read rate in GB/s (1e9 bytes/s) over `repeats` passes of `size_bytes`.
 
     The buffer is split into one contiguous share per thread; one untimed pass first faults

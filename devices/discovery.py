@@ -57,17 +57,28 @@ class Machine:
     @property
     def is_jetson(self) -> bool:
         return self.jetson_release is not None or (
-            self.board is not None and self.board.family == "jetson")
+            self.board is not None and self.board.family == "jetson"
+        )
 
 
 def _nvidia_via(ort: OrtInfo, torch_info: TorchInfo | None) -> tuple[str, ...]:
-    via = tuple(f"onnxruntime:{p}" for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-                if p in ort.providers)
+    via = tuple(
+        f"onnxruntime:{p}"
+        for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        if p in ort.providers
+    )
     return via + (("torch:cuda",) if torch_info is not None and torch_info.cuda_available else ())
 
 
-def find_gpus(root: Path, board: Board | None, jetson: bool, memory: MemoryInfo, ort: OrtInfo,
-              openvino: OpenVinoInfo | None, torch_info: TorchInfo | None) -> tuple[Gpu, ...]:
+def find_gpus(
+    root: Path,
+    board: Board | None,
+    jetson: bool,
+    memory: MemoryInfo,
+    ort: OrtInfo,
+    openvino: OpenVinoInfo | None,
+    torch_info: TorchInfo | None,
+) -> tuple[Gpu, ...]:
     """NVIDIA (nvidia-smi, else torch), Jetson's integrated GPU, Intel and Apple GPUs."""
     nvidia_via = _nvidia_via(ort, torch_info)
     if jetson:  # nvidia-smi on a Jetson reports "[N/A]" memory: the board's RAM is the truth
@@ -80,17 +91,31 @@ def find_gpus(root: Path, board: Board | None, jetson: bool, memory: MemoryInfo,
     found = [dataclasses.replace(g, usable_via=nvidia_via) for g in found]
     found += npus.intel_gpus(root, openvino, ort.providers)
     if platform.system() == "Darwin" and platform.machine() == "arm64" and root == HOST_ROOT:
-        via = ("onnxruntime:CoreMLExecutionProvider",) if (
-            "CoreMLExecutionProvider" in ort.providers) else ()
+        via = (
+            ("onnxruntime:CoreMLExecutionProvider",)
+            if ("CoreMLExecutionProvider" in ort.providers)
+            else ()
+        )
         if torch_info is not None and torch_info.mps_available:
             via += ("torch:mps",)
-        found.append(Gpu(0, "Apple GPU", "apple", memory.total, memory.available,
-                         unified_memory=True, source="Apple silicon", usable_via=via))
+        found.append(
+            Gpu(
+                0,
+                "Apple GPU",
+                "apple",
+                memory.total,
+                memory.available,
+                unified_memory=True,
+                source="Apple silicon",
+                usable_via=via,
+            )
+        )
     return tuple(found)
 
 
-def find_npus(root: Path, board: Board | None, cpu: CpuInfo, ort: OrtInfo,
-              openvino: OpenVinoInfo | None) -> tuple[Npu, ...]:
+def find_npus(
+    root: Path, board: Board | None, cpu: CpuInfo, ort: OrtInfo, openvino: OpenVinoInfo | None
+) -> tuple[Npu, ...]:
     family = board.family if board is not None else None
     found = (
         npus.intel_npu(root, cpu.model, openvino, ort.providers),
@@ -115,8 +140,23 @@ def discover(root: Path = HOST_ROOT, *, probe_torch: bool = False) -> Machine:
     found_npus = find_npus(root, board, cpu, ort, openvino)
     ports = boards.serial_ports()
     system = platform.system()
-    advice = (hints.nvidia_hints(found_gpus, board, ort)
-              + hints.intel_hints(found_gpus, found_npus, openvino)
-              + hints.other_hints(found_npus, ort, system, ports is not None))
-    return Machine(system, cpu, memory, board, release, found_gpus, found_npus, ort, openvino,
-                   torch_info, ports, tuple(advice), torch_probed=probe_torch)
+    advice = (
+        hints.nvidia_hints(found_gpus, board, ort)
+        + hints.intel_hints(found_gpus, found_npus, openvino)
+        + hints.other_hints(found_npus, ort, system, ports is not None)
+    )
+    return Machine(
+        system,
+        cpu,
+        memory,
+        board,
+        release,
+        found_gpus,
+        found_npus,
+        ort,
+        openvino,
+        torch_info,
+        ports,
+        tuple(advice),
+        torch_probed=probe_torch,
+    )

@@ -65,8 +65,17 @@ def parse_nvidia_smi(text: str) -> tuple[Gpu, ...]:
         if len(fields) != 5 or not fields[0].isdigit():
             continue
         index, name, total, free, driver = fields
-        gpus.append(Gpu(int(index), name, "nvidia", _mib(total), _mib(free), source="nvidia-smi",
-                        driver=None if "N/A" in driver else driver))
+        gpus.append(
+            Gpu(
+                int(index),
+                name,
+                "nvidia",
+                _mib(total),
+                _mib(free),
+                source="nvidia-smi",
+                driver=None if "N/A" in driver else driver,
+            )
+        )
     return tuple(gpus)
 
 
@@ -79,8 +88,9 @@ def query_nvidia_smi(timeout_s: float = 10.0) -> str | None:
         return None
     command = [exe, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -94,8 +104,15 @@ def nvidia_gpus() -> tuple[Gpu, ...]:
 
 def jetson_gpu(model: str, ram_total: int, ram_available: int) -> Gpu:
     """The integrated GPU of a Jetson: no memory of its own, it shares the board's RAM."""
-    return Gpu(0, f"{model} integrated GPU", "nvidia", ram_total, ram_available,
-               unified_memory=True, source="jetson device tree")
+    return Gpu(
+        0,
+        f"{model} integrated GPU",
+        "nvidia",
+        ram_total,
+        ram_available,
+        unified_memory=True,
+        source="jetson device tree",
+    )
 
 
 def probe_torch() -> TorchInfo | None:
@@ -110,8 +127,9 @@ def probe_torch() -> TorchInfo | None:
     for index in range(torch.cuda.device_count() if cuda else 0):
         props = torch.cuda.get_device_properties(index)
         free, _total = torch.cuda.mem_get_info(index)
-        devices.append(Gpu(index, props.name, vendor, int(props.total_memory), int(free),
-                           source="torch.cuda"))
+        devices.append(
+            Gpu(index, props.name, vendor, int(props.total_memory), int(free), source="torch.cuda")
+        )
     mps_backend = getattr(torch.backends, "mps", None)
     mps = bool(mps_backend is not None and mps_backend.is_available())
     return TorchInfo(torch.__version__, cuda, tuple(devices), mps)

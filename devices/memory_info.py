@@ -25,8 +25,9 @@ class MemoryInfo:
         if self.total <= 0:
             raise ValueError(f"MemoryInfo.total must be > 0 bytes, got {self.total}")
         if not 0 <= self.available <= self.total:
-            raise ValueError(f"MemoryInfo.available must be in [0, {self.total}], "
-                             f"got {self.available}")
+            raise ValueError(
+                f"MemoryInfo.available must be in [0, {self.total}], got {self.available}"
+            )
 
     @property
     def budget(self) -> int:

@@ -61,8 +61,9 @@ class Microbench:
                 raise ValueError(f"Microbench.{field} must be > 0, got {getattr(self, field)}")
 
 
-def _best_rate(work: float, run: Callable[[], object], repeats: int,
-               budget_s: float = 1.0) -> float:
+def _best_rate(
+    work: float, run: Callable[[], object], repeats: int, budget_s: float = 1.0
+) -> float:
     """work / fastest of `repeats` timed runs (after a warm-up), stopping early past budget_s."""
     run()  # warm-up: thread pools, page faults, ORT's first-run allocations
     best = float("inf")
@@ -98,8 +99,9 @@ def int8_gemm_gops(threads: int, n: int | None = None) -> float:
     activations = rng.integers(0, 256, (n, n), dtype=np.uint8)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(matmul_integer_model(weight, n), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        matmul_integer_model(weight, n), options, providers=["CPUExecutionProvider"]
+    )
     feeds = {"A": activations}
     return _best_rate(2.0 * n**3, lambda: session.run(None, feeds), repeats=10)
 
@@ -120,11 +122,18 @@ def measure(machine: Machine) -> Microbench:
     # its session when int8_gemm_gops returns.
     int8 = int8_gemm_gops(cores)
     fp32 = fp32_gemm_gflops()
-    return Microbench(machine.cpu.model, cores, machine.onnxruntime.version, round(one, 2),
-                      round(every, 2), round(fp32, 1), round(int8, 1),
-                      datetime.datetime.now().isoformat(timespec="seconds"),
-                      round(time.perf_counter() - start, 2),
-                      None if load is None else round(load, 2))
+    return Microbench(
+        machine.cpu.model,
+        cores,
+        machine.onnxruntime.version,
+        round(one, 2),
+        round(every, 2),
+        round(fp32, 1),
+        round(int8, 1),
+        datetime.datetime.now().isoformat(timespec="seconds"),
+        round(time.perf_counter() - start, 2),
+        None if load is None else round(load, 2),
+    )
 
 
 def cache_path(machine: Machine, cache_root: Path | None = None) -> Path:
@@ -146,12 +155,16 @@ def _load(path: Path, machine: Machine) -> Microbench | None:
     except (OSError, ValueError, TypeError):
         return None
     same = (bench.cpu_model, bench.cores, bench.onnxruntime_version) == (
-        machine.cpu.model, machine.cpu.usable_cores, machine.onnxruntime.version)
+        machine.cpu.model,
+        machine.cpu.usable_cores,
+        machine.onnxruntime.version,
+    )
     return bench if same else None
 
 
-def load_or_measure(machine: Machine | None = None, *, refresh: bool = False,
-                    cache_root: Path | None = None) -> tuple[Microbench, bool]:
+def load_or_measure(
+    machine: Machine | None = None, *, refresh: bool = False, cache_root: Path | None = None
+) -> tuple[Microbench, bool]:
     """(result, came_from_cache). Measures and rewrites the cache when needed or asked."""
     machine = machine or discover()
     path = cache_path(machine, cache_root)
@@ -161,14 +174,16 @@ def load_or_measure(machine: Machine | None = None, *, refresh: bool = False,
     bench = measure(machine)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cache_version": CACHE_VERSION, **dataclasses.asdict(bench)},
-                              indent=1))
+    tmp.write_text(
+        json.dumps({"cache_version": CACHE_VERSION, **dataclasses.asdict(bench)}, indent=1)
+    )
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return bench, False
 
 
-def measured_profile(machine: Machine | None = None, *, refresh: bool = False,
-                     cache_root: Path | None = None) -> DeviceProfile:
+def measured_profile(
+    machine: Machine | None = None, *, refresh: bool = False, cache_root: Path | None = None
+) -> DeviceProfile:
     """This machine's CPU as a `DeviceProfile`: measured rates, today's memory budget."""
     machine = machine or discover()
     bench, _ = load_or_measure(machine, refresh=refresh, cache_root=cache_root)

@@ -107,8 +107,9 @@ def _is_intel_accel(root: Path, node: Path, cpu_model: str) -> bool:
     return vendor == INTEL_PCI_VENDOR if vendor is not None else "intel" in cpu_model.lower()
 
 
-def intel_npu(root: Path, cpu_model: str, openvino: OpenVinoInfo | None,
-              providers: tuple[str, ...]) -> Npu | None:
+def intel_npu(
+    root: Path, cpu_model: str, openvino: OpenVinoInfo | None, providers: tuple[str, ...]
+) -> Npu | None:
     """Intel's NPU (Meteor Lake and later): /dev/accel/accel* of the intel_vpu driver, or the
     "NPU" device of OpenVINO."""
     nodes = sorted((root / "dev/accel").glob("accel*"))
@@ -122,27 +123,42 @@ def intel_npu(root: Path, cpu_model: str, openvino: OpenVinoInfo | None,
     return Npu("Intel NPU", "intel", "/dev/accel" if intel_node else "openvino NPU device", via)
 
 
-def intel_gpus(root: Path, openvino: OpenVinoInfo | None,
-               providers: tuple[str, ...]) -> tuple[Gpu, ...]:
+def intel_gpus(
+    root: Path, openvino: OpenVinoInfo | None, providers: tuple[str, ...]
+) -> tuple[Gpu, ...]:
     """Intel integrated or Arc GPUs: DRM render nodes whose PCI vendor is Intel's.
 
     Their memory is not reported: an iGPU shares system RAM and an Arc card's is not in sysfs.
     """
-    nodes = [n for n in sorted((root / "sys/class/drm").glob("renderD*"))
-             if _pci_vendor(n) == INTEL_PCI_VENDOR]
+    nodes = [
+        n
+        for n in sorted((root / "sys/class/drm").glob("renderD*"))
+        if _pci_vendor(n) == INTEL_PCI_VENDOR
+    ]
     via = ("openvino:GPU",) if openvino is not None and openvino.has("GPU") else ()
     if via and "OpenVINOExecutionProvider" in providers:
         via += ("onnxruntime:OpenVINOExecutionProvider",)
-    return tuple(Gpu(i, f"Intel GPU ({n.name})", "intel", None, source=f"/sys/class/drm/{n.name}",
-                     usable_via=via) for i, n in enumerate(nodes))
+    return tuple(
+        Gpu(
+            i,
+            f"Intel GPU ({n.name})",
+            "intel",
+            None,
+            source=f"/sys/class/drm/{n.name}",
+            usable_via=via,
+        )
+        for i, n in enumerate(nodes)
+    )
 
 
-def hexagon_npu(root: Path, board_family: str | None, cpu_model: str,
-                providers: tuple[str, ...]) -> Npu | None:
+def hexagon_npu(
+    root: Path, board_family: str | None, cpu_model: str, providers: tuple[str, ...]
+) -> Npu | None:
     """Qualcomm's Hexagon NPU: a Qualcomm SoC (device tree, cpuinfo) or a FastRPC device node."""
     fastrpc = any((root / "dev").glob("fastrpc-*"))
     qualcomm = board_family == "qualcomm" or any(
-        word in cpu_model.lower() for word in ("qualcomm", "snapdragon"))
+        word in cpu_model.lower() for word in ("qualcomm", "snapdragon")
+    )
     if not (fastrpc or qualcomm):
         return None
     via = ("onnxruntime:QNNExecutionProvider",) if "QNNExecutionProvider" in providers else ()

@@ -13,8 +13,13 @@ import numpy as np
 
 WIRE_VARINT, WIRE_LEN = 0, 2
 # TensorProto.DataType values.
-DTYPES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3,
-          np.dtype(np.int32): 6, np.dtype(np.int64): 7}
+DTYPES = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.int8): 3,
+    np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7,
+}
 
 
 def _varint(value: int) -> bytes:
@@ -56,15 +61,26 @@ def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str)
     return b"".join(fields) + _bytes(3, name) + _bytes(4, op_type)
 
 
-def model(nodes: Sequence[bytes], inputs: Sequence[bytes], outputs: Sequence[bytes],
-          initializers: Sequence[bytes] = (), opset: int = 17, ir_version: int = 8) -> bytes:
+def model(
+    nodes: Sequence[bytes],
+    inputs: Sequence[bytes],
+    outputs: Sequence[bytes],
+    initializers: Sequence[bytes] = (),
+    opset: int = 17,
+    ir_version: int = 8,
+) -> bytes:
     """ModelProto bytes, ready for `onnxruntime.InferenceSession(bytes)`."""
-    graph = (b"".join(_bytes(1, n) for n in nodes) + _bytes(2, "graph")
-             + b"".join(_bytes(5, t) for t in initializers)
-             + b"".join(_bytes(11, i) for i in inputs) + b"".join(_bytes(12, o) for o in outputs))
+    graph = (
+        b"".join(_bytes(1, n) for n in nodes)
+        + _bytes(2, "graph")
+        + b"".join(_bytes(5, t) for t in initializers)
+        + b"".join(_bytes(11, i) for i in inputs)
+        + b"".join(_bytes(12, o) for o in outputs)
+    )
     opset_import = _bytes(1, "") + _int(2, opset)
-    return (_int(1, ir_version) + _bytes(2, "edge.devices") + _bytes(7, graph)
-            + _bytes(8, opset_import))
+    return (
+        _int(1, ir_version) + _bytes(2, "edge.devices") + _bytes(7, graph) + _bytes(8, opset_import)
+    )
 
 
 def matmul_integer_model(weight: np.ndarray, rows: int) -> bytes:

@@ -62,22 +62,28 @@ class DeviceProfile:
             raise DeviceProfileError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         self._check_positive("memory_bytes", "memory_bandwidth_gbs", "int8_gops", "cores")
         if self.fp32_gflops < 0 or (self.fp32_gflops == 0 and not self.needs_int8):
-            raise DeviceProfileError(f"{self.name}: fp32_gflops must be > 0 (0 only with "
-                                     f"needs_int8), got {self.fp32_gflops}")
+            raise DeviceProfileError(
+                f"{self.name}: fp32_gflops must be > 0 (0 only with "
+                f"needs_int8), got {self.fp32_gflops}"
+            )
         if not self.source.startswith(SOURCE_PREFIXES):
-            raise DeviceProfileError(f"{self.name}: source must start with one of "
-                                     f"{SOURCE_PREFIXES}, got {self.source!r}")
+            raise DeviceProfileError(
+                f"{self.name}: source must start with one of {SOURCE_PREFIXES}, got {self.source!r}"
+            )
         if self.kind == "cpu" and self.host_link_gbs is not None:
-            raise DeviceProfileError(f"{self.name}: a cpu has no host link, got "
-                                     f"host_link_gbs={self.host_link_gbs}")
+            raise DeviceProfileError(
+                f"{self.name}: a cpu has no host link, got host_link_gbs={self.host_link_gbs}"
+            )
         if self.host_link_gbs is not None and self.host_link_gbs <= 0:
-            raise DeviceProfileError(f"{self.name}: host_link_gbs must be > 0 or None, got "
-                                     f"{self.host_link_gbs}")
+            raise DeviceProfileError(
+                f"{self.name}: host_link_gbs must be > 0 or None, got {self.host_link_gbs}"
+            )
         if self.efficiency is None:
             object.__setattr__(self, "efficiency", DEFAULT_EFFICIENCY[self.kind])
         if not 0 < self.efficiency <= 1:  # type: ignore[operator]
-            raise DeviceProfileError(f"{self.name}: efficiency must be in (0, 1], got "
-                                     f"{self.efficiency}")
+            raise DeviceProfileError(
+                f"{self.name}: efficiency must be in (0, 1], got {self.efficiency}"
+            )
         if self.memory_pool is None:
             object.__setattr__(self, "memory_pool", self.name)
 
@@ -101,29 +107,62 @@ BUILTIN: tuple[DeviceProfile, ...] = (
     # 4-6 GB/s, we take 4.5. A72 NEON peak 16 fp32 FLOP/cycle/core = 115 GFLOP/s; HPL reaches
     # ~12 GFLOP/s fp64, so ~25 GFLOP/s fp32 GEMM. No dotprod: int8 runs through widening
     # multiplies at ~1.6x fp32. ~0.7 GB left to the OS.
-    DeviceProfile("pi4", "cpu", int(3.3 * GB), 4.5, 25.0, 40.0, 4,
-                  "published spec: Raspberry Pi 4 product brief (4x A72 1.8 GHz, LPDDR4-3200); "
-                  "bandwidth and GFLOP/s from public STREAM/HPL results, derated"),
+    DeviceProfile(
+        "pi4",
+        "cpu",
+        int(3.3 * GB),
+        4.5,
+        25.0,
+        40.0,
+        4,
+        "published spec: Raspberry Pi 4 product brief (4x A72 1.8 GHz, LPDDR4-3200); "
+        "bandwidth and GFLOP/s from public STREAM/HPL results, derated",
+    ),
     # Raspberry Pi 5 8 GB: 4x Cortex-A76 @ 2.4 GHz (BCM2712, Raspberry Pi 5 product brief),
     # LPDDR4X-4267 32-bit = 17 GB/s peak; measured reads land at 10-17 GB/s, we take 10.
     # A76 peak 16 fp32 FLOP/cycle/core = 154 GFLOP/s; HPL ~30 GFLOP/s fp64 -> ~50 fp32 GEMM.
     # A76 has SDOT (dotprod): int8 GEMM ~3x fp32, so 150 GOP/s. ~1 GB left to the OS.
-    DeviceProfile("pi5", "cpu", 7 * GB, 10.0, 50.0, 150.0, 4,
-                  "published spec: Raspberry Pi 5 product brief (4x A76 2.4 GHz, LPDDR4X-4267); "
-                  "bandwidth and GFLOP/s from public STREAM/HPL results, derated"),
+    DeviceProfile(
+        "pi5",
+        "cpu",
+        7 * GB,
+        10.0,
+        50.0,
+        150.0,
+        4,
+        "published spec: Raspberry Pi 5 product brief (4x A76 2.4 GHz, LPDDR4X-4267); "
+        "bandwidth and GFLOP/s from public STREAM/HPL results, derated",
+    ),
     # Jetson Orin Nano 8 GB (NVIDIA Jetson Orin Nano series data sheet): 6x Cortex-A78AE @ 1.5
     # GHz, 1024-core Ampere GPU with 32 tensor cores @ 625 MHz (1.28 TFLOP/s fp32 peak), 20 TOPS
     # int8 sparse = 10 dense, 128-bit LPDDR5 at 68 GB/s shared by CPU and GPU. We take 50 GB/s
     # for the GPU, 20 GB/s for the CPU cluster (an assumption: no published CPU-only figure; an
     # A78 cluster does not saturate the memory controller), 60% of the GPU's peaks, and ~6 GB
     # left after JetPack.
-    DeviceProfile("jetson-orin-nano-cpu", "cpu", 6 * GB, 20.0, 50.0, 150.0, 6,
-                  "published spec: NVIDIA Jetson Orin Nano 8GB data sheet (6x A78AE 1.5 GHz); "
-                  "CPU bandwidth assumed", memory_pool="jetson-orin-nano"),
-    DeviceProfile("jetson-orin-nano-gpu", "gpu", 6 * GB, 50.0, 770.0, 6000.0, 8,
-                  "published spec: NVIDIA Jetson Orin Nano 8GB data sheet (1024 CUDA cores, "
-                  "10 dense int8 TOPS, 68 GB/s LPDDR5), derated to 60-75%",
-                  memory_pool="jetson-orin-nano"),
+    DeviceProfile(
+        "jetson-orin-nano-cpu",
+        "cpu",
+        6 * GB,
+        20.0,
+        50.0,
+        150.0,
+        6,
+        "published spec: NVIDIA Jetson Orin Nano 8GB data sheet (6x A78AE 1.5 GHz); "
+        "CPU bandwidth assumed",
+        memory_pool="jetson-orin-nano",
+    ),
+    DeviceProfile(
+        "jetson-orin-nano-gpu",
+        "gpu",
+        6 * GB,
+        50.0,
+        770.0,
+        6000.0,
+        8,
+        "published spec: NVIDIA Jetson Orin Nano 8GB data sheet (1024 CUDA cores, "
+        "10 dense int8 TOPS, 68 GB/s LPDDR5), derated to 60-75%",
+        memory_pool="jetson-orin-nano",
+    ),
     # Snapdragon 8 Gen 3-class phone (Qualcomm product brief: 1x Cortex-X4 3.3 GHz + 5x A720 +
     # 2x A520, Adreno 750, Hexagon NPU, LPDDR5X-4800 64-bit = 77 GB/s), 12 GB of which Android
     # lets one app keep ~5 GB. CPU reads ~40 GB/s (llama.cpp decode rates on such phones imply
@@ -131,26 +170,61 @@ BUILTIN: tuple[DeviceProfile, ...] = (
     # TFLOP/s fp32 peak, we take 2000. Qualcomm publishes no Hexagon TOPS for this chip; press
     # estimates are ~34-45 TOPS int8 peak and we take 10 TOPS, fp16/int8 only and static shapes
     # (QNN HTP compiles a fixed graph).
-    DeviceProfile("snapdragon-8-gen-3-cpu", "cpu", 5 * GB, 40.0, 150.0, 400.0, 8,
-                  "published spec: Qualcomm Snapdragon 8 Gen 3 product brief (X4 + 5x A720 + "
-                  "2x A520, LPDDR5X 77 GB/s); effective rates derated",
-                  memory_pool="snapdragon-8-gen-3"),
+    DeviceProfile(
+        "snapdragon-8-gen-3-cpu",
+        "cpu",
+        5 * GB,
+        40.0,
+        150.0,
+        400.0,
+        8,
+        "published spec: Qualcomm Snapdragon 8 Gen 3 product brief (X4 + 5x A720 + "
+        "2x A520, LPDDR5X 77 GB/s); effective rates derated",
+        memory_pool="snapdragon-8-gen-3",
+    ),
     # Adreno's shader-processor count is unpublished: cores=1 (the planner does not split work
     # inside one GPU anyway). Jetson's 8 is its SM count (1024 CUDA cores / 128 per SM).
-    DeviceProfile("snapdragon-8-gen-3-gpu", "gpu", 5 * GB, 45.0, 2000.0, 4000.0, 1,
-                  "published spec: Qualcomm Snapdragon 8 Gen 3 product brief (Adreno 750, ~4.6 "
-                  "TFLOP/s fp32), derated", memory_pool="snapdragon-8-gen-3"),
-    DeviceProfile("snapdragon-8-gen-3-npu", "npu", 5 * GB, 45.0, 0.0, 10000.0, 1,
-                  "published spec: Snapdragon 8 Gen 3 Hexagon NPU (no official TOPS; ~34-45 "
-                  "int8 TOPS estimated), derated to ~25%", needs_static_shapes=True,
-                  needs_int8=True, memory_pool="snapdragon-8-gen-3"),
+    DeviceProfile(
+        "snapdragon-8-gen-3-gpu",
+        "gpu",
+        5 * GB,
+        45.0,
+        2000.0,
+        4000.0,
+        1,
+        "published spec: Qualcomm Snapdragon 8 Gen 3 product brief (Adreno 750, ~4.6 "
+        "TFLOP/s fp32), derated",
+        memory_pool="snapdragon-8-gen-3",
+    ),
+    DeviceProfile(
+        "snapdragon-8-gen-3-npu",
+        "npu",
+        5 * GB,
+        45.0,
+        0.0,
+        10000.0,
+        1,
+        "published spec: Snapdragon 8 Gen 3 Hexagon NPU (no official TOPS; ~34-45 "
+        "int8 TOPS estimated), derated to ~25%",
+        needs_static_shapes=True,
+        needs_int8=True,
+        memory_pool="snapdragon-8-gen-3",
+    ),
     # A mainstream laptop: 8-core x86 with AVX2 (+ AVX-VNNI on Alder Lake and later), 16 GB
     # dual-channel DDR5-5600 = 89.6 GB/s peak, ~60 GB/s sustained reads. AVX2 peak is 32 fp32
     # FLOP/cycle/core (2 FMA ports): ~770 GFLOP/s at 3 GHz; all-core clocks under load and MLAS
     # efficiency leave ~300. VNNI int8 ~2.5x. ~10 GB free beside the OS and a browser; no GPU.
-    DeviceProfile("laptop-x86", "cpu", 10 * GB, 60.0, 300.0, 800.0, 8,
-                  "published spec: DDR5-5600 dual channel (89.6 GB/s peak), 8-core AVX2 CPU at "
-                  "~3 GHz; effective rates derated"),
+    DeviceProfile(
+        "laptop-x86",
+        "cpu",
+        10 * GB,
+        60.0,
+        300.0,
+        800.0,
+        8,
+        "published spec: DDR5-5600 dual channel (89.6 GB/s peak), 8-core AVX2 CPU at "
+        "~3 GHz; effective rates derated",
+    ),
 )
 
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in BUILTIN}
@@ -159,8 +233,11 @@ PLATFORMS: dict[str, tuple[str, ...]] = {
     "pi4": ("pi4",),
     "pi5": ("pi5",),
     "jetson-orin-nano": ("jetson-orin-nano-cpu", "jetson-orin-nano-gpu"),
-    "snapdragon-8-gen-3": ("snapdragon-8-gen-3-cpu", "snapdragon-8-gen-3-gpu",
-                           "snapdragon-8-gen-3-npu"),
+    "snapdragon-8-gen-3": (
+        "snapdragon-8-gen-3-cpu",
+        "snapdragon-8-gen-3-gpu",
+        "snapdragon-8-gen-3-npu",
+    ),
     "laptop-x86": ("laptop-x86",),
 }
 
@@ -170,13 +247,15 @@ def profile_by_name(name: str) -> DeviceProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise DeviceProfileError(f"unknown device profile {name!r}; known profiles: "
-                                 f"{', '.join(sorted(PROFILES))}") from None
+        raise DeviceProfileError(
+            f"unknown device profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}"
+        ) from None
 
 
 def platform_by_name(name: str) -> tuple[DeviceProfile, ...]:
     """All devices of a built-in platform ("jetson-orin-nano" -> its CPU and GPU profiles)."""
     if name not in PLATFORMS:
-        raise DeviceProfileError(f"unknown platform {name!r}; known platforms: "
-                                 f"{', '.join(sorted(PLATFORMS))}")
+        raise DeviceProfileError(
+            f"unknown platform {name!r}; known platforms: {', '.join(sorted(PLATFORMS))}"
+        )
     return tuple(PROFILES[n] for n in PLATFORMS[name])

@@ -23,8 +23,15 @@ from edge.errors import ConfigError
 DEFAULT = OrtCpuBackend.name
 _BACKENDS: dict[str, type[Backend]] = {
     cls.name: cls
-    for cls in (OrtCpuBackend, OrtCudaBackend, OpenVinoBackend, QnnBackend, CoreMlBackend,
-                NnapiBackend, NumpyBackend)
+    for cls in (
+        OrtCpuBackend,
+        OrtCudaBackend,
+        OpenVinoBackend,
+        QnnBackend,
+        CoreMlBackend,
+        NnapiBackend,
+        NumpyBackend,
+    )
 }
 
 
@@ -33,8 +40,10 @@ def register(cls: type[Backend], *, replace: bool = False) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise TypeError(f"{cls!r} is not a Backend subclass")
     if cls.name in _BACKENDS and _BACKENDS[cls.name] is not cls and not replace:
-        raise ConfigError(f"a backend named {cls.name!r} is already registered "
-                          f"({_BACKENDS[cls.name].__name__}); pass replace=True to override")
+        raise ConfigError(
+            f"a backend named {cls.name!r} is already registered "
+            f"({_BACKENDS[cls.name].__name__}); pass replace=True to override"
+        )
     _BACKENDS[cls.name] = cls
     return cls
 

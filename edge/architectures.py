@@ -33,8 +33,16 @@ QKV_BIAS = "attn_qkv.bias"  # [(H_q + 2 H_kv) D]
 
 # ModelSpec's block-feature fields; a config carrying them under FEATURES_KEY (an edge package
 # being re-quantized) is taken at its word rather than re-derived from Hugging Face keys.
-FEATURE_FIELDS = ("qk_norm", "sandwich_norms", "activation", "embedding_scale",
-                  "attention_scale", "sliding_window", "sliding_layers", "rope_local_theta")
+FEATURE_FIELDS = (
+    "qk_norm",
+    "sandwich_norms",
+    "activation",
+    "embedding_scale",
+    "attention_scale",
+    "sliding_window",
+    "sliding_layers",
+    "rope_local_theta",
+)
 FEATURES_KEY = "edge_features"
 
 
@@ -66,10 +74,11 @@ def layer_rope_theta(spec: ModelSpec, layer: int) -> float:
 
 
 def attention_scale(spec: ModelSpec) -> float:
-    return spec.attention_scale or spec.head_dim ** -0.5
+    return spec.attention_scale or spec.head_dim**-0.5
 
 
 # ---- config -> spec -----------------------------------------------------------------------------
+
 
 def config_value(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
     for key in keys:
@@ -84,7 +93,8 @@ def _plain_rope(scaling: dict[str, Any] | None, what: str) -> None:
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind not in (None, "default"):
         raise UnsupportedModelError(
-            f"{what}rope scaling {kind!r} is not supported yet (only plain rotary embeddings)")
+            f"{what}rope scaling {kind!r} is not supported yet (only plain rotary embeddings)"
+        )
 
 
 def _llama_features(config: dict[str, Any]) -> dict[str, Any]:
@@ -99,39 +109,50 @@ def _gemma3_features(config: dict[str, Any]) -> dict[str, Any]:
     layers (all but every sixth) with their own rope base. GGUF metadata lacks the pattern and
     the local base: llama.cpp hard-codes them (6 and 10k) for gemma3, so do we."""
     if "text_config" in config:
-        raise UnsupportedModelError("a multimodal Gemma 3 checkpoint: export its text model "
-                                    "(Gemma3ForCausalLM) or its GGUF")
+        raise UnsupportedModelError(
+            "a multimodal Gemma 3 checkpoint: export its text model (Gemma3ForCausalLM) or its GGUF"
+        )
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if config.get(key) is not None:
             raise UnsupportedModelError(f"gemma3 with {key}={config[key]} is not supported")
-    if config.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh",
-                                                                    "gelu_tanh"):
-        raise UnsupportedModelError(f"activation {config['hidden_activation']!r}: only "
-                                    "gelu_pytorch_tanh")
+    if config.get("hidden_activation", "gelu_pytorch_tanh") not in (
+        "gelu_pytorch_tanh",
+        "gelu_tanh",
+    ):
+        raise UnsupportedModelError(
+            f"activation {config['hidden_activation']!r}: only gelu_pytorch_tanh"
+        )
     rope = config.get("rope_parameters") or {}
     local = rope.get("sliding_attention") or {}
     _plain_rope(rope.get("full_attention") or config.get("rope_scaling"), "full-attention ")
     _plain_rope(local, "sliding ")
     layers = int(config["num_hidden_layers"])
     types = config.get("layer_types") or [
-        "full_attention" if (i + 1) % int(config.get("sliding_window_pattern") or 6) == 0
-        else "sliding_attention" for i in range(layers)]
+        "full_attention"
+        if (i + 1) % int(config.get("sliding_window_pattern") or 6) == 0
+        else "sliding_attention"
+        for i in range(layers)
+    ]
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     head_dim = int(config_value(config, "head_dim", default=hidden // heads))
     scalar = float(config_value(config, "query_pre_attn_scalar", default=head_dim))
     return {
-        "qk_norm": True, "sandwich_norms": True, "activation": "gelu_tanh",
+        "qk_norm": True,
+        "sandwich_norms": True,
+        "activation": "gelu_tanh",
         # float32 like transformers' scaled embedding, so the product rounds the same way
         "embedding_scale": float(math.sqrt(hidden)),
-        "attention_scale": scalar ** -0.5,
+        "attention_scale": scalar**-0.5,
         "sliding_window": int(config_value(config, "sliding_window", default=4096)),
         "sliding_layers": tuple(i for i, t in enumerate(types) if t == "sliding_attention"),
-        "rope_local_theta": float(local.get("rope_theta")
-                                  or config_value(config, "rope_local_base_freq",
-                                                  default=10000.0)),
-        "rope_theta": float((rope.get("full_attention") or {}).get("rope_theta")
-                            or config_value(config, "rope_theta", default=1_000_000.0)),
+        "rope_local_theta": float(
+            local.get("rope_theta") or config_value(config, "rope_local_base_freq", default=10000.0)
+        ),
+        "rope_theta": float(
+            (rope.get("full_attention") or {}).get("rope_theta")
+            or config_value(config, "rope_theta", default=1_000_000.0)
+        ),
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", True)),
     }
 
@@ -169,11 +190,13 @@ class Declaration:
             num_heads=heads,
             num_kv_heads=int(config_value(config, "num_key_value_heads", default=heads)),
             head_dim=int(config_value(config, "head_dim", default=hidden // heads)),
-            rope_theta=float(rope.get("rope_theta")
-                             or config_value(config, "rope_theta", default=10000.0)),
+            rope_theta=float(
+                rope.get("rope_theta") or config_value(config, "rope_theta", default=10000.0)
+            ),
             rms_norm_eps=float(config_value(config, "rms_norm_eps", default=1e-6)),
-            max_position_embeddings=int(config_value(config, "max_position_embeddings",
-                                                     default=2048)),
+            max_position_embeddings=int(
+                config_value(config, "max_position_embeddings", default=2048)
+            ),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", self.default_attention_bias)),
         )
@@ -184,7 +207,10 @@ LLAMA = Declaration("llama")
 # llama.cpp runs qwen2 with NEOX (half-rotation) rope, so Q/K rows are stored as in HF.
 QWEN2 = Declaration("qwen2", gguf_permutes_qk=False, default_attention_bias=True)
 GEMMA3 = Declaration(
-    "gemma3", aliases=("gemma3_text",), gguf_permutes_qk=False, hf_norm_offset=1.0,
+    "gemma3",
+    aliases=("gemma3_text",),
+    gguf_permutes_qk=False,
+    hf_norm_offset=1.0,
     hf_layer_names={
         "self_attn.q_norm.weight": "attn_q_norm.weight",
         "self_attn.k_norm.weight": "attn_k_norm.weight",
@@ -196,7 +222,8 @@ GEMMA3 = Declaration(
 )
 
 DECLARATIONS: dict[str, Declaration] = {
-    name: d for d in (LLAMA, QWEN2, GEMMA3) for name in (d.name, *d.aliases)}
+    name: d for d in (LLAMA, QWEN2, GEMMA3) for name in (d.name, *d.aliases)
+}
 
 
 def declaration(name: str) -> Declaration:

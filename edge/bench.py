@@ -51,8 +51,10 @@ def bench_prompt(tokenizer: Tokenizer, n_tokens: int) -> list[int]:
 def bench_engine(engine: Engine, prompt: list[int], config: BenchConfig) -> BenchResult:
     """Time prefill of `prompt` and greedy decode of `gen_tokens`, `runs` times (after warmup)."""
     if len(prompt) + config.gen_tokens > engine.max_context:
-        raise ConfigError(f"prompt ({len(prompt)}) + gen ({config.gen_tokens}) tokens exceed the "
-                         f"context window ({engine.max_context})")
+        raise ConfigError(
+            f"prompt ({len(prompt)}) + gen ({config.gen_tokens}) tokens exceed the "
+            f"context window ({engine.max_context})"
+        )
     result = BenchResult()
     for run in range(config.warmup + config.runs):
         engine.reset()
@@ -104,9 +106,12 @@ class SpeculativeBenchRow:
         return self.speculative_tps / self.plain_tps
 
 
-def bench_speculative(model, gen_tokens: int = 128, runs: int = 1,
-                      prompts: dict[str, tuple[str, ...]] = SPECULATIVE_PROMPTS
-                      ) -> list[SpeculativeBenchRow]:
+def bench_speculative(
+    model,
+    gen_tokens: int = 128,
+    runs: int = 1,
+    prompts: dict[str, tuple[str, ...]] = SPECULATIVE_PROMPTS,
+) -> list[SpeculativeBenchRow]:
     """Greedy decode tokens/s with and without the model's draft, per prompt kind, measured
     alternately in one process (the machines are shared; only ratios taken side by side hold)."""
     decoder = model.speculative
@@ -124,10 +129,15 @@ def bench_speculative(model, gen_tokens: int = 128, runs: int = 1,
                 rate, last = _decode_rate(model, ids, gen_tokens)
                 spec.append(rate)
                 stats.append(last.speculation)
-        rows.append(SpeculativeBenchRow(
-            kind, statistics.median(plain), statistics.median(spec),
-            statistics.mean(s.acceptance for s in stats),
-            statistics.mean(s.tokens_per_pass for s in stats)))
+        rows.append(
+            SpeculativeBenchRow(
+                kind,
+                statistics.median(plain),
+                statistics.median(spec),
+                statistics.mean(s.acceptance for s in stats),
+                statistics.mean(s.tokens_per_pass for s in stats),
+            )
+        )
     return rows
 
 

@@ -35,8 +35,17 @@ TEMPLATE_SECONDS = 5.0  # wall time of one render (jinja's MAX_RANGE does not bo
 _WIDTH_FILTERS = ("center", "indent", "wordwrap")  # an int argument is a size to allocate
 # What compiling or rendering a broken or hostile template raises (our ChatTemplateError, from
 # raise_exception, is a ValueError); anything else is edge's own bug and propagates.
-_RENDER_FAILURES = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError,
-                    AttributeError, RecursionError, SyntaxError, MemoryError)
+_RENDER_FAILURES = (
+    TemplateError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+    SyntaxError,
+    MemoryError,
+)
 
 
 class _Deadline(BaseException):
@@ -53,18 +62,20 @@ def _check_size(value: Any) -> Any:
     if isinstance(value, int):
         too_big = abs(value).bit_length() > 64
     else:
-        too_big = (isinstance(value, str | bytes | list | tuple | dict)
-                   and len(value) > MAX_TEMPLATE_CHARS)
+        too_big = (
+            isinstance(value, str | bytes | list | tuple | dict) and len(value) > MAX_TEMPLATE_CHARS
+        )
     if too_big:
-        raise SecurityError(f"the template built a value larger than edge allows "
-                            f"({MAX_TEMPLATE_CHARS} items, or a 64-bit integer)")
+        raise SecurityError(
+            f"the template built a value larger than edge allows "
+            f"({MAX_TEMPLATE_CHARS} items, or a 64-bit integer)"
+        )
     return value
 
 
 def _check_width(value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TEMPLATE_CHARS:
-        raise SecurityError(f"a width of {value} is larger than edge allows "
-                            f"({MAX_TEMPLATE_CHARS})")
+        raise SecurityError(f"a width of {value} is larger than edge allows ({MAX_TEMPLATE_CHARS})")
 
 
 class _BoundedNamespace(Namespace):
@@ -86,10 +97,15 @@ class _ChatEnvironment(ImmutableSandboxedEnvironment):
             raise SecurityError(f"{left} ** {right} is larger than edge allows")
         if operator == "*" and not ints:
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) \
-                        and len(seq) * n > MAX_TEMPLATE_CHARS:
-                    raise SecurityError(f"a sequence of {len(seq)} items * {n} is larger "
-                                        f"than edge allows ({MAX_TEMPLATE_CHARS} items)")
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(n, int)
+                    and len(seq) * n > MAX_TEMPLATE_CHARS
+                ):
+                    raise SecurityError(
+                        f"a sequence of {len(seq)} items * {n} is larger "
+                        f"than edge allows ({MAX_TEMPLATE_CHARS} items)"
+                    )
         return _check_size(super().call_binop(context, operator, left, right))
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -133,8 +149,9 @@ def _template_failure(exc: BaseException, doing: str) -> ChatTemplateError:
     what = type(exc).__name__
     line = getattr(exc, "lineno", None)
     where = f" (line {line})" if isinstance(exc, TemplateError) and line else ""
-    return ChatTemplateError(f"the model's chat template failed to {doing}{where}: {what}: "
-                             f"{str(exc)[:300]}")
+    return ChatTemplateError(
+        f"the model's chat template failed to {doing}{where}: {what}: {str(exc)[:300]}"
+    )
 
 
 def _interrupt(thread: threading.Thread) -> None:
@@ -167,8 +184,10 @@ def _run_limited(work: Any, what: str) -> Any:
     if result:
         return result[0]
     if not failure or isinstance(failure[0], _Deadline):
-        raise ChatTemplateError(f"the model's chat template did not {what} within "
-                                f"{TEMPLATE_SECONDS:g} s; it is broken or hostile")
+        raise ChatTemplateError(
+            f"the model's chat template did not {what} within "
+            f"{TEMPLATE_SECONDS:g} s; it is broken or hostile"
+        )
     if isinstance(failure[0], _RENDER_FAILURES):
         raise _template_failure(failure[0], what) from failure[0]
     raise failure[0]
@@ -181,8 +200,9 @@ def _render(template: Template, context: dict[str, Any]) -> str:
     for chunk in template.generate(**context):
         size += len(chunk)
         if size > MAX_TEMPLATE_CHARS:
-            raise SecurityError(f"the rendered prompt is longer than {MAX_TEMPLATE_CHARS} "
-                                "characters")
+            raise SecurityError(
+                f"the rendered prompt is longer than {MAX_TEMPLATE_CHARS} characters"
+            )
         chunks.append(chunk)
     return "".join(chunks)
 
@@ -192,7 +212,8 @@ class ChatTemplate:
 
     def __init__(self, source: str) -> None:
         self._template: Template = _run_limited(
-            lambda: _chat_environment().from_string(source), "compile")
+            lambda: _chat_environment().from_string(source), "compile"
+        )
 
     def render(self, context: dict[str, Any]) -> str:
         """The prompt for `context` (messages, add_generation_prompt, special tokens)."""

@@ -51,14 +51,18 @@ Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
 Placed = tuple[str, int]  # ("decode" or "prefill" placement, segment index in it)
 
 
-def prefill_in_chunks(ids: np.ndarray, chunk: int, all_logits: bool,
-                      step: Callable[[np.ndarray, bool], np.ndarray | None]) -> np.ndarray:
+def prefill_in_chunks(
+    ids: np.ndarray,
+    chunk: int,
+    all_logits: bool,
+    step: Callable[[np.ndarray, bool], np.ndarray | None],
+) -> np.ndarray:
     """Run `ids` in steps of at most `chunk` tokens; `step(ids, want_logits)`. Logits [S, V]
     for every position when `all_logits`, else [1, V] for the last (only it is computed)."""
     out = []
     for start in range(0, len(ids), chunk):
         want = all_logits or start + chunk >= len(ids)
-        logits = step(ids[start:start + chunk], want)
+        logits = step(ids[start : start + chunk], want)
         if want:
             out.append(logits)
     return np.concatenate(out) if all_logits else out[-1]
@@ -105,8 +109,9 @@ def check_threads(threads: int | None, what: str = "threads") -> None:
         raise ConfigError(f"{what}={threads}; must be >= 1")
     most = usable_threads()
     if threads > most:
-        raise ConfigError(f"{what}={threads}; this machine lets edge use at most {most} "
-                          f"(its usable CPU cores)")
+        raise ConfigError(
+            f"{what}={threads}; this machine lets edge use at most {most} (its usable CPU cores)"
+        )
 
 
 def token_array(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
@@ -118,8 +123,9 @@ def token_array(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.nd
     ids = ids.astype(np.int64, copy=False).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
-        raise InvalidTokenError(f"token id {bad} is outside this model's vocabulary "
-                                f"[0, {vocab_size})")
+        raise InvalidTokenError(
+            f"token id {bad} is outside this model's vocabulary [0, {vocab_size})"
+        )
     return ids
 
 
@@ -156,8 +162,7 @@ class EngineConfig:
         for name in ("placement", "prefill_placement"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Placement):
-                raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or "
-                                  "None")
+                raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or None")
 
 
 class _Segment:
@@ -193,7 +198,8 @@ class Engine:
         self.steps = package.static_steps
         static = (package.manifest.quantization or {}).get("static", {})
         self.max_context = static.get("max_context") or min(
-            config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
+            config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+        )
         self.min_step = 1 if self.steps else min_step_tokens(package.manifest)
         slots = self.max_context + self.min_step - 1  # a padded last step needs a spare slot
         self.cache = KVCache.allocate(spec, slots)
@@ -211,22 +217,29 @@ class Engine:
         kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
         if prompt_kind[1] and not self.steps:
             kinds.append(prompt_kind)
-        self.placements: dict[str, tuple[Placement, list[Kind]]] = {"decode": (self.placement,
-                                                                              kinds)}
+        self.placements: dict[str, tuple[Placement, list[Kind]]] = {
+            "decode": (self.placement, kinds)
+        }
         prompts = config.prefill_placement
         if prompts is not None and prompts != self.placement:
             prompts.check(package.manifest)
             # Only what prompts use: multi-token fixed shapes, or the prompt graphs.
-            self.placements["prefill"] = (prompts, [(s, False) for s in self.steps if s > 1]
-                                          or [prompt_kind])
+            self.placements["prefill"] = (
+                prompts,
+                [(s, False) for s in self.steps if s > 1] or [prompt_kind],
+            )
         self.fallbacks: list[Fallback] = []
         self._broken: set[Placed] = set()  # placement segments that failed mid-run
-        self._placed = {phase: [self._place((phase, i)) for i in range(len(p.segments))]
-                        for phase, (p, _) in self.placements.items()}
+        self._placed = {
+            phase: [self._place((phase, i)) for i in range(len(p.segments))]
+            for phase, (p, _) in self.placements.items()
+        }
         self._assemble()
-        chunk = self.chunk = (max(self.steps) if self.steps
-                              else max(min(config.prefill_chunk, self.max_context),
-                                       self.min_step))
+        chunk = self.chunk = (
+            max(self.steps)
+            if self.steps
+            else max(min(config.prefill_chunk, self.max_context), self.min_step)
+        )
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
         self._seqlens = np.zeros((1,), np.int32)
@@ -234,10 +247,17 @@ class Engine:
         self._positions = np.arange(chunk, dtype=np.int64)
         self._last = np.zeros((1,), np.int64)
         # One buffer per boundary: segment i writes it, segment i + 1 reads it, no copy.
-        longest = max(len(c) for c in (*self.variants.values(), *self.prefill_variants.values(),
-                                        self.prefill_segments or ()))
-        self._hidden = [np.zeros((1, chunk, spec.hidden_size), np.float32)
-                        for _ in range(longest - 1)]
+        longest = max(
+            len(c)
+            for c in (
+                *self.variants.values(),
+                *self.prefill_variants.values(),
+                self.prefill_segments or (),
+            )
+        )
+        self._hidden = [
+            np.zeros((1, chunk, spec.hidden_size), np.float32) for _ in range(longest - 1)
+        ]
         self._logits_last = np.zeros((1, 1, spec.vocab_size), np.float32)
         self._logits_all: np.ndarray | None = None
 
@@ -271,8 +291,13 @@ class Engine:
                 raise  # the package or the settings are wrong, not the backend
             except Exception as exc:  # any failure of the runtime: fall back, say why
                 when, reason = "compile", f"{type(exc).__name__}: {_message(exc)}"
-        fallback = Fallback(placed.start, placed.end, placed.backend, reason,
-                            when=f"reload, {when}" if reloading else when)
+        fallback = Fallback(
+            placed.start,
+            placed.end,
+            placed.backend,
+            reason,
+            when=f"reload, {when}" if reloading else when,
+        )
         log.warning("%s", fallback)
         self.fallbacks.append(fallback)
         return self._load(self._backend(DEFAULT_BACKEND, {}), placed, where)
@@ -285,17 +310,18 @@ class Engine:
         available = backend.is_available()
         if not available:
             return "available", available.reason
-        for part in self.package.manifest.parts[placed.start:placed.end]:
+        for part in self.package.manifest.parts[placed.start : placed.end]:
             supported = backend.supports(part, self.package)
             if not supported:
                 return "supports", supported.reason
         return "", ""
 
-    def _load(self, backend: Backend, placed: SegmentPlacement,
-              where: Placed) -> dict[Kind, list[_Segment]]:
+    def _load(
+        self, backend: Backend, placed: SegmentPlacement, where: Placed
+    ) -> dict[Kind, list[_Segment]]:
         from devices.backend import SegmentGraph
 
-        parts = self.package.manifest.parts[placed.start:placed.end]
+        parts = self.package.manifest.parts[placed.start : placed.end]
         size = self.config.parts_per_session or len(parts)
         out: dict[Kind, list[_Segment]] = {}
         done: list[_Segment] = []
@@ -303,13 +329,17 @@ class Engine:
             for step, prefill in self.placements[where[0]][1]:
                 out[step, prefill] = []
                 for offset in range(0, len(parts), size):
-                    group = tuple(parts[offset:offset + size])
-                    model = merge_models([self.package.graph_bytes(p, step, prefill)
-                                          for p in group], name=group[0].name)
-                    graph = SegmentGraph(self.package, placed.start + offset, group, model,
-                                         step, prefill)
-                    segment = _Segment(backend, backend.load(backend.compile(graph),
-                                                             self.resident), where)
+                    group = tuple(parts[offset : offset + size])
+                    model = merge_models(
+                        [self.package.graph_bytes(p, step, prefill) for p in group],
+                        name=group[0].name,
+                    )
+                    graph = SegmentGraph(
+                        self.package, placed.start + offset, group, model, step, prefill
+                    )
+                    segment = _Segment(
+                        backend, backend.load(backend.compile(graph), self.resident), where
+                    )
                     out[step, prefill].append(segment)
                     done.append(segment)
         except BaseException:
@@ -320,6 +350,7 @@ class Engine:
 
     def _assemble(self) -> None:
         """The run lists, in part order, from the per-placement-segment executables."""
+
         def chain(phase: str, kind: Kind) -> list[_Segment]:
             return [s for placed in self._placed[phase] for s in placed[kind]]
 
@@ -329,10 +360,12 @@ class Engine:
         prompt_kinds = self.placements[phase][1]
         # Multi-token steps: prompt graphs where the package has them, else the step graphs,
         # on the prompt placement when it has its own.
-        self.prefill_segments = (chain(phase, (None, True)) if (None, True) in prompt_kinds
-                                 else None)
-        self.prefill_variants = ({kind[0]: chain(phase, kind) for kind in prompt_kinds
-                                  if not kind[1]} if phase == "prefill" else {})
+        self.prefill_segments = chain(phase, (None, True)) if (None, True) in prompt_kinds else None
+        self.prefill_variants = (
+            {kind[0]: chain(phase, kind) for kind in prompt_kinds if not kind[1]}
+            if phase == "prefill"
+            else {}
+        )
 
     # ---- the public API ---------------------------------------------------------------------
     @property
@@ -375,8 +408,10 @@ class Engine:
         paths for one token than for several. (w8a8 packages round per token and always step
         two tokens or more, which makes them exact: see `min_step_tokens`.)"""
         scheme = (self.package.manifest.quantization or {}).get("scheme") or {}
-        levels = [(scheme.get(role) or {}).get("accuracy_level", 0)
-                  for role in ("linear", "head", "sensitive_config")]
+        levels = [
+            (scheme.get(role) or {}).get("accuracy_level", 0)
+            for role in ("linear", "head", "sensitive_config")
+        ]
         return any(level and level >= 1 for level in levels)
 
     def describe(self) -> str:
@@ -411,7 +446,7 @@ class Engine:
         self._check_room(len(ids))
         if len(ids) > self.chunk:
             raise ValueError(f"verify takes at most {self.chunk} tokens, got {len(ids)}")
-        self._ids[0, :len(ids)] = ids
+        self._ids[0, : len(ids)] = ids
         return self._run(len(ids), True, decode_graphs=True).copy()
 
     def decode(self, token_id: int) -> np.ndarray:
@@ -432,7 +467,7 @@ class Engine:
 
     # ---- steps ------------------------------------------------------------------------------
     def _step(self, ids: np.ndarray, all_logits: bool | None) -> np.ndarray:
-        self._ids[0, :len(ids)] = ids
+        self._ids[0, : len(ids)] = ids
         return self._run(len(ids), all_logits)
 
     def _run(self, n: int, all_logits: bool | None, decode_graphs: bool = False) -> np.ndarray:
@@ -447,7 +482,8 @@ class Engine:
         if position + size > self.cache.max_context:
             raise ContextOverflowError(
                 f"this fixed-shape package pads a {n}-token step to {size} tokens, which "
-                f"does not fit the {self.max_context}-token cache at position {position}")
+                f"does not fit the {self.max_context}-token cache at position {position}"
+            )
         self._ids[0, n:size] = 0
         self._seqlens[0] = position + size - 1
         self._total[()] = position + size
@@ -456,8 +492,7 @@ class Engine:
         logits = self._logits_buffer(k)
         signature = (size, k)
         step = size if self.steps else None
-        if n > 1 and not decode_graphs and (self.prefill_segments or step in
-                                            self.prefill_variants):
+        if n > 1 and not decode_graphs and (self.prefill_segments or step in self.prefill_variants):
             segments = self.prefill_segments or self.prefill_variants[step]
         else:
             segments = self.variants[step]
@@ -477,20 +512,28 @@ class Engine:
 
         self._broken.add(segment.placed)
         segment.signature = None
-        parts = self.package.manifest.parts[segment.start:segment.end]
-        message = (f"{segment.backend.describe()} failed running "
-                   f"{describe_parts(segment.start, parts)} at position {position}: "
-                   f"{type(exc).__name__}: {_message(exc)}; the engine works again after "
-                   "reset(), which reloads it")
+        parts = self.package.manifest.parts[segment.start : segment.end]
+        message = (
+            f"{segment.backend.describe()} failed running "
+            f"{describe_parts(segment.start, parts)} at position {position}: "
+            f"{type(exc).__name__}: {_message(exc)}; the engine works again after "
+            "reset(), which reloads it"
+        )
         log.error("%s", message)
-        return BackendError(message, segment.backend.name, segment.backend.device,
-                            segment.start, segment.end)
+        return BackendError(
+            message, segment.backend.name, segment.backend.device, segment.start, segment.end
+        )
 
     def _needs_reset(self) -> BackendError:
         placed = [self._segment_placement(where) for where in sorted(self._broken)]
         names = ", ".join(f"{p.backend} (parts [{p.start}, {p.end}))" for p in placed)
-        return BackendError(f"{names} failed earlier; call reset() before running again",
-                            placed[0].backend, "", placed[0].start, placed[0].end)
+        return BackendError(
+            f"{names} failed earlier; call reset() before running again",
+            placed[0].backend,
+            "",
+            placed[0].start,
+            placed[0].end,
+        )
 
     def _logits_buffer(self, k: int) -> np.ndarray:
         if k == 1:
@@ -499,8 +542,9 @@ class Engine:
             self._logits_all = np.zeros((1, self.chunk, self.spec.vocab_size), np.float32)
         return self._logits_all[:, :k]
 
-    def _bind_step(self, i: int, segment: _Segment, n: int, all_logits: bool | None,
-                   logits: np.ndarray, k: int) -> None:
+    def _bind_step(
+        self, i: int, segment: _Segment, n: int, all_logits: bool | None, logits: np.ndarray, k: int
+    ) -> None:
         """(Re)bind the per-step buffers of a step shape; decode steps reuse one binding."""
         inputs: dict[str, np.ndarray] = {}
         outputs: dict[str, np.ndarray] = {}

@@ -76,8 +76,9 @@ class BackendError(EdgeError, RuntimeError):
     """A backend failed while running a segment; the message names the backend, its device and
     the part range. The engine that raised it works again after `reset()`."""
 
-    def __init__(self, message: str, backend: str = "", device: str = "",
-                 start: int = -1, end: int = -1) -> None:
+    def __init__(
+        self, message: str, backend: str = "", device: str = "", start: int = -1, end: int = -1
+    ) -> None:
         super().__init__(message)
         self.backend, self.device, self.start, self.end = backend, device, start, end
 

@@ -23,8 +23,10 @@ class PerplexityConfig:
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 1 <= self.stride <= self.window:
-            raise ValueError(f"need window >= 2 and 1 <= stride <= window, got window="
-                             f"{self.window}, stride={self.stride}")
+            raise ValueError(
+                f"need window >= 2 and 1 <= stride <= window, got window="
+                f"{self.window}, stride={self.stride}"
+            )
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,12 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(targets)), targets] - lse
 
 
-def perplexity(engine: Engine, tokens: list[int], config: PerplexityConfig | None = None,
-               progress: Callable[[int], None] | None = None) -> PerplexityResult:
+def perplexity(
+    engine: Engine,
+    tokens: list[int],
+    config: PerplexityConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PerplexityResult:
     """Perplexity of `tokens` under the engine's model (sliding window, see PerplexityConfig)."""
     config = config or PerplexityConfig()
     ids = np.asarray(tokens[: config.max_tokens] if config.max_tokens else tokens, np.int64)
@@ -63,7 +69,7 @@ def perplexity(engine: Engine, tokens: list[int], config: PerplexityConfig | Non
         engine.reset()
         logits = engine.prefill(ids[start:end], all_logits=True)  # [end-start, V]
         first = max(scored_to, start + 1)  # positions [first, end) are new to this window
-        logp = _log_softmax_at(logits[first - start - 1:end - start - 1], ids[first:end])
+        logp = _log_softmax_at(logits[first - start - 1 : end - start - 1], ids[first:end])
         total -= float(logp.sum())
         count += end - first
         if progress:

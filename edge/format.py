@@ -79,11 +79,18 @@ def check_name(name: object, what: str) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise PackageError(f"{what}: {name!r:.100} is not valid text (lone surrogates)") from None
-    bad = ("\0" in name or "\\" in name or name.startswith("/")
-           or PureWindowsPath(name).drive or PurePosixPath(name).is_absolute())
+    bad = (
+        "\0" in name
+        or "\\" in name
+        or name.startswith("/")
+        or PureWindowsPath(name).drive
+        or PurePosixPath(name).is_absolute()
+    )
     if bad or any(p in ("", ".", "..") for p in name.split("/")):
-        raise PackageError(f"{what}: {name!r} is not a relative name inside the package "
-                           "(absolute paths, '..' and empty components are refused)")
+        raise PackageError(
+            f"{what}: {name!r} is not a relative name inside the package "
+            "(absolute paths, '..' and empty components are refused)"
+        )
     return name
 
 
@@ -136,8 +143,16 @@ class ModelSpec:
         if isinstance(self.sliding_layers, list):  # as JSON gives it back
             object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers))
         _check_type(self.architecture, str, "ModelSpec.architecture")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             _check_int(getattr(self, name), f"ModelSpec.{name}", minimum=1)
         for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
@@ -147,8 +162,9 @@ class ModelSpec:
         for name in ("tie_word_embeddings", "attention_bias", "qk_norm", "sandwich_norms"):
             _check_type(getattr(self, name), bool, f"ModelSpec.{name}")
         if self.activation not in ACTIVATIONS:
-            raise PackageError(f"ModelSpec.activation={self.activation!r}; known: "
-                               f"{list(ACTIVATIONS)}")
+            raise PackageError(
+                f"ModelSpec.activation={self.activation!r}; known: {list(ACTIVATIONS)}"
+            )
         for name in ("embedding_scale", "attention_scale", "rope_local_theta"):
             value = getattr(self, name)
             _check_type(value, (int, float), f"ModelSpec.{name}")
@@ -159,8 +175,9 @@ class ModelSpec:
         for layer in self.sliding_layers:
             _check_int(layer, "ModelSpec.sliding_layers[]")
             if layer >= self.num_layers:
-                raise PackageError(f"ModelSpec.sliding_layers names layer {layer} of "
-                                   f"{self.num_layers}")
+                raise PackageError(
+                    f"ModelSpec.sliding_layers names layer {layer} of {self.num_layers}"
+                )
         if self.sliding_layers and not self.sliding_window:
             raise PackageError("ModelSpec.sliding_layers needs a sliding_window > 0")
         if self.num_heads % self.num_kv_heads:
@@ -191,11 +208,14 @@ class TensorEntry:
         _check_int(self.nbytes, f"{where}: nbytes")
         check_name(self.file, f"{where}: file")
         if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
-            raise PackageError(f"tensor {self.name}: unknown dtype {self.dtype!r}; "
-                               f"known: {sorted(DTYPES)}")
+            raise PackageError(
+                f"tensor {self.name}: unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}"
+            )
         if tensor_nbytes(self.dtype, tuple(self.shape)) != self.nbytes:
-            raise PackageError(f"tensor {self.name}: {self.nbytes} bytes do not match "
-                               f"{self.dtype}{list(self.shape)}")
+            raise PackageError(
+                f"tensor {self.name}: {self.nbytes} bytes do not match "
+                f"{self.dtype}{list(self.shape)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,7 @@ class Manifest:
 
 # ---- graph interface names: the contract between exporters' graphs and the engine ----------
 
+
 def hidden_name(index: int) -> str:
     """Activations entering block `index` (`hidden.{num_layers}` enters the head)."""
     return f"hidden.{index}"
@@ -352,6 +373,7 @@ PREFILL_INT8_SUFFIXES = (".prefill_int8", ".prefill_scale")
 
 # ---- reading and writing ----------------------------------------------------------------------
 
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
@@ -385,23 +407,28 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
         )
     try:
         parts = tuple(
-            _from_dict(PartEntry, {
-                **p,
-                "tensors": tuple(
-                    _from_dict(TensorEntry, {**t, "shape": tuple(t["shape"])}) for t in p["tensors"]
-                ),
-                "inputs": tuple(p["inputs"]),
-                "outputs": tuple(p["outputs"]),
-                "static_graphs": tuple((s, f) for s, f in p.get("static_graphs", ())),
-            })
+            _from_dict(
+                PartEntry,
+                {
+                    **p,
+                    "tensors": tuple(
+                        _from_dict(TensorEntry, {**t, "shape": tuple(t["shape"])})
+                        for t in p["tensors"]
+                    ),
+                    "inputs": tuple(p["inputs"]),
+                    "outputs": tuple(p["outputs"]),
+                    "static_graphs": tuple((s, f) for s, f in p.get("static_graphs", ())),
+                },
+            )
             for p in data["parts"]
         )
         tok = data["tokenizer"]
         return Manifest(
             spec=_from_dict(ModelSpec, data["spec"]),
             parts=parts,
-            tokenizer=_from_dict(TokenizerInfo,
-                                 {**tok, "eos_token_ids": tuple(tok["eos_token_ids"])}),
+            tokenizer=_from_dict(
+                TokenizerInfo, {**tok, "eos_token_ids": tuple(tok["eos_token_ids"])}
+            ),
             files=tuple(_from_dict(FileEntry, f) for f in data["files"]),
             exporter=data.get("exporter", {}),
             quantization=data.get("quantization"),
@@ -428,8 +455,10 @@ def check_manifest(manifest: Manifest) -> None:
 
     def require(name: str, what: str) -> int:
         if name not in listed:
-            raise PackageError(f"{what} reads {name!r}, which files[] does not list (every "
-                               "file a package reads must be listed and hashed)")
+            raise PackageError(
+                f"{what} reads {name!r}, which files[] does not list (every "
+                "file a package reads must be listed and hashed)"
+            )
         return listed[name]
 
     require(manifest.tokenizer.file, "the tokenizer")
@@ -451,24 +480,31 @@ def _check_tensors(part: PartEntry, require: Any) -> None:
         seen.add(t.name)
         size = require(t.file, f"tensor {t.name} of part {part.name}")
         if t.offset + t.nbytes > size:
-            raise PackageError(f"tensor {t.name} of part {part.name} lies at bytes "
-                               f"[{t.offset}, {t.offset + t.nbytes}) of {t.file}, which has "
-                               f"{size}: the manifest points past the end of the file")
+            raise PackageError(
+                f"tensor {t.name} of part {part.name} lies at bytes "
+                f"[{t.offset}, {t.offset + t.nbytes}) of {t.file}, which has "
+                f"{size}: the manifest points past the end of the file"
+            )
 
 
 def _check_layers(manifest: Manifest) -> None:
     kinds = [p.kind for p in manifest.parts]
     blocks = manifest.blocks
     if kinds.count("embed") != 1 or kinds.count("head") != 1:
-        raise PackageError(f"a package has one embed and one head part; this one has parts "
-                           f"{[p.name for p in manifest.parts][:8]}")
+        raise PackageError(
+            f"a package has one embed and one head part; this one has parts "
+            f"{[p.name for p in manifest.parts][:8]}"
+        )
     if len(blocks) != manifest.spec.num_layers:
-        raise PackageError(f"the spec has {manifest.spec.num_layers} layers but the package "
-                           f"has {len(blocks)} block parts")
+        raise PackageError(
+            f"the spec has {manifest.spec.num_layers} layers but the package "
+            f"has {len(blocks)} block parts"
+        )
     indices = [b.block_index for b in blocks]
     if indices != list(range(len(blocks))):
-        raise PackageError(f"block parts must be numbered 0..{len(blocks) - 1} in order, got "
-                           f"{indices[:8]}")
+        raise PackageError(
+            f"block parts must be numbered 0..{len(blocks) - 1} in order, got {indices[:8]}"
+        )
 
 
 def read_manifest(root: str | os.PathLike[str]) -> Manifest:
@@ -486,8 +522,9 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
 def manifest_from_bytes(raw: bytes, where: str = MANIFEST_FILE) -> Manifest:
     """`manifest_from_json` for the raw bytes of a manifest file, size and encoding checked."""
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise PackageError(f"{where} is over {MAX_MANIFEST_BYTES >> 20} MiB, so not an edge "
-                           "manifest")
+        raise PackageError(
+            f"{where} is over {MAX_MANIFEST_BYTES >> 20} MiB, so not an edge manifest"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -526,8 +563,13 @@ class WeightFileWriter:
             self._fh.write(b"\0" * pad)
         return offset + pad
 
-    def add(self, name: str, array: np.ndarray, dtype: str | None = None,
-            shape: tuple[int, ...] | None = None) -> TensorEntry:
+    def add(
+        self,
+        name: str,
+        array: np.ndarray,
+        dtype: str | None = None,
+        shape: tuple[int, ...] | None = None,
+    ) -> TensorEntry:
         """Write `array`; pass `dtype`/`shape` for packed types whose storage differs."""
         dtype = dtype or str(array.dtype)
         shape = tuple(int(s) for s in (shape or array.shape))
@@ -536,8 +578,7 @@ class WeightFileWriter:
         self._fh.write(memoryview(data).cast("B"))
         return TensorEntry(name, dtype, shape, self.relative, offset, data.nbytes)
 
-    def add_chunks(self, name: str, dtype: str, shape: tuple[int, ...],
-                   chunks: Any) -> TensorEntry:
+    def add_chunks(self, name: str, dtype: str, shape: tuple[int, ...], chunks: Any) -> TensorEntry:
         """Write a tensor given as an iterable of row chunks, so it never sits whole in memory."""
         offset = self._align()
         written = 0

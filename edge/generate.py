@@ -28,8 +28,9 @@ class GenerationConfig:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidSamplingError(f"max_tokens={self.max_tokens!r}; must be an int >= 1")
         if any(not isinstance(s, str) or not s for s in self.stop):
-            raise InvalidSamplingError(f"stop={self.stop!r}; stop strings must be non-empty "
-                                       "strings")
+            raise InvalidSamplingError(
+                f"stop={self.stop!r}; stop strings must be non-empty strings"
+            )
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,6 @@ class SpeculationStats:
     active: bool  # False once speculation switched itself off for this request
     by_source: tuple[tuple[str, int, int], ...] = ()  # (source, drafted, accepted) each
 
-
     @property
     def acceptance(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
@@ -81,8 +81,14 @@ class ResponseEmitter:
     max_tokens and the context limit. Plain and speculative decoding share it, so both stop
     and count exactly alike."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], config: GenerationConfig,
-                 max_context: int, prompt_tps: float) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        max_context: int,
+        prompt_tps: float,
+    ) -> None:
         self.config = config
         self.max_context = max_context
         self.prompt_tokens = len(prompt_ids)
@@ -94,8 +100,13 @@ class ResponseEmitter:
         self.generated = 0
         self.started = time.perf_counter()
 
-    def emit(self, token: int, logprob: float, from_draft: bool = False,
-             speculation: SpeculationStats | None = None) -> GenerationResponse:
+    def emit(
+        self,
+        token: int,
+        logprob: float,
+        from_draft: bool = False,
+        speculation: SpeculationStats | None = None,
+    ) -> GenerationResponse:
         """The response for the next token; its `finish_reason` says whether to stop."""
         self.history.append(token)
         self.generated = n = self.generated + 1
@@ -114,9 +125,18 @@ class ResponseEmitter:
             elif finish:
                 text += self.stops.flush()
         elapsed = time.perf_counter() - self.started
-        return GenerationResponse(token, text, logprob, self.prompt_tokens, n, self.prompt_tps,
-                                  (n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0, finish,
-                                  from_draft, speculation)
+        return GenerationResponse(
+            token,
+            text,
+            logprob,
+            self.prompt_tokens,
+            n,
+            self.prompt_tps,
+            (n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0,
+            finish,
+            from_draft,
+            speculation,
+        )
 
 
 def check_prompt(prompt_ids: Sequence[int], max_context: int) -> None:
@@ -125,11 +145,13 @@ def check_prompt(prompt_ids: Sequence[int], max_context: int) -> None:
     if len(prompt_ids) >= max_context:
         raise ContextOverflowError(
             f"the prompt has {len(prompt_ids)} tokens; the context window is "
-            f"{max_context} (and at least one token must be generated)")
+            f"{max_context} (and at least one token must be generated)"
+        )
 
 
-def prefill_prompt(engine: Engine, prompt_ids: Sequence[int], cached_prefix: int
-                   ) -> tuple[np.ndarray, float]:
+def prefill_prompt(
+    engine: Engine, prompt_ids: Sequence[int], cached_prefix: int
+) -> tuple[np.ndarray, float]:
     """Feed the uncached part of the prompt; (last logits [V], prompt tokens per second)."""
     engine.rewind(cached_prefix)
     started = time.perf_counter()
@@ -138,8 +160,13 @@ def prefill_prompt(engine: Engine, prompt_ids: Sequence[int], cached_prefix: int
     return logits, (len(prompt_ids) - cached_prefix) / max(elapsed, 1e-9)
 
 
-def stream_tokens(engine: Engine, tokenizer: Tokenizer, prompt_ids: Sequence[int],
-                  config: GenerationConfig, cached_prefix: int = 0) -> Iterator[GenerationResponse]:
+def stream_tokens(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    cached_prefix: int = 0,
+) -> Iterator[GenerationResponse]:
     """Generate after `prompt_ids`; the first `cached_prefix` of them are already in the cache."""
     check_prompt(prompt_ids, engine.max_context)
     sampler = Sampler(config.sampling, engine.spec.vocab_size)

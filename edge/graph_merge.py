@@ -60,7 +60,7 @@ def _fields(buf: bytes) -> Iterator[_Field]:
             pos += 4
         elif wire == WIRE_LEN:
             length, pos = _varint(buf, pos)
-            payload = buf[pos:pos + length]
+            payload = buf[pos : pos + length]
             pos += length
         else:
             raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
@@ -116,8 +116,11 @@ def _merged_opsets(models: Sequence[bytes]) -> list[_Field]:
 def initializer_names(model: bytes) -> set[str]:
     """Names of a model's initializers (to hand ONNX Runtime exactly the weights it reads)."""
     _, graph = _graph_of(model)
-    return {_string_field(f.payload, TENSOR_NAME) for f in _fields(graph)
-            if f.number == GRAPH_INITIALIZER}
+    return {
+        _string_field(f.payload, TENSOR_NAME)
+        for f in _fields(graph)
+        if f.number == GRAPH_INITIALIZER
+    }
 
 
 def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
@@ -137,7 +140,7 @@ def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
     part_inputs = [names(g, GRAPH_INPUT, VALUE_INFO_NAME) for g in graphs]
     part_outputs = [names(g, GRAPH_OUTPUT, VALUE_INFO_NAME) for g in graphs]
     produced_before: set[str] = set()
-    consumed_later = [set().union(*part_inputs[i + 1:]) for i in range(len(graphs))]
+    consumed_later = [set().union(*part_inputs[i + 1 :]) for i in range(len(graphs))]
     nodes, initializers, inputs, outputs = [], [], [], []
     seen_inits: set[str] = set()
     seen_inputs: set[str] = set()
@@ -160,6 +163,7 @@ def merge_models(models: Sequence[bytes], name: str = "segment") -> bytes:
                 if value not in consumed_later[i]:
                     outputs.append(field.raw)
         produced_before.update(part_outputs[i])
-    graph = b"".join([_len_field(GRAPH_NAME, name.encode()), *nodes, *initializers, *inputs,
-                      *outputs])
+    graph = b"".join(
+        [_len_field(GRAPH_NAME, name.encode()), *nodes, *initializers, *inputs, *outputs]
+    )
     return b"".join(f.raw for f in header) + _len_field(MODEL_GRAPH, graph)

@@ -129,4 +129,5 @@ def check_graphs(manifest: Manifest, read: Callable[[str], bytes]) -> None:
                         f"graph {graph} of part {part.name} stores tensor {tensor.name!r} as "
                         f"external data at {tensor.location!r}, which is not where the manifest "
                         "puts that part's tensors: a package may only read its own declared "
-                        "weights")
+                        "weights"
+                    )

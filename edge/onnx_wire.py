@@ -41,7 +41,7 @@ def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
             length, pos = varint(buf, pos)
             if pos + length > len(buf):
                 raise PackageError("truncated ONNX graph")
-            yield number, buf[pos:pos + length]
+            yield number, buf[pos : pos + length]
             pos += length
         elif wire in (WIRE_I64, WIRE_I32):
             pos += 8 if wire == WIRE_I64 else 4

@@ -45,8 +45,7 @@ class Package:
     def spec(self) -> fmt.ModelSpec:
         return self.manifest.spec
 
-    def graph_bytes(self, part: PartEntry, step: int | None = None,
-                    prefill: bool = False) -> bytes:
+    def graph_bytes(self, part: PartEntry, step: int | None = None, prefill: bool = False) -> bytes:
         """The part's graph; for fixed-shape (NPU) packages, the one for `step` tokens; with
         `prefill`, its multi-token graph when it has one."""
         if step is not None:
@@ -72,8 +71,9 @@ class Package:
         """A read-only memory map of `entry` (no copy; the OS pages it in on use)."""
         if entry.name not in self._maps:
             self._maps[entry.name] = self.files.map(entry)
-            self._mapped_files[entry.file] = next(f.size for f in self.manifest.files
-                                                  if f.path == entry.file)
+            self._mapped_files[entry.file] = next(
+                f.size for f in self.manifest.files if f.path == entry.file
+            )
         return self._maps[entry.name]
 
     def rows(self, entry: TensorEntry) -> TensorRows:
@@ -95,7 +95,8 @@ class Package:
             if size != expected:
                 raise IntegrityError(
                     f"{name} in {self.root} changed while in use: it has {size} bytes, the "
-                    f"manifest says {expected}; re-export or re-pull the package")
+                    f"manifest says {expected}; re-export or re-pull the package"
+                )
 
     def close(self) -> None:
         """Close the files; arrays mapped earlier stay valid until they are dropped."""
@@ -121,8 +122,9 @@ def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Packa
     files = PackageFiles(root, [fmt.MANIFEST_FILE])
     try:
         size = min(files.size(fmt.MANIFEST_FILE), fmt.MAX_MANIFEST_BYTES + 1)
-        manifest = fmt.manifest_from_bytes(files.read(fmt.MANIFEST_FILE, 0, size),
-                                           str(root / fmt.MANIFEST_FILE))
+        manifest = fmt.manifest_from_bytes(
+            files.read(fmt.MANIFEST_FILE, 0, size), str(root / fmt.MANIFEST_FILE)
+        )
         fmt.check_manifest(manifest)
         files.add(f.path for f in manifest.files)
         package = Package(root, manifest, files)
@@ -147,7 +149,8 @@ def _check_hashes(files: PackageFiles, manifest: Manifest) -> None:
         if actual != entry.sha256:
             raise IntegrityError(
                 f"{entry.path} in {files.root} is corrupted: sha256 {actual} differs from the "
-                f"manifest's {entry.sha256}")
+                f"manifest's {entry.sha256}"
+            )
 
 
 def _stamp_path(root: Path) -> Path:

@@ -30,8 +30,13 @@ HASH_CHUNK = 8 << 20
 _SEEK_LOCK = threading.Lock()
 # O_NONBLOCK: opening a FIFO planted in a package must not wait for a writer (it is refused
 # as not a regular file right after); reads of regular files ignore the flag.
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-               | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 class PackageFiles:
@@ -63,8 +68,10 @@ class PackageFiles:
         check_name(name, f"package {self.root}")
         real = os.path.realpath(self.root / name)
         if os.path.commonpath([real, self.root]) != str(self.root):
-            raise PackageError(f"package {self.root}: {name} is a link to {real}, outside the "
-                               "package; a package may only read its own files")
+            raise PackageError(
+                f"package {self.root}: {name} is a link to {real}, outside the "
+                "package; a package may only read its own files"
+            )
         try:
             if not stat.S_ISREG(os.stat(real).st_mode):  # never open a device or a FIFO
                 raise PackageError(f"package {self.root}: {name} is not a regular file")
@@ -72,8 +79,9 @@ class PackageFiles:
         except FileNotFoundError:
             raise PackageError(f"package {self.root} is missing {name}") from None
         except OSError as exc:
-            raise PackageError(f"package {self.root}: cannot open {name}: "
-                               f"{exc.strerror or exc}") from exc
+            raise PackageError(
+                f"package {self.root}: cannot open {name}: {exc.strerror or exc}"
+            ) from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise PackageError(f"package {self.root}: {name} is not a regular file")
@@ -88,8 +96,9 @@ class PackageFiles:
         try:
             return self._fds[name]
         except KeyError:
-            raise PackageError(f"package {self.root}: {name!r} is not one of its listed "
-                               "files") from None
+            raise PackageError(
+                f"package {self.root}: {name!r} is not one of its listed files"
+            ) from None
 
     def stat(self, name: str) -> os.stat_result:
         return os.fstat(self.fd(name))
@@ -116,13 +125,16 @@ class PackageFiles:
                     break
                 got += count
         except OSError as exc:
-            raise PackageError(f"package {self.root}: reading {name} at byte {offset + got} "
-                               f"failed: {exc.strerror or exc}") from exc
+            raise PackageError(
+                f"package {self.root}: reading {name} at byte {offset + got} "
+                f"failed: {exc.strerror or exc}"
+            ) from exc
         if got < want:
             raise IntegrityError(
                 f"package {self.root}: {name} is {self.size(name)} bytes, too short for bytes "
                 f"[{offset}, {offset + want}): it was truncated or replaced while in use; "
-                "re-export or re-pull the package")
+                "re-export or re-pull the package"
+            )
 
     def read(self, name: str, offset: int = 0, nbytes: int | None = None) -> bytes:
         """Bytes of `name` (all of it by default)."""
@@ -147,12 +159,18 @@ class PackageFiles:
         if entry.nbytes == 0:
             return np.empty(storage_shape(entry), storage)
         try:
-            region = mmap.mmap(self.fd(entry.file), entry.offset + entry.nbytes - start,
-                               access=mmap.ACCESS_READ, offset=start)
+            region = mmap.mmap(
+                self.fd(entry.file),
+                entry.offset + entry.nbytes - start,
+                access=mmap.ACCESS_READ,
+                offset=start,
+            )
         except (OSError, ValueError) as exc:
-            raise IntegrityError(f"package {self.root}: cannot map {entry.name} from "
-                                 f"{entry.file} at [{entry.offset}, "
-                                 f"{entry.offset + entry.nbytes}): {exc}") from exc
+            raise IntegrityError(
+                f"package {self.root}: cannot map {entry.name} from "
+                f"{entry.file} at [{entry.offset}, "
+                f"{entry.offset + entry.nbytes}): {exc}"
+            ) from exc
         raw = np.frombuffer(region, np.uint8, entry.nbytes, entry.offset - start)
         return raw.view(storage).reshape(storage_shape(entry))
 
@@ -198,12 +216,17 @@ class TensorRows:
         index = np.asarray(ids, np.int64)
         flat = index.reshape(-1)
         if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
-            raise IndexError(f"row ids must be in [0, {self.shape[0]}) for "
-                             f"{self._entry.name}, got {flat.min()}..{flat.max()}")
+            raise IndexError(
+                f"row ids must be in [0, {self.shape[0]}) for "
+                f"{self._entry.name}, got {flat.min()}..{flat.max()}"
+            )
         out = np.empty((flat.size, self._row_bytes), np.uint8)
         for i, row in enumerate(flat):
-            self._files.readinto(self._entry.file, self._entry.offset + int(row) * self._row_bytes,
-                                 memoryview(out[i]))
+            self._files.readinto(
+                self._entry.file,
+                self._entry.offset + int(row) * self._row_bytes,
+                memoryview(out[i]),
+            )
         return out.view(self.dtype).reshape(*index.shape, *self.shape[1:])
 
 
@@ -216,7 +239,7 @@ def pread_into(fd: int, target: memoryview, offset: int) -> int:
     with _SEEK_LOCK:
         os.lseek(fd, offset, os.SEEK_SET)
         data = os.read(fd, len(target))
-    target[:len(data)] = data
+    target[: len(data)] = data
     return len(data)
 
 

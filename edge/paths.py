@@ -42,9 +42,11 @@ def writable_dir(name: str) -> pathlib.Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CacheDirError(f"cannot create edge's cache folder {path} "
-                            f"({exc.strerror or exc}); set EDGE_CACHE_DIR to a writable "
-                            "folder") from exc
+        raise CacheDirError(
+            f"cannot create edge's cache folder {path} "
+            f"({exc.strerror or exc}); set EDGE_CACHE_DIR to a writable "
+            "folder"
+        ) from exc
     return path
 
 

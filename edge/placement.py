@@ -34,20 +34,26 @@ class SegmentPlacement:
     options: tuple[tuple[str, OptionValue], ...] = ()
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.start, int) and isinstance(self.end, int)
-                and 0 <= self.start < self.end):
-            raise ConfigError(f"segment [{self.start}, {self.end}) must be a non-empty "
-                              "half-open range of part indices")
+        if not (
+            isinstance(self.start, int) and isinstance(self.end, int) and 0 <= self.start < self.end
+        ):
+            raise ConfigError(
+                f"segment [{self.start}, {self.end}) must be a non-empty "
+                "half-open range of part indices"
+            )
         if not isinstance(self.backend, str) or not self.backend:
-            raise ConfigError(f"segment [{self.start}, {self.end}): backend={self.backend!r} "
-                              "must be a backend name")
-        pairs = (self.options.items() if isinstance(self.options, Mapping)
-                 else tuple(self.options))
+            raise ConfigError(
+                f"segment [{self.start}, {self.end}): backend={self.backend!r} "
+                "must be a backend name"
+            )
+        pairs = self.options.items() if isinstance(self.options, Mapping) else tuple(self.options)
         for pair in pairs:
             key, value = pair
             if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-                raise ConfigError(f"segment [{self.start}, {self.end}): option {key!r}={value!r}"
-                                  " must map a name to a string or number")
+                raise ConfigError(
+                    f"segment [{self.start}, {self.end}): option {key!r}={value!r}"
+                    " must map a name to a string or number"
+                )
         object.__setattr__(self, "options", tuple(sorted((k, v) for k, v in pairs)))
 
     @property
@@ -55,8 +61,12 @@ class SegmentPlacement:
         return dict(self.options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "backend": self.backend,
-                "options": self.option_dict}
+        return {
+            "start": self.start,
+            "end": self.end,
+            "backend": self.backend,
+            "options": self.option_dict,
+        }
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,15 @@ class Placement:
         if not segments:
             raise ConfigError("a placement needs at least one segment")
         if segments[0].start != 0:
-            raise ConfigError(f"the first segment starts at part {segments[0].start}; "
-                              "it must start at 0")
+            raise ConfigError(
+                f"the first segment starts at part {segments[0].start}; it must start at 0"
+            )
         for before, after in pairwise(segments):
             if after.start != before.end:
-                raise ConfigError(f"segments [{before.start}, {before.end}) and "
-                                  f"[{after.start}, {after.end}) are not contiguous")
+                raise ConfigError(
+                    f"segments [{before.start}, {before.end}) and "
+                    f"[{after.start}, {after.end}) are not contiguous"
+                )
         object.__setattr__(self, "segments", segments)
 
     @property
@@ -83,32 +96,45 @@ class Placement:
         return self.segments[-1].end
 
     @classmethod
-    def single(cls, num_parts: int, backend: str = DEFAULT_BACKEND,
-               options: Mapping[str, OptionValue] | None = None) -> Placement:
+    def single(
+        cls,
+        num_parts: int,
+        backend: str = DEFAULT_BACKEND,
+        options: Mapping[str, OptionValue] | None = None,
+    ) -> Placement:
         """Everything on one backend."""
         return cls((SegmentPlacement(0, num_parts, backend, tuple((options or {}).items())),))
 
     @classmethod
-    def split(cls, num_parts: int, starts: Sequence[tuple[int, str] | tuple[
-            int, str, Mapping[str, OptionValue]]]) -> Placement:
+    def split(
+        cls,
+        num_parts: int,
+        starts: Sequence[tuple[int, str] | tuple[int, str, Mapping[str, OptionValue]]],
+    ) -> Placement:
         """Segments from (start, backend[, options]) triples; each ends where the next starts."""
         bounds = [s[0] for s in starts[1:]] + [num_parts]
-        return cls(tuple(
-            SegmentPlacement(spec[0], end, spec[1],
-                             tuple(spec[2].items()) if len(spec) > 2 else ())  # type: ignore[misc]
-            for spec, end in zip(starts, bounds)))
+        return cls(
+            tuple(
+                SegmentPlacement(
+                    spec[0], end, spec[1], tuple(spec[2].items()) if len(spec) > 2 else ()
+                )  # type: ignore[misc]
+                for spec, end in zip(starts, bounds)
+            )
+        )
 
     def check(self, manifest: Manifest) -> None:
         """The placement must cover exactly the package's parts."""
         if self.end != len(manifest.parts):
-            raise ConfigError(f"the placement covers parts [0, {self.end}) but the package has "
-                              f"{len(manifest.parts)} parts (embed, "
-                              f"{len(manifest.blocks)} blocks, head)")
+            raise ConfigError(
+                f"the placement covers parts [0, {self.end}) but the package has "
+                f"{len(manifest.parts)} parts (embed, "
+                f"{len(manifest.blocks)} blocks, head)"
+            )
 
     def describe(self, manifest: Manifest) -> str:
         lines = []
         for s in self.segments:
-            names = [p.name for p in manifest.parts[s.start:s.end]]
+            names = [p.name for p in manifest.parts[s.start : s.end]]
             span = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
             options = f" {s.option_dict}" if s.options else ""
             lines.append(f"[{s.start}, {s.end}) {span}: {s.backend}{options}")
@@ -120,9 +146,17 @@ class Placement:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Placement:
         try:
-            return cls(tuple(SegmentPlacement(int(s["start"]), int(s["end"]), str(s["backend"]),
-                                              tuple(dict(s.get("options", {})).items()))
-                             for s in data["segments"]))
+            return cls(
+                tuple(
+                    SegmentPlacement(
+                        int(s["start"]),
+                        int(s["end"]),
+                        str(s["backend"]),
+                        tuple(dict(s.get("options", {})).items()),
+                    )
+                    for s in data["segments"]
+                )
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed placement {data!r:.200}: {exc}") from exc
 
@@ -139,5 +173,7 @@ class Fallback:
     when: str = field(default="load")  # "available", "supports", "compile" or "reload"
 
     def __str__(self) -> str:
-        return (f"parts [{self.start}, {self.end}) on {self.used} instead of {self.backend} "
-                f"({self.when}): {self.reason}")
+        return (
+            f"parts [{self.start}, {self.end}) on {self.used} instead of {self.backend} "
+            f"({self.when}): {self.reason}"
+        )

@@ -80,5 +80,3 @@ def _recorded_source(package: Path) -> str | None:
     except (PackageError, OSError):
         return None
     return recorded if isinstance(recorded, str) else None
-
-

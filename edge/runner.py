@@ -37,8 +37,9 @@ class Runner(Protocol):
         """How many tokens the KV cache holds."""
         ...
 
-    def prefill(self, token_ids: Sequence[int] | np.ndarray,
-                all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, token_ids: Sequence[int] | np.ndarray, all_logits: bool = False
+    ) -> np.ndarray:
         """Feed tokens; logits [S, V] for every position, or [1, V] for the last."""
         ...
 
@@ -76,8 +77,9 @@ class Runner(Protocol):
         ...
 
 
-def create_runner(package: Package, config: EngineConfig | StreamConfig | None = None,
-                  progress: bool = True) -> Runner:
+def create_runner(
+    package: Package, config: EngineConfig | StreamConfig | None = None, progress: bool = True
+) -> Runner:
     """The runner a configuration asks for: a memory budget (`StreamConfig`) streams what
     does not fit through our kernels; otherwise every part runs resident on its backend."""
     from edge.engine import Engine, EngineConfig

@@ -80,8 +80,12 @@ class SamplingConfig:
         _require(0 <= self.min_p < 1, "min_p", self.min_p, "in [0, 1) (0 = off)")
         _require(math.isfinite(rp) and rp > 0, "repetition_penalty", rp, "a finite number > 0")
         _require(self.repetition_window >= 0, "repetition_window", self.repetition_window, ">= 0")
-        _require(self.seed is None or (_is_int(self.seed) and self.seed >= 0), "seed",
-                 self.seed, "None or an integer >= 0")
+        _require(
+            self.seed is None or (_is_int(self.seed) and self.seed >= 0),
+            "seed",
+            self.seed,
+            "None or an integer >= 0",
+        )
 
     @property
     def greedy(self) -> bool:
@@ -125,7 +129,9 @@ class Sampler:
         self._scratch = np.empty(vocab_size, dtype=np.float32)  # (V,) reused every step
 
     def sample(
-        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray,
+        self,
+        logits: np.ndarray,
+        recent_tokens: Sequence[int] | np.ndarray,
         position: int | None = None,
     ) -> tuple[int, float]:
         """Pick the next token from `logits` (shape (V,), float32).
@@ -192,15 +198,20 @@ class Sampler:
             raise ValueError(f"recent token ids must be in [0, {self.vocab_size})")
         return ids
 
-    def choose(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray,
-               position: int | None = None) -> int:
+    def choose(
+        self,
+        logits: np.ndarray,
+        recent_tokens: Sequence[int] | np.ndarray,
+        position: int | None = None,
+    ) -> int:
         """The token `sample` picks at `position`, without its logprob: speculative
         verification and drafting ask this, so they pick what plain sampling picks."""
         scores = self._penalize(self._check_logits(logits), recent_tokens)
         return self._pick(scores, _position(position, recent_tokens))
 
-    def distribution(self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The distribution `sample` draws from: (token ids (K,), probabilities (K,) summing
         to 1) after penalty, temperature, top-k, top-p and min-p; its exact statistics, for
         tests and for anyone scoring what sampling would do."""

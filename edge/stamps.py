@@ -56,6 +56,10 @@ def write_stamp(path: Path, value: Any) -> bool:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        warnings.warn(f"edge could not write {path} ({exc.strerror or exc}); the check it "
-                      "records will run again next time", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"edge could not write {path} ({exc.strerror or exc}); the check it "
+            "records will run again next time",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False

@@ -28,8 +28,11 @@ class Tokenizer:
         """`source`: a tokenizer.json file, or its bytes as a package's open file gives them."""
         where = info.file if isinstance(source, bytes) else source
         try:
-            self._tok = (FastTokenizer.from_str(source.decode("utf-8"))
-                         if isinstance(source, bytes) else FastTokenizer.from_file(str(source)))
+            self._tok = (
+                FastTokenizer.from_str(source.decode("utf-8"))
+                if isinstance(source, bytes)
+                else FastTokenizer.from_file(str(source))
+            )
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise PackageError(f"cannot read tokenizer {where}: {exc}") from exc
         self.info = info
@@ -67,16 +70,20 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return bool(self.info.chat_template)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]],
-                            add_generation_prompt: bool = True, **extra: Any) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
         """Render `messages` ([{"role": ..., "content": ...}]) with the model's own template,
         in a sandbox bounded in time and size (`edge.chat_template`)."""
         if self._template is None:
             if not self.info.chat_template:
-                raise ChatTemplateError("this model has no chat template; use generate() "
-                                        "instead")
+                raise ChatTemplateError("this model has no chat template; use generate() instead")
             self._template = ChatTemplate(self.info.chat_template)
-        context = {"messages": list(messages), "add_generation_prompt": add_generation_prompt,
-                   "bos_token": self.info.bos_token or "",
-                   "eos_token": self.info.eos_token or "", **extra}
+        context = {
+            "messages": list(messages),
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.info.bos_token or "",
+            "eos_token": self.info.eos_token or "",
+            **extra,
+        }
         return self._template.render(context)

@@ -21,8 +21,9 @@ def main() -> None:
 
     print("stream:   ", end="")
     last = None
-    for last in model.stream("Once upon a time, a tiny computer", max_tokens=40,
-                             temperature=0.8, top_p=0.95, seed=0):
+    for last in model.stream(
+        "Once upon a time, a tiny computer", max_tokens=40, temperature=0.8, top_p=0.95, seed=0
+    ):
         print(last.text, end="", flush=True)
     if last is not None:
         print(f"\n          ({last.generation_tokens} tokens, {last.generation_tps:.1f} tok/s)")
@@ -30,8 +31,10 @@ def main() -> None:
     messages = [{"role": "user", "content": "Give me one tip for writing clear code."}]
     reply = model.chat(messages, max_tokens=80)
     print("chat:    ", reply)
-    messages += [{"role": "assistant", "content": reply},
-                 {"role": "user", "content": "And one more?"}]
+    messages += [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And one more?"},
+    ]
     # The second turn reuses the first turn's KV cache: only the new tokens are prefilled.
     print("chat 2:  ", model.chat(messages, max_tokens=80))
 

@@ -58,29 +58,36 @@ class AWQCalibrator:
         if self.spec.embedding_scale != 1.0:
             self.hidden = self.hidden * np.float32(self.spec.embedding_scale)
 
-    def block(self, i: int, vectors: dict[str, np.ndarray],
-              linears: dict[str, RowWeight]) -> dict[str, RowWeight]:
+    def block(
+        self, i: int, vectors: dict[str, np.ndarray], linears: dict[str, RowWeight]
+    ) -> dict[str, RowWeight]:
         """Scale block i's weights (vectors are updated in place) and advance the hidden."""
         p = f"blk.{i}."
         dense = {n: np.ascontiguousarray(w.fp32().T) for n, w in linears.items()}  # [K, N]
         self.hidden, acts = block_forward(self.hidden, self.spec, vectors, dense, i)
         f = self.spec.intermediate_size
         if self._wants(p + "ffn_down.weight", linears):
-            s = awq_scale(dense[p + "ffn_down.weight"], acts.ffn_down,
-                          self.scheme.for_linear(p + "ffn_down.weight"))
+            s = awq_scale(
+                dense[p + "ffn_down.weight"],
+                acts.ffn_down,
+                self.scheme.for_linear(p + "ffn_down.weight"),
+            )
             dense[p + "ffn_down.weight"] *= s[:, None]
             dense[p + "ffn_gate_up.weight"][:, f:] /= s  # up's outputs feed down's inputs
             self.scaled[p + "ffn_down.weight"] = "AWQ"
-        for name, norm, x in ((p + "attn_qkv.weight", p + "attn_norm.weight", acts.attn_qkv),
-                              (p + "ffn_gate_up.weight", p + "ffn_norm.weight",
-                               acts.ffn_gate_up)):
+        for name, norm, x in (
+            (p + "attn_qkv.weight", p + "attn_norm.weight", acts.attn_qkv),
+            (p + "ffn_gate_up.weight", p + "ffn_norm.weight", acts.ffn_gate_up),
+        ):
             if self._wants(name, linears):
                 s = awq_scale(dense[name], x, self.scheme.for_linear(name))
                 dense[name] *= s[:, None]
                 vectors[norm] = (vectors[norm] / s).astype(np.float32)
                 self.scaled[name] = "AWQ"
-        return {n: (RowWeight(w.source_type, values=dense[n].T) if n in self.scaled else w)
-                for n, w in linears.items()}
+        return {
+            n: (RowWeight(w.source_type, values=dense[n].T) if n in self.scaled else w)
+            for n, w in linears.items()
+        }
 
     def _wants(self, name: str, linears: dict[str, RowWeight]) -> bool:
         config = self.scheme.for_linear(name)

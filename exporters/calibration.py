@@ -46,15 +46,16 @@ def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def attention(qkv: np.ndarray, spec: ModelSpec, vectors: dict[str, np.ndarray] | None = None,
-              i: int = 0) -> np.ndarray:
+def attention(
+    qkv: np.ndarray, spec: ModelSpec, vectors: dict[str, np.ndarray] | None = None, i: int = 0
+) -> np.ndarray:
     """Causal grouped-query attention with rope of block i. qkv: [T, (H + 2 H_kv) D] -> [T, H D].
     `vectors`: the block's q/k norms where the spec has them."""
     t, d = qkv.shape[0], spec.head_dim
     hq, hkv = spec.num_heads, spec.num_kv_heads
     q = qkv[:, : hq * d].reshape(t, hq, d).transpose(1, 0, 2)  # [H, T, D]
-    k = qkv[:, hq * d: (hq + hkv) * d].reshape(t, hkv, d).transpose(1, 0, 2)
-    v = qkv[:, (hq + hkv) * d:].reshape(t, hkv, d).transpose(1, 0, 2)
+    k = qkv[:, hq * d : (hq + hkv) * d].reshape(t, hkv, d).transpose(1, 0, 2)
+    v = qkv[:, (hq + hkv) * d :].reshape(t, hkv, d).transpose(1, 0, 2)
     if spec.qk_norm:
         assert vectors is not None
         q_norm, k_norm = (vectors[f"blk.{i}.{n}"] for n in QK_NORMS)
@@ -71,8 +72,13 @@ def attention(qkv: np.ndarray, spec: ModelSpec, vectors: dict[str, np.ndarray] |
     return (probs @ v).transpose(1, 0, 2).reshape(t, hq * d)
 
 
-def block_forward(x: np.ndarray, spec: ModelSpec, vectors: dict[str, np.ndarray],
-                  linears: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, BlockActivations]:
+def block_forward(
+    x: np.ndarray,
+    spec: ModelSpec,
+    vectors: dict[str, np.ndarray],
+    linears: dict[str, np.ndarray],
+    i: int,
+) -> tuple[np.ndarray, BlockActivations]:
     """One block on hidden states x [T, H]; `linears` are float32 [K, N] (x @ W)."""
     p = f"blk.{i}."
     normed = rms_norm(x, vectors[p + "attn_norm.weight"], spec.rms_norm_eps)

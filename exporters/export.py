@@ -83,35 +83,56 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.quant is not None and self.quant not in (*SCHEME_NAMES, STATIC_INT8):
-            raise ValueError(f"quant={self.quant!r}; choose one of "
-                             f"{[*SCHEME_NAMES, STATIC_INT8]} (or None for float32)")
+            raise ValueError(
+                f"quant={self.quant!r}; choose one of "
+                f"{[*SCHEME_NAMES, STATIC_INT8]} (or None for float32)"
+            )
         if self.static_activation_bits not in (8, 16):
             raise ValueError(f"static_activation_bits={self.static_activation_bits}; 8 or 16")
         if 1 not in self.static_chunks or max(self.static_chunks) > self.static_context:
-            raise ValueError(f"static_chunks={self.static_chunks} must include 1 (decode) "
-                             f"and fit static_context={self.static_context}")
-        make_scheme("int4", 1, block_size=self.block_size,
-                    accuracy_level=self.accuracy_level)  # validates both values
+            raise ValueError(
+                f"static_chunks={self.static_chunks} must include 1 (decode) "
+                f"and fit static_context={self.static_context}"
+            )
+        make_scheme(
+            "int4", 1, block_size=self.block_size, accuracy_level=self.accuracy_level
+        )  # validates both values
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}; choose one of {list(METHODS)}")
         if self.quant == "w8a8" and self.method != "rtn":
-            raise ValueError(f"method={self.method!r} scales 4-bit layers; w8a8 has none "
-                             "(use method='rtn')")
+            raise ValueError(
+                f"method={self.method!r} scales 4-bit layers; w8a8 has none (use method='rtn')"
+            )
         if self.quant == "w8a8" and self.prefill_int8:
-            raise ValueError("prefill_int8 adds int8-row prefill graphs; a w8a8 package's "
-                             "own graphs already are (drop prefill_int8)")
+            raise ValueError(
+                "prefill_int8 adds int8-row prefill graphs; a w8a8 package's "
+                "own graphs already are (drop prefill_int8)"
+            )
         if self.calibration_tokens < 16:
             raise ValueError(f"calibration_tokens={self.calibration_tokens}; need >= 16")
 
     def scheme(self, spec: ModelSpec) -> QuantScheme | None:
-        return None if self.quant in (None, STATIC_INT8) else make_scheme(
-            self.quant, spec.num_layers, block_size=self.block_size,
-            accuracy_level=self.accuracy_level, symmetric=self.symmetric)
+        return (
+            None
+            if self.quant in (None, STATIC_INT8)
+            else make_scheme(
+                self.quant,
+                spec.num_layers,
+                block_size=self.block_size,
+                accuracy_level=self.accuracy_level,
+                symmetric=self.symmetric,
+            )
+        )
 
 
-def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-           config: ExportConfig | None = None, *, overwrite: bool = False,
-           progress: bool = True) -> Path:
+def export(
+    source_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: ExportConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Export a model to an edge package directory and return its path.
 
     `out_dir` must be missing or empty, or, with `overwrite`, an edge package (manifest.json and
@@ -141,8 +162,16 @@ def export(source_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     return out_dir
 
 
-def _export_into(source: Source, arch: LlamaArchitecture, spec: ModelSpec, out_dir: Path,
-                 config: ExportConfig, overwrite: bool, progress: bool, digest: str) -> None:
+def _export_into(
+    source: Source,
+    arch: LlamaArchitecture,
+    spec: ModelSpec,
+    out_dir: Path,
+    config: ExportConfig,
+    overwrite: bool,
+    progress: bool,
+    digest: str,
+) -> None:
     """Claim `out_dir`, write the package beside it, move it in; on any failure remove only
     what this call created."""
     created: list[Path] = []
@@ -160,9 +189,14 @@ def _export_into(source: Source, arch: LlamaArchitecture, spec: ModelSpec, out_d
         raise
 
 
-def quantize_package(package: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                     config: ExportConfig, *, overwrite: bool = False,
-                     progress: bool = True) -> Path:
+def quantize_package(
+    package: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: ExportConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Quantize a float32 edge package into a new package; the source is only read.
 
     The output follows `export`'s rules; it can be neither the source package nor a folder
@@ -175,102 +209,168 @@ def quantize_package(package: str | os.PathLike[str], out_dir: str | os.PathLike
     if not (Path(package) / fmt.MANIFEST_FILE).is_file():
         raise PackageError(f"{package} is not an edge package (no {fmt.MANIFEST_FILE})")
     if holds(Path(out_dir), Path(package)):
-        raise PackageError("the output must differ from the source package (and not hold it); "
-                           "choose another output")
+        raise PackageError(
+            "the output must differ from the source package (and not hold it); "
+            "choose another output"
+        )
     return export(package, out_dir, config, overwrite=overwrite, progress=progress)
 
 
-def _write_package(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
-                   config: ExportConfig, progress: bool, source_digest: str) -> None:
+def _write_package(
+    source: Source,
+    arch: LlamaArchitecture,
+    spec: ModelSpec,
+    root: Path,
+    config: ExportConfig,
+    progress: bool,
+    source_digest: str,
+) -> None:
     started = time.perf_counter()
     tokenizer = source.write_tokenizer(root, check=config.check_tokenizer)
-    with tqdm(total=spec.num_layers + 2, desc=f"export {source.path.name}", unit="part",
-              disable=not progress) as bar:
+    with tqdm(
+        total=spec.num_layers + 2,
+        desc=f"export {source.path.name}",
+        unit="part",
+        disable=not progress,
+    ) as bar:
         if config.quant == STATIC_INT8:
-            parts, quantization = _write_static_int8(source, arch, spec, root, config,
-                                                     tokenizer, bar)
+            parts, quantization = _write_static_int8(
+                source, arch, spec, root, config, tokenizer, bar
+            )
         else:
-            parts, quantization = _write_weight_only(source, arch, spec, root, config,
-                                                     tokenizer, bar)
-    _finish(root, spec, parts, tokenizer, source, config, quantization, started,
-            source_digest)
+            parts, quantization = _write_weight_only(
+                source, arch, spec, root, config, tokenizer, bar
+            )
+    _finish(root, spec, parts, tokenizer, source, config, quantization, started, source_digest)
 
 
-def _write_static_int8(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
-                       config: ExportConfig, tokenizer: fmt.TokenizerInfo,
-                       bar: tqdm) -> tuple[list[PartEntry], dict]:
-    writer = StaticInt8Writer(source, arch, spec, root, tuple(sorted(config.static_chunks)),
-                              config.static_context, config.static_activation_bits)
+def _write_static_int8(
+    source: Source,
+    arch: LlamaArchitecture,
+    spec: ModelSpec,
+    root: Path,
+    config: ExportConfig,
+    tokenizer: fmt.TokenizerInfo,
+    bar: tqdm,
+) -> tuple[list[PartEntry], dict]:
+    writer = StaticInt8Writer(
+        source,
+        arch,
+        spec,
+        root,
+        tuple(sorted(config.static_chunks)),
+        config.static_context,
+        config.static_activation_bits,
+    )
     parts = writer.write(tokenizer, config.calibration_tokens, bar)
-    return parts, {"scheme": {"name": STATIC_INT8}, "method": "static-minmax",
-                   "static": {"chunks": sorted(config.static_chunks), "batch": 1,
-                              "max_context": config.static_context,
-                              "activation_bits": config.static_activation_bits,
-                              "weight_bits": 8},
-                   "tensors": writer.record}
+    return parts, {
+        "scheme": {"name": STATIC_INT8},
+        "method": "static-minmax",
+        "static": {
+            "chunks": sorted(config.static_chunks),
+            "batch": 1,
+            "max_context": config.static_context,
+            "activation_bits": config.static_activation_bits,
+            "weight_bits": 8,
+        },
+        "tensors": writer.record,
+    }
 
 
-def _write_weight_only(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path,
-                       config: ExportConfig, tokenizer: fmt.TokenizerInfo,
-                       bar: tqdm) -> tuple[list[PartEntry], dict | None]:
+def _write_weight_only(
+    source: Source,
+    arch: LlamaArchitecture,
+    spec: ModelSpec,
+    root: Path,
+    config: ExportConfig,
+    tokenizer: fmt.TokenizerInfo,
+    bar: tqdm,
+) -> tuple[list[PartEntry], dict | None]:
     """float32 or weight-only int4/int8: embed, each block, head, one part at a time."""
     scheme = config.scheme(spec)
     record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")
     with WeightFileWriter(root, "embed.bin") as out:
-        embed = _write_matrix(out, source, "token_embd.weight", spec,
-                              scheme.embed if scheme else None, record)
+        embed = _write_matrix(
+            out, source, "token_embd.weight", spec, scheme.embed if scheme else None, record
+        )
     embed_view = embed if isinstance(embed, TensorEntry) else embed.gather_view("token_embd")
-    parts = [_save_part(root, "embed", "embed", arch.embed_graph(spec, embed_view),
-                        _entries(embed_view))]
+    parts = [
+        _save_part(root, "embed", "embed", arch.embed_graph(spec, embed_view), _entries(embed_view))
+    ]
     bar.update()
     calibrator = None
     if scheme is not None and config.method == "awq":
         ids = calibration_ids(root, tokenizer, config.calibration_tokens)
         calibrator = AWQCalibrator(spec, scheme, embed_rows(source, ids, spec.vocab_size))
     for i in range(spec.num_layers):
-        parts.append(_write_block(source, arch, spec, root, i, scheme, config, calibrator,
-                                  record))
+        parts.append(_write_block(source, arch, spec, root, i, scheme, config, calibrator, record))
         bar.update()
     head_name = arch.head_tensor(source)
     with WeightFileWriter(root, "head.bin") as out:
         norm = out.add("output_norm.weight", source.read("output_norm.weight"))
         head_config = scheme.head if scheme else None
-        tied = head_name == "token_embd.weight" and (scheme is None or
-                                                      scheme.embed == head_config)
+        tied = head_name == "token_embd.weight" and (scheme is None or scheme.embed == head_config)
         if isinstance(head_config, TokenInt8Config):
             output = _write_head_rows(out, source, head_name, spec, record)
         else:
-            output = embed if tied else _write_matrix(out, source, head_name, spec,
-                                                      head_config, record)
-    parts.append(_save_part(root, "head", "head", arch.head_graph(spec, norm, output),
-                            [norm, *_entries(output)]))
+            output = (
+                embed if tied else _write_matrix(out, source, head_name, spec, head_config, record)
+            )
+    parts.append(
+        _save_part(
+            root, "head", "head", arch.head_graph(spec, norm, output), [norm, *_entries(output)]
+        )
+    )
     bar.update()
     return parts, None if scheme is None else {
-        "scheme": scheme.to_dict(), "method": config.method, "tensors": record,
+        "scheme": scheme.to_dict(),
+        "method": config.method,
+        "tensors": record,
         "prefill": "int8 per channel x int8 per token (MatMulInteger)"
-        if config.prefill_int8 else None}
+        if config.prefill_int8
+        else None,
+    }
 
 
-def _write_block(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root: Path, i: int,
-                 scheme: QuantScheme | None, config: ExportConfig,
-                 calibrator: AWQCalibrator | None, record: dict[str, dict]) -> PartEntry:
+def _write_block(
+    source: Source,
+    arch: LlamaArchitecture,
+    spec: ModelSpec,
+    root: Path,
+    i: int,
+    scheme: QuantScheme | None,
+    config: ExportConfig,
+    calibrator: AWQCalibrator | None,
+    record: dict[str, dict],
+) -> PartEntry:
     block_vectors = arch.block_vectors(source, spec, i)
     block_linears = arch.block_linears(source, spec, i)
     if calibrator is not None:
         block_linears = calibrator.block(i, block_vectors, block_linears)
     with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
         vectors = {n: out.add(n, a) for n, a in block_vectors.items()}
-        linears = {n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None, record)
-                   for n, w in block_linears.items()}
-        prefill = ({n: write_int8_row_linear(out, n, w) for n, w in block_linears.items()}
-                   if scheme is not None and config.prefill_int8 else {})
+        linears = {
+            n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None, record)
+            for n, w in block_linears.items()
+        }
+        prefill = (
+            {n: write_int8_row_linear(out, n, w) for n, w in block_linears.items()}
+            if scheme is not None and config.prefill_int8
+            else {}
+        )
     for name in linears:
         if calibrator is not None and name in calibrator.scaled:
             record[name]["from"] += " with AWQ scaling"
     every = [*linears.values(), *prefill.values()]
     tensors = [*vectors.values(), *(e for lin in every for e in _entries(lin))]
-    part = _save_part(root, f"block.{i}", "block", arch.block_graph(spec, i, vectors, linears),
-                      tensors, block_index=i)
+    part = _save_part(
+        root,
+        f"block.{i}",
+        "block",
+        arch.block_graph(spec, i, vectors, linears),
+        tensors,
+        block_index=i,
+    )
     if not prefill:
         return part
     graph = f"block.{i}.prefill.onnx"
@@ -278,19 +378,33 @@ def _write_block(source: Source, arch: LlamaArchitecture, spec: ModelSpec, root:
     return replace(part, prefill_graph=graph)
 
 
-def _finish(root: Path, spec: ModelSpec, parts: list[PartEntry], tokenizer: fmt.TokenizerInfo,
-            source: Source, config: ExportConfig, quantization: dict | None,
-            started: float, source_digest: str) -> None:
+def _finish(
+    root: Path,
+    spec: ModelSpec,
+    parts: list[PartEntry],
+    tokenizer: fmt.TokenizerInfo,
+    source: Source,
+    config: ExportConfig,
+    quantization: dict | None,
+    started: float,
+    source_digest: str,
+) -> None:
     """Checksum every file and write the manifest: the last step, so a package is complete
     exactly when it has a manifest. `source_digest` (`edge.hashing.source_sha256`) lets a
     cached package notice that its source changed."""
     files = sorted({f.name for f in root.iterdir()})
     manifest = Manifest(
-        spec=spec, parts=tuple(parts), tokenizer=tokenizer,
+        spec=spec,
+        parts=tuple(parts),
+        tokenizer=tokenizer,
         files=tuple(fmt.describe_file(root, name) for name in files),
-        exporter={"edge_version": edge.__version__, "source": source.describe(),
-                  "source_sha256": source_digest, "config": asdict(config),
-                  "seconds": round(time.perf_counter() - started, 2)},
+        exporter={
+            "edge_version": edge.__version__,
+            "source": source.describe(),
+            "source_sha256": source_digest,
+            "config": asdict(config),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
         quantization=quantization,
     )
     # What edge.load would refuse is never written: the same checks as opening a package.
@@ -308,28 +422,44 @@ def _entries(weight: TensorEntry | Linear) -> list[TensorEntry]:
 def _vocab_chunks(spec: ModelSpec) -> list[slice]:
     """Row ranges of an embedding-sized [V, H] matrix, processed a chunk at a time to bound
     memory."""
-    return [slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
-            for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)]
+    return [
+        slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
+        for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)
+    ]
 
 
-def _write_matrix(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
-                  config: WeightQuantConfig | None,
-                  record: dict[str, dict]) -> TensorEntry | QuantLinear:
+def _write_matrix(
+    out: WeightFileWriter,
+    source: Source,
+    name: str,
+    spec: ModelSpec,
+    config: WeightQuantConfig | None,
+    record: dict[str, dict],
+) -> TensorEntry | QuantLinear:
     """An embedding-sized [V, H] matrix (the embedding, or a head of its own)."""
     rows = _vocab_chunks(spec)
     if config is None:
         record[name] = {"dtype": "float32"}
-        return out.add_chunks(name, "float32", (spec.vocab_size, spec.hidden_size),
-                              (source.read(name, r) for r in rows))
+        return out.add_chunks(
+            name,
+            "float32",
+            (spec.vocab_size, spec.hidden_size),
+            (source.read(name, r) for r in rows),
+        )
     packed, how = zip(*(quantized(source.read_rows(name, r), config) for r in rows))
     q = concat_rows(list(packed))
-    record[name] = {"bits": q.bits, "block_size": q.block_size, "symmetric": q.symmetric,
-                    "from": how[0]}
+    record[name] = {
+        "bits": q.bits,
+        "block_size": q.block_size,
+        "symmetric": q.symmetric,
+        "from": how[0],
+    }
     return write_quantized(out, name, q, config.accuracy_level)
 
 
-def _write_head_rows(out: WeightFileWriter, source: Source, name: str, spec: ModelSpec,
-                     record: dict[str, dict]) -> Int8RowLinear:
+def _write_head_rows(
+    out: WeightFileWriter, source: Source, name: str, spec: ModelSpec, record: dict[str, dict]
+) -> Int8RowLinear:
     """The output matrix `name` [V, H] as int8 rows [H, V] for MatMulInteger, stored as
     `output.weight` even when the source ties it to the embedding (which keeps its own,
     gatherable copy)."""
@@ -339,19 +469,33 @@ def _write_head_rows(out: WeightFileWriter, source: Source, name: str, spec: Mod
         kinds.add(chunk.source_type)
         coded.append(int8_per_channel(chunk.fp32(), axis=0))  # one scale per output row
     weight = np.ascontiguousarray(np.concatenate([q for q, _ in coded]).T)
-    record["output.weight"] = {"bits": 8, "per_channel": True, "activations": "int8 per token",
-                               "from": f"quantized from {'+'.join(sorted(kinds))} {name}"}
+    record["output.weight"] = {
+        "bits": 8,
+        "per_channel": True,
+        "activations": "int8 per token",
+        "from": f"quantized from {'+'.join(sorted(kinds))} {name}",
+    }
     stored = ("output.weight" + suffix for suffix in fmt.INT8_ROWS_SUFFIXES)
-    return Int8RowLinear(out.add(next(stored), weight),
-                         out.add(next(stored), np.concatenate([s for _, s in coded])))
+    return Int8RowLinear(
+        out.add(next(stored), weight), out.add(next(stored), np.concatenate([s for _, s in coded]))
+    )
 
 
-def _save_part(root: Path, name: str, kind: str, model: onnx.ModelProto,
-               tensors: list[TensorEntry], block_index: int | None = None) -> PartEntry:
+def _save_part(
+    root: Path,
+    name: str,
+    kind: str,
+    model: onnx.ModelProto,
+    tensors: list[TensorEntry],
+    block_index: int | None = None,
+) -> PartEntry:
     graph_file = f"{name}.onnx"
     onnx.save_model(model, str(root / graph_file))
     return PartEntry(
-        name=name, kind=kind, graph=graph_file, tensors=tuple(tensors),
+        name=name,
+        kind=kind,
+        graph=graph_file,
+        tensors=tuple(tensors),
         inputs=tuple(i.name for i in model.graph.input),
         outputs=tuple(o.name for o in model.graph.output),
         block_index=block_index,

@@ -49,8 +49,10 @@ def concat(weights: Sequence[RowWeight]) -> RowWeight:
     kinds = {w.source_type for w in weights}
     kind = kinds.pop() if len(kinds) == 1 else "+".join(w.source_type for w in weights)
     packed = [w.packed for w in weights]
-    if all(p is not None for p in packed) and len(
-            {(p.bits, p.block_size, p.symmetric, p.K) for p in packed}) == 1:
+    if (
+        all(p is not None for p in packed)
+        and len({(p.bits, p.block_size, p.symmetric, p.K) for p in packed}) == 1
+    ):
         return RowWeight(kind, packed=concat_rows(packed))
     return RowWeight(kind, values=np.concatenate([w.fp32() for w in weights]))
 
@@ -96,8 +98,10 @@ class QuantLinear:
             self,
             packed=view(self.packed, "gather", self.packed.nbytes // self.N),
             scales=view(self.scales, "gather_scales", n_blocks),
-            zero_points=None if zero is None else view(zero, "gather_zero_points",
-                                                       zero.nbytes // self.N))
+            zero_points=None
+            if zero is None
+            else view(zero, "gather_zero_points", zero.nbytes // self.N),
+        )
 
 
 @dataclass(frozen=True)
@@ -162,21 +166,35 @@ def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndar
     return np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8), scale
 
 
-def write_int8_row_linear(out: WeightFileWriter, name: str, weight: RowWeight,
-                          suffixes: tuple[str, str] = PREFILL_INT8_SUFFIXES) -> Int8RowLinear:
+def write_int8_row_linear(
+    out: WeightFileWriter,
+    name: str,
+    weight: RowWeight,
+    suffixes: tuple[str, str] = PREFILL_INT8_SUFFIXES,
+) -> Int8RowLinear:
     q, scale = int8_per_channel(np.ascontiguousarray(weight.fp32().T), axis=1)  # [K, N]
     return Int8RowLinear(out.add(f"{name}{suffixes[0]}", q), out.add(f"{name}{suffixes[1]}", scale))
 
 
-def write_qdq_linear(out: WeightFileWriter, name: str, weight: RowWeight,
-                     input_range: tuple[float, float], activation_bits: int,
-                     record: dict[str, Any]) -> QDQLinear:
+def write_qdq_linear(
+    out: WeightFileWriter,
+    name: str,
+    weight: RowWeight,
+    input_range: tuple[float, float],
+    activation_bits: int,
+    record: dict[str, Any],
+) -> QDQLinear:
     q, scale = int8_per_channel(np.ascontiguousarray(weight.fp32().T), axis=1)  # [K, N]
-    record[name] = {"bits": 8, "per_channel": True, "static_input_range": list(input_range),
-                    "activation_bits": activation_bits,
-                    "from": f"quantized from {weight.source_type}"}
-    return QDQLinear(out.add(f"{name}.int8", q), out.add(f"{name}.scale", scale),
-                     input_range, activation_bits)
+    record[name] = {
+        "bits": 8,
+        "per_channel": True,
+        "static_input_range": list(input_range),
+        "activation_bits": activation_bits,
+        "from": f"quantized from {weight.source_type}",
+    }
+    return QDQLinear(
+        out.add(f"{name}.int8", q), out.add(f"{name}.scale", scale), input_range, activation_bits
+    )
 
 
 def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:
@@ -187,7 +205,8 @@ def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:
     if p is None:
         return False
     same_grid = matches(p, config.bits, config.block_size, config.symmetric) or (
-        p.symmetric and matches(p, config.bits, config.block_size, True))
+        p.symmetric and matches(p, config.bits, config.block_size, True)
+    )
     return same_grid or p.bits > config.bits
 
 
@@ -197,30 +216,51 @@ def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWe
     if keeps_source_blocks(weight, config):
         kept = "" if p.bits == config.bits else f" (kept {p.bits}-bit)"
         return p, f"repacked {weight.source_type} losslessly{kept}"
-    return quantize(np.ascontiguousarray(weight.fp32().T), config), \
-        f"quantized from {weight.source_type}"
+    return quantize(
+        np.ascontiguousarray(weight.fp32().T), config
+    ), f"quantized from {weight.source_type}"
 
 
-def write_linear(out: WeightFileWriter, name: str, weight: RowWeight,
-                 config: WeightQuantConfig | TokenInt8Config | None,
-                 record: dict[str, Any]) -> Linear:
+def write_linear(
+    out: WeightFileWriter,
+    name: str,
+    weight: RowWeight,
+    config: WeightQuantConfig | TokenInt8Config | None,
+    record: dict[str, Any],
+) -> Linear:
     """Store one linear weight; `record[name]` says what was done to it."""
     if isinstance(config, TokenInt8Config):
-        record[name] = {"bits": 8, "per_channel": True, "activations": "int8 per token",
-                        "from": f"quantized from {weight.source_type}"}
+        record[name] = {
+            "bits": 8,
+            "per_channel": True,
+            "activations": "int8 per token",
+            "from": f"quantized from {weight.source_type}",
+        }
         return write_int8_row_linear(out, name, weight, INT8_ROWS_SUFFIXES)
     if config is None:
         record[name] = {"dtype": "float32", "from": weight.source_type}
-        return FloatLinear(out.add(name, np.ascontiguousarray(weight.fp32().T,
-                                                              dtype=np.float32)))
+        return FloatLinear(out.add(name, np.ascontiguousarray(weight.fp32().T, dtype=np.float32)))
     q, how = quantized(weight, config)
-    record[name] = {"bits": q.bits, "block_size": q.block_size, "symmetric": q.symmetric,
-                    "from": how}
+    record[name] = {
+        "bits": q.bits,
+        "block_size": q.block_size,
+        "symmetric": q.symmetric,
+        "from": how,
+    }
     return write_quantized(out, name, q, config.accuracy_level)
 
 
-def write_quantized(out: WeightFileWriter, name: str, q: QuantizedWeight,
-                    accuracy_level: int) -> QuantLinear:
+def write_quantized(
+    out: WeightFileWriter, name: str, q: QuantizedWeight, accuracy_level: int
+) -> QuantLinear:
     zero = None if q.zero_points is None else out.add(f"{name}.zero_points", q.zero_points)
-    return QuantLinear(out.add(f"{name}.q{q.bits}", q.packed), out.add(f"{name}.scales", q.scales),
-                       zero, q.K, q.N, q.bits, q.block_size, accuracy_level)
+    return QuantLinear(
+        out.add(f"{name}.q{q.bits}", q.packed),
+        out.add(f"{name}.scales", q.scales),
+        zero,
+        q.K,
+        q.N,
+        q.bits,
+        q.block_size,
+        accuracy_level,
+    )

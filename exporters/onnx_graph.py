@@ -40,8 +40,11 @@ def external_initializer(entry: TensorEntry) -> TensorProto:
     tensor.data_type = ONNX_DTYPES[entry.dtype]
     tensor.dims.extend(entry.shape)
     tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", entry.file), ("offset", str(entry.offset)),
-                       ("length", str(entry.nbytes))):
+    for key, value in (
+        ("location", entry.file),
+        ("offset", str(entry.offset)),
+        ("length", str(entry.nbytes)),
+    ):
         item = tensor.external_data.add()
         item.key, item.value = key, value
     return tensor
@@ -82,20 +85,33 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, *,
-           outputs: Sequence[str] | None = None, domain: str = "", **attrs: object) -> list[str]:
-        names = (list(outputs) if outputs
-                 else [self.fresh(op_type.lower()) for _ in range(n_outputs)])
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type),
-                                           domain=domain, **attrs))
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        n_outputs: int = 1,
+        *,
+        outputs: Sequence[str] | None = None,
+        domain: str = "",
+        **attrs: object,
+    ) -> list[str]:
+        names = (
+            list(outputs) if outputs else [self.fresh(op_type.lower()) for _ in range(n_outputs)]
+        )
+        self.nodes.append(
+            helper.make_node(
+                op_type, list(inputs), names, name=self.fresh(op_type), domain=domain, **attrs
+            )
+        )
         return names
 
     def op1(self, op_type: str, inputs: Sequence[str], **kwargs: object) -> str:
         return self.op(op_type, inputs, **kwargs)[0]
 
     def model(self) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, self.part_name, self.inputs, self.outputs,
-                                  self.initializers)
+        graph = helper.make_graph(
+            self.nodes, self.part_name, self.inputs, self.outputs, self.initializers
+        )
         model = helper.make_model(graph, opset_imports=OPSETS, producer_name="edge")
         model.ir_version = IR_VERSION
         return model

@@ -32,8 +32,9 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def check_target(source: Path, out_dir: Path, overwrite: bool) -> None:
     """Refuse an output whose replacement could lose anything (see `export`)."""
     if holds(out_dir, source):
-        raise PackageError(f"{out_dir} is or holds the export's source {source}; choose "
-                           "another output")
+        raise PackageError(
+            f"{out_dir} is or holds the export's source {source}; choose another output"
+        )
     _check_parent(out_dir)
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise PackageError(f"{out_dir} exists and is not a directory; choose another output")
@@ -46,8 +47,10 @@ def _check_parent(out_dir: Path) -> None:
     for parent in Path(os.path.abspath(out_dir)).parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise OutputError(f"cannot create {out_dir}: {parent} is not a directory; "
-                                  "choose an output inside a folder")
+                raise OutputError(
+                    f"cannot create {out_dir}: {parent} is not a directory; "
+                    "choose an output inside a folder"
+                )
             return
 
 
@@ -56,8 +59,10 @@ def _check_existing(out_dir: Path, overwrite: bool) -> None:
     if not _listdir(out_dir):
         return
     if not overwrite:
-        raise PackageError(f"{out_dir} exists and is not empty; pass overwrite=True (--force) "
-                           "to replace an edge package there, or choose another output")
+        raise PackageError(
+            f"{out_dir} exists and is not empty; pass overwrite=True (--force) "
+            "to replace an edge package there, or choose another output"
+        )
     _check_replaceable(out_dir)
 
 
@@ -65,15 +70,19 @@ def _check_replaceable(folder: Path) -> None:
     """`PackageError` unless `folder` holds an edge package and nothing else."""
     own = _package_files(folder)
     if own is None:
-        raise PackageError(f"{folder} is not an edge package (no valid {fmt.MANIFEST_FILE}); "
-                           "overwrite (--force) replaces only an edge package: choose another "
-                           "output or empty the folder yourself")
+        raise PackageError(
+            f"{folder} is not an edge package (no valid {fmt.MANIFEST_FILE}); "
+            "overwrite (--force) replaces only an edge package: choose another "
+            "output or empty the folder yourself"
+        )
     foreign = sorted(set(_listdir(folder)) - own)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise PackageError(f"{folder} holds files that are not part of its edge package "
-                           f"({shown}); overwrite (--force) replaces only an edge package: "
-                           "choose another output or move them away")
+        raise PackageError(
+            f"{folder} holds files that are not part of its edge package "
+            f"({shown}); overwrite (--force) replaces only an edge package: "
+            "choose another output or move them away"
+        )
 
 
 def _package_files(folder: Path) -> set[str] | None:
@@ -84,8 +93,9 @@ def _package_files(folder: Path) -> set[str] | None:
     except (PackageError, OSError):
         return None
     listed = {fmt.MANIFEST_FILE, *(f.path for f in manifest.files)}
-    return {e.name for e in _scandir(folder)
-            if e.name in listed and e.is_file(follow_symlinks=False)}
+    return {
+        e.name for e in _scandir(folder) if e.name in listed and e.is_file(follow_symlinks=False)
+    }
 
 
 def holds(folder: Path, path: Path) -> bool:
@@ -145,8 +155,10 @@ def replace_dir(staging: Path, target: Path, overwrite: bool = True) -> None:
         os.rename(staging, target)
         return
     if not overwrite:
-        raise PackageError(f"{target} was filled by someone else during the export, so it was "
-                           "left as it is; choose another output")
+        raise PackageError(
+            f"{target} was filled by someone else during the export, so it was "
+            "left as it is; choose another output"
+        )
     _check_replaceable(target)  # again: files may have appeared there during the export
     backup = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
     os.rename(target, backup)
@@ -166,8 +178,11 @@ def _remove_package(folder: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     if not rmdir_if_empty(folder):
-        warnings.warn(f"kept {folder}: it holds files that are not part of the package it "
-                      "backed up", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"kept {folder}: it holds files that are not part of the package it backed up",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def remove_stale(folder: Path) -> None:
@@ -176,8 +191,7 @@ def remove_stale(folder: Path) -> None:
     remove it. A live export's folders are never touched."""
     for entry in _scandir(folder):
         match = _TEMP_NAME.fullmatch(entry.name)
-        if (match is None or not entry.is_dir(follow_symlinks=False)
-                or pid_alive(int(match["pid"]))):
+        if match is None or not entry.is_dir(follow_symlinks=False) or pid_alive(int(match["pid"])):
             continue
         path = Path(entry.path)
         if match["kind"] == "partial":
@@ -209,8 +223,12 @@ def _is_output_path(name: str, out_dir: Path) -> bool:
     it may create), something inside it, or one of its temporary siblings."""
     out = os.path.abspath(out_dir)
     temp_prefix = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.")
-    return (name == out or out.startswith(name + os.sep) or name.startswith(out + os.sep)
-            or name.startswith(temp_prefix))
+    return (
+        name == out
+        or out.startswith(name + os.sep)
+        or name.startswith(out + os.sep)
+        or name.startswith(temp_prefix)
+    )
 
 
 def _listdir(folder: Path) -> list[str]:
@@ -241,7 +259,7 @@ def output_error(exc: OSError, out_dir: Path) -> OutputError | None:
     else:
         hint = "choose another output"
     where = f" ({names[0]})" if names else ""
-    return OutputError(f"cannot write the package {out_dir}: {exc.strerror or exc}{where}; "
-                       f"{hint}. Nothing that was there before was changed")
-
-
+    return OutputError(
+        f"cannot write the package {out_dir}: {exc.strerror or exc}{where}; "
+        f"{hint}. Nothing that was there before was changed"
+    )

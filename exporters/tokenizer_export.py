@@ -11,8 +11,14 @@ from edge.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 # Tokens that end a turn in the chat formats of the supported families.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>",
-                      "<end_of_turn>", "</s>")
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "</s>",
+)
 
 # A fixed multilingual corpus: scripts, emoji (multi-token characters), code, odd whitespace.
 CHECK_CORPUS = (

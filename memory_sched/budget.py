@@ -30,11 +30,20 @@ DEFAULT_RUNTIME_OVERHEAD = 128 * MiB
 
 # Single letters are binary, like `docker --memory` and GNU tools: "512M" is 512 MiB.
 _UNITS: dict[str, int] = {
-    "": 1, "b": 1,
-    "k": KiB, "kb": 1000, "kib": KiB,
-    "m": MiB, "mb": 1000**2, "mib": MiB,
-    "g": GiB, "gb": 1000**3, "gib": GiB,
-    "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40,
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": 1000,
+    "kib": KiB,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": GiB,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*|%)\s*$")
 _FORMS = "an int of bytes or a string like '300MB', '1.5GiB', '512M' or '25%'"
@@ -63,8 +72,10 @@ def parse_size(value: str | int, *, total: int | None = None) -> int:
     if unit == "%":
         return _percent(value, number, total)
     if unit not in _UNITS:
-        raise ConfigError(f"size {value!r} has unknown unit {match.group(2)!r}; "
-                          f"known: {sorted(u for u in _UNITS if u)} or '%'")
+        raise ConfigError(
+            f"size {value!r} has unknown unit {match.group(2)!r}; "
+            f"known: {sorted(u for u in _UNITS if u)} or '%'"
+        )
     return int(number * _UNITS[unit])
 
 
@@ -101,8 +112,9 @@ class MemoryBudget:
 
     def __post_init__(self) -> None:
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0:
-            raise ConfigError(f"MemoryBudget.limit must be a positive int of bytes, "
-                              f"got {self.limit!r}")
+            raise ConfigError(
+                f"MemoryBudget.limit must be a positive int of bytes, got {self.limit!r}"
+            )
 
     @classmethod
     def parse(cls, value: str | int, *, total: int | None = None) -> MemoryBudget:
@@ -122,29 +134,53 @@ def _check_bytes(**amounts: int) -> None:
             raise ConfigError(f"{name} must be an int of bytes >= 0, got {amount!r}")
 
 
-def minimum_budget(*, pinned: int, kv_cache: int, activations: int, unit: int,
-                   runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD) -> int:
+def minimum_budget(
+    *,
+    pinned: int,
+    kv_cache: int,
+    activations: int,
+    unit: int,
+    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+) -> int:
     """The smallest budget that runs: everything resident plus a window of one `unit`."""
-    _check_bytes(pinned=pinned, kv_cache=kv_cache, activations=activations, unit=unit,
-                 runtime_overhead=runtime_overhead)
+    _check_bytes(
+        pinned=pinned,
+        kv_cache=kv_cache,
+        activations=activations,
+        unit=unit,
+        runtime_overhead=runtime_overhead,
+    )
     return pinned + kv_cache + activations + runtime_overhead + unit
 
 
-def window_bytes(budget: MemoryBudget, *, pinned: int, kv_cache: int, activations: int,
-                 unit: int, runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD) -> int:
+def window_bytes(
+    budget: MemoryBudget,
+    *,
+    pinned: int,
+    kv_cache: int,
+    activations: int,
+    unit: int,
+    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+) -> int:
     """Bytes left for the streaming window once the rest of the process is paid for.
 
     `unit` is the buffer size of the largest streamed unit (0 when nothing is streamed).
     Raises `BudgetTooSmallError`, stating the minimum, when not even one unit fits.
     """
-    minimum = minimum_budget(pinned=pinned, kv_cache=kv_cache, activations=activations,
-                             unit=unit, runtime_overhead=runtime_overhead)
+    minimum = minimum_budget(
+        pinned=pinned,
+        kv_cache=kv_cache,
+        activations=activations,
+        unit=unit,
+        runtime_overhead=runtime_overhead,
+    )
     if budget.limit < minimum:
         raise BudgetTooSmallError(
             f"memory budget {format_size(budget.limit)} is too small: the minimum is "
             f"{format_size(minimum)} ({minimum} bytes) = pinned parts {format_size(pinned)} "
             f"+ one streamed unit {format_size(unit)} + KV cache {format_size(kv_cache)} "
             f"+ activations {format_size(activations)} + runtime {format_size(runtime_overhead)}",
-            budget=budget.limit, minimum=minimum,
+            budget=budget.limit,
+            minimum=minimum,
         )
     return budget.limit - (minimum - unit)

@@ -44,22 +44,32 @@ class Prefetcher:
     """Streams `policy.streamed` units from `store` through `buffers` (= the policy's window)
     preallocated buffers; thread-safe, one consumer at a time."""
 
-    def __init__(self, store: WeightStore, policy: WindowPolicy, buffers: int | None = None,
-                 *, timeline: Timeline | None = None, start: bool = True) -> None:
+    def __init__(
+        self,
+        store: WeightStore,
+        policy: WindowPolicy,
+        buffers: int | None = None,
+        *,
+        timeline: Timeline | None = None,
+        start: bool = True,
+    ) -> None:
         if not policy.streamed:
             raise ConfigError("the policy streams no unit (all are pinned): nothing to prefetch")
         buffers = policy.window if buffers is None else buffers
         if buffers != policy.window:
-            raise ConfigError(f"buffers ({buffers}) must equal the policy's window "
-                              f"({policy.window}): the window is the buffers resident at once")
+            raise ConfigError(
+                f"buffers ({buffers}) must equal the policy's window "
+                f"({policy.window}): the window is the buffers resident at once"
+            )
         missing = [n for n in policy.streamed if n not in store.names]
         if missing:
             raise ConfigError(f"streamed units {missing} are not in the WeightStore")
         self.store = store
         self.policy = policy
         self.buffer_bytes = store.max_buffer_bytes(policy.streamed)
-        self._buffers: list[np.ndarray] = [allocate_buffer(self.buffer_bytes)
-                                           for _ in range(buffers)]
+        self._buffers: list[np.ndarray] = [
+            allocate_buffer(self.buffer_bytes) for _ in range(buffers)
+        ]
         self.timeline = timeline or Timeline()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -104,8 +114,9 @@ class Prefetcher:
                 raise PrefetchUsageError("the prefetcher is closed")
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(target=self._run, args=(self._step_base,),
-                                            name="edge-prefetch", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._step_base,), name="edge-prefetch", daemon=True
+            )
         self._thread.start()
 
     def _stop_reader(self) -> None:
@@ -175,8 +186,9 @@ class Prefetcher:
                 return
             stats = weights.stats
             step = step_base + index // len(self.policy.streamed)
-            self.timeline.record(TimelineEvent("read", name, step, stats.start, stats.end,
-                                               stats.nbytes))
+            self.timeline.record(
+                TimelineEvent("read", name, step, stats.start, stats.end, stats.nbytes)
+            )
             with self._cond:
                 self._slots[index] = _Slot(name, buffer, weights)
                 self._reading = None
@@ -192,10 +204,14 @@ class Prefetcher:
             raise PrefetchUsageError("the prefetcher is closed")
         if self._error is not None:
             part, exc = self._error
-            detail = str(exc) if isinstance(exc, StreamReadError) else (
-                f"reading part {part!r} failed: {type(exc).__name__}: {exc}")
-            raise StreamReadError(f"{detail} (the prefetcher stopped; call reset() to stream "
-                                  "again)") from exc
+            detail = (
+                str(exc)
+                if isinstance(exc, StreamReadError)
+                else (f"reading part {part!r} failed: {type(exc).__name__}: {exc}")
+            )
+            raise StreamReadError(
+                f"{detail} (the prefetcher stopped; call reset() to stream again)"
+            ) from exc
 
     def acquire(self, part: str) -> PartWeights:
         """The weights of `part`, the next unit in the policy's order; blocks until read.
@@ -207,12 +223,16 @@ class Prefetcher:
         with self._cond:
             self._check_usable()
             if part in self.policy.pinned:
-                raise PrefetchUsageError(f"{part!r} is pinned: it stays resident outside the "
-                                         "window and is never streamed")
+                raise PrefetchUsageError(
+                    f"{part!r} is pinned: it stays resident outside the "
+                    "window and is never streamed"
+                )
             expected = self.policy.streamed[self._acquired % len(self.policy.streamed)]
             if part != expected:
-                raise PrefetchUsageError(f"acquire({part!r}) out of order: the window streams "
-                                         f"{expected!r} next (order {list(self.policy.streamed)})")
+                raise PrefetchUsageError(
+                    f"acquire({part!r}) out of order: the window streams "
+                    f"{expected!r} next (order {list(self.policy.streamed)})"
+                )
             index = self._read_index(self._acquired)
             while index not in self._slots:
                 self._check_usable()
@@ -221,7 +241,8 @@ class Prefetcher:
                 if not self._free and self._reading is None:
                     raise PrefetchUsageError(
                         f"cannot acquire {part!r}: all {self.buffers} buffers hold units not yet "
-                        "released; release one first")
+                        "released; release one first"
+                    )
                 self._cond.wait()
             step = self._current_step()
             self._acquired += 1

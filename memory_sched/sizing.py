@@ -44,14 +44,16 @@ class StreamPlan:
         """Memory the prefetcher's buffers take."""
         return self.policy.window * self.unit_bytes if self.policy.streamed else 0
 
-    def store(self, source: PackageFiles | str | os.PathLike[str], direct: bool = False,
-              **options: object) -> WeightStore:
+    def store(
+        self, source: PackageFiles | str | os.PathLike[str], direct: bool = False, **options: object
+    ) -> WeightStore:
         """A WeightStore over the streamed units (pinned ones are loaded elsewhere); `source`
         is the package's open files or its directory."""
         return WeightStore(source, self.streamed_units, direct, **options)  # type: ignore[arg-type]
 
-    def prefetcher(self, source: PackageFiles | str | os.PathLike[str], direct: bool = False,
-                   **options: object) -> Prefetcher:
+    def prefetcher(
+        self, source: PackageFiles | str | os.PathLike[str], direct: bool = False, **options: object
+    ) -> Prefetcher:
         """A started Prefetcher for this plan; close it (or use `with`)."""
         return Prefetcher(self.store(source, direct, **options), self.policy)
 
@@ -66,8 +68,9 @@ def _pinned_units(units: tuple[PartEntry, ...], pinned: Iterable[str]) -> frozen
         elif halves <= names:  # a whole block pinned while streaming halves
             chosen |= halves
         else:
-            raise ConfigError(f"pinned part {name!r} is not a unit of this package; "
-                              f"units: {sorted(names)}")
+            raise ConfigError(
+                f"pinned part {name!r} is not a unit of this package; units: {sorted(names)}"
+            )
     return frozenset(chosen)
 
 
@@ -80,10 +83,17 @@ def unique_bytes(parts: Iterable[PartEntry]) -> int:
     return sum(seen.values())
 
 
-def plan_stream(manifest: Manifest, budget: MemoryBudget, *, kv_cache: int, activations: int,
-                pinned: Iterable[str] = ("embed", "head"), split_blocks: bool = False,
-                runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
-                max_window: int | None = None) -> StreamPlan:
+def plan_stream(
+    manifest: Manifest,
+    budget: MemoryBudget,
+    *,
+    kv_cache: int,
+    activations: int,
+    pinned: Iterable[str] = ("embed", "head"),
+    split_blocks: bool = False,
+    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+    max_window: int | None = None,
+) -> StreamPlan:
     """Size the window for `manifest` under `budget`; `BudgetTooSmallError` if one unit won't fit.
 
     `pinned` parts stay resident (default: the embedding and the head); `max_window` caps the
@@ -98,8 +108,14 @@ def plan_stream(manifest: Manifest, budget: MemoryBudget, *, kv_cache: int, acti
     sizes = [plan_layout(u).buffer_bytes for u in streamed]
     unit = max(sizes, default=0)
     pinned_bytes = unique_bytes(u for u in units if u.name in pinned_names)
-    left = window_bytes(budget, pinned=pinned_bytes, kv_cache=kv_cache, activations=activations,
-                        unit=unit, runtime_overhead=runtime_overhead)
+    left = window_bytes(
+        budget,
+        pinned=pinned_bytes,
+        kv_cache=kv_cache,
+        activations=activations,
+        unit=unit,
+        runtime_overhead=runtime_overhead,
+    )
     window = max(window_size(left, sizes), 1)
     if max_window is not None:
         window = min(window, max_window)
@@ -129,10 +145,16 @@ def activation_bytes(spec: ModelSpec, chunk: int, max_context: int) -> int:
     return 2 * (mlp + scores) + logits
 
 
-def plan_budget_for(manifest: Manifest, budget: MemoryBudget, *, tokenizer_bytes: int,
-                    max_context: int, chunk: int,
-                    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
-                    max_window: int | None = None) -> StreamPlan:
+def plan_budget_for(
+    manifest: Manifest,
+    budget: MemoryBudget,
+    *,
+    tokenizer_bytes: int,
+    max_context: int,
+    chunk: int,
+    runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
+    max_window: int | None = None,
+) -> StreamPlan:
     """Pin the head and as many leading blocks as the budget holds beside a window of at least
     two streamed blocks (one computing, one being read); stream the rest. The embedding is
     memory-mapped by the engine (only rows in use take memory), so it is planned out.
@@ -147,9 +169,15 @@ def plan_budget_for(manifest: Manifest, budget: MemoryBudget, *, tokenizer_bytes
     blocks = [p.name for p in manifest.blocks]
 
     def attempt(pinned_blocks: int) -> StreamPlan:
-        return plan_stream(parts, budget, kv_cache=kv, activations=act,
-                           pinned=("head", *blocks[:pinned_blocks]),
-                           runtime_overhead=overhead, max_window=max_window)
+        return plan_stream(
+            parts,
+            budget,
+            kv_cache=kv,
+            activations=act,
+            pinned=("head", *blocks[:pinned_blocks]),
+            runtime_overhead=overhead,
+            max_window=max_window,
+        )
 
     try:
         return attempt(len(blocks))

@@ -126,7 +126,7 @@ def tensor_view(buffer: np.ndarray, offset: int, entry: TensorEntry) -> np.ndarr
     shape = entry.shape
     if bits < 8 and shape:
         shape = (*shape[:-1], (shape[-1] * bits + 7) // 8)
-    view = buffer[offset:offset + entry.nbytes].view(storage).reshape(shape)
+    view = buffer[offset : offset + entry.nbytes].view(storage).reshape(shape)
     view.flags.writeable = False
     return view
 
@@ -161,8 +161,9 @@ class PartWeights:
         try:
             return self.tensors[name]
         except KeyError:
-            raise KeyError(f"part {self.part!r} has no tensor {name!r}; "
-                           f"it has {sorted(self.tensors)}") from None
+            raise KeyError(
+                f"part {self.part!r} has no tensor {name!r}; it has {sorted(self.tensors)}"
+            ) from None
 
 
 class WeightStore:
@@ -173,13 +174,20 @@ class WeightStore:
     to read: manifest parts or halves of blocks (`units.split_block`).
     """
 
-    def __init__(self, source: PackageFiles | str | os.PathLike[str],
-                 parts: Iterable[PartEntry], direct: bool = False, *,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_gap: int = DEFAULT_MAX_GAP,
-                 drop_page_cache: bool = True) -> None:
+    def __init__(
+        self,
+        source: PackageFiles | str | os.PathLike[str],
+        parts: Iterable[PartEntry],
+        direct: bool = False,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_gap: int = DEFAULT_MAX_GAP,
+        drop_page_cache: bool = True,
+    ) -> None:
         if chunk_bytes <= 0 or chunk_bytes % DIRECT_ALIGNMENT:
-            raise ConfigError(f"chunk_bytes must be a positive multiple of {DIRECT_ALIGNMENT}, "
-                              f"got {chunk_bytes}")
+            raise ConfigError(
+                f"chunk_bytes must be a positive multiple of {DIRECT_ALIGNMENT}, got {chunk_bytes}"
+            )
         parts = tuple(parts)
         if not isinstance(source, PackageFiles):
             if not Path(source).is_dir():
@@ -201,8 +209,13 @@ class WeightStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_package(cls, root: str | os.PathLike[str], names: Iterable[str] | None = None,
-                     direct: bool = False, **options: object) -> WeightStore:
+    def from_package(
+        cls,
+        root: str | os.PathLike[str],
+        names: Iterable[str] | None = None,
+        direct: bool = False,
+        **options: object,
+    ) -> WeightStore:
         """A store over a package's parts (all of them, or those `names`)."""
         manifest = read_manifest(root)
         parts = manifest.parts if names is None else tuple(manifest.part(n) for n in names)
@@ -218,8 +231,9 @@ class WeightStore:
         try:
             return self._layouts[name]
         except KeyError:
-            raise PackageError(f"the WeightStore has no part {name!r}; "
-                               f"it has {list(self._layouts)}") from None
+            raise PackageError(
+                f"the WeightStore has no part {name!r}; it has {list(self._layouts)}"
+            ) from None
 
     def spans(self, name: str) -> tuple[Extent, ...]:
         """The byte spans read for part `name`, per file."""
@@ -271,16 +285,27 @@ class WeightStore:
         return PartWeights(name, MappingProxyType(tensors), stats)
 
     def _check_buffer(self, layout: PartLayout, buffer: np.ndarray) -> None:
-        if not (isinstance(buffer, np.ndarray) and buffer.dtype == np.uint8 and buffer.ndim == 1
-                and buffer.flags.c_contiguous and buffer.flags.writeable):
-            raise ConfigError("a read buffer must be a writable contiguous 1-D uint8 array "
-                              "(use memory_sched.store.allocate_buffer)")
+        if not (
+            isinstance(buffer, np.ndarray)
+            and buffer.dtype == np.uint8
+            and buffer.ndim == 1
+            and buffer.flags.c_contiguous
+            and buffer.flags.writeable
+        ):
+            raise ConfigError(
+                "a read buffer must be a writable contiguous 1-D uint8 array "
+                "(use memory_sched.store.allocate_buffer)"
+            )
         if buffer.nbytes < layout.buffer_bytes:
-            raise ConfigError(f"buffer of {buffer.nbytes} bytes is too small for part "
-                              f"{layout.name!r}, which needs {layout.buffer_bytes}")
+            raise ConfigError(
+                f"buffer of {buffer.nbytes} bytes is too small for part "
+                f"{layout.name!r}, which needs {layout.buffer_bytes}"
+            )
         if self._direct and buffer.ctypes.data % DIRECT_ALIGNMENT:
-            raise ConfigError(f"O_DIRECT needs a buffer aligned to {DIRECT_ALIGNMENT} bytes; "
-                              "use memory_sched.store.allocate_buffer")
+            raise ConfigError(
+                f"O_DIRECT needs a buffer aligned to {DIRECT_ALIGNMENT} bytes; "
+                "use memory_sched.store.allocate_buffer"
+            )
 
     def _read_extent(self, part: str, extent: Extent, view: memoryview, direct: bool) -> int:
         path = self.root / extent.file
@@ -294,15 +319,18 @@ class WeightStore:
                 raise StreamReadError(
                     f"part {part!r}: weight file {path} is truncated: it has {size} bytes but "
                     f"the part needs bytes [{extent.start}, {extent.end}) (read {got} of "
-                    f"{extent.nbytes}); re-export or re-pull the package")
+                    f"{extent.nbytes}); re-export or re-pull the package"
+                )
             if not direct and self.drop_page_cache and hasattr(os, "posix_fadvise"):
                 # Streaming would otherwise fill the page cache with the whole model.
                 os.posix_fadvise(fd, extent.start, extent.nbytes, os.POSIX_FADV_DONTNEED)
             return got
         except OSError as exc:
             if not (direct and exc.errno == errno.EINVAL):
-                raise StreamReadError(f"part {part!r}: reading weight file {path} failed at "
-                                      f"bytes [{extent.start}, {extent.end}): {exc}") from exc
+                raise StreamReadError(
+                    f"part {part!r}: reading weight file {path} failed at "
+                    f"bytes [{extent.start}, {extent.end}): {exc}"
+                ) from exc
             refused = exc
         # Some filesystems accept O_DIRECT at open and refuse it at the first read.
         self._refuse_direct(path, refused)
@@ -323,8 +351,10 @@ class WeightStore:
     def _refuse_direct(self, path: Path, exc: OSError) -> None:
         with self._lock:
             if self._fallback is None:
-                self._fall_back(f"O_DIRECT refused for {path} ({exc.strerror}): the "
-                                "filesystem does not support it (tmpfs?); reading buffered")
+                self._fall_back(
+                    f"O_DIRECT refused for {path} ({exc.strerror}): the "
+                    "filesystem does not support it (tmpfs?); reading buffered"
+                )
 
     def _read_span(self, fd: int, extent: Extent, view: memoryview, direct: bool) -> int:
         """Read the extent in `chunk_bytes` pieces; returns the bytes received (EOF stops it).
@@ -334,15 +364,15 @@ class WeightStore:
         """
         want = extent.nbytes
         request = _round_up(want, DIRECT_ALIGNMENT) if direct else want
-        target = view[extent.buffer_offset:extent.buffer_offset + request]
+        target = view[extent.buffer_offset : extent.buffer_offset + request]
         got = 0
         while got < request:
-            count = pread_into(fd, target[got:got + min(self.chunk_bytes, request - got)],
-                                extent.start + got)
+            count = pread_into(
+                fd, target[got : got + min(self.chunk_bytes, request - got)], extent.start + got
+            )
             if count == 0:
                 break
             got += count
             if direct and count % DIRECT_ALIGNMENT:
                 break
         return min(got, want)
-

@@ -77,8 +77,10 @@ class Timeline:
 
     def steps(self) -> tuple[StepStats, ...]:
         with self._lock:
-            return tuple(StepStats(step, t[0], int(t[1]), int(t[2]), int(t[3]), t[4])
-                         for step, t in sorted(self._steps.items()))
+            return tuple(
+                StepStats(step, t[0], int(t[1]), int(t[2]), int(t[3]), t[4])
+                for step, t in sorted(self._steps.items())
+            )
 
     def clear(self) -> None:
         with self._lock:

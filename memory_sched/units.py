@@ -38,8 +38,10 @@ def _half_of(part: PartEntry, tensor_name: str) -> str:
     for half, pattern in _HALF_OF:
         if pattern.match(local):
             return half
-    raise PackageError(f"part {part.name!r}: tensor {tensor_name!r} is neither attention "
-                       "('attn…') nor MLP ('ffn…'/'mlp…'), so the block cannot be split in halves")
+    raise PackageError(
+        f"part {part.name!r}: tensor {tensor_name!r} is neither attention "
+        "('attn…') nor MLP ('ffn…'/'mlp…'), so the block cannot be split in halves"
+    )
 
 
 def split_block(part: PartEntry) -> tuple[PartEntry, PartEntry]:
@@ -58,8 +60,9 @@ def split_block(part: PartEntry) -> tuple[PartEntry, PartEntry]:
     )
 
 
-def stream_units(parts: Iterable[PartEntry], *,
-                 split_blocks: bool = False) -> tuple[PartEntry, ...]:
+def stream_units(
+    parts: Iterable[PartEntry], *, split_blocks: bool = False
+) -> tuple[PartEntry, ...]:
     """The units of `parts` in execution order: blocks whole, or each as its two halves."""
     units: list[PartEntry] = []
     for part in parts:

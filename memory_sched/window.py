@@ -37,8 +37,9 @@ class WindowPolicy:
         object.__setattr__(self, "order", tuple(self.order))
         object.__setattr__(self, "pinned", frozenset(self.pinned))
         if not self.order or not all(isinstance(n, str) and n for n in self.order):
-            raise ConfigError(f"WindowPolicy.order must be non-empty unit names, "
-                              f"got {self.order!r}")
+            raise ConfigError(
+                f"WindowPolicy.order must be non-empty unit names, got {self.order!r}"
+            )
         repeated = sorted({n for n in self.order if self.order.count(n) > 1})
         if repeated:
             raise ConfigError(f"WindowPolicy.order lists {repeated} more than once")
@@ -49,8 +50,10 @@ class WindowPolicy:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"WindowPolicy.window must be an int >= 1, got {self.window!r}")
         if streamed and self.window > len(streamed):
-            raise ConfigError(f"window {self.window} exceeds the {len(streamed)} streamed units; "
-                              f"use window={len(streamed)} (all resident) or pin them")
+            raise ConfigError(
+                f"window {self.window} exceeds the {len(streamed)} streamed units; "
+                f"use window={len(streamed)} (all resident) or pin them"
+            )
         object.__setattr__(self, "_streamed", streamed)
         object.__setattr__(self, "_position", {n: i for i, n in enumerate(self.order)})
 
@@ -108,7 +111,7 @@ class WindowPolicy:
 
     def initial_reads(self) -> tuple[str, ...]:
         """What to read before the first unit of the first step runs."""
-        return self._streamed[:self.window]
+        return self._streamed[: self.window]
 
     def read_sequence(self) -> Iterator[str]:
         """Every read, in order, for as many steps as the caller runs: the first window, then
@@ -135,5 +138,8 @@ def window_size(window_bytes: int, unit_bytes: Iterable[int] | Mapping[str, int]
     if window_bytes < largest:
         raise BudgetTooSmallError(
             f"a window of {window_bytes} bytes holds no streamed unit: the largest needs "
-            f"{largest} bytes", budget=window_bytes, minimum=largest)
+            f"{largest} bytes",
+            budget=window_bytes,
+            minimum=largest,
+        )
     return min(window_bytes // largest, len(sizes))

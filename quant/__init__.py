@@ -15,8 +15,12 @@ from quant.config import TokenInt8Config, WeightQuantConfig
 from quant.gguf_repack import is_lossless, repack_gguf, repack_q4_0, repack_q8_0
 from quant.metrics import max_relative_error, relative_error, sqnr_db
 
-_ONNX_NAMES = ("matmul_nbits_arrays", "matmul_nbits_model", "matmul_nbits_names",
-               "matmul_nbits_node")
+_ONNX_NAMES = (
+    "matmul_nbits_arrays",
+    "matmul_nbits_model",
+    "matmul_nbits_names",
+    "matmul_nbits_node",
+)
 
 __all__ = [
     "QuantizedWeight",

@@ -28,7 +28,7 @@ def smooth_scale(weight: np.ndarray, x: np.ndarray, alpha: float = 0.5) -> np.nd
     lose less. weight: [K, N]; x: [T, K]."""
     a = np.maximum(np.abs(x).max(axis=0), 1e-5)
     w = np.maximum(np.abs(weight).max(axis=1), 1e-5)
-    return (a ** alpha / w ** (1 - alpha)).astype(np.float32)
+    return (a**alpha / w ** (1 - alpha)).astype(np.float32)
 
 
 def awq_scale(weight: np.ndarray, x: np.ndarray, config: WeightQuantConfig) -> np.ndarray:

@@ -49,10 +49,14 @@ class QuantScheme:
                 return None
             return TokenInt8Config(**value) if "kind" in value else WeightQuantConfig(**value)
 
-        return cls(name=data["name"], linear=config(data["linear"]), head=config(data["head"]),
-                   embed=config(data["embed"]),
-                   sensitive_config=config(data.get("sensitive_config")),
-                   sensitive=tuple(data.get("sensitive", ())))
+        return cls(
+            name=data["name"],
+            linear=config(data["linear"]),
+            head=config(data["head"]),
+            embed=config(data["embed"]),
+            sensitive_config=config(data.get("sensitive_config")),
+            sensitive=tuple(data.get("sensitive", ())),
+        )
 
 
 def sensitive_layers(num_layers: int) -> tuple[str, ...]:
@@ -63,8 +67,14 @@ def sensitive_layers(num_layers: int) -> tuple[str, ...]:
     return tuple(f"blk.{i}.{t}" for i in ends for t in ("ffn_down.weight", "attn_qkv.weight"))
 
 
-def make_scheme(name: str, num_layers: int, *, block_size: int = 32, accuracy_level: int = 4,
-                symmetric: bool = True) -> QuantScheme:
+def make_scheme(
+    name: str,
+    num_layers: int,
+    *,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    symmetric: bool = True,
+) -> QuantScheme:
     """The scheme behind a user-facing name (see `SCHEME_NAMES`); `symmetric=False` stores a
     zero point per block (closer to asymmetric sources such as GGUF Q4_1, slightly slower).
 
@@ -73,10 +83,12 @@ def make_scheme(name: str, num_layers: int, *, block_size: int = 32, accuracy_le
     step of several tokens little more than one (speculative verification, prompts)."""
     if name not in SCHEME_NAMES:
         raise ValueError(f"unknown quantization {name!r}; choose one of {list(SCHEME_NAMES)}")
-    int8 = WeightQuantConfig(bits=8, block_size=32, symmetric=symmetric,
-                             accuracy_level=accuracy_level)
-    int4 = WeightQuantConfig(bits=4, block_size=block_size, symmetric=symmetric,
-                             accuracy_level=accuracy_level)
+    int8 = WeightQuantConfig(
+        bits=8, block_size=32, symmetric=symmetric, accuracy_level=accuracy_level
+    )
+    int4 = WeightQuantConfig(
+        bits=4, block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level
+    )
     if name == "int8":
         return QuantScheme(name, linear=int8, head=int8, embed=int8)
     if name == "int4":
@@ -84,5 +96,11 @@ def make_scheme(name: str, num_layers: int, *, block_size: int = 32, accuracy_le
     if name == "w8a8":
         rows = TokenInt8Config()
         return QuantScheme(name, linear=rows, head=rows, embed=int8)
-    return QuantScheme(name, linear=int4, head=int8, embed=int8, sensitive_config=int8,
-                       sensitive=sensitive_layers(num_layers))
+    return QuantScheme(
+        name,
+        linear=int4,
+        head=int8,
+        embed=int8,
+        sensitive_config=int8,
+        sensitive=sensitive_layers(num_layers),
+    )

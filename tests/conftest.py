@@ -35,6 +35,7 @@ def smollm2_reference(smollm2_gguf: Path):
 
     kwargs = {"gguf_file": smollm2_gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32,
-                                                 **kwargs).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, dtype=torch.float32, **kwargs
+    ).eval()
     return model, tokenizer

@@ -20,35 +20,62 @@ from edge.architectures import (
 from edge.errors import PackageError, UnsupportedModelError
 from edge.format import ModelSpec, _from_dict
 
-LLAMA_SPEC = dict(architecture="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, rope_theta=10000.0,
-                  rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False,
-                  attention_bias=False)
+LLAMA_SPEC = dict(
+    architecture="llama",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    attention_bias=False,
+)
 # gemma-3-270m's GGUF metadata as GGUFSource.config() reports it
 GEMMA3_GGUF_CONFIG = {
-    "model_type": "gemma3", "num_hidden_layers": 18, "hidden_size": 640,
-    "intermediate_size": 2048, "num_attention_heads": 4, "num_key_value_heads": 1,
-    "rope_theta": 1e6, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "head_dim": 256,
-    "sliding_window": 512, "vocab_size": 262144, "tie_word_embeddings": True,
+    "model_type": "gemma3",
+    "num_hidden_layers": 18,
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768,
+    "head_dim": 256,
+    "sliding_window": 512,
+    "vocab_size": 262144,
+    "tie_word_embeddings": True,
 }
 
 
 def test_old_manifest_spec_loads_with_llama_features() -> None:
     spec = _from_dict(ModelSpec, dict(LLAMA_SPEC))  # a manifest written before the features
-    assert spec_features(spec) == {f.name: f.default for f in fields(ModelSpec)
-                                   if f.name in FEATURE_FIELDS}
+    assert spec_features(spec) == {
+        f.name: f.default for f in fields(ModelSpec) if f.name in FEATURE_FIELDS
+    }
     assert not spec.qk_norm and spec.activation == "silu" and spec.sliding_layers == ()
     assert declaration("llama").spec({**_hf(spec), "model_type": "llama"}) == spec
 
 
 def _hf(spec: ModelSpec) -> dict:
-    return {"vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size,
-            "intermediate_size": spec.intermediate_size, "num_hidden_layers": spec.num_layers,
-            "num_attention_heads": spec.num_heads, "num_key_value_heads": spec.num_kv_heads,
-            "head_dim": spec.head_dim, "rope_theta": spec.rope_theta,
-            "rms_norm_eps": spec.rms_norm_eps,
-            "max_position_embeddings": spec.max_position_embeddings,
-            "tie_word_embeddings": spec.tie_word_embeddings}
+    return {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "rope_theta": spec.rope_theta,
+        "rms_norm_eps": spec.rms_norm_eps,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+    }
 
 
 def test_gemma3_from_gguf_metadata_uses_llama_cpp_defaults() -> None:
@@ -57,7 +84,7 @@ def test_gemma3_from_gguf_metadata_uses_llama_cpp_defaults() -> None:
     globals_ = [i for i in range(18) if i not in spec.sliding_layers]
     assert globals_ == [5, 11, 17]
     assert layer_rope_theta(spec, 0) == 10000.0 and layer_rope_theta(spec, 5) == 1e6
-    assert spec.attention_scale == 256 ** -0.5 and spec.embedding_scale == 640 ** 0.5
+    assert spec.attention_scale == 256**-0.5 and spec.embedding_scale == 640**0.5
     assert declaration("gemma3_text") is declaration("gemma3")
 
 
@@ -70,9 +97,15 @@ def test_features_survive_the_manifest_json() -> None:
     assert declaration("gemma3").spec(config) == spec
 
 
-@pytest.mark.parametrize("bad", [{"activation": "relu"}, {"sliding_layers": (0,)},
-                                 {"sliding_window": 4, "sliding_layers": (7,)},
-                                 {"embedding_scale": -1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"activation": "relu"},
+        {"sliding_layers": (0,)},
+        {"sliding_window": 4, "sliding_layers": (7,)},
+        {"embedding_scale": -1.0},
+    ],
+)
 def test_bad_features_are_refused(bad: dict) -> None:
     with pytest.raises(PackageError):
         ModelSpec(**{**LLAMA_SPEC, **bad})
@@ -92,8 +125,10 @@ def test_unsupported_features_are_named() -> None:
 
 def test_declarations_import_without_onnx_or_torch() -> None:
     """A Raspberry Pi runtime has numpy and onnxruntime only."""
-    code = ("import sys; import edge.architectures; "
-            "import devices.spec_forward; "
-            "bad = [m for m in ('onnx', 'torch') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys; import edge.architectures; "
+        "import devices.spec_forward; "
+        "bad = [m for m in ('onnx', 'torch') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

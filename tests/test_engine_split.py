@@ -50,8 +50,12 @@ def _greedy(model: Model) -> list[int]:
 def split_int4_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from exporters.export import ExportConfig, quantize_package
 
-    return quantize_package(smollm2_package, tmp_path_factory.mktemp("split") / "int4",
-                            ExportConfig(quant="int4", accuracy_level=0), progress=False)
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("split") / "int4",
+        ExportConfig(quant="int4", accuracy_level=0),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +70,18 @@ def references(packages: dict[str, Path]) -> dict[str, list[int]]:
 
 
 THREE_WAY = {
-    "ort-ov-ort": Placement.split(PARTS, [(0, "ort_cpu"), (11, "openvino", OV),
-                                          (21, "ort_cpu")]),
-    "ov-ort-ov": Placement.split(PARTS, [(0, "openvino", OV), (11, "ort_cpu"),
-                                         (21, "openvino", OV)]),
+    "ort-ov-ort": Placement.split(PARTS, [(0, "ort_cpu"), (11, "openvino", OV), (21, "ort_cpu")]),
+    "ov-ort-ov": Placement.split(
+        PARTS, [(0, "openvino", OV), (11, "ort_cpu"), (21, "openvino", OV)]
+    ),
 }
 
 
 @pytest.mark.parametrize("layout", sorted(THREE_WAY))
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_three_segments_over_two_runtimes_match_unsplit(
-        precision: str, layout: str, packages: dict[str, Path],
-        references: dict[str, list[int]]) -> None:
+    precision: str, layout: str, packages: dict[str, Path], references: dict[str, list[int]]
+) -> None:
     """24 greedy tokens of the split model equal the unsplit model's, token for token."""
     split = _model(packages[precision], THREE_WAY[layout])
     used = [s.backend.name for s in split.engine.segments]
@@ -89,7 +93,8 @@ def test_three_segments_over_two_runtimes_match_unsplit(
 
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_prompts_on_their_own_placement_give_the_same_tokens(
-        precision: str, packages: dict[str, Path], references: dict[str, list[int]]) -> None:
+    precision: str, packages: dict[str, Path], references: dict[str, list[int]]
+) -> None:
     """A plan's prompt placement is executed, not only reported: prompts run split over
     OpenVINO and ONNX Runtime while tokens run unsplit on ONNX Runtime, sharing one KV cache;
     the greedy tokens equal the unsplit model's."""
@@ -141,8 +146,11 @@ def _middle(backend: str) -> Placement:
 
 
 def test_backend_failing_at_load_falls_back_to_cpu_with_reason(
-        failing_backends: None, packages: dict[str, Path], references: dict[str, list[int]],
-        caplog: pytest.LogCaptureFixture) -> None:
+    failing_backends: None,
+    packages: dict[str, Path],
+    references: dict[str, list[int]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The segment runs on ORT CPU instead; the reason is logged and kept on the engine."""
     with caplog.at_level(logging.WARNING, logger="edge.engine"):
         model = _model(packages["int4"], _middle(FailingLoad.name))
@@ -155,8 +163,7 @@ def test_backend_failing_at_load_falls_back_to_cpu_with_reason(
     assert _greedy(model) == references["int4"]
 
 
-def test_unavailable_backend_falls_back_saying_what_is_missing(
-        packages: dict[str, Path]) -> None:
+def test_unavailable_backend_falls_back_saying_what_is_missing(packages: dict[str, Path]) -> None:
     """QNN is not in this onnxruntime: a placement asking for it runs on the CPU, and says so."""
     model = _model(packages["int4"], _middle("ort_qnn"))
     (fallback,) = model.engine.fallbacks
@@ -164,8 +171,8 @@ def test_unavailable_backend_falls_back_saying_what_is_missing(
 
 
 def test_backend_failing_mid_run_raises_and_recovers_after_reset(
-        failing_backends: None, packages: dict[str, Path],
-        references: dict[str, list[int]]) -> None:
+    failing_backends: None, packages: dict[str, Path], references: dict[str, list[int]]
+) -> None:
     """BackendError names the backend and the part range; reset() makes the engine usable."""
     model = _model(packages["int4"], _middle(FailingRun.name))
     with pytest.raises(BackendError) as info:

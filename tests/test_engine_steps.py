@@ -25,10 +25,13 @@ WINDOW = 48
 
 @pytest.fixture(scope="module")
 def w8a8_engine(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    out = quantize_package(smollm2_package, tmp_path_factory.mktemp("w8a8") / "pkg",
-                           ExportConfig(quant="w8a8"), progress=False)
-    return Engine(open_package(out), EngineConfig(max_context=WINDOW, prefill_chunk=16,
-                                                  threads=2))
+    out = quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("w8a8") / "pkg",
+        ExportConfig(quant="w8a8"),
+        progress=False,
+    )
+    return Engine(open_package(out), EngineConfig(max_context=WINDOW, prefill_chunk=16, threads=2))
 
 
 def _ids(n: int) -> list[int]:

@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_runs(smollm2_package: Path) -> None:
     """examples/quickstart.py generates, streams and chats on the real SmolLM2 package."""
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"),
-                           str(smollm2_package)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), str(smollm2_package)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     for label in ("generate:", "stream:", "chat:", "chat 2:"):
         assert label in done.stdout

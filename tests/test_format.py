@@ -43,10 +43,10 @@ SPEC = ModelSpec(
     tie_word_embeddings=True,
 )
 
+
 def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
     """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
     return PackageFiles(root, [entry.file]).map(entry)
-
 
 
 def _spec(**changes: object) -> ModelSpec:

@@ -32,31 +32,42 @@ LOWER = ("devices", "memory_sched", "quant", "exporters")  # below the SDK
 
 # What the lower layers may import from edge: modules with no SDK import, directly or not
 # (`edge` itself is one: its __init__ imports the SDK lazily, PEP 562).
-LEAVES = frozenset({
-    "edge",
-    "edge.architectures",
-    "edge.chat_template",
-    "edge.errors",
-    "edge.format",
-    "edge.graph_trust",
-    "edge.hashing",
-    "edge.kv_cache",
-    "edge.onnx_wire",
-    "edge.package",
-    "edge.package_files",
-    "edge.paths",
-    "edge.rope",
-    "edge.stamps",
-    "edge.tokenizer",
-})
+LEAVES = frozenset(
+    {
+        "edge",
+        "edge.architectures",
+        "edge.chat_template",
+        "edge.errors",
+        "edge.format",
+        "edge.graph_trust",
+        "edge.hashing",
+        "edge.kv_cache",
+        "edge.onnx_wire",
+        "edge.package",
+        "edge.package_files",
+        "edge.paths",
+        "edge.rope",
+        "edge.stamps",
+        "edge.tokenizer",
+    }
+)
 
 # Known exceptions, (importer, edge module), to remove as they are fixed; none may pull the SDK
 # in (test_known_exceptions_stay_out_of_the_sdk).
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 
 # The SDK entry points none of the above may reach (prefixes: their subpackages too).
-SDK = ("edge.model", "edge.engine", "edge.generate", "edge.speculative", "edge.planner",
-       "edge.cli", "edge.streaming", "edge.bench", "edge.evaluate")
+SDK = (
+    "edge.model",
+    "edge.engine",
+    "edge.generate",
+    "edge.speculative",
+    "edge.planner",
+    "edge.cli",
+    "edge.streaming",
+    "edge.bench",
+    "edge.evaluate",
+)
 
 
 def _is_sdk(module: str) -> bool:
@@ -79,8 +90,9 @@ MODULES = _modules()
 
 
 def _type_checking(test: ast.expr) -> bool:
-    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
@@ -115,10 +127,14 @@ def _lazy_names(package: str) -> dict[str, str]:
     if path is None or path.name != "__init__.py":
         return {}
     for node in ast.parse(path.read_text()).body:
-        if (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)
-                and any(isinstance(t, ast.Name) and t.id == "_LAZY"
-                        for t in (node.targets if isinstance(node, ast.Assign)
-                                  else [node.target]))):
+        if (
+            isinstance(node, (ast.Assign, ast.AnnAssign))
+            and isinstance(node.value, ast.Dict)
+            and any(
+                isinstance(t, ast.Name) and t.id == "_LAZY"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+        ):
             return ast.literal_eval(node.value)
     return {}
 
@@ -241,8 +257,14 @@ def _describe(cycle: list[str]) -> str:
 
 def test_module_walk_sees_the_packages() -> None:
     """The walk finds the modules and the imports the rest of this file relies on."""
-    assert {"edge", "edge.format", "devices.backend", "memory_sched.budget", "quant.blockwise",
-            "exporters.export"} <= set(MODULES)
+    assert {
+        "edge",
+        "edge.format",
+        "devices.backend",
+        "memory_sched.budget",
+        "quant.blockwise",
+        "exporters.export",
+    } <= set(MODULES)
     assert "edge.errors" in _imports("edge.format")
     assert "edge.rope" in _imports("devices.spec_forward.numpy_forward")
     # importing a submodule runs its packages: devices.backend -> edge.format -> edge
@@ -265,19 +287,26 @@ def test_lower_layers_import_only_edge_leaves() -> None:
             continue
         for target, line in sorted(_imports(module).items()):
             other = target.split(".")[0]
-            if other == "edge" and target not in LEAVES and (module, target) not in (
-                    KNOWN_EXCEPTIONS):
+            if (
+                other == "edge"
+                and target not in LEAVES
+                and (module, target) not in (KNOWN_EXCEPTIONS)
+            ):
                 violations.append(f"{module} (line {line}) imports {target}: not an edge leaf")
             if {layer, other} == {"devices", "memory_sched"}:
-                violations.append(f"{module} (line {line}) imports {target}: devices/ and "
-                                  "memory_sched/ never import each other")
+                violations.append(
+                    f"{module} (line {line}) imports {target}: devices/ and "
+                    "memory_sched/ never import each other"
+                )
     assert not violations, "\n".join(violations)
 
 
 def test_edge_leaves_are_leaves() -> None:
     """What a leaf imports, directly or not, is only other leaves of edge (and no SDK)."""
-    bad = {leaf: sorted(m for m in _closure(leaf) if m.startswith("edge") and m not in LEAVES)
-           for leaf in sorted(LEAVES)}
+    bad = {
+        leaf: sorted(m for m in _closure(leaf) if m.startswith("edge") and m not in LEAVES)
+        for leaf in sorted(LEAVES)
+    }
     bad = {leaf: found for leaf, found in bad.items() if found}
     assert not bad, f"edge leaves importing non-leaf modules: {bad}"
 
@@ -287,16 +316,27 @@ def test_known_exceptions_stay_out_of_the_sdk() -> None:
     them loads the SDK."""
     stale = sorted(pair for pair in KNOWN_EXCEPTIONS if pair[1] not in _imports(pair[0]))
     assert not stale, f"remove these from KNOWN_EXCEPTIONS, the import is gone: {stale}"
-    sdk = {target: sorted(m for m in _closure(target) if _is_sdk(m))
-           for _, target in sorted(KNOWN_EXCEPTIONS)}
+    sdk = {
+        target: sorted(m for m in _closure(target) if _is_sdk(m))
+        for _, target in sorted(KNOWN_EXCEPTIONS)
+    }
     sdk = {target: found for target, found in sdk.items() if found}
     assert not sdk, f"allowed edge modules reaching the SDK: {sdk}"
 
 
 # One fresh interpreter each: a module that a test run imported earlier hides what it loads.
-LOADS_NO_SDK = ["edge", "edge.format", "edge.rope", "edge.kv_cache", "devices",
-                "devices.backend", "devices.spec_forward", "memory_sched",
-                "memory_sched.prefetcher", "quant"]
+LOADS_NO_SDK = [
+    "edge",
+    "edge.format",
+    "edge.rope",
+    "edge.kv_cache",
+    "devices",
+    "devices.backend",
+    "devices.spec_forward",
+    "memory_sched",
+    "memory_sched.prefetcher",
+    "quant",
+]
 CHECK = """
 import sys
 import {module}
@@ -312,16 +352,19 @@ assert callable(edge.load) and "edge.model" in sys.modules
 def test_lower_layer_import_loads_no_sdk(module: str) -> None:
     """`python -c "import <module>"` loads no SDK module, and `edge.load` still resolves."""
     code = CHECK.format(module=module, leaves=sorted(LEAVES), sdk=SDK)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["edge.streaming", "edge.engine", "edge.planner",
-                                    "edge.speculative", "edge.model"])
+@pytest.mark.parametrize(
+    "module", ["edge.streaming", "edge.engine", "edge.planner", "edge.speculative", "edge.model"]
+)
 def test_sdk_modules_import_first(module: str) -> None:
     """Each SDK module imports first in a fresh interpreter, then `from edge import load`."""
     code = f"import {module}\nfrom edge import load\nassert callable(load)\n"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

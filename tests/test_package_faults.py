@@ -94,7 +94,8 @@ def test_flipped_byte_raises_integrity_error_with_full_verify(package: Path) -> 
 
 
 def test_flipped_byte_after_verified_load_is_still_caught_by_auto(
-        package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The "verified" stamp of an earlier auto load never hides a file modified since."""
     # The private copy is seconds old; remember its hash anyway (see edge.stamps.RACY_NS).
     monkeypatch.setattr(stamps_module, "RACY_NS", 0)

@@ -22,8 +22,9 @@ def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_both_engines_are_runners_with_the_same_answers(smollm2_package: Path) -> None:
     package = open_package(smollm2_package, verify="sizes")
     resident = create_runner(package, EngineConfig(max_context=64, threads=1))
-    streamed = create_runner(package, StreamConfig("2GB", max_context=64, threads=1),
-                             progress=False)
+    streamed = create_runner(
+        package, StreamConfig("2GB", max_context=64, threads=1), progress=False
+    )
     assert isinstance(resident, Engine) and isinstance(streamed, StreamedEngine)
     for runner in (resident, streamed):
         assert isinstance(runner, Runner)

@@ -242,7 +242,8 @@ def test_token_depends_only_on_seed_and_position() -> None:
     backward = Sampler(SAMPLED, VOCAB)
     assert [backward.sample(rows[p], [], p)[0] for p in reversed(range(40))] == tokens[::-1]
     assert [Sampler(SAMPLED, VOCAB).choose(rows[p], [], p) for p in range(0, 40, 3)] == (
-        tokens[::3])
+        tokens[::3]
+    )
     assert len(set(tokens)) > 5  # it really is sampling
 
 
@@ -258,7 +259,7 @@ def test_seeds_and_positions_get_independent_noise() -> None:
     """Neighbouring positions and seeds do not share or shift their streams."""
     streams = [position_uniforms(seed, position, 64) for seed in (0, 1) for position in (0, 1)]
     for i, a in enumerate(streams):
-        for b in streams[i + 1:]:
+        for b in streams[i + 1 :]:
             assert not np.isin(a, b).any()
     assert np.array_equal(position_uniforms(5, 7, 64), position_uniforms(5, 7, 64))
 

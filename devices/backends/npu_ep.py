@@ -38,6 +38,8 @@ MOVES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
 
 def _op_set(text: str) -> frozenset[str]:
     return frozenset(text.split())
+
+
 SHOWN_PROBLEMS = 4
 
 
@@ -77,16 +79,20 @@ def qdq_problems(graph: GraphInfo, rules: NpuRules) -> list[str]:
             while dq is not None and dq.op_type in MOVES:  # QDQ propagates through these
                 dq = graph.producers.get(dq.inputs[0])
             if dq is None or dq.op_type != "DequantizeLinear":
-                problems.append(f"{node.op_type} {node.name or node.outputs[0]} reads {operand} "
-                                "in float, not through DequantizeLinear (not QDQ)")
+                problems.append(
+                    f"{node.op_type} {node.name or node.outputs[0]} reads {operand} "
+                    "in float, not through DequantizeLinear (not QDQ)"
+                )
                 continue
             weight = dq.inputs[0] in graph.initializers
             kind = graph.quantized_type(dq.inputs[0])
             allowed = rules.weight_types if weight else rules.activation_types
             if kind not in allowed:
-                problems.append(f"{node.op_type} {node.name or node.outputs[0]}: "
-                                f"{'weight' if weight else 'activation'} {dq.inputs[0]} is "
-                                f"{kind}, not one of {sorted(allowed)}")
+                problems.append(
+                    f"{node.op_type} {node.name or node.outputs[0]}: "
+                    f"{'weight' if weight else 'activation'} {dq.inputs[0]} is "
+                    f"{kind}, not one of {sorted(allowed)}"
+                )
     return problems
 
 
@@ -114,14 +120,16 @@ class NpuEpBackend(OrtCpuBackend):
         for key, value in own.items():
             allowed = cls.PROVIDER_OPTIONS[key]
             if not isinstance(value, str) or (allowed is not None and value not in allowed):
-                raise ConfigError(f"backend {cls.name!r} option {key}={value!r}; allowed: "
-                                  f"{list(allowed) if allowed else 'a string'}")
+                raise ConfigError(
+                    f"backend {cls.name!r} option {key}={value!r}; allowed: "
+                    f"{list(allowed) if allowed else 'a string'}"
+                )
         fallback = options.get("allow_cpu_fallback", False)
         if not isinstance(fallback, bool):
-            raise ConfigError(f"backend {cls.name!r} option allow_cpu_fallback={fallback!r} "
-                              "must be true or false")
-        rest = {k: v for k, v in options.items()
-                if k not in own and k != "allow_cpu_fallback"}
+            raise ConfigError(
+                f"backend {cls.name!r} option allow_cpu_fallback={fallback!r} must be true or false"
+            )
+        rest = {k: v for k, v in options.items() if k not in own and k != "allow_cpu_fallback"}
         return {**super().check_options(rest), **own, "allow_cpu_fallback": fallback}
 
     @property
@@ -131,13 +139,19 @@ class NpuEpBackend(OrtCpuBackend):
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
         if not part.static_graphs:
             problems = check_graph(read_graph(package.graph_bytes(part)), self.rules)
-            return Support(False, f"{part.name} has no fixed-shape graphs (export with --quant "
-                                  f"q-static-int8): {_summary(part.graph, problems)}")
+            return Support(
+                False,
+                f"{part.name} has no fixed-shape graphs (export with --quant "
+                f"q-static-int8): {_summary(part.graph, problems)}",
+            )
         for step, graph_file in part.static_graphs:
             problems = check_graph(read_graph(package.graph_bytes(part, step)), self.rules)
             if problems:
-                return Support(False, f"{self.provider} cannot run {part.name} whole: "
-                                      f"{_summary(graph_file, problems)}")
+                return Support(
+                    False,
+                    f"{self.provider} cannot run {part.name} whole: "
+                    f"{_summary(graph_file, problems)}",
+                )
         return YES
 
     def provider_options(self) -> dict[str, str]:
@@ -215,26 +229,43 @@ class QnnBackend(NpuEpBackend):
 
     name: ClassVar[str] = "ort_qnn"
     provider: ClassVar[str] = "QNNExecutionProvider"
-    install: ClassVar[str] = ("install onnxruntime-qnn on a Snapdragon (Windows on ARM or "
-                              "Linux) device with the QNN SDK's libQnnHtp")
-    rules: ClassVar[NpuRules] = NpuRules(QNN_OPS, INT8 | INT16, INT8 | INT16 | {"int4", "uint4"},
-                                         "QNN op_builder_factory.cc")
+    install: ClassVar[str] = (
+        "install onnxruntime-qnn on a Snapdragon (Windows on ARM or "
+        "Linux) device with the QNN SDK's libQnnHtp"
+    )
+    rules: ClassVar[NpuRules] = NpuRules(
+        QNN_OPS, INT8 | INT16, INT8 | INT16 | {"int4", "uint4"}, "QNN op_builder_factory.cc"
+    )
     PROVIDER_OPTIONS: ClassVar[Mapping[str, tuple[str, ...] | None]] = {
         "backend_path": None,
-        "htp_performance_mode": ("burst", "balanced", "default", "high_performance",
-                                 "high_power_saver", "low_balanced", "extreme_power_saver",
-                                 "low_power_saver", "power_saver",
-                                 "sustained_high_performance"),
+        "htp_performance_mode": (
+            "burst",
+            "balanced",
+            "default",
+            "high_performance",
+            "high_power_saver",
+            "low_balanced",
+            "extreme_power_saver",
+            "low_power_saver",
+            "power_saver",
+            "sustained_high_performance",
+        ),
         "htp_graph_finalization_optimization_mode": ("0", "1", "2", "3"),
         "enable_htp_fp16_precision": ("0", "1"),
         "qnn_context_priority": ("low", "normal", "normal_high", "high"),
         "profiling_level": ("off", "basic", "detailed"),
-        "soc_model": None, "htp_arch": None, "device_id": None, "vtcm_mb": None,
+        "soc_model": None,
+        "htp_arch": None,
+        "device_id": None,
+        "vtcm_mb": None,
     }
 
     def provider_options(self) -> dict[str, str]:
-        return {"backend_path": "libQnnHtp.so", "htp_performance_mode": "burst",
-                **super().provider_options()}
+        return {
+            "backend_path": "libQnnHtp.so",
+            "htp_performance_mode": "burst",
+            **super().provider_options(),
+        }
 
 
 class CoreMlBackend(NpuEpBackend):
@@ -248,8 +279,9 @@ class CoreMlBackend(NpuEpBackend):
     name: ClassVar[str] = "ort_coreml"
     provider: ClassVar[str] = "CoreMLExecutionProvider"
     install: ClassVar[str] = "use onnxruntime on macOS or iOS, whose builds include CoreML"
-    rules: ClassVar[NpuRules] = NpuRules(COREML_OPS, frozenset(), frozenset(),
-                                         "CoreML coreml_supported_mlprogram_ops.md")
+    rules: ClassVar[NpuRules] = NpuRules(
+        COREML_OPS, frozenset(), frozenset(), "CoreML coreml_supported_mlprogram_ops.md"
+    )
     PROVIDER_OPTIONS: ClassVar[Mapping[str, tuple[str, ...] | None]] = {
         "ModelFormat": ("MLProgram", "NeuralNetwork"),
         "MLComputeUnits": ("CPUOnly", "CPUAndNeuralEngine", "CPUAndGPU", "ALL"),
@@ -262,8 +294,12 @@ class CoreMlBackend(NpuEpBackend):
     }
 
     def provider_options(self) -> dict[str, str]:
-        return {"ModelFormat": "MLProgram", "MLComputeUnits": "CPUAndNeuralEngine",
-                "RequireStaticInputShapes": "1", **super().provider_options()}
+        return {
+            "ModelFormat": "MLProgram",
+            "MLComputeUnits": "CPUAndNeuralEngine",
+            "RequireStaticInputShapes": "1",
+            **super().provider_options(),
+        }
 
 
 class NnapiBackend(NpuEpBackend):
@@ -278,11 +314,18 @@ class NnapiBackend(NpuEpBackend):
     provider: ClassVar[str] = "NnapiExecutionProvider"
     install: ClassVar[str] = "use the Android build of onnxruntime (Maven onnxruntime-android)"
     # NNAPI quantizes activations as uint8 (TENSOR_QUANT8_ASYMM), weights int8 per channel.
-    rules: ClassVar[NpuRules] = NpuRules(NNAPI_OPS, frozenset({"uint8"}), INT8,
-                                         "NNAPI op_builder_factory.cc")
+    rules: ClassVar[NpuRules] = NpuRules(
+        NNAPI_OPS, frozenset({"uint8"}), INT8, "NNAPI op_builder_factory.cc"
+    )
     PROVIDER_OPTIONS: ClassVar[Mapping[str, tuple[str, ...] | None]] = {
-        flag: ("0", "1") for flag in ("NNAPI_FLAG_USE_FP16", "NNAPI_FLAG_USE_NCHW",
-                                      "NNAPI_FLAG_CPU_DISABLED", "NNAPI_FLAG_CPU_ONLY")}
+        flag: ("0", "1")
+        for flag in (
+            "NNAPI_FLAG_USE_FP16",
+            "NNAPI_FLAG_USE_NCHW",
+            "NNAPI_FLAG_CPU_DISABLED",
+            "NNAPI_FLAG_CPU_ONLY",
+        )
+    }
 
     def provider_options(self) -> dict[str, str]:
         return {"NNAPI_FLAG_CPU_DISABLED": "1", **super().provider_options()}

@@ -54,19 +54,25 @@ class NumpyBackend(Backend):
 
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
         if part.static_graphs:
-            return Support(False, f"{part.name}: fixed-shape int8 graphs are for NPU "
-                                  "compilers; the spec forward computes in float32")
+            return Support(
+                False,
+                f"{part.name}: fixed-shape int8 graphs are for NPU "
+                "compilers; the spec forward computes in float32",
+            )
         try:
-            part_weights(package.manifest.spec, part, map_part(package, part),
-                         package.manifest.quantization)
+            part_weights(
+                package.manifest.spec, part, map_part(package, part), package.manifest.quantization
+            )
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
         return YES
 
     def compile(self, graph: SegmentGraph) -> NumpyExecutable:
         manifest = graph.package.manifest
-        weights = [part_weights(manifest.spec, p, map_part(graph.package, p),
-                                manifest.quantization) for p in graph.parts]
+        weights = [
+            part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quantization)
+            for p in graph.parts
+        ]
         # The segment's interface: what its parts read that no earlier part of it produces,
         # and what they produce that no later part reads (as a merged graph's would be).
         produced = {name for p in graph.parts for name in p.outputs}
@@ -82,8 +88,9 @@ class NumpyBackend(Backend):
         assert isinstance(executable, NumpyExecutable)
         return NumpyLoaded(executable, resident)
 
-    def bind(self, loaded: Loaded, inputs: Mapping[str, np.ndarray],
-             outputs: Mapping[str, np.ndarray]) -> None:
+    def bind(
+        self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
         assert isinstance(loaded, NumpyLoaded)
         loaded.inputs, loaded.outputs = dict(inputs), dict(outputs)
 
@@ -99,8 +106,16 @@ class NumpyBackend(Backend):
                 x = embed_forward(weights, loaded.inputs[fmt.INPUT_IDS][:, :size])
             elif part.kind == "block":
                 i = part.block_index
-                x = block_forward(spec, weights, x, resident.keys[i], resident.values[i],
-                                  position, (resident.cos, resident.sin), linear)
+                x = block_forward(
+                    spec,
+                    weights,
+                    x,
+                    resident.keys[i],
+                    resident.values[i],
+                    position,
+                    (resident.cos, resident.sin),
+                    linear,
+                )
             else:
                 index = loaded.inputs[fmt.LOGITS_INDEX]
                 logits = loaded.outputs[fmt.LOGITS]

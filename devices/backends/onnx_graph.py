@@ -26,9 +26,21 @@ SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 1, 2
 INIT_DIMS, INIT_DATA_TYPE, INIT_NAME = 1, 2, 8
 
 # TensorProto.DataType
-ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
-              7: "int64", 9: "bool", 10: "float16", 11: "float64", 16: "bfloat16",
-              21: "uint4", 22: "int4"}
+ELEM_TYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    16: "bfloat16",
+    21: "uint4",
+    22: "int4",
+}
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -96,8 +108,12 @@ class GraphInfo:
 
     def quantize_types(self) -> set[str]:
         """Element types every QuantizeLinear of the graph produces."""
-        return {self.quantized_type(out) or "unknown" for n in self.nodes
-                if n.op_type == "QuantizeLinear" for out in n.outputs[:1]}
+        return {
+            self.quantized_type(out) or "unknown"
+            for n in self.nodes
+            if n.op_type == "QuantizeLinear"
+            for out in n.outputs[:1]
+        }
 
 
 def _signed(value: int) -> int:

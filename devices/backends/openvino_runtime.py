@@ -94,8 +94,9 @@ class OpenVinoBackend(Backend):
         properties = {k: v for k, v in options.items() if PROPERTY.match(k)}
         for key, value in properties.items():
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ConfigError(f"backend 'openvino' property {key}={value!r} must be a "
-                                  "string or number")
+                raise ConfigError(
+                    f"backend 'openvino' property {key}={value!r} must be a string or number"
+                )
         rest = super().check_options({k: v for k, v in options.items() if k not in properties})
         return {**rest, **properties}
 
@@ -126,28 +127,40 @@ class OpenVinoBackend(Backend):
             try:
                 model = core.read_model(str(path))
             except RuntimeError as exc:  # an op its ONNX reader does not know, a bad file
-                return Support(False, f"OpenVINO cannot read {graph} of {part.name}: "
-                                      f"{_first_line(exc)}")
+                return Support(
+                    False, f"OpenVINO cannot read {graph} of {part.name}: {_first_line(exc)}"
+                )
             wide = read_graph(path.read_bytes()).quantize_types() & {"uint16", "int16"}
             if wide and self.device == "CPU":
-                return Support(False, f"{graph}: OpenVINO's CPU plugin drops 16-bit "
-                                      "QuantizeLinear/DequantizeLinear pairs (measured on "
-                                      "2026.4: no rounding, no clipping), so it would not "
-                                      "compute this graph's activations as written")
+                return Support(
+                    False,
+                    f"{graph}: OpenVINO's CPU plugin drops 16-bit "
+                    "QuantizeLinear/DequantizeLinear pairs (measured on "
+                    "2026.4: no rounding, no clipping), so it would not "
+                    "compute this graph's activations as written",
+                )
             if self.device.split(".")[0] == "NPU":
-                dynamic = [i.get_any_name() for i in model.inputs
-                           if i.get_partial_shape().is_dynamic]
+                dynamic = [
+                    i.get_any_name() for i in model.inputs if i.get_partial_shape().is_dynamic
+                ]
                 if dynamic:
-                    return Support(False, f"{graph}: the NPU plugin needs static shapes; "
-                                          f"inputs {dynamic} are dynamic (export with --quant "
-                                          "q-static-int8)")
+                    return Support(
+                        False,
+                        f"{graph}: the NPU plugin needs static shapes; "
+                        f"inputs {dynamic} are dynamic (export with --quant "
+                        "q-static-int8)",
+                    )
             if self.device != "CPU":  # the CPU plugin runs every op the reader produces
                 placed = core.query_model(model, self.device)
-                missing = [op.get_type_name() for op in model.get_ops()
-                           if op.get_friendly_name() not in placed]
+                missing = [
+                    op.get_type_name()
+                    for op in model.get_ops()
+                    if op.get_friendly_name() not in placed
+                ]
                 if missing:
-                    return Support(False, f"{graph}: {self.device} cannot run "
-                                          f"{sorted(set(missing))}")
+                    return Support(
+                        False, f"{graph}: {self.device} cannot run {sorted(set(missing))}"
+                    )
         return YES
 
     def compile(self, graph: SegmentGraph) -> OvExecutable:
@@ -169,8 +182,11 @@ class OpenVinoBackend(Backend):
         devices = core.available_devices
         wanted = self.device.split(".")[0]
         if not any(d == self.device or d.split(".")[0] == wanted for d in devices):
-            return Support(False, f"OpenVINO finds no {self.device} device here "
-                                  f"(it has {', '.join(devices) or 'none'})")
+            return Support(
+                False,
+                f"OpenVINO finds no {self.device} device here "
+                f"(it has {', '.join(devices) or 'none'})",
+            )
         return YES
 
     def load(self, executable: Executable, resident: Resident) -> OvLoaded:
@@ -180,12 +196,16 @@ class OpenVinoBackend(Backend):
         for name, array in resident.inputs_for(parts).items():
             if name in executable.inputs:
                 request.set_tensor(name, _shared(array))
-        presents = [(name, array) for name, array in resident.presents_for(parts).items()
-                    if name in executable.outputs]
+        presents = [
+            (name, array)
+            for name, array in resident.presents_for(parts).items()
+            if name in executable.outputs
+        ]
         return OvLoaded(executable, request, presents)
 
-    def bind(self, loaded: Loaded, inputs: Mapping[str, np.ndarray],
-             outputs: Mapping[str, np.ndarray]) -> None:
+    def bind(
+        self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
         assert isinstance(loaded, OvLoaded)
         for name, array in inputs.items():
             loaded.request.set_tensor(name, _shared(array))
@@ -261,8 +281,11 @@ def _chain(models: list[Any], label: str) -> Any:
 
 def _float_nbits(model: bytes) -> bool:
     """True when every MatMulNBits of the graph asks for float compute (accuracy_level < 4)."""
-    levels = [n.ints.get("accuracy_level", 0) for n in read_graph(model).nodes
-              if n.op_type == "MatMulNBits"]
+    levels = [
+        n.ints.get("accuracy_level", 0)
+        for n in read_graph(model).nodes
+        if n.op_type == "MatMulNBits"
+    ]
     return bool(levels) and max(levels) < 4
 
 

@@ -33,10 +33,12 @@ from edge.format import PartEntry
 from edge.graph_trust import external_tensors
 
 CPU = "CPUExecutionProvider"
-OPTIMIZATION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass(eq=False)
@@ -62,9 +64,11 @@ def check_external_data(graph: SegmentGraph, tensors: Mapping[str, object]) -> N
     location against the working directory."""
     for tensor in external_tensors(graph.model):
         if tensor.name not in tensors:
-            raise PackageError(f"{graph.label}: tensor {tensor.name!r} is stored as external "
-                               f"data at {tensor.location!r}, which is not a manifest tensor of "
-                               "these parts; refusing to load it")
+            raise PackageError(
+                f"{graph.label}: tensor {tensor.name!r} is stored as external "
+                f"data at {tensor.location!r}, which is not a manifest tensor of "
+                "these parts; refusing to load it"
+            )
 
 
 class OrtCpuBackend(Backend):
@@ -77,7 +81,10 @@ class OrtCpuBackend(Backend):
 
     name: ClassVar[str] = "ort_cpu"
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
-        "threads": int, "optimization": str, "spinning": bool}
+        "threads": int,
+        "optimization": str,
+        "spinning": bool,
+    }
     provider: ClassVar[str] = CPU
 
     @classmethod
@@ -85,8 +92,10 @@ class OrtCpuBackend(Backend):
         options = super().check_options(options)
         level = options.get("optimization", "all")
         if level not in OPTIMIZATION_LEVELS:
-            raise ConfigError(f"backend {cls.name!r} option optimization={level!r}; allowed: "
-                              f"{sorted(OPTIMIZATION_LEVELS)}")
+            raise ConfigError(
+                f"backend {cls.name!r} option optimization={level!r}; allowed: "
+                f"{sorted(OPTIMIZATION_LEVELS)}"
+            )
         return options
 
     # ---- ahead of time ----------------------------------------------------------------------
@@ -102,7 +111,8 @@ class OrtCpuBackend(Backend):
         options.intra_op_num_threads = int(self.options.get("threads", 0))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = OPTIMIZATION_LEVELS[
-            str(self.options.get("optimization", "all"))]
+            str(self.options.get("optimization", "all"))
+        ]
         if not self.options.get("spinning", True):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if graph.step is not None and self.provider == CPU:
@@ -124,20 +134,31 @@ class OrtCpuBackend(Backend):
         weights = [graph.package.tensor(t) for t in tensors.values()]
         if tensors:
             options.add_external_initializers(
-                list(tensors), [ort.OrtValue.ortvalue_from_numpy(w) for w in weights])
+                list(tensors), [ort.OrtValue.ortvalue_from_numpy(w) for w in weights]
+            )
         try:
             session = ort.InferenceSession(graph.model, options, providers=self.providers())
         except Exception as exc:  # onnxruntime's pybind errors share no base but Exception
-            raise PackageError(f"ONNX Runtime cannot load {graph.label}: "
-                               f"{str(exc).splitlines()[0][:500]}") from exc
-        return OrtExecutable(self.name, graph, frozenset(i.name for i in session.get_inputs()),
-                             tuple(o.name for o in session.get_outputs()), session, weights)
+            raise PackageError(
+                f"ONNX Runtime cannot load {graph.label}: {str(exc).splitlines()[0][:500]}"
+            ) from exc
+        return OrtExecutable(
+            self.name,
+            graph,
+            frozenset(i.name for i in session.get_inputs()),
+            tuple(o.name for o in session.get_outputs()),
+            session,
+            weights,
+        )
 
     # ---- run time ---------------------------------------------------------------------------
     def is_available(self) -> Support:
         if self.provider not in ort.get_available_providers():
-            return Support(False, f"this onnxruntime {ort.__version__} has no {self.provider} "
-                                  f"(it has {', '.join(ort.get_available_providers())})")
+            return Support(
+                False,
+                f"this onnxruntime {ort.__version__} has no {self.provider} "
+                f"(it has {', '.join(ort.get_available_providers())})",
+            )
         return YES
 
     def load(self, executable: Executable, resident: Resident) -> OrtLoaded:
@@ -146,20 +167,18 @@ class OrtCpuBackend(Backend):
         parts = executable.graph.parts
         inputs = {k: v for k, v in resident.inputs_for(parts).items() if k in executable.inputs}
         # past and present are one buffer: the attention op appends the step in place.
-        outputs = {k: v for k, v in resident.presents_for(parts).items()
-                   if k in executable.outputs}
+        outputs = {k: v for k, v in resident.presents_for(parts).items() if k in executable.outputs}
         self.bind(loaded, inputs, outputs)
         return loaded
 
-    def bind(self, loaded: Loaded, inputs: Mapping[str, np.ndarray],
-             outputs: Mapping[str, np.ndarray]) -> None:
+    def bind(
+        self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
         assert isinstance(loaded, OrtLoaded)
         for name, array in inputs.items():
-            loaded.io.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape),
-                                 _ptr(array))
+            loaded.io.bind_input(name, "cpu", 0, array.dtype.type, list(array.shape), _ptr(array))
         for name, array in outputs.items():
-            loaded.io.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape),
-                                  _ptr(array))
+            loaded.io.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), _ptr(array))
 
     def run(self, loaded: Loaded, position: int, size: int) -> None:
         loaded.session.run_with_iobinding(loaded.io)  # type: ignore[attr-defined]

@@ -23,7 +23,10 @@ class OrtCudaBackend(OrtCpuBackend):
 
     name: ClassVar[str] = "ort_cuda"
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
-        **OrtCpuBackend.OPTIONS, "device_id": int, "gpu_mem_limit": int}
+        **OrtCpuBackend.OPTIONS,
+        "device_id": int,
+        "gpu_mem_limit": int,
+    }
     provider: ClassVar[str] = CUDA
 
     @property
@@ -31,8 +34,10 @@ class OrtCudaBackend(OrtCpuBackend):
         return f"CUDA GPU {int(self.options.get('device_id', 0))}"
 
     def providers(self) -> Sequence[Any]:
-        cuda: dict[str, str] = {"device_id": str(int(self.options.get("device_id", 0))),
-                                "arena_extend_strategy": "kSameAsRequested"}
+        cuda: dict[str, str] = {
+            "device_id": str(int(self.options.get("device_id", 0))),
+            "arena_extend_strategy": "kSameAsRequested",
+        }
         if "gpu_mem_limit" in self.options:
             cuda["gpu_mem_limit"] = str(int(self.options["gpu_mem_limit"]))
         return [(CUDA, cuda), CPU]

@@ -36,8 +36,9 @@ class Emitter:
         zeros = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
         return self.b.shuffle_vector(one, undef, zeros)
 
-    def load_vector(self, base: ir.Value, offset: ir.Value, element: ir.Type,
-                    lanes: int | None = None) -> ir.Value:
+    def load_vector(
+        self, base: ir.Value, offset: ir.Value, element: ir.Type, lanes: int | None = None
+    ) -> ir.Value:
         """`lanes` elements from base[offset], any alignment."""
         vector = ir.VectorType(element, lanes or self.lanes)
         pointer = self.b.bitcast(self.b.gep(base, [offset]), vector.as_pointer())
@@ -48,8 +49,10 @@ class Emitter:
         fetches into L1 (x86 prefetcht0), 2 into L2 (t1), 1 into L3 (t2), 0 non-temporal."""
         module = self.b.module
         fn = module.globals.get("llvm.prefetch.p0") or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]),
-            "llvm.prefetch.p0")
+            module,
+            ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]),
+            "llvm.prefetch.p0",
+        )
         pointer = self.b.bitcast(pointer, I8.as_pointer())
         flags = [ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)]
         self.b.call(fn, [pointer, *flags])
@@ -68,8 +71,10 @@ class Emitter:
         while width > 1:
             width //= 2
             mask = ir.VectorType(I32, width)
-            halves = [self.b.shuffle_vector(vector, vector, ir.Constant(mask, list(h)))
-                      for h in (range(width), range(width, 2 * width))]
+            halves = [
+                self.b.shuffle_vector(vector, vector, ir.Constant(mask, list(h)))
+                for h in (range(width), range(width, 2 * width))
+            ]
             vector = self.b.fadd(*halves, flags=FLAGS)
         return self.b.extract_element(vector, ir.Constant(I32, 0))
 
@@ -94,8 +99,9 @@ class Emitter:
         self.b.branch(head)
         self.b.position_at_end(done)
 
-    def count_loop(self, start: ir.Value, stop: ir.Value, step: int,
-                   body: Callable[[ir.Value], None]) -> ir.Value:
+    def count_loop(
+        self, start: ir.Value, stop: ir.Value, step: int, body: Callable[[ir.Value], None]
+    ) -> ir.Value:
         """`for i in range(start, stop - step + 1, step): body(i)`; returns the slot of i, which
         holds the first index not visited (where a scalar tail loop starts)."""
         index = self.variable(start)

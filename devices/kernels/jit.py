@@ -168,8 +168,9 @@ _cache: dict[Hashable, CompiledModule] = {}
 _cache_lock = threading.Lock()
 
 
-def get_or_compile(key: Hashable, build: Callable[[HostTarget], ir.Module],
-                   target: HostTarget | None = None) -> CompiledModule:
+def get_or_compile(
+    key: Hashable, build: Callable[[HostTarget], ir.Module], target: HostTarget | None = None
+) -> CompiledModule:
     """The compiled module for (`key`, target), built and compiled on first use in this
     process; `target` defaults to the host."""
     target = target or host_target()

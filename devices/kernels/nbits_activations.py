@@ -65,8 +65,9 @@ def layout_key(layout: NBitsLayout, K: int) -> tuple:
     return (K, layout.block_size, layout.bits, layout.lanes, layout.activations)
 
 
-def prepare_fp32(x: np.ndarray, layout: NBitsLayout, n_blocks: int,
-                 prepare: Callable[..., None]) -> PreparedX:
+def prepare_fp32(
+    x: np.ndarray, layout: NBitsLayout, n_blocks: int, prepare: Callable[..., None]
+) -> PreparedX:
     """Block sums (and for 4 bits the de-interleaved copy) with the JIT-compiled `prepare`."""
     M = x.shape[0]
     source = _padded(x, n_blocks * layout.block_size)
@@ -75,13 +76,21 @@ def prepare_fp32(x: np.ndarray, layout: NBitsLayout, n_blocks: int,
         laid_out = np.empty_like(source)
     else:  # a copy even when x is usable as is: a PreparedX must not change under its xsum
         laid_out = source if source is not x else x.copy()
-    prepare(source.ctypes.data, M, source.shape[1], n_blocks, laid_out.ctypes.data,
-            laid_out.shape[1], xsum.ctypes.data)
+    prepare(
+        source.ctypes.data,
+        M,
+        source.shape[1],
+        n_blocks,
+        laid_out.ctypes.data,
+        laid_out.shape[1],
+        xsum.ctypes.data,
+    )
     return PreparedX(laid_out, _EMPTY, xsum, layout_key(layout, x.shape[1]))
 
 
-def prepare_int16(x: np.ndarray, layout: NBitsLayout, n_blocks: int,
-                  prepare: Callable[..., None]) -> PreparedX:
+def prepare_int16(
+    x: np.ndarray, layout: NBitsLayout, n_blocks: int, prepare: Callable[..., None]
+) -> PreparedX:
     """Round and lay out x with the JIT-compiled `prepare` (see `nbits_prepare_ir`)."""
     M = x.shape[0]
     steps = -(-n_blocks * layout.block_size // layout.codes_per_group)
@@ -89,6 +98,15 @@ def prepare_int16(x: np.ndarray, layout: NBitsLayout, n_blocks: int,
     parts = np.zeros((M, steps * layout.x_parts * VNNI_GROUP_BYTES), np.int8)
     lane_scales = np.zeros((M, steps * _LANES), np.float32)
     xsum = np.empty((M, n_blocks), np.float32)
-    prepare(source.ctypes.data, M, source.shape[1], n_blocks, parts.ctypes.data,
-            parts.shape[1], lane_scales.ctypes.data, lane_scales.shape[1], xsum.ctypes.data)
+    prepare(
+        source.ctypes.data,
+        M,
+        source.shape[1],
+        n_blocks,
+        parts.ctypes.data,
+        parts.shape[1],
+        lane_scales.ctypes.data,
+        lane_scales.shape[1],
+        xsum.ctypes.data,
+    )
     return PreparedX(parts, lane_scales, xsum, layout_key(layout, x.shape[1]))

@@ -33,7 +33,8 @@ class Fp32Tile(TileEmitter):
         self.permute = None
         if layout.permute and layout.bits == 4:
             self.permute = module.globals.get(_PERMUTE) or ir.Function(
-                module, ir.FunctionType(vf, [vf, self.e.vi]), _PERMUTE)
+                module, ir.FunctionType(vf, [vf, self.e.vi]), _PERMUTE
+            )
 
     def main_loop(self) -> list[list[list[ir.Value]]]:
         e, b, a = self.e, self.e.b, self.a
@@ -78,27 +79,37 @@ class Fp32Tile(TileEmitter):
         x_base = b.mul(block, e.i64(layout.block_size))
         if layout.chunks_per_block <= _UNROLL:
             start = self.load_all(accs) if scale_first else None
-            sums = self._chunks(code_base, x_base, range(layout.chunks_per_block), start,
-                                scale_first)
+            sums = self._chunks(
+                code_base, x_base, range(layout.chunks_per_block), start, scale_first
+            )
         else:
             slots = accs if scale_first else self.new_sums()
 
             def group(first: ir.Value) -> None:
                 codes = b.add(code_base, b.mul(first, e.i64(layout.lanes)))
                 xs = b.add(x_base, b.mul(first, e.i64(layout.codes_per_chunk)))
-                self.store_all(slots, self._chunks(codes, xs, range(_UNROLL),
-                                                   self.load_all(slots), scale_first))
+                self.store_all(
+                    slots,
+                    self._chunks(codes, xs, range(_UNROLL), self.load_all(slots), scale_first),
+                )
 
             e.count_loop(e.i64(0), e.i64(layout.chunks_per_block), _UNROLL, group)
             sums = self.load_all(slots)
         if not scale_first:
-            sums = [[e.madd(value, scale, acc) for value, acc in zip(row, acc_row)]
-                    for row, scale, acc_row in zip(sums, scales, self.load_all(accs))]
+            sums = [
+                [e.madd(value, scale, acc) for value, acc in zip(row, acc_row)]
+                for row, scale, acc_row in zip(sums, scales, self.load_all(accs))
+            ]
         self.store_all(accs, sums)
 
-    def _chunks(self, code_base: ir.Value, x_base: ir.Value, chunks: range,
-                sums: list[list[ir.Value]] | None,
-                scales: list[ir.Value] | None) -> list[list[ir.Value]]:
+    def _chunks(
+        self,
+        code_base: ir.Value,
+        x_base: ir.Value,
+        chunks: range,
+        sums: list[list[ir.Value]] | None,
+        scales: list[ir.Value] | None,
+    ) -> list[list[ir.Value]]:
         """sums[r][m] += code * x (code * scale * x when scales are given) over the chunks;
         sums None starts from a plain product."""
         e, b, layout = self.e, self.e.b, self.layout
@@ -106,8 +117,13 @@ class Fp32Tile(TileEmitter):
         sums = sums or [[None] * self.acts for _ in range(self.rows)]
         for c in chunks:
             x_offset = b.add(x_base, e.i64(c * layout.codes_per_chunk))
-            xs = [[e.load_vector(self.x_floats[m], b.add(x_offset, e.i64(p * layout.lanes)), F32)
-                   for p in range(parts)] for m in range(self.acts)]
+            xs = [
+                [
+                    e.load_vector(self.x_floats[m], b.add(x_offset, e.i64(p * layout.lanes)), F32)
+                    for p in range(parts)
+                ]
+                for m in range(self.acts)
+            ]
             for r in range(self.rows):
                 codes = self._codes(r, b.add(code_base, e.i64(c * layout.lanes)))
                 if scales is not None:

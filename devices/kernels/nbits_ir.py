@@ -89,34 +89,61 @@ def build_nbits_module(layout: NBitsLayout, vector_registers: int) -> ir.Module:
     tile_class: type[TileEmitter] = VnniTile if layout.activations == "int16" else Fp32Tile
     shapes = tile_shapes(vector_registers)
     tail_shapes = ((1, 1),)  # the < 4 rows left at the end of a thread's share
-    tiles = {shape: tile_class(module, layout, *shape).emit()
-             for shape in dict.fromkeys(shapes + tail_shapes)}
+    tiles = {
+        shape: tile_class(module, layout, *shape).emit()
+        for shape in dict.fromkeys(shapes + tail_shapes)
+    }
     f32p, i8p = F32.as_pointer(), I8.as_pointer()
-    signature = ir.FunctionType(ir.VoidType(), [i8p, I64, f32p, I64, f32p, I64, i8p, f32p, i8p,
-                                                f32p, I64, I64, I64, I64])
+    signature = ir.FunctionType(
+        ir.VoidType(), [i8p, I64, f32p, I64, f32p, I64, i8p, f32p, i8p, f32p, I64, I64, I64, I64]
+    )
     fn = ir.Function(module, signature, FUNCTION_NAME)
-    (x, x_stride, lane_scales, lane_stride, xsum, M, packed, scales, zp, out, out_stride,
-     n_start, n_end, n_blocks) = fn.args
+    (
+        x,
+        x_stride,
+        lane_scales,
+        lane_stride,
+        xsum,
+        M,
+        packed,
+        scales,
+        zp,
+        out,
+        out_stride,
+        n_start,
+        n_end,
+        n_blocks,
+    ) = fn.args
     e = Emitter(ir.IRBuilder(fn.append_basic_block("entry")), layout.lanes)
     b = e.b
     row_bytes = b.mul(n_blocks, e.i64(layout.block_bytes))
     zp_row_bytes = _zero_point_row_bytes(e, layout, n_blocks)
 
     def call_tile(rows: int, acts: int, row: ir.Value, m: ir.Value) -> None:
-        b.call(tiles[rows, acts], [
-            b.gep(x, [b.mul(m, x_stride)]), x_stride,
-            b.gep(lane_scales, [b.mul(m, lane_stride)]), lane_stride,
-            b.gep(xsum, [b.mul(m, n_blocks)]),
-            b.gep(packed, [b.mul(row, row_bytes)]), row_bytes,
-            b.gep(scales, [b.mul(row, n_blocks)]),
-            b.gep(zp, [b.mul(row, zp_row_bytes)]), zp_row_bytes, n_blocks,
-            b.gep(out, [b.add(b.mul(m, out_stride), row)]), out_stride,
-        ])
+        b.call(
+            tiles[rows, acts],
+            [
+                b.gep(x, [b.mul(m, x_stride)]),
+                x_stride,
+                b.gep(lane_scales, [b.mul(m, lane_stride)]),
+                lane_stride,
+                b.gep(xsum, [b.mul(m, n_blocks)]),
+                b.gep(packed, [b.mul(row, row_bytes)]),
+                row_bytes,
+                b.gep(scales, [b.mul(row, n_blocks)]),
+                b.gep(zp, [b.mul(row, zp_row_bytes)]),
+                zp_row_bytes,
+                n_blocks,
+                b.gep(out, [b.add(b.mul(m, out_stride), row)]),
+                out_stride,
+            ],
+        )
 
     def row_group(group: int, tile_set: tuple[tuple[int, int], ...], row: ir.Value) -> None:
         """All activation rows for output rows row .. row + group - 1, tile by tile."""
         m = e.variable(e.i64(0))
         for rows, acts in tile_set:
+
             def step(first: ir.Value, rows: int = rows, acts: int = acts) -> None:
                 for sub in range(0, group, rows):
                     call_tile(rows, acts, b.add(row, e.i64(sub)), first)

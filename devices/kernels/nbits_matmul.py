@@ -71,7 +71,7 @@ class KernelInputError(EdgeError, ValueError):
 
 
 def zero_point_kind(zero_points: np.ndarray | None) -> str:
-    """"none", "uint8" or "float": which kernel variant a zero-point array needs."""
+    """ "none", "uint8" or "float": which kernel variant a zero-point array needs."""
     if zero_points is None:
         return "none"
     return "float" if np.asarray(zero_points).dtype == np.float32 else "uint8"
@@ -120,8 +120,9 @@ class NBitsSpec:
     @classmethod
     def of(cls, weight: Any) -> NBitsSpec:
         """The spec of a `quant.blockwise.QuantizedWeight` (duck-typed: no quant import)."""
-        return cls(weight.K, weight.N, weight.bits, weight.block_size,
-                   zero_point_kind(weight.zero_points))
+        return cls(
+            weight.K, weight.N, weight.bits, weight.block_size, zero_point_kind(weight.zero_points)
+        )
 
 
 class NBitsMatMul:
@@ -133,30 +134,46 @@ class NBitsMatMul:
     top of the kernel; everything that does not depend on the arguments is fixed here.
     """
 
-    def __init__(self, spec: NBitsSpec, threads: int | None = None,
-                 activations: str = "fp32", target: jit.HostTarget | None = None,
-                 min_bytes_per_thread: int = MIN_BYTES_PER_THREAD) -> None:
+    def __init__(
+        self,
+        spec: NBitsSpec,
+        threads: int | None = None,
+        activations: str = "fp32",
+        target: jit.HostTarget | None = None,
+        min_bytes_per_thread: int = MIN_BYTES_PER_THREAD,
+    ) -> None:
         if threads is None:
             threads = physical_cores()
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"NBitsMatMul threads must be a positive int, got {threads!r}")
-        if (isinstance(min_bytes_per_thread, bool) or not isinstance(min_bytes_per_thread, int)
-                or min_bytes_per_thread < 0):
-            raise ConfigError("NBitsMatMul min_bytes_per_thread must be an int >= 0, got "
-                              f"{min_bytes_per_thread!r}")
+        if (
+            isinstance(min_bytes_per_thread, bool)
+            or not isinstance(min_bytes_per_thread, int)
+            or min_bytes_per_thread < 0
+        ):
+            raise ConfigError(
+                "NBitsMatMul min_bytes_per_thread must be an int >= 0, got "
+                f"{min_bytes_per_thread!r}"
+            )
         if activations not in ACTIVATION_KINDS:
-            raise ConfigError(f"NBitsMatMul activations must be one of {list(ACTIVATION_KINDS)}, "
-                              f"got {activations!r}")
+            raise ConfigError(
+                f"NBitsMatMul activations must be one of {list(ACTIVATION_KINDS)}, "
+                f"got {activations!r}"
+            )
         target = target or jit.host_target()
         if activations == "int16" and not int16_supported(target):
-            raise ConfigError("NBitsMatMul activations='int16' needs AVX-512 VNNI, which this "
-                              f"CPU ({target.cpu}) lacks; use activations='fp32'")
+            raise ConfigError(
+                "NBitsMatMul activations='int16' needs AVX-512 VNNI, which this "
+                f"CPU ({target.cpu}) lacks; use activations='fp32'"
+            )
         self.spec, self.threads = spec, threads
-        lanes = 16 if activations == "int16" else kernel_lanes(spec.bits, spec.block_size,
-                                                                target.lanes)
+        lanes = (
+            16 if activations == "int16" else kernel_lanes(spec.bits, spec.block_size, target.lanes)
+        )
         permute = can_permute(target.features, target.triple, lanes)
-        self.layout = NBitsLayout(spec.bits, spec.block_size, spec.zero_points, lanes, permute,
-                                  activations)
+        self.layout = NBitsLayout(
+            spec.bits, spec.block_size, spec.zero_points, lanes, permute, activations
+        )
         module = jit.get_or_compile(
             ("nbits", self.layout, target),
             lambda t: build_nbits_module(self.layout, t.vector_registers),
@@ -171,13 +188,19 @@ class NBitsMatMul:
         self.x_key = layout_key(self.layout, spec.K)
         self._checks = _weight_checks(spec)
         packed_bytes = spec.N * spec.n_blocks * spec.block_size * spec.bits // 8
-        used = max(1, min(threads, packed_bytes // max(1, min_bytes_per_thread),
-                          -(-spec.N // _ROW_ALIGN)))
+        used = max(
+            1, min(threads, packed_bytes // max(1, min_bytes_per_thread), -(-spec.N // _ROW_ALIGN))
+        )
         self._shares = list(pairwise(_row_bounds(spec.N, used)))
 
-    def __call__(self, x: np.ndarray | PreparedX, packed: np.ndarray, scales: np.ndarray,
-                 zero_points: np.ndarray | None = None, out: np.ndarray | None = None
-                 ) -> np.ndarray:
+    def __call__(
+        self,
+        x: np.ndarray | PreparedX,
+        packed: np.ndarray,
+        scales: np.ndarray,
+        zero_points: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """x float32 [M, K] -> out float32 [M, N]; weight arrays must be C-contiguous.
 
         x may also be `prepare_x(x)` of this or another kernel with the same `x_key` (the
@@ -196,15 +219,25 @@ class NBitsMatMul:
             out = np.empty((M, spec.N), np.float32)
         else:
             _check_out(out, M, spec.N)
-        args = (prepared.x.ctypes.data, prepared.x_stride, prepared.lane_scales.ctypes.data,
-                prepared.lane_stride, prepared.xsum.ctypes.data, M,
-                packed_check.pointer(packed), scales_check.pointer(scales),
-                zp_check.pointer(zero_points), out.ctypes.data, spec.N)
+        args = (
+            prepared.x.ctypes.data,
+            prepared.x_stride,
+            prepared.lane_scales.ctypes.data,
+            prepared.lane_stride,
+            prepared.xsum.ctypes.data,
+            M,
+            packed_check.pointer(packed),
+            scales_check.pointer(scales),
+            zp_check.pointer(zero_points),
+            out.ctypes.data,
+            spec.N,
+        )
         if len(self._shares) == 1:
             self._kernel(*args, 0, spec.N, spec.n_blocks)
         else:
             get_pool(len(self._shares)).run(
-                [partial(self._kernel, *args, lo, hi, spec.n_blocks) for lo, hi in self._shares])
+                [partial(self._kernel, *args, lo, hi, spec.n_blocks) for lo, hi in self._shares]
+            )
         return out
 
     def prepare_x(self, x: np.ndarray) -> PreparedX:
@@ -227,17 +260,20 @@ def _row_bounds(N: int, threads: int) -> list[int]:
 
 def _check_x(x: np.ndarray, K: int) -> int:
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K:
-        raise KernelInputError(
-            f"x must be a float32 [M, {K}] array, got {_describe(x)}"
-        )
+        raise KernelInputError(f"x must be a float32 [M, {K}] array, got {_describe(x)}")
     if x.shape[0] < 1:
         raise KernelInputError(f"x must have at least one row, got shape {x.shape}")
     return x.shape[0]
 
 
 def _check_out(out: np.ndarray, M: int, N: int) -> None:
-    if (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (M, N)
-            or not out.flags.c_contiguous or not out.flags.writeable):
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.float32
+        or out.shape != (M, N)
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
         raise KernelInputError(
             f"out must be a writeable C-contiguous float32 [{M}, {N}] array, got {_describe(out)}"
         )
@@ -259,11 +295,16 @@ class _BufferCheck:
                     f"{_describe(array)}; build NBitsMatMul with NBitsSpec.of(weight)"
                 )
             return None
-        if (type(array) is not np.ndarray or array.dtype != self.dtype
-                or array.shape not in self.shapes or not array.flags.c_contiguous):
+        if (
+            type(array) is not np.ndarray
+            or array.dtype != self.dtype
+            or array.shape not in self.shapes
+            or not array.flags.c_contiguous
+        ):
             if array is None:
-                raise KernelInputError(f"{self.name} is None but the kernel was built for "
-                                       f"{self.dtype} {self.name}")
+                raise KernelInputError(
+                    f"{self.name} is None but the kernel was built for {self.dtype} {self.name}"
+                )
             wanted = " or ".join(str(list(s)) for s in sorted(self.shapes))
             raise KernelInputError(
                 f"{self.name} must be a C-contiguous {self.dtype} array of shape {wanted}, "
@@ -277,12 +318,13 @@ def _weight_checks(spec: NBitsSpec) -> tuple[_BufferCheck, _BufferCheck, _Buffer
     scales_size = spec.N * spec.n_blocks
     zp_dtype = {"none": None, "uint8": np.dtype(np.uint8), "float": np.dtype(np.float32)}
     return (
-        _BufferCheck("packed", np.dtype(np.uint8),
-                     frozenset({spec.packed_shape, (packed_size,)})),
-        _BufferCheck("scales", np.dtype(np.float32),
-                     frozenset({(spec.N, spec.n_blocks), (scales_size,)})),
-        _BufferCheck("zero_points", zp_dtype[spec.zero_points],
-                     frozenset({(spec.zero_points_size,)})),
+        _BufferCheck("packed", np.dtype(np.uint8), frozenset({spec.packed_shape, (packed_size,)})),
+        _BufferCheck(
+            "scales", np.dtype(np.float32), frozenset({(spec.N, spec.n_blocks), (scales_size,)})
+        ),
+        _BufferCheck(
+            "zero_points", zp_dtype[spec.zero_points], frozenset({(spec.zero_points_size,)})
+        ),
     )
 
 

@@ -27,13 +27,17 @@ _LANES = 16
 def _intrinsic(module: ir.Module, name: str, vector: ir.VectorType, arity: int) -> ir.Function:
     full = f"{name}.v{vector.count}f32"
     return module.globals.get(full) or ir.Function(
-        module, ir.FunctionType(vector, [vector] * arity), full)
+        module, ir.FunctionType(vector, [vector] * arity), full
+    )
 
 
 def add_prepare_int16(module: ir.Module, layout: NBitsLayout) -> ir.Function:
     f32p, i8p = F32.as_pointer(), I8.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        f32p, I64, I64, I64, i8p, I64, f32p, I64, f32p]), PREPARE_NAME)
+    fn = ir.Function(
+        module,
+        ir.FunctionType(ir.VoidType(), [f32p, I64, I64, I64, i8p, I64, f32p, I64, f32p]),
+        PREPARE_NAME,
+    )
     x, M, x_stride, n_blocks, parts, parts_stride, lane_scales, lane_stride, xsum = fn.args
     e = Emitter(ir.IRBuilder(fn.append_basic_block("entry")), _LANES)
     b = e.b
@@ -51,16 +55,18 @@ def add_prepare_int16(module: ir.Module, layout: NBitsLayout) -> ir.Function:
 
         def block(blk: ir.Value) -> None:
             first = b.mul(blk, e.i64(bs))
-            values = [e.load_vector(x_row, b.add(first, e.i64(v * _LANES)), F32)
-                      for v in range(vectors)]
+            values = [
+                e.load_vector(x_row, b.add(first, e.i64(v * _LANES)), F32) for v in range(vectors)
+            ]
             peak = b.call(fabs, [values[0]])
             for value in values[1:]:
                 peak = b.call(maxnum, [peak, b.call(fabs, [value])])
             amax = _hmax(e, maxnum, peak)
             scale = b.fmul(amax, ir.Constant(F32, 1.0 / INT16_LEVELS))
             positive = b.fcmp_ordered(">", amax, ir.Constant(F32, 0.0))
-            inverse = b.select(positive, b.fdiv(ir.Constant(F32, float(INT16_LEVELS)), amax),
-                               ir.Constant(F32, 0.0))
+            inverse = b.select(
+                positive, b.fdiv(ir.Constant(F32, float(INT16_LEVELS)), amax), ir.Constant(F32, 0.0)
+            )
             total = None
             for v, value in enumerate(values):
                 xq = b.fptosi(b.call(rint, [b.fmul(value, e.splat(inverse))]), e.vi)
@@ -94,14 +100,17 @@ def _hmax(e: Emitter, maxnum: ir.Function, vector: ir.Value) -> ir.Value:
     while width > 1:
         width //= 2
         mask = ir.VectorType(I32, width)
-        low, high = (b.shuffle_vector(vector, vector, ir.Constant(mask, list(h)))
-                     for h in (range(width), range(width, 2 * width)))
+        low, high = (
+            b.shuffle_vector(vector, vector, ir.Constant(mask, list(h)))
+            for h in (range(width), range(width, 2 * width))
+        )
         vector = b.call(_intrinsic(b.module, "llvm.maxnum", low.type, 2), [low, high])
     return b.extract_element(vector, ir.Constant(I32, 0))
 
 
-def _store_codes(e: Emitter, layout: NBitsLayout, parts: ir.Value, code: ir.Value,
-                 high: ir.Value, low: ir.Value) -> None:
+def _store_codes(
+    e: Emitter, layout: NBitsLayout, parts: ir.Value, code: ir.Value, high: ir.Value, low: ir.Value
+) -> None:
     """Store 16 consecutive codes' hi and lo bytes (code = index of the first in the row)."""
     b = e.b
     group = layout.codes_per_group
@@ -119,8 +128,11 @@ def _store_codes(e: Emitter, layout: NBitsLayout, parts: ir.Value, code: ir.Valu
         byte = b.udiv(within, e.i64(2))  # code 2j and 2j + 1 share byte j
         v8 = ir.VectorType(I8, _LANES // 2)
         for parity in (0, 1):
-            picked = b.shuffle_vector(narrow, narrow, ir.Constant(
-                ir.VectorType(I32, _LANES // 2), list(range(parity, _LANES, 2))))
+            picked = b.shuffle_vector(
+                narrow,
+                narrow,
+                ir.Constant(ir.VectorType(I32, _LANES // 2), list(range(parity, _LANES, 2))),
+            )
             part = (2 * index + parity) * VNNI_GROUP_BYTES
             offset = b.add(base, b.add(e.i64(part), byte))
             b.store(picked, b.bitcast(b.gep(parts, [offset]), v8.as_pointer()), align=1)
@@ -131,15 +143,20 @@ def add_prepare_fp32(module: ir.Module, layout: NBitsLayout) -> ir.Function:
     int64 out_stride, float *xsum): per-block sums of x and, for 4 bits, x de-interleaved per
     chunk of 2 * lanes floats (even k, then odd k) into out (untouched for 8 bits)."""
     f32p = F32.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        f32p, I64, I64, I64, f32p, I64, f32p]), PREPARE_FP32_NAME)
+    fn = ir.Function(
+        module,
+        ir.FunctionType(ir.VoidType(), [f32p, I64, I64, I64, f32p, I64, f32p]),
+        PREPARE_FP32_NAME,
+    )
     x, M, x_stride, n_blocks, out, out_stride, xsum = fn.args
     lanes = layout.lanes
     e = Emitter(ir.IRBuilder(fn.append_basic_block("entry")), lanes)
     b = e.b
     width = 2 * lanes if layout.bits == 4 else lanes  # floats per step
-    masks = [(ir.Constant(ir.VectorType(I32, lanes), list(range(parity, 2 * lanes, 2))),
-              parity * lanes) for parity in (0, 1)]  # 4 bits: (even k, at 0), (odd k, at lanes)
+    masks = [
+        (ir.Constant(ir.VectorType(I32, lanes), list(range(parity, 2 * lanes, 2))), parity * lanes)
+        for parity in (0, 1)
+    ]  # 4 bits: (even k, at 0), (odd k, at lanes)
 
     def row(m: ir.Value) -> None:
         x_row = b.gep(x, [b.mul(m, x_stride)])
@@ -150,8 +167,10 @@ def add_prepare_fp32(module: ir.Module, layout: NBitsLayout) -> ir.Function:
             total = e.variable(e.zeros())
 
             def step(offset: ir.Value) -> None:
-                values = [e.load_vector(x_row, b.add(offset, e.i64(v * lanes)), F32)
-                          for v in range(width // lanes)]
+                values = [
+                    e.load_vector(x_row, b.add(offset, e.i64(v * lanes)), F32)
+                    for v in range(width // lanes)
+                ]
                 acc = b.load(total)
                 for value in values:
                     acc = b.fadd(acc, value, flags=FLAGS)

@@ -44,8 +44,9 @@ class TileArgs:
 
 def tile_type() -> ir.FunctionType:
     f32p, i8p = F32.as_pointer(), I8.as_pointer()
-    return ir.FunctionType(ir.VoidType(), [i8p, I64, f32p, I64, f32p, i8p, I64, f32p, i8p, I64,
-                                           I64, f32p, I64])
+    return ir.FunctionType(
+        ir.VoidType(), [i8p, I64, f32p, I64, f32p, i8p, I64, f32p, i8p, I64, I64, f32p, I64]
+    )
 
 
 class TileEmitter:
@@ -56,8 +57,15 @@ class TileEmitter:
         self.fn = ir.Function(module, tile_type(), f"tile_{rows}x{acts}")
         self.fn.linkage = "internal"
         self.a = TileArgs(*self.fn.args)
-        for pointer in (self.a.x, self.a.lane_scales, self.a.xsum, self.a.packed, self.a.scales,
-                        self.a.zp, self.a.out):
+        for pointer in (
+            self.a.x,
+            self.a.lane_scales,
+            self.a.xsum,
+            self.a.packed,
+            self.a.scales,
+            self.a.zp,
+            self.a.out,
+        ):
             pointer.add_attribute("noalias")
         self.e = Emitter(ir.IRBuilder(self.fn.append_basic_block("entry")), layout.lanes)
 
@@ -93,8 +101,9 @@ class TileEmitter:
 
     def new_sums(self) -> list[list[ir.Value]]:
         """Zeroed float-vector variables [row][act] (stored where the builder is)."""
-        return [[self.e.variable(self.e.zeros()) for _ in range(self.acts)]
-                for _ in range(self.rows)]
+        return [
+            [self.e.variable(self.e.zeros()) for _ in range(self.acts)] for _ in range(self.rows)
+        ]
 
     def load_all(self, slots: list[list[ir.Value]]) -> list[list[ir.Value]]:
         return [[self.e.b.load(slot) for slot in row] for row in slots]
@@ -107,13 +116,14 @@ class TileEmitter:
     def _row_pointers(self) -> None:
         """Per-row and per-act base pointers, and where the prefetch streams start."""
         e, b, a = self.e, self.e.b, self.a
-        self.packed_rows = [b.gep(a.packed, [b.mul(a.row_bytes, e.i64(r))])
-                            for r in range(self.rows)]
-        self.scale_rows = [b.gep(a.scales, [b.mul(a.n_blocks, e.i64(r))])
-                           for r in range(self.rows)]
+        self.packed_rows = [
+            b.gep(a.packed, [b.mul(a.row_bytes, e.i64(r))]) for r in range(self.rows)
+        ]
+        self.scale_rows = [b.gep(a.scales, [b.mul(a.n_blocks, e.i64(r))]) for r in range(self.rows)]
         self.x_rows = [b.gep(a.x, [b.mul(a.x_stride, e.i64(m))]) for m in range(self.acts)]
-        self.lane_rows = [b.gep(a.lane_scales, [b.mul(a.lane_stride, e.i64(m))])
-                          for m in range(self.acts)]
+        self.lane_rows = [
+            b.gep(a.lane_scales, [b.mul(a.lane_stride, e.i64(m))]) for m in range(self.acts)
+        ]
         self.xsum_rows = [b.gep(a.xsum, [b.mul(a.n_blocks, e.i64(m))]) for m in range(self.acts)]
         ahead = e.i64(PREFETCH_ROWS)
         self.prefetch_packed = b.gep(a.packed, [b.mul(a.row_bytes, ahead)])
@@ -121,8 +131,12 @@ class TileEmitter:
         if self.layout.zero_points != "none":  # small: all of the future rows' lines at once
             zp_ahead = b.gep(a.zp, [b.mul(a.zp_row_bytes, ahead)])
             end = b.add(b.mul(a.zp_row_bytes, e.i64(self.rows)), e.i64(63))
-            e.count_loop(e.i64(0), end, 64, lambda offset: e.prefetch(
-                b.gep(zp_ahead, [offset]), PREFETCH_LOCALITY))
+            e.count_loop(
+                e.i64(0),
+                end,
+                64,
+                lambda offset: e.prefetch(b.gep(zp_ahead, [offset]), PREFETCH_LOCALITY),
+            )
 
     def prefetch_step(self, code_offset: ir.Value, code_bytes: int, scale_index: ir.Value) -> None:
         """Prefetch the weights PREFETCH_ROWS rows below at the pace this tile reads its own.
@@ -146,8 +160,9 @@ class TileEmitter:
         vector_sums = [e.variable(e.zeros()) for _ in range(self.acts)]
 
         def vector_step(first: ir.Value) -> None:
-            weights = b.fmul(e.load_vector(scale_row, first, F32),
-                             self._zero_point_vector(zp_row, first))
+            weights = b.fmul(
+                e.load_vector(scale_row, first, F32), self._zero_point_vector(zp_row, first)
+            )
             for m, slot in enumerate(vector_sums):
                 xsum = e.load_vector(self.xsum_rows[m], first, F32)
                 b.store(e.madd(weights, xsum, b.load(slot)), slot)

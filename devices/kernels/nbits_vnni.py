@@ -33,7 +33,8 @@ class VnniTile(TileEmitter):
         super().__init__(module, layout, rows, acts)
         self.vi32 = ir.VectorType(I32, _LANES)
         self.dot = module.globals.get(_DOT) or ir.Function(
-            module, ir.FunctionType(self.vi32, [self.vi32] * 3), _DOT)
+            module, ir.FunctionType(self.vi32, [self.vi32] * 3), _DOT
+        )
         group = layout.codes_per_group
         # Blocks per step (1 when a block spans whole steps) and steps per block (likewise).
         self.blocks_per_group = max(1, group // layout.block_size)
@@ -49,23 +50,34 @@ class VnniTile(TileEmitter):
         if self.blocks_per_group > 1:  # a last step with fewer blocks than a whole one
             steps = b.lshr(b.add(codes, e.i64(layout.codes_per_group - 1)), shift)
             bpg = e.i64(self.blocks_per_group)
-            e.count_loop(whole, steps, 1, lambda g: self._group(
-                g, accs, b.sub(a.n_blocks, b.mul(g, bpg))))
+            e.count_loop(
+                whole, steps, 1, lambda g: self._group(g, accs, b.sub(a.n_blocks, b.mul(g, bpg)))
+            )
         return [self.load_all(accs)]
 
-    def _group(self, group: ir.Value, accs: list[list[ir.Value]],
-               valid_blocks: ir.Value | None) -> None:
+    def _group(
+        self, group: ir.Value, accs: list[list[ir.Value]], valid_blocks: ir.Value | None
+    ) -> None:
         """Add step `group`'s products into accs; valid_blocks set means a partial step."""
         e, b, layout = self.e, self.e.b, self.layout
         offset = b.mul(group, e.i64(VNNI_GROUP_BYTES))
-        first_block = (b.mul(group, e.i64(self.blocks_per_group)) if self.groups_per_block == 1
-                       else b.udiv(group, e.i64(self.groups_per_block)))
+        first_block = (
+            b.mul(group, e.i64(self.blocks_per_group))
+            if self.groups_per_block == 1
+            else b.udiv(group, e.i64(self.groups_per_block))
+        )
         self.prefetch_step(offset, VNNI_GROUP_BYTES, first_block)
-        valid_bytes = None if valid_blocks is None else b.mul(valid_blocks,
-                                                              e.i64(layout.block_bytes))
+        valid_bytes = (
+            None if valid_blocks is None else b.mul(valid_blocks, e.i64(layout.block_bytes))
+        )
         x_step = b.mul(group, e.i64(VNNI_GROUP_BYTES * layout.x_parts))
-        xs = [[self._load_i32(self.x_rows[m], b.add(x_step, e.i64(p * VNNI_GROUP_BYTES)))
-               for p in range(layout.x_parts)] for m in range(self.acts)]
+        xs = [
+            [
+                self._load_i32(self.x_rows[m], b.add(x_step, e.i64(p * VNNI_GROUP_BYTES)))
+                for p in range(layout.x_parts)
+            ]
+            for m in range(self.acts)
+        ]
         lane_step = b.mul(group, e.i64(_LANES))
         x_scales = [e.load_vector(row, lane_step, F32) for row in self.lane_rows]
         half = layout.x_parts // 2
@@ -99,8 +111,9 @@ class VnniTile(TileEmitter):
         high = b.lshr(raw, ir.Constant(v8, [4] * VNNI_GROUP_BYTES))
         return [b.bitcast(low, self.vi32), b.bitcast(high, self.vi32)]
 
-    def _weight_scales(self, r: int, first_block: ir.Value,
-                       valid_blocks: ir.Value | None) -> ir.Value:
+    def _weight_scales(
+        self, r: int, first_block: ir.Value, valid_blocks: ir.Value | None
+    ) -> ir.Value:
         """Each lane's weight scale: the scale of the block its codes belong to."""
         e, b = self.e, self.e.b
         row = self.scale_rows[r]
@@ -124,16 +137,18 @@ class VnniTile(TileEmitter):
         return ir.Constant(self.vi32, [value] * _LANES)
 
 
-def _masked_load(e: Emitter, pointer: ir.Value, vector: ir.VectorType,
-                 valid: ir.Value) -> ir.Value:
+def _masked_load(e: Emitter, pointer: ir.Value, vector: ir.VectorType, valid: ir.Value) -> ir.Value:
     """The first `valid` elements at pointer, zeros after; masked-off memory is never touched."""
     b, count = e.b, vector.count
     element = vector.element
     suffix = f"v{count}{'f32' if element == F32 else 'i8'}"
     name = f"llvm.masked.load.{suffix}.p0"
     mask_type = ir.VectorType(I1, count)
-    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(
-        vector, [vector.element.as_pointer(), I32, mask_type, vector]), name)
+    fn = b.module.globals.get(name) or ir.Function(
+        b.module,
+        ir.FunctionType(vector, [vector.element.as_pointer(), I32, mask_type, vector]),
+        name,
+    )
     lanes = ir.Constant(ir.VectorType(I32, count), list(range(count)))
     limit = e.splat(b.trunc(valid, I32), count)
     mask = b.icmp_unsigned("<", lanes, limit)

@@ -74,7 +74,8 @@ class DequantizingLinear:
     def __init__(self, cache: bool = True) -> None:
         self.cache = cache
         self._matrices: weakref.WeakKeyDictionary[LinearWeight, np.ndarray] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     def matrix(self, weight: LinearWeight) -> np.ndarray:
         """The float32 [K, N] matrix the kernel multiplies by."""
@@ -82,8 +83,11 @@ class DequantizingLinear:
             return weight.weight
         cached = self._matrices.get(weight)
         if cached is None:
-            cached = (int8_rows_matrix(weight) if isinstance(weight, Int8RowsWeight)
-                      else dequantize(weight.quantized()))
+            cached = (
+                int8_rows_matrix(weight)
+                if isinstance(weight, Int8RowsWeight)
+                else dequantize(weight.quantized())
+            )
             if self.cache:
                 self._matrices[weight] = cached
         return cached
@@ -95,6 +99,7 @@ class DequantizingLinear:
 
 
 # ---- ops ----------------------------------------------------------------------------------------
+
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """SimplifiedLayerNormalization in float32 (stash_type=1). x: [..., H]."""
@@ -110,8 +115,14 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, position: int,
-              scale: float | None = None, window: int = 0) -> np.ndarray:
+def attention(
+    q: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    position: int,
+    scale: float | None = None,
+    window: int = 0,
+) -> np.ndarray:
     """Causal grouped-query attention of a step's queries over the cache.
 
     q: [H_q, S, D] for positions [position, position + S); keys, values: [H_kv, T, D] with
@@ -122,7 +133,7 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, position: int
     hq, s, d = q.shape
     hkv, t, _ = keys.shape
     grouped = q.reshape(hkv, hq // hkv, s, d)  # [H_kv, G, S, D]
-    scale = d ** -0.5 if scale is None else scale
+    scale = d**-0.5 if scale is None else scale
     scores = grouped @ keys[:, None].swapaxes(-1, -2) * np.float32(scale)  # [H_kv, G, S, T]
     # key j is visible to query i when j <= position + i (and j > position + i - window)
     rows = (position + np.arange(s))[:, None]
@@ -150,6 +161,7 @@ def _rows(x: np.ndarray) -> np.ndarray:
 
 # ---- parts --------------------------------------------------------------------------------------
 
+
 def embedding_rows(table: EmbeddingTable, ids: np.ndarray) -> np.ndarray:
     """Rows of `ids` [S] as float32 [S, H]; quantized rows are dequantized (GatherBlockQuantized,
     whose missing zero point is 2**(bits-1) like MatMulNBits')."""
@@ -158,11 +170,20 @@ def embedding_rows(table: EmbeddingTable, ids: np.ndarray) -> np.ndarray:
         return np.asarray(table.rows[ids], np.float32)
     assert table.scales is not None and table.bits and table.block_size
     n_blocks = table.scales.shape[1]
-    zero = None if table.zero_points is None else np.ascontiguousarray(
-        table.zero_points[ids]).reshape(-1)
-    q = QuantizedWeight(np.ascontiguousarray(table.rows[ids]).reshape(len(ids), n_blocks, -1),
-                        np.ascontiguousarray(table.scales[ids], np.float32).reshape(-1), zero,
-                        table.hidden, len(ids), table.bits, table.block_size)
+    zero = (
+        None
+        if table.zero_points is None
+        else np.ascontiguousarray(table.zero_points[ids]).reshape(-1)
+    )
+    q = QuantizedWeight(
+        np.ascontiguousarray(table.rows[ids]).reshape(len(ids), n_blocks, -1),
+        np.ascontiguousarray(table.scales[ids], np.float32).reshape(-1),
+        zero,
+        table.hidden,
+        len(ids),
+        table.bits,
+        table.block_size,
+    )
     return np.ascontiguousarray(dequantize(q).T)  # dequantize gives [K=H, N=S]
 
 
@@ -174,8 +195,14 @@ def embed_forward(weights: EmbedWeights, ids: np.ndarray) -> np.ndarray:
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (transformers' gelu_pytorch_tanh, ORT's FastGelu)."""
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(
-        np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+    return (
+        np.float32(0.5)
+        * x
+        * (
+            np.float32(1.0)
+            + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x))
+        )
+    )
 
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -184,8 +211,9 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def layer_rope(spec: ModelSpec, layer: int, rope: tuple[np.ndarray, np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray]:
+def layer_rope(
+    spec: ModelSpec, layer: int, rope: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """The cos/sin tables of `layer`: `rope` (the spec's base) unless the layer has its own
     base (Gemma 3's sliding layers), whose tables are built here, as long as `rope`'s."""
     theta = layer_rope_theta(spec, layer)
@@ -199,9 +227,16 @@ def _tables(spec: ModelSpec, length: int) -> tuple[np.ndarray, np.ndarray]:
     return rope_tables(spec, length)  # built once per (spec, length), not once per step
 
 
-def block_forward(spec: ModelSpec, weights: BlockWeights, x: np.ndarray, keys: np.ndarray,
-                  values: np.ndarray, position: int, rope: tuple[np.ndarray, np.ndarray],
-                  linear: Linear | None = None) -> np.ndarray:
+def block_forward(
+    spec: ModelSpec,
+    weights: BlockWeights,
+    x: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    position: int,
+    rope: tuple[np.ndarray, np.ndarray],
+    linear: Linear | None = None,
+) -> np.ndarray:
     """One block: hidden [1, S, H] -> [1, S, H]; the step's keys and values are written into
     `keys`/`values` [1, H_kv, max_context, D] at [position, position + S), in place. `rope`:
     the tables of the spec's base (the runtime's); layers with another base get their own."""
@@ -210,30 +245,38 @@ def block_forward(spec: ModelSpec, weights: BlockWeights, x: np.ndarray, keys: n
     s, d = rows.shape[0], spec.head_dim
     hq, hkv = spec.num_heads, spec.num_kv_heads
     if position + s > keys.shape[2]:
-        raise ContextOverflowError(f"{position} cached + {s} new tokens exceed the KV cache "
-                                   f"of {keys.shape[2]}")
+        raise ContextOverflowError(
+            f"{position} cached + {s} new tokens exceed the KV cache of {keys.shape[2]}"
+        )
     qkv = _apply(linear, rms_norm(rows, weights.attn_norm, spec.rms_norm_eps), weights.qkv)
-    q = qkv[:, :hq * d].reshape(s, hq, d).transpose(1, 0, 2)  # [H_q, S, D]
-    k = qkv[:, hq * d:(hq + hkv) * d].reshape(s, hkv, d).transpose(1, 0, 2)  # [H_kv, S, D]
-    v = qkv[:, (hq + hkv) * d:].reshape(s, hkv, d).transpose(1, 0, 2)
+    q = qkv[:, : hq * d].reshape(s, hq, d).transpose(1, 0, 2)  # [H_q, S, D]
+    k = qkv[:, hq * d : (hq + hkv) * d].reshape(s, hkv, d).transpose(1, 0, 2)  # [H_kv, S, D]
+    v = qkv[:, (hq + hkv) * d :].reshape(s, hkv, d).transpose(1, 0, 2)
     if spec.qk_norm:  # per head, over D
         assert weights.q_norm is not None and weights.k_norm is not None
         q = rms_norm(q, weights.q_norm, spec.rms_norm_eps)
         k = rms_norm(k, weights.k_norm, spec.rms_norm_eps)
-    cos, sin = (table[position:position + s] for table in layer_rope(spec, weights.index, rope))
+    cos, sin = (table[position : position + s] for table in layer_rope(spec, weights.index, rope))
     end = position + s
     keys[0, :, position:end] = apply_rope(k, cos, sin)
     values[0, :, position:end] = v
     window = spec.sliding_window if is_sliding(spec, weights.index) else 0
-    attn = attention(apply_rope(q, cos, sin), keys[0, :, :end], values[0, :, :end], position,
-                     attention_scale(spec), window)
+    attn = attention(
+        apply_rope(q, cos, sin),
+        keys[0, :, :end],
+        values[0, :, :end],
+        position,
+        attention_scale(spec),
+        window,
+    )
     projected = _apply(linear, attn, weights.attn_output)
     if spec.sandwich_norms:
         assert weights.post_attention_norm is not None
         projected = rms_norm(projected, weights.post_attention_norm, spec.rms_norm_eps)
     residual = rows + projected
-    gate_up = _apply(linear, rms_norm(residual, weights.ffn_norm, spec.rms_norm_eps),
-                     weights.gate_up)
+    gate_up = _apply(
+        linear, rms_norm(residual, weights.ffn_norm, spec.rms_norm_eps), weights.gate_up
+    )
     gate, up = np.split(gate_up, 2, axis=-1)
     down = _apply(linear, ACTIVATIONS[spec.activation](gate) * up, weights.down)
     if spec.sandwich_norms:
@@ -242,9 +285,13 @@ def block_forward(spec: ModelSpec, weights: BlockWeights, x: np.ndarray, keys: n
     return (residual + down)[None]
 
 
-def head_forward(spec: ModelSpec, weights: HeadWeights, x: np.ndarray,
-                 logits_index: Sequence[int] | np.ndarray,
-                 linear: Linear | None = None) -> np.ndarray:
+def head_forward(
+    spec: ModelSpec,
+    weights: HeadWeights,
+    x: np.ndarray,
+    logits_index: Sequence[int] | np.ndarray,
+    linear: Linear | None = None,
+) -> np.ndarray:
     """hidden [1, S, H] -> logits [1, K, V] at the K positions in `logits_index`."""
     linear = linear or DequantizingLinear()
     picked = _rows(x)[np.asarray(logits_index, np.int64)]  # [K, H]
@@ -253,6 +300,7 @@ def head_forward(spec: ModelSpec, weights: HeadWeights, x: np.ndarray,
 
 
 # ---- a whole model ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ForwardConfig:
@@ -278,8 +326,9 @@ class StepRunner:
         """Run `ids` [S] at `self.position`; logits [S or 1, V] float32 (numpy)."""
         raise NotImplementedError
 
-    def prefill(self, token_ids: Sequence[int] | np.ndarray,
-                all_logits: bool = False) -> np.ndarray:
+    def prefill(
+        self, token_ids: Sequence[int] | np.ndarray, all_logits: bool = False
+    ) -> np.ndarray:
         """Feed tokens; logits [S, V] for every position, or [1, V] for the last."""
         ids = np.asarray(token_ids, np.int64).reshape(-1)
         self._check_room(len(ids))
@@ -304,8 +353,10 @@ class StepRunner:
         if n < 1:
             raise ValueError("no tokens to run")
         if self.position + n > self.max_context:
-            raise ContextOverflowError(f"{self.position} tokens in context + {n} new exceed the "
-                                       f"context window of {self.max_context} tokens")
+            raise ContextOverflowError(
+                f"{self.position} tokens in context + {n} new exceed the "
+                f"context window of {self.max_context} tokens"
+            )
 
 
 class NumpyForward(StepRunner):
@@ -316,8 +367,12 @@ class NumpyForward(StepRunner):
     >>> logits = model.decode(int(logits[0].argmax()))  # [V]
     """
 
-    def __init__(self, weights: ModelWeights, config: ForwardConfig | None = None,
-                 linear: Linear | None = None) -> None:
+    def __init__(
+        self,
+        weights: ModelWeights,
+        config: ForwardConfig | None = None,
+        linear: Linear | None = None,
+    ) -> None:
         spec = self.spec = weights.spec
         self.weights = weights
         self.linear = linear or DequantizingLinear()
@@ -331,7 +386,8 @@ class NumpyForward(StepRunner):
     def _forward(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         x = embed_forward(self.weights.embed, ids)
         for block, keys, values in zip(self.weights.blocks, self.keys, self.values):
-            x = block_forward(self.spec, block, x, keys, values, self.position, self.rope,
-                              self.linear)
+            x = block_forward(
+                self.spec, block, x, keys, values, self.position, self.rope, self.linear
+            )
         index = np.arange(len(ids)) if all_logits else np.array([len(ids) - 1])
         return head_forward(self.spec, self.weights.head, x, index, self.linear)[0]

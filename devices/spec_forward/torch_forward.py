@@ -22,8 +22,9 @@ import numpy as np
 try:
     import torch
 except ImportError as exc:  # this module is the PyTorch path; the rest of devices/ is not
-    raise ImportError("the PyTorch forward needs torch (CUDA on Jetson/NVIDIA, MPS on Macs): "
-                      "pip install torch") from exc
+    raise ImportError(
+        "the PyTorch forward needs torch (CUDA on Jetson/NVIDIA, MPS on Macs): pip install torch"
+    ) from exc
 
 from devices.spec_forward.numpy_forward import (
     DEFAULT_MAX_CONTEXT,
@@ -60,16 +61,17 @@ class TorchForwardConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ConfigError(f"TorchForwardConfig.dtype={self.dtype!r}; choose one of "
-                              f"{list(DTYPES)}")
+            raise ConfigError(
+                f"TorchForwardConfig.dtype={self.dtype!r}; choose one of {list(DTYPES)}"
+            )
         if self.max_context is not None and self.max_context < 1:
-            raise ConfigError(f"TorchForwardConfig.max_context={self.max_context}; "
-                              "must be >= 1")
+            raise ConfigError(f"TorchForwardConfig.max_context={self.max_context}; must be >= 1")
         try:
             torch.device(self.device)
         except RuntimeError as exc:
-            raise ConfigError(f"TorchForwardConfig.device={self.device!r} is not a torch "
-                              f"device: {exc}") from exc
+            raise ConfigError(
+                f"TorchForwardConfig.device={self.device!r} is not a torch device: {exc}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ class TorchForward(StepRunner):
         spec = self.spec = weights.spec
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
-        self.max_context = config.max_context or min(DEFAULT_MAX_CONTEXT,
-                                                     spec.max_position_embeddings)
+        self.max_context = config.max_context or min(
+            DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+        )
         self.position = 0
         self._embed = weights.embed.table
         self._embed_scale = weights.embed.scale
@@ -131,13 +134,15 @@ class TorchForward(StepRunner):
         self._cos = torch.from_numpy(cos).to(self.device)  # [max_context, D/2] float32
         self._sin = torch.from_numpy(sin).to(self.device)
         shape = (1, spec.num_kv_heads, self.max_context, spec.head_dim)
-        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                     for _ in range(spec.num_layers)]
+        self.keys = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(spec.num_layers)
+        ]
         self.values = [torch.zeros_like(k) for k in self.keys]
 
     @classmethod
-    def from_package(cls, package: PackageTensors,
-                     config: TorchForwardConfig | None = None) -> TorchForward:
+    def from_package(
+        cls, package: PackageTensors, config: TorchForwardConfig | None = None
+    ) -> TorchForward:
         """From an opened package (`edge.package.open_package`)."""
         return cls(load_model_weights(package), config)
 
@@ -151,20 +156,36 @@ class TorchForward(StepRunner):
 
     def _upload(self, weight: LinearWeight) -> _Linear:
         bias = None if weight.bias is None else self._tensor(weight.bias, self.dtype)
-        return _Linear(self._tensor(self._dequantize.matrix(weight), self.dtype), bias,
-                       per_token=isinstance(weight, Int8RowsWeight))
+        return _Linear(
+            self._tensor(self._dequantize.matrix(weight), self.dtype),
+            bias,
+            per_token=isinstance(weight, Int8RowsWeight),
+        )
 
     def _block(self, b: BlockWeights) -> _Block:
         def vector(array: np.ndarray | None) -> torch.Tensor | None:
             return None if array is None else self._vector(array)
 
         tables = layer_rope(self.spec, b.index, self._rope)
-        cos, sin = ((None, None) if tables is self._rope
-                    else (self._vector(tables[0]), self._vector(tables[1])))
-        return _Block(self._vector(b.attn_norm), self._vector(b.ffn_norm), self._upload(b.qkv),
-                      self._upload(b.attn_output), self._upload(b.gate_up),
-                      self._upload(b.down), vector(b.q_norm), vector(b.k_norm),
-                      vector(b.post_attention_norm), vector(b.post_ffw_norm), cos, sin)
+        cos, sin = (
+            (None, None)
+            if tables is self._rope
+            else (self._vector(tables[0]), self._vector(tables[1]))
+        )
+        return _Block(
+            self._vector(b.attn_norm),
+            self._vector(b.ffn_norm),
+            self._upload(b.qkv),
+            self._upload(b.attn_output),
+            self._upload(b.gate_up),
+            self._upload(b.down),
+            vector(b.q_norm),
+            vector(b.k_norm),
+            vector(b.post_attention_norm),
+            vector(b.post_ffw_norm),
+            cos,
+            sin,
+        )
 
     # ---- forward --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -185,23 +206,29 @@ class TorchForward(StepRunner):
         s, d, hq, hkv = x.shape[0], spec.head_dim, spec.num_heads, spec.num_kv_heads
         start, end = self.position, self.position + s
         if end > self.max_context:
-            raise ContextOverflowError(f"{start} cached + {s} new tokens exceed the KV cache "
-                                       f"of {self.max_context}")
+            raise ContextOverflowError(
+                f"{start} cached + {s} new tokens exceed the KV cache of {self.max_context}"
+            )
         qkv = b.qkv(_rms_norm(x, b.attn_norm, spec.rms_norm_eps))
-        q = qkv[:, :hq * d].reshape(s, hq, d).transpose(0, 1)  # [H_q, S, D]
-        k = qkv[:, hq * d:(hq + hkv) * d].reshape(s, hkv, d).transpose(0, 1)  # [H_kv, S, D]
-        v = qkv[:, (hq + hkv) * d:].reshape(s, hkv, d).transpose(0, 1)
+        q = qkv[:, : hq * d].reshape(s, hq, d).transpose(0, 1)  # [H_q, S, D]
+        k = qkv[:, hq * d : (hq + hkv) * d].reshape(s, hkv, d).transpose(0, 1)  # [H_kv, S, D]
+        v = qkv[:, (hq + hkv) * d :].reshape(s, hkv, d).transpose(0, 1)
         if b.q_norm is not None and b.k_norm is not None:  # per head, over D
             q = _rms_norm(q, b.q_norm, spec.rms_norm_eps)
             k = _rms_norm(k, b.k_norm, spec.rms_norm_eps)
-        cos, sin = ((self._cos, self._sin) if b.cos is None or b.sin is None
-                    else (b.cos, b.sin))
+        cos, sin = (self._cos, self._sin) if b.cos is None or b.sin is None else (b.cos, b.sin)
         cos, sin = cos[start:end], sin[start:end]
         self.keys[i][0, :, start:end] = _rope(k, cos, sin)
         self.values[i][0, :, start:end] = v
         window = spec.sliding_window if is_sliding(spec, i) else 0
-        attn = _attention(_rope(q, cos, sin), self.keys[i][0, :, :end],
-                          self.values[i][0, :, :end], start, attention_scale(spec), window)
+        attn = _attention(
+            _rope(q, cos, sin),
+            self.keys[i][0, :, :end],
+            self.values[i][0, :, :end],
+            start,
+            attention_scale(spec),
+            window,
+        )
         projected = b.attn_output(attn)
         if b.post_attention_norm is not None:
             projected = _rms_norm(projected, b.post_attention_norm, spec.rms_norm_eps)
@@ -233,8 +260,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
-def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               position: int, scale: float, window: int = 0) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    position: int,
+    scale: float,
+    window: int = 0,
+) -> torch.Tensor:
     """Causal GQA, softmax in float32. q: [H_q, S, D]; keys, values: [H_kv, T, D]; `window`
     > 0: a query sees only the last `window` keys, itself included. Returns [S, H_q * D]."""
     hq, s, d = q.shape

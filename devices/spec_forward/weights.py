@@ -60,7 +60,8 @@ class _Matrix:
         if self.weight.ndim != 2 or self.weight.dtype != dtype:
             raise UnsupportedPartError(
                 f"{type(self).__name__}.weight must be {np.dtype(dtype).name} [K, N], got "
-                f"{self.weight.dtype} {list(self.weight.shape)}")
+                f"{self.weight.dtype} {list(self.weight.shape)}"
+            )
         _check_bias(self.bias, self.N)
 
 
@@ -95,8 +96,15 @@ class NBitsWeight:
     def quantized(self) -> QuantizedWeight:
         """The same arrays as quant's `QuantizedWeight` (for `quant.blockwise.dequantize`)."""
         try:
-            return QuantizedWeight(self.packed, self.scales, self.zero_points, self.K, self.N,
-                                   self.bits, self.block_size)
+            return QuantizedWeight(
+                self.packed,
+                self.scales,
+                self.zero_points,
+                self.K,
+                self.N,
+                self.bits,
+                self.block_size,
+            )
         except ValueError as exc:
             raise UnsupportedPartError(f"NBitsWeight K={self.K} N={self.N}: {exc}") from exc
 
@@ -113,8 +121,9 @@ class Int8RowsWeight(_Matrix):
     def __post_init__(self) -> None:
         self._check(np.int8)
         if tuple(self.scale.shape) != (self.N,):
-            raise UnsupportedPartError(f"Int8RowsWeight.scale must be [{self.N}], got "
-                                       f"{list(self.scale.shape)}")
+            raise UnsupportedPartError(
+                f"Int8RowsWeight.scale must be [{self.N}], got {list(self.scale.shape)}"
+            )
 
 
 LinearWeight = FloatWeight | NBitsWeight | Int8RowsWeight
@@ -186,19 +195,27 @@ class ModelWeights:
         if [b.index for b in self.blocks] != list(range(self.spec.num_layers)):
             raise UnsupportedPartError(
                 f"expected blocks 0..{self.spec.num_layers - 1}, got "
-                f"{[b.index for b in self.blocks]}")
+                f"{[b.index for b in self.blocks]}"
+            )
 
 
 # ---- grouping -----------------------------------------------------------------------------------
 
+
 def check_spec(spec: ModelSpec) -> None:
     if spec.architecture not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedPartError(f"architecture {spec.architecture!r} has no spec forward; "
-                                   f"supported: {list(SUPPORTED_ARCHITECTURES)}")
+        raise UnsupportedPartError(
+            f"architecture {spec.architecture!r} has no spec forward; "
+            f"supported: {list(SUPPORTED_ARCHITECTURES)}"
+        )
 
 
-def part_weights(spec: ModelSpec, part: PartEntry, arrays: Mapping[str, np.ndarray],
-                 quantization: Mapping[str, Any] | None = None) -> PartWeights:
+def part_weights(
+    spec: ModelSpec,
+    part: PartEntry,
+    arrays: Mapping[str, np.ndarray],
+    quantization: Mapping[str, Any] | None = None,
+) -> PartWeights:
     """Group `part`'s tensors (looked up by name in `arrays`) into typed weights.
 
     `quantization` is the manifest's record; it is only needed to tell a quantized embedding's
@@ -210,11 +227,13 @@ def part_weights(spec: ModelSpec, part: PartEntry, arrays: Mapping[str, np.ndarr
     if static:
         raise UnsupportedPartError(
             f"part {part.name} holds static int8 (QDQ / int8-row) tensors {static[:3]}: such "
-            "packages are for NPU compilers; run them with ONNX Runtime, not the spec forward")
+            "packages are for NPU compilers; run them with ONNX Runtime, not the spec forward"
+        )
     reader = _Reader(part.name, names, arrays)
     if part.kind == "embed":
-        weights: PartWeights = EmbedWeights(_embedding(spec, reader, quantization or {}),
-                                            spec.embedding_scale)
+        weights: PartWeights = EmbedWeights(
+            _embedding(spec, reader, quantization or {}), spec.embedding_scale
+        )
     elif part.kind == "block":
         if part.block_index is None:
             raise UnsupportedPartError(f"block part {part.name} has no block_index")
@@ -225,8 +244,9 @@ def part_weights(spec: ModelSpec, part: PartEntry, arrays: Mapping[str, np.ndarr
         raise UnsupportedPartError(f"part {part.name} has unknown kind {part.kind!r}")
     unread = sorted(names - reader.used)
     if unread:
-        raise UnsupportedPartError(f"part {part.name} has tensors the spec forward does not "
-                                   f"know: {unread[:5]}")
+        raise UnsupportedPartError(
+            f"part {part.name} has tensors the spec forward does not know: {unread[:5]}"
+        )
     return weights
 
 
@@ -241,14 +261,16 @@ class _Reader:
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         if name not in self.names:
-            raise UnsupportedPartError(f"part {self.part} lacks tensor {name!r}; it has "
-                                       f"{sorted(self.names)[:8]}")
+            raise UnsupportedPartError(
+                f"part {self.part} lacks tensor {name!r}; it has {sorted(self.names)[:8]}"
+            )
         if name not in self.arrays:
             raise UnsupportedPartError(f"no array was given for tensor {name!r} of {self.part}")
         array = self.arrays[name]
         if shape is not None and tuple(array.shape) != shape:
-            raise UnsupportedPartError(f"tensor {name!r} of {self.part} is "
-                                       f"{list(array.shape)}, expected {list(shape)}")
+            raise UnsupportedPartError(
+                f"tensor {name!r} of {self.part} is {list(array.shape)}, expected {list(shape)}"
+            )
         self.used.add(name)
         return array
 
@@ -256,8 +278,9 @@ class _Reader:
         return self.get(name) if self.has(name) else None
 
 
-def _linear(reader: _Reader, name: str, K: int, N: int,
-            bias: np.ndarray | None = None) -> LinearWeight:
+def _linear(
+    reader: _Reader, name: str, K: int, N: int, bias: np.ndarray | None = None
+) -> LinearWeight:
     """`name` as float32 [K, N], as int8 rows or as MatMulNBits tensors with these K and N."""
     if reader.has(name):
         return FloatWeight(reader.get(name, (K, N)), bias)
@@ -269,21 +292,33 @@ def _linear(reader: _Reader, name: str, K: int, N: int,
         reader.get(name)  # raises, naming what the part has
     packed = reader.get(f"{name}.q{bits}")
     if packed.ndim != 3:
-        raise UnsupportedPartError(f"{name}.q{bits} must be [N, n_blocks, bytes], got "
-                                   f"{list(packed.shape)}")
-    return NBitsWeight(packed, reader.get(f"{name}.scales"),
-                       reader.optional(f"{name}.zero_points"), K, N, bits,
-                       int(packed.shape[2]) * 8 // bits, bias)
+        raise UnsupportedPartError(
+            f"{name}.q{bits} must be [N, n_blocks, bytes], got {list(packed.shape)}"
+        )
+    return NBitsWeight(
+        packed,
+        reader.get(f"{name}.scales"),
+        reader.optional(f"{name}.zero_points"),
+        K,
+        N,
+        bits,
+        int(packed.shape[2]) * 8 // bits,
+        bias,
+    )
 
 
 def _block(spec: ModelSpec, reader: _Reader, i: int) -> BlockWeights:
     h, d, f = spec.hidden_size, spec.head_dim, spec.intermediate_size
     q_width, qkv_width = spec.num_heads * d, (spec.num_heads + 2 * spec.num_kv_heads) * d
     bias = reader.get(f"blk.{i}.attn_qkv.bias", (qkv_width,)) if spec.attention_bias else None
-    q_norm, k_norm = ((reader.get(f"blk.{i}.{n}", (d,)) for n in QK_NORMS) if spec.qk_norm
-                      else (None, None))
-    post_attention, post_ffw = ((reader.get(f"blk.{i}.{n}", (h,)) for n in SANDWICH_NORMS)
-                                if spec.sandwich_norms else (None, None))
+    q_norm, k_norm = (
+        (reader.get(f"blk.{i}.{n}", (d,)) for n in QK_NORMS) if spec.qk_norm else (None, None)
+    )
+    post_attention, post_ffw = (
+        (reader.get(f"blk.{i}.{n}", (h,)) for n in SANDWICH_NORMS)
+        if spec.sandwich_norms
+        else (None, None)
+    )
     return BlockWeights(
         index=i,
         attn_norm=reader.get(f"blk.{i}.attn_norm.weight", (h,)),
@@ -292,7 +327,10 @@ def _block(spec: ModelSpec, reader: _Reader, i: int) -> BlockWeights:
         attn_output=_linear(reader, f"blk.{i}.attn_output.weight", q_width, h),
         gate_up=_linear(reader, f"blk.{i}.ffn_gate_up.weight", h, 2 * f),
         down=_linear(reader, f"blk.{i}.ffn_down.weight", f, h),
-        q_norm=q_norm, k_norm=k_norm, post_attention_norm=post_attention, post_ffw_norm=post_ffw,
+        q_norm=q_norm,
+        k_norm=k_norm,
+        post_attention_norm=post_attention,
+        post_ffw_norm=post_ffw,
     )
 
 
@@ -303,15 +341,15 @@ def _head(spec: ModelSpec, reader: _Reader) -> HeadWeights:
     suffixes = ("", ".q4", ".q8", fmt.INT8_ROWS_SUFFIXES[0])
     name = next((n for n in candidates if any(reader.has(f"{n}{s}") for s in suffixes)), None)
     if name is None:
-        raise UnsupportedPartError(f"head part {reader.part} has no output matrix "
-                                   f"({' or '.join(candidates)})")
+        raise UnsupportedPartError(
+            f"head part {reader.part} has no output matrix ({' or '.join(candidates)})"
+        )
     if reader.has(name):  # float [V, H]: the graph's Gemm(transB=1), here a transposed view
         return HeadWeights(norm, FloatWeight(reader.get(name, (v, h)).T))
     return HeadWeights(norm, _linear(reader, name, h, v))
 
 
-def _embedding(spec: ModelSpec, reader: _Reader,
-               quantization: Mapping[str, Any]) -> EmbeddingTable:
+def _embedding(spec: ModelSpec, reader: _Reader, quantization: Mapping[str, Any]) -> EmbeddingTable:
     v, h = spec.vocab_size, spec.hidden_size
     if reader.has("token_embd.weight"):
         return EmbeddingTable(reader.get("token_embd.weight", (v, h)), h)
@@ -319,25 +357,33 @@ def _embedding(spec: ModelSpec, reader: _Reader,
     scales = reader.get("token_embd.gather_scales")
     zero = reader.optional("token_embd.gather_zero_points")
     if rows.ndim != 2 or scales.ndim != 2 or rows.shape[0] != v or scales.shape[0] != v:
-        raise UnsupportedPartError(f"token_embd.gather {list(rows.shape)} / gather_scales "
-                                   f"{list(scales.shape)} are not [V={v}, ...] tables")
+        raise UnsupportedPartError(
+            f"token_embd.gather {list(rows.shape)} / gather_scales "
+            f"{list(scales.shape)} are not [V={v}, ...] tables"
+        )
     record = (quantization.get("tensors") or {}).get("token_embd.weight", {})
     bits, block_size = _embedding_layout(h, int(scales.shape[1]), int(rows.shape[1]), record)
     return EmbeddingTable(rows, h, scales, zero, bits, block_size)
 
 
-def _embedding_layout(hidden: int, n_blocks: int, row_bytes: int,
-                      record: Mapping[str, Any]) -> tuple[int, int]:
+def _embedding_layout(
+    hidden: int, n_blocks: int, row_bytes: int, record: Mapping[str, Any]
+) -> tuple[int, int]:
     """(bits, block_size) of a quantized embedding: from the manifest's record where present,
     checked against the shapes; otherwise the one layout the shapes allow."""
-    fits = [(b, s) for b in ALLOWED_BITS for s in ALLOWED_BLOCK_SIZES
-            if n_blocks_of(hidden, s) == n_blocks and n_blocks * s * b // 8 == row_bytes]
+    fits = [
+        (b, s)
+        for b in ALLOWED_BITS
+        for s in ALLOWED_BLOCK_SIZES
+        if n_blocks_of(hidden, s) == n_blocks and n_blocks * s * b // 8 == row_bytes
+    ]
     if record:
         fits = [f for f in fits if f == (record.get("bits"), record.get("block_size"))]
     if len(fits) != 1:
         raise UnsupportedPartError(
             f"cannot tell the quantized embedding's layout (H={hidden}, {n_blocks} blocks, "
-            f"{row_bytes} bytes a row, record {dict(record)}): candidates {fits}")
+            f"{row_bytes} bytes a row, record {dict(record)}): candidates {fits}"
+        )
     return fits[0]
 
 
@@ -347,6 +393,7 @@ def _check_bias(bias: np.ndarray | None, n: int) -> None:
 
 
 # ---- arrays from a package or from buffers ------------------------------------------------------
+
 
 class PackageTensors(Protocol):
     """An opened package as the forwards read it (`edge.package.Package` is one)."""
@@ -361,8 +408,9 @@ def map_part(package: PackageTensors, part: PartEntry) -> dict[str, np.ndarray]:
     return {t.name: package.tensor(t) for t in part.tensors}
 
 
-def view_tensors(part: PartEntry, buffers: Mapping[str, Any],
-                 offsets: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+def view_tensors(
+    part: PartEntry, buffers: Mapping[str, Any], offsets: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
     """Zero-copy views of a part's tensors in buffers holding its weight files.
 
     `buffers[file]` is a bytes-like object holding `file` from byte `offsets[file]` (default 0)
@@ -375,10 +423,12 @@ def view_tensors(part: PartEntry, buffers: Mapping[str, Any],
         start = t.offset - (offsets or {}).get(t.file, 0)
         raw = np.frombuffer(buffers[t.file], np.uint8)
         if start < 0 or start + t.nbytes > raw.size:
-            raise UnsupportedPartError(f"the buffer of {t.file} ({raw.size} bytes) does not "
-                                       f"hold {t.name} at {start}..{start + t.nbytes}")
+            raise UnsupportedPartError(
+                f"the buffer of {t.file} ({raw.size} bytes) does not "
+                f"hold {t.name} at {start}..{start + t.nbytes}"
+            )
         storage, _ = fmt.DTYPES[t.dtype]
-        views[t.name] = raw[start:start + t.nbytes].view(storage).reshape(storage_shape(t))
+        views[t.name] = raw[start : start + t.nbytes].view(storage).reshape(storage_shape(t))
     return views
 
 

@@ -14,11 +14,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--prompt-tokens", type=positive_int, default=128)
     parser.add_argument("-n", "--gen-tokens", type=positive_int, default=128)
     parser.add_argument("-r", "--runs", type=positive_int, default=3)
-    parser.add_argument("--stream", action="store_true",
-                        help="stream weights under --memory-budget (default: half the "
-                             "weights) and report I/O wait, compute and overlap per token")
-    parser.add_argument("--timeline", default="stream-timeline.png", metavar="PNG",
-                        help="with --stream: where to write the read/compute timeline plot")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream weights under --memory-budget (default: half the "
+        "weights) and report I/O wait, compute and overlap per token",
+    )
+    parser.add_argument(
+        "--timeline",
+        default="stream-timeline.png",
+        metavar="PNG",
+        help="with --stream: where to write the read/compute timeline plot",
+    )
     add_model_options(parser)
     add_draft_options(parser)
 
@@ -33,28 +40,39 @@ def main(args: argparse.Namespace) -> int:
     model = load_model(args, args.model)
     if model.speculative is not None:
         return _bench_draft(model, args)
-    result = bench_engine(model.engine, bench_prompt(model.tokenizer, config.prompt_tokens),
-                          config)
-    print(f"model    {model.package.root.name} ({model.spec.architecture}, "
-          f"{' + '.join(s.backend.describe() for s in model.engine.segments)}, "
-          f"{model.engine.threads} threads)")
-    print(f"prefill  {result.prefill_median:8.1f} tok/s  ({config.prompt_tokens}-token prompt, "
-          f"median of {config.runs})")
-    print(f"decode   {result.decode_median:8.1f} tok/s  ({config.gen_tokens} tokens, "
-          f"median of {config.runs})")
+    result = bench_engine(model.engine, bench_prompt(model.tokenizer, config.prompt_tokens), config)
+    print(
+        f"model    {model.package.root.name} ({model.spec.architecture}, "
+        f"{' + '.join(s.backend.describe() for s in model.engine.segments)}, "
+        f"{model.engine.threads} threads)"
+    )
+    print(
+        f"prefill  {result.prefill_median:8.1f} tok/s  ({config.prompt_tokens}-token prompt, "
+        f"median of {config.runs})"
+    )
+    print(
+        f"decode   {result.decode_median:8.1f} tok/s  ({config.gen_tokens} tokens, "
+        f"median of {config.runs})"
+    )
     return 0
 
 
 def _bench_draft(model, args: argparse.Namespace) -> int:
     from edge.bench import bench_speculative
 
-    print(f"target {model.package.root.name}, draft {args.draft}, greedy, "
-          f"{args.gen_tokens} tokens, median of {args.runs} x 2 prompts per kind")
-    print(f"{'prompts':8} {'plain tok/s':>12} {'draft tok/s':>12} {'speedup':>8} "
-          f"{'accepted':>9} {'tok/pass':>9}")
+    print(
+        f"target {model.package.root.name}, draft {args.draft}, greedy, "
+        f"{args.gen_tokens} tokens, median of {args.runs} x 2 prompts per kind"
+    )
+    print(
+        f"{'prompts':8} {'plain tok/s':>12} {'draft tok/s':>12} {'speedup':>8} "
+        f"{'accepted':>9} {'tok/pass':>9}"
+    )
     for row in bench_speculative(model, args.gen_tokens, args.runs):
-        print(f"{row.kind:8} {row.plain_tps:12.1f} {row.speculative_tps:12.1f} "
-              f"{row.speedup:7.2f}x {row.acceptance:9.0%} {row.tokens_per_pass:9.2f}")
+        print(
+            f"{row.kind:8} {row.plain_tps:12.1f} {row.speculative_tps:12.1f} "
+            f"{row.speedup:7.2f}x {row.acceptance:9.0%} {row.tokens_per_pass:9.2f}"
+        )
     return 0
 
 
@@ -75,13 +93,15 @@ def _bench_stream(args: argparse.Namespace, config) -> int:
     model = load_model(args, args.model)
     engine = model.engine
     logits = engine.prefill(bench_prompt(model.tokenizer, config.prompt_tokens))[0]
-    with tqdm(total=config.gen_tokens, desc="streamed decode", unit="tok",
-              disable=args.quiet) as bar:
+    with tqdm(
+        total=config.gen_tokens, desc="streamed decode", unit="tok", disable=args.quiet
+    ) as bar:
         for _ in range(config.gen_tokens):
             logits = engine.decode(int(logits.argmax()))
             step = engine.stats.steps[-1]
-            bar.set_postfix_str(f"I/O wait {step.io_wait * 1e3:.0f} ms, "
-                                f"read {step.bytes_read / 1e6:.0f} MB")
+            bar.set_postfix_str(
+                f"I/O wait {step.io_wait * 1e3:.0f} ms, read {step.bytes_read / 1e6:.0f} MB"
+            )
             bar.update()
     events = engine.prefetcher.events() if engine.prefetcher else ()
     print(f"model    {model.package.root.name}, budget {args.memory_budget} bytes")

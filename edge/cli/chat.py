@@ -24,8 +24,13 @@ HELP = "chat interactively (/reset starts over, /exit or Ctrl-D quits)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
-                        help="model to chat with (default: smollm2-135m)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="model to chat with (default: smollm2-135m)",
+    )
     parser.add_argument("--system", default=None, help="system message")
     add_model_options(parser)
     add_sampling_options(parser)
@@ -67,8 +72,11 @@ def main(args: argparse.Namespace) -> int:
             continue
         if dropped:
             kept = " (the system message is kept)" if start else ""
-            print(f"edge chat: the context window is full: dropped {dropped} earlier "
-                  f"turn{'s' if dropped > 1 else ''}{kept}", file=sys.stderr)
+            print(
+                f"edge chat: the context window is full: dropped {dropped} earlier "
+                f"turn{'s' if dropped > 1 else ''}{kept}",
+                file=sys.stderr,
+            )
         reply = []
         for response in model.chat_stream(messages, **kwargs):
             reply.append(response.text)
@@ -97,7 +105,8 @@ def fit_context(model: Model, messages: list[dict[str, str]], keep: int, max_tok
             raise ContextOverflowError(
                 f"this message takes {tokens} tokens with the chat template"
                 f"{' and the system message' if keep else ''}; the context window is {limit} "
-                f"tokens, {limit - room} of them kept for the reply (see --ctx and -n)")
+                f"tokens, {limit - room} of them kept for the reply (see --ctx and -n)"
+            )
         end = keep + 1  # the oldest user message and the replies that follow it
         while end < len(messages) - 1 and messages[end]["role"] != "user":
             end += 1

@@ -12,13 +12,16 @@ HELP = "describe an edge package (or the package a model name resolves to)"
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", nargs="?", default=None, metavar="PACKAGE|MODEL")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    parser.add_argument("--verify", action="store_true",
-                        help="re-hash every file and check every path and graph, as a first "
-                             "load does (exit code 2 and the reason when the package is bad)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every file and check every path and graph, as a first "
+        "load does (exit code 2 and the reason when the package is bad)",
+    )
 
 
 def _quantization(quantization: dict | None) -> str:
-    """"int4 (210 tensors quantized from Q4_1, 1 repacked Q8_0 losslessly)" or "none"."""
+    """ "int4 (210 tensors quantized from Q4_1, 1 repacked Q8_0 losslessly)" or "none"."""
     if not quantization:
         return "none"
     origins = Counter(t["from"] for t in quantization["tensors"].values())
@@ -42,18 +45,28 @@ def main(args: argparse.Namespace) -> int:
     spec = manifest.spec
     size = sum(f.size for f in manifest.files)
     print(f"package       {root}")
-    print(f"architecture  {spec.architecture}: {spec.num_layers} layers, hidden "
-          f"{spec.hidden_size}, {spec.num_heads} heads / {spec.num_kv_heads} kv, ffn "
-          f"{spec.intermediate_size}, vocab {spec.vocab_size}")
+    print(
+        f"architecture  {spec.architecture}: {spec.num_layers} layers, hidden "
+        f"{spec.hidden_size}, {spec.num_heads} heads / {spec.num_kv_heads} kv, ffn "
+        f"{spec.intermediate_size}, vocab {spec.vocab_size}"
+    )
     print(f"context       {spec.max_position_embeddings} tokens, rope theta {spec.rope_theta:g}")
-    print(f"weights       {size / 2**20:.1f} MiB in {len(manifest.files)} files; "
-          f"quantization: {_quantization(manifest.quantization)}")
-    print(f"parts         {len(manifest.parts)} ({', '.join(p.name for p in manifest.parts[:3])}"
-          f", ..., {manifest.parts[-1].name})")
-    print(f"tokenizer     eos ids {list(manifest.tokenizer.eos_token_ids)}, chat template: "
-          f"{'yes' if manifest.tokenizer.chat_template else 'no'}")
-    print(f"exported by   edge {manifest.exporter.get('edge_version')} from "
-          f"{json.dumps(manifest.exporter.get('source'))}")
+    print(
+        f"weights       {size / 2**20:.1f} MiB in {len(manifest.files)} files; "
+        f"quantization: {_quantization(manifest.quantization)}"
+    )
+    print(
+        f"parts         {len(manifest.parts)} ({', '.join(p.name for p in manifest.parts[:3])}"
+        f", ..., {manifest.parts[-1].name})"
+    )
+    print(
+        f"tokenizer     eos ids {list(manifest.tokenizer.eos_token_ids)}, chat template: "
+        f"{'yes' if manifest.tokenizer.chat_template else 'no'}"
+    )
+    print(
+        f"exported by   edge {manifest.exporter.get('edge_version')} from "
+        f"{json.dumps(manifest.exporter.get('source'))}"
+    )
     if args.verify:
         print(f"verified      {len(manifest.files)} files: sha256, sizes, paths and graphs ok")
     return 0

@@ -41,14 +41,20 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="edge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        module.configure_parser(sub.add_parser(
-            name, help=module.HELP, description=module.HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter))
+        module.configure_parser(
+            sub.add_parser(
+                name,
+                help=module.HELP,
+                description=module.HELP,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
     return parser
 
 

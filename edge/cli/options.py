@@ -10,6 +10,7 @@ from typing import Any
 def _int_at_least(minimum: int) -> Any:
     """An argparse type: an integer >= minimum, so `--seed -1` or `--threads 0` stops with a
     usage message (exit 2) before any model is loaded."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -28,51 +29,110 @@ non_negative_int = _int_at_least(0)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ctx", type=positive_int, default=None, metavar="N",
-                        help="context window in tokens (default: min(4096, the model's))")
-    parser.add_argument("-t", "--threads", type=positive_int, default=None,
-                        help="CPU threads, at most the usable CPU cores (default: physical "
-                             "cores)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bars on stderr")
-    parser.add_argument("--plan", default=None, metavar="auto|FILE",
-                        help="place parts on this machine's devices: 'auto' (the planner) or "
-                             "a placement JSON from 'edge plan --json'")
-    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
-                        help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
-                             "stream from disk while earlier blocks compute")
+    parser.add_argument(
+        "--ctx",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="context window in tokens (default: min(4096, the model's))",
+    )
+    parser.add_argument(
+        "-t",
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads, at most the usable CPU cores (default: physical cores)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
+    parser.add_argument(
+        "--plan",
+        default=None,
+        metavar="auto|FILE",
+        help="place parts on this machine's devices: 'auto' (the planner) or "
+        "a placement JSON from 'edge plan --json'",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
+        "stream from disk while earlier blocks compute",
+    )
 
 
 def add_draft_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("speculative decoding")
-    group.add_argument("--draft", default=None, metavar="MODEL|lookup",
-                       help="draft with a small model of the same family, or 'lookup' "
-                            "(n-grams of the prompt and output); greedy output is unchanged")
-    group.add_argument("--draft-threads", type=positive_int, default=None,
-                       help="CPU threads of the draft model (default: --threads)")
-    group.add_argument("--draft-tokens", type=positive_int, default=None, metavar="K",
-                       help="draft K tokens per round (default: adaptive, up to 8)")
-    group.add_argument("--parallel-draft", action="store_true",
-                       help="draft the next tokens while the target verifies (PEARL)")
+    group.add_argument(
+        "--draft",
+        default=None,
+        metavar="MODEL|lookup",
+        help="draft with a small model of the same family, or 'lookup' "
+        "(n-grams of the prompt and output); greedy output is unchanged",
+    )
+    group.add_argument(
+        "--draft-threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of the draft model (default: --threads)",
+    )
+    group.add_argument(
+        "--draft-tokens",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="draft K tokens per round (default: adaptive, up to 8)",
+    )
+    group.add_argument(
+        "--parallel-draft",
+        action="store_true",
+        help="draft the next tokens while the target verifies (PEARL)",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
-    group.add_argument("-n", "--max-tokens", type=positive_int, default=256,
-                       help="tokens to generate at most (default: 256)")
-    group.add_argument("--temperature", type=float, default=0.0,
-                       help="0 = greedy, deterministic (default); 0.7 is a common choice")
-    group.add_argument("--top-k", type=non_negative_int, default=0,
-                       help="keep the k likeliest (0 = off)")
+    group.add_argument(
+        "-n",
+        "--max-tokens",
+        type=positive_int,
+        default=256,
+        help="tokens to generate at most (default: 256)",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 = greedy, deterministic (default); 0.7 is a common choice",
+    )
+    group.add_argument(
+        "--top-k", type=non_negative_int, default=0, help="keep the k likeliest (0 = off)"
+    )
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = off)")
-    group.add_argument("--min-p", type=float, default=0.0,
-                       help="drop tokens below min-p x the top probability (0 = off)")
-    group.add_argument("--repeat-penalty", type=float, default=1.0,
-                       help="penalise recently generated tokens (1 = off)")
-    group.add_argument("--seed", type=non_negative_int, default=None,
-                       help="random seed for sampling (an integer >= 0)")
-    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                       help="stop when TEXT is generated (repeatable)")
+    group.add_argument(
+        "--min-p",
+        type=float,
+        default=0.0,
+        help="drop tokens below min-p x the top probability (0 = off)",
+    )
+    group.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=1.0,
+        help="penalise recently generated tokens (1 = off)",
+    )
+    group.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=None,
+        help="random seed for sampling (an integer >= 0)",
+    )
+    group.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop when TEXT is generated (repeatable)",
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,15 +141,28 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from edge.generate import GenerationConfig
     from edge.sampling import SamplingConfig
 
-    GenerationConfig(max_tokens=args.max_tokens, stop=tuple(args.stop),
-                     sampling=SamplingConfig(temperature=args.temperature, top_k=args.top_k,
-                                             top_p=args.top_p, min_p=args.min_p,
-                                             repetition_penalty=args.repeat_penalty,
-                                             seed=args.seed))
-    return {"max_tokens": args.max_tokens, "temperature": args.temperature,
-            "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repetition_penalty": args.repeat_penalty, "seed": args.seed,
-            "stop": args.stop}
+    GenerationConfig(
+        max_tokens=args.max_tokens,
+        stop=tuple(args.stop),
+        sampling=SamplingConfig(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repeat_penalty,
+            seed=args.seed,
+        ),
+    )
+    return {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repeat_penalty,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
 
 
 def load_model(args: argparse.Namespace, model: str | None):
@@ -98,9 +171,15 @@ def load_model(args: argparse.Namespace, model: str | None):
 
     check_threads(args.threads)  # before a pull or an export, not after
     check_threads(getattr(args, "draft_threads", None), "draft threads")
-    loaded = edge.load(model, max_context=args.ctx, threads=args.threads,
-                       progress=not args.quiet, memory_budget=args.memory_budget,
-                       plan=getattr(args, "plan", None), **draft_kwargs(args))
+    loaded = edge.load(
+        model,
+        max_context=args.ctx,
+        threads=args.threads,
+        progress=not args.quiet,
+        memory_budget=args.memory_budget,
+        plan=getattr(args, "plan", None),
+        **draft_kwargs(args),
+    )
     if (getattr(args, "plan", None) or args.memory_budget) and not args.quiet:
         where = f"plan {args.plan}:\n" if getattr(args, "plan", None) else ""
         print(f"{where}{loaded.engine.describe()}", file=sys.stderr)
@@ -114,7 +193,11 @@ def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from edge.speculative import SpeculativeConfig
 
     k = args.draft_tokens
-    config = (SpeculativeConfig(draft_tokens=k, max_draft=max(k, 8), adaptive=False,
-                                parallel=args.parallel_draft) if k
-              else SpeculativeConfig(parallel=args.parallel_draft))
+    config = (
+        SpeculativeConfig(
+            draft_tokens=k, max_draft=max(k, 8), adaptive=False, parallel=args.parallel_draft
+        )
+        if k
+        else SpeculativeConfig(parallel=args.parallel_draft)
+    )
     return {"draft": args.draft, "draft_threads": args.draft_threads, "speculative": config}

@@ -11,11 +11,18 @@ HELP = "download a registered model (verified by sha256) into edge's cache"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=sorted(REGISTRY), metavar="NAME",
-                        help="one of: " + ", ".join(sorted(REGISTRY)))
-    parser.add_argument("--verify", action="store_true",
-                        help="re-hash a cached file even if it did not change since it was "
-                             "last verified (a changed file is always re-hashed)")
+    parser.add_argument(
+        "name",
+        choices=sorted(REGISTRY),
+        metavar="NAME",
+        help="one of: " + ", ".join(sorted(REGISTRY)),
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash a cached file even if it did not change since it was "
+        "last verified (a changed file is always re-hashed)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

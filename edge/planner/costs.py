@@ -36,8 +36,17 @@ PREFILL_INT8 = "prefill_int8"  # int8 rows of the optional prefill graphs (MatMu
 INT8_ROWS = "int8_rows"  # a w8a8 package's int8 rows (MatMulInteger), read by every step
 QDQ_INT8 = "qdq_int8"  # static int8 rows behind DequantizeLinear (NPU packages)
 OTHER = "other"  # norms, biases: small
-CLASSES = (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8, INT8_ROWS, QDQ_INT8,
-           OTHER)
+CLASSES = (
+    GATHER_F32,
+    GATHER_Q,
+    MATMUL_F32,
+    NBITS4,
+    NBITS8,
+    PREFILL_INT8,
+    INT8_ROWS,
+    QDQ_INT8,
+    OTHER,
+)
 # Read in full by every decode step (a gather table is not: one row per token).
 MATMUL_CLASSES = frozenset({MATMUL_F32, NBITS4, NBITS8, INT8_ROWS, QDQ_INT8})
 
@@ -68,8 +77,8 @@ def tensor_class(part: PartEntry, tensor: TensorEntry, nbits: Mapping[str, str])
     if data is not None:
         return data
     for suffix in _AUX_SUFFIXES:
-        if name.endswith(suffix) and name[:-len(suffix)] in nbits:
-            return nbits[name[:-len(suffix)]]
+        if name.endswith(suffix) and name[: -len(suffix)] in nbits:
+            return nbits[name[: -len(suffix)]]
     if name.endswith((".int8", ".scale")) and part.static_graphs:
         return QDQ_INT8
     if tensor.dtype in _FLOAT_DTYPES and len(tensor.shape) == 2:
@@ -143,26 +152,37 @@ def _block_flops(spec: ModelSpec) -> tuple[int, int]:
     """(FLOPs of one token's matmuls, attention FLOPs per cached token) of one block."""
     h, d = spec.hidden_size, spec.head_dim
     q, kv = spec.num_heads * d, spec.num_kv_heads * d
-    matmuls = h * (q + 2 * kv) + q * h + h * 2 * spec.intermediate_size \
-        + spec.intermediate_size * h
+    matmuls = h * (q + 2 * kv) + q * h + h * 2 * spec.intermediate_size + spec.intermediate_size * h
     # Q.K^T and P.V: 2 multiply-adds per head dimension per cached position.
     return 2 * matmuls, 4 * spec.num_heads * d
 
 
 def part_cost(index: int, part: PartEntry, spec: ModelSpec) -> PartCost:
-    nbits = {t.name.rpartition(".")[0]: cls for t in part.tensors
-             if (cls := _nbits_class(t.name)) is not None}
-    tensors = tuple((t.name, t.file, t.offset, tensor_class(part, t, nbits), t.nbytes)
-                    for t in part.tensors)
+    nbits = {
+        t.name.rpartition(".")[0]: cls
+        for t in part.tensors
+        if (cls := _nbits_class(t.name)) is not None
+    }
+    tensors = tuple(
+        (t.name, t.file, t.offset, tensor_class(part, t, nbits), t.nbytes) for t in part.tensors
+    )
     flops, attention, kv = 0, 0, 0
     if part.kind == "block":
         flops, attention = _block_flops(spec)
         kv = 2 * spec.num_kv_heads * spec.head_dim * 4  # float32 keys and values
     elif part.kind == "head":
         flops = 2 * spec.hidden_size * spec.vocab_size
-    return PartCost(index, part.name, part.kind, tensors, flops, attention, kv,
-                    tuple(sorted(s for s, _ in part.static_graphs)),
-                    part.prefill_graph is not None)
+    return PartCost(
+        index,
+        part.name,
+        part.kind,
+        tensors,
+        flops,
+        attention,
+        kv,
+        tuple(sorted(s for s, _ in part.static_graphs)),
+        part.prefill_graph is not None,
+    )
 
 
 def tokenizer_bytes(manifest: Manifest) -> int:
@@ -176,13 +196,21 @@ def tokenizer_bytes(manifest: Manifest) -> int:
 def model_costs(manifest: Manifest) -> ModelCosts:
     """Costs of every part of `manifest`, in its order (embed, blocks, head)."""
     spec = manifest.spec
-    if not manifest.parts or manifest.parts[0].kind != "embed" \
-            or manifest.parts[-1].kind != "head":
-        raise PackageError("a package's parts must run embed, blocks..., head; got "
-                           f"{[p.name for p in manifest.parts]}")
+    if not manifest.parts or manifest.parts[0].kind != "embed" or manifest.parts[-1].kind != "head":
+        raise PackageError(
+            "a package's parts must run embed, blocks..., head; got "
+            f"{[p.name for p in manifest.parts]}"
+        )
     static = (manifest.quantization or {}).get("static") or {}
     scheme = ((manifest.quantization or {}).get("scheme") or {}).get("name", "fp32")
-    label = (f"{spec.architecture} {spec.num_layers} layers, hidden {spec.hidden_size}, "
-             f"vocab {spec.vocab_size}, {scheme}")
-    return ModelCosts(spec, tuple(part_cost(i, p, spec) for i, p in enumerate(manifest.parts)),
-                      tokenizer_bytes(manifest), static.get("max_context"), label)
+    label = (
+        f"{spec.architecture} {spec.num_layers} layers, hidden {spec.hidden_size}, "
+        f"vocab {spec.vocab_size}, {scheme}"
+    )
+    return ModelCosts(
+        spec,
+        tuple(part_cost(i, p, spec) for i, p in enumerate(manifest.parts)),
+        tokenizer_bytes(manifest),
+        static.get("max_context"),
+        label,
+    )

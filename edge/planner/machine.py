@@ -26,8 +26,15 @@ from edge.planner.memory import DEFAULT_FOOTPRINT, ImportFootprint
 from edge.planner.plan import Device, Plan, PlanConfig
 
 # Spellings people use for the built-in platforms.
-ALIASES = {"rpi4": "pi4", "rpi5": "pi5", "raspberry-pi-4": "pi4", "raspberry-pi-5": "pi5",
-           "jetson": "jetson-orin-nano", "phone": "snapdragon-8-gen-3", "laptop": "laptop-x86"}
+ALIASES = {
+    "rpi4": "pi4",
+    "rpi5": "pi5",
+    "raspberry-pi-4": "pi4",
+    "raspberry-pi-5": "pi5",
+    "jetson": "jetson-orin-nano",
+    "phone": "snapdragon-8-gen-3",
+    "laptop": "laptop-x86",
+}
 # The backend each kind of device runs through, all registered (devices.registry): ONNX Runtime
 # on CPUs, its CUDA provider on GPUs (onnxruntime-gpu, as Jetson's JetPack wheels ship it),
 # Qualcomm's QNN execution provider on the phone's NPU.
@@ -37,8 +44,13 @@ LOCAL_BACKENDS = ("ort_cpu", "openvino")
 # USB 3 SSD (~0.35; a microSD card reads ~0.09), Pi 5 from an NVMe HAT on PCIe 2.0 x1 (~0.45),
 # Jetson Orin Nano from NVMe on PCIe 3.0 x4 (~1.5 sustained), a phone's UFS 4.0 (~2), a
 # laptop's NVMe (~3). Published figures, derated to sustained reads.
-PLATFORM_DISK_GBS = {"pi4": 0.35, "pi5": 0.45, "jetson-orin-nano": 1.5,
-                     "snapdragon-8-gen-3": 2.0, "laptop-x86": 3.0}
+PLATFORM_DISK_GBS = {
+    "pi4": 0.35,
+    "pi5": 0.45,
+    "jetson-orin-nano": 1.5,
+    "snapdragon-8-gen-3": 2.0,
+    "laptop-x86": 3.0,
+}
 
 
 def _limit(budget: int | str | None, total: int | None = None) -> int | None:
@@ -48,8 +60,7 @@ def _limit(budget: int | str | None, total: int | None = None) -> int | None:
     return None if budget is None else MemoryBudget.parse(budget, total=total).limit
 
 
-def profile_devices(names: Sequence[str], budget: int | str | None = None
-                    ) -> tuple[Device, ...]:
+def profile_devices(names: Sequence[str], budget: int | str | None = None) -> tuple[Device, ...]:
     """Devices of built-in platforms or profiles ("rpi5", "jetson-orin-nano", "pi4", ...);
     a percentage budget is of each profile's memory."""
     out: list[Device] = []
@@ -62,13 +73,13 @@ def profile_devices(names: Sequence[str], budget: int | str | None = None
         else:
             known = sorted({*PLATFORMS, *PROFILES, *ALIASES})
             raise DeviceProfileError(f"unknown profile {name!r}; known: {', '.join(known)}")
-        out += [Device(p, BACKEND_FOR_KIND[p.kind], _limit(budget, p.memory_bytes))
-                for p in profiles]
+        out += [
+            Device(p, BACKEND_FOR_KIND[p.kind], _limit(budget, p.memory_bytes)) for p in profiles
+        ]
     return tuple(out)
 
 
-def local_devices(budget: int | str | None = None, *, refresh: bool = False
-                  ) -> tuple[Device, ...]:
+def local_devices(budget: int | str | None = None, *, refresh: bool = False) -> tuple[Device, ...]:
     """This machine's CPU (measured profile) through every CPU runtime that is installed."""
     from devices import registry
     from devices.microbench import measured_profile
@@ -81,9 +92,14 @@ def local_devices(budget: int | str | None = None, *, refresh: bool = False
     return tuple(devices)
 
 
-def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str | None = None,
-               profiles: Sequence[str] = (), config: PlanConfig | None = None,
-               progress: bool = False) -> Plan:
+def plan_model(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    budget: int | str | None = None,
+    profiles: Sequence[str] = (),
+    config: PlanConfig | None = None,
+    progress: bool = False,
+) -> Plan:
     """Plan `model` (a name, GGUF, folder or package, as `edge.load` takes) for this machine or
     for built-in `profiles`; `budget` ("600MB", "25%", bytes) caps each device's memory."""
     from edge.package import open_package
@@ -94,8 +110,9 @@ def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str
     devices = profile_devices(profiles, budget) if profiles else local_devices(budget)
     if profiles and config.disk_gbs is None:
         platform = ALIASES.get(profiles[0], profiles[0])
-        platform = next((p for p, names in PLATFORMS.items()
-                         if platform == p or platform in names), platform)
+        platform = next(
+            (p for p, names in PLATFORMS.items() if platform == p or platform in names), platform
+        )
         if platform in PLATFORM_DISK_GBS:
             config = replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
     if config.footprint is None:  # the libraries as this environment holds them, measured
@@ -108,8 +125,9 @@ def plan_model(model: str | os.PathLike[str] | None = None, *, budget: int | str
         package.close()
 
 
-def backend_refusals(package: Package, backends: Iterable[str], *, local: bool
-                     ) -> dict[tuple[str, int], str]:
+def backend_refusals(
+    package: Package, backends: Iterable[str], *, local: bool
+) -> dict[tuple[str, int], str]:
     """(backend, part index) -> why that backend refuses the part: each backend's own
     ahead-of-time `supports()`, and for this machine (`local`) its `is_available()`, so the
     planner never proposes what the engine would refuse. ONNX Runtime's CPU provider runs
@@ -128,8 +146,11 @@ def backend_refusals(package: Package, backends: Iterable[str], *, local: bool
         available = backend.is_available() if local else None
         for i, part in enumerate(parts):
             try:
-                support = available if available is not None and not available else \
-                    backend.supports(part, package)
+                support = (
+                    available
+                    if available is not None and not available
+                    else backend.supports(part, package)
+                )
             except PackageError as exc:  # a graph this backend's reader cannot take
                 support = Support(False, str(exc))
             if not support:
@@ -166,9 +187,14 @@ def import_footprint() -> ImportFootprint:
     root = str(Path(edge.__file__).resolve().parent.parent)
     try:
         with tempfile.TemporaryDirectory(prefix="edge-probe-") as scratch:
-            out = subprocess.run([sys.executable, "-I", "-c", _FOOTPRINT_SCRIPT, root],
-                                 capture_output=True, text=True, timeout=120, check=True,
-                                 cwd=scratch)
+            out = subprocess.run(
+                [sys.executable, "-I", "-c", _FOOTPRINT_SCRIPT, root],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+                cwd=scratch,
+            )
         return ImportFootprint(*json.loads(out.stdout.strip().splitlines()[-1]))
     except (OSError, ValueError, TypeError, IndexError, subprocess.SubprocessError):
         return DEFAULT_FOOTPRINT

@@ -53,9 +53,12 @@ def _devices(devices: Sequence[Device | Sequence[Any]]) -> tuple[Device, ...]:
     return out
 
 
-def make_plan(manifest: Manifest, devices: Sequence[Device | Sequence[Any]],
-              config: PlanConfig | None = None,
-              refusals: Mapping[tuple[str, int], str] | None = None) -> Plan:
+def make_plan(
+    manifest: Manifest,
+    devices: Sequence[Device | Sequence[Any]],
+    config: PlanConfig | None = None,
+    refusals: Mapping[tuple[str, int], str] | None = None,
+) -> Plan:
     """The best plan for `manifest` on `devices` (Device or (profile, backend, budget)).
 
     Resident when some split fits every budget (one device unless a split gains
@@ -80,9 +83,13 @@ def make_plan(manifest: Manifest, devices: Sequence[Device | Sequence[Any]],
     return _streamed(manifest, tables, config, problems)
 
 
-def evaluate(manifest: Manifest, devices: Sequence[Device | Sequence[Any]],
-             placement: Placement, config: PlanConfig | None = None,
-             prefill_placement: Placement | None = None) -> Plan:
+def evaluate(
+    manifest: Manifest,
+    devices: Sequence[Device | Sequence[Any]],
+    placement: Placement,
+    config: PlanConfig | None = None,
+    prefill_placement: Placement | None = None,
+) -> Plan:
     """The plan for a placement chosen by hand (each segment goes to the first device with its
     backend): predictions only, budgets reported in `notes` rather than enforced."""
     config = config or PlanConfig()
@@ -92,22 +99,31 @@ def evaluate(manifest: Manifest, devices: Sequence[Device | Sequence[Any]],
     tables = build(manifest, costs, devs, config)
     decode = _segments(devs, placement)
     prefill = _segments(devs, prefill_placement) if prefill_placement else decode
-    plan = _resident(tables, config, price(tables, decode, prefill),
-                     price(tables, decode, prefill, "prefill"))
-    refused = [f"{phase}: {tables.devices[d].label} cannot run {tables.costs.parts[p].name}: "
-               f"{reason}"
-               for phase, segments, table in (("decode", decode, tables.decode_refusal),
-                                              ("prefill", prefill, tables.prefill_refusal))
-               for s, e, d in segments for p in range(s, e)
-               if (reason := table[d][p]) is not None]
+    plan = _resident(
+        tables, config, price(tables, decode, prefill), price(tables, decode, prefill, "prefill")
+    )
+    refused = [
+        f"{phase}: {tables.devices[d].label} cannot run {tables.costs.parts[p].name}: {reason}"
+        for phase, segments, table in (
+            ("decode", decode, tables.decode_refusal),
+            ("prefill", prefill, tables.prefill_refusal),
+        )
+        for s, e, d in segments
+        for p in range(s, e)
+        if (reason := table[d][p]) is not None
+    ]
     # The placement's own backend options, not the devices' defaults.
-    return replace(plan, notes=(*plan.notes, *refused[:8]), decode=_with_options(
-        plan.decode, placement), prefill=_with_options(plan.prefill, prefill_placement
-                                                       or placement))
+    return replace(
+        plan,
+        notes=(*plan.notes, *refused[:8]),
+        decode=_with_options(plan.decode, placement),
+        prefill=_with_options(plan.prefill, prefill_placement or placement),
+    )
 
 
-def _with_options(segments: tuple[SegmentPlan, ...], placement: Placement
-                  ) -> tuple[SegmentPlan, ...]:
+def _with_options(
+    segments: tuple[SegmentPlan, ...], placement: Placement
+) -> tuple[SegmentPlan, ...]:
     return tuple(replace(s, options=p.options) for s, p in zip(segments, placement.segments))
 
 
@@ -117,15 +133,17 @@ def _segments(devices: tuple[Device, ...], placement: Placement) -> Segments:
         index.setdefault(d.backend, i)
     missing = sorted({s.backend for s in placement.segments} - set(index))
     if missing:
-        raise ConfigError(f"the placement uses backends {missing} that no device offers "
-                          f"(devices: {[d.label for d in devices]})")
+        raise ConfigError(
+            f"the placement uses backends {missing} that no device offers "
+            f"(devices: {[d.label for d in devices]})"
+        )
     return tuple((s.start, s.end, index[s.backend]) for s in placement.segments)
 
 
 # ---- resident plans ------------------------------------------------------------------------
 
-def _breakdowns(tables: Tables, decode: Segments, prefill: Segments
-                ) -> list[memory.Breakdown]:
+
+def _breakdowns(tables: Tables, decode: Segments, prefill: Segments) -> list[memory.Breakdown]:
     """Exact per-device memory: each part once per device, maps shared by name counted once,
     each runtime's one-off cost on the first device using it, the process on the host."""
     ctx, charged, mapped = tables.ctx, set(), set()
@@ -136,11 +154,18 @@ def _breakdowns(tables: Tables, decode: Segments, prefill: Segments
         charge = () if device.backend in charged or not spans else (device.backend,)
         charged.update(charge)
         breakdown = memory.resident_breakdown(
-            tables.costs, spans, tokens=ctx.tokens, decoded=ctx.decoded, chunk=ctx.chunk,
-            charge_runtime=charge, mapped_names=mapped)
+            tables.costs,
+            spans,
+            tokens=ctx.tokens,
+            decoded=ctx.decoded,
+            chunk=ctx.chunk,
+            charge_runtime=charge,
+            mapped_names=mapped,
+        )
         if d == tables.host:
-            breakdown = replace(breakdown, process=memory.process_base(tables.costs,
-                                                                       tables.footprint))
+            breakdown = replace(
+                breakdown, process=memory.process_base(tables.costs, tables.footprint)
+            )
         out.append(breakdown)
     return out
 
@@ -158,18 +183,30 @@ def _runs(parts: list[int]) -> list[tuple[int, int]]:
 def _pool_peak(tables: Tables, breakdowns: list[memory.Breakdown]) -> int:
     """The host process: every device sharing the host's memory."""
     pool = tables.devices[tables.host].profile.memory_pool
-    return pool_peak([Share(b.steady, b.transient, b.load_relief, b.activations + b.growth)
-                      for d, b in zip(tables.devices, breakdowns)
-                      if d.profile.memory_pool == pool])
+    return pool_peak(
+        [
+            Share(b.steady, b.transient, b.load_relief, b.activations + b.growth)
+            for d, b in zip(tables.devices, breakdowns)
+            if d.profile.memory_pool == pool
+        ]
+    )
 
 
 def _segment_plans(tables: Tables, segments: Segments, phase: str) -> tuple[SegmentPlan, ...]:
     table = "decode_s" if phase == "decode" else "prefill_s"
     names = [p.name for p in tables.costs.parts]
-    return tuple(SegmentPlan(s, e, tables.devices[d].label, tables.devices[d].backend,
-                             names[s] if e - s == 1 else f"{names[s]}..{names[e - 1]}",
-                             tables.span_sum(table, d, s, e), tables.devices[d].options)
-                 for s, e, d in segments)
+    return tuple(
+        SegmentPlan(
+            s,
+            e,
+            tables.devices[d].label,
+            tables.devices[d].backend,
+            names[s] if e - s == 1 else f"{names[s]}..{names[e - 1]}",
+            tables.span_sum(table, d, s, e),
+            tables.devices[d].options,
+        )
+        for s, e, d in segments
+    )
 
 
 def _transfers(tables: Tables, segments: Segments, phase: str) -> tuple[Transfer, ...]:
@@ -178,8 +215,16 @@ def _transfers(tables: Tables, segments: Segments, phase: str) -> tuple[Transfer
     out = []
     for (_, end, a), (_, _, b) in pairwise(segments):
         da, db = tables.devices[a], tables.devices[b]
-        out.append(Transfer(phase, tables.costs.parts[end - 1].name, da.label, db.label,
-                            hidden, timing.transfer_seconds(tokens, hidden, _link(da, db))))
+        out.append(
+            Transfer(
+                phase,
+                tables.costs.parts[end - 1].name,
+                da.label,
+                db.label,
+                hidden,
+                timing.transfer_seconds(tokens, hidden, _link(da, db)),
+            )
+        )
     return tuple(out)
 
 
@@ -189,26 +234,51 @@ def _resident(tables: Tables, config: PlanConfig, decode: Priced, prefill: Price
     for d, (device, breakdown) in enumerate(zip(tables.devices, breakdowns)):
         count = sum(e - s for s, e, x in decode.segments if x == d)
         count_prefill = sum(e - s for s, e, x in prefill.segments if x == d)
-        uses.append(DeviceUse(device.label, device.profile.kind, device.profile.memory_pool,
-                              count, count_prefill, breakdown.peak, device.limit,
-                              breakdown.items()))
+        uses.append(
+            DeviceUse(
+                device.label,
+                device.profile.kind,
+                device.profile.memory_pool,
+                count,
+                count_prefill,
+                breakdown.peak,
+                device.limit,
+                breakdown.items(),
+            )
+        )
     notes = [f"over budget: {p}" for p in decode.over] if not decode.fits else []
     if prefill.segments != decode.segments:
-        notes.append("the prompt runs on a different placement than decode: "
-                     "plan.prefill_placement(); parts placed differently load on both devices")
+        notes.append(
+            "the prompt runs on a different placement than decode: "
+            "plan.prefill_placement(); parts placed differently load on both devices"
+        )
     growth = sum(b.growth for b in breakdowns)
     if growth:
-        notes.append(f"OpenVINO grows {format_size(growth)} over {tables.ctx.decoded} decoded "
-                     "tokens (measured: its dynamic-shape kernels keep per-shape state); "
-                     "counted in the peaks")
+        notes.append(
+            f"OpenVINO grows {format_size(growth)} over {tables.ctx.decoded} decoded "
+            "tokens (measured: its dynamic-shape kernels keep per-shape state); "
+            "counted in the peaks"
+        )
     ctx = tables.ctx
-    return Plan(tables.costs.label, "resident", ctx.max_context, ctx.prompt_tokens, ctx.tokens,
-                ctx.chunk, _segment_plans(tables, decode.segments, "decode"),
-                _segment_plans(tables, prefill.segments, "prefill"), tuple(uses),
-                _transfers(tables, decode.segments, "decode")
-                + _transfers(tables, prefill.segments, "prefill"),
-                fallbacks(tables, config, decode, prefill), prefill.seconds,
-                1.0 / decode.seconds, _pool_peak(tables, breakdowns), None, tuple(notes))
+    return Plan(
+        tables.costs.label,
+        "resident",
+        ctx.max_context,
+        ctx.prompt_tokens,
+        ctx.tokens,
+        ctx.chunk,
+        _segment_plans(tables, decode.segments, "decode"),
+        _segment_plans(tables, prefill.segments, "prefill"),
+        tuple(uses),
+        _transfers(tables, decode.segments, "decode")
+        + _transfers(tables, prefill.segments, "prefill"),
+        fallbacks(tables, config, decode, prefill),
+        prefill.seconds,
+        1.0 / decode.seconds,
+        _pool_peak(tables, breakdowns),
+        None,
+        tuple(notes),
+    )
 
 
 def _resident_problems(tables: Tables) -> tuple[str, ...]:
@@ -235,88 +305,165 @@ def _resident_minimum(tables: Tables) -> int | None:
 
 # ---- streamed plans ------------------------------------------------------------------------
 
+
 def _stream_budget(tables: Tables) -> int:
     pool = tables.devices[tables.host].profile.memory_pool
     members = [d for d, x in enumerate(tables.devices) if x.profile.memory_pool == pool]
     return pool_limit(tables.devices, members)
 
 
-def _too_small(manifest: Manifest, tables: Tables, config: PlanConfig,
-               problems: tuple[str, ...], streaming: bool) -> BudgetTooSmallError:
+def _too_small(
+    manifest: Manifest,
+    tables: Tables,
+    config: PlanConfig,
+    problems: tuple[str, ...],
+    streaming: bool,
+) -> BudgetTooSmallError:
     ctx = tables.ctx
     candidates = [m for m in (_resident_minimum(tables),) if m is not None]
     if streaming:
-        candidates.append(stream_minimum(manifest, max_context=ctx.max_context,
-                                         prefill_chunk=config.stream_prefill_chunk,
-                                         max_window=config.stream_max_window,
-                                         footprint=config.footprint))
+        candidates.append(
+            stream_minimum(
+                manifest,
+                max_context=ctx.max_context,
+                prefill_chunk=config.stream_prefill_chunk,
+                max_window=config.stream_max_window,
+                footprint=config.footprint,
+            )
+        )
     budget = _stream_budget(tables)
     minimum = min(candidates) if candidates else 0
-    how = "streaming blocks from disk" if streaming and minimum == candidates[-1] else \
-        "everything resident on one device"
+    how = (
+        "streaming blocks from disk"
+        if streaming and minimum == candidates[-1]
+        else "everything resident on one device"
+    )
     return BudgetTooSmallError(
         f"no plan fits a budget of {format_size(budget)}: {'; '.join(problems)}; the "
         f"smallest budget that works is {format_size(minimum)} ({minimum} bytes, {how})",
-        budget=budget, minimum=minimum)
+        budget=budget,
+        minimum=minimum,
+    )
 
 
-def _streamed(manifest: Manifest, tables: Tables, config: PlanConfig,
-              problems: tuple[str, ...]) -> Plan:
+def _streamed(
+    manifest: Manifest, tables: Tables, config: PlanConfig, problems: tuple[str, ...]
+) -> Plan:
     host = tables.devices[tables.host]
     if host.profile.kind != "cpu":
-        raise _too_small(manifest, tables, config, problems or ("no CPU to stream on",),
-                         streaming=False)
+        raise _too_small(
+            manifest, tables, config, problems or ("no CPU to stream on",), streaming=False
+        )
     ctx = tables.ctx
     budget = _stream_budget(tables)
     chunk = min(config.stream_prefill_chunk, ctx.max_context)
     try:
-        plan = engine_stream_plan(manifest, tables.costs.tokenizer_bytes, budget,
-                                  ctx.max_context, chunk, config.stream_max_window,
-                                  config.footprint)
+        plan = engine_stream_plan(
+            manifest,
+            tables.costs.tokenizer_bytes,
+            budget,
+            ctx.max_context,
+            chunk,
+            config.stream_max_window,
+            config.footprint,
+        )
     except BudgetTooSmallError:
         raise _too_small(manifest, tables, config, problems, streaming=True) from None
     disk = config.disk_gbs or DEFAULT_DISK_GBS
-    streamed = streamed_costs(manifest, tables.costs, host.profile, plan,
-                              max_context=ctx.max_context, chunk=chunk, tokens=ctx.tokens,
-                              prompt_tokens=ctx.prompt_tokens, disk_gbs=disk,
-                              footprint=config.footprint)
+    streamed = streamed_costs(
+        manifest,
+        tables.costs,
+        host.profile,
+        plan,
+        max_context=ctx.max_context,
+        chunk=chunk,
+        tokens=ctx.tokens,
+        prompt_tokens=ctx.prompt_tokens,
+        disk_gbs=disk,
+        footprint=config.footprint,
+    )
     return _streamed_plan(manifest, tables, config, problems, budget, streamed, chunk, disk)
 
 
-def _streamed_plan(manifest: Manifest, tables: Tables, config: PlanConfig,
-                   problems: tuple[str, ...], budget: int, streamed: Any, chunk: int,
-                   disk: float) -> Plan:
+def _streamed_plan(
+    manifest: Manifest,
+    tables: Tables,
+    config: PlanConfig,
+    problems: tuple[str, ...],
+    budget: int,
+    streamed: Any,
+    chunk: int,
+    disk: float,
+) -> Plan:
     costs: ModelCosts = tables.costs
     host = tables.devices[tables.host]
     plan = streamed.plan
     n = costs.num_parts
     last = costs.parts[-1].name
     breakdown = streamed.breakdown
-    use = DeviceUse(host.label.replace(host.backend, STREAM_BACKEND), host.profile.kind,
-                    host.profile.memory_pool, n, n, breakdown.peak, budget, breakdown.items())
+    use = DeviceUse(
+        host.label.replace(host.backend, STREAM_BACKEND),
+        host.profile.kind,
+        host.profile.memory_pool,
+        n,
+        n,
+        breakdown.peak,
+        budget,
+        breakdown.items(),
+    )
     names = [u.name for u in plan.units]
-    streaming = Streaming(budget, tuple(u for u in names if u in plan.policy.pinned),
-                          plan.policy.streamed, plan.policy.window, plan.unit_bytes,
-                          plan.pool_bytes, streamed.read_bytes_per_token, disk,
-                          stream_minimum(manifest, max_context=tables.ctx.max_context,
-                                         prefill_chunk=chunk,
-                                         max_window=config.stream_max_window,
-                                         footprint=config.footprint))
+    streaming = Streaming(
+        budget,
+        tuple(u for u in names if u in plan.policy.pinned),
+        plan.policy.streamed,
+        plan.policy.window,
+        plan.unit_bytes,
+        plan.pool_bytes,
+        streamed.read_bytes_per_token,
+        disk,
+        stream_minimum(
+            manifest,
+            max_context=tables.ctx.max_context,
+            prefill_chunk=chunk,
+            max_window=config.stream_max_window,
+            footprint=config.footprint,
+        ),
+    )
     label = use.device
     fallback = ()
     if plan.policy.streamed:
         first, final = plan.policy.streamed[0], plan.policy.streamed[-1]
         span = first if first == final else f"{first}..{final}"
         start = next(i for i, p in enumerate(costs.parts) if p.name == first)
-        fallback = (PartFallback("decode", start, start + len(plan.policy.streamed), span,
-                                 host.label,
-                                 f"streamed from disk: {format_size(budget)} holds "
-                                 f"{len(streaming.pinned)} pinned parts and a window of "
-                                 f"{plan.policy.window}"),)
+        fallback = (
+            PartFallback(
+                "decode",
+                start,
+                start + len(plan.policy.streamed),
+                span,
+                host.label,
+                f"streamed from disk: {format_size(budget)} holds "
+                f"{len(streaming.pinned)} pinned parts and a window of "
+                f"{plan.policy.window}",
+            ),
+        )
     notes = tuple(f"no resident plan fits: {p}" for p in problems)
     ctx = tables.ctx
-    return Plan(costs.label, "streamed", ctx.max_context, ctx.prompt_tokens, ctx.tokens, chunk,
-                (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.decode_s),),
-                (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.ttft_s),),
-                (use,), (), fallback, streamed.ttft_s, 1.0 / streamed.decode_s, breakdown.peak,
-                streaming, notes)
+    return Plan(
+        costs.label,
+        "streamed",
+        ctx.max_context,
+        ctx.prompt_tokens,
+        ctx.tokens,
+        chunk,
+        (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.decode_s),),
+        (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.ttft_s),),
+        (use,),
+        (),
+        fallback,
+        streamed.ttft_s,
+        1.0 / streamed.decode_s,
+        breakdown.peak,
+        streaming,
+        notes,
+    )

@@ -93,14 +93,27 @@ class RuntimeMemory:
         object.__setattr__(self, "allocated", MappingProxyType(dict(self.allocated)))
         object.__setattr__(self, "mapped", MappingProxyType(dict(self.mapped)))
         if self.allocated_at_load is not None:
-            object.__setattr__(self, "allocated_at_load",
-                               MappingProxyType(dict(self.allocated_at_load)))
+            object.__setattr__(
+                self, "allocated_at_load", MappingProxyType(dict(self.allocated_at_load))
+            )
         if self.map_scope not in ("name", "part"):
             raise ValueError(f"map_scope must be 'name' or 'part', got {self.map_scope!r}")
 
 
-_ALL_ONCE = {c: 1.0 for c in (GATHER_F32, GATHER_Q, MATMUL_F32, NBITS4, NBITS8, PREFILL_INT8,
-                              INT8_ROWS, QDQ_INT8, OTHER)}
+_ALL_ONCE = {
+    c: 1.0
+    for c in (
+        GATHER_F32,
+        GATHER_Q,
+        MATMUL_F32,
+        NBITS4,
+        NBITS8,
+        PREFILL_INT8,
+        INT8_ROWS,
+        QDQ_INT8,
+        OTHER,
+    )
+}
 _NONE = dict.fromkeys(_ALL_ONCE, 0.0)
 
 # bench/bench_plan_memory.py, "ort_cpu"/"openvino" rows: least squares over one segment holding
@@ -116,21 +129,55 @@ _NONE = dict.fromkeys(_ALL_ONCE, 0.0)
 # raises glibc's mmap threshold, so ONNX Runtime's per-matrix copies (freed after pre-packing)
 # come from the heap and some stay as fragmentation.
 ORT_CPU = RuntimeMemory(
-    "ort_cpu", runtime_bytes=int(14.5 * MiB), per_block_bytes=int(0.37 * MiB),
-    allocated={**_ALL_ONCE, GATHER_F32: 0.98, GATHER_Q: 0.97, MATMUL_F32: 1.11, NBITS4: 1.47,
-               NBITS8: 1.31, INT8_ROWS: 1.35},
-    mapped=_ALL_ONCE, map_scope="name", prepack_transient=1.0)
+    "ort_cpu",
+    runtime_bytes=int(14.5 * MiB),
+    per_block_bytes=int(0.37 * MiB),
+    allocated={
+        **_ALL_ONCE,
+        GATHER_F32: 0.98,
+        GATHER_Q: 0.97,
+        MATMUL_F32: 1.11,
+        NBITS4: 1.47,
+        NBITS8: 1.31,
+        INT8_ROWS: 1.35,
+    },
+    mapped=_ALL_ONCE,
+    map_scope="name",
+    prepack_transient=1.0,
+)
 OPENVINO = RuntimeMemory(
-    "openvino", runtime_bytes=70 * MiB, per_block_bytes=int(3.9 * MiB),
-    allocated={**_ALL_ONCE, GATHER_F32: 0.0, GATHER_Q: 0.0, MATMUL_F32: 0.99, NBITS4: 1.87,
-               NBITS8: 1.88},
-    allocated_at_load={**_ALL_ONCE, GATHER_F32: 0.0, GATHER_Q: 0.0, MATMUL_F32: 0.99,
-                       NBITS4: 1.02, NBITS8: 1.0},
-    mapped={**_ALL_ONCE, GATHER_F32: 0.92, GATHER_Q: 0.08, MATMUL_F32: 0.95, NBITS4: 0.98,
-            NBITS8: 0.99},
+    "openvino",
+    runtime_bytes=70 * MiB,
+    per_block_bytes=int(3.9 * MiB),
+    allocated={
+        **_ALL_ONCE,
+        GATHER_F32: 0.0,
+        GATHER_Q: 0.0,
+        MATMUL_F32: 0.99,
+        NBITS4: 1.87,
+        NBITS8: 1.88,
+    },
+    allocated_at_load={
+        **_ALL_ONCE,
+        GATHER_F32: 0.0,
+        GATHER_Q: 0.0,
+        MATMUL_F32: 0.99,
+        NBITS4: 1.02,
+        NBITS8: 1.0,
+    },
+    mapped={
+        **_ALL_ONCE,
+        GATHER_F32: 0.92,
+        GATHER_Q: 0.08,
+        MATMUL_F32: 0.95,
+        NBITS4: 0.98,
+        NBITS8: 0.99,
+    },
     map_scope="part",
     # 10 blocks: 1.7 MiB/token over 16 tokens, 1.3 over 64; 30 blocks: 2.8 and 1.8.
-    growth_per_token=int(1.0 * MiB), growth_per_token_block=int(0.04 * MiB))
+    growth_per_token=int(1.0 * MiB),
+    growth_per_token_block=int(0.04 * MiB),
+)
 # A backend nobody measured (a GPU through torch, an NPU provider): the weights once, in its
 # own memory; nothing else is known.
 GENERIC = RuntimeMemory("generic", 0, 0, _ALL_ONCE, _NONE)
@@ -175,8 +222,9 @@ class ImportFootprint:
 DEFAULT_FOOTPRINT = ImportFootprint(PROCESS_BASE, RESIDENT_IMPORTS, STREAM_LLVMLITE, STREAM_JIT)
 
 
-def process_base(costs: ModelCosts, footprint: ImportFootprint | None,
-                 resident: bool = True) -> int:
+def process_base(
+    costs: ModelCosts, footprint: ImportFootprint | None, resident: bool = True
+) -> int:
     """What the process costs before any weights: interpreter, libraries, tokenizer. The
     streamed engine never imports onnxruntime (its own runtime is `stream_runtime`)."""
     footprint = footprint or DEFAULT_FOOTPRINT
@@ -189,8 +237,9 @@ def stream_allowance(footprint: ImportFootprint | None) -> int:
     (interpreter, numpy, llvmlite, the JIT's code pages) or the fixed default, whichever is
     larger; the tokenizer and the mapped embedding are added on top by the engine."""
     footprint = footprint or DEFAULT_FOOTPRINT
-    measured = (footprint.base + footprint.llvmlite + footprint.jit
-                + STREAM_RUNTIME - STREAM_LLVMLITE)
+    measured = (
+        footprint.base + footprint.llvmlite + footprint.jit + STREAM_RUNTIME - STREAM_LLVMLITE
+    )
     return max(DEFAULT_RUNTIME_OVERHEAD, measured)
 
 
@@ -198,8 +247,9 @@ def stream_runtime(quantized: bool, footprint: ImportFootprint | None) -> int:
     """The streamed engine's runtime: llvmlite, the JIT's code pages when it compiles
     kernels (block-quantized weights), threads and buffers."""
     footprint = footprint or DEFAULT_FOOTPRINT
-    return (STREAM_RUNTIME - STREAM_LLVMLITE + footprint.llvmlite
-            + (footprint.jit if quantized else 0))
+    return (
+        STREAM_RUNTIME - STREAM_LLVMLITE + footprint.llvmlite + (footprint.jit if quantized else 0)
+    )
 
 
 def kv_resident(spec: ModelSpec, blocks: int, tokens: int) -> int:
@@ -233,20 +283,29 @@ class Breakdown:
 
     @property
     def steady(self) -> int:
-        return (self.process + self.weights + self.mapped + self.runtime + self.blocks
-                + self.kv_cache)
+        return (
+            self.process + self.weights + self.mapped + self.runtime + self.blocks + self.kv_cache
+        )
 
     @property
     def peak(self) -> int:
-        return self.steady + max(self.transient - self.load_relief,
-                                 self.activations + self.growth)
+        return self.steady + max(self.transient - self.load_relief, self.activations + self.growth)
 
     def items(self) -> tuple[tuple[str, int], ...]:
-        return tuple((k, v) for k, v in (
-            ("process", self.process), ("weights", self.weights), ("mapped files", self.mapped),
-            ("runtime", self.runtime + self.blocks), ("KV cache", self.kv_cache),
-            ("activations", self.activations), ("decode growth", self.growth),
-            ("load transient", self.transient)) if v)
+        return tuple(
+            (k, v)
+            for k, v in (
+                ("process", self.process),
+                ("weights", self.weights),
+                ("mapped files", self.mapped),
+                ("runtime", self.runtime + self.blocks),
+                ("KV cache", self.kv_cache),
+                ("activations", self.activations),
+                ("decode growth", self.growth),
+                ("load transient", self.transient),
+            )
+            if v
+        )
 
 
 @dataclass(frozen=True)
@@ -258,9 +317,16 @@ class Span:
     backend: str
 
 
-def resident_breakdown(costs: ModelCosts, spans: Sequence[Span], *, tokens: int, decoded: int,
-                       chunk: int, charge_runtime: Iterable[str] = (),
-                       mapped_names: set | None = None) -> Breakdown:
+def resident_breakdown(
+    costs: ModelCosts,
+    spans: Sequence[Span],
+    *,
+    tokens: int,
+    decoded: int,
+    chunk: int,
+    charge_runtime: Iterable[str] = (),
+    mapped_names: set | None = None,
+) -> Breakdown:
     """Predicted memory of the parts in `spans` (all on one device), holding `tokens`
     positions of KV cache, `decoded` of them decode steps, running steps of `chunk` tokens.
 
@@ -275,16 +341,21 @@ def resident_breakdown(costs: ModelCosts, spans: Sequence[Span], *, tokens: int,
     spec = costs.spec
     for span in spans:
         model = runtime_memory(span.backend)
-        parts = costs.parts[span.start:span.end]
+        parts = costs.parts[span.start : span.end]
         n_blocks = sum(p.kind == "block" for p in parts)
         for part in parts:
             for name, file, offset, cls, nbytes in part.tensors:
                 weights += int(model.allocated.get(cls, 1.0) * nbytes)
                 if model.allocated_at_load is not None:
-                    relief += int((model.allocated.get(cls, 1.0)
-                                   - model.allocated_at_load.get(cls, 1.0)) * nbytes)
-                key = ((span.backend, name) if model.map_scope == "name"
-                       else (span.backend, part.name, file, offset))
+                    relief += int(
+                        (model.allocated.get(cls, 1.0) - model.allocated_at_load.get(cls, 1.0))
+                        * nbytes
+                    )
+                key = (
+                    (span.backend, name)
+                    if model.map_scope == "name"
+                    else (span.backend, part.name, file, offset)
+                )
                 if key not in mapped_names:
                     mapped_names.add(key)
                     mapped += int(model.mapped.get(cls, 0.0) * nbytes)
@@ -293,19 +364,31 @@ def resident_breakdown(costs: ModelCosts, spans: Sequence[Span], *, tokens: int,
         growth += decoded * (model.growth_per_token + model.growth_per_token_block * n_blocks)
         transient = max(transient, int(model.prepack_transient * _last_prepacked(costs, span)))
     activations = activation_bytes(spec, chunk) if spans else 0
-    return Breakdown(weights=weights, mapped=mapped, runtime=runtime, blocks=blocks, kv_cache=kv,
-                     activations=activations, growth=growth, transient=transient,
-                     load_relief=relief)
+    return Breakdown(
+        weights=weights,
+        mapped=mapped,
+        runtime=runtime,
+        blocks=blocks,
+        kv_cache=kv,
+        activations=activations,
+        growth=growth,
+        transient=transient,
+        load_relief=relief,
+    )
 
 
 def _last_prepacked(costs: ModelCosts, span: Span) -> int:
     """Bytes of the unpacked copy a runtime frees after pre-packing the segment's last matrix
     (its data tensor: a float matrix, or MatMulNBits' packed bits without the scales), unless
     another part of the segment reads the same tensor (a tied float embedding keeps it)."""
-    parts = costs.parts[span.start:span.end]
+    parts = costs.parts[span.start : span.end]
     last = parts[-1]
     names = {t[0] for p in parts[:-1] for t in p.tensors}
-    matrices = [nbytes for name, _, _, cls, nbytes in last.tensors
-                if cls in (MATMUL_F32, NBITS4, NBITS8) and name not in names
-                and not name.endswith((".scales", ".zero_points"))]
+    matrices = [
+        nbytes
+        for name, _, _, cls, nbytes in last.tensors
+        if cls in (MATMUL_F32, NBITS4, NBITS8)
+        and name not in names
+        and not name.endswith((".scales", ".zero_points"))
+    ]
     return max(matrices, default=0)

@@ -48,8 +48,9 @@ class Device:
             try:
                 budget = operator.index(self.budget)
             except TypeError:
-                raise ConfigError(f"Device.budget must be bytes (int) or None, got "
-                                  f"{self.budget!r}") from None
+                raise ConfigError(
+                    f"Device.budget must be bytes (int) or None, got {self.budget!r}"
+                ) from None
             if isinstance(self.budget, bool) or budget <= 0:
                 raise ConfigError(f"Device.budget must be > 0 bytes, got {self.budget!r}")
         options = dict(self.options)
@@ -76,8 +77,9 @@ class Device:
             budget = rest[1] if len(rest) > 1 else None
             options = tuple(dict(rest[2]).items()) if len(rest) > 2 else ()
             return cls(profile, backend, budget, options)
-        raise ConfigError(f"a device is a Device or (profile, backend, budget) tuple, got "
-                          f"{value!r}")
+        raise ConfigError(
+            f"a device is a Device or (profile, backend, budget) tuple, got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,14 @@ class PlanConfig:
                 raise ConfigError(f"PlanConfig.{name}={value!r}; must be an int >= 1")
         for name in ("max_context", "context_tokens", "stream_max_window"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ConfigError(f"PlanConfig.{name}={value!r}; must be an int >= 1 or None")
         if not 0 <= self.min_split_gain < 1:
-            raise ConfigError(f"PlanConfig.min_split_gain={self.min_split_gain!r}; must be in "
-                              "[0, 1)")
+            raise ConfigError(
+                f"PlanConfig.min_split_gain={self.min_split_gain!r}; must be in [0, 1)"
+            )
         if self.disk_gbs is not None and not self.disk_gbs > 0:
             raise ConfigError(f"PlanConfig.disk_gbs={self.disk_gbs!r}; must be > 0")
         if self.mode not in MODES:
@@ -233,13 +237,21 @@ class Plan:
         if self.streaming is not None:
             from edge.streaming import StreamConfig
 
-            return StreamConfig(self.streaming.budget, max_context=self.max_context,
-                                prefill_chunk=self.prefill_chunk, threads=threads)
+            return StreamConfig(
+                self.streaming.budget,
+                max_context=self.max_context,
+                prefill_chunk=self.prefill_chunk,
+                threads=threads,
+            )
         from edge.engine import EngineConfig
 
-        return EngineConfig(max_context=self.max_context, prefill_chunk=self.prefill_chunk,
-                            threads=threads, placement=self.placement(),
-                            prefill_placement=self.prefill_placement())
+        return EngineConfig(
+            max_context=self.max_context,
+            prefill_chunk=self.prefill_chunk,
+            threads=threads,
+            placement=self.placement(),
+            prefill_placement=self.prefill_placement(),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -252,5 +264,6 @@ class Plan:
 def _placement(segments: Sequence[SegmentPlan]) -> Placement:
     if not segments or segments[0].backend == STREAM_BACKEND:
         raise ConfigError("a streamed plan has no placement; run it with plan.engine_config()")
-    return Placement(tuple(SegmentPlacement(s.start, s.end, s.backend, s.options)
-                           for s in segments))
+    return Placement(
+        tuple(SegmentPlacement(s.start, s.end, s.backend, s.options) for s in segments)
+    )

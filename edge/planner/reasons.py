@@ -27,15 +27,21 @@ def _move(segments: Segments, part: int, device: int) -> Segments:
     return tuple(out)
 
 
-def _reason(tables: Tables, config: PlanConfig, phase: str, chosen: Priced, decode: Segments,
-            part: int, device: int) -> str:
+def _reason(
+    tables: Tables,
+    config: PlanConfig,
+    phase: str,
+    chosen: Priced,
+    decode: Segments,
+    part: int,
+    device: int,
+) -> str:
     refusals = tables.decode_refusal if phase == "decode" else tables.prefill_refusal
     refused = refusals[device][part]
     if refused:
         return refused
     moved = _move(chosen.segments, part, device)
-    priced = (price(tables, moved) if phase == "decode"
-              else price(tables, decode, moved, "prefill"))
+    priced = price(tables, moved) if phase == "decode" else price(tables, decode, moved, "prefill")
     if not priced.fits:  # memory first: it holds however the parts are cut
         mine = [p for p in priced.over if p.startswith(tables.devices[device].label)]
         return "; ".join(mine or priced.over)
@@ -46,14 +52,20 @@ def _reason(tables: Tables, config: PlanConfig, phase: str, chosen: Priced, deco
     if priced.seconds >= chosen.seconds:
         return "the transfers at its segment boundaries cost more than it saves"
     unit = "tok/s" if phase == "decode" else "s to first token"
-    a, b = ((1 / priced.seconds, 1 / chosen.seconds) if phase == "decode"
-            else (priced.seconds, chosen.seconds))
-    return (f"splitting does not pay: {a:.1f} vs {b:.1f} {unit}, under the "
-            f"{config.min_split_gain:.0%} a split must gain (PlanConfig.min_split_gain)")
+    a, b = (
+        (1 / priced.seconds, 1 / chosen.seconds)
+        if phase == "decode"
+        else (priced.seconds, chosen.seconds)
+    )
+    return (
+        f"splitting does not pay: {a:.1f} vs {b:.1f} {unit}, under the "
+        f"{config.min_split_gain:.0%} a split must gain (PlanConfig.min_split_gain)"
+    )
 
 
-def fallbacks(tables: Tables, config: PlanConfig, decode: Priced,
-              prefill: Priced) -> tuple[PartFallback, ...]:
+def fallbacks(
+    tables: Tables, config: PlanConfig, decode: Priced, prefill: Priced
+) -> tuple[PartFallback, ...]:
     out: list[PartFallback] = []
     names = [p.name for p in tables.costs.parts]
     for phase, chosen in (("decode", decode), ("prefill", prefill)):
@@ -71,8 +83,7 @@ def fallbacks(tables: Tables, config: PlanConfig, decode: Priced,
                 else:
                     runs.append((part, part + 1, reason))
             label = tables.devices[device].label
-            out.extend(PartFallback(phase, s, e, _span(names, s, e), label, r)
-                       for s, e, r in runs)
+            out.extend(PartFallback(phase, s, e, _span(names, s, e), label, r) for s, e, r in runs)
     return tuple(out)
 
 

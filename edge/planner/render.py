@@ -17,23 +17,30 @@ def _segments(title: str, segments: tuple[SegmentPlan, ...], unit: str) -> list[
 
 def describe(plan: Plan) -> str:
     """The human-readable plan."""
-    lines = [f"model: {plan.model}",
-             f"plan: {plan.mode}, context {plan.max_context} tokens, prompt {plan.prompt_tokens} "
-             f"tokens in chunks of {plan.prefill_chunk}; memory predicted with "
-             f"{plan.context_tokens} tokens in the cache",
-             f"predicted: time to first token {plan.ttft_s * 1e3:.0f} ms, decode "
-             f"{plan.decode_tokens_per_s:.1f} tokens/s, peak memory of the process "
-             f"{format_size(plan.peak_bytes)}"]
+    lines = [
+        f"model: {plan.model}",
+        f"plan: {plan.mode}, context {plan.max_context} tokens, prompt {plan.prompt_tokens} "
+        f"tokens in chunks of {plan.prefill_chunk}; memory predicted with "
+        f"{plan.context_tokens} tokens in the cache",
+        f"predicted: time to first token {plan.ttft_s * 1e3:.0f} ms, decode "
+        f"{plan.decode_tokens_per_s:.1f} tokens/s, peak memory of the process "
+        f"{format_size(plan.peak_bytes)}",
+    ]
     lines += _segments("prompt (prefill)", plan.prefill, "for the prompt")
     lines += _segments("decode", plan.decode, "per token")
     if plan.streaming is not None:
         s = plan.streaming
-        rereads = (f"re-reads {format_size(s.read_bytes_per_token)} per token at "
-                   f"{s.disk_gbs:.1f} GB/s" if s.read_bytes_per_token else "reads each once")
-        lines.append(f"streaming: budget {format_size(s.budget)}; {len(s.pinned)} parts "
-                     f"pinned, {len(s.streamed)} streamed through a window of {s.window} x "
-                     f"{format_size(s.unit_bytes)}; {rereads}; the engine needs at least "
-                     f"{format_size(s.engine_minimum)}")
+        rereads = (
+            f"re-reads {format_size(s.read_bytes_per_token)} per token at {s.disk_gbs:.1f} GB/s"
+            if s.read_bytes_per_token
+            else "reads each once"
+        )
+        lines.append(
+            f"streaming: budget {format_size(s.budget)}; {len(s.pinned)} parts "
+            f"pinned, {len(s.streamed)} streamed through a window of {s.window} x "
+            f"{format_size(s.unit_bytes)}; {rereads}; the engine needs at least "
+            f"{format_size(s.engine_minimum)}"
+        )
     lines.append("devices:")
     for use in plan.devices:
         if not use.breakdown:
@@ -41,12 +48,17 @@ def describe(plan: Plan) -> str:
             continue
         parts = ", ".join(f"{k} {format_size(v)}" for k, v in use.breakdown)
         runs = "" if use.decode_parts or use.prefill_parts else ", runs no part"
-        lines.append(f"  {use.device:<34} peak {format_size(use.peak_bytes)} of "
-                     f"{format_size(use.limit_bytes)} ({parts}{runs})")
+        lines.append(
+            f"  {use.device:<34} peak {format_size(use.peak_bytes)} of "
+            f"{format_size(use.limit_bytes)} ({parts}{runs})"
+        )
     if plan.transfers:
         lines.append("transfers:")
-        lines += [f"  {t.phase} after {t.after}: {t.source} -> {t.target}, "
-                  f"{t.bytes_per_token} B/token, {t.seconds * 1e3:.2f} ms" for t in plan.transfers]
+        lines += [
+            f"  {t.phase} after {t.after}: {t.source} -> {t.target}, "
+            f"{t.bytes_per_token} B/token, {t.seconds * 1e3:.2f} ms"
+            for t in plan.transfers
+        ]
     if plan.fallbacks:
         lines.append("fallbacks:")
         lines += [f"  {f}" for f in plan.fallbacks]

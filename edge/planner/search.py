@@ -61,8 +61,9 @@ def seconds(tables: Tables, segments: Segments, phase: str) -> float:
     total = sum(tables.span_sum(table, d, s, e) for s, e, d in segments)
     hidden = tables.costs.hidden_bytes_per_token
     for (_, _, a), (_, _, b) in pairwise(segments):
-        total += timing.transfer_seconds(tokens, hidden, _link(tables.devices[a],
-                                                               tables.devices[b]))
+        total += timing.transfer_seconds(
+            tokens, hidden, _link(tables.devices[a], tables.devices[b])
+        )
     return total
 
 
@@ -100,15 +101,25 @@ def shares(tables: Tables, decode: Segments, prefill: Segments = ()) -> tuple[Sh
             if device.backend not in charged:
                 charged.add(device.backend)
                 steady += memory.runtime_memory(device.backend).runtime_bytes
-            share = Share(0, max(tables.transient(s, e, d) for s, e in mine),
-                          sum(tables.relief[d][p] for p in parts),
-                          memory.activation_bytes(tables.costs.spec, tables.ctx.chunk)
-                          + sum(tables.growth(s, e, d) for s, e in mine))
+            share = Share(
+                0,
+                max(tables.transient(s, e, d) for s, e in mine),
+                sum(tables.relief[d][p] for p in parts),
+                memory.activation_bytes(tables.costs.spec, tables.ctx.chunk)
+                + sum(tables.growth(s, e, d) for s, e in mine),
+            )
         if d == tables.host:
             steady += memory.process_base(tables.costs, tables.footprint)
         # The host holds the process itself even when it runs no part.
-        out.append(Share(steady, share.transient, share.relief, share.running,
-                         bool(parts) or d == tables.host))
+        out.append(
+            Share(
+                steady,
+                share.transient,
+                share.relief,
+                share.running,
+                bool(parts) or d == tables.host,
+            )
+        )
     return tuple(out)
 
 
@@ -117,7 +128,8 @@ def pool_peak(members: Sequence[Share]) -> int:
     transient meets the others' load-time state, and run-time extras all add up."""
     return sum(s.steady for s in members) + max(
         max(s.transient for s in members) - sum(s.relief for s in members),
-        sum(s.running for s in members))
+        sum(s.running for s in members),
+    )
 
 
 def budget_problems(tables: Tables, parts: Sequence[Share]) -> tuple[str, ...]:
@@ -129,8 +141,10 @@ def budget_problems(tables: Tables, parts: Sequence[Share]) -> tuple[str, ...]:
     for d, device in enumerate(tables.devices):
         pools.setdefault(device.profile.memory_pool, []).append(d)  # type: ignore[arg-type]
         if parts[d].peak > device.limit:
-            problems.append(f"{device.label}: needs {format_size(parts[d].peak)}, over its "
-                            f"{format_size(device.limit)} budget")
+            problems.append(
+                f"{device.label}: needs {format_size(parts[d].peak)}, over its "
+                f"{format_size(device.limit)} budget"
+            )
     for members in pools.values():
         if sum(parts[d].used for d in members) < 2:
             continue  # one device's own check covers it
@@ -138,22 +152,30 @@ def budget_problems(tables: Tables, parts: Sequence[Share]) -> tuple[str, ...]:
         total = pool_peak([parts[d] for d in members])
         if total > limit:
             labels = ", ".join(tables.devices[d].label for d in members)
-            problems.append(f"memory shared by {labels}: needs {format_size(total)}, over "
-                            f"{format_size(limit)}")
+            problems.append(
+                f"memory shared by {labels}: needs {format_size(total)}, over {format_size(limit)}"
+            )
     return tuple(problems)
 
 
 def pool_limit(devices: Sequence[Device], members: Sequence[int]) -> int:
-    return min(max(devices[d].limit for d in members),
-               min(devices[d].profile.memory_bytes for d in members))
+    return min(
+        max(devices[d].limit for d in members),
+        min(devices[d].profile.memory_bytes for d in members),
+    )
 
 
-def price(tables: Tables, decode: Segments, prefill: Segments | None = None,
-          phase: str = "decode") -> Priced:
+def price(
+    tables: Tables, decode: Segments, prefill: Segments | None = None, phase: str = "decode"
+) -> Priced:
     parts = shares(tables, decode, prefill or ())
     segments = decode if phase == "decode" else (prefill or decode)
-    return Priced(segments, seconds(tables, segments, phase), tuple(s.peak for s in parts),
-                  budget_problems(tables, parts))
+    return Priced(
+        segments,
+        seconds(tables, segments, phase),
+        tuple(s.peak for s in parts),
+        budget_problems(tables, parts),
+    )
 
 
 def best_decode(tables: Tables, config: PlanConfig) -> Priced | None:
@@ -172,8 +194,11 @@ def best_decode(tables: Tables, config: PlanConfig) -> Priced | None:
             best = priced
         if len(segments) == 1 and (single is None or _better(priced, single)):
             single = priced
-    if single is not None and best is not None and \
-            best.seconds > single.seconds * (1 - config.min_split_gain):
+    if (
+        single is not None
+        and best is not None
+        and best.seconds > single.seconds * (1 - config.min_split_gain)
+    ):
         return single
     return best
 
@@ -187,8 +212,11 @@ def best_prefill(tables: Tables, config: PlanConfig, decode: Segments) -> Priced
         if segments == decode or not supported(tables, segments, "prefill"):
             continue
         priced = price(tables, decode, segments, "prefill")
-        if priced.fits and priced.seconds < baseline.seconds * (1 - config.min_split_gain) \
-                and _better(priced, best):
+        if (
+            priced.fits
+            and priced.seconds < baseline.seconds * (1 - config.min_split_gain)
+            and _better(priced, best)
+        ):
             best = priced
     return best
 

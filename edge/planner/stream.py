@@ -27,24 +27,49 @@ from memory_sched.sizing import StreamPlan, activation_bytes, plan_budget_for, u
 from memory_sched.store import plan_layout
 
 
-def engine_stream_plan(manifest: Manifest, tokenizer_bytes: int, budget: int,
-                       max_context: int, chunk: int, max_window: int | None,
-                       footprint: ImportFootprint | None = None) -> StreamPlan:
+def engine_stream_plan(
+    manifest: Manifest,
+    tokenizer_bytes: int,
+    budget: int,
+    max_context: int,
+    chunk: int,
+    max_window: int | None,
+    footprint: ImportFootprint | None = None,
+) -> StreamPlan:
     """What the streamed engine decides for this budget (BudgetTooSmallError when nothing
     fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
-    return plan_budget_for(manifest, MemoryBudget(budget), tokenizer_bytes=tokenizer_bytes,
-                           max_context=max_context, chunk=chunk, max_window=max_window,
-                           runtime_overhead=memory.stream_allowance(footprint))
+    return plan_budget_for(
+        manifest,
+        MemoryBudget(budget),
+        tokenizer_bytes=tokenizer_bytes,
+        max_context=max_context,
+        chunk=chunk,
+        max_window=max_window,
+        runtime_overhead=memory.stream_allowance(footprint),
+    )
 
 
-def stream_minimum(manifest: Manifest, *, max_context: int, prefill_chunk: int = 64,
-                   max_window: int | None = 4, footprint: ImportFootprint | None = None) -> int:
+def stream_minimum(
+    manifest: Manifest,
+    *,
+    max_context: int,
+    prefill_chunk: int = 64,
+    max_window: int | None = 4,
+    footprint: ImportFootprint | None = None,
+) -> int:
     """The smallest budget the streamed engine accepts (what its error message states)."""
     from edge.planner.costs import tokenizer_bytes
 
     try:
-        engine_stream_plan(manifest, tokenizer_bytes(manifest), 1, max_context,
-                           min(prefill_chunk, max_context), max_window, footprint)
+        engine_stream_plan(
+            manifest,
+            tokenizer_bytes(manifest),
+            1,
+            max_context,
+            min(prefill_chunk, max_context),
+            max_window,
+            footprint,
+        )
     except BudgetTooSmallError as exc:
         return exc.minimum
     return 1
@@ -62,15 +87,27 @@ class StreamedCosts:
 def _pinned_bytes(manifest: Manifest, pinned: frozenset[str]) -> int:
     """What load_pinned reads: pinned parts' tensors once each, prefill-graph rows excluded."""
     return unique_bytes(
-        replace(p, tensors=tuple(t for t in p.tensors
-                                 if not t.name.endswith(PREFILL_INT8_SUFFIXES)))
-        for p in manifest.parts if p.name in pinned)
+        replace(
+            p, tensors=tuple(t for t in p.tensors if not t.name.endswith(PREFILL_INT8_SUFFIXES))
+        )
+        for p in manifest.parts
+        if p.name in pinned
+    )
 
 
-def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile,
-                   plan: StreamPlan, *, max_context: int, chunk: int, tokens: int,
-                   prompt_tokens: int, disk_gbs: float,
-                   footprint: ImportFootprint | None = None) -> StreamedCosts:
+def streamed_costs(
+    manifest: Manifest,
+    costs: ModelCosts,
+    profile: DeviceProfile,
+    plan: StreamPlan,
+    *,
+    max_context: int,
+    chunk: int,
+    tokens: int,
+    prompt_tokens: int,
+    disk_gbs: float,
+    footprint: ImportFootprint | None = None,
+) -> StreamedCosts:
     """Predicted memory and speed of the streamed engine running `plan`."""
 
     spec = manifest.spec
@@ -82,7 +119,8 @@ def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile
         process=memory.process_base(costs, footprint, resident=False),
         runtime=memory.stream_runtime(quantized, footprint),
         kv_cache=memory.kv_resident(spec, spec.num_layers, tokens),
-        activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound))
+        activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound),
+    )
     streamed = plan.streamed_units
     rereads = bool(streamed) and not plan.policy.keeps_all
     read = sum(plan_layout(u).buffer_bytes for u in streamed) if rereads else 0
@@ -90,7 +128,9 @@ def streamed_costs(manifest: Manifest, costs: ModelCosts, profile: DeviceProfile
     compute = sum(decode_seconds(p, profile, STREAM_BACKEND, tokens) for p in costs.parts)
     decode_s = max(compute, read_s) if plan.policy.window >= 2 else compute + read_s
     steps = -(-prompt_tokens // chunk)
-    prompt = sum(prefill_seconds(p, profile, STREAM_BACKEND, prompt_tokens, chunk, False)
-                 for p in costs.parts)
+    prompt = sum(
+        prefill_seconds(p, profile, STREAM_BACKEND, prompt_tokens, chunk, False)
+        for p in costs.parts
+    )
     ttft = max(prompt, read_s * steps) if plan.policy.window >= 2 else prompt + read_s * steps
     return StreamedCosts(plan, breakdown, read, decode_s, ttft)

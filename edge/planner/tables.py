@@ -34,22 +34,23 @@ def resolve(manifest: Manifest, costs: ModelCosts, config: PlanConfig) -> Contex
     from edge.engine import DEFAULT_MAX_CONTEXT
 
     spec = manifest.spec
-    max_context = costs.static_context or min(config.max_context or DEFAULT_MAX_CONTEXT,
-                                              spec.max_position_embeddings)
+    max_context = costs.static_context or min(
+        config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+    )
     prompt = min(config.prompt_tokens, max_context)
     tokens = min(config.context_tokens or max_context, max_context)
     chunk = min(config.prefill_chunk, max_context)
     return Context(max_context, prompt, tokens, max(tokens - prompt, 0), chunk)
 
 
-def _refused(refusals: Mapping[tuple[str, int], str], backend: str,
-             part: PartCost) -> str | None:
+def _refused(refusals: Mapping[tuple[str, int], str], backend: str, part: PartCost) -> str | None:
     reason = refusals.get((backend, part.index))
     return None if reason is None else f"{backend}: {reason}"
 
 
-def refusal(device: Device, part: PartCost, phase: str, manifest: Manifest,
-            config: PlanConfig) -> str | None:
+def refusal(
+    device: Device, part: PartCost, phase: str, manifest: Manifest, config: PlanConfig
+) -> str | None:
     """Why `device` cannot run `part` for `phase` ("decode"/"prefill"), or None."""
     profile = device.profile
     kind = profile.kind
@@ -57,15 +58,23 @@ def refusal(device: Device, part: PartCost, phase: str, manifest: Manifest,
         return f"{kind}: part has no static int8 graph (export with --quant q-static-int8)"
     if kind == "npu" and phase == "decode":
         if not config.npu_decode:
-            return ("npu: decode stays on CPU/GPU (an NPU's fixed-shape graphs waste it on "
-                    "1-token steps; PlanConfig(npu_decode=True) allows it)")
+            return (
+                "npu: decode stays on CPU/GPU (an NPU's fixed-shape graphs waste it on "
+                "1-token steps; PlanConfig(npu_decode=True) allows it)"
+            )
         if 1 not in part.static_steps:
             return "npu: part has no 1-token static graph for decode"
     static = (manifest.quantization or {}).get("static") or {}
-    if (device.backend == "openvino" and kind == "cpu" and part.static_int8
-            and static.get("activation_bits") == 16):
-        return ("openvino: its CPU plugin drops 16-bit QuantizeLinear/DequantizeLinear pairs "
-                "(measured on 2026.4), so it would not compute this graph as written")
+    if (
+        device.backend == "openvino"
+        and kind == "cpu"
+        and part.static_int8
+        and static.get("activation_bits") == 16
+    ):
+        return (
+            "openvino: its CPU plugin drops 16-bit QuantizeLinear/DequantizeLinear pairs "
+            "(measured on 2026.4), so it would not compute this graph as written"
+        )
     return None
 
 
@@ -105,8 +114,10 @@ class Tables:
         key = (start, end, backend)
         if key not in self._transient:
             model = memory.runtime_memory(backend)
-            self._transient[key] = int(model.prepack_transient * memory._last_prepacked(
-                self.costs, memory.Span(start, end, backend)))
+            self._transient[key] = int(
+                model.prepack_transient
+                * memory._last_prepacked(self.costs, memory.Span(start, end, backend))
+            )
         return self._transient[key]
 
     def growth(self, start: int, end: int, d: int) -> int:
@@ -117,8 +128,10 @@ class Tables:
 
 def _part_memory(costs: ModelCosts, part: PartCost, backend: str, tokens: int) -> int:
     model = memory.runtime_memory(backend)
-    total = sum(int((model.allocated.get(c, 1.0) + model.mapped.get(c, 0.0)) * b)
-                for c, b in part.class_bytes.items())
+    total = sum(
+        int((model.allocated.get(c, 1.0) + model.mapped.get(c, 0.0)) * b)
+        for c, b in part.class_bytes.items()
+    )
     if part.kind == "block":
         total += model.per_block_bytes + memory.kv_resident(costs.spec, 1, tokens)
     return total
@@ -128,8 +141,10 @@ def _part_relief(part: PartCost, backend: str) -> int:
     model = memory.runtime_memory(backend)
     if model.allocated_at_load is None:
         return 0
-    return sum(int((model.allocated.get(c, 1.0) - model.allocated_at_load.get(c, 1.0)) * b)
-               for c, b in part.class_bytes.items())
+    return sum(
+        int((model.allocated.get(c, 1.0) - model.allocated_at_load.get(c, 1.0)) * b)
+        for c, b in part.class_bytes.items()
+    )
 
 
 def _shared_maps(costs: ModelCosts, backend: str) -> list[tuple[int, int, int]]:
@@ -148,8 +163,13 @@ def _shared_maps(costs: ModelCosts, backend: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def build(manifest: Manifest, costs: ModelCosts, devices: tuple[Device, ...],
-          config: PlanConfig, refusals: Mapping[tuple[str, int], str] | None = None) -> Tables:
+def build(
+    manifest: Manifest,
+    costs: ModelCosts,
+    devices: tuple[Device, ...],
+    config: PlanConfig,
+    refusals: Mapping[tuple[str, int], str] | None = None,
+) -> Tables:
     ctx = resolve(manifest, costs, config)
     refused = refusals or {}
     decode_s, prefill_s, decode_no, prefill_no, mem, relief, shared = [], [], [], [], [], [], []
@@ -157,21 +177,49 @@ def build(manifest: Manifest, costs: ModelCosts, devices: tuple[Device, ...],
         profile, backend = device.profile, device.backend
         # An NPU runs prompts in its largest fixed chunk; others in the configured one.
         chunk = ctx.chunk
-        decode_s.append([timing.decode_seconds(p, profile, backend, ctx.tokens // 2)
-                         for p in costs.parts])
-        prefill_s.append([timing.prefill_seconds(
-            p, profile, backend, ctx.prompt_tokens,
-            max(p.static_steps) if p.static_steps else chunk, config.int8_prefill)
-            for p in costs.parts])
-        decode_no.append([_refused(refused, backend, p)
-                          or refusal(device, p, "decode", manifest, config)
-                          for p in costs.parts])
-        prefill_no.append([_refused(refused, backend, p)
-                           or refusal(device, p, "prefill", manifest, config)
-                           for p in costs.parts])
+        decode_s.append(
+            [timing.decode_seconds(p, profile, backend, ctx.tokens // 2) for p in costs.parts]
+        )
+        prefill_s.append(
+            [
+                timing.prefill_seconds(
+                    p,
+                    profile,
+                    backend,
+                    ctx.prompt_tokens,
+                    max(p.static_steps) if p.static_steps else chunk,
+                    config.int8_prefill,
+                )
+                for p in costs.parts
+            ]
+        )
+        decode_no.append(
+            [
+                _refused(refused, backend, p) or refusal(device, p, "decode", manifest, config)
+                for p in costs.parts
+            ]
+        )
+        prefill_no.append(
+            [
+                _refused(refused, backend, p) or refusal(device, p, "prefill", manifest, config)
+                for p in costs.parts
+            ]
+        )
         mem.append([_part_memory(costs, p, backend, ctx.tokens) for p in costs.parts])
         relief.append([_part_relief(p, backend) for p in costs.parts])
         shared.append(_shared_maps(costs, backend))
     host = next((i for i, d in enumerate(devices) if d.profile.kind == "cpu"), 0)
-    return Tables(devices, costs, ctx, decode_s, prefill_s, decode_no, prefill_no, mem, relief,
-                  shared, host, config.footprint)
+    return Tables(
+        devices,
+        costs,
+        ctx,
+        decode_s,
+        prefill_s,
+        decode_no,
+        prefill_no,
+        mem,
+        relief,
+        shared,
+        host,
+        config.footprint,
+    )

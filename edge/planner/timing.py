@@ -43,17 +43,21 @@ DECODE_BYTES: dict[str, Mapping[str, float]] = {
     # rows are widened to a float32 copy per step (4 bytes touched per byte read)
     "stream": {MATMUL_F32: 1.0, NBITS4: 1.7, NBITS8: 1.3, INT8_ROWS: 4.0, QDQ_INT8: 1.0},
 }
-GENERIC_DECODE_BYTES = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0,
-                        QDQ_INT8: 1.0}
+GENERIC_DECODE_BYTES = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0, QDQ_INT8: 1.0}
 # A prompt's matmul rate as a fraction of the device's fp32 GEMM rate (x efficiency), by class.
 PREFILL_RATE: dict[str, Mapping[str, float]] = {
-    "ort_cpu": {MATMUL_F32: 1.1, NBITS4: 0.9, NBITS8: 0.9, PREFILL_INT8: 2.2, INT8_ROWS: 2.2,
-                QDQ_INT8: 1.0},
+    "ort_cpu": {
+        MATMUL_F32: 1.1,
+        NBITS4: 0.9,
+        NBITS8: 0.9,
+        PREFILL_INT8: 2.2,
+        INT8_ROWS: 2.2,
+        QDQ_INT8: 1.0,
+    },
     "openvino": {MATMUL_F32: 1.0, NBITS4: 0.7, NBITS8: 0.7, INT8_ROWS: 1.0, QDQ_INT8: 1.0},
     "stream": {MATMUL_F32: 1.0, NBITS4: 0.35, NBITS8: 0.35, INT8_ROWS: 0.5, QDQ_INT8: 1.0},
 }
-GENERIC_PREFILL_RATE = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0,
-                        QDQ_INT8: 1.0}
+GENERIC_PREFILL_RATE = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0, QDQ_INT8: 1.0}
 # Per block per step: attention, norms, rope, the runtime's dispatch of ~20 small ops.
 BLOCK_OVERHEAD_S = {"ort_cpu": 15e-6, "openvino": 40e-6, "stream": 250e-6}
 GENERIC_BLOCK_OVERHEAD_S = 50e-6
@@ -72,8 +76,7 @@ def _compute_rate(profile: DeviceProfile, integer: bool) -> float:
     return rate * GB * profile.efficiency  # type: ignore[operator]
 
 
-def decode_seconds(part: PartCost, profile: DeviceProfile, runtime: str,
-                   context: int) -> float:
+def decode_seconds(part: PartCost, profile: DeviceProfile, runtime: str, context: int) -> float:
     """One decode step of `part` with `context` positions cached."""
     factors = DECODE_BYTES.get(runtime, GENERIC_DECODE_BYTES)
     read = sum(nbytes * factors.get(cls, 0.0) for cls, nbytes in part.class_bytes.items())
@@ -85,8 +88,14 @@ def decode_seconds(part: PartCost, profile: DeviceProfile, runtime: str,
     return seconds
 
 
-def prefill_seconds(part: PartCost, profile: DeviceProfile, runtime: str, tokens: int,
-                    chunk: int, int8_prefill: bool) -> float:
+def prefill_seconds(
+    part: PartCost,
+    profile: DeviceProfile,
+    runtime: str,
+    tokens: int,
+    chunk: int,
+    int8_prefill: bool,
+) -> float:
     """A prompt of `tokens` in steps of `chunk`. The head computes the last position only;
     attention over the growing prompt is counted at its mean length."""
     if part.kind == "embed":
@@ -102,12 +111,10 @@ def prefill_seconds(part: PartCost, profile: DeviceProfile, runtime: str, tokens
         cls = max(weight_classes, key=lambda c: part.class_bytes[c], default=MATMUL_F32)
     integer = part.static_int8 or profile.needs_int8
     rate = _compute_rate(profile, integer) * (1.0 if integer else rates.get(cls, 1.0))
-    flops = tokens * (part.flops_per_token
-                      + part.attention_flops_per_context_token * tokens / 2)
+    flops = tokens * (part.flops_per_token + part.attention_flops_per_context_token * tokens / 2)
     # A prompt step also reads the weights once; small chunks become memory-bound.
     read = decode_seconds(part, profile, runtime, tokens // 2) * steps
-    return max(flops / rate, read) + steps * BLOCK_OVERHEAD_S.get(runtime,
-                                                                  GENERIC_BLOCK_OVERHEAD_S)
+    return max(flops / rate, read) + steps * BLOCK_OVERHEAD_S.get(runtime, GENERIC_BLOCK_OVERHEAD_S)
 
 
 def transfer_seconds(tokens: int, hidden_bytes: int, link_gbs: float | None) -> float:

@@ -27,8 +27,9 @@ import numpy as np
 from edge.sampling import Sampler
 
 
-def accept_draft(sampler: Sampler, logits: np.ndarray, draft: Sequence[int],
-                 history: Sequence[int]) -> tuple[int, int]:
+def accept_draft(
+    sampler: Sampler, logits: np.ndarray, draft: Sequence[int], history: Sequence[int]
+) -> tuple[int, int]:
     """(number of draft tokens accepted, the target's next token). logits: [k+1, V];
     `history` is the whole sequence before the draft, so positions are absolute."""
     context = list(history)
@@ -38,4 +39,3 @@ def accept_draft(sampler: Sampler, logits: np.ndarray, draft: Sequence[int],
             return i, choice
         context.append(token)
     return len(draft), sampler.choose(logits[len(draft)], context, len(context))
-

@@ -74,8 +74,12 @@ def save_calibration(path: Path, calibration: Calibration) -> None:
 
 
 def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -87,16 +91,24 @@ def _optional(value: object, what: str) -> float | None:
 def _parse(data: object) -> Calibration:
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise ValueError(f"not a version {VERSION} calibration")
-    draft_token = {str(k): _number(v, f"draft_token[{k}]")
-                   for k, v in dict(data["draft_token"]).items()}
+    draft_token = {
+        str(k): _number(v, f"draft_token[{k}]") for k, v in dict(data["draft_token"]).items()
+    }
     acceptance = {}
     for key, pair in dict(data["acceptance"]).items():
         accepted, trials = (_number(x, f"acceptance[{key}]") for x in pair)
         if accepted > trials:
             raise ValueError(f"acceptance[{key}]: {accepted} accepted of {trials} trials")
         acceptance[str(key)] = (accepted, trials)
-    best_seen = {str(k): min(_number(v, f"best_seen[{k}]"), 1.0)
-                 for k, v in dict(data.get("best_seen", {})).items()}
-    return Calibration(_optional(data["plain_step"], "plain_step"),
-                       _optional(data["verify_slope"], "verify_slope"), draft_token, acceptance,
-                       _optional(data.get("catch_up_token"), "catch_up_token"), best_seen)
+    best_seen = {
+        str(k): min(_number(v, f"best_seen[{k}]"), 1.0)
+        for k, v in dict(data.get("best_seen", {})).items()
+    }
+    return Calibration(
+        _optional(data["plain_step"], "plain_step"),
+        _optional(data["verify_slope"], "verify_slope"),
+        draft_token,
+        acceptance,
+        _optional(data.get("catch_up_token"), "catch_up_token"),
+        best_seen,
+    )

@@ -46,8 +46,9 @@ class SpeculativeConfig:
         if not 1 <= self.max_draft <= 64:
             raise ConfigError(f"max_draft={self.max_draft}; must be in 1..64")
         if not 1 <= self.draft_tokens <= self.max_draft:
-            raise ConfigError(f"draft_tokens={self.draft_tokens}; must be in 1..max_draft "
-                              f"({self.max_draft})")
+            raise ConfigError(
+                f"draft_tokens={self.draft_tokens}; must be in 1..max_draft ({self.max_draft})"
+            )
         if self.probe_every < 1:
             raise ConfigError(f"probe_every={self.probe_every}; must be >= 1")
         if not 0 < self.smoothing <= 1:
@@ -144,14 +145,21 @@ class DraftController:
         if not self.config.adaptive or (kind.trials == 0 and self.verify_slope.value is None):
             self.active = True
             return self.config.draft_tokens  # fixed, or the first round before any measurement
-        if (self.config.self_disable and catch_up and remaining is not None
-                and not self._pays_back(key, catch_up, remaining)):
+        if (
+            self.config.self_disable
+            and catch_up
+            and remaining is not None
+            and not self._pays_back(key, catch_up, remaining)
+        ):
             # Once per request, before this request measured the kind: probe if the best
             # acceptance an earlier request saw would pay (else a request of another kind of
             # text would keep a good draft off for good, never measuring it).
             best = kind.best_seen
-            if kind.rounds or kind.probed_behind or not self._pays_back(
-                    key, catch_up, remaining, best):
+            if (
+                kind.rounds
+                or kind.probed_behind
+                or not self._pays_back(key, catch_up, remaining, best)
+            ):
                 self.active = False
                 return 0
             kind.probed_behind = self.active = True
@@ -161,8 +169,12 @@ class DraftController:
         predicted_loss = best_rate < plain_rate
         # The prediction leaves out a draft model catching up on text lookup drafted; for a
         # kind that pays it, the rounds' measured rate, which includes it, may overrule.
-        measured_loss = (kind.catches_up and kind.rounds >= self.MEASURED_ROUNDS
-                         and kind.realized.value is not None and kind.realized.value < plain_rate)
+        measured_loss = (
+            kind.catches_up
+            and kind.rounds >= self.MEASURED_ROUNDS
+            and kind.realized.value is not None
+            and kind.realized.value < plain_rate
+        )
         if self.config.self_disable and (predicted_loss or measured_loss):
             self.active = False
             if kind.probing:  # the last probe did not pay either: probe half as often
@@ -182,8 +194,9 @@ class DraftController:
         self.active = True
         return best_k
 
-    def _pays_back(self, key: str, catch_up: int, remaining: int,
-                   acceptance: float | None = None) -> bool:
+    def _pays_back(
+        self, key: str, catch_up: int, remaining: int, acceptance: float | None = None
+    ) -> bool:
         """Whether drafting from here saves more time than catching up costs (unknown costs
         count as paying: they are learned by trying)."""
         per_token = self.catch_up_token.value
@@ -196,8 +209,10 @@ class DraftController:
     def best(self, key: str = "", acceptance: float | None = None) -> tuple[int, float]:
         """(k, predicted tokens/s) maximizing the predicted rate for a kind (at its measured
         acceptance, or at `acceptance`)."""
-        rates = {k: self.expected_tokens(k, key, acceptance) / self.round_cost(k, key)
-                 for k in range(1, self.config.max_draft + 1)}
+        rates = {
+            k: self.expected_tokens(k, key, acceptance) / self.round_cost(k, key)
+            for k in range(1, self.config.max_draft + 1)
+        }
         k = max(rates, key=rates.__getitem__)
         return k, rates[k]
 
@@ -217,11 +232,13 @@ class DraftController:
     def snapshot(self) -> Calibration:
         """What was learned, to carry into another process (see `calibration`)."""
         return Calibration(
-            self.plain_step.value, self.verify_slope.value,
+            self.plain_step.value,
+            self.verify_slope.value,
             {key: a.value for key, a in self.draft_token.items() if a.value is not None},
             {key: (kind.accepted, kind.trials) for key, kind in self.kinds.items()},
             self.catch_up_token.value,
-            {key: kind.best_seen for key, kind in self.kinds.items() if kind.best_seen})
+            {key: kind.best_seen for key, kind in self.kinds.items() if kind.best_seen},
+        )
 
     def restore(self, calibration: Calibration) -> None:
         """Start from an earlier process's measurements; new ones soon outweigh them."""
@@ -243,8 +260,15 @@ class DraftController:
         if tokens > 0:
             self.catch_up_token.add(seconds / tokens)
 
-    def record_round(self, key: str, proposed: int, accepted: int, draft_seconds: float,
-                     verify_seconds: float, catch_up_seconds: float = 0.0) -> None:
+    def record_round(
+        self,
+        key: str,
+        proposed: int,
+        accepted: int,
+        draft_seconds: float,
+        verify_seconds: float,
+        catch_up_seconds: float = 0.0,
+    ) -> None:
         """One verification of `proposed` drafted tokens of a kind, `accepted` of them kept.
 
         draft_seconds is the drafting proper; catch_up_seconds a draft model feeding text it
@@ -263,6 +287,7 @@ class DraftController:
         kind.request_accepted += accepted
         kind.request_trials += trials
         self.draft_token.setdefault(key, _Average(self.config.smoothing)).add(
-            draft_seconds / proposed)
+            draft_seconds / proposed
+        )
         if self.plain_step.value:
             self.verify_slope.add(max(0.0, verify_seconds / self.plain_step.value - 1) / proposed)

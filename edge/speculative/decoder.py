@@ -56,7 +56,8 @@ def _warn_if_batch_variant(target: Runner) -> None:
             "and k one-token passes differ by up to ~0.3 logits, so speculative output equals "
             "plain output (greedy, or sampled with the same seed) except where two tokens "
             "nearly tie; export with --quant w8a8, or --accuracy-level 0, for token-for-token "
-            "equality")
+            "equality"
+        )
 
 
 class SpeculativeDecoder:
@@ -68,9 +69,13 @@ class SpeculativeDecoder:
     after each request, so the next process starts informed (`edge.load` does this).
     """
 
-    def __init__(self, target: Runner, draft: DraftSource,
-                 config: SpeculativeConfig | None = None,
-                 calibration: Path | None = None) -> None:
+    def __init__(
+        self,
+        target: Runner,
+        draft: DraftSource,
+        config: SpeculativeConfig | None = None,
+        calibration: Path | None = None,
+    ) -> None:
         self.target = target
         self.draft = draft
         self.config = config or SpeculativeConfig()
@@ -99,12 +104,21 @@ class SpeculativeDecoder:
                 "parallel drafting needs cores of its own: target (%d threads) and draft (%d) "
                 "would share this machine's %d cores, so drafting runs sequentially; give them "
                 "disjoint threads (--threads, --draft-threads) or put the draft on another "
-                "device", target, draft, cores)
+                "device",
+                target,
+                draft,
+                cores,
+            )
             self.config = replace(self.config, parallel=False)
             self.controller.config = self.config
 
-    def stream(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], config: GenerationConfig,
-               cached_prefix: int = 0) -> Iterator[GenerationResponse]:
+    def stream(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        cached_prefix: int = 0,
+    ) -> Iterator[GenerationResponse]:
         check_prompt(prompt_ids, self.target.max_context)
         sampler = Sampler(config.sampling, self.target.spec.vocab_size)
         # The draft model chooses with the target's noise (the seed drawn for this request
@@ -115,8 +129,7 @@ class SpeculativeDecoder:
                 source.set_sampling(drafting)
         self.controller.start_request()
         logits, prompt_tps = prefill_prompt(self.target, prompt_ids, cached_prefix)
-        out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context,
-                              prompt_tps)
+        out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context, prompt_tps)
         run = _Run(self, sampler, out)
         token, logprob = sampler.sample(logits, out.history, len(out.history))
         yield (response := out.emit(token, logprob, speculation=run.stats()))
@@ -141,8 +154,7 @@ class SpeculativeDecoder:
                 future.exception()
             self._ahead = None
 
-    def choose_draft(self, history: list[int], room: int, remaining: int | None = None
-                     ) -> Draft:
+    def choose_draft(self, history: list[int], room: int, remaining: int | None = None) -> Draft:
         """The first source's proposal whose kind the controller takes, cut to its best k.
 
         A free source (lookup) is asked for as much as fits and cut afterwards; a model is
@@ -173,9 +185,9 @@ class SpeculativeDecoder:
             context, future = self._ahead
             self._ahead = None
             ahead = future.result()
-            extra = history[len(context):]
-            if history[:len(context)] == context and ahead.tokens[:len(extra)] == extra:
-                tokens = ahead.tokens[len(extra):]
+            extra = history[len(context) :]
+            if history[: len(context)] == context and ahead.tokens[: len(extra)] == extra:
+                tokens = ahead.tokens[len(extra) :]
                 if tokens:
                     return Draft(tokens[:k], key=ahead.key, source=ahead.source)
         return source.propose(history, k)
@@ -194,8 +206,7 @@ class SpeculativeDecoder:
 class _Run:
     """One request's state: the pending token, counters, and the round logic."""
 
-    def __init__(self, decoder: SpeculativeDecoder, sampler: Sampler,
-                 out: ResponseEmitter) -> None:
+    def __init__(self, decoder: SpeculativeDecoder, sampler: Sampler, out: ResponseEmitter) -> None:
         self.d, self.sampler, self.out = decoder, sampler, out
         self.drafted = self.accepted = self.passes = self.committed = 0
         self.decode_seconds = 0.0
@@ -205,10 +216,15 @@ class _Run:
     def stats(self) -> SpeculationStats:
         plain = self.d.controller.plain_step.value
         rate = self.committed / self.decode_seconds if self.decode_seconds else 0.0
-        return SpeculationStats(self.drafted, self.accepted, self.passes, self.committed,
-                                rate * plain if plain else 0.0,
-                                self.d.controller.active and not self.draft_failed,
-                                tuple((name, *counts) for name, counts in self.by_source.items()))
+        return SpeculationStats(
+            self.drafted,
+            self.accepted,
+            self.passes,
+            self.committed,
+            rate * plain if plain else 0.0,
+            self.d.controller.active and not self.draft_failed,
+            tuple((name, *counts) for name, counts in self.by_source.items()),
+        )
 
     def round(self) -> Iterator[GenerationResponse]:
         started = time.perf_counter()
@@ -225,8 +241,9 @@ class _Run:
             remaining = self.out.config.max_tokens - self.out.generated
             return self.d.choose_draft(self.out.history, room, remaining)
         except Exception as error:  # a draft device that fails must not cost the request
-            log.warning("draft %s failed (%s); continuing with plain decoding",
-                        self.d.draft.name, error)
+            log.warning(
+                "draft %s failed (%s); continuing with plain decoding", self.d.draft.name, error
+            )
             self.draft_failed = True
             self.d._ahead = None
             return Draft([])
@@ -254,9 +271,14 @@ class _Run:
         self.d.controller.record_catch_up(draft.setup_tokens, draft.setup_seconds)
         # A source's first catch-up in a request is the prompt's prefill: paid once, sunk.
         recurring = draft.setup_seconds if draft.source in self.by_source else 0.0
-        self.d.controller.record_round(draft.key, len(draft.tokens), n,
-                                       draft_seconds - draft.setup_seconds, verify_seconds,
-                                       recurring)
+        self.d.controller.record_round(
+            draft.key,
+            len(draft.tokens),
+            n,
+            draft_seconds - draft.setup_seconds,
+            verify_seconds,
+            recurring,
+        )
         seconds = draft_seconds + verify_seconds
         self.drafted += len(draft.tokens)
         self.accepted += n
@@ -268,8 +290,9 @@ class _Run:
         self._count(0, seconds)
         for i, t in enumerate([*draft.tokens[:n], token]):
             self.committed += 1
-            response = self.out.emit(t, _log_softmax_at(logits[i], t), from_draft=i < n,
-                                     speculation=self.stats())
+            response = self.out.emit(
+                t, _log_softmax_at(logits[i], t), from_draft=i < n, speculation=self.stats()
+            )
             yield response
             if response.finish_reason:
                 return

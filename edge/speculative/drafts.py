@@ -59,8 +59,10 @@ class LookupConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
-            raise ConfigError(f"lookup n-grams {self.min_ngram}..{self.max_ngram}; "
-                              "need 1 <= min_ngram <= max_ngram")
+            raise ConfigError(
+                f"lookup n-grams {self.min_ngram}..{self.max_ngram}; "
+                "need 1 <= min_ngram <= max_ngram"
+            )
 
 
 class LookupDraft:
@@ -88,7 +90,7 @@ class LookupDraft:
         for n in range(min(self.config.max_ngram, len(seen) - 1), self.config.min_ngram - 1, -1):
             start = self._next.get(tuple(seen[-n:]))
             if start is not None:
-                return Draft(seen[start:start + k], key=f"ngram{n}", source=self.name)
+                return Draft(seen[start : start + k], key=f"ngram{n}", source=self.name)
         return Draft([], key="ngram0", source=self.name)
 
     def _index(self, history: Sequence[int]) -> None:
@@ -106,7 +108,7 @@ class LookupDraft:
             for n in range(1, self.config.max_ngram + 1):
                 if position - n < 0:
                     break
-                self._next[tuple(seen[position - n:position])] = position
+                self._next[tuple(seen[position - n : position])] = position
 
 
 _ROUND_FEED = 2  # tokens a draft model feeds at the start of an ordinary round
@@ -158,8 +160,9 @@ class ModelDraft:
             if i + 1 < k:
                 logits = self.engine.decode(token)
                 self._cached.append(token)
-        return Draft(tokens, key=self.name, source=self.name, setup_seconds=setup,
-                     setup_tokens=extra)
+        return Draft(
+            tokens, key=self.name, source=self.name, setup_seconds=setup, setup_tokens=extra
+        )
 
     def behind(self, history: Sequence[int]) -> int:
         """Tokens a proposal for `history` would feed beyond an ordinary round's."""

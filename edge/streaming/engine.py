@@ -99,8 +99,9 @@ class StreamedEngine:
         self.package = package
         self.config = config
         spec = self.spec = package.spec
-        self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT,
-                               spec.max_position_embeddings)
+        self.max_context = min(
+            config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+        )
         self.chunk = min(config.prefill_chunk, self.max_context)
         check_threads(config.threads)
         self.threads = config.threads or physical_cores()
@@ -113,11 +114,17 @@ class StreamedEngine:
         embed = next(p for p in package.manifest.parts if p.kind == "embed")
         # The embedding's rows are read per step, never mapped: a run only touches the rows of
         # its tokens, and a file truncated under it is an error, not a fault.
-        self.embed = part_weights(spec, embed, {t.name: package.rows(t) for t in embed.tensors},
-                                  package.manifest.quantization)
+        self.embed = part_weights(
+            spec,
+            embed,
+            {t.name: package.rows(t) for t in embed.tensors},
+            package.manifest.quantization,
+        )
         self.prefetcher: Prefetcher | None = (
             self.plan.prefetcher(package.files, direct=config.direct)
-            if self.plan.policy.streamed else None)
+            if self.plan.policy.streamed
+            else None
+        )
         self.stats = StreamStats()
         self._last_read: dict[str, object] = {}
         self._step_bytes = 0
@@ -143,8 +150,7 @@ class StreamedEngine:
         return False  # one kernel path serves every step length
 
     def describe(self) -> str:
-        return (f"memory budget {format_size(self.config.budget.limit)}: "
-                f"{describe_plan(self.plan)}")
+        return f"memory budget {format_size(self.config.budget.limit)}: {describe_plan(self.plan)}"
 
     def report(self) -> str | None:
         """The I/O-compute summary of the decode steps so far (None before any)."""
@@ -158,8 +164,9 @@ class StreamedEngine:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
         ids = token_array(token_ids, self.spec.vocab_size)
         self._check_room(len(ids))
-        return prefill_in_chunks(ids, self.chunk, all_logits,
-                                 lambda chunk, want: self._step(chunk, want, all_logits))
+        return prefill_in_chunks(
+            ids, self.chunk, all_logits, lambda chunk, want: self._step(chunk, want, all_logits)
+        )
 
     def verify(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
         """Logits [S, V] for every fed token (one kernel path serves every step here)."""
@@ -181,7 +188,8 @@ class StreamedEngine:
         if self.position + n > self.max_context:
             raise ContextOverflowError(
                 f"{self.position} tokens in context + {n} new exceed the context window of "
-                f"{self.max_context} tokens; shorten the prompt or raise max_context")
+                f"{self.max_context} tokens; shorten the prompt or raise max_context"
+            )
 
     def _step(self, ids: np.ndarray, want_logits: bool, all_logits: bool) -> np.ndarray | None:
         started = time.perf_counter()
@@ -193,9 +201,16 @@ class StreamedEngine:
                 weights, wait = self._acquire(part)
                 waited += wait
                 try:
-                    x = block_forward(self.spec, weights, x, self.cache.keys[part.block_index],
-                                      self.cache.values[part.block_index], position,
-                                      self.rope, self.linear)
+                    x = block_forward(
+                        self.spec,
+                        weights,
+                        x,
+                        self.cache.keys[part.block_index],
+                        self.cache.values[part.block_index],
+                        position,
+                        self.rope,
+                        self.linear,
+                    )
                 finally:
                     if part.name not in self.pinned:
                         self.prefetcher.release(part.name)
@@ -210,8 +225,11 @@ class StreamedEngine:
         if want_logits:
             index = np.arange(len(ids)) if all_logits else np.array([len(ids) - 1])
             logits = head_forward(self.spec, self.pinned["head"], x, index, self.linear)[0]
-        self.stats.steps.append(StepTiming(len(ids), time.perf_counter() - started, waited,
-                                           self._read_since_last_step()))
+        self.stats.steps.append(
+            StepTiming(
+                len(ids), time.perf_counter() - started, waited, self._read_since_last_step()
+            )
+        )
         return logits
 
     def _acquire(self, part: PartEntry) -> tuple[PartWeights, float]:
@@ -227,23 +245,28 @@ class StreamedEngine:
         if self._last_read.get(part.name) is not loaded.stats:  # a fresh read, not a kept one
             self._last_read[part.name] = loaded.stats
             self._step_bytes += loaded.stats.nbytes
-        return part_weights(self.spec, part, loaded.tensors,
-                            self.package.manifest.quantization), wait
+        return part_weights(
+            self.spec, part, loaded.tensors, self.package.manifest.quantization
+        ), wait
 
     def _read_since_last_step(self) -> int:
         nbytes, self._step_bytes = self._step_bytes, 0
         return nbytes
 
 
-def plan_budget(package: Package, config: StreamConfig, max_context: int,
-                chunk: int) -> StreamPlan:
+def plan_budget(package: Package, config: StreamConfig, max_context: int, chunk: int) -> StreamPlan:
     """The window for this package under `config.budget` (see `plan_budget_for`)."""
     manifest = package.manifest
     tokenizer = package.files.size(manifest.tokenizer.file)
-    return plan_budget_for(manifest, config.budget, tokenizer_bytes=tokenizer,
-                           max_context=max_context, chunk=chunk,
-                           runtime_overhead=_runtime_overhead(config),
-                           max_window=config.max_window)
+    return plan_budget_for(
+        manifest,
+        config.budget,
+        tokenizer_bytes=tokenizer,
+        max_context=max_context,
+        chunk=chunk,
+        runtime_overhead=_runtime_overhead(config),
+        max_window=config.max_window,
+    )
 
 
 def _runtime_overhead(config: StreamConfig) -> int:
@@ -257,7 +280,10 @@ def _runtime_overhead(config: StreamConfig) -> int:
 
 def describe_plan(plan: StreamPlan) -> str:
     streamed = len(plan.policy.streamed)
-    return (f"{len(plan.policy.pinned)} parts pinned ({format_size(plan.pinned_bytes)}), "
-            f"{streamed} streamed through a window of {plan.policy.window} "
-            f"({format_size(plan.pool_bytes)})" if streamed else
-            f"all {len(plan.policy.pinned)} parts resident ({format_size(plan.pinned_bytes)})")
+    return (
+        f"{len(plan.policy.pinned)} parts pinned ({format_size(plan.pinned_bytes)}), "
+        f"{streamed} streamed through a window of {plan.policy.window} "
+        f"({format_size(plan.pool_bytes)})"
+        if streamed
+        else f"all {len(plan.policy.pinned)} parts resident ({format_size(plan.pinned_bytes)})"
+    )

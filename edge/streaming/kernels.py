@@ -33,5 +33,6 @@ class StreamedLinear:
         kernel = self._kernels.get(spec)
         if kernel is None:
             kernel = self._kernels[spec] = NBitsMatMul(spec, self.threads)
-        return kernel(np.ascontiguousarray(x, np.float32), weight.packed, weight.scales,
-                      weight.zero_points)
+        return kernel(
+            np.ascontiguousarray(x, np.float32), weight.packed, weight.scales, weight.zero_points
+        )

@@ -32,8 +32,7 @@ def read_tensor(files: PackageFiles, entry: TensorEntry) -> np.ndarray:
     except PackageError as exc:
         raise StreamReadError(f"tensor {entry.name}: {exc}") from exc
     if hasattr(os, "posix_fadvise"):  # the bytes are ours now; the page cache copy is not
-        os.posix_fadvise(files.fd(entry.file), entry.offset, entry.nbytes,
-                         os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(files.fd(entry.file), entry.offset, entry.nbytes, os.POSIX_FADV_DONTNEED)
     return out
 
 
@@ -41,22 +40,30 @@ def _typed(raw: np.ndarray, entry: TensorEntry) -> np.ndarray:
     """One entry's view of shared bytes (two entries may type the same bytes differently:
     the int4 embedding rows are the head's MatMulNBits blocks)."""
     storage, _ = DTYPES[entry.dtype]
-    return raw[:entry.nbytes].view(storage).reshape(storage_shape(entry))
+    return raw[: entry.nbytes].view(storage).reshape(storage_shape(entry))
 
 
-def load_pinned(package: Package, names: Iterable[str], progress: bool = True
-                ) -> dict[str, PartWeights]:
+def load_pinned(
+    package: Package, names: Iterable[str], progress: bool = True
+) -> dict[str, PartWeights]:
     """Typed weights of the named parts, read from the package (progress on stderr)."""
     wanted = set(names)
     parts = [p for p in package.manifest.parts if p.name in wanted]
     by_location: dict[tuple[str, int], np.ndarray] = {}
     # ONNX Runtime's int8 prefill weights are not what this forward multiplies by.
-    tensors = {p.name: [t for t in p.tensors if not t.name.endswith(PREFILL_SUFFIXES)]
-               for p in parts}
+    tensors = {
+        p.name: [t for t in p.tensors if not t.name.endswith(PREFILL_SUFFIXES)] for p in parts
+    }
     total = sum({(t.file, t.offset): t.nbytes for ts in tensors.values() for t in ts}.values())
     out: dict[str, PartWeights] = {}
-    with tqdm(total=total, unit="B", unit_scale=True, desc="load resident parts",
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="load resident parts",
+        disable=not progress,
+        leave=False,
+    ) as bar:
         for part in parts:
             arrays = {}
             for t in tensors[part.name]:
@@ -65,6 +72,5 @@ def load_pinned(package: Package, names: Iterable[str], progress: bool = True
                     by_location[key] = read_tensor(package.files, t)
                     bar.update(t.nbytes)
                 arrays[t.name] = _typed(by_location[key], t)
-            out[part.name] = part_weights(package.spec, part, arrays,
-                                          package.manifest.quantization)
+            out[part.name] = part_weights(package.spec, part, arrays, package.manifest.quantization)
     return out

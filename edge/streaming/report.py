@@ -38,15 +38,20 @@ class StreamSummary:
     @property
     def read_throughput(self) -> float:
         """Bytes per second while reading."""
-        return (self.bytes_per_token / self.read_seconds_per_token
-                if self.read_seconds_per_token else 0.0)
+        return (
+            self.bytes_per_token / self.read_seconds_per_token
+            if self.read_seconds_per_token
+            else 0.0
+        )
 
     def line(self) -> str:
-        return (f"{self.tokens_per_second:.2f} tok/s | per token: "
-                f"{self.seconds_per_token * 1e3:.0f} ms = compute "
-                f"{self.compute_per_token * 1e3:.0f} ms + I/O wait "
-                f"{self.io_wait_per_token * 1e3:.0f} ms | read {self.bytes_per_token / 1e6:.0f} "
-                f"MB/token at {self.read_throughput / 1e9:.2f} GB/s | overlap {self.overlap:.0%}")
+        return (
+            f"{self.tokens_per_second:.2f} tok/s | per token: "
+            f"{self.seconds_per_token * 1e3:.0f} ms = compute "
+            f"{self.compute_per_token * 1e3:.0f} ms + I/O wait "
+            f"{self.io_wait_per_token * 1e3:.0f} ms | read {self.bytes_per_token / 1e6:.0f} "
+            f"MB/token at {self.read_throughput / 1e9:.2f} GB/s | overlap {self.overlap:.0%}"
+        )
 
 
 def summarize(engine, events: tuple[TimelineEvent, ...] = ()) -> StreamSummary:
@@ -59,14 +64,19 @@ def summarize(engine, events: tuple[TimelineEvent, ...] = ()) -> StreamSummary:
     for e in reads:
         per_step[e.step] = per_step.get(e.step, 0.0) + e.seconds
     read_s = statistics.median(per_step.values()) if per_step else 0.0
-    return StreamSummary(len(steps), statistics.median(s.seconds for s in steps),
-                         statistics.median(s.io_wait for s in steps),
-                         statistics.median(s.seconds - s.io_wait for s in steps),
-                         statistics.median(s.bytes_read for s in steps), read_s)
+    return StreamSummary(
+        len(steps),
+        statistics.median(s.seconds for s in steps),
+        statistics.median(s.io_wait for s in steps),
+        statistics.median(s.seconds - s.io_wait for s in steps),
+        statistics.median(s.bytes_read for s in steps),
+        read_s,
+    )
 
 
-def plot_timeline(events: tuple[TimelineEvent, ...], path: str | Path, last_steps: int = 3,
-                  title: str = "") -> Path:
+def plot_timeline(
+    events: tuple[TimelineEvent, ...], path: str | Path, last_steps: int = 3, title: str = ""
+) -> Path:
     """A PNG of disk reads (one lane) against compute per block (another), last few steps."""
     try:
         import matplotlib
@@ -86,8 +96,12 @@ def plot_timeline(events: tuple[TimelineEvent, ...], path: str | Path, last_step
     names = sorted({e.part for e in shown}, key=_block_order)
     for e in shown:
         lane = 1 if e.kind == "read" else 0
-        ax.broken_barh([((e.start - t0) * 1e3, max(e.seconds * 1e3, 0.05))], (lane * 10, 8),
-                       facecolors=colors(names.index(e.part) % 20), edgecolor="none")
+        ax.broken_barh(
+            [((e.start - t0) * 1e3, max(e.seconds * 1e3, 0.05))],
+            (lane * 10, 8),
+            facecolors=colors(names.index(e.part) % 20),
+            edgecolor="none",
+        )
     ax.set_yticks([4, 14], ["compute (streamed blocks)", "disk reads"])
     ax.set_xlabel("milliseconds")
     ax.set_title(title or f"streamed weights: the last {last_steps} steps")

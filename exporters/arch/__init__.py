@@ -9,7 +9,8 @@ from exporters.arch.llama import LlamaArchitecture
 from exporters.arch.qwen2 import Qwen2Architecture
 
 ARCHITECTURES: dict[str, LlamaArchitecture] = {
-    name: arch for arch in (LlamaArchitecture(), Qwen2Architecture(), Gemma3Architecture())
+    name: arch
+    for arch in (LlamaArchitecture(), Qwen2Architecture(), Gemma3Architecture())
     for name in (arch.name, *arch.declaration.aliases)
 }
 

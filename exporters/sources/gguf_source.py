@@ -88,8 +88,9 @@ class GGUFSource:
             raise UnsupportedModelError(f"{self.path} lacks tensor {name}")
         data = tensor.data if rows is None else tensor.data[rows]
         # gguf returns numpy order ([out, in]); quantized rows dequantize independently
-        values = np.asarray(self._gguf.quants.dequantize(data, tensor.tensor_type),
-                            dtype=np.float32)
+        values = np.asarray(
+            self._gguf.quants.dequantize(data, tensor.tensor_type), dtype=np.float32
+        )
         self._release(tensor)
         return values
 
@@ -141,16 +142,26 @@ class GGUFSource:
             convert_gguf_tokenizer,
         )
 
-        meta = {key: self._field(key) for key in self._reader.fields
-                if key.startswith("tokenizer.")}
-        groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
-                          if f"tokenizer.{key}" in meta}
-                  for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+        meta = {
+            key: self._field(key) for key in self._reader.fields if key.startswith("tokenizer.")
+        }
+        groups = {
+            group: {
+                name: meta[f"tokenizer.{key}"]
+                for key, name in renames.items()
+                if f"tokenizer.{key}" in meta
+            }
+            for group, renames in GGUF_TOKENIZER_MAPPING.items()
+        }
         tokens, config = groups["tokenizer"], groups["tokenizer_config"]
         if tokens.get("tokenizer_type") == "llama":
             config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece
-        for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                          ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        for name, key in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"),
+        ):
             token_id = meta.get(f"tokenizer.ggml.{key}")
             config[name] = tokens["tokens"][token_id] if token_id is not None else None
         backend, _ = convert_gguf_tokenizer(self.architecture, tokens)
@@ -158,5 +169,9 @@ class GGUFSource:
 
     def describe(self) -> dict[str, Any]:
         types = sorted({t.tensor_type.name for t in self._reader.tensors})
-        return {"kind": "gguf", "file": self.path.name, "tensor_types": types,
-                "name": self._field("general.name")}
+        return {
+            "kind": "gguf",
+            "file": self.path.name,
+            "tensor_types": types,
+            "name": self._field("general.name"),
+        }

@@ -68,7 +68,8 @@ class HFSource:
         self.path = Path(path)
         if not is_hf_folder(self.path):
             raise UnsupportedModelError(
-                f"{self.path} is not a Hugging Face folder (no config.json)")
+                f"{self.path} is not a Hugging Face folder (no config.json)"
+            )
         self._config = _read_config(self.path / "config.json")
         self.architecture = str(self._config.get("model_type"))
         known = DECLARATIONS.get(self.architecture)
@@ -101,8 +102,13 @@ class HFSource:
         if info["dtype"] not in _DTYPES:
             raise UnsupportedModelError(f"{name}: safetensors dtype {info['dtype']} unsupported")
         begin, _ = info["data_offsets"]
-        raw = np.memmap(file, dtype=_DTYPES[info["dtype"]], mode="r",
-                        offset=data_start + begin, shape=tuple(info["shape"]))
+        raw = np.memmap(
+            file,
+            dtype=_DTYPES[info["dtype"]],
+            mode="r",
+            offset=data_start + begin,
+            shape=tuple(info["shape"]),
+        )
         raw = raw if rows is None else raw[rows]
         if info["dtype"] == "BF16":
             values = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -113,8 +119,10 @@ class HFSource:
         return values
 
     def read_rows(self, name: str, rows: slice | None = None) -> RowWeight:
-        return RowWeight(self._index[name][1]["dtype"] if name in self._index else "F32",
-                         values=self.read(name, rows))
+        return RowWeight(
+            self._index[name][1]["dtype"] if name in self._index else "F32",
+            values=self.read(name, rows),
+        )
 
     def write_tokenizer(self, root: Path, check: bool) -> TokenizerInfo:
         return export_tokenizer(self.reference_tokenizer(), root, check)
@@ -125,8 +133,11 @@ class HFSource:
         return AutoTokenizer.from_pretrained(self.path)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "folder": self.path.name,
-                "architectures": self._config.get("architectures")}
+        return {
+            "kind": "hf",
+            "folder": self.path.name,
+            "architectures": self._config.get("architectures"),
+        }
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -29,22 +29,32 @@ class PackageSource:
         self.package = open_package(self.path, verify="full")
         manifest = self.package.manifest
         if manifest.quantization is not None:
-            raise PackageError(f"{self.path} is already quantized; quantize the float32 package "
-                               "or export again from the original model")
+            raise PackageError(
+                f"{self.path} is already quantized; quantize the float32 package "
+                "or export again from the original model"
+            )
         self.spec = manifest.spec
         self.architecture = self.spec.architecture
         self._tensors = {t.name: t for p in manifest.parts for t in p.tensors}
 
     def config(self) -> dict[str, Any]:
         s = self.spec
-        return {"model_type": s.architecture, "vocab_size": s.vocab_size,
-                "hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
-                "num_hidden_layers": s.num_layers, "num_attention_heads": s.num_heads,
-                "num_key_value_heads": s.num_kv_heads, "head_dim": s.head_dim,
-                "rope_theta": s.rope_theta, "rms_norm_eps": s.rms_norm_eps,
-                "max_position_embeddings": s.max_position_embeddings,
-                "tie_word_embeddings": s.tie_word_embeddings,
-                "attention_bias": s.attention_bias, FEATURES_KEY: spec_features(s)}
+        return {
+            "model_type": s.architecture,
+            "vocab_size": s.vocab_size,
+            "hidden_size": s.hidden_size,
+            "intermediate_size": s.intermediate_size,
+            "num_hidden_layers": s.num_layers,
+            "num_attention_heads": s.num_heads,
+            "num_key_value_heads": s.num_kv_heads,
+            "head_dim": s.head_dim,
+            "rope_theta": s.rope_theta,
+            "rms_norm_eps": s.rms_norm_eps,
+            "max_position_embeddings": s.max_position_embeddings,
+            "tie_word_embeddings": s.tie_word_embeddings,
+            "attention_bias": s.attention_bias,
+            FEATURES_KEY: spec_features(s),
+        }
 
     def _split(self, name: str) -> tuple[str, slice, bool] | None:
         """(stored tensor, column range, transposed) holding the source tensor `name`."""
@@ -54,11 +64,13 @@ class PackageSource:
         prefix, role, kind = ".".join(pieces[:2]), pieces[2], pieces[3]
         s = self.spec
         q, kv, f = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
-        fused = {"attn_q": ("attn_qkv", slice(0, q)),
-                 "attn_k": ("attn_qkv", slice(q, q + kv)),
-                 "attn_v": ("attn_qkv", slice(q + kv, q + 2 * kv)),
-                 "ffn_gate": ("ffn_gate_up", slice(0, f)),
-                 "ffn_up": ("ffn_gate_up", slice(f, 2 * f))}
+        fused = {
+            "attn_q": ("attn_qkv", slice(0, q)),
+            "attn_k": ("attn_qkv", slice(q, q + kv)),
+            "attn_v": ("attn_qkv", slice(q + kv, q + 2 * kv)),
+            "ffn_gate": ("ffn_gate_up", slice(0, f)),
+            "ffn_up": ("ffn_gate_up", slice(f, 2 * f)),
+        }
         stored, columns = fused.get(role, (role, slice(None)))
         target = f"{prefix}.{stored}.{kind}"
         return (target, columns, kind == "weight") if target in self._tensors else None
@@ -88,5 +100,8 @@ class PackageSource:
         return info
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "edge", "package": self.path.name,
-                "from": self.package.manifest.exporter.get("source")}
+        return {
+            "kind": "edge",
+            "package": self.path.name,
+            "from": self.package.manifest.exporter.get("source"),
+        }

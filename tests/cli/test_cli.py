@@ -204,10 +204,10 @@ def test_quantize_then_eval_ppl(smollm2_package: Path, tmp_path: Path) -> None:
     done = edge_cli("quantize", str(smollm2_package), "-o", str(out), "--quant", "int8", "-q")
     assert done.returncode == 0, done.stderr
     assert "quantization: int8" in edge_cli("info", str(out)).stdout
-    ppl = edge_cli("eval", "ppl", str(out), "--max-tokens", "200", "--window", "128",
-                   "--stride", "64", "-q")
+    ppl = edge_cli(
+        "eval", "ppl", str(out), "--max-tokens", "200", "--window", "128", "--stride", "64", "-q"
+    )
     assert ppl.returncode == 0, ppl.stderr
     assert ppl.stdout.startswith("perplexity ") and "199 tokens" in ppl.stdout
-    again = edge_cli("quantize", str(out), "-o", str(tmp_path / "again"), "--quant", "int4",
-                     "-q")
+    again = edge_cli("quantize", str(out), "-o", str(tmp_path / "again"), "--quant", "int4", "-q")
     assert again.returncode == 2 and "already quantized" in again.stderr

@@ -33,9 +33,17 @@ def fake_measure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[int]:
     def measure(machine):
         calls.append(1)
         return microbench.Microbench(
-            machine.cpu.model, machine.cpu.usable_cores, machine.onnxruntime.version, 14.5,
-            28.25, 70.0, 1500.0, "2026-11-26T12:00:00", 3.0,
-            load_average=3.0 * machine.cpu.usable_cores)  # "busy": load above the cores
+            machine.cpu.model,
+            machine.cpu.usable_cores,
+            machine.onnxruntime.version,
+            14.5,
+            28.25,
+            70.0,
+            1500.0,
+            "2026-11-26T12:00:00",
+            3.0,
+            load_average=3.0 * machine.cpu.usable_cores,
+        )  # "busy": load above the cores
 
     monkeypatch.setattr(microbench, "measure", measure)
     return calls

@@ -18,12 +18,15 @@ def test_odd_sizes_are_rounded_not_rejected() -> None:
     assert measure_read_bandwidth(3, size_bytes=4099, repeats=1) > 0
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"threads": 0}, "threads"),
-    ({"threads": True}, "threads"),
-    ({"threads": 1, "size_bytes": 100}, "size_bytes"),
-    ({"threads": 1, "repeats": 0}, "repeats"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threads": 0}, "threads"),
+        ({"threads": True}, "threads"),
+        ({"threads": 1, "size_bytes": 100}, "size_bytes"),
+        ({"threads": 1, "repeats": 0}, "repeats"),
+    ],
+)
 def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         measure_read_bandwidth(**kwargs)

@@ -22,20 +22,27 @@ from devices.discovery import discover
 from devices.memory_info import MemoryInfo
 from devices.npus import OpenVinoDevice, OpenVinoInfo, OrtInfo
 
-PI5_FEATURES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
-                "lrcpc dcpop asimddp")
-PI5_CORE = """processor\t: {i}
+PI5_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+    "lrcpc dcpop asimddp"
+)
+PI5_CORE = (
+    """processor\t: {i}
 BogoMIPS\t: 108.00
-Features\t: """ + PI5_FEATURES + """
+Features\t: """
+    + PI5_FEATURES
+    + """
 CPU implementer\t: 0x41
 CPU architecture: 8
 CPU part\t: 0xd0b
 
 """
+)
 PI5_TAIL = "Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n"
 ORIN_CORE = PI5_CORE.replace("0xd0b", "0xd42").replace("dcpop asimddp", "dcpop asimddp uscat")
-MEMINFO_8G = ("MemTotal:        8245616 kB\nMemFree:         6000000 kB\n"
-              "MemAvailable:    7000000 kB\n")
+MEMINFO_8G = (
+    "MemTotal:        8245616 kB\nMemFree:         6000000 kB\nMemAvailable:    7000000 kB\n"
+)
 NVIDIA_SMI = "0, NVIDIA GeForce RTX 4090, 24564, 23000, 550.54.14\n"
 
 
@@ -60,18 +67,30 @@ def fake_orin_nano(root: Path) -> Path:
     write(root, "proc/cpuinfo", "".join(ORIN_CORE.format(i=i) for i in range(6)))
     write(root, "proc/meminfo", "MemTotal:        7805952 kB\nMemAvailable:    6100000 kB\n")
     write(root, "proc/device-tree/model", b"NVIDIA Jetson Orin Nano Developer Kit\x00")
-    write(root, "proc/device-tree/compatible",
-          b"nvidia,p3768-0000+p3767-0005\x00nvidia,p3767-0005\x00nvidia,tegra234\x00")
-    write(root, "etc/nv_tegra_release",
-          "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    write(
+        root,
+        "proc/device-tree/compatible",
+        b"nvidia,p3768-0000+p3767-0005\x00nvidia,p3767-0005\x00nvidia,tegra234\x00",
+    )
+    write(
+        root,
+        "etc/nv_tegra_release",
+        "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n",
+    )
     return root
 
 
 def fake_x86(root: Path, model: str = "Intel(R) Core(TM) Ultra 7 155H") -> Path:
     flags = "fpu sse sse2 avx avx2 fma f16c avx_vnni"
-    write(root, "proc/cpuinfo", "".join(
-        f"processor\t: {i}\nmodel name\t: {model}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n"
-        f"flags\t\t: {flags}\n\n" for i in range(4)))
+    write(
+        root,
+        "proc/cpuinfo",
+        "".join(
+            f"processor\t: {i}\nmodel name\t: {model}\nphysical id\t: 0\ncore id\t\t: {i // 2}\n"
+            f"flags\t\t: {flags}\n\n"
+            for i in range(4)
+        ),
+    )
     write(root, "proc/meminfo", MEMINFO_8G)
     return root
 
@@ -177,8 +196,10 @@ def test_discovery_nvidia_smi_gpu_without_cuda_provider(
 
 
 def test_discovery_parse_nvidia_smi_handles_na_and_noise() -> None:
-    text = ("0, Orin (nvgpu), [N/A], [N/A], 540.4.0\nNo devices were found\n"
-            "1, H100, 81559, 80000, [N/A]\n")
+    text = (
+        "0, Orin (nvgpu), [N/A], [N/A], 540.4.0\nNo devices were found\n"
+        "1, H100, 81559, 80000, [N/A]\n"
+    )
     first, second = gpus.parse_nvidia_smi(text)
     assert (first.name, first.memory_total, first.memory_free) == ("Orin (nvgpu)", None, None)
     assert second.memory_total == 81559 << 20 and second.driver is None
@@ -203,9 +224,11 @@ def test_discovery_intel_npu_and_gpu_through_openvino(
     root = fake_x86(tmp_path)
     write(root, "dev/accel/accel0", "")
     write(root, "sys/class/drm/renderD128/device/vendor", "0x8086\n")
-    devices = (OpenVinoDevice("CPU", "Intel(R) Core(TM) Ultra 7 155H"),
-               OpenVinoDevice("GPU", "Intel(R) Arc(TM) Graphics (iGPU)"),
-               OpenVinoDevice("NPU", "Intel(R) AI Boost"))
+    devices = (
+        OpenVinoDevice("CPU", "Intel(R) Core(TM) Ultra 7 155H"),
+        OpenVinoDevice("GPU", "Intel(R) Arc(TM) Graphics (iGPU)"),
+        OpenVinoDevice("NPU", "Intel(R) AI Boost"),
+    )
     monkeypatch.setattr(npus, "read_openvino", lambda: OpenVinoInfo("2026.4.1", devices))
     machine = discover(root)
     assert machine.npus[0].usable_via == ("openvino:NPU",)

@@ -32,10 +32,18 @@ def test_microbench_matmul_integer_graph_is_exact() -> None:
 
 
 def fake_bench(machine, **changes) -> Microbench:
-    values = dict(cpu_model=machine.cpu.model, cores=machine.cpu.usable_cores,
-                  onnxruntime_version=machine.onnxruntime.version, bandwidth_1t_gbs=10.0,
-                  bandwidth_gbs=20.0, fp32_gflops=50.0, int8_gops=400.0,
-                  measured_at="2026-01-02T03:04:05", seconds=1.0, load_average=0.1)
+    values = dict(
+        cpu_model=machine.cpu.model,
+        cores=machine.cpu.usable_cores,
+        onnxruntime_version=machine.onnxruntime.version,
+        bandwidth_1t_gbs=10.0,
+        bandwidth_gbs=20.0,
+        fp32_gflops=50.0,
+        int8_gops=400.0,
+        measured_at="2026-01-02T03:04:05",
+        seconds=1.0,
+        load_average=0.1,
+    )
     return Microbench(**{**values, **changes})
 
 
@@ -66,8 +74,9 @@ def test_microbench_cache_hit_refresh_and_corruption(
 
 def test_microbench_cache_key_includes_onnxruntime_version(tmp_path: Path) -> None:
     machine = discover()
-    other = dataclasses.replace(machine, onnxruntime=dataclasses.replace(
-        machine.onnxruntime, version="0.0.1"))
+    other = dataclasses.replace(
+        machine, onnxruntime=dataclasses.replace(machine.onnxruntime, version="0.0.1")
+    )
     assert microbench.cache_path(machine, tmp_path) != microbench.cache_path(other, tmp_path)
     # a file made for another machine under the same name is not trusted
     path = microbench.cache_path(machine, tmp_path)

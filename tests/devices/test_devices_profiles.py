@@ -22,14 +22,27 @@ GB = 10**9
 
 
 def valid(**changes: object) -> DeviceProfile:
-    base = dict(name="x", kind="cpu", memory_bytes=GB, memory_bandwidth_gbs=10.0,
-                fp32_gflops=50.0, int8_gops=100.0, cores=4, source="published spec: test")
+    base = dict(
+        name="x",
+        kind="cpu",
+        memory_bytes=GB,
+        memory_bandwidth_gbs=10.0,
+        fp32_gflops=50.0,
+        int8_gops=100.0,
+        cores=4,
+        source="published spec: test",
+    )
     return DeviceProfile(**{**base, **changes})  # type: ignore[arg-type]
 
 
 def test_profiles_builtin_names_and_sources() -> None:
-    assert set(PROFILES) >= {"pi4", "pi5", "jetson-orin-nano-gpu", "snapdragon-8-gen-3-npu",
-                             "laptop-x86"}
+    assert set(PROFILES) >= {
+        "pi4",
+        "pi5",
+        "jetson-orin-nano-gpu",
+        "snapdragon-8-gen-3-npu",
+        "laptop-x86",
+    }
     for profile in BUILTIN:
         assert profile.source.startswith("published spec: "), profile.name
         assert profile_by_name(profile.name) is profile
@@ -37,9 +50,16 @@ def test_profiles_builtin_names_and_sources() -> None:
 
 def test_profiles_builtin_numbers_stay_below_published_peaks() -> None:
     """Effective, not peak: each bandwidth under its DRAM's datasheet figure."""
-    peaks = {"pi4": 12.8, "pi5": 17.1, "jetson-orin-nano-cpu": 68.0,
-             "jetson-orin-nano-gpu": 68.0, "snapdragon-8-gen-3-cpu": 77.0,
-             "snapdragon-8-gen-3-gpu": 77.0, "snapdragon-8-gen-3-npu": 77.0, "laptop-x86": 89.6}
+    peaks = {
+        "pi4": 12.8,
+        "pi5": 17.1,
+        "jetson-orin-nano-cpu": 68.0,
+        "jetson-orin-nano-gpu": 68.0,
+        "snapdragon-8-gen-3-cpu": 77.0,
+        "snapdragon-8-gen-3-gpu": 77.0,
+        "snapdragon-8-gen-3-npu": 77.0,
+        "laptop-x86": 89.6,
+    }
     for name, peak in peaks.items():
         assert profile_by_name(name).memory_bandwidth_gbs < peak, name
     assert profile_by_name("pi4").memory_bytes < 4 * 2**30
@@ -75,17 +95,20 @@ def test_profiles_unknown_name_lists_the_known_ones() -> None:
         platform_by_name("jetson-agx-thor")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"kind": "tpu"}, "kind must be one of"),
-    ({"memory_bytes": 0}, "memory_bytes must be > 0, got 0"),
-    ({"memory_bandwidth_gbs": -1.0}, "memory_bandwidth_gbs must be > 0"),
-    ({"fp32_gflops": 0.0}, "fp32_gflops must be > 0"),
-    ({"cores": 0}, "cores must be > 0"),
-    ({"efficiency": 1.5}, r"efficiency must be in \(0, 1\], got 1.5"),
-    ({"host_link_gbs": 16.0}, "a cpu has no host link"),
-    ({"source": "somebody said"}, "source must start with"),
-    ({"name": ""}, "name must be a non-empty"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "tpu"}, "kind must be one of"),
+        ({"memory_bytes": 0}, "memory_bytes must be > 0, got 0"),
+        ({"memory_bandwidth_gbs": -1.0}, "memory_bandwidth_gbs must be > 0"),
+        ({"fp32_gflops": 0.0}, "fp32_gflops must be > 0"),
+        ({"cores": 0}, "cores must be > 0"),
+        ({"efficiency": 1.5}, r"efficiency must be in \(0, 1\], got 1.5"),
+        ({"host_link_gbs": 16.0}, "a cpu has no host link"),
+        ({"source": "somebody said"}, "source must start with"),
+        ({"name": ""}, "name must be a non-empty"),
+    ],
+)
 def test_profiles_validation_names_the_bad_value(change: dict, message: str) -> None:
     with pytest.raises(DeviceProfileError, match=message):
         valid(**change)

@@ -30,12 +30,17 @@ def write_q4_0_gguf(source: Path, target: Path) -> Path:
         if tensor.name.startswith("blk.") and kind.name not in ("F32", "Q8_0"):
             values = gguf.quants.dequantize(tensor.data, kind)
             packed = gguf.quants.quantize(values, GGMLQuantizationType.Q4_0)
-            writer.add_tensor(tensor.name, packed, raw_shape=packed.shape,
-                              raw_dtype=GGMLQuantizationType.Q4_0)
+            writer.add_tensor(
+                tensor.name, packed, raw_shape=packed.shape, raw_dtype=GGMLQuantizationType.Q4_0
+            )
         else:
             data = np.array(tensor.data)
-            writer.add_tensor(tensor.name, data, raw_dtype=kind,
-                              raw_shape=data.shape if kind.name == "F32" else None)
+            writer.add_tensor(
+                tensor.name,
+                data,
+                raw_dtype=kind,
+                raw_shape=data.shape if kind.name == "F32" else None,
+            )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

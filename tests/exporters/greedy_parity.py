@@ -10,15 +10,20 @@ import torch
 from edge.engine import Engine
 
 
-def assert_same_greedy(engine: Engine, model: Any, tokenizer: Any, ids: list[int],
-                       n_tokens: int, label: str) -> None:
+def assert_same_greedy(
+    engine: Engine, model: Any, tokenizer: Any, ids: list[int], n_tokens: int, label: str
+) -> None:
     """n_tokens greedy tokens from edge equal transformers' generate(do_sample=False).
 
     The caller disables EOS on the reference's generation config so both run all n_tokens.
     """
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=int),
-                         do_sample=False, max_new_tokens=n_tokens)
-    expected = out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=int),
+        do_sample=False,
+        max_new_tokens=n_tokens,
+    )
+    expected = out[0, len(ids) :].tolist()
     assert len(expected) == n_tokens
     engine.reset()
     logits = engine.prefill(ids)[0]

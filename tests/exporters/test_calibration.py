@@ -36,9 +36,12 @@ def test_awq_beats_round_to_nearest(smollm2_package: Path, tmp_path: Path) -> No
     config = PerplexityConfig(window=256, stride=128, max_tokens=512)
     results = {}
     for method in ("rtn", "awq"):
-        out = quantize_package(smollm2_package, tmp_path / method,
-                               ExportConfig(quant="int4", method=method, calibration_tokens=128),
-                               progress=False)
+        out = quantize_package(
+            smollm2_package,
+            tmp_path / method,
+            ExportConfig(quant="int4", method=method, calibration_tokens=128),
+            progress=False,
+        )
         model = edge.load(out, progress=False)
         ids = model.tokenizer.encode(default_corpus()[:10000], add_special_tokens=False)
         results[method] = perplexity(model.engine, ids, config).perplexity

@@ -24,8 +24,7 @@ from quant import QuantizedWeight, dequantize
 # set each token's int8 grid); int4-mixed 16.67 (+17%); int4 18.73 (+31%): RTN of an already
 # 4-bit (Q4_1) source compounds two roundings. The bounds leave a little room for
 # platform-dependent rounding in the int8 activation path.
-PPL_BOUNDS = {"int8": 1.02, "w8a8": 1.09, "int4-mixed": 1.25, "int4": 1.45,
-              "int4-asymmetric": 1.45}
+PPL_BOUNDS = {"int8": 1.02, "w8a8": 1.09, "int4-mixed": 1.25, "int4": 1.45, "int4-asymmetric": 1.45}
 # Package size / fp32's: int8 everywhere, w8a8 also keeps its head apart from the embedding
 # (MatMulInteger reads it [H, V], the embedding's lookup [V, H]).
 SIZE_BOUNDS = {"int8": 0.35, "w8a8": 0.38}
@@ -44,11 +43,15 @@ def fp32_ppl(smollm2_package: Path, corpus_ids: list[int]) -> float:
 
 
 @pytest.mark.parametrize("scheme", sorted(PPL_BOUNDS))
-def test_quantized_smollm2_keeps_quality(scheme: str, smollm2_package: Path, tmp_path: Path,
-                                         corpus_ids: list[int], fp32_ppl: float) -> None:
+def test_quantized_smollm2_keeps_quality(
+    scheme: str, smollm2_package: Path, tmp_path: Path, corpus_ids: list[int], fp32_ppl: float
+) -> None:
     """A quantized package answers coherently and stays within its perplexity bound of fp32."""
-    config = (ExportConfig(quant="int4", symmetric=False) if scheme == "int4-asymmetric"
-              else ExportConfig(quant=scheme))
+    config = (
+        ExportConfig(quant="int4", symmetric=False)
+        if scheme == "int4-asymmetric"
+        else ExportConfig(quant=scheme)
+    )
     out = quantize_package(smollm2_package, tmp_path / scheme, config, progress=False)
     model = edge.load(out, progress=False)
     ppl = perplexity(model.engine, corpus_ids, PPL).perplexity
@@ -56,8 +59,10 @@ def test_quantized_smollm2_keeps_quality(scheme: str, smollm2_package: Path, tmp
     assert ppl <= PPL_BOUNDS[scheme] * fp32_ppl
     # (fp32's first token on "What is the capital of France?" is a near-tie, "The" 25.33 vs
     # "L" 25.24, so that prompt would test luck, not coherence)
-    reply = model.chat([{"role": "user", "content": "What is the capital city of France? "
-                                                    "Answer in one word."}], max_tokens=16)
+    reply = model.chat(
+        [{"role": "user", "content": "What is the capital city of France? Answer in one word."}],
+        max_tokens=16,
+    )
     assert "Paris" in reply
     size = sum(f.size for f in model.package.manifest.files)
     fp32_size = sum(f.size for f in open_package(smollm2_package).manifest.files)
@@ -69,26 +74,41 @@ def test_quantized_smollm2_keeps_quality(scheme: str, smollm2_package: Path, tmp
 @pytest.fixture(scope="module")
 def q4_0_package(smollm2_q4_0_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # accuracy_level 0 computes in float32, so logits can be compared with transformers
-    return export(smollm2_q4_0_gguf, tmp_path_factory.mktemp("q40") / "pkg",
-                  ExportConfig(quant="int4", accuracy_level=0), progress=False)
+    return export(
+        smollm2_q4_0_gguf,
+        tmp_path_factory.mktemp("q40") / "pkg",
+        ExportConfig(quant="int4", accuracy_level=0),
+        progress=False,
+    )
 
 
 def test_gguf_q4_0_repacks_losslessly(q4_0_package: Path, smollm2_q4_0_gguf: Path) -> None:
     """Q4_0 blocks become MatMulNBits blocks bit for bit, and the manifest says so."""
     package = open_package(q4_0_package)
     record = package.manifest.quantization["tensors"]
-    assert all(v["from"] == "repacked Q4_0 losslessly" for k, v in record.items()
-               if k.startswith("blk."))
+    assert all(
+        v["from"] == "repacked Q4_0 losslessly" for k, v in record.items() if k.startswith("blk.")
+    )
     assert record["token_embd.weight"]["from"].startswith("repacked Q8_0 losslessly")
     tensors = {t.name: t for p in package.manifest.parts for t in p.tensors}
     packed = package.tensor(tensors["blk.3.attn_qkv.weight.q4"])
     scales = package.tensor(tensors["blk.3.attn_qkv.weight.scales"])
-    ours = dequantize(QuantizedWeight(np.array(packed), np.array(scales), None, K=576,
-                                      N=packed.shape[0], bits=4, block_size=32))  # [K, N]
+    ours = dequantize(
+        QuantizedWeight(
+            np.array(packed),
+            np.array(scales),
+            None,
+            K=576,
+            N=packed.shape[0],
+            bits=4,
+            block_size=32,
+        )
+    )  # [K, N]
     reader = gguf.GGUFReader(smollm2_q4_0_gguf)
     raw = {t.name: t for t in reader.tensors}
-    q = gguf.quants.dequantize(raw["blk.3.attn_q.weight"].data, raw["blk.3.attn_q.weight"]
-                               .tensor_type)[rope_row_order(576, 9)]
+    q = gguf.quants.dequantize(
+        raw["blk.3.attn_q.weight"].data, raw["blk.3.attn_q.weight"].tensor_type
+    )[rope_row_order(576, 9)]
     np.testing.assert_array_equal(ours[:, :576].T, q)
 
 
@@ -97,7 +117,8 @@ def test_q4_0_package_matches_transformers(q4_0_package: Path, smollm2_q4_0_gguf
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(
-        smollm2_q4_0_gguf.parent, gguf_file=smollm2_q4_0_gguf.name, dtype=torch.float32).eval()
+        smollm2_q4_0_gguf.parent, gguf_file=smollm2_q4_0_gguf.name, dtype=torch.float32
+    ).eval()
     model = edge.load(q4_0_package, progress=False)
     ids = model.tokenizer.encode("The three primary colors are red, yellow and")
     with torch.inference_mode():
@@ -125,8 +146,9 @@ def test_quantize_refuses_corrupt_and_foreign_input(smollm2_package: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_quantize_leaves_source_untouched(smollm2_package: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_quantize_leaves_source_untouched(
+    smollm2_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C in the middle of a quantize: the source still verifies, no output is left."""
     before = {p.name: p.stat().st_mtime_ns for p in smollm2_package.iterdir()}
     original = LlamaArchitecture.block_graph
@@ -138,20 +160,26 @@ def test_interrupted_quantize_leaves_source_untouched(smollm2_package: Path, tmp
 
     monkeypatch.setattr(LlamaArchitecture, "block_graph", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        quantize_package(smollm2_package, tmp_path / "out", ExportConfig(quant="int4"),
-                         progress=False)
+        quantize_package(
+            smollm2_package, tmp_path / "out", ExportConfig(quant="int4"), progress=False
+        )
     assert not (tmp_path / "out").exists()
     assert os.listdir(tmp_path) == []
     assert {p.name: p.stat().st_mtime_ns for p in smollm2_package.iterdir()} == before
     open_package(smollm2_package, verify="full")
 
 
-def test_int8_prefill_graphs_keep_quality(smollm2_package: Path, tmp_path: Path,
-                                          corpus_ids: list[int]) -> None:
+def test_int8_prefill_graphs_keep_quality(
+    smollm2_package: Path, tmp_path: Path, corpus_ids: list[int]
+) -> None:
     """--prefill-int8: prompts run per-token int8 kernels, single tokens the int4 graph, and
     perplexity (scored on the prefill path) stays within 5% of the int4 decode path's."""
-    out = quantize_package(smollm2_package, tmp_path / "pf",
-                           ExportConfig(quant="int4", prefill_int8=True), progress=False)
+    out = quantize_package(
+        smollm2_package,
+        tmp_path / "pf",
+        ExportConfig(quant="int4", prefill_int8=True),
+        progress=False,
+    )
     assert all(p.prefill_graph for p in open_package(out).manifest.blocks)
     fast = edge.load(out, progress=False)
     from edge.engine import Engine, EngineConfig
@@ -161,8 +189,10 @@ def test_int8_prefill_graphs_keep_quality(smollm2_package: Path, tmp_path: Path,
     ppl_fast = perplexity(fast.engine, corpus_ids, PPL).perplexity
     ppl_plain = perplexity(plain, corpus_ids, PPL).perplexity
     assert ppl_fast <= 1.05 * ppl_plain
-    reply = fast.chat([{"role": "user", "content": "What is the capital city of France? "
-                                                   "Answer in one word."}], max_tokens=16)
+    reply = fast.chat(
+        [{"role": "user", "content": "What is the capital city of France? Answer in one word."}],
+        max_tokens=16,
+    )
     assert "Paris" in reply
 
 
@@ -174,17 +204,21 @@ def test_symmetric_source_blocks_serve_an_asymmetric_request() -> None:
 
     weight = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
     q4_sym = quantize(weight, WeightQuantConfig(bits=4, block_size=32))
-    assert keeps_source_blocks(RowWeight("Q4_0", packed=q4_sym),
-                               WeightQuantConfig(bits=4, block_size=32, symmetric=False))
-    assert not keeps_source_blocks(RowWeight("Q4_0", packed=q4_sym),
-                                   WeightQuantConfig(bits=8, block_size=32))
+    assert keeps_source_blocks(
+        RowWeight("Q4_0", packed=q4_sym), WeightQuantConfig(bits=4, block_size=32, symmetric=False)
+    )
+    assert not keeps_source_blocks(
+        RowWeight("Q4_0", packed=q4_sym), WeightQuantConfig(bits=8, block_size=32)
+    )
     q4_asym = quantize(weight, WeightQuantConfig(bits=4, block_size=32, symmetric=False))
-    assert not keeps_source_blocks(RowWeight("Q4_1", packed=q4_asym),
-                                   WeightQuantConfig(bits=4, block_size=32))
+    assert not keeps_source_blocks(
+        RowWeight("Q4_1", packed=q4_asym), WeightQuantConfig(bits=4, block_size=32)
+    )
 
 
-def test_w8a8_stores_int8_rows_and_refuses_what_does_not_apply(smollm2_package: Path,
-                                                               tmp_path: Path) -> None:
+def test_w8a8_stores_int8_rows_and_refuses_what_does_not_apply(
+    smollm2_package: Path, tmp_path: Path
+) -> None:
     """w8a8: every linear and the head as int8 rows (the head apart from the gathered
     embedding), its scheme read back from the manifest; AWQ (a 4-bit method) and extra int8
     prefill graphs (it already is one) are refused up front."""
@@ -194,17 +228,23 @@ def test_w8a8_stores_int8_rows_and_refuses_what_does_not_apply(smollm2_package: 
         ExportConfig(quant="w8a8", method="awq")
     with pytest.raises(ValueError, match="prefill_int8"):
         ExportConfig(quant="w8a8", prefill_int8=True)
-    out = quantize_package(smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"),
-                           progress=False)
+    out = quantize_package(
+        smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"), progress=False
+    )
     manifest = open_package(out, verify="full").manifest
     assert QuantScheme.from_dict(manifest.quantization["scheme"]) == make_scheme(
-        "w8a8", manifest.spec.num_layers)
+        "w8a8", manifest.spec.num_layers
+    )
     head = {t.name for t in manifest.parts[-1].tensors}
-    assert head == {"output_norm.weight", "output.weight.int8_rows",
-                    "output.weight.int8_rows_scale"}
+    assert head == {
+        "output_norm.weight",
+        "output.weight.int8_rows",
+        "output.weight.int8_rows_scale",
+    }
     assert "token_embd.gather" in {t.name for t in manifest.parts[0].tensors}
     for block in manifest.blocks:
         matrices = [t for t in block.tensors if len(t.shape) == 2]
-        assert matrices and all(t.name.endswith(".int8_rows") and t.dtype == "int8"
-                                for t in matrices)
+        assert matrices and all(
+            t.name.endswith(".int8_rows") and t.dtype == "int8" for t in matrices
+        )
     assert not any(p.prefill_graph for p in manifest.blocks)

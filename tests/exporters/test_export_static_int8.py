@@ -20,19 +20,27 @@ PPL = PerplexityConfig(window=256, stride=128, max_tokens=1024)
 
 @pytest.fixture(scope="module")
 def static_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return quantize_package(smollm2_package, tmp_path_factory.mktemp("npu") / "a16w8",
-                            ExportConfig(quant="q-static-int8", static_chunks=(1, 32),
-                                         static_context=256, calibration_tokens=256),
-                            progress=False)
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("npu") / "a16w8",
+        ExportConfig(
+            quant="q-static-int8", static_chunks=(1, 32), static_context=256, calibration_tokens=256
+        ),
+        progress=False,
+    )
 
 
 def test_graphs_have_fixed_shapes_and_qdq(static_package: Path) -> None:
     """Every graph of every step length has only fixed dimensions (but the head's logit
     count) and runs its matmuls through QuantizeLinear/DequantizeLinear."""
     manifest = read_manifest(static_package)
-    assert manifest.quantization["static"] == {"chunks": [1, 32], "batch": 1,
-                                               "max_context": 256, "activation_bits": 16,
-                                               "weight_bits": 8}
+    assert manifest.quantization["static"] == {
+        "chunks": [1, 32],
+        "batch": 1,
+        "max_context": 256,
+        "activation_bits": 16,
+        "weight_bits": 8,
+    }
     for part in manifest.parts:
         assert [s for s, _ in part.static_graphs] == [1, 32]
         for step, graph_file in part.static_graphs:
@@ -51,16 +59,25 @@ def test_graphs_have_fixed_shapes_and_qdq(static_package: Path) -> None:
 @pytest.mark.parametrize("bits", [16, 8])
 def test_static_int8_keeps_quality(bits: int, smollm2_package: Path, tmp_path: Path) -> None:
     """A16W8 stays within 3% of fp32 perplexity, A8W8 within 20%, and both answer right."""
-    out = quantize_package(smollm2_package, tmp_path / "pkg",
-                           ExportConfig(quant="q-static-int8", static_chunks=(1, 64),
-                                        static_context=512, static_activation_bits=bits),
-                           progress=False)
+    out = quantize_package(
+        smollm2_package,
+        tmp_path / "pkg",
+        ExportConfig(
+            quant="q-static-int8",
+            static_chunks=(1, 64),
+            static_context=512,
+            static_activation_bits=bits,
+        ),
+        progress=False,
+    )
     static, fp32 = edge.load(out, progress=False), edge.load(smollm2_package, progress=False)
     ids = static.tokenizer.encode(default_corpus()[:20000], add_special_tokens=False)
     ppl = perplexity(static.engine, ids, PPL).perplexity
     assert ppl <= BOUNDS[bits] * perplexity(fp32.engine, ids, PPL).perplexity
-    assert "Paris" in static.chat([{"role": "user", "content": "What is the capital city of "
-                                    "France? Answer in one word."}], max_tokens=12)
+    assert "Paris" in static.chat(
+        [{"role": "user", "content": "What is the capital city of France? Answer in one word."}],
+        max_tokens=12,
+    )
 
 
 def test_padded_prefill_equals_step_by_step(static_package: Path) -> None:
@@ -75,7 +92,6 @@ def test_padded_prefill_equals_step_by_step(static_package: Path) -> None:
     padded = engine.prefill(ids, all_logits=True)  # 32 + 13 padded to 32
     assert engine.position == len(ids)
     engine.reset()
-    stepped = np.stack([engine.prefill(ids[:1])[0]] + [engine.decode(t).copy()
-                                                       for t in ids[1:]])
+    stepped = np.stack([engine.prefill(ids[:1])[0]] + [engine.decode(t).copy() for t in ids[1:]])
     np.testing.assert_allclose(padded, stepped, atol=0.5)
     assert (padded.argmax(-1) == stepped.argmax(-1)).all()

@@ -55,13 +55,20 @@ def _tokenizer() -> Any:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>",
-                                   eos_token="<eos>", pad_token="<pad>",
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def tiny_gemma3(vocab_size: int, seed: int = 0) -> Any:
@@ -69,13 +76,29 @@ def tiny_gemma3(vocab_size: int, seed: int = 0) -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
-        max_position_embeddings=512, sliding_window=WINDOW, layer_types=LAYER_TYPES,
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 1e6}},
-        rms_norm_eps=1e-6, initializer_range=0.2, tie_word_embeddings=True,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0, attn_implementation="eager")
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        max_position_embeddings=512,
+        sliding_window=WINDOW,
+        layer_types=LAYER_TYPES,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        },
+        rms_norm_eps=1e-6,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
     torch.manual_seed(seed)
     model = Gemma3ForCausalLM(config)
     with torch.no_grad():
@@ -120,9 +143,13 @@ def _greedy(model: Any, ids: list[int], n: int) -> list[int]:
 
 
 def _hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=int),
-                         do_sample=False, max_new_tokens=n)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=int),
+        do_sample=False,
+        max_new_tokens=n,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 def test_spec_declares_gemma3_features(tiny: tuple[Any, Path, list[int]]) -> None:
@@ -132,7 +159,7 @@ def test_spec_declares_gemma3_features(tiny: tuple[Any, Path, list[int]]) -> Non
     assert spec.qk_norm and spec.sandwich_norms and spec.activation == "gelu_tanh"
     assert spec.sliding_window == WINDOW and spec.sliding_layers == (0, 1, 3)
     assert (spec.rope_theta, spec.rope_local_theta) == (1e6, 10000.0)
-    assert spec.attention_scale == pytest.approx(24 ** -0.5)
+    assert spec.attention_scale == pytest.approx(24**-0.5)
     assert spec.embedding_scale == pytest.approx(8.0)
     assert spec.tie_word_embeddings
 
@@ -141,8 +168,9 @@ def test_prompt_logits_match_transformers(tiny: tuple[Any, Path, list[int]]) -> 
     model, package, ids = tiny
     expected = _hf_logits(model, ids)
     assert np.abs(expected).max() > 1.0, "logits are flat: the test would prove nothing"
-    np.testing.assert_allclose(_engine(package).prefill(ids, all_logits=True), expected,
-                               rtol=0, atol=LOGITS_ATOL)
+    np.testing.assert_allclose(
+        _engine(package).prefill(ids, all_logits=True), expected, rtol=0, atol=LOGITS_ATOL
+    )
 
 
 def test_features_matter(tiny: tuple[Any, Path, list[int]]) -> None:
@@ -150,11 +178,15 @@ def test_features_matter(tiny: tuple[Any, Path, list[int]]) -> None:
     reference's logits far beyond LOGITS_ATOL, so the parity above checks both."""
     model, _, ids = tiny
     expected = _hf_logits(model, ids)
-    for change in ({"sliding_window": 64},
-                   {"rope_parameters": {"sliding_attention": {"rope_type": "default",
-                                                              "rope_theta": 1e6},
-                                        "full_attention": {"rope_type": "default",
-                                                           "rope_theta": 1e6}}}):
+    for change in (
+        {"sliding_window": 64},
+        {
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e6},
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            }
+        },
+    ):
         other = tiny_gemma3(model.config.vocab_size)
         for key, value in change.items():
             setattr(other.config, key, value)
@@ -190,24 +222,31 @@ def test_spec_forwards_match_transformers(tiny: tuple[Any, Path, list[int]]) -> 
     expected = _hf_logits(model, ids)
     weights = load_model_weights(open_package(package))
     for forward in (NumpyForward(weights), TorchForward(weights)):
-        np.testing.assert_allclose(forward.prefill(ids, all_logits=True), expected,
-                                   rtol=0, atol=LOGITS_ATOL)
+        np.testing.assert_allclose(
+            forward.prefill(ids, all_logits=True), expected, rtol=0, atol=LOGITS_ATOL
+        )
         forward.reset()
         forward.prefill(ids[:6])
-        np.testing.assert_allclose(np.stack([forward.decode(t) for t in ids[6:]]),
-                                   expected[6:], rtol=0, atol=LOGITS_ATOL)
+        np.testing.assert_allclose(
+            np.stack([forward.decode(t) for t in ids[6:]]), expected[6:], rtol=0, atol=LOGITS_ATOL
+        )
 
 
 @pytest.mark.parametrize("quant", ["int4", "w8a8"])
-def test_quantized_exports_run(tiny: tuple[Any, Path, list[int]], quant: str,
-                               tmp_path: Path) -> None:
+def test_quantized_exports_run(
+    tiny: tuple[Any, Path, list[int]], quant: str, tmp_path: Path
+) -> None:
     """int4 (AWQ-calibrated through the Gemma block) and w8a8 go through the shared linear
     paths: the engine and the numpy forward agree on the quantized package, and the logits stay
     near the float ones."""
     _, package, ids = tiny
     method = "awq" if quant == "int4" else "rtn"
-    quantized = quantize_package(package, tmp_path / quant, ExportConfig(
-        quant=quant, method=method, accuracy_level=0, calibration_tokens=16), progress=False)
+    quantized = quantize_package(
+        package,
+        tmp_path / quant,
+        ExportConfig(quant=quant, method=method, accuracy_level=0, calibration_tokens=16),
+        progress=False,
+    )
     float_logits = _engine(package).prefill(ids, all_logits=True)
     ours = _engine(quantized).prefill(ids, all_logits=True)
     reference = NumpyForward(load_model_weights(open_package(quantized)))
@@ -218,14 +257,16 @@ def test_quantized_exports_run(tiny: tuple[Any, Path, list[int]], quant: str,
     assert np.abs(ours - float_logits).max() < bound * np.abs(float_logits).max()
 
 
-def test_static_int8_refuses_gemma_blocks(tiny: tuple[Any, Path, list[int]],
-                                          tmp_path: Path) -> None:
+def test_static_int8_refuses_gemma_blocks(
+    tiny: tuple[Any, Path, list[int]], tmp_path: Path
+) -> None:
     """q-static-int8 calibrates and builds Llama blocks only: a Gemma package is refused with
     the features it lacks, before anything is written."""
     _, package, _ = tiny
     with pytest.raises(UnsupportedModelError, match="q-static-int8 exports Llama-style blocks"):
-        quantize_package(package, tmp_path / "static", ExportConfig(quant="q-static-int8"),
-                         progress=False)
+        quantize_package(
+            package, tmp_path / "static", ExportConfig(quant="q-static-int8"), progress=False
+        )
     assert not (tmp_path / "static").exists()
 
 
@@ -248,8 +289,7 @@ def gemma3_real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Pat
     gguf = pull("gemma3-270m", progress=False)
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32,
-                                                 **kwargs).eval()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs).eval()
     model.generation_config.eos_token_id = None
     package = export(gguf, tmp_path_factory.mktemp("gemma3-270m") / "pkg", progress=False)
     return model, tokenizer, package
@@ -271,8 +311,10 @@ def test_real_logits_match_transformers(gemma3_real: tuple[Any, Any, Path], text
 @pytest.mark.slow
 def test_real_greedy_matches_generate(gemma3_real: tuple[Any, Any, Path]) -> None:
     model, tokenizer, package = gemma3_real
-    ids = [tokenizer.bos_token_id,
-           *tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]]
+    ids = [
+        tokenizer.bos_token_id,
+        *tokenizer("The capital of France is", add_special_tokens=False)["input_ids"],
+    ]
     expected = _hf_greedy(model, ids, 16)
     assert _greedy(Engine(open_package(package), EngineConfig()), ids, 16) == expected
     assert _greedy(NumpyForward(load_model_weights(open_package(package))), ids, 16) == expected

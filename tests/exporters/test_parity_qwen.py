@@ -59,25 +59,30 @@ def qwen_reference(qwen_gguf: Path) -> tuple[Any, Any]:
 
     kwargs = {"gguf_file": qwen_gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(qwen_gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(qwen_gguf.parent, dtype=torch.float32,
-                                                 **kwargs).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        qwen_gguf.parent, dtype=torch.float32, **kwargs
+    ).eval()
     return model, tokenizer
 
 
 def _prompt_ids(tokenizer: Any, which: str) -> list[int]:
     if which == "chat":
-        messages = [{"role": "system", "content": "You are a helpful coding assistant."},
-                    {"role": "user", "content": "Write a Python function that reverses a string."}]
+        messages = [
+            {"role": "system", "content": "You are a helpful coding assistant."},
+            {"role": "user", "content": "Write a Python function that reverses a string."},
+        ]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
-        text = {"plain": "The capital of France is", "code": CODE_PROMPT,
-                "long": LONG_PROMPT}[which]
+        text = {"plain": "The capital of France is", "code": CODE_PROMPT, "long": LONG_PROMPT}[
+            which
+        ]
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @pytest.mark.parametrize("which", ["plain", "chat", "long"])
-def test_logits_match_transformers(which: str, qwen_engine: Engine,
-                                   qwen_reference: tuple[Any, Any]) -> None:
+def test_logits_match_transformers(
+    which: str, qwen_engine: Engine, qwen_reference: tuple[Any, Any]
+) -> None:
     model, tokenizer = qwen_reference
     ids = _prompt_ids(tokenizer, which)
     if which == "long":
@@ -88,15 +93,20 @@ def test_logits_match_transformers(which: str, qwen_engine: Engine,
     actual = qwen_engine.prefill(ids, all_logits=True)
     assert actual.shape == expected.shape
     diff = float(np.abs(actual - expected).max())
-    print(f"qwen2.5-coder-0.5b {which} ({len(ids)} tokens): max |diff| {diff:.3g}, "
-          f"logits up to {np.abs(expected).max():.3g}")
+    print(
+        f"qwen2.5-coder-0.5b {which} ({len(ids)} tokens): max |diff| {diff:.3g}, "
+        f"logits up to {np.abs(expected).max():.3g}"
+    )
     assert diff <= LOGITS_ATOL
 
 
 @pytest.mark.parametrize("which", ["plain", "chat", "code"])
-def test_greedy_matches_generate(which: str, qwen_engine: Engine,
-                                 qwen_reference: tuple[Any, Any],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_greedy_matches_generate(
+    which: str,
+    qwen_engine: Engine,
+    qwen_reference: tuple[Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """64 greedy tokens equal transformers' generate(do_sample=False), EOS disabled."""
     model, tokenizer = qwen_reference
     ids = _prompt_ids(tokenizer, which)

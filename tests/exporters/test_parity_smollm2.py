@@ -38,16 +38,20 @@ def engine(smollm2_package: Path) -> Engine:
 
 
 def _chat_prompt(tokenizer: Any) -> str:
-    messages = [{"role": "system", "content": "You are a concise assistant."},
-                {"role": "user", "content": "Write a haiku about the sea."}]
+    messages = [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Write a haiku about the sea."},
+    ]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def _prompt_ids(tokenizer: Any, which: str) -> list[int]:
-    text = {"plain": "The capital of France is",
-            "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-            "chat": _chat_prompt(tokenizer),
-            "long": LONG_PROMPT}[which]
+    text = {
+        "plain": "The capital of France is",
+        "code": 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+        "chat": _chat_prompt(tokenizer),
+        "long": LONG_PROMPT,
+    }[which]
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -74,8 +78,9 @@ def test_logits_match_transformers(which: str, engine: Engine, smollm2_reference
 
 
 @pytest.mark.parametrize("which", ["plain", "chat", "code", "long"])
-def test_greedy_matches_generate(which: str, engine: Engine, smollm2_reference: Any,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_greedy_matches_generate(
+    which: str, engine: Engine, smollm2_reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """64 greedy tokens equal transformers' generate(do_sample=False) on the same token ids.
 
     EOS is disabled on the reference's generation config (restored after the test), so both run

@@ -53,6 +53,7 @@ CHAT_TEMPLATE = (
 
 # ---- fixtures: tokenizer, tiny checkpoints, exported packages ----------------------------------
 
+
 @pytest.fixture(scope="module")
 def hf_tokenizer() -> Any:
     """A byte-level BPE trained on a few sentences, wrapped as transformers tokenizes it."""
@@ -62,24 +63,42 @@ def hf_tokenizer() -> Any:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def _tiny_model(arch: str, vocab_size: int, seed: int) -> Any:
     """A random fp32 model; Qwen2 gets non-zero q/k/v biases (HF initialises them to zero)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-                  initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
@@ -87,8 +106,11 @@ def _tiny_model(arch: str, vocab_size: int, seed: int) -> Any:
         model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **common))
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                             layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0.0, 0.5)
     # Greedy runs must not stop early: no EOS for generate().
     model.generation_config.eos_token_id = None
@@ -104,8 +126,9 @@ def _save_and_export(model: Any, tokenizer: Any, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def tiny(request: pytest.FixtureRequest, hf_tokenizer: Any,
-         tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+def tiny(
+    request: pytest.FixtureRequest, hf_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Path]:
     """(transformers fp32 model, exported package path) for one architecture."""
     arch = request.param
     model = _tiny_model(arch, len(hf_tokenizer), seed=ARCHS.index(arch))
@@ -120,6 +143,7 @@ def prompt_ids(hf_tokenizer: Any) -> list[int]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
 
 def _engine(package: Path, **config: Any) -> Engine:
     return Engine(open_package(package), EngineConfig(threads=1, **config))
@@ -141,12 +165,17 @@ def _edge_greedy(engine: Engine, ids: list[int], n: int) -> list[int]:
 
 
 def _hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=int),
-                         do_sample=False, max_new_tokens=n)
-    return out[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=int),
+        do_sample=False,
+        max_new_tokens=n,
+    )
+    return out[0, len(ids) :].tolist()
 
 
 # ---- tests --------------------------------------------------------------------------------------
+
 
 def test_spec_reflects_checkpoint(tiny: tuple[Any, Path]) -> None:
     """The export read the bias/tying flags: otherwise the parity below proves less."""
@@ -192,19 +221,22 @@ def test_greedy_matches_generate(tiny: tuple[Any, Path], prompt_ids: list[int]) 
     assert actual == expected, f"greedy tokens diverge at step {first_diff}"
 
 
-def test_partitioned_matches_single_session(tiny: tuple[Any, Path],
-                                            prompt_ids: list[int]) -> None:
+def test_partitioned_matches_single_session(tiny: tuple[Any, Path], prompt_ids: list[int]) -> None:
     """One session per part (embed, 3 blocks, head) computes what one merged session does."""
     _, package = tiny
     merged, split = _engine(package), _engine(package, parts_per_session=1)
     assert len(merged.segments) == 1
     assert len(split.segments) == 5
-    np.testing.assert_allclose(split.prefill(prompt_ids, all_logits=True),
-                               merged.prefill(prompt_ids, all_logits=True),
-                               rtol=0, atol=INVARIANCE_ATOL)
+    np.testing.assert_allclose(
+        split.prefill(prompt_ids, all_logits=True),
+        merged.prefill(prompt_ids, all_logits=True),
+        rtol=0,
+        atol=INVARIANCE_ATOL,
+    )
     for token in prompt_ids[:5]:
-        np.testing.assert_allclose(split.decode(token), merged.decode(token),
-                                   rtol=0, atol=INVARIANCE_ATOL)
+        np.testing.assert_allclose(
+            split.decode(token), merged.decode(token), rtol=0, atol=INVARIANCE_ATOL
+        )
 
 
 def test_chunked_prefill_matches_one_shot(tiny: tuple[Any, Path], prompt_ids: list[int]) -> None:
@@ -212,8 +244,9 @@ def test_chunked_prefill_matches_one_shot(tiny: tuple[Any, Path], prompt_ids: li
     _, package = tiny
     one_shot = _engine(package).prefill(prompt_ids, all_logits=True)
     chunked = _engine(package, prefill_chunk=3)
-    np.testing.assert_allclose(chunked.prefill(prompt_ids, all_logits=True), one_shot,
-                               rtol=0, atol=INVARIANCE_ATOL)
+    np.testing.assert_allclose(
+        chunked.prefill(prompt_ids, all_logits=True), one_shot, rtol=0, atol=INVARIANCE_ATOL
+    )
     assert chunked.position == PROMPT_TOKENS
     chunked.reset()
     last = chunked.prefill(prompt_ids)
@@ -221,8 +254,9 @@ def test_chunked_prefill_matches_one_shot(tiny: tuple[Any, Path], prompt_ids: li
     np.testing.assert_allclose(last[0], one_shot[-1], rtol=0, atol=INVARIANCE_ATOL)
 
 
-def test_decode_steps_match_all_logits_prefill(tiny: tuple[Any, Path],
-                                               prompt_ids: list[int]) -> None:
+def test_decode_steps_match_all_logits_prefill(
+    tiny: tuple[Any, Path], prompt_ids: list[int]
+) -> None:
     """Prefill 5 tokens then decode the other 15 one by one: same logits as one prefill."""
     _, package = tiny
     engine = _engine(package)
@@ -235,8 +269,9 @@ def test_decode_steps_match_all_logits_prefill(tiny: tuple[Any, Path],
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bf16_checkpoint(arch: str, hf_tokenizer: Any, prompt_ids: list[int],
-                         tmp_path: Path) -> None:
+def test_bf16_checkpoint(
+    arch: str, hf_tokenizer: Any, prompt_ids: list[int], tmp_path: Path
+) -> None:
     """A bf16 safetensors checkpoint exports and matches fp32 transformers on the same
     bf16-rounded weights (bf16 -> fp32 is exact, so LOGITS_ATOL still applies).
 
@@ -251,8 +286,12 @@ def test_bf16_checkpoint(arch: str, hf_tokenizer: Any, prompt_ids: list[int],
     model = _tiny_model(arch, len(hf_tokenizer), seed=10 + ARCHS.index(arch))
     package = _save_and_export(model.to(torch.bfloat16), hf_tokenizer, tmp_path)
     raw = (tmp_path / "hf" / "model.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    np.testing.assert_allclose(_engine(package).prefill(prompt_ids, all_logits=True),
-                               _hf_logits(reference, prompt_ids), rtol=0, atol=LOGITS_ATOL)
+    np.testing.assert_allclose(
+        _engine(package).prefill(prompt_ids, all_logits=True),
+        _hf_logits(reference, prompt_ids),
+        rtol=0,
+        atol=LOGITS_ATOL,
+    )

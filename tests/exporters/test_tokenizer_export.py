@@ -41,15 +41,18 @@ def reference(smollm2_reference: Any) -> Any:
 
 
 @pytest.mark.parametrize("text", CHECK_CORPUS, ids=CORPUS_IDS)
-def test_corpus_encodes_and_decodes_like_reference(text: str, exported: Tokenizer,
-                                                   reference: Any) -> None:
+def test_corpus_encodes_and_decodes_like_reference(
+    text: str, exported: Tokenizer, reference: Any
+) -> None:
     expected = list(reference(text)["input_ids"])
     assert exported.encode(text) == expected
     assert exported.encode(text, add_special_tokens=False) == list(
-        reference(text, add_special_tokens=False)["input_ids"])
+        reference(text, add_special_tokens=False)["input_ids"]
+    )
     for skip in (False, True):
         assert exported.decode(expected, skip_special_tokens=skip) == reference.decode(
-            expected, skip_special_tokens=skip), f"skip_special_tokens={skip}"
+            expected, skip_special_tokens=skip
+        ), f"skip_special_tokens={skip}"
 
 
 def test_special_tokens_are_single_ids(exported: Tokenizer, reference: Any) -> None:
@@ -57,8 +60,10 @@ def test_special_tokens_are_single_ids(exported: Tokenizer, reference: Any) -> N
     text = next(t for t in CHECK_CORPUS if "<|im_start|>" in t)
     ids = exported.encode(text)
     im_start, im_end = exported.token_to_id("<|im_start|>"), exported.token_to_id("<|im_end|>")
-    assert (im_start, im_end) == (reference.convert_tokens_to_ids("<|im_start|>"),
-                                  reference.convert_tokens_to_ids("<|im_end|>"))
+    assert (im_start, im_end) == (
+        reference.convert_tokens_to_ids("<|im_start|>"),
+        reference.convert_tokens_to_ids("<|im_end|>"),
+    )
     assert ids.count(im_start) == 2 and ids.count(im_end) == 1
     assert exported.decode(ids, skip_special_tokens=False) == text
     assert "<|im_start|>" not in exported.decode(ids, skip_special_tokens=True)
@@ -66,19 +71,22 @@ def test_special_tokens_are_single_ids(exported: Tokenizer, reference: Any) -> N
 
 @pytest.mark.parametrize("with_system", [True, False], ids=["system", "no-system"])
 @pytest.mark.parametrize("generation_prompt", [True, False], ids=["gen", "no-gen"])
-def test_chat_template_renders_like_reference(with_system: bool, generation_prompt: bool,
-                                              exported: Tokenizer, reference: Any) -> None:
+def test_chat_template_renders_like_reference(
+    with_system: bool, generation_prompt: bool, exported: Tokenizer, reference: Any
+) -> None:
     """A 3-turn conversation, with and without a system message (SmolLM2's template then
     inserts its default one), renders byte for byte like transformers and encodes alike."""
     messages = [SYSTEM, *CONVERSATION] if with_system else CONVERSATION
-    expected = reference.apply_chat_template(messages, add_generation_prompt=generation_prompt,
-                                             tokenize=False)
+    expected = reference.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=False
+    )
     actual = exported.apply_chat_template(messages, add_generation_prompt=generation_prompt)
     assert actual == expected
     assert exported.encode(actual) == list(reference(expected)["input_ids"])
 
 
 # ---- refusal ------------------------------------------------------------------------------------
+
 
 def _altered(package: Path, tmp_path: Path, edit: Any) -> Tokenizer:
     """The package's tokenizer with `edit(tokenizer_json_dict)` applied, in a copy."""
@@ -107,15 +115,23 @@ def test_check_passes_on_the_exported_tokenizer(exported: Tokenizer, reference: 
     check_tokenizer(reference, exported)  # the control for the refusals below
 
 
-@pytest.mark.parametrize(("edit", "text", "words"), [
-    (_drop_merge, CHECK_CORPUS[0], "encodes"),
-    (_lowercase, CHECK_CORPUS[0], "encodes"),
-    # Encoding is unchanged; only skip_special_tokens=True decoding keeps the tokens.
-    (_unmark_special, next(t for t in CHECK_CORPUS if "<|im_start|>" in t),
-     "skip_special_tokens=True"),
-], ids=["merge-removed", "normalizer-changed", "special-unmarked"])
-def test_check_refuses_altered_tokenizer(edit: Any, text: str, words: str, reference: Any,
-                                         smollm2_package: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("edit", "text", "words"),
+    [
+        (_drop_merge, CHECK_CORPUS[0], "encodes"),
+        (_lowercase, CHECK_CORPUS[0], "encodes"),
+        # Encoding is unchanged; only skip_special_tokens=True decoding keeps the tokens.
+        (
+            _unmark_special,
+            next(t for t in CHECK_CORPUS if "<|im_start|>" in t),
+            "skip_special_tokens=True",
+        ),
+    ],
+    ids=["merge-removed", "normalizer-changed", "special-unmarked"],
+)
+def test_check_refuses_altered_tokenizer(
+    edit: Any, text: str, words: str, reference: Any, smollm2_package: Path, tmp_path: Path
+) -> None:
     altered = _altered(smollm2_package, tmp_path, edit)
     with pytest.raises(TokenizerMismatchError) as caught:
         check_tokenizer(reference, altered)
@@ -124,8 +140,9 @@ def test_check_refuses_altered_tokenizer(edit: Any, text: str, words: str, refer
     assert words in message
 
 
-def test_export_refuses_and_leaves_nothing(smollm2_gguf: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_refuses_and_leaves_nothing(
+    smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The check is wired into export: a mismatch aborts it before any package appears."""
 
     class LowercasingTokenizer(Tokenizer):
@@ -140,10 +157,12 @@ def test_export_refuses_and_leaves_nothing(smollm2_gguf: Path, tmp_path: Path,
     assert list(out.parent.iterdir()) == []
 
 
-def test_exported_tokenizer_file_is_the_reference_backend(smollm2_package: Path,
-                                                          reference: Any, tmp_path: Path) -> None:
+def test_exported_tokenizer_file_is_the_reference_backend(
+    smollm2_package: Path, reference: Any, tmp_path: Path
+) -> None:
     """tokenizer.json is the reference's own backend serialisation (nothing re-derived)."""
     reference.backend_tokenizer.save(str(tmp_path / "ref.json"))
     info = read_manifest(smollm2_package).tokenizer
     assert json.loads((smollm2_package / info.file).read_text(encoding="utf-8")) == json.loads(
-        (tmp_path / "ref.json").read_text(encoding="utf-8"))
+        (tmp_path / "ref.json").read_text(encoding="utf-8")
+    )

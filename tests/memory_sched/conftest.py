@@ -19,8 +19,9 @@ HIDDEN = 64
 FFN = 96
 
 
-def _block_tensors(rng: np.random.Generator, i: int) -> dict[str, tuple[np.ndarray, str | None,
-                                                                       tuple[int, ...] | None]]:
+def _block_tensors(
+    rng: np.random.Generator, i: int
+) -> dict[str, tuple[np.ndarray, str | None, tuple[int, ...] | None]]:
     def f32(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(np.float32)
 
@@ -44,24 +45,39 @@ def write_package(root: Path, num_layers: int = 4, seed: int = 0) -> Path:
     parts: list[PartEntry] = []
     with WeightFileWriter(root, "embed.bin") as out:
         embed = out.add("token_embd.weight", rng.standard_normal((vocab, HIDDEN), np.float32))
-    parts.append(PartEntry("embed", "embed", "embed.onnx", (embed,), ("input_ids",),
-                           ("hidden.0",)))
+    parts.append(PartEntry("embed", "embed", "embed.onnx", (embed,), ("input_ids",), ("hidden.0",)))
     for i in range(num_layers):
         with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
-            entries = tuple(out.add(name, array, dtype, shape)
-                            for name, (array, dtype, shape) in _block_tensors(rng, i).items())
-        parts.append(PartEntry(f"block.{i}", "block", f"block.{i}.onnx", entries,
-                               (f"hidden.{i}",), (f"hidden.{i + 1}",), block_index=i))
+            entries = tuple(
+                out.add(name, array, dtype, shape)
+                for name, (array, dtype, shape) in _block_tensors(rng, i).items()
+            )
+        parts.append(
+            PartEntry(
+                f"block.{i}",
+                "block",
+                f"block.{i}.onnx",
+                entries,
+                (f"hidden.{i}",),
+                (f"hidden.{i + 1}",),
+                block_index=i,
+            )
+        )
     with WeightFileWriter(root, "head.bin") as out:
         norm = out.add("output_norm.weight", rng.standard_normal(HIDDEN).astype(np.float32))
-    parts.append(PartEntry("head", "head", "head.onnx", (norm, embed),
-                           (f"hidden.{num_layers}",), ("logits",)))
-    spec = ModelSpec("llama", vocab, HIDDEN, FFN, num_layers, 4, 2, HIDDEN // 4, 10000.0, 1e-5,
-                     256, True)
+    parts.append(
+        PartEntry(
+            "head", "head", "head.onnx", (norm, embed), (f"hidden.{num_layers}",), ("logits",)
+        )
+    )
+    spec = ModelSpec(
+        "llama", vocab, HIDDEN, FFN, num_layers, 4, 2, HIDDEN // 4, 10000.0, 1e-5, 256, True
+    )
     (root / "tokenizer.json").write_text("{}", encoding="utf-8")
     files = tuple(fmt.describe_file(root, p.name) for p in sorted(root.iterdir()))
-    manifest = Manifest(spec, tuple(parts), TokenizerInfo("tokenizer.json", None, None, None, ()),
-                        files)
+    manifest = Manifest(
+        spec, tuple(parts), TokenizerInfo("tokenizer.json", None, None, None, ()), files
+    )
     fmt.write_manifest(root, manifest)
     return root
 

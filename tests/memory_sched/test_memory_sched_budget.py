@@ -19,21 +19,24 @@ from memory_sched.budget import (
 )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("300MB", 300_000_000),
-    ("300 mb", 300_000_000),
-    ("1.5GiB", 1_610_612_736),
-    ("512M", 512 * MiB),
-    ("2g", 2 * GiB),
-    ("64KiB", 65536),
-    ("1kb", 1000),
-    ("4096", 4096),
-    ("4096B", 4096),
-    (" 1TiB ", 1 << 40),
-    (".5GiB", GiB // 2),
-    ("0", 0),
-    (1234, 1234),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("300MB", 300_000_000),
+        ("300 mb", 300_000_000),
+        ("1.5GiB", 1_610_612_736),
+        ("512M", 512 * MiB),
+        ("2g", 2 * GiB),
+        ("64KiB", 65536),
+        ("1kb", 1000),
+        ("4096", 4096),
+        ("4096B", 4096),
+        (" 1TiB ", 1 << 40),
+        (".5GiB", GiB // 2),
+        ("0", 0),
+        (1234, 1234),
+    ],
+)
 def test_parse_size_forms(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
 
@@ -44,8 +47,9 @@ def test_parse_size_percent_of_explicit_total() -> None:
     assert parse_size("100%", total=7) == 7
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "12XB", "-5MB", "1e9", "nan", "1.2.3GB", "5 M B",
-                                 "inf", "%"])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "12XB", "-5MB", "1e9", "nan", "1.2.3GB", "5 M B", "inf", "%"]
+)
 def test_parse_size_garbage_names_the_value(bad: str) -> None:
     with pytest.raises(ConfigError, match="size") as info:
         parse_size(bad)
@@ -77,11 +81,14 @@ def test_memory_budget_validates_and_parses() -> None:
 
 def test_window_bytes_is_what_is_left() -> None:
     budget = MemoryBudget(1000)
-    left = window_bytes(budget, pinned=100, kv_cache=200, activations=50, unit=300,
-                        runtime_overhead=150)
+    left = window_bytes(
+        budget, pinned=100, kv_cache=200, activations=50, unit=300, runtime_overhead=150
+    )
     assert left == 500
-    assert minimum_budget(pinned=100, kv_cache=200, activations=50, unit=300,
-                          runtime_overhead=150) == 800
+    assert (
+        minimum_budget(pinned=100, kv_cache=200, activations=50, unit=300, runtime_overhead=150)
+        == 800
+    )
 
 
 def test_budget_exactly_the_minimum_fits_one_unit() -> None:
@@ -91,8 +98,14 @@ def test_budget_exactly_the_minimum_fits_one_unit() -> None:
 
 def test_budget_too_small_states_the_minimum() -> None:
     with pytest.raises(BudgetTooSmallError) as info:
-        window_bytes(MemoryBudget(300 * MiB), pinned=50 * MiB, kv_cache=100 * MiB,
-                     activations=10 * MiB, unit=200 * MiB, runtime_overhead=128 * MiB)
+        window_bytes(
+            MemoryBudget(300 * MiB),
+            pinned=50 * MiB,
+            kv_cache=100 * MiB,
+            activations=10 * MiB,
+            unit=200 * MiB,
+            runtime_overhead=128 * MiB,
+        )
     error = info.value
     assert isinstance(error, ConfigError) and isinstance(error, ValueError)
     assert error.minimum == 488 * MiB and error.budget == 300 * MiB

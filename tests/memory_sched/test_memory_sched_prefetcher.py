@@ -22,17 +22,22 @@ from memory_sched.window import WindowPolicy
 WAIT = 10.0  # seconds before a test gives up waiting for the reader (a hang, not a timing)
 PINNED = frozenset({"embed", "head"})
 
+
 def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
     """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
     return PackageFiles(root, [entry.file]).map(entry)
 
 
-
 class InstrumentedStore(WeightStore):
     """A WeightStore that records its reads, can fail one, and can hold reads at a gate."""
 
-    def __init__(self, *args, fail: tuple[str, int] | None = None,
-                 gate: threading.Event | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        fail: tuple[str, int] | None = None,
+        gate: threading.Event | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[str] = []
         self.buffers: set[int] = set()
@@ -70,8 +75,10 @@ def _store(root: Path, **kwargs) -> InstrumentedStore:
 
 
 def _expected(root: Path) -> dict[str, dict[str, bytes]]:
-    return {p.name: {t.name: map_tensor(root, t).tobytes() for t in p.tensors}
-            for p in read_manifest(root).parts}
+    return {
+        p.name: {t.name: map_tensor(root, t).tobytes() for t in p.tensors}
+        for p in read_manifest(root).parts
+    }
 
 
 def _check(weights: PartWeights, expected: dict[str, dict[str, bytes]]) -> float:
@@ -104,7 +111,7 @@ def test_units_arrive_in_order_with_the_right_bytes(package: Path, opened) -> No
             _check(weights, expected)
             prefetcher.release(unit)
     reads = [e for e in prefetcher.events() if e.kind == "read"]
-    assert [e.part for e in reads] == store.calls[:len(reads)]
+    assert [e.part for e in reads] == store.calls[: len(reads)]
     assert store.calls[:12] == list(policy.streamed) * 3
     # every unit's read for a step ended before that step's acquire of it returned
     waits = [e for e in prefetcher.events() if e.kind == "wait"]

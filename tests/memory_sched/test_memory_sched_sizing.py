@@ -18,15 +18,21 @@ from memory_sched.store import plan_layout
 
 OVERHEAD = 1000
 
+
 def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
     """`entry` mapped through the package's own file access (as `Package.tensor` maps it)."""
     return PackageFiles(root, [entry.file]).map(entry)
 
 
-
 def _plan(root: Path, budget: int, **kwargs):
-    return plan_stream(read_manifest(root), MemoryBudget(budget), kv_cache=5000,
-                       activations=700, runtime_overhead=OVERHEAD, **kwargs)
+    return plan_stream(
+        read_manifest(root),
+        MemoryBudget(budget),
+        kv_cache=5000,
+        activations=700,
+        runtime_overhead=OVERHEAD,
+        **kwargs,
+    )
 
 
 def test_window_grows_with_the_budget(package: Path) -> None:

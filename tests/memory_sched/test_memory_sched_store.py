@@ -30,7 +30,6 @@ def map_tensor(root: Path, entry: TensorEntry) -> np.ndarray:
     return PackageFiles(root, [entry.file]).map(entry)
 
 
-
 def assert_matches_map_tensor(root: Path, store: WeightStore, name: str) -> None:
     buffer = allocate_buffer(store.buffer_bytes(name))
     weights = store.read_into(name, buffer)
@@ -89,8 +88,7 @@ def test_half_blocks_read_only_their_tensors(package: Path) -> None:
     manifest = read_manifest(package)
     attn, mlp = split_block(manifest.part("block.2"))
     assert attn.name == "block.2.attn" and mlp.name == "block.2.mlp"
-    assert {t.name.split(".")[2] for t in attn.tensors} == {"attn_norm", "attn_qkv",
-                                                             "attn_output"}
+    assert {t.name.split(".")[2] for t in attn.tensors} == {"attn_norm", "attn_qkv", "attn_output"}
     assert {t.name.split(".")[2] for t in mlp.tensors} == {"ffn_norm", "ffn_gate_up", "ffn_down"}
     # max_gap=0: the MLP norm (next to the attention norm) becomes its own extent.
     store = WeightStore(package, stream_units(manifest.parts, split_blocks=True), max_gap=0)
@@ -143,7 +141,7 @@ def test_bad_buffers_are_refused(make_package, disk_dir: Path) -> None:
     with pytest.raises(ConfigError, match="too small"):
         store.read_into("block.0", allocate_buffer(need - DIRECT_ALIGNMENT))
     with pytest.raises(ConfigError, match="aligned"):
-        store.read_into("block.0", allocate_buffer(need + DIRECT_ALIGNMENT)[1:need + 1])
+        store.read_into("block.0", allocate_buffer(need + DIRECT_ALIGNMENT)[1 : need + 1])
     with pytest.raises(ConfigError, match="uint8"):
         store.read_into("block.0", np.zeros(need, np.float32))
 
@@ -201,8 +199,9 @@ def _refuse_direct_at_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")
 @pytest.mark.parametrize("refuse", [_refuse_direct_at_open, _refuse_direct_at_read])
-def test_direct_refused_falls_back_to_buffered(package: Path, monkeypatch: pytest.MonkeyPatch,
-                                               refuse) -> None:
+def test_direct_refused_falls_back_to_buffered(
+    package: Path, monkeypatch: pytest.MonkeyPatch, refuse
+) -> None:
     """Where the filesystem refuses O_DIRECT (at open, or only at the first read) the store
     reads buffered, records why, and every byte still matches."""
     refuse(monkeypatch)

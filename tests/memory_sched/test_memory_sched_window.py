@@ -88,14 +88,17 @@ def test_all_pinned_streams_nothing() -> None:
     assert policy.streamed == () and policy.window_at("a") == () and policy.initial_reads() == ()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"order": (), "window": 1}, "non-empty"),
-    ({"order": ("a", "a"), "window": 1}, r"\['a'\] more than once"),
-    ({"order": ("a",), "window": 0}, "window must be an int >= 1, got 0"),
-    ({"order": ("a",), "window": True}, "window must be an int"),
-    ({"order": ("a", "b"), "window": 3}, "window 3 exceeds the 2 streamed"),
-    ({"order": ("a",), "window": 1, "pinned": {"z"}}, r"pinned units \['z'\]"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"order": (), "window": 1}, "non-empty"),
+        ({"order": ("a", "a"), "window": 1}, r"\['a'\] more than once"),
+        ({"order": ("a",), "window": 0}, "window must be an int >= 1, got 0"),
+        ({"order": ("a",), "window": True}, "window must be an int"),
+        ({"order": ("a", "b"), "window": 3}, "window 3 exceeds the 2 streamed"),
+        ({"order": ("a",), "window": 1, "pinned": {"z"}}, r"pinned units \['z'\]"),
+    ],
+)
 def test_policy_validation_names_the_bad_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         WindowPolicy(**kwargs)
@@ -117,18 +120,32 @@ def test_window_size_from_bytes() -> None:
 
 
 def _block(i: int, names: list[str]) -> PartEntry:
-    tensors = tuple(TensorEntry(f"blk.{i}.{n}", "float32", (4,), f"block.{i:03d}.bin", k * 65536,
-                                16) for k, n in enumerate(names))
+    tensors = tuple(
+        TensorEntry(f"blk.{i}.{n}", "float32", (4,), f"block.{i:03d}.bin", k * 65536, 16)
+        for k, n in enumerate(names)
+    )
     return PartEntry(f"block.{i}", "block", f"block.{i}.onnx", tensors, (), (), block_index=i)
 
 
 def test_half_blocks_are_just_more_units() -> None:
-    names = ["attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_q.bias",
-             "attn_output.weight", "ffn_gate.weight", "ffn_down.weight.q4"]
+    names = [
+        "attn_norm.weight",
+        "ffn_norm.weight",
+        "attn_q.weight",
+        "attn_q.bias",
+        "attn_output.weight",
+        "ffn_gate.weight",
+        "ffn_down.weight.q4",
+    ]
     embed = PartEntry("embed", "embed", "embed.onnx", (), (), ())
     units = stream_units([embed, _block(0, names), _block(1, names)], split_blocks=True)
-    assert [u.name for u in units] == ["embed", "block.0.attn", "block.0.mlp", "block.1.attn",
-                                       "block.1.mlp"]
+    assert [u.name for u in units] == [
+        "embed",
+        "block.0.attn",
+        "block.0.mlp",
+        "block.1.attn",
+        "block.1.mlp",
+    ]
     attn, mlp = split_block(_block(0, names))
     assert len(attn.tensors) == 4 and len(mlp.tensors) == 3
     policy = WindowPolicy(tuple(u.name for u in units), 2, frozenset({"embed"}))

@@ -44,8 +44,10 @@ def test_planner_cli_json(package_dir: Path, capsys) -> None:
     assert _run(str(package_dir), "--profile", "jetson-orin-nano", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["mode"] == "resident"
-    assert {d["device"] for d in data["devices"]} == {"jetson-orin-nano-cpu/ort_cpu",
-                                                      "jetson-orin-nano-gpu/ort_cuda"}
+    assert {d["device"] for d in data["devices"]} == {
+        "jetson-orin-nano-cpu/ort_cpu",
+        "jetson-orin-nano-gpu/ort_cuda",
+    }
     assert data["placement"]["segments"][0]["start"] == 0
     assert data["decode_tokens_per_s"] > 0
 

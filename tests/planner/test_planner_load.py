@@ -24,16 +24,17 @@ def reference(smollm2_package: Path) -> list[int]:
     return _greedy(edge.load(smollm2_package, max_context=256, progress=False))
 
 
-def test_auto_plan_runs_with_the_same_tokens(smollm2_package: Path,
-                                             reference: list[int]) -> None:
+def test_auto_plan_runs_with_the_same_tokens(smollm2_package: Path, reference: list[int]) -> None:
     model = edge.load(smollm2_package, max_context=256, plan="auto", progress=False)
     assert _greedy(model) == reference
 
 
-def test_placement_file_runs_split_with_the_same_tokens(smollm2_package: Path, tmp_path: Path,
-                                                        reference: list[int]) -> None:
-    placement = Placement.split(32, [(0, "ort_cpu"), (12, "ort_cpu", {"threads": 1}),
-                                     (24, "ort_cpu")])
+def test_placement_file_runs_split_with_the_same_tokens(
+    smollm2_package: Path, tmp_path: Path, reference: list[int]
+) -> None:
+    placement = Placement.split(
+        32, [(0, "ort_cpu"), (12, "ort_cpu", {"threads": 1}), (24, "ort_cpu")]
+    )
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"placement": placement.to_dict()}))
     model = edge.load(smollm2_package, max_context=256, plan=path, progress=False)

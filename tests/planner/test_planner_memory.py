@@ -39,8 +39,13 @@ TOLERANCE = 0.10
 HOST = profile_by_name("laptop-x86")
 # Predictions are checked against processes of this environment: plan with its measured
 # library footprint, as plan_model does.
-CONFIG = PlanConfig(max_context=MAX_CONTEXT, prompt_tokens=PROMPT, prefill_chunk=PROMPT,
-                    context_tokens=PROMPT + DECODE, footprint=import_footprint())
+CONFIG = PlanConfig(
+    max_context=MAX_CONTEXT,
+    prompt_tokens=PROMPT,
+    prefill_chunk=PROMPT,
+    context_tokens=PROMPT + DECODE,
+    footprint=import_footprint(),
+)
 
 CHILD = r"""
 import json, resource, sys
@@ -80,47 +85,69 @@ def _openvino_available() -> bool:
 
 
 def _plans(fp32: Path, int4: Path, w8a8: Path) -> dict[str, tuple[Path, Plan]]:
-    plans = {name: (path, make_plan(read_manifest(path), [Device(HOST, "ort_cpu")], CONFIG))
-             for name, path in (("fp32 resident on ort_cpu", fp32),
-                                ("w8a8 resident on ort_cpu", w8a8))}
+    plans = {
+        name: (path, make_plan(read_manifest(path), [Device(HOST, "ort_cpu")], CONFIG))
+        for name, path in (("fp32 resident on ort_cpu", fp32), ("w8a8 resident on ort_cpu", w8a8))
+    }
     manifest = read_manifest(int4)
     n = len(manifest.parts)
     if _openvino_available():
-        placement = Placement.split(n, [(0, "ort_cpu"), (n // 3, "openvino"),
-                                        (2 * n // 3, "ort_cpu")])
-        plans["int4 split ort_cpu/openvino/ort_cpu"] = (int4, evaluate(
-            manifest, [Device(HOST, "ort_cpu"), Device(HOST, "openvino")], placement, CONFIG))
-    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=PROMPT,
-                             footprint=CONFIG.footprint)
+        placement = Placement.split(
+            n, [(0, "ort_cpu"), (n // 3, "openvino"), (2 * n // 3, "ort_cpu")]
+        )
+        plans["int4 split ort_cpu/openvino/ort_cpu"] = (
+            int4,
+            evaluate(
+                manifest, [Device(HOST, "ort_cpu"), Device(HOST, "openvino")], placement, CONFIG
+            ),
+        )
+    minimum = stream_minimum(
+        manifest, max_context=MAX_CONTEXT, prefill_chunk=PROMPT, footprint=CONFIG.footprint
+    )
     budget = minimum + sum(p.nbytes for p in manifest.blocks) // 3
     plans["int4 streamed under a budget"] = (
-        int4, make_plan(manifest, [Device(HOST, "ort_cpu", budget)], CONFIG))
+        int4,
+        make_plan(manifest, [Device(HOST, "ort_cpu", budget)], CONFIG),
+    )
     return plans
 
 
 def _job(path: Path, plan: Plan) -> dict:
-    return {"package": str(path), "ctx": MAX_CONTEXT, "chunk": plan.prefill_chunk,
-            "prompt": PROMPT, "decode": DECODE,
-            "budget": plan.streaming.budget if plan.streaming else None,
-            "placement": None if plan.streaming else plan.placement().to_dict()}
+    return {
+        "package": str(path),
+        "ctx": MAX_CONTEXT,
+        "chunk": plan.prefill_chunk,
+        "prompt": PROMPT,
+        "decode": DECODE,
+        "budget": plan.streaming.budget if plan.streaming else None,
+        "placement": None if plan.streaming else plan.placement().to_dict(),
+    }
 
 
 @pytest.fixture(scope="module")
-def measured(smollm2_package: Path, planner_int4_package: Path,
-             planner_w8a8_package: Path) -> dict[str, tuple[Plan, dict]]:
+def measured(
+    smollm2_package: Path, planner_int4_package: Path, planner_w8a8_package: Path
+) -> dict[str, tuple[Plan, dict]]:
     """Every plan's process, run side by side (each measures only its own memory)."""
     plans = _plans(smollm2_package, planner_int4_package, planner_w8a8_package)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = {name: subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(_job(path, plan))], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (path, plan) in plans.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(_job(path, plan))],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (path, plan) in plans.items()
+    }
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{stderr[-3000:]}"
         line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
-        out[name] = (plans[name][1], json.loads(line[len("RESULT "):]))
+        out[name] = (plans[name][1], json.loads(line[len("RESULT ") :]))
     return out
 
 
@@ -133,7 +160,8 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
     streamed = shapes["int4 streamed under a budget"]
     assert streamed.mode == "streamed" and streamed.streaming.streamed
     assert measured["int4 streamed under a budget"][1]["streamed"] == len(
-        streamed.streaming.streamed)
+        streamed.streaming.streamed
+    )
     if _openvino_available():
         split = shapes["int4 split ort_cpu/openvino/ort_cpu"]
         assert [s.backend for s in split.decode] == ["ort_cpu", "openvino", "ort_cpu"]
@@ -142,21 +170,30 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
         pytest.skip("OpenVINO is not installed: the split shape was not run")
 
 
-@pytest.mark.parametrize("name", ["fp32 resident on ort_cpu",
-                                  "int4 split ort_cpu/openvino/ort_cpu",
-                                  "int4 streamed under a budget",
-                                  "w8a8 resident on ort_cpu"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fp32 resident on ort_cpu",
+        "int4 split ort_cpu/openvino/ort_cpu",
+        "int4 streamed under a budget",
+        "w8a8 resident on ort_cpu",
+    ],
+)
 def test_planner_memory_prediction_within_10_percent(
-        name: str, measured: dict[str, tuple[Plan, dict]]) -> None:
+    name: str, measured: dict[str, tuple[Plan, dict]]
+) -> None:
     if name not in measured:
         pytest.skip("OpenVINO is not installed")
     plan, result = measured[name]
     peak = result["vm_hwm"]
     error = (plan.peak_bytes - peak) / peak
-    print(f"\n{name}: predicted {format_size(plan.peak_bytes)}, measured peak RSS "
-          f"{format_size(peak)} (ru_maxrss {format_size(result['ru_maxrss'])}): {error:+.1%}")
+    print(
+        f"\n{name}: predicted {format_size(plan.peak_bytes)}, measured peak RSS "
+        f"{format_size(peak)} (ru_maxrss {format_size(result['ru_maxrss'])}): {error:+.1%}"
+    )
     assert abs(error) <= TOLERANCE, (
         f"{name}: predicted {format_size(plan.peak_bytes)} vs measured {format_size(peak)} "
-        f"({error:+.1%}); breakdown {[u.breakdown for u in plan.devices]}")
+        f"({error:+.1%}); breakdown {[u.breakdown for u in plan.devices]}"
+    )
     if plan.streaming is not None:
         assert peak <= plan.streaming.budget * (1 + TOLERANCE)

@@ -22,8 +22,8 @@ def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p or "this-machine")
 def test_every_profile_plan_runs_or_is_refused_up_front(
-        profile: str | None, smollm2_package: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    profile: str | None, smollm2_package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["plan", str(smollm2_package), "--json"] + (["--profile", profile] if profile else [])
     assert main(args) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -34,8 +34,9 @@ def test_every_profile_plan_runs_or_is_refused_up_front(
     assert backends <= set(names())
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    code = main(["run", str(smollm2_package), "The capital of France is", "-n", "4",
-                 "--plan", str(path)])
+    code = main(
+        ["run", str(smollm2_package), "The capital of France is", "-n", "4", "--plan", str(path)]
+    )
     out, err = capsys.readouterr()
     if code == 0:
         assert out.strip(), "the plan ran but wrote no text"

@@ -35,18 +35,19 @@ def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: P
     manifest = manifest_factory(layers=12, hidden=512, ffn=2048, vocab=32000, quant=quant)
     package = _package(tmp_path, manifest)
     footprint = import_footprint()  # what the engine admits budgets with, passed in
-    minimum = stream_minimum(manifest, max_context=MAX_CONTEXT, prefill_chunk=64,
-                             footprint=footprint)
+    minimum = stream_minimum(
+        manifest, max_context=MAX_CONTEXT, prefill_chunk=64, footprint=footprint
+    )
     with pytest.raises(BudgetTooSmallError) as info:
-        plan_budget(package, StreamConfig(minimum - 1, max_context=MAX_CONTEXT),
-                    MAX_CONTEXT, 64)
+        plan_budget(package, StreamConfig(minimum - 1, max_context=MAX_CONTEXT), MAX_CONTEXT, 64)
     assert info.value.minimum == minimum
     config = PlanConfig(max_context=MAX_CONTEXT, mode="streamed", footprint=footprint)
     blocks = sum(p.nbytes for p in manifest.blocks)
     for extra in (0, blocks // 8, blocks // 3, blocks // 2, 2 * blocks):
         budget = minimum + extra
-        engine = plan_budget(package, StreamConfig(budget, max_context=MAX_CONTEXT),
-                             MAX_CONTEXT, 64)
+        engine = plan_budget(
+            package, StreamConfig(budget, max_context=MAX_CONTEXT), MAX_CONTEXT, 64
+        )
         plan = make_plan(manifest, [Device(CPU, "ort_cpu", budget)], config)
         streaming = plan.streaming
         assert streaming is not None and streaming.budget == budget

@@ -19,15 +19,34 @@ MiB = 1 << 20
 CONFIG = PlanConfig(max_context=1024, prompt_tokens=128)
 
 
-def _cpu(name: str = "cpu", memory: int = 8 << 30, bandwidth: float = 20.0,
-         pool: str | None = None) -> DeviceProfile:
-    return DeviceProfile(name, "cpu", memory, bandwidth, 200.0, 800.0, 4,
-                         "published spec: test CPU", memory_pool=pool)
+def _cpu(
+    name: str = "cpu", memory: int = 8 << 30, bandwidth: float = 20.0, pool: str | None = None
+) -> DeviceProfile:
+    return DeviceProfile(
+        name,
+        "cpu",
+        memory,
+        bandwidth,
+        200.0,
+        800.0,
+        4,
+        "published spec: test CPU",
+        memory_pool=pool,
+    )
 
 
 def _gpu(memory: int, bandwidth: float = 200.0) -> DeviceProfile:
-    return DeviceProfile("gpu", "gpu", memory, bandwidth, 5000.0, 20000.0, 16,
-                         "published spec: test GPU", host_link_gbs=16.0)
+    return DeviceProfile(
+        "gpu",
+        "gpu",
+        memory,
+        bandwidth,
+        5000.0,
+        20000.0,
+        16,
+        "published spec: test GPU",
+        host_link_gbs=16.0,
+    )
 
 
 def test_planner_costs_classify_tensors(manifest_factory) -> None:
@@ -57,16 +76,20 @@ def test_planner_is_pure(manifest_factory) -> None:
     assert first.to_dict() == second.to_dict()
     assert dataclasses.asdict(manifest) == before
     # tuples are accepted for devices, as (profile, backend, budget)
-    assert make_plan(manifest, [(_cpu(), "ort_cpu", None), (_gpu(1 << 30), "ort_cuda", None)],
-                     CONFIG) == first
+    assert (
+        make_plan(manifest, [(_cpu(), "ort_cpu", None), (_gpu(1 << 30), "ort_cuda", None)], CONFIG)
+        == first
+    )
 
 
 def test_planner_npu_without_static_graphs_gets_nothing(manifest_factory) -> None:
     """On the phone (CPU + GPU + NPU) a package without static int8 graphs runs nowhere on
     the NPU, and every part the NPU would prefill faster says why."""
     manifest = manifest_factory(quant="int4")
-    devices = [Device(p, {"npu": "ort_qnn", "gpu": "ort_cuda"}.get(p.kind, "ort_cpu"))
-               for p in platform_by_name("snapdragon-8-gen-3")]
+    devices = [
+        Device(p, {"npu": "ort_qnn", "gpu": "ort_cuda"}.get(p.kind, "ort_cpu"))
+        for p in platform_by_name("snapdragon-8-gen-3")
+    ]
     plan = make_plan(manifest, devices, CONFIG)
     used = {s.device for s in (*plan.decode, *plan.prefill)}
     assert not any("npu" in d for d in used)
@@ -86,8 +109,7 @@ def test_planner_npu_takes_static_prefill_not_decode(manifest_factory) -> None:
     assert all(s.backend == "ort_cpu" for s in plan.decode)
     assert any(s.backend == "ort_qnn" for s in plan.prefill)
     assert plan.prefill_placement() != plan.placement()
-    assert any("decode stays on CPU/GPU" in f.reason for f in plan.fallbacks
-               if f.phase == "decode")
+    assert any("decode stays on CPU/GPU" in f.reason for f in plan.fallbacks if f.phase == "decode")
     assert any("different placement" in n for n in plan.notes)
 
 
@@ -103,16 +125,18 @@ def test_planner_split_only_when_it_pays(manifest_factory) -> None:
     assert [s.backend for s in big.decode] == ["ort_cuda"]
     assert big.decode_tokens_per_s > same.decode_tokens_per_s
     weights = model_costs(manifest).weight_bytes
-    small = make_plan(manifest, [Device(cpu, "ort_cpu"),
-                                 Device(_gpu(4 << 30), "ort_cuda", weights // 2)], CONFIG)
+    small = make_plan(
+        manifest, [Device(cpu, "ort_cpu"), Device(_gpu(4 << 30), "ort_cuda", weights // 2)], CONFIG
+    )
     assert {s.backend for s in small.decode} == {"ort_cpu", "ort_cuda"}
     assert same.decode_tokens_per_s < small.decode_tokens_per_s < big.decode_tokens_per_s
     on_cpu = [f for f in small.fallbacks if f.phase == "decode" and f.device == "gpu/ort_cuda"]
     assert on_cpu and all("over its" in f.reason and "budget" in f.reason for f in on_cpu)
     gpu = next(u for u in small.devices if u.device == "gpu/ort_cuda")
     assert gpu.peak_bytes <= gpu.limit_bytes
-    assert small.transfers and all(t.bytes_per_token == 4 * manifest.spec.hidden_size
-                                   for t in small.transfers)
+    assert small.transfers and all(
+        t.bytes_per_token == 4 * manifest.spec.hidden_size for t in small.transfers
+    )
 
 
 def test_planner_split_gain_threshold(manifest_factory) -> None:
@@ -120,8 +144,10 @@ def test_planner_split_gain_threshold(manifest_factory) -> None:
     runs everything; with the threshold at 0 the planner may split, and never predicts a
     slower plan than the single device."""
     manifest = manifest_factory(layers=8, quant="fp32")
-    devices = [Device(_cpu("a", bandwidth=20.0), "ort_cpu"),
-               Device(_cpu("b", bandwidth=21.0), "ort_cpu")]
+    devices = [
+        Device(_cpu("a", bandwidth=20.0), "ort_cpu"),
+        Device(_cpu("b", bandwidth=21.0), "ort_cpu"),
+    ]
     default = make_plan(manifest, devices, CONFIG)
     assert len(default.decode) == 1
     eager = make_plan(manifest, devices, dataclasses.replace(CONFIG, min_split_gain=0.0))
@@ -129,8 +155,9 @@ def test_planner_split_gain_threshold(manifest_factory) -> None:
 
 
 @pytest.mark.parametrize("model", ["small", "qwen15"])
-def test_planner_budget_too_small_states_minimum(model: str, manifest_factory,
-                                                 qwen15_shaped) -> None:
+def test_planner_budget_too_small_states_minimum(
+    model: str, manifest_factory, qwen15_shaped
+) -> None:
     """Below every plan: BudgetTooSmallError whose `minimum` is the smallest budget that works
     (a small model: everything resident, under the streamed engine's fixed allowance; a 1.5B
     model: streamed, the engine's own minimum); exactly that budget plans, one byte less not."""
@@ -155,8 +182,11 @@ def test_planner_budget_too_small_states_minimum(model: str, manifest_factory,
 def test_planner_resident_mode_refuses_streaming(qwen15_shaped) -> None:
     minimum = stream_minimum(qwen15_shaped, max_context=1024)
     with pytest.raises(BudgetTooSmallError, match="everything resident"):
-        make_plan(qwen15_shaped, [Device(_cpu(), "ort_cpu", minimum)],
-                  dataclasses.replace(CONFIG, mode="resident"))
+        make_plan(
+            qwen15_shaped,
+            [Device(_cpu(), "ort_cpu", minimum)],
+            dataclasses.replace(CONFIG, mode="resident"),
+        )
 
 
 def test_planner_streams_only_when_nothing_resident_fits(manifest_factory) -> None:
@@ -185,12 +215,18 @@ def test_planner_what_if_builtin_profiles(qwen15_shaped) -> None:
     assert pi5.mode == "resident"
     assert 1 < pi5.decode_tokens_per_s < 20 and pi5.ttft_s > 0
     assert pi5.peak_bytes < profile_by_name("pi5").memory_bytes
-    pi4 = make_plan(qwen15_shaped, [(profile_by_name("pi4"), "ort_cpu", 1 << 30)],
-                    PlanConfig(disk_gbs=0.35))
+    pi4 = make_plan(
+        qwen15_shaped, [(profile_by_name("pi4"), "ort_cpu", 1 << 30)], PlanConfig(disk_gbs=0.35)
+    )
     assert pi4.mode == "streamed"
     assert pi4.decode_tokens_per_s < pi5.decode_tokens_per_s
-    jetson = make_plan(qwen15_shaped, [Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
-                                       for p in platform_by_name("jetson-orin-nano")])
+    jetson = make_plan(
+        qwen15_shaped,
+        [
+            Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
+            for p in platform_by_name("jetson-orin-nano")
+        ],
+    )
     assert any(s.backend == "ort_cuda" for s in jetson.decode)
 
 
@@ -200,8 +236,7 @@ def test_planner_evaluate_placement(manifest_factory) -> None:
     n = len(manifest.parts)
     cpu = _cpu()
     placement = Placement.split(n, [(0, "ort_cpu"), (3, "openvino"), (5, "ort_cpu")])
-    plan = evaluate(manifest, [Device(cpu, "ort_cpu"), Device(cpu, "openvino")], placement,
-                    CONFIG)
+    plan = evaluate(manifest, [Device(cpu, "ort_cpu"), Device(cpu, "openvino")], placement, CONFIG)
     assert plan.placement() == placement
     assert [t.after for t in plan.transfers if t.phase == "decode"] == ["block.1", "block.3"]
     tight = evaluate(manifest, [Device(cpu, "ort_cpu", 10 * MiB)], Placement.single(n), CONFIG)
@@ -210,14 +245,17 @@ def test_planner_evaluate_placement(manifest_factory) -> None:
         evaluate(manifest, [Device(cpu, "ort_cpu")], placement, CONFIG)
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    ({"prompt_tokens": 0}, "prompt_tokens=0"),
-    ({"max_segments": 0}, "max_segments=0"),
-    ({"min_split_gain": 1.5}, "min_split_gain=1.5"),
-    ({"mode": "fast"}, "'fast'"),
-    ({"disk_gbs": 0}, "disk_gbs=0"),
-    ({"max_context": -1}, "max_context=-1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"prompt_tokens": 0}, "prompt_tokens=0"),
+        ({"max_segments": 0}, "max_segments=0"),
+        ({"min_split_gain": 1.5}, "min_split_gain=1.5"),
+        ({"mode": "fast"}, "'fast'"),
+        ({"disk_gbs": 0}, "disk_gbs=0"),
+        ({"max_context": -1}, "max_context=-1"),
+    ],
+)
 def test_planner_config_rejects_bad_values(kwargs: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace("(", r"\(")):
         PlanConfig(**kwargs)
@@ -235,8 +273,10 @@ def test_planner_device_rejects_bad_values() -> None:
 def test_planner_shared_memory_counts_the_process(qwen15_shaped) -> None:
     """On a Jetson the CPU and GPU share memory: a budget the GPU's share fits alone but not
     with the process beside it (interpreter, tokenizer) is refused, a little more is not."""
-    devices = [Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
-               for p in platform_by_name("jetson-orin-nano")]
+    devices = [
+        Device(p, "ort_cuda" if p.kind == "gpu" else "ort_cpu")
+        for p in platform_by_name("jetson-orin-nano")
+    ]
     plan = make_plan(qwen15_shaped, devices, CONFIG)
     gpu = next(u for u in plan.devices if u.kind == "gpu")
     assert gpu.decode_parts and gpu.peak_bytes < plan.peak_bytes  # the process is extra

@@ -36,6 +36,7 @@ def weight(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 # --- round trips ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("block_size", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -103,6 +104,7 @@ def test_rejects_bad_weights() -> None:
 
 # --- layout -----------------------------------------------------------------------------------
 
+
 def test_nibbles_low_first() -> None:
     codes = np.arange(16, dtype=np.uint8)[None]
     packed = pack_codes(codes, 4)
@@ -139,8 +141,15 @@ def test_asymmetric_bytes_equal_orts_own_packer(bits, K, N, block_size) -> None:
 
 def test_quantized_weight_rejects_wrong_layouts() -> None:
     q = quantize(weight((64, 4)), WeightQuantConfig(symmetric=False))
-    fields = dict(packed=q.packed, scales=q.scales, zero_points=q.zero_points, K=64, N=4, bits=4,
-                  block_size=32)
+    fields = dict(
+        packed=q.packed,
+        scales=q.scales,
+        zero_points=q.zero_points,
+        K=64,
+        N=4,
+        bits=4,
+        block_size=32,
+    )
     with pytest.raises(ValueError, match="packed"):
         QuantizedWeight(**{**fields, "packed": q.packed.reshape(4, -1)})
     with pytest.raises(ValueError, match="scales"):
@@ -151,10 +160,17 @@ def test_quantized_weight_rejects_wrong_layouts() -> None:
 
 # --- config -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("bits", 3), ("bits", True), ("block_size", 48), ("method", "gptq"), ("accuracy_level", 5),
-     ("symmetric", 1)],
+    [
+        ("bits", 3),
+        ("bits", True),
+        ("block_size", 48),
+        ("method", "gptq"),
+        ("accuracy_level", 5),
+        ("symmetric", 1),
+    ],
 )
 def test_invalid_config_names_field_value_and_allowed(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"WeightQuantConfig.{field}") as info:
@@ -175,6 +191,7 @@ def test_config_dict_round_trip() -> None:
 
 
 # --- metrics and imports ----------------------------------------------------------------------
+
 
 def test_metrics() -> None:
     ref = np.array([3.0, 4.0])

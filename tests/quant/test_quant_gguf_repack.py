@@ -35,8 +35,9 @@ def assert_bit_exact(q: QuantizedWeight, raw: np.ndarray, qtype: T) -> None:
     reference = gguf.quants.dequantize(raw, qtype)  # [N, K], rows = output features
     ours = dequantize(q)  # [K, N]
     assert ours.shape == reference.T.shape
-    np.testing.assert_array_equal(ours.view(np.uint32), reference.T.astype(np.float32).view(
-        np.uint32))
+    np.testing.assert_array_equal(
+        ours.view(np.uint32), reference.T.astype(np.float32).view(np.uint32)
+    )
 
 
 def random_raw(qtype: T, N: int, K: int, seed: int = 0) -> np.ndarray:
@@ -44,7 +45,7 @@ def random_raw(qtype: T, N: int, K: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     block_bytes = 18 if qtype == T.Q4_0 else 34
     raw = rng.integers(0, 256, (N, K // 32, block_bytes), dtype=np.uint8)
-    d = (rng.standard_normal((N, K // 32)) * 10.0 ** rng.integers(-6, 2, (N, K // 32)))
+    d = rng.standard_normal((N, K // 32)) * 10.0 ** rng.integers(-6, 2, (N, K // 32))
     raw[..., :2] = d.astype(np.float16)[..., None].view(np.uint8)
     return raw.reshape(N, -1)
 

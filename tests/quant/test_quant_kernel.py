@@ -68,8 +68,10 @@ def test_kernel_equals_dequantized_matmul(bits, symmetric, block_size, K, N) -> 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_kernel_default_zero_point_is_half_range(bits: int) -> None:
     """zero_points=None must mean 8 (int4) / 128 (int8): same output as explicit ones."""
-    q = quantize(np.random.default_rng(1).standard_normal((96, 8)).astype(np.float32),
-                 WeightQuantConfig(bits=bits, block_size=32))
+    q = quantize(
+        np.random.default_rng(1).standard_normal((96, 8)).astype(np.float32),
+        WeightQuantConfig(bits=bits, block_size=32),
+    )
     explicit = pack_codes(np.full((q.N, q.n_blocks), 2 ** (bits - 1)), bits, pad=8).reshape(-1)
     x = inputs(96, M=1)
     implicit_y = run_kernel(q, x, 0)

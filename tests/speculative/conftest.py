@@ -60,24 +60,42 @@ def train_tokenizer(sentences: list[str], vocab_size: int) -> Any:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(sentences, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def tiny_model(arch: str, vocab_size: int, seed: int) -> Any:
     """A random fp32 model; Qwen2 gets non-zero q/k/v biases (HF initialises them to zero)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-                  initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **common))
@@ -85,22 +103,25 @@ def tiny_model(arch: str, vocab_size: int, seed: int) -> Any:
         model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, **common))
         with torch.no_grad():
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                             layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0.0, 0.5)
     return model.eval()
 
 
 @pytest.fixture(scope="session")
 def spec_tokenizers() -> dict[str, Any]:
-    """"main" (384 tokens, shared by targets and drafts) and "other" (a different vocabulary)."""
-    return {"main": train_tokenizer(SENTENCES, 384),
-            "other": train_tokenizer(OTHER_SENTENCES, 320)}
+    """ "main" (384 tokens, shared by targets and drafts) and "other" (a different vocabulary)."""
+    return {"main": train_tokenizer(SENTENCES, 384), "other": train_tokenizer(OTHER_SENTENCES, 320)}
 
 
 @pytest.fixture(scope="session")
-def tiny_factory(spec_tokenizers: dict[str, Any],
-                 tmp_path_factory: pytest.TempPathFactory) -> TinyFactory:
+def tiny_factory(
+    spec_tokenizers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> TinyFactory:
     """`make(arch, seed, vocab_size=None, tokenizer="main") -> package path`, cached.
 
     `vocab_size` smaller than the tokenizer's gives a model that only ever produces the first
@@ -111,8 +132,7 @@ def tiny_factory(spec_tokenizers: dict[str, Any],
 
     cache: dict[tuple[str, int, int | None, str], Path] = {}
 
-    def make(arch: str, seed: int, vocab_size: int | None = None,
-             tokenizer: str = "main") -> Path:
+    def make(arch: str, seed: int, vocab_size: int | None = None, tokenizer: str = "main") -> Path:
         key = (arch, seed, vocab_size, tokenizer)
         if key not in cache:
             hf_tokenizer = spec_tokenizers[tokenizer]
@@ -141,8 +161,9 @@ def load_tiny() -> Callable[..., Model]:
     from edge.engine import EngineConfig
 
     def load(package: Path, max_context: int | None = None, **kwargs: Any) -> Model:
-        return Model(open_package(package), EngineConfig(threads=1, max_context=max_context),
-                     **kwargs)
+        return Model(
+            open_package(package), EngineConfig(threads=1, max_context=max_context), **kwargs
+        )
 
     return load
 

@@ -37,17 +37,24 @@ def test_round_trip_restores_the_decisions(tmp_path: Path) -> None:
     assert fresh.next_k("ngram4") > 1  # ... a winning one drafts (at a lighter weight)
 
 
-@pytest.mark.parametrize("text", [
-    "{", "[]", "null", '{"version": 99}',
-    '{"version": 1, "plain_step": -1, "verify_slope": 0.2, "draft_token": {}, "acceptance": {}}',
-    '{"version": 1, "plain_step": 0.01, "verify_slope": 0.2, "draft_token": {"m": "x"}, '
-    '"acceptance": {}}',
-    '{"version": 1, "plain_step": 0.01, "verify_slope": 0.2, "draft_token": {}, '
-    '"acceptance": {"m": [5, 2]}}',
-    '{"version": 1, "plain_step": NaN, "verify_slope": 0.2, "draft_token": {}, '
-    '"acceptance": {}}',
-    '{"version": 1, "plain_step": 0.01}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        "[]",
+        "null",
+        '{"version": 99}',
+        '{"version": 1, "plain_step": -1, "verify_slope": 0.2, "draft_token": {}, '
+        '"acceptance": {}}',
+        '{"version": 1, "plain_step": 0.01, "verify_slope": 0.2, "draft_token": {"m": "x"}, '
+        '"acceptance": {}}',
+        '{"version": 1, "plain_step": 0.01, "verify_slope": 0.2, "draft_token": {}, '
+        '"acceptance": {"m": [5, 2]}}',
+        '{"version": 1, "plain_step": NaN, "verify_slope": 0.2, "draft_token": {}, '
+        '"acceptance": {}}',
+        '{"version": 1, "plain_step": 0.01}',
+    ],
+)
 def test_damaged_files_are_ignored(tmp_path: Path, text: str) -> None:
     path = tmp_path / "c.json"
     path.write_text(text)
@@ -55,9 +62,9 @@ def test_damaged_files_are_ignored(tmp_path: Path, text: str) -> None:
     assert load_calibration(tmp_path / "missing.json") is None
 
 
-def test_edge_load_remembers_between_processes(tmp_path: Path, target: Path,
-                                               spec_prompt_ids: list[int],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edge_load_remembers_between_processes(
+    tmp_path: Path, target: Path, spec_prompt_ids: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """edge.load keeps the file under the cache root; a second load starts from it."""
     monkeypatch.setenv("EDGE_CACHE_DIR", str(tmp_path))
     model = edge.load(str(target), draft="lookup", threads=1, progress=False)
@@ -70,7 +77,6 @@ def test_edge_load_remembers_between_processes(tmp_path: Path, target: Path,
     again = edge.load(str(target), draft="lookup", threads=1, progress=False)
     assert again.speculative.calibration == files[0]
     assert again.speculative.controller.plain_step.value == pytest.approx(saved["plain_step"])
-
 
 
 def test_catch_up_cost_is_kept(tmp_path: Path) -> None:

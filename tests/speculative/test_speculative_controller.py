@@ -75,8 +75,9 @@ def test_draft_cost_is_kept_per_kind() -> None:
     controller = _controller()
     for _ in range(20):
         controller.record_round("free", 4, 3, draft_seconds=0.0, verify_seconds=1.6 * PLAIN)
-        controller.record_round("model", 4, 3, draft_seconds=4 * 0.5 * PLAIN,
-                                verify_seconds=1.6 * PLAIN)
+        controller.record_round(
+            "model", 4, 3, draft_seconds=4 * 0.5 * PLAIN, verify_seconds=1.6 * PLAIN
+        )
     assert controller.round_cost(4, "model") > controller.round_cost(4, "free")
     assert controller.next_k("model") < controller.next_k("free")
 
@@ -142,7 +143,6 @@ def test_acceptance_carries_into_the_next_request_lightly() -> None:
     assert controller.acceptance("ngram3") < 0.5
 
 
-
 def test_measured_rounds_overrule_the_prediction() -> None:
     """A kind predicted to win (all accepted, cheap drafts) whose rounds measured slower than
     plain decoding (because of catch-up, which the prediction leaves out) is switched off
@@ -150,8 +150,14 @@ def test_measured_rounds_overrule_the_prediction() -> None:
     without catch-up (lookup) are judged by the prediction alone."""
     controller = _controller(probe_every=2)
     for _ in range(DraftController.MEASURED_ROUNDS):
-        controller.record_round("model", 4, 4, draft_seconds=4 * 0.1 * PLAIN,
-                                verify_seconds=1.6 * PLAIN, catch_up_seconds=6 * PLAIN)
+        controller.record_round(
+            "model",
+            4,
+            4,
+            draft_seconds=4 * 0.1 * PLAIN,
+            verify_seconds=1.6 * PLAIN,
+            catch_up_seconds=6 * PLAIN,
+        )
     assert controller.best("model")[1] > 1 / PLAIN  # the prediction alone would draft
     ks = [controller.next_k("model") for _ in range(3)]
     assert ks[:2] == [0, 0] and ks[2] == controller.best("model")[0] > 1
@@ -166,8 +172,9 @@ def test_catch_up_must_pay_back_over_the_remaining_tokens() -> None:
     only if its predicted gain over the request's remaining tokens covers the catch-up."""
     controller = _controller()
     for _ in range(10):
-        controller.record_round("model", 3, 3, draft_seconds=3 * 0.3 * PLAIN,
-                                verify_seconds=1.5 * PLAIN)
+        controller.record_round(
+            "model", 3, 3, draft_seconds=3 * 0.3 * PLAIN, verify_seconds=1.5 * PLAIN
+        )
     controller.record_catch_up(100, 100 * 0.2 * PLAIN)  # 20 plain steps to catch up on 100
     assert controller.next_k("model") > 0
     assert controller.next_k("model", catch_up=100, remaining=10) == 0
@@ -182,12 +189,14 @@ def test_a_behind_draft_is_probed_once_per_request_at_its_best_acceptance() -> N
     controller = _controller()
     controller.record_catch_up(100, 100 * 0.2 * PLAIN)  # 20 plain steps to catch up on 100
     for _ in range(10):  # a request of code: all accepted
-        controller.record_round("model", 4, 4, draft_seconds=4 * 0.4 * PLAIN,
-                                verify_seconds=1.1 * PLAIN)
+        controller.record_round(
+            "model", 4, 4, draft_seconds=4 * 0.4 * PLAIN, verify_seconds=1.1 * PLAIN
+        )
     controller.start_request()
     for _ in range(30):  # a request of prose: a third accepted
-        controller.record_round("model", 3, 1, draft_seconds=3 * 0.4 * PLAIN,
-                                verify_seconds=1.1 * PLAIN)
+        controller.record_round(
+            "model", 3, 1, draft_seconds=3 * 0.4 * PLAIN, verify_seconds=1.1 * PLAIN
+        )
     controller.start_request()
     assert not controller._pays_back("model", 100, 100)  # the blend alone: never engaged
     assert controller.next_k("model", catch_up=100, remaining=100) > 1  # the probe

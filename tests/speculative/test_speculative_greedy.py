@@ -26,8 +26,9 @@ from edge.speculative import LookupDraft, SpeculativeConfig
 N = 48
 
 
-def _run(model: Model, ids: list[int], max_tokens: int = N, **kwargs: Any
-         ) -> tuple[list[int], list[GenerationResponse]]:
+def _run(
+    model: Model, ids: list[int], max_tokens: int = N, **kwargs: Any
+) -> tuple[list[int], list[GenerationResponse]]:
     responses = list(model.stream(ids, max_tokens=max_tokens, ignore_eos=True, **kwargs))
     return [r.token for r in responses], responses
 
@@ -38,16 +39,20 @@ def _fixed(k: int, **kwargs: Any) -> SpeculativeConfig:
 
 
 @pytest.fixture(scope="module")
-def plain(target: Path, load_tiny: Callable[..., Model], spec_prompt_ids: list[int]
-          ) -> list[int]:
+def plain(target: Path, load_tiny: Callable[..., Model], spec_prompt_ids: list[int]) -> list[int]:
     tokens, responses = _run(load_tiny(target), spec_prompt_ids)
     assert len(tokens) == N and responses[-1].speculation is None
     return tokens
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_self_draft_accepts_every_token(k: int, target: Path, load_tiny: Callable[..., Model],
-                                        spec_prompt_ids: list[int], plain: list[int]) -> None:
+def test_self_draft_accepts_every_token(
+    k: int,
+    target: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+    plain: list[int],
+) -> None:
     """The target drafting for itself: every draft token is accepted, each verification
     commits k+1 tokens, and the output is the plain greedy output."""
     model = load_tiny(target, draft=load_tiny(target), speculative=_fixed(k))
@@ -62,9 +67,13 @@ def test_self_draft_accepts_every_token(k: int, target: Path, load_tiny: Callabl
     assert stats.active
 
 
-def test_other_model_draft_is_verified(target: Path, other: Path,
-                                       load_tiny: Callable[..., Model],
-                                       spec_prompt_ids: list[int], plain: list[int]) -> None:
+def test_other_model_draft_is_verified(
+    target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+    plain: list[int],
+) -> None:
     """A different random model drafts: many drafts are rejected, yet the output is the
     plain greedy output, also on a second request (prefix reuse in both caches)."""
     model = load_tiny(target, draft=load_tiny(other), speculative=_fixed(4))
@@ -75,8 +84,9 @@ def test_other_model_draft_is_verified(target: Path, other: Path,
         assert stats.drafted > 0 and stats.acceptance < 1.0
 
 
-def test_lookup_draft(target: Path, load_tiny: Callable[..., Model],
-                      spec_prompt_ids: list[int], plain: list[int]) -> None:
+def test_lookup_draft(
+    target: Path, load_tiny: Callable[..., Model], spec_prompt_ids: list[int], plain: list[int]
+) -> None:
     """Prompt lookup drafts (fixed and adaptive k): output equals plain greedy. (A random
     model does not copy its prompt, so here every lookup draft is rejected; SmolLM2 below
     accepts them.)"""
@@ -87,26 +97,31 @@ def test_lookup_draft(target: Path, load_tiny: Callable[..., Model],
         assert responses[-1].speculation.drafted > 0
 
 
-def test_lookup_then_model_chain(target: Path, load_tiny: Callable[..., Model],
-                                 spec_prompt_ids: list[int], plain: list[int]) -> None:
+def test_lookup_then_model_chain(
+    target: Path, load_tiny: Callable[..., Model], spec_prompt_ids: list[int], plain: list[int]
+) -> None:
     """The default chain for a draft model: lookup first, the model where lookup finds no
     match. With the target as its own draft both sources draft (the model's every token
     accepted), the stats split them by source, and the output is plain greedy."""
-    model = load_tiny(target, draft=load_tiny(target),
-                      speculative=_fixed(3, lookup_first=True))
+    model = load_tiny(target, draft=load_tiny(target), speculative=_fixed(3, lookup_first=True))
     assert model.speculative.draft.name == "lookup+model"
     tokens, responses = _run(model, spec_prompt_ids)
     assert tokens == plain
-    by_source = {name: (drafted, accepted)
-                 for name, drafted, accepted in responses[-1].speculation.by_source}
+    by_source = {
+        name: (drafted, accepted) for name, drafted, accepted in responses[-1].speculation.by_source
+    }
     assert set(by_source) == {"lookup", "model"}
     assert by_source["model"][0] > 0 and by_source["model"][0] == by_source["model"][1]
 
 
 @pytest.mark.parametrize("draft_kind", ["other", "lookup"])
-def test_repetition_penalty(draft_kind: str, target: Path, other: Path,
-                            load_tiny: Callable[..., Model],
-                            spec_prompt_ids: list[int]) -> None:
+def test_repetition_penalty(
+    draft_kind: str,
+    target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+) -> None:
     """Greedy with repetition_penalty=1.3: verification applies the penalty over the history
     plus the accepted prefix, as plain decoding does at each step."""
     expected, _ = _run(load_tiny(target), spec_prompt_ids, repetition_penalty=1.3)
@@ -118,9 +133,14 @@ def test_repetition_penalty(draft_kind: str, target: Path, other: Path,
 
 
 @pytest.mark.parametrize("draft_kind", ["self", "other"])
-def test_parallel_lookahead(draft_kind: str, target: Path, other: Path,
-                            load_tiny: Callable[..., Model], spec_prompt_ids: list[int],
-                            plain: list[int]) -> None:
+def test_parallel_lookahead(
+    draft_kind: str,
+    target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+    plain: list[int],
+) -> None:
     """PEARL: the draft drafts ahead while the target verifies. With itself as draft every
     lookahead is used, with another model most are dropped; the output is plain greedy."""
     draft = load_tiny(target if draft_kind == "self" else other)
@@ -134,9 +154,14 @@ def test_parallel_lookahead(draft_kind: str, target: Path, other: Path,
 
 
 @pytest.mark.parametrize("draft_kind", ["self", "other"])
-def test_adaptive_default_config(draft_kind: str, target: Path, other: Path,
-                                 load_tiny: Callable[..., Model], spec_prompt_ids: list[int],
-                                 plain: list[int]) -> None:
+def test_adaptive_default_config(
+    draft_kind: str,
+    target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+    plain: list[int],
+) -> None:
     """The default config (adaptive k, self-disabling): output equals plain greedy."""
     draft = load_tiny(target if draft_kind == "self" else other)
     model = load_tiny(target, draft=draft, speculative=SpeculativeConfig())
@@ -146,16 +171,23 @@ def test_adaptive_default_config(draft_kind: str, target: Path, other: Path,
 
 
 @pytest.mark.parametrize("draft_kind", ["self", "other", "lookup"])
-def test_end_of_context_window(draft_kind: str, target: Path, other: Path,
-                               load_tiny: Callable[..., Model],
-                               spec_prompt_ids: list[int]) -> None:
+def test_end_of_context_window(
+    draft_kind: str,
+    target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+) -> None:
     """A 20-token prompt in a 40-token window: drafts shrink to the room left, and the
     stream ends with "length" after exactly the tokens plain decoding gives."""
     expected, plain_responses = _run(load_tiny(target, max_context=40), spec_prompt_ids)
     assert plain_responses[-1].finish_reason == "length"
     assert len(expected) == 21  # the window's last slot is filled by the final token
-    draft = {"self": lambda: load_tiny(target), "other": lambda: load_tiny(other),
-             "lookup": LookupDraft}[draft_kind]()
+    draft = {
+        "self": lambda: load_tiny(target),
+        "other": lambda: load_tiny(other),
+        "lookup": LookupDraft,
+    }[draft_kind]()
     model = load_tiny(target, max_context=40, draft=draft, speculative=_fixed(8))
     tokens, responses = _run(model, spec_prompt_ids)
     assert tokens == expected
@@ -167,30 +199,45 @@ def test_end_of_context_window(draft_kind: str, target: Path, other: Path,
 def w8a8_target(target: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from exporters.export import ExportConfig, quantize_package
 
-    return quantize_package(target, tmp_path_factory.mktemp("w8a8") / "pkg",
-                            ExportConfig(quant="w8a8"), progress=False)
+    return quantize_package(
+        target, tmp_path_factory.mktemp("w8a8") / "pkg", ExportConfig(quant="w8a8"), progress=False
+    )
 
 
 @pytest.mark.parametrize("draft_kind", ["self", "other", "lookup"])
-def test_w8a8_target_equals_its_plain_greedy(draft_kind: str, w8a8_target: Path, other: Path,
-                                             load_tiny: Callable[..., Model],
-                                             spec_prompt_ids: list[int]) -> None:
+def test_w8a8_target_equals_its_plain_greedy(
+    draft_kind: str,
+    w8a8_target: Path,
+    other: Path,
+    load_tiny: Callable[..., Model],
+    spec_prompt_ids: list[int],
+) -> None:
     """A w8a8 target (activations rounded to int8 per token, where a near-tie could flip
     with the step length) gives its plain greedy tokens with every kind of draft."""
     expected, _ = _run(load_tiny(w8a8_target), spec_prompt_ids)
-    draft = {"self": lambda: load_tiny(w8a8_target), "other": lambda: load_tiny(other),
-             "lookup": LookupDraft}[draft_kind]()
+    draft = {
+        "self": lambda: load_tiny(w8a8_target),
+        "other": lambda: load_tiny(other),
+        "lookup": LookupDraft,
+    }[draft_kind]()
     model = load_tiny(w8a8_target, draft=draft, speculative=_fixed(4))
     tokens, responses = _run(model, spec_prompt_ids)
     assert tokens == expected
     assert responses[-1].speculation.drafted > 0
 
 
-def test_load_with_draft_path(target: Path, other: Path, spec_prompt_ids: list[int],
-                              plain: list[int]) -> None:
+def test_load_with_draft_path(
+    target: Path, other: Path, spec_prompt_ids: list[int], plain: list[int]
+) -> None:
     """edge.load(target, draft=<package path>, draft_threads=1) builds a model draft."""
-    model = edge.load(str(target), draft=str(other), threads=1, draft_threads=1,
-                      progress=False, speculative=_fixed(2))
+    model = edge.load(
+        str(target),
+        draft=str(other),
+        threads=1,
+        draft_threads=1,
+        progress=False,
+        speculative=_fixed(2),
+    )
     tokens, responses = _run(model, spec_prompt_ids)
     assert tokens == plain
     assert responses[-1].speculation.drafted > 0
@@ -210,12 +257,20 @@ def test_smollm2_lookup_on_repetitive_code(smollm2_package: Path) -> None:
     """SmolLM2-135M fp32 with draft="lookup" on code that repeats itself: 64 tokens equal to
     plain greedy (run on the same engine without speculation), with more than one token
     committed per target pass."""
-    model = edge.load(str(smollm2_package), progress=False, max_context=256, draft="lookup",
-                      speculative=SpeculativeConfig(adaptive=False, draft_tokens=6))
+    model = edge.load(
+        str(smollm2_package),
+        progress=False,
+        max_context=256,
+        draft="lookup",
+        speculative=SpeculativeConfig(adaptive=False, draft_tokens=6),
+    )
     ids = model.tokenizer.encode(CODE_PROMPT)
-    expected = [r.token for r in stream_tokens(model.engine, model.tokenizer, ids,
-                                               GenerationConfig(max_tokens=64,
-                                                                ignore_eos=True))]
+    expected = [
+        r.token
+        for r in stream_tokens(
+            model.engine, model.tokenizer, ids, GenerationConfig(max_tokens=64, ignore_eos=True)
+        )
+    ]
     responses = list(model.stream(ids, max_tokens=64, ignore_eos=True))
     assert [r.token for r in responses] == expected
     stats = responses[-1].speculation

@@ -11,8 +11,9 @@ from edge.model import Model
 from edge.speculative import ModelDraft
 
 
-def test_catch_up_is_reported_as_setup(target: Path, load_tiny: Callable[..., Model],
-                                       spec_prompt_ids: list[int]) -> None:
+def test_catch_up_is_reported_as_setup(
+    target: Path, load_tiny: Callable[..., Model], spec_prompt_ids: list[int]
+) -> None:
     draft = ModelDraft(load_tiny(target).engine)
     history = list(spec_prompt_ids)
     first = draft.propose(history, 3)

@@ -42,10 +42,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Model, Model]:
 
     root = tmp_path_factory.mktemp("pair")
     config = ExportConfig(quant="int4", accuracy_level=0)
-    packages = [export(pull(name, progress=False), root / name, config, progress=False)
-                for name in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")]
-    return tuple(Model(open_package(p), EngineConfig(max_context=1024, spinning=False))
-                 for p in packages)
+    packages = [
+        export(pull(name, progress=False), root / name, config, progress=False)
+        for name in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
+    ]
+    return tuple(
+        Model(open_package(p), EngineConfig(max_context=1024, spinning=False)) for p in packages
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +56,12 @@ def w8a8_target(tmp_path_factory: pytest.TempPathFactory) -> Model:
     from edge.models.pull import pull
     from exporters.export import ExportConfig, export
 
-    package = export(pull("qwen2.5-coder-1.5b", progress=False),
-                     tmp_path_factory.mktemp("w8a8") / "target", ExportConfig(quant="w8a8"),
-                     progress=False)
+    package = export(
+        pull("qwen2.5-coder-1.5b", progress=False),
+        tmp_path_factory.mktemp("w8a8") / "target",
+        ExportConfig(quant="w8a8"),
+        progress=False,
+    )
     return Model(open_package(package), EngineConfig(max_context=1024, spinning=False))
 
 
@@ -68,11 +74,14 @@ def _ids(model: Model, text: str) -> list[int]:
 def test_real_pair_greedy_is_the_targets(pair: tuple[Model, Model], draft_kind: str) -> None:
     """48 greedy tokens per prompt: identical to plain decoding for every draft kind."""
     target, draft = pair
-    sources = {"lookup": LookupDraft(), "lookup+model": ChainedDraft([LookupDraft(),
-                                                                      ModelDraft(draft.engine)])}
+    sources = {
+        "lookup": LookupDraft(),
+        "lookup+model": ChainedDraft([LookupDraft(), ModelDraft(draft.engine)]),
+    }
     source = sources.get(draft_kind) or ModelDraft(draft.engine)
-    config = SpeculativeConfig(adaptive=False, draft_tokens=4,
-                               parallel=draft_kind == "model-parallel")
+    config = SpeculativeConfig(
+        adaptive=False, draft_tokens=4, parallel=draft_kind == "model-parallel"
+    )
     for text in PROMPTS:
         ids = _ids(target, text)
         target.speculative = None
@@ -87,8 +96,9 @@ def test_real_pair_greedy_is_the_targets(pair: tuple[Model, Model], draft_kind: 
 
 
 @pytest.mark.parametrize("draft_kind", ["model", "lookup+model"])
-def test_real_pair_w8a8_target_greedy_is_its_own(w8a8_target: Model, pair: tuple[Model, Model],
-                                                 draft_kind: str) -> None:
+def test_real_pair_w8a8_target_greedy_is_its_own(
+    w8a8_target: Model, pair: tuple[Model, Model], draft_kind: str
+) -> None:
     """The 1.5B as w8a8 (its activations rounded to int8 per token): 48 greedy tokens per
     prompt identical to its plain decoding, with the 0.5B drafting alone or after lookup."""
     draft = ModelDraft(pair[1].engine)
@@ -98,7 +108,8 @@ def test_real_pair_w8a8_target_greedy_is_its_own(w8a8_target: Model, pair: tuple
         w8a8_target.speculative = None
         plain = [r.token for r in w8a8_target.stream(ids, max_tokens=48, ignore_eos=True)]
         w8a8_target.speculative = SpeculativeDecoder(
-            w8a8_target.engine, source, SpeculativeConfig(adaptive=False, draft_tokens=6))
+            w8a8_target.engine, source, SpeculativeConfig(adaptive=False, draft_tokens=6)
+        )
         responses = list(w8a8_target.stream(ids, max_tokens=48, ignore_eos=True))
         w8a8_target.speculative.close()
         w8a8_target.speculative = None

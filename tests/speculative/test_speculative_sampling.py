@@ -37,6 +37,7 @@ PROMPT = [5, 17, 30, 9, 41, 12]  # ids below VOCAB
 
 # ---- the test statistic ------------------------------------------------------------------------
 
+
 def chi2_critical(df: int, z: float = Z_999) -> float:
     """The chi-square quantile by Wilson–Hilferty: df (1 - 2/(9 df) + z sqrt(2/(9 df)))^3.
     For significance 0.001 it is within 3% of the exact value from df = 1 up (10.83 exact vs
@@ -50,7 +51,8 @@ def chi_square(observed: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     the bins expected to hold fewer than MIN_EXPECTED samples into one."""
     n = observed.sum()
     assert not observed[probs <= 0].any(), (
-        f"samples of impossible tokens: {np.flatnonzero((probs <= 0) & (observed > 0))}")
+        f"samples of impossible tokens: {np.flatnonzero((probs <= 0) & (observed > 0))}"
+    )
     expected = probs * n
     small = (expected < MIN_EXPECTED) & (probs > 0)
     obs = list(observed[~small & (probs > 0)])
@@ -113,8 +115,9 @@ def _draft_dist(kind: str, p: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
 
 
 @pytest.mark.parametrize("draft_kind", ["full", "partial", "one-hot"])
-@pytest.mark.parametrize("sampling", [dict(temperature=1.0),
-                                      dict(temperature=0.7, top_k=4, top_p=0.9)])
+@pytest.mark.parametrize(
+    "sampling", [dict(temperature=1.0), dict(temperature=0.7, top_k=4, top_p=0.9)]
+)
 def test_accept_draft_follows_target(draft_kind: str, sampling: dict[str, Any]) -> None:
     """Two draft tokens from q (or fixed tokens), drawn independently of the target's noise,
     verified by `accept_draft` with seed j in round j: the committed tokens are the target's
@@ -177,11 +180,11 @@ def test_coupled_draft_is_accepted_more_often() -> None:
 
 # ---- end to end on a tiny model ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_vocab(tiny_factory: Callable[..., Path]) -> tuple[Path, Path]:
     """(target, draft): two random 48-token Llamas with the same tokenizer."""
-    return tiny_factory("llama", 7, vocab_size=VOCAB), tiny_factory("llama", 107,
-                                                                    vocab_size=VOCAB)
+    return tiny_factory("llama", 7, vocab_size=VOCAB), tiny_factory("llama", 107, vocab_size=VOCAB)
 
 
 def exact_distributions(package: Path, config: SamplingConfig) -> list[np.ndarray]:
@@ -209,25 +212,33 @@ def exact_distributions(package: Path, config: SamplingConfig) -> list[np.ndarra
     return marginals
 
 
-@pytest.mark.parametrize(("sampling", "runs"), [
-    (dict(temperature=1.0), 2500),
-    (dict(temperature=1.0, top_k=5, top_p=0.9), 1500),
-])
-def test_speculative_sampling_matches_target(sampling: dict[str, Any], runs: int,
-                                             small_vocab: tuple[Path, Path],
-                                             load_tiny: Callable[..., Model]) -> None:
+@pytest.mark.parametrize(
+    ("sampling", "runs"),
+    [
+        (dict(temperature=1.0), 2500),
+        (dict(temperature=1.0, top_k=5, top_p=0.9), 1500),
+    ],
+)
+def test_speculative_sampling_matches_target(
+    sampling: dict[str, Any],
+    runs: int,
+    small_vocab: tuple[Path, Path],
+    load_tiny: Callable[..., Model],
+) -> None:
     """Another random model drafts 2 tokens (most are rejected); over `runs` seeds the
     empirical marginals of generated tokens 1-3 fit the target's exact ones. Token 2 is the
     first draft token or the residual draw after its rejection; token 3 the second draft
     token, its correction, or the bonus token."""
     target, draft = small_vocab
-    model = load_tiny(target, draft=load_tiny(draft),
-                      speculative=SpeculativeConfig(adaptive=False, draft_tokens=2))
+    model = load_tiny(
+        target,
+        draft=load_tiny(draft),
+        speculative=SpeculativeConfig(adaptive=False, draft_tokens=2),
+    )
     counts = np.zeros((3, VOCAB), int)
     drafted = accepted = 0
     for seed in range(runs):
-        responses = list(model.stream(PROMPT, max_tokens=3, ignore_eos=True, seed=seed,
-                                      **sampling))
+        responses = list(model.stream(PROMPT, max_tokens=3, ignore_eos=True, seed=seed, **sampling))
         for position, r in enumerate(responses):
             counts[position, r.token] += 1
         drafted += responses[-1].speculation.drafted
@@ -239,17 +250,25 @@ def test_speculative_sampling_matches_target(sampling: dict[str, Any], runs: int
         assert_fits(counts[position], exact[position], f"generated token {position + 1}")
 
 
-def test_sampled_speculation_is_reproducible(small_vocab: tuple[Path, Path],
-                                             load_tiny: Callable[..., Model]) -> None:
+def test_sampled_speculation_is_reproducible(
+    small_vocab: tuple[Path, Path], load_tiny: Callable[..., Model]
+) -> None:
     """A seed fixes the sampled speculative output, with adaptive k and from the very first
     request (whose first step decodes plainly to measure plain decoding), and it is plain
     sampling's output with that seed."""
     target, draft = small_vocab
     model = load_tiny(target, draft=load_tiny(draft))
-    runs = [[r.token for r in model.stream(PROMPT, max_tokens=24, temperature=1.0, seed=s,
-                                           ignore_eos=True)] for s in (11, 11, 12, 11)]
+    runs = [
+        [
+            r.token
+            for r in model.stream(PROMPT, max_tokens=24, temperature=1.0, seed=s, ignore_eos=True)
+        ]
+        for s in (11, 11, 12, 11)
+    ]
     assert runs[0] == runs[1] == runs[3]
     assert runs[0] != runs[2]
     plain = load_tiny(target)
-    assert runs[0] == [r.token for r in plain.stream(PROMPT, max_tokens=24, temperature=1.0,
-                                                     seed=11, ignore_eos=True)]
+    assert runs[0] == [
+        r.token
+        for r in plain.stream(PROMPT, max_tokens=24, temperature=1.0, seed=11, ignore_eos=True)
+    ]

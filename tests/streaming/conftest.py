@@ -28,8 +28,9 @@ MAX_CONTEXT = 256
 EVERYTHING_PINNED = 8 << 30
 
 
-def minimum_budget(package: Package, max_context: int = MAX_CONTEXT,
-                   prefill_chunk: int = 64) -> int:
+def minimum_budget(
+    package: Package, max_context: int = MAX_CONTEXT, prefill_chunk: int = 64
+) -> int:
     """The smallest budget the engine accepts for `package`, as its error states it."""
     config = StreamConfig(1, max_context=max_context, prefill_chunk=prefill_chunk)
     try:
@@ -54,8 +55,9 @@ def greedy_tokens(model: Model, prompt: str = PROMPT, n: int = GREEDY_TOKENS) ->
 @contextmanager
 def streamed_model(root: Path, budget: int | str, **kwargs: object) -> Iterator[Model]:
     """A `Model` on the streamed engine; its prefetcher thread is stopped afterwards."""
-    model = Model(open_package(root, verify="sizes"),
-                  StreamConfig(budget, max_context=MAX_CONTEXT), **kwargs)  # type: ignore[arg-type]
+    model = Model(
+        open_package(root, verify="sizes"), StreamConfig(budget, max_context=MAX_CONTEXT), **kwargs
+    )  # type: ignore[arg-type]
     try:
         yield model
     finally:
@@ -63,13 +65,16 @@ def streamed_model(root: Path, budget: int | str, **kwargs: object) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def streaming_int4_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory
-                           ) -> Path:
+def streaming_int4_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2 int4 as `edge quantize` makes it (MatMulNBits, accuracy_level 4, tied head)."""
     from exporters.export import ExportConfig, quantize_package
 
-    return quantize_package(smollm2_package, tmp_path_factory.mktemp("stream-int4") / "pkg",
-                            ExportConfig(quant="int4"), progress=False)
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("stream-int4") / "pkg",
+        ExportConfig(quant="int4"),
+        progress=False,
+    )
 
 
 class StreamingHelpers:

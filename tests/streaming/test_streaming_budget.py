@@ -15,12 +15,18 @@ from memory_sched.budget import GiB, MemoryBudget, MiB, format_size, system_memo
 
 
 def _load(root: Path, budget: int | str, streaming) -> edge.Model:
-    return edge.load(root, memory_budget=budget, max_context=streaming.MAX_CONTEXT,
-                     progress=False, verify="sizes")
+    return edge.load(
+        root,
+        memory_budget=budget,
+        max_context=streaming.MAX_CONTEXT,
+        progress=False,
+        verify="sizes",
+    )
 
 
-def test_streaming_budget_minimum_is_stated_and_exact(streaming_int4_package: Path,
-                                                      streaming) -> None:
+def test_streaming_budget_minimum_is_stated_and_exact(
+    streaming_int4_package: Path, streaming
+) -> None:
     """`edge.load(memory_budget=...)` under the minimum raises BudgetTooSmallError before any
     weights are read, its message stating the budget and the minimum (readable and in bytes);
     one byte under the minimum is refused too, and exactly the minimum loads, streams every
@@ -69,19 +75,22 @@ def test_streaming_budget_percent_loads(streaming_int4_package: Path, streaming)
     assert model.engine.prefetcher is None
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    ({"max_context": 0}, "max_context=0"),
-    ({"max_context": -8}, "max_context=-8"),
-    ({"prefill_chunk": 0}, "prefill_chunk=0"),
-    ({"max_window": 0}, "max_window=0"),
-    ({"threads": 0}, "threads=0"),
-    ({"budget": "lots"}, "'lots'"),
-    ({"budget": "300 parsecs"}, "'parsecs'"),
-    ({"budget": "150%"}, "'150%'"),
-    ({"budget": 0}, "got 0"),
-    ({"budget": -1}, "-1"),
-    ({"budget": True}, "True"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"max_context": 0}, "max_context=0"),
+        ({"max_context": -8}, "max_context=-8"),
+        ({"prefill_chunk": 0}, "prefill_chunk=0"),
+        ({"max_window": 0}, "max_window=0"),
+        ({"threads": 0}, "threads=0"),
+        ({"budget": "lots"}, "'lots'"),
+        ({"budget": "300 parsecs"}, "'parsecs'"),
+        ({"budget": "150%"}, "'150%'"),
+        ({"budget": 0}, "got 0"),
+        ({"budget": -1}, "-1"),
+        ({"budget": True}, "True"),
+    ],
+)
 def test_streaming_config_rejects_bad_values(kwargs: dict[str, object], named: str) -> None:
     """Each bad StreamConfig value raises ConfigError (an EdgeError and a ValueError) whose
     message names the value."""

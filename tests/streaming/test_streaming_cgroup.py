@@ -79,8 +79,10 @@ class MemoryCgroup:
         """Limit hits and OOM kills, for the report."""
         if self.v1:
             oom = (self.path / "memory.oom_control").read_text().split()
-            return (f"failcnt {(self.path / 'memory.failcnt').read_text().strip()}, "
-                    f"oom_control {' '.join(oom)}")
+            return (
+                f"failcnt {(self.path / 'memory.failcnt').read_text().strip()}, "
+                f"oom_control {' '.join(oom)}"
+            )
         return (self.path / "memory.events").read_text().replace("\n", ", ")
 
     def remove(self) -> None:
@@ -123,8 +125,10 @@ def _make_cgroup(name: str) -> MemoryCgroup:
         if (child / limit_file).exists():
             return MemoryCgroup(child, v1)
         child.rmdir()
-        reasons.append(f"cgroup {'v1' if v1 else 'v2'}: {child} has no {limit_file} "
-                       "(memory controller not enabled there)")
+        reasons.append(
+            f"cgroup {'v1' if v1 else 'v2'}: {child} has no {limit_file} "
+            "(memory controller not enabled there)"
+        )
     pytest.skip("no writable memory cgroup: " + "; ".join(reasons))
 
 
@@ -141,8 +145,10 @@ def cgroup() -> Iterator[MemoryCgroup]:
 def qwen_package() -> Path:
     path = Path(os.environ.get(QWEN_ENV, QWEN_DEFAULT))
     if not (path / "manifest.json").is_file():
-        pytest.skip(f"Qwen2.5-Coder-1.5B int4 package not found at {path}: export it there "
-                    f"or point {QWEN_ENV} at one")
+        pytest.skip(
+            f"Qwen2.5-Coder-1.5B int4 package not found at {path}: export it there "
+            f"or point {QWEN_ENV} at one"
+        )
     return path
 
 
@@ -153,10 +159,13 @@ def qwen_tokens() -> dict[float, list[int]]:
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.50])
-def test_streaming_budget_holds_in_memory_cgroup(fraction: float, qwen_package: Path,
-                                                 cgroup: MemoryCgroup,
-                                                 qwen_tokens: dict[float, list[int]],
-                                                 streaming) -> None:
+def test_streaming_budget_holds_in_memory_cgroup(
+    fraction: float,
+    qwen_package: Path,
+    cgroup: MemoryCgroup,
+    qwen_tokens: dict[float, list[int]],
+    streaming,
+) -> None:
     """Qwen 1.5B int4, 16 greedy tokens at max_context 512 in a fresh process confined to a
     memory cgroup of budget + 10%: exit code 0 (not OOM-killed), the group's peak usage and
     the process's peak RSS within the limit; every budget gives the same tokens."""
@@ -169,23 +178,41 @@ def test_streaming_budget_holds_in_memory_cgroup(fraction: float, qwen_package: 
     assert cgroup.limit() >= limit - 4096  # the kernel rounds down to a page
 
     # The shell joins the group before exec'ing python, so the whole run is charged to it.
-    command = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.procs), sys.executable,
-               "-c", CHILD, str(qwen_package), str(budget), str(MAX_CONTEXT), str(TOKENS)]
+    command = [
+        "sh",
+        "-c",
+        'echo $$ > "$0" && exec "$@"',
+        str(cgroup.procs),
+        sys.executable,
+        "-c",
+        CHILD,
+        str(qwen_package),
+        str(budget),
+        str(MAX_CONTEXT),
+        str(TOKENS),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=600)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     peak = cgroup.peak()
-    print(f"\nbudget {fraction:.0%} of weights {format_size(weights)} -> "
-          f"{format_size(budget)} ({budget} B; minimum {minimum} B), cgroup limit "
-          f"{format_size(limit)}: exit {proc.returncode}, cgroup peak "
-          f"{format_size(peak) if peak is not None else 'n/a'}, {cgroup.events()}")
+    print(
+        f"\nbudget {fraction:.0%} of weights {format_size(weights)} -> "
+        f"{format_size(budget)} ({budget} B; minimum {minimum} B), cgroup limit "
+        f"{format_size(limit)}: exit {proc.returncode}, cgroup peak "
+        f"{format_size(peak) if peak is not None else 'n/a'}, {cgroup.events()}"
+    )
     assert proc.returncode == 0, (
         f"{'OOM-killed' if proc.returncode in (-9, 137) else 'failed'} "
-        f"(exit {proc.returncode}) under {format_size(limit)}:\n{proc.stderr[-3000:]}")
-    result = json.loads(next(line for line in proc.stdout.splitlines()
-                             if line.startswith("RESULT "))[len("RESULT "):])
-    print(f"plan: {result['plan']}; peak RSS {format_size(result['peak_rss'])} "
-          f"({result['peak_rss'] / budget:.1%} of the budget); tokens {result['tokens']}")
+        f"(exit {proc.returncode}) under {format_size(limit)}:\n{proc.stderr[-3000:]}"
+    )
+    result = json.loads(
+        next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[
+            len("RESULT ") :
+        ]
+    )
+    print(
+        f"plan: {result['plan']}; peak RSS {format_size(result['peak_rss'])} "
+        f"({result['peak_rss'] / budget:.1%} of the budget); tokens {result['tokens']}"
+    )
     assert len(result["tokens"]) == TOKENS
     if peak is not None:
         assert peak <= limit

@@ -67,8 +67,9 @@ def test_streaming_truncated_block_raises_and_recovers(damaged_copy: Path, strea
         assert streaming.greedy_tokens(model, n=TOKENS) == before
 
 
-def test_streaming_read_error_raises_and_recovers(damaged_copy: Path, streaming,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streaming_read_error_raises_and_recovers(
+    damaged_copy: Path, streaming, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An OSError from the store's read of block 7 (injected once, through the prefetcher's
     WeightStore.read_into): the decode step raises StreamReadError naming block.7 and the
     error, the cache position is unchanged, and the same step run again gives exactly the

@@ -60,8 +60,9 @@ def resident_tokens(smollm2_package: Path, streaming) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", BUDGETS)
-def test_streaming_fp32_greedy_equals_resident(kind: str, smollm2_package: Path,
-                                               resident_tokens: list[int], streaming) -> None:
+def test_streaming_fp32_greedy_equals_resident(
+    kind: str, smollm2_package: Path, resident_tokens: list[int], streaming
+) -> None:
     """SmolLM2 fp32, 24 greedy tokens (EOS ignored): the streamed engine gives ONNX Runtime's
     resident tokens at every budget, and a streaming step reads every streamed block once
     (the window really slides: nothing is kept between steps)."""
@@ -79,8 +80,12 @@ def test_streaming_fp32_greedy_equals_resident(kind: str, smollm2_package: Path,
     assert [s.bytes_read for s in steps] == [expected] * len(steps)
 
 
-def _trace(engine: StreamedEngine | NumpyForward, ids: list[int], steps: int,
-           forced: list[int] | None = None) -> tuple[list[int], np.ndarray]:
+def _trace(
+    engine: StreamedEngine | NumpyForward,
+    ids: list[int],
+    steps: int,
+    forced: list[int] | None = None,
+) -> tuple[list[int], np.ndarray]:
     """Greedy tokens and the logits of every position: prompt (all_logits) then decode."""
     logits = [engine.prefill(ids, all_logits=True)]
     tokens = [int(logits[0][-1].argmax())]
@@ -92,14 +97,16 @@ def _trace(engine: StreamedEngine | NumpyForward, ids: list[int], steps: int,
 
 
 @pytest.fixture(scope="module")
-def int4_reference(streaming_int4_package: Path, streaming
-                   ) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+def int4_reference(
+    streaming_int4_package: Path, streaming
+) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
     """Prompt ids; the all-pinned run of the streamed engine's own path (same kernels, no
     window): its tokens and logits; and NumpyForward's logits fed those tokens."""
     package = open_package(streaming_int4_package)
     ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
-    engine = StreamedEngine(package, StreamConfig(streaming.EVERYTHING_PINNED,
-                                                  max_context=streaming.MAX_CONTEXT))
+    engine = StreamedEngine(
+        package, StreamConfig(streaming.EVERYTHING_PINNED, max_context=streaming.MAX_CONTEXT)
+    )
     assert engine.prefetcher is None
     tokens, logits = _trace(engine, ids, streaming.GREEDY_TOKENS)
     numpy = NumpyForward(load_model_weights(package), ForwardConfig(streaming.MAX_CONTEXT))
@@ -123,8 +130,9 @@ def test_streaming_int4_pinned_matches_numpy_reference(int4_reference) -> None:
 
 
 @pytest.mark.parametrize("kind", BUDGETS[:2])
-def test_streaming_int4_streamed_equals_pinned(kind: str, streaming_int4_package: Path,
-                                               int4_reference, streaming) -> None:
+def test_streaming_int4_streamed_equals_pinned(
+    kind: str, streaming_int4_package: Path, int4_reference, streaming
+) -> None:
     """SmolLM2 int4 streamed through a window of one and of two: tokens and logits equal
     the all-pinned run of the same StreamedEngine path exactly (streaming must not change
     results: same kernel, same bytes, only where they lie differs), hence also within 1e-3 of
@@ -143,15 +151,17 @@ def test_streaming_int4_streamed_equals_pinned(kind: str, streaming_int4_package
     assert _scaled_error(logits, expected) <= INT4_RTOL
 
 
-def test_streaming_w8a8_streamed_equals_numpy_reference(smollm2_package: Path, tmp_path: Path,
-                                                        streaming) -> None:
+def test_streaming_w8a8_streamed_equals_numpy_reference(
+    smollm2_package: Path, tmp_path: Path, streaming
+) -> None:
     """SmolLM2 w8a8 streamed through a window of one: int8 rows read from the window's
     buffers, activations rounded per token, the same arithmetic as NumpyForward on memory
     maps, so tokens and logits are equal bit for bit."""
     from exporters.export import ExportConfig, quantize_package
 
-    root = quantize_package(smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"),
-                            progress=False)
+    root = quantize_package(
+        smollm2_package, tmp_path / "w8a8", ExportConfig(quant="w8a8"), progress=False
+    )
     package = open_package(root)
     ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
     budget = streaming.minimum_budget(package)

@@ -13,8 +13,9 @@ from edge.speculative import LookupDraft
 PROMPT = "1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2"
 
 
-def test_streaming_lookup_draft_greedy_equals_plain(streaming_int4_package: Path,
-                                                    streaming) -> None:
+def test_streaming_lookup_draft_greedy_equals_plain(
+    streaming_int4_package: Path, streaming
+) -> None:
     """SmolLM2 int4 streamed through a window of two: `Model(pkg, StreamConfig(...),
     draft=LookupDraft())` yields the plain streamed run's 24 greedy tokens, with drafts
     proposed and accepted (so multi-token verification and rewind ran on the streamed
@@ -26,8 +27,7 @@ def test_streaming_lookup_draft_greedy_equals_plain(streaming_int4_package: Path
         assert model.engine.plan.policy.window >= 2 and model.engine.prefetcher is not None
         plain = streaming.greedy_tokens(model, PROMPT)
     with streaming.streamed_model(streaming_int4_package, budget, draft=LookupDraft()) as model:
-        responses = list(model.stream(PROMPT, max_tokens=streaming.GREEDY_TOKENS,
-                                      ignore_eos=True))
+        responses = list(model.stream(PROMPT, max_tokens=streaming.GREEDY_TOKENS, ignore_eos=True))
         steps = len(model.engine.stats.steps)
     assert [r.token for r in responses] == plain
     stats = responses[-1].speculation

@@ -33,17 +33,23 @@ def test_builtin_backends_are_registered_by_name() -> None:
         registry.create("npu")
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("ort_cpu", {"thread": 2}, "no option 'thread'; allowed: .*threads"),
-    ("ort_cpu", {"threads": True}, "threads=True must be int"),
-    ("ort_cpu", {"threads": 0}, "threads=0; must be >= 1"),
-    ("ort_cpu", {"optimization": "max"}, "optimization='max'; allowed"),
-    ("ort_qnn", {"htp_performance_mode": "turbo"}, "performance_mode='turbo'; allowed: .*burst"),
-    ("ort_coreml", {"MLComputeUnits": "NPU"}, "MLComputeUnits='NPU'; allowed"),
-    ("openvino", {"INFERENCE_PRECISION_HINT": ["f32"]}, "must be a string or number"),
-])
-def test_bad_options_are_config_errors_naming_them(name: str, options: dict,
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("ort_cpu", {"thread": 2}, "no option 'thread'; allowed: .*threads"),
+        ("ort_cpu", {"threads": True}, "threads=True must be int"),
+        ("ort_cpu", {"threads": 0}, "threads=0; must be >= 1"),
+        ("ort_cpu", {"optimization": "max"}, "optimization='max'; allowed"),
+        (
+            "ort_qnn",
+            {"htp_performance_mode": "turbo"},
+            "performance_mode='turbo'; allowed: .*burst",
+        ),
+        ("ort_coreml", {"MLComputeUnits": "NPU"}, "MLComputeUnits='NPU'; allowed"),
+        ("openvino", {"INFERENCE_PRECISION_HINT": ["f32"]}, "must be a string or number"),
+    ],
+)
+def test_bad_options_are_config_errors_naming_them(name: str, options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         registry.create(name, options)
 
@@ -56,9 +62,14 @@ def test_openvino_computes_in_f32_unless_told_otherwise() -> None:
     assert backend.config()["INFERENCE_NUM_THREADS"] == "2"
 
 
-@pytest.mark.parametrize(("name", "provider"), [("ort_qnn", "QNNExecutionProvider"),
-                                                ("ort_coreml", "CoreMLExecutionProvider"),
-                                                ("ort_nnapi", "NnapiExecutionProvider")])
+@pytest.mark.parametrize(
+    ("name", "provider"),
+    [
+        ("ort_qnn", "QNNExecutionProvider"),
+        ("ort_coreml", "CoreMLExecutionProvider"),
+        ("ort_nnapi", "NnapiExecutionProvider"),
+    ],
+)
 def test_npu_providers_say_they_are_missing_here(name: str, provider: str) -> None:
     """This onnxruntime wheel has no NPU provider: each backend says so and how to get one."""
     support = registry.create(name).is_available()
@@ -100,23 +111,32 @@ def test_registering_a_backend_and_name_clashes() -> None:
 
 # ---- structural checks on small graphs ------------------------------------------------------
 
+
 def _qdq_matmul(path: Path, activation: int, dims: list[int | str], reshape: bool = False) -> Path:
     """y = MatMul(DQ(Q(x)), DQ(W int8)), activation Q of type `activation`."""
     zero = {TensorProto.UINT8: np.uint8, TensorProto.UINT16: np.uint16}[activation]
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-             numpy_helper.from_array(np.array(8, zero), "z"),
-             numpy_helper.from_array(np.eye(8, dtype=np.int8), "w"),
-             numpy_helper.from_array(np.array(0.1, np.float32), "ws"),
-             numpy_helper.from_array(np.array([8, 8], np.int64), "shape")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
-             helper.make_node("DequantizeLinear", ["w", "ws"], ["dw"])]
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(8, zero), "z"),
+        numpy_helper.from_array(np.eye(8, dtype=np.int8), "w"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "ws"),
+        numpy_helper.from_array(np.array([8, 8], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+        helper.make_node("DequantizeLinear", ["w", "ws"], ["dw"]),
+    ]
     if reshape:
         nodes.append(helper.make_node("Reshape", ["dw", "shape"], ["dw2"]))
     nodes.append(helper.make_node("MatMul", ["dq", "dw2" if reshape else "dw"], ["y"]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, dims)], [helper.make_tensor_value_info(
-        "y", TensorProto.FLOAT, dims)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     onnx.save(model, path)
     return path
@@ -129,8 +149,7 @@ class _Folder:
     root: Path
     manifest: object = None
 
-    def graph_bytes(self, part: PartEntry, step: int | None = None,
-                    prefill: bool = False) -> bytes:
+    def graph_bytes(self, part: PartEntry, step: int | None = None, prefill: bool = False) -> bytes:
         return (self.root / (dict(part.static_graphs)[step] if step else part.graph)).read_bytes()
 
     def tensor(self, entry: object) -> np.ndarray:
@@ -138,8 +157,9 @@ class _Folder:
 
 
 def _part(graph: str, static: bool = True) -> PartEntry:
-    return PartEntry("block.0", "block", graph, (), ("x",), ("y",), 0,
-                     ((8, graph),) if static else ())
+    return PartEntry(
+        "block.0", "block", graph, (), ("x",), ("y",), 0, ((8, graph),) if static else ()
+    )
 
 
 def test_graph_reader_matches_onnx(tmp_path: Path) -> None:
@@ -153,11 +173,13 @@ def test_graph_reader_matches_onnx(tmp_path: Path) -> None:
 
 def test_npu_check_accepts_static_int8_qdq_and_says_why_not_otherwise(tmp_path: Path) -> None:
     rules = QnnBackend.rules
-    good = read_graph(_qdq_matmul(tmp_path / "a.onnx", TensorProto.UINT8, [8, 8],
-                                  reshape=True).read_bytes())
+    good = read_graph(
+        _qdq_matmul(tmp_path / "a.onnx", TensorProto.UINT8, [8, 8], reshape=True).read_bytes()
+    )
     assert check_graph(good, rules) == []
-    dynamic = read_graph(_qdq_matmul(tmp_path / "b.onnx", TensorProto.UINT8,
-                                     ["batch", 8]).read_bytes())
+    dynamic = read_graph(
+        _qdq_matmul(tmp_path / "b.onnx", TensorProto.UINT8, ["batch", 8]).read_bytes()
+    )
     assert shape_problems(dynamic) == ["input x has dynamic dimension 'batch'"]
     wide = read_graph(_qdq_matmul(tmp_path / "c.onnx", TensorProto.UINT16, [8, 8]).read_bytes())
     assert qdq_problems(wide, rules) == []  # QNN's HTP computes 16-bit activations

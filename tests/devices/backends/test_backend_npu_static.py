@@ -24,18 +24,28 @@ from edge.engine import Engine, EngineConfig
 from edge.package import Package, open_package
 from edge.placement import Placement
 
-PROMPT = ("The three primary colors are red, yellow and blue. Mixing red and yellow gives "
-          "orange, while")  # 19 tokens
+PROMPT = (
+    "The three primary colors are red, yellow and blue. Mixing red and yellow gives "
+    "orange, while"
+)  # 19 tokens
 
 
 @pytest.fixture(scope="session")
 def static_a8w8_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from exporters.export import ExportConfig, quantize_package
 
-    return quantize_package(smollm2_package, tmp_path_factory.mktemp("npu") / "a8w8",
-                            ExportConfig(quant="q-static-int8", static_chunks=(1, 32),
-                                         static_context=256, static_activation_bits=8,
-                                         calibration_tokens=128), progress=False)
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("npu") / "a8w8",
+        ExportConfig(
+            quant="q-static-int8",
+            static_chunks=(1, 32),
+            static_context=256,
+            static_activation_bits=8,
+            calibration_tokens=128,
+        ),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +106,9 @@ def _closeness(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float,
     return float(kl.mean()), float(kl.max()), float(hits)
 
 
-def test_static_qdq_graphs_run_on_openvino_close_to_fp32(static: Package,
-                                                        smollm2_package: Path) -> None:
+def test_static_qdq_graphs_run_on_openvino_close_to_fp32(
+    static: Package, smollm2_package: Path
+) -> None:
     """The whole A8W8 package (its 1- and 32-token graphs) on OpenVINO CPU against the fp32
     package on ONNX Runtime. Tolerance, over the prompt's 19 positions: mean KL(fp32 ||
     static) <= 0.5 nat, max <= 1.5, fp32's greedy token in the static model's top 5 at >= 90%
@@ -108,16 +119,19 @@ def test_static_qdq_graphs_run_on_openvino_close_to_fp32(static: Package,
     from edge.tokenizer import Tokenizer
 
     ids = Tokenizer.from_package(static).encode(PROMPT)
-    placement = Placement.single(len(static.manifest.parts), "openvino",
-                                 {"INFERENCE_PRECISION_HINT": "f32"})
+    placement = Placement.single(
+        len(static.manifest.parts), "openvino", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     engine = Engine(static, EngineConfig(threads=2, placement=placement))
     assert engine.fallbacks == [] and {s.backend.name for s in engine.segments} == {"openvino"}
     logits = engine.prefill(ids, all_logits=True)  # the 32-token graphs, padded
     engine.reset()
-    stepped = np.stack([engine.prefill(ids[:1])[0]] + [engine.decode(t).copy()
-                                                       for t in ids[1:]])  # 1-token graphs
-    reference = Engine(open_package(smollm2_package, verify="sizes"),
-                       EngineConfig(max_context=256, threads=2)).prefill(ids, all_logits=True)
+    stepped = np.stack(
+        [engine.prefill(ids[:1])[0]] + [engine.decode(t).copy() for t in ids[1:]]
+    )  # 1-token graphs
+    reference = Engine(
+        open_package(smollm2_package, verify="sizes"), EngineConfig(max_context=256, threads=2)
+    ).prefill(ids, all_logits=True)
     on_ort = Engine(static, EngineConfig(threads=2)).prefill(ids, all_logits=True)
     ort_mean, _, _ = _closeness(reference, on_ort)
     for ours in (logits, stepped):
@@ -137,8 +151,10 @@ def test_planner_keeps_refused_parts_off_the_npu(static: Package) -> None:
     refusals = backend_refusals(static, {"ort_cpu", "ort_qnn"}, local=False)
     n = len(static.manifest.parts)
     assert {i for b, i in refusals if b == "ort_qnn"} == set(range(1, n))
-    devices = [Device(profile_by_name("snapdragon-8-gen-3-cpu"), "ort_cpu"),
-               Device(profile_by_name("snapdragon-8-gen-3-npu"), "ort_qnn")]
+    devices = [
+        Device(profile_by_name("snapdragon-8-gen-3-cpu"), "ort_cpu"),
+        Device(profile_by_name("snapdragon-8-gen-3-npu"), "ort_qnn"),
+    ]
     plan = make_plan(static.manifest, devices, PlanConfig(max_context=256), refusals)
     for segment in (*plan.decode, *plan.prefill):
         if segment.backend == "ort_qnn":
@@ -157,8 +173,9 @@ def test_static_prompts_run_on_their_own_placement(static: Package) -> None:
     n = len(static.manifest.parts)
     prompts = Placement.split(n, [(0, "ort_qnn"), (1, "ort_cpu")])
     engine = Engine(static, EngineConfig(threads=2, prefill_placement=prompts))
-    assert set(engine.prefill_variants) == {32} and [s.start for s in engine.prefill_variants[32]
-                                                     ] == [0, 1]
+    assert set(engine.prefill_variants) == {32} and [
+        s.start for s in engine.prefill_variants[32]
+    ] == [0, 1]
     assert [f.backend for f in engine.fallbacks] == ["ort_qnn"]
     logits = engine.prefill(ids, all_logits=True)
     plain = Engine(static, EngineConfig(threads=2)).prefill(ids, all_logits=True)

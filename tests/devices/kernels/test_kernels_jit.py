@@ -42,12 +42,15 @@ def test_amx_is_never_enabled() -> None:
     assert not any(f.startswith("+amx") for f in host_target().features.split(","))
 
 
-@pytest.mark.parametrize(("features", "machine", "shape"), [
-    ({"avx512f", "avx2"}, "x86_64", (16, 32)),
-    ({"avx2", "fma"}, "x86_64", (8, 16)),
-    ({"sse4.2"}, "x86_64", (4, 16)),
-    ({"neon"}, "aarch64", (4, 32)),
-])
+@pytest.mark.parametrize(
+    ("features", "machine", "shape"),
+    [
+        ({"avx512f", "avx2"}, "x86_64", (16, 32)),
+        ({"avx2", "fma"}, "x86_64", (8, 16)),
+        ({"sse4.2"}, "x86_64", (4, 16)),
+        ({"neon"}, "aarch64", (4, 32)),
+    ],
+)
 def test_vector_width_follows_the_features(features: set, machine: str, shape: tuple) -> None:
     assert vector_shape(features, machine) == shape
 

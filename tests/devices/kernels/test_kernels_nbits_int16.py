@@ -47,14 +47,22 @@ def rounding_bound(x: np.ndarray, deq: np.ndarray, block_size: int) -> np.ndarra
 # Each width with every block size and every zero-point kind (the zero-point term is shared with
 # the fp32 kernel, tested there in full); K=600 leaves a partial 64-byte step at the end of each
 # row for blocks under 128.
-LAYOUTS = [(4, 16, "none"), (4, 32, "uint8"), (4, 64, "float"), (4, 128, "uint8"),
-           (4, 256, "none"), (8, 16, "uint8"), (8, 32, "none"), (8, 64, "uint8"),
-           (8, 128, "none"), (8, 256, "float")]
+LAYOUTS = [
+    (4, 16, "none"),
+    (4, 32, "uint8"),
+    (4, 64, "float"),
+    (4, 128, "uint8"),
+    (4, 256, "none"),
+    (8, 16, "uint8"),
+    (8, 32, "none"),
+    (8, 64, "uint8"),
+    (8, 128, "none"),
+    (8, 256, "float"),
+]
 
 
 @pytest.mark.parametrize(("bits", "block_size", "zp"), LAYOUTS)
-def test_int16_matches_numpy_within_the_rounding_of_x(bits: int, block_size: int,
-                                                       zp: str) -> None:
+def test_int16_matches_numpy_within_the_rounding_of_x(bits: int, block_size: int, zp: str) -> None:
     q = make_weight(bits, block_size, zp, K=600)
     deq = dequantize(q).astype(np.float64)
     kernel = NBitsMatMul(NBitsSpec.of(q), threads=2, activations="int16", min_bytes_per_thread=0)
@@ -102,8 +110,9 @@ def reference_layout(x: np.ndarray, bits: int, block_size: int):
 def test_int16_layout_of_x_matches_the_contract(bits: int, block_size: int) -> None:
     x = activations(3, 600, seed=2)
     x[1, 40:200] = 0.0  # whole zero blocks: scale 0, codes 0, no division by zero
-    kernel = NBitsMatMul(NBitsSpec(K=600, N=16, bits=bits, block_size=block_size),
-                         threads=1, activations="int16")
+    kernel = NBitsMatMul(
+        NBitsSpec(K=600, N=16, bits=bits, block_size=block_size), threads=1, activations="int16"
+    )
     prepared = kernel.prepare_x(x)
     parts, lanes, xsum = reference_layout(x, bits, block_size)
     # rint of ties may differ by one step between numpy and the CPU's conversion: allow 1

@@ -30,8 +30,9 @@ ZERO_POINTS = {  # kind -> quantization config making it
 }
 
 
-def make_weight(bits: int, block_size: int, zp: str, K: int, N: int = 37,
-                seed: int = 0) -> QuantizedWeight:
+def make_weight(
+    bits: int, block_size: int, zp: str, K: int, N: int = 37, seed: int = 0
+) -> QuantizedWeight:
     w = np.random.default_rng(seed).standard_normal((K, N)).astype(np.float32)
     q = quantize(w, WeightQuantConfig(bits=bits, block_size=block_size, **ZERO_POINTS[zp]))
     assert zero_point_kind(q.zero_points) == zp
@@ -76,8 +77,9 @@ def test_matches_numpy_and_onnxruntime(bits: int, block_size: int, zp: str) -> N
             if threads == 1 and not (bits == 8 and zp == "float"):  # ORT 1.32 rejects that
                 ours_vs_ort = ort_matmul_nbits(q, x)
                 assert_close(ours_vs_ort, x, deq)
-                np.testing.assert_allclose(y, ours_vs_ort, rtol=0, atol=float(
-                    2 * TOL * np.max(np.abs(x) @ np.abs(deq))))
+                np.testing.assert_allclose(
+                    y, ours_vs_ort, rtol=0, atol=float(2 * TOL * np.max(np.abs(x) @ np.abs(deq)))
+                )
 
 
 @pytest.mark.parametrize(("bits", "zp"), [(4, "none"), (8, "uint8")])
@@ -92,8 +94,10 @@ def test_whole_blocks_and_every_tile_shape(bits: int, zp: str) -> None:
 
 
 @pytest.mark.parametrize("lanes", [8, 4])
-@pytest.mark.parametrize(("bits", "block_size", "zp"),
-                         [(4, 16, "uint8"), (4, 32, "none"), (4, 64, "float"), (8, 32, "uint8")])
+@pytest.mark.parametrize(
+    ("bits", "block_size", "zp"),
+    [(4, 16, "uint8"), (4, 32, "none"), (4, 64, "float"), (8, 32, "uint8")],
+)
 def test_narrow_vector_targets(lanes: int, bits: int, block_size: int, zp: str) -> None:
     """The 8-lane (AVX2) and 4-lane (SSE, as on NEON) code paths, compiled for this CPU with
     the wider extensions switched off."""
@@ -110,11 +114,12 @@ def test_narrow_vector_targets(lanes: int, bits: int, block_size: int, zp: str) 
 def test_reads_flat_window_buffers_in_place_and_writes_out() -> None:
     """Weights as 1-D views of one read-only byte buffer (a streaming window) work as is."""
     q = make_weight(4, 32, "uint8", K=128, N=40)
-    window = np.frombuffer(q.packed.tobytes() + q.scales.tobytes() + q.zero_points.tobytes(),
-                           np.uint8)
+    window = np.frombuffer(
+        q.packed.tobytes() + q.scales.tobytes() + q.zero_points.tobytes(), np.uint8
+    )
     packed = window[: q.packed.nbytes]
-    scales = window[q.packed.nbytes: q.packed.nbytes + q.scales.nbytes].view(np.float32)
-    zero_points = window[q.packed.nbytes + q.scales.nbytes:]
+    scales = window[q.packed.nbytes : q.packed.nbytes + q.scales.nbytes].view(np.float32)
+    zero_points = window[q.packed.nbytes + q.scales.nbytes :]
     x = activations(3, q.K)
     out = np.full((3, q.N), np.nan, np.float32)
     result = NBitsMatMul(NBitsSpec.of(q), threads=1)(x, packed, scales, zero_points, out=out)
@@ -163,24 +168,33 @@ def int4() -> tuple[QuantizedWeight, NBitsMatMul]:
     return q, NBitsMatMul(NBitsSpec.of(q), threads=1)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"x": np.zeros((2, 64), np.float64)}, "x must be a float32"),
-    ({"x": np.zeros((2, 63), np.float32)}, "x must be a float32"),
-    ({"x": np.zeros((0, 64), np.float32)}, "at least one row"),
-    ({"x": np.zeros(64, np.float32)}, "x must be a float32"),
-    ({"packed": np.zeros((8, 2, 15), np.uint8)}, "packed must be"),
-    ({"packed": np.zeros((8, 2, 32), np.uint8)[:, :, ::2]}, "not C-contiguous"),
-    ({"packed": np.zeros((8, 2, 16), np.int8)}, "packed must be"),
-    ({"scales": np.zeros(16, np.float64)}, "scales must be"),
-    ({"scales": np.zeros(15, np.float32)}, "scales must be"),
-    ({"zero_points": np.zeros(8, np.uint8)}, "must be None"),
-    ({"out": np.zeros((2, 9), np.float32)}, "out must be"),
-    ({"out": np.zeros((2, 8), np.float64)}, "out must be"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x": np.zeros((2, 64), np.float64)}, "x must be a float32"),
+        ({"x": np.zeros((2, 63), np.float32)}, "x must be a float32"),
+        ({"x": np.zeros((0, 64), np.float32)}, "at least one row"),
+        ({"x": np.zeros(64, np.float32)}, "x must be a float32"),
+        ({"packed": np.zeros((8, 2, 15), np.uint8)}, "packed must be"),
+        ({"packed": np.zeros((8, 2, 32), np.uint8)[:, :, ::2]}, "not C-contiguous"),
+        ({"packed": np.zeros((8, 2, 16), np.int8)}, "packed must be"),
+        ({"scales": np.zeros(16, np.float64)}, "scales must be"),
+        ({"scales": np.zeros(15, np.float32)}, "scales must be"),
+        ({"zero_points": np.zeros(8, np.uint8)}, "must be None"),
+        ({"out": np.zeros((2, 9), np.float32)}, "out must be"),
+        ({"out": np.zeros((2, 8), np.float64)}, "out must be"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(int4, change: dict, message: str) -> None:
     q, kernel = int4
-    call = {"x": np.zeros((2, 64), np.float32), "packed": q.packed, "scales": q.scales,
-            "zero_points": None, "out": None, **change}
+    call = {
+        "x": np.zeros((2, 64), np.float32),
+        "packed": q.packed,
+        "scales": q.scales,
+        "zero_points": None,
+        "out": None,
+        **change,
+    }
     with pytest.raises(KernelInputError, match=message):
         kernel(**call)
 
@@ -194,13 +208,16 @@ def test_missing_zero_points_raise() -> None:
         kernel(np.zeros((1, 64), np.float32), q.packed, q.scales, q.zero_points[:-1])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"K": 0}, "NBitsSpec.K"),
-    ({"N": 2.5}, "NBitsSpec.N"),
-    ({"bits": 3}, "NBitsSpec.bits"),
-    ({"block_size": 48}, "NBitsSpec.block_size"),
-    ({"zero_points": "int8"}, "NBitsSpec.zero_points"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"K": 0}, "NBitsSpec.K"),
+        ({"N": 2.5}, "NBitsSpec.N"),
+        ({"bits": 3}, "NBitsSpec.bits"),
+        ({"block_size": 48}, "NBitsSpec.block_size"),
+        ({"zero_points": "int8"}, "NBitsSpec.zero_points"),
+    ],
+)
 def test_bad_spec_raises(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         NBitsSpec(**{"K": 64, "N": 8, **kwargs})

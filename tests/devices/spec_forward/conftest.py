@@ -29,10 +29,19 @@ TINY_SENTENCES = [
     "Rotary embeddings rotate queries and keys by an angle that grows with position.",
 ]
 TINY_CONFIG = {
-    "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
-    "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "model_type": "qwen2",
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
     "torch_dtype": "float32",
 }
 
@@ -40,8 +49,12 @@ TINY_CONFIG = {
 @pytest.fixture(scope="session")
 def smollm2_int4_package(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2 int4 with the default accuracy_level 4 (ORT quantizes activations to int8)."""
-    return quantize_package(smollm2_package, tmp_path_factory.mktemp("spec-int4") / "pkg",
-                            ExportConfig(quant="int4"), progress=False)
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("spec-int4") / "pkg",
+        ExportConfig(quant="int4"),
+        progress=False,
+    )
 
 
 def _write_tokenizer(folder: Path) -> int:
@@ -52,12 +65,16 @@ def _write_tokenizer(folder: Path) -> int:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(TINY_SENTENCES, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tokenizer.save_pretrained(folder)
     return len(tokenizer)
 
@@ -76,20 +93,25 @@ def _write_tiny_qwen2(folder: Path, seed: int = 7) -> None:
     def normal(*shape: int, std: float = 0.2) -> np.ndarray:
         return rng.normal(0.0, std, shape).astype(np.float32)
 
-    tensors = {"model.embed_tokens.weight": normal(vocab, h),
-               "model.norm.weight": 1.0 + normal(h, std=0.1), "lm_head.weight": normal(vocab, h)}
+    tensors = {
+        "model.embed_tokens.weight": normal(vocab, h),
+        "model.norm.weight": 1.0 + normal(h, std=0.1),
+        "lm_head.weight": normal(vocab, h),
+    }
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         outs = {"q": 4 * d, "k": 2 * d, "v": 2 * d}
         for x, n in outs.items():
             tensors[f"{p}self_attn.{x}_proj.weight"] = normal(n, h)
             tensors[f"{p}self_attn.{x}_proj.bias"] = normal(n, std=0.5)
-        tensors |= {f"{p}self_attn.o_proj.weight": normal(h, 4 * d),
-                    f"{p}mlp.gate_proj.weight": normal(f, h),
-                    f"{p}mlp.up_proj.weight": normal(f, h),
-                    f"{p}mlp.down_proj.weight": normal(h, f),
-                    f"{p}input_layernorm.weight": 1.0 + normal(h, std=0.1),
-                    f"{p}post_attention_layernorm.weight": 1.0 + normal(h, std=0.1)}
+        tensors |= {
+            f"{p}self_attn.o_proj.weight": normal(h, 4 * d),
+            f"{p}mlp.gate_proj.weight": normal(f, h),
+            f"{p}mlp.up_proj.weight": normal(f, h),
+            f"{p}mlp.down_proj.weight": normal(h, f),
+            f"{p}input_layernorm.weight": 1.0 + normal(h, std=0.1),
+            f"{p}post_attention_layernorm.weight": 1.0 + normal(h, std=0.1),
+        }
     save_file(tensors, str(folder / "model.safetensors"))
 
 
@@ -102,9 +124,12 @@ def tiny_qwen2_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("spec-tiny-qwen2")
     _write_tiny_qwen2(root / "hf")
     fp32 = export(root / "hf", root / "fp32", progress=False)
-    mixed = quantize_package(fp32, root / "int4-mixed",
-                             ExportConfig(quant="int4-mixed", symmetric=False, accuracy_level=0),
-                             progress=False)
+    mixed = quantize_package(
+        fp32,
+        root / "int4-mixed",
+        ExportConfig(quant="int4-mixed", symmetric=False, accuracy_level=0),
+        progress=False,
+    )
     w8a8 = quantize_package(fp32, root / "w8a8", ExportConfig(quant="w8a8"), progress=False)
     return {"fp32": fp32, "int4-mixed": mixed, "w8a8": w8a8}
 
@@ -125,8 +150,9 @@ def ort_reference() -> Callable[[Path], Run]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_int4_control(smollm2_package: Path, smollm2_int4_package: Path,
-                         ort_reference: Callable[[Path], Run]) -> tuple[Run, np.ndarray]:
+def smollm2_int4_control(
+    smollm2_package: Path, smollm2_int4_package: Path, ort_reference: Callable[[Path], Run]
+) -> tuple[Run, np.ndarray]:
     """ORT's int4 run, and ORT's fp32 logits on the same tokens: how far int8 activations
     alone move the logits (the scale the int4 check is relative to)."""
     int4 = ort_reference(smollm2_int4_package)

@@ -67,11 +67,15 @@ def run(model: Any, prompt: list[int], steps: int, forced: list[int] | None = No
             last = np.array(model.decode(tokens[-1]), np.float32)
             if len(rows) < PROMPT_TOKENS + DECODE_STEPS:
                 rows.append(last)
-    keys, values = (model.cache.keys, model.cache.values) if hasattr(model, "cache") else (
-        model.keys, model.values)
+    keys, values = (
+        (model.cache.keys, model.cache.values)
+        if hasattr(model, "cache")
+        else (model.keys, model.values)
+    )
     held = slice(0, model.position)
-    return Run(tokens, np.stack(rows), *([_numpy(a[:, :, held]) for a in side]
-                                         for side in (keys, values)))
+    return Run(
+        tokens, np.stack(rows), *([_numpy(a[:, :, held]) for a in side] for side in (keys, values))
+    )
 
 
 def _numpy(array: Any) -> np.ndarray:
@@ -87,17 +91,20 @@ def scaled_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
-def assert_close_to_int8_activations(ours: np.ndarray, ort_int4: np.ndarray,
-                                     ort_fp32: np.ndarray) -> None:
+def assert_close_to_int8_activations(
+    ours: np.ndarray, ort_int4: np.ndarray, ort_fp32: np.ndarray
+) -> None:
     """The int4 / accuracy_level 4 check described in the module docstring."""
     ours_gap = ours.max(-1) - ours[np.arange(len(ours)), ort_int4.argmax(-1)]
     ort_gap = ort_int4.max(-1) - ort_int4[np.arange(len(ours)), ours.argmax(-1)]
     diff = np.abs(ours - ort_int4).max()
     rounding = np.abs(ort_fp32 - ort_int4).max()
     agree = int((ours.argmax(-1) == ort_int4.argmax(-1)).sum())
-    print(f"int4/level 4: max|spec-ort| {diff:.3f}, max|ort fp32-ort int4| {rounding:.3f}, "
-          f"top-1 agreement {agree}/{len(ours)}, worst top gaps {ours_gap.max():.3f} / "
-          f"{ort_gap.max():.3f}")
+    print(
+        f"int4/level 4: max|spec-ort| {diff:.3f}, max|ort fp32-ort int4| {rounding:.3f}, "
+        f"top-1 agreement {agree}/{len(ours)}, worst top gaps {ours_gap.max():.3f} / "
+        f"{ort_gap.max():.3f}"
+    )
     assert diff <= INT8_ACT_CONTROL * rounding
     assert agree >= INT8_ACT_AGREE
     assert ours_gap.max() <= INT8_ACT_TOP_GAP and ort_gap.max() <= INT8_ACT_TOP_GAP

@@ -50,8 +50,9 @@ def _model(package: Path, **kwargs: object) -> NumpyForward:
     return NumpyForward(weights, ForwardConfig(MAX_CONTEXT), **kwargs)
 
 
-def test_spec_forward_numpy_fp32_matches_onnx(smollm2_package: Path,
-                                              ort_reference: Callable[[Path], Run]) -> None:
+def test_spec_forward_numpy_fp32_matches_onnx(
+    smollm2_package: Path, ort_reference: Callable[[Path], Run]
+) -> None:
     """SmolLM2 fp32: 12 prompt + 4 decode logits within FP32_RTOL, 16 greedy tokens equal,
     and the KV cache holds what ORT's GroupQueryAttention wrote."""
     expected = ort_reference(smollm2_package)
@@ -69,21 +70,26 @@ def test_spec_forward_numpy_fp32_matches_onnx(smollm2_package: Path,
 
 
 def test_spec_forward_numpy_int4_close_to_int8_activations(
-        smollm2_int4_package: Path, smollm2_int4_control: tuple[Run, np.ndarray]) -> None:
+    smollm2_int4_package: Path, smollm2_int4_control: tuple[Run, np.ndarray]
+) -> None:
     """SmolLM2 int4 at accuracy_level 4: ORT rounds activations to int8, we do not, so the
     check is relative (see spec_forward_parity.py); ORT's tokens are forced on both."""
     ort_int4, ort_fp32 = smollm2_int4_control
     weights = load_model_weights(open_package(smollm2_int4_package))
     assert isinstance(weights.blocks[0].qkv, NBitsWeight) and weights.embed.table.quantized
-    ours = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)),
-               prompt_ids(smollm2_int4_package), DECODE_STEPS + 1, forced=ort_int4.tokens)
+    ours = run(
+        NumpyForward(weights, ForwardConfig(MAX_CONTEXT)),
+        prompt_ids(smollm2_int4_package),
+        DECODE_STEPS + 1,
+        forced=ort_int4.tokens,
+    )
     assert_close_to_int8_activations(ours.logits, ort_int4.logits, ort_fp32)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int4-mixed"])
 def test_spec_forward_numpy_tiny_qwen2_matches_onnx(
-        kind: str, tiny_qwen2_packages: dict[str, Path],
-        ort_reference: Callable[[Path], Run]) -> None:
+    kind: str, tiny_qwen2_packages: dict[str, Path], ort_reference: Callable[[Path], Run]
+) -> None:
     """Q/K/V biases, an untied head, 4- and 8-bit blocks with zero points (float32 in ORT)."""
     package = tiny_qwen2_packages[kind]
     expected = ort_reference(package)
@@ -92,15 +98,17 @@ def test_spec_forward_numpy_tiny_qwen2_matches_onnx(
     if kind == "int4-mixed":
         bits = {w.bits for b in weights.blocks for w in b.linears}
         assert bits == {4, 8} and weights.blocks[0].down.zero_points is not None
-    actual = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package),
-                 GREEDY_STEPS)
+    actual = run(
+        NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package), GREEDY_STEPS
+    )
     assert np.abs(expected.logits).max() > 1.0, "flat logits would prove nothing"
     assert scaled_error(actual.logits, expected.logits) <= FP32_RTOL
     assert actual.tokens == expected.tokens
 
 
-def test_spec_forward_numpy_w8a8_matches_onnx(tiny_qwen2_packages: dict[str, Path],
-                                              ort_reference: Callable[[Path], Run]) -> None:
+def test_spec_forward_numpy_w8a8_matches_onnx(
+    tiny_qwen2_packages: dict[str, Path], ort_reference: Callable[[Path], Run]
+) -> None:
     """w8a8 (int8 rows x activations rounded to int8 per token, MatMulInteger): the spec
     forward rounds each token's activations as the graphs do, so it follows ORT far closer than
     the float model does (a rounding tie may still fall the other way), with the same tokens."""
@@ -109,8 +117,9 @@ def test_spec_forward_numpy_w8a8_matches_onnx(tiny_qwen2_packages: dict[str, Pat
     weights = load_model_weights(open_package(package))
     assert all(isinstance(w, Int8RowsWeight) for b in weights.blocks for w in b.linears)
     assert isinstance(weights.head.output, Int8RowsWeight)
-    actual = run(NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package),
-                 GREEDY_STEPS)
+    actual = run(
+        NumpyForward(weights, ForwardConfig(MAX_CONTEXT)), prompt_ids(package), GREEDY_STEPS
+    )
     float_model = ort_reference(tiny_qwen2_packages["fp32"])
     gap = scaled_error(float_model.logits, expected.logits)
     error = scaled_error(actual.logits, expected.logits)
@@ -141,7 +150,8 @@ def test_spec_forward_numpy_pluggable_linear(tiny_qwen2_packages: dict[str, Path
 
 
 def test_spec_forward_numpy_block_from_streaming_buffers(
-        tiny_qwen2_packages: dict[str, Path]) -> None:
+    tiny_qwen2_packages: dict[str, Path],
+) -> None:
     """A block's weights viewed in a buffer holding its file (as a streaming window does)
     compute exactly what its memory maps do."""
     package = tiny_qwen2_packages["int4-mixed"]
@@ -154,8 +164,7 @@ def test_spec_forward_numpy_block_from_streaming_buffers(
     rope = rope_tables(spec, 16)
     outs = []
     for weights in (viewed, mapped):
-        cache = [np.zeros((1, spec.num_kv_heads, 16, spec.head_dim), np.float32)
-                 for _ in range(2)]
+        cache = [np.zeros((1, spec.num_kv_heads, 16, spec.head_dim), np.float32) for _ in range(2)]
         outs.append(block_forward(spec, weights, x, *cache, 3, rope))
         assert np.all(cache[0][:, :, :3] == 0) and np.all(cache[0][:, :, 3:8] != 0)
     np.testing.assert_array_equal(*outs)
@@ -171,18 +180,24 @@ def test_spec_forward_numpy_decode_equals_prefill(tiny_qwen2_packages: dict[str,
     one_by_one = np.stack([model.prefill(ids[:1])[0], *(model.decode(t) for t in ids[1:])])
     np.testing.assert_allclose(one_by_one, together, rtol=0, atol=1e-5)
     model.rewind(4)
-    np.testing.assert_allclose(model.prefill(ids[4:], all_logits=True), together[4:],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        model.prefill(ids[4:], all_logits=True), together[4:], rtol=0, atol=1e-5
+    )
 
 
 def test_spec_forward_numpy_refuses_what_it_cannot_run(
-        tiny_qwen2_packages: dict[str, Path]) -> None:
+    tiny_qwen2_packages: dict[str, Path],
+) -> None:
     package = tiny_qwen2_packages["fp32"]
     manifest = read_manifest(package)
     spec, part = manifest.spec, manifest.blocks[0]
     arrays = map_part(open_package(package), part)
-    qdq = replace(part, tensors=tuple(replace(t, name=f"{t.name}.int8") if "ffn_down" in t.name
-                                      else t for t in part.tensors))
+    qdq = replace(
+        part,
+        tensors=tuple(
+            replace(t, name=f"{t.name}.int8") if "ffn_down" in t.name else t for t in part.tensors
+        ),
+    )
     with pytest.raises(UnsupportedPartError, match="static int8"):
         part_weights(spec, qdq, arrays)
     with pytest.raises(UnsupportedPartError, match=r"attn_qkv\.bias"):
@@ -195,13 +210,21 @@ def test_spec_forward_numpy_refuses_what_it_cannot_run(
     with pytest.raises(ConfigError, match="max_context"):
         ForwardConfig(max_context=0)
     with pytest.raises(ConfigError, match="batch 1"):
-        block_forward(spec, model.weights.blocks[0], np.zeros((2, 1, spec.hidden_size),
-                                                              np.float32),
-                      model.keys[0], model.values[0], 0, model.rope)
+        block_forward(
+            spec,
+            model.weights.blocks[0],
+            np.zeros((2, 1, spec.hidden_size), np.float32),
+            model.keys[0],
+            model.values[0],
+            0,
+            model.rope,
+        )
 
 
 def test_spec_forward_numpy_imports_without_torch() -> None:
     """The package (and the numpy forward) never import torch; TorchForward does, lazily."""
-    code = ("import sys, devices.spec_forward as s; s.NumpyForward; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, devices.spec_forward as s; s.NumpyForward; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])

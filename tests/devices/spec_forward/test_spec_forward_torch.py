@@ -38,8 +38,9 @@ def _model(package: Path, **config: object) -> TorchForward:
     return TorchForward.from_package(open_package(package), config)
 
 
-def test_spec_forward_torch_fp32_matches_onnx(smollm2_package: Path,
-                                              ort_reference: Callable[[Path], Run]) -> None:
+def test_spec_forward_torch_fp32_matches_onnx(
+    smollm2_package: Path, ort_reference: Callable[[Path], Run]
+) -> None:
     """SmolLM2 fp32: 12 prompt + 4 decode logits within FP32_RTOL, 16 greedy tokens equal,
     and the cache holds what ORT's GroupQueryAttention wrote."""
     expected = ort_reference(smollm2_package)
@@ -55,19 +56,24 @@ def test_spec_forward_torch_fp32_matches_onnx(smollm2_package: Path,
 
 
 def test_spec_forward_torch_int4_close_to_int8_activations(
-        smollm2_int4_package: Path, smollm2_int4_control: tuple[Run, np.ndarray]) -> None:
+    smollm2_int4_package: Path, smollm2_int4_control: tuple[Run, np.ndarray]
+) -> None:
     """SmolLM2 int4 at accuracy_level 4 (ORT rounds activations to int8; see the parity
     module): relative check, ORT's tokens forced."""
     ort_int4, ort_fp32 = smollm2_int4_control
-    ours = run(_model(smollm2_int4_package), prompt_ids(smollm2_int4_package),
-               DECODE_STEPS + 1, forced=ort_int4.tokens)
+    ours = run(
+        _model(smollm2_int4_package),
+        prompt_ids(smollm2_int4_package),
+        DECODE_STEPS + 1,
+        forced=ort_int4.tokens,
+    )
     assert_close_to_int8_activations(ours.logits, ort_int4.logits, ort_fp32)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int4-mixed"])
 def test_spec_forward_torch_tiny_qwen2_matches_onnx(
-        kind: str, tiny_qwen2_packages: dict[str, Path],
-        ort_reference: Callable[[Path], Run]) -> None:
+    kind: str, tiny_qwen2_packages: dict[str, Path], ort_reference: Callable[[Path], Run]
+) -> None:
     """Q/K/V biases, an untied head, 4- and 8-bit blocks with zero points (float32 in ORT)."""
     package = tiny_qwen2_packages[kind]
     expected = ort_reference(package)
@@ -77,8 +83,9 @@ def test_spec_forward_torch_tiny_qwen2_matches_onnx(
 
 
 @pytest.mark.parametrize("dtype", sorted(HALF_RTOL))
-def test_spec_forward_torch_half_precision(dtype: str, tiny_qwen2_packages: dict[str, Path],
-                                           ort_reference: Callable[[Path], Run]) -> None:
+def test_spec_forward_torch_half_precision(
+    dtype: str, tiny_qwen2_packages: dict[str, Path], ort_reference: Callable[[Path], Run]
+) -> None:
     """The GPU dtypes, run on the CPU: close to ORT's float32 within their rounding."""
     package = tiny_qwen2_packages["fp32"]
     expected = ort_reference(package)
@@ -97,8 +104,9 @@ def test_spec_forward_torch_config_and_limits(tiny_qwen2_packages: dict[str, Pat
         TorchForwardConfig(device="gpu0")
     with pytest.raises(ConfigError, match="max_context"):
         TorchForwardConfig(max_context=0)
-    model = TorchForward.from_package(open_package(tiny_qwen2_packages["fp32"]),
-                                      TorchForwardConfig(max_context=8))
+    model = TorchForward.from_package(
+        open_package(tiny_qwen2_packages["fp32"]), TorchForwardConfig(max_context=8)
+    )
     with pytest.raises(ContextOverflowError):
         model.prefill(list(range(9)))
     model.prefill(list(range(8)))
