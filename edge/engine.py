@@ -78,9 +78,7 @@ def min_step_tokens(manifest: fmt.Manifest) -> int:
     overwrites) makes a token's logits independent of how many tokens share its step, so
     speculative verification equals plain decoding bit for bit; it costs ~5% of a step there.
     """
-    scheme = (manifest.quantization or {}).get("scheme") or {}
-    per_token = any("kind" in (scheme.get(role) or {}) for role in ("linear", "head"))
-    return 2 if per_token else 1
+    return 2 if manifest.quant.per_token else 1
 
 
 def usable_threads() -> int:
@@ -196,8 +194,8 @@ class Engine:
         spec = self.spec = package.spec
         # Fixed-shape (NPU) packages: one set of executables per step length, a fixed cache.
         self.steps = package.static_steps
-        static = (package.manifest.quantization or {}).get("static", {})
-        self.max_context = static.get("max_context") or min(
+        static = package.manifest.quant.static
+        self.max_context = (static.max_context if static else None) or min(
             config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
         )
         self.min_step = 1 if self.steps else min_step_tokens(package.manifest)
@@ -407,12 +405,7 @@ class Engine:
         """MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other
         paths for one token than for several. (w8a8 packages round per token and always step
         two tokens or more, which makes them exact: see `min_step_tokens`.)"""
-        scheme = (self.package.manifest.quantization or {}).get("scheme") or {}
-        levels = [
-            (scheme.get(role) or {}).get("accuracy_level", 0)
-            for role in ("linear", "head", "sensitive_config")
-        ]
-        return any(level and level >= 1 for level in levels)
+        return any(level >= 1 for level in self.package.manifest.quant.accuracy_levels)
 
     def describe(self) -> str:
         manifest = self.package.manifest

@@ -300,6 +300,85 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class StaticShapes:
+    """A fixed-shape (NPU) package: graphs exist for these step lengths and this cache only."""
+
+    chunks: tuple[int, ...]
+    max_context: int
+    activation_bits: int = 16
+    batch: int = 1
+    weight_bits: int = 8
+
+
+@dataclass(frozen=True)
+class QuantizationInfo:
+    """What runtimes read of the manifest's quantization record, typed and checked once at
+    load (the record itself stays as the exporter wrote it, for provenance)."""
+
+    scheme: str = "fp32"
+    static: StaticShapes | None = None
+    # MatMulNBits accuracy_level of each block-quantized matmul role (4: int8 activations)
+    accuracy_levels: tuple[int, ...] = ()
+    per_token: bool = False  # int8 rows x activations rounded to int8 per token (w8a8)
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-tensor records
+
+
+ROLES = ("linear", "head", "embed", "sensitive_config")
+
+
+def quantization_info(record: object) -> QuantizationInfo:
+    """The typed view of a manifest's `quantization` record; `PackageError` if malformed."""
+    if record is None:
+        return QuantizationInfo()
+    _check_type(record, dict, "quantization")
+    scheme = record.get("scheme")
+    _check_type(scheme, dict, "quantization.scheme")
+    _check_type(scheme.get("name"), str, "quantization.scheme.name")
+    levels, per_token = [], False
+    for role in ROLES:
+        config = scheme.get(role)
+        _check_type(config, (dict, type(None)), f"quantization.scheme.{role}")
+        if not config:
+            continue
+        if "kind" in config:
+            per_token = per_token or role in ("linear", "head")
+        elif "accuracy_level" in config and role != "embed":  # a gather rounds nothing
+            _check_int(config["accuracy_level"], f"quantization.scheme.{role}.accuracy_level")
+            levels.append(config["accuracy_level"])
+    tensors = record.get("tensors", {})
+    _check_type(tensors, dict, "quantization.tensors")
+    for name, entry in tensors.items():
+        _check_type(entry, dict, f"quantization.tensors[{name!r:.80}]")
+    return QuantizationInfo(
+        scheme["name"], _static_shapes(record.get("static")), tuple(levels), per_token, tensors
+    )
+
+
+def _static_shapes(static: object) -> StaticShapes | None:
+    if static is None:
+        return None
+    _check_type(static, dict, "quantization.static")
+    chunks = static.get("chunks")
+    _check_type(chunks, list, "quantization.static.chunks")
+    if not chunks:
+        raise PackageError("quantization.static.chunks is empty")
+    for chunk in chunks:
+        _check_int(chunk, "quantization.static.chunks[]", minimum=1)
+    values = {
+        name: static.get(name, default)
+        for name, default in (
+            ("max_context", None),
+            ("activation_bits", 16),
+            ("batch", 1),
+            ("weight_bits", 8),
+        )
+    }
+    for name, value in values.items():
+        _check_int(value, f"quantization.static.{name}", minimum=1)
+    return StaticShapes(tuple(chunks), **values)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything about a package except the bytes; written as `manifest.json`."""
 
@@ -319,7 +398,13 @@ class Manifest:
         for entry in self.files:
             _check_type(entry, FileEntry, "files[]")
         _check_type(self.exporter, dict, "exporter")
-        _check_type(self.quantization, (dict, type(None)), "quantization")
+        # Typed once here, so a malformed record is a PackageError at load, not a crash later.
+        object.__setattr__(self, "_quant", quantization_info(self.quantization))
+
+    @property
+    def quant(self) -> QuantizationInfo:
+        """The quantization record, typed (`quantization_info`)."""
+        return self._quant  # type: ignore[attr-defined]
 
     def part(self, name: str) -> PartEntry:
         for p in self.parts:

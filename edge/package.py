@@ -64,8 +64,8 @@ class Package:
     @property
     def static_steps(self) -> tuple[int, ...]:
         """Step lengths of a fixed-shape package's graphs; () when graphs take any length."""
-        static = (self.manifest.quantization or {}).get("static")
-        return tuple(sorted(static["chunks"])) if static else ()
+        static = self.manifest.quant.static
+        return tuple(sorted(static.chunks)) if static else ()
 
     def tensor(self, entry: TensorEntry) -> np.ndarray:
         """A read-only memory map of `entry` (no copy; the OS pages it in on use)."""

@@ -19,9 +19,12 @@ from edge.format import (
     Manifest,
     ModelSpec,
     PartEntry,
+    QuantizationInfo,
+    StaticShapes,
     TensorEntry,
     TokenizerInfo,
     WeightFileWriter,
+    quantization_info,
     read_manifest,
     tensor_nbytes,
     write_manifest,
@@ -80,7 +83,7 @@ def _manifest() -> Manifest:
         tokenizer=tokenizer,
         files=files,
         exporter={"edge_version": "0.1.0", "source": {"kind": "gguf"}},
-        quantization={"scheme": "int4", "block_size": 32},
+        quantization={"scheme": {"name": "int4", "linear": {"bits": 4, "block_size": 32}}},
     )
 
 
@@ -272,3 +275,43 @@ def test_scalar_packed_tensor_is_a_package_error(tmp_path: Path) -> None:
     """A 0-d int4 tensor in a manifest is a PackageError, not an IndexError."""
     with pytest.raises(PackageError):
         read_manifest(_manifest_with_tensor(tmp_path, dtype="int4", shape=[], nbytes=1))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "int4",
+        {"scheme": "int4"},
+        {"scheme": {"name": 4}},
+        {"scheme": {"name": "int4", "linear": "x"}},
+        {"scheme": {"name": "int4", "linear": {"accuracy_level": "4"}}},
+        {"scheme": {"name": "q"}, "static": "x"},
+        {"scheme": {"name": "q"}, "static": {"chunks": [], "max_context": 8}},
+        {"scheme": {"name": "q"}, "static": {"chunks": [1, -2], "max_context": 8}},
+        {"scheme": {"name": "q"}, "static": {"chunks": [1], "max_context": None}},
+        {"scheme": {"name": "int4"}, "tensors": {"w": "from Q4_0"}},
+    ],
+)
+def test_malformed_quantization_records_are_package_errors(record: object) -> None:
+    """The quantization section is typed once at load: a malformed one is refused there, not
+    met later as an AttributeError inside the engine or the planner."""
+    with pytest.raises(PackageError, match="quantization"):
+        quantization_info(record)
+
+
+def test_quantization_records_are_typed() -> None:
+    info = quantization_info(
+        {
+            "scheme": {
+                "name": "int4",
+                "linear": {"bits": 4, "accuracy_level": 4},
+                "embed": {"bits": 4, "accuracy_level": 4},  # a gather: rounds nothing
+                "head": {"kind": "int8_rows"},
+            },
+            "static": {"chunks": [1, 32], "max_context": 256, "activation_bits": 8},
+            "tensors": {"w": {"from": "Q4_0"}},
+        }
+    )
+    assert info.scheme == "int4" and info.accuracy_levels == (4,) and info.per_token
+    assert info.static == StaticShapes((1, 32), 256, activation_bits=8)
+    assert quantization_info(None) == QuantizationInfo()

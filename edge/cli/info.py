@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.format import QuantizationInfo
 
 HELP = "describe an edge package (or the package a model name resolves to)"
 
@@ -20,13 +24,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _quantization(quantization: dict | None) -> str:
+def _quantization(quant: QuantizationInfo) -> str:
     """ "int4 (210 tensors quantized from Q4_1, 1 repacked Q8_0 losslessly)" or "none"."""
-    if not quantization:
+    if quant.scheme == "fp32":
         return "none"
-    origins = Counter(t["from"] for t in quantization["tensors"].values())
+    origins = Counter(str(t.get("from", "?")) for t in quant.tensors.values())
     detail = ", ".join(f"{n} {how}" for how, n in origins.most_common())
-    return f"{quantization['scheme']['name']} ({detail})"
+    return f"{quant.scheme} ({detail})"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -53,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"context       {spec.max_position_embeddings} tokens, rope theta {spec.rope_theta:g}")
     print(
         f"weights       {size / 2**20:.1f} MiB in {len(manifest.files)} files; "
-        f"quantization: {_quantization(manifest.quantization)}"
+        f"quantization: {_quantization(manifest.quant)}"
     )
     print(
         f"parts         {len(manifest.parts)} ({', '.join(p.name for p in manifest.parts[:3])}"

@@ -201,8 +201,8 @@ def model_costs(manifest: Manifest) -> ModelCosts:
             "a package's parts must run embed, blocks..., head; got "
             f"{[p.name for p in manifest.parts]}"
         )
-    static = (manifest.quantization or {}).get("static") or {}
-    scheme = ((manifest.quantization or {}).get("scheme") or {}).get("name", "fp32")
+    static = manifest.quant.static
+    scheme = manifest.quant.scheme
     label = (
         f"{spec.architecture} {spec.num_layers} layers, hidden {spec.hidden_size}, "
         f"vocab {spec.vocab_size}, {scheme}"
@@ -211,6 +211,6 @@ def model_costs(manifest: Manifest) -> ModelCosts:
         spec,
         tuple(part_cost(i, p, spec) for i, p in enumerate(manifest.parts)),
         tokenizer_bytes(manifest),
-        static.get("max_context"),
+        static.max_context if static else None,
         label,
     )

@@ -64,12 +64,13 @@ def refusal(
             )
         if 1 not in part.static_steps:
             return "npu: part has no 1-token static graph for decode"
-    static = (manifest.quantization or {}).get("static") or {}
+    static = manifest.quant.static
     if (
         device.backend == "openvino"
         and kind == "cpu"
         and part.static_int8
-        and static.get("activation_bits") == 16
+        and static is not None
+        and static.activation_bits == 16
     ):
         return (
             "openvino: its CPU plugin drops 16-bit QuantizeLinear/DequantizeLinear pairs "
