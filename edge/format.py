@@ -14,12 +14,14 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.errors import FormatVersionError, PackageError
+from edge.quant_record import QuantizationInfo, quantization_info
+from edge.validate import check_int, check_name, check_type
 
 FORMAT_NAME = "edge-package"
 FORMAT_VERSION = 1
@@ -44,9 +46,6 @@ DTYPES: dict[str, tuple[np.dtype, int]] = {
 PART_KINDS = ("embed", "block", "head")
 # A manifest is a few hundred KiB even for large models; a bigger one is not ours.
 MAX_MANIFEST_BYTES = 64 << 20
-# Sizes, counts and dimensions beyond this are corrupt: no edge model comes close, and every
-# index stays within int64 arithmetic (numpy silently wraps past it).
-MAX_DIMENSION = 1 << 40
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -65,47 +64,6 @@ def storage_shape(entry: TensorEntry) -> tuple[int, ...]:
     if bits >= 8 or not entry.shape:
         return tuple(entry.shape)
     return (*entry.shape[:-1], (entry.shape[-1] * bits + 7) // 8)
-
-
-def check_name(name: object, what: str) -> str:
-    """`name` if it is a plain relative path inside a package, else `PackageError`.
-
-    Only forward slashes, no empty, `.` or `..` components, nothing absolute on any platform,
-    no NUL: the same manifest must mean the same files on Linux, macOS and Windows.
-    """
-    if not isinstance(name, str) or not name or len(name) > 4096:
-        raise PackageError(f"{what}: a file name must be a non-empty string, got {name!r:.100}")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PackageError(f"{what}: {name!r:.100} is not valid text (lone surrogates)") from None
-    bad = (
-        "\0" in name
-        or "\\" in name
-        or name.startswith("/")
-        or PureWindowsPath(name).drive
-        or PurePosixPath(name).is_absolute()
-    )
-    if bad or any(p in ("", ".", "..") for p in name.split("/")):
-        raise PackageError(
-            f"{what}: {name!r} is not a relative name inside the package "
-            "(absolute paths, '..' and empty components are refused)"
-        )
-    return name
-
-
-def _check_int(value: object, what: str, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PackageError(f"{what} must be an integer, got {value!r}")
-    if not minimum <= value <= MAX_DIMENSION:
-        raise PackageError(f"{what} must be in [{minimum}, {MAX_DIMENSION}], got {value}")
-
-
-def _check_type(value: object, types: type | tuple[type, ...], what: str) -> None:
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise PackageError(f"{what} has the wrong type: {value!r}")
-    if not isinstance(value, types):
-        raise PackageError(f"{what} has the wrong type: {type(value).__name__} {value!r:.80}")
 
 
 ACTIVATIONS = ("silu", "gelu_tanh")  # ModelSpec.activation
@@ -142,7 +100,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if isinstance(self.sliding_layers, list):  # as JSON gives it back
             object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers))
-        _check_type(self.architecture, str, "ModelSpec.architecture")
+        check_type(self.architecture, str, "ModelSpec.architecture")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -153,27 +111,27 @@ class ModelSpec:
             "head_dim",
             "max_position_embeddings",
         ):
-            _check_int(getattr(self, name), f"ModelSpec.{name}", minimum=1)
+            check_int(getattr(self, name), f"ModelSpec.{name}", minimum=1)
         for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
-            _check_type(value, (int, float), f"ModelSpec.{name}")
+            check_type(value, (int, float), f"ModelSpec.{name}")
             if not (math.isfinite(value) and value > 0):
                 raise PackageError(f"ModelSpec.{name} must be a positive number, got {value}")
         for name in ("tie_word_embeddings", "attention_bias", "qk_norm", "sandwich_norms"):
-            _check_type(getattr(self, name), bool, f"ModelSpec.{name}")
+            check_type(getattr(self, name), bool, f"ModelSpec.{name}")
         if self.activation not in ACTIVATIONS:
             raise PackageError(
                 f"ModelSpec.activation={self.activation!r}; known: {list(ACTIVATIONS)}"
             )
         for name in ("embedding_scale", "attention_scale", "rope_local_theta"):
             value = getattr(self, name)
-            _check_type(value, (int, float), f"ModelSpec.{name}")
+            check_type(value, (int, float), f"ModelSpec.{name}")
             if not (math.isfinite(value) and value >= 0):
                 raise PackageError(f"ModelSpec.{name} must be a number >= 0, got {value}")
-        _check_int(self.sliding_window, "ModelSpec.sliding_window")
-        _check_type(self.sliding_layers, tuple, "ModelSpec.sliding_layers")
+        check_int(self.sliding_window, "ModelSpec.sliding_window")
+        check_type(self.sliding_layers, tuple, "ModelSpec.sliding_layers")
         for layer in self.sliding_layers:
-            _check_int(layer, "ModelSpec.sliding_layers[]")
+            check_int(layer, "ModelSpec.sliding_layers[]")
             if layer >= self.num_layers:
                 raise PackageError(
                     f"ModelSpec.sliding_layers names layer {layer} of {self.num_layers}"
@@ -199,13 +157,13 @@ class TensorEntry:
     nbytes: int
 
     def __post_init__(self) -> None:
-        _check_type(self.name, str, "a tensor name")
+        check_type(self.name, str, "a tensor name")
         where = f"tensor {self.name[:80]!r}"
-        _check_type(self.shape, tuple, f"{where}: shape")
+        check_type(self.shape, tuple, f"{where}: shape")
         for d in self.shape:
-            _check_int(d, f"{where}: a dimension")
-        _check_int(self.offset, f"{where}: offset")
-        _check_int(self.nbytes, f"{where}: nbytes")
+            check_int(d, f"{where}: a dimension")
+        check_int(self.offset, f"{where}: offset")
+        check_int(self.nbytes, f"{where}: nbytes")
         check_name(self.file, f"{where}: file")
         if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise PackageError(
@@ -235,7 +193,7 @@ class PartEntry:
     prefill_graph: str | None = None
 
     def __post_init__(self) -> None:
-        _check_type(self.name, str, "a part name")
+        check_type(self.name, str, "a part name")
         where = f"part {self.name[:80]!r}"
         if self.kind not in PART_KINDS:
             raise PackageError(f"{where}: kind {self.kind!r:.80}; known: {list(PART_KINDS)}")
@@ -243,14 +201,14 @@ class PartEntry:
         if self.prefill_graph is not None:
             check_name(self.prefill_graph, f"{where}: prefill_graph")
         for step, graph in self.static_graphs:
-            _check_int(step, f"{where}: a static graph's step", minimum=1)
+            check_int(step, f"{where}: a static graph's step", minimum=1)
             check_name(graph, f"{where}: static graph")
         for t in self.tensors:
-            _check_type(t, TensorEntry, f"{where}: a tensor")
+            check_type(t, TensorEntry, f"{where}: a tensor")
         for value in (*self.inputs, *self.outputs):
-            _check_type(value, str, f"{where}: an input or output name")
+            check_type(value, str, f"{where}: an input or output name")
         if self.block_index is not None:
-            _check_int(self.block_index, f"{where}: block_index")
+            check_int(self.block_index, f"{where}: block_index")
 
     @property
     def nbytes(self) -> int:
@@ -277,11 +235,11 @@ class TokenizerInfo:
     def __post_init__(self) -> None:
         check_name(self.file, "tokenizer file")
         for name in ("chat_template", "bos_token", "eos_token"):
-            _check_type(getattr(self, name), (str, type(None)), f"tokenizer.{name}")
+            check_type(getattr(self, name), (str, type(None)), f"tokenizer.{name}")
         for token in self.eos_token_ids:
-            _check_int(token, "tokenizer.eos_token_ids")
+            check_int(token, "tokenizer.eos_token_ids")
         if self.bos_token_id is not None:
-            _check_int(self.bos_token_id, "tokenizer.bos_token_id")
+            check_int(self.bos_token_id, "tokenizer.bos_token_id")
 
 
 @dataclass(frozen=True)
@@ -294,88 +252,9 @@ class FileEntry:
 
     def __post_init__(self) -> None:
         check_name(self.path, "files[]")
-        _check_int(self.size, f"files[] {self.path}: size")
+        check_int(self.size, f"files[] {self.path}: size")
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise PackageError(f"files[] {self.path}: sha256 must be 64 lowercase hex digits")
-
-
-@dataclass(frozen=True)
-class StaticShapes:
-    """A fixed-shape (NPU) package: graphs exist for these step lengths and this cache only."""
-
-    chunks: tuple[int, ...]
-    max_context: int
-    activation_bits: int = 16
-    batch: int = 1
-    weight_bits: int = 8
-
-
-@dataclass(frozen=True)
-class QuantizationInfo:
-    """What runtimes read of the manifest's quantization record, typed and checked once at
-    load (the record itself stays as the exporter wrote it, for provenance)."""
-
-    scheme: str = "fp32"
-    static: StaticShapes | None = None
-    # MatMulNBits accuracy_level of each block-quantized matmul role (4: int8 activations)
-    accuracy_levels: tuple[int, ...] = ()
-    per_token: bool = False  # int8 rows x activations rounded to int8 per token (w8a8)
-    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-tensor records
-
-
-ROLES = ("linear", "head", "embed", "sensitive_config")
-
-
-def quantization_info(record: object) -> QuantizationInfo:
-    """The typed view of a manifest's `quantization` record; `PackageError` if malformed."""
-    if record is None:
-        return QuantizationInfo()
-    _check_type(record, dict, "quantization")
-    scheme = record.get("scheme")
-    _check_type(scheme, dict, "quantization.scheme")
-    _check_type(scheme.get("name"), str, "quantization.scheme.name")
-    levels, per_token = [], False
-    for role in ROLES:
-        config = scheme.get(role)
-        _check_type(config, (dict, type(None)), f"quantization.scheme.{role}")
-        if not config:
-            continue
-        if "kind" in config:
-            per_token = per_token or role in ("linear", "head")
-        elif "accuracy_level" in config and role != "embed":  # a gather rounds nothing
-            _check_int(config["accuracy_level"], f"quantization.scheme.{role}.accuracy_level")
-            levels.append(config["accuracy_level"])
-    tensors = record.get("tensors", {})
-    _check_type(tensors, dict, "quantization.tensors")
-    for name, entry in tensors.items():
-        _check_type(entry, dict, f"quantization.tensors[{name!r:.80}]")
-    return QuantizationInfo(
-        scheme["name"], _static_shapes(record.get("static")), tuple(levels), per_token, tensors
-    )
-
-
-def _static_shapes(static: object) -> StaticShapes | None:
-    if static is None:
-        return None
-    _check_type(static, dict, "quantization.static")
-    chunks = static.get("chunks")
-    _check_type(chunks, list, "quantization.static.chunks")
-    if not chunks:
-        raise PackageError("quantization.static.chunks is empty")
-    for chunk in chunks:
-        _check_int(chunk, "quantization.static.chunks[]", minimum=1)
-    values = {
-        name: static.get(name, default)
-        for name, default in (
-            ("max_context", None),
-            ("activation_bits", 16),
-            ("batch", 1),
-            ("weight_bits", 8),
-        )
-    }
-    for name, value in values.items():
-        _check_int(value, f"quantization.static.{name}", minimum=1)
-    return StaticShapes(tuple(chunks), **values)
 
 
 @dataclass(frozen=True)
@@ -391,13 +270,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        _check_type(self.spec, ModelSpec, "spec")
-        _check_type(self.tokenizer, TokenizerInfo, "tokenizer")
+        check_type(self.spec, ModelSpec, "spec")
+        check_type(self.tokenizer, TokenizerInfo, "tokenizer")
         for part in self.parts:
-            _check_type(part, PartEntry, "a part")
+            check_type(part, PartEntry, "a part")
         for entry in self.files:
-            _check_type(entry, FileEntry, "files[]")
-        _check_type(self.exporter, dict, "exporter")
+            check_type(entry, FileEntry, "files[]")
+        check_type(self.exporter, dict, "exporter")
         # Typed once here, so a malformed record is a PackageError at load, not a crash later.
         object.__setattr__(self, "_quant", quantization_info(self.quantization))
 
@@ -523,73 +402,6 @@ def manifest_from_json(text: str, where: str = MANIFEST_FILE) -> Manifest:
         raise PackageError(f"{where}: {exc}") from None
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
         raise PackageError(f"{where} is malformed: missing or wrong field {exc!s:.200}") from None
-
-
-def check_manifest(manifest: Manifest) -> None:
-    """The checks across entries that make a manifest a runnable package.
-
-    Every file a part or the tokenizer reads is listed in `files` (so it is hashed), every
-    tensor lies inside its listed file, names are unique, and the parts are one embedding,
-    `spec.num_layers` blocks in order, and one head.
-    """
-    listed = {f.path: f.size for f in manifest.files}
-    if len(listed) != len(manifest.files):
-        raise PackageError("files[] lists a file twice")
-    if MANIFEST_FILE in listed:
-        raise PackageError(f"files[] may not list {MANIFEST_FILE} itself")
-
-    def require(name: str, what: str) -> int:
-        if name not in listed:
-            raise PackageError(
-                f"{what} reads {name!r}, which files[] does not list (every "
-                "file a package reads must be listed and hashed)"
-            )
-        return listed[name]
-
-    require(manifest.tokenizer.file, "the tokenizer")
-    names = [p.name for p in manifest.parts]
-    if len(set(names)) != len(names):
-        raise PackageError(f"a part name appears twice: {names}")
-    for part in manifest.parts:
-        for graph in part.graph_files:
-            require(graph, f"part {part.name}")
-        _check_tensors(part, require)
-    _check_layers(manifest)
-
-
-def _check_tensors(part: PartEntry, require: Any) -> None:
-    seen: set[str] = set()
-    for t in part.tensors:
-        if t.name in seen:
-            raise PackageError(f"part {part.name} lists tensor {t.name!r} twice")
-        seen.add(t.name)
-        size = require(t.file, f"tensor {t.name} of part {part.name}")
-        if t.offset + t.nbytes > size:
-            raise PackageError(
-                f"tensor {t.name} of part {part.name} lies at bytes "
-                f"[{t.offset}, {t.offset + t.nbytes}) of {t.file}, which has "
-                f"{size}: the manifest points past the end of the file"
-            )
-
-
-def _check_layers(manifest: Manifest) -> None:
-    kinds = [p.kind for p in manifest.parts]
-    blocks = manifest.blocks
-    if kinds.count("embed") != 1 or kinds.count("head") != 1:
-        raise PackageError(
-            f"a package has one embed and one head part; this one has parts "
-            f"{[p.name for p in manifest.parts][:8]}"
-        )
-    if len(blocks) != manifest.spec.num_layers:
-        raise PackageError(
-            f"the spec has {manifest.spec.num_layers} layers but the package "
-            f"has {len(blocks)} block parts"
-        )
-    indices = [b.block_index for b in blocks]
-    if indices != list(range(len(blocks))):
-        raise PackageError(
-            f"block parts must be numbered 0..{len(blocks) - 1} in order, got {indices[:8]}"
-        )
 
 
 def read_manifest(root: str | os.PathLike[str]) -> Manifest:

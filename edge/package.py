@@ -21,6 +21,7 @@ from edge import format as fmt
 from edge.errors import IntegrityError, PackageError
 from edge.format import Manifest, PartEntry, TensorEntry
 from edge.graph_trust import check_graphs
+from edge.manifest_checks import check_manifest
 from edge.package_files import PackageFiles, TensorRows
 from edge.paths import cache_dir
 from edge.stamps import fingerprint, read_stamp, settled, write_stamp
@@ -125,7 +126,7 @@ def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Packa
         manifest = fmt.manifest_from_bytes(
             files.read(fmt.MANIFEST_FILE, 0, size), str(root / fmt.MANIFEST_FILE)
         )
-        fmt.check_manifest(manifest)
+        check_manifest(manifest)
         files.add(f.path for f in manifest.files)
         package = Package(root, manifest, files)
         package.check_files()

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import IntegrityError, PackageError
-from edge.format import DTYPES, TensorEntry, check_name, storage_shape
+from edge.format import DTYPES, TensorEntry, storage_shape
+from edge.validate import check_name
 
 HASH_CHUNK = 8 << 20
 _SEEK_LOCK = threading.Lock()

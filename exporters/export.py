@@ -25,6 +25,7 @@ from edge.errors import PackageError
 from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry, WeightFileWriter
 from edge.graph_trust import check_graphs
 from edge.hashing import source_sha256
+from edge.manifest_checks import check_manifest
 from exporters.arch import get_architecture
 from exporters.arch.llama import LlamaArchitecture
 from exporters.awq_export import AWQCalibrator, calibration_ids, embed_rows
@@ -408,7 +409,7 @@ def _finish(
         quantization=quantization,
     )
     # What edge.load would refuse is never written: the same checks as opening a package.
-    fmt.check_manifest(manifest)
+    check_manifest(manifest)
     check_graphs(manifest, lambda name: (root / name).read_bytes())
     fmt.write_manifest(root, manifest)
 

@@ -19,17 +19,15 @@ from edge.format import (
     Manifest,
     ModelSpec,
     PartEntry,
-    QuantizationInfo,
-    StaticShapes,
     TensorEntry,
     TokenizerInfo,
     WeightFileWriter,
-    quantization_info,
     read_manifest,
     tensor_nbytes,
     write_manifest,
 )
 from edge.package_files import PackageFiles
+from edge.quant_record import QuantizationInfo, StaticShapes, quantization_info
 
 SPEC = ModelSpec(
     architecture="llama",

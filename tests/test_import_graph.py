@@ -42,13 +42,16 @@ LEAVES = frozenset(
         "edge.graph_trust",
         "edge.hashing",
         "edge.kv_cache",
+        "edge.manifest_checks",
         "edge.onnx_wire",
         "edge.package",
         "edge.package_files",
         "edge.paths",
+        "edge.quant_record",
         "edge.rope",
         "edge.stamps",
         "edge.tokenizer",
+        "edge.validate",
     }
 )
 

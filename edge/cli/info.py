@@ -8,7 +8,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge.format import QuantizationInfo
+    from edge.quant_record import QuantizationInfo
 
 HELP = "describe an edge package (or the package a model name resolves to)"
 
