@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument("packages", nargs="+", type=Path)
     parser.add_argument("--baseline", type=Path, required=True, help="another edge checkout")
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/edge-bench-load-cache"))
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "edge-bench-load-cache"
+    )
     args = parser.parse_args()
     trees = {"this tree": HERE.parent, "baseline": args.baseline.resolve()}
     print(f"CPU: {cpu_line()}")

@@ -16,6 +16,7 @@ fails mid-generation raises `BackendError` naming it and the parts; `reset()` re
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,21 @@ def check_threads(threads: int | None, what: str = "threads") -> None:
         raise ConfigError(
             f"{what}={threads}; this machine lets edge use at most {most} (its usable CPU cores)"
         )
+
+
+def checked_token(value: object, vocab_size: int) -> int:
+    """One token id, checked without allocating (decode's per-token path)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        token = operator.index(value)  # ints and numpy integers, not floats
+    except TypeError:
+        raise InvalidTokenError(f"a token id must be an integer, got {value!r:.40}") from None
+    if not 0 <= token < vocab_size:
+        raise InvalidTokenError(
+            f"token id {token} is outside this model's vocabulary [0, {vocab_size})"
+        )
+    return token
 
 
 def token_array(token_ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
@@ -445,7 +461,7 @@ class Engine:
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; its next-token logits [V] (a view, valid until the next call)."""
         self._check_room(1)
-        self._ids[0, 0] = token_array([token_id], self.spec.vocab_size)[0]
+        self._ids[0, 0] = checked_token(token_id, self.spec.vocab_size)
         return self._run(1, False)[0]
 
     def _check_room(self, n: int) -> None:

@@ -29,6 +29,7 @@ from devices.spec_forward.weights import PartWeights, part_weights
 from edge.engine import (
     DEFAULT_MAX_CONTEXT,
     check_threads,
+    checked_token,
     physical_cores,
     prefill_in_chunks,
     token_array,
@@ -174,7 +175,8 @@ class StreamedEngine:
 
     def decode(self, token_id: int) -> np.ndarray:
         self._check_room(1)
-        return self._step(token_array([token_id], self.spec.vocab_size), True, False)[0]
+        token = checked_token(token_id, self.spec.vocab_size)
+        return self._step(np.array([token], np.int64), True, False)[0]
 
     def close(self) -> None:
         if self.prefetcher is not None:
