@@ -1,7 +1,8 @@
-"""Load time of packages, this tree against another checkout of edge, side by side.
+"""Load time (and optionally decode speed) of packages, this tree against another checkout
+of edge, side by side.
 
     git worktree add /tmp/edge-base <commit>
-    python bench/bench_load.py --baseline /tmp/edge-base PKG [PKG ...] --runs 7
+    python bench/bench_load.py --baseline /tmp/edge-base PKG [PKG ...] --runs 7 [--decode 64]
 
 Each sample is a fresh process (`python -I`, the tree's root first on sys.path) that imports
 edge and onnxruntime, then times `edge.load(PKG)` warm: the page cache holds the package and
@@ -30,16 +31,26 @@ import edge
 import onnxruntime
 load = edge.load  # the SDK's imports (lazy in edge/__init__) happen before the clock starts
 start = time.perf_counter()
-model = load(sys.argv[2], progress=False)
+model = load(sys.argv[2], progress=False, threads=2)
 loaded = time.perf_counter() - start
-print(json.dumps({"seconds": loaded, "edge": edge.__file__}))
+tokens, engine = int(sys.argv[3]), model.engine
+rate = 0.0
+if tokens:  # greedy decode steps, argmax in the loop, after a warm-up step
+    logits = engine.prefill(list(range(100, 132)))[0]
+    token = int(logits.argmax())
+    engine.decode(token)
+    start = time.perf_counter()
+    for _ in range(tokens):
+        token = int(engine.decode(token).argmax())
+    rate = tokens / (time.perf_counter() - start)
+print(json.dumps({"seconds": loaded, "decode_tps": rate, "edge": edge.__file__}))
 """
 
 
-def sample(tree: Path, package: Path, cache: Path) -> float:
+def sample(tree: Path, package: Path, cache: Path, tokens: int = 0) -> dict:
     env = {**os.environ, "EDGE_CACHE_DIR": str(cache)}
     out = subprocess.run(
-        [sys.executable, "-I", "-c", CHILD, str(tree), str(package)],
+        [sys.executable, "-I", "-c", CHILD, str(tree), str(package), str(tokens)],
         capture_output=True,
         text=True,
         check=True,
@@ -48,7 +59,7 @@ def sample(tree: Path, package: Path, cache: Path) -> float:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["edge"].startswith(str(tree)), result  # the tree asked for, not another
-    return float(result["seconds"])
+    return result
 
 
 def cpu_line() -> str:
@@ -73,22 +84,38 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "edge-bench-load-cache"
     )
+    parser.add_argument(
+        "--decode", type=int, default=0, help="also time this many greedy decode steps"
+    )
     args = parser.parse_args()
     trees = {"this tree": HERE.parent, "baseline": args.baseline.resolve()}
     print(f"CPU: {cpu_line()}")
-    print("| package | this tree (s) | baseline (s) | this / baseline |")
-    print("|---|---|---|---|")
+    print(
+        "| package | load: this tree (s) | baseline (s) | ratio | decode: this tree (tok/s) "
+        "| baseline | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for package in args.packages:
-        times: dict[str, list[float]] = {name: [] for name in trees}
+        runs: dict[str, list[dict]] = {name: [] for name in trees}
         for name, tree in trees.items():  # first loads write stamps: not timed
             sample(tree, package.resolve(), args.cache / name.replace(" ", "-"))
         for _ in range(args.runs):
             for name, tree in trees.items():
-                times[name].append(
-                    sample(tree, package.resolve(), args.cache / name.replace(" ", "-"))
-                )
-        mine, base = (statistics.median(times[n]) for n in trees)
-        print(f"| {package.name} | {mine:.3f} | {base:.3f} | {mine / base:.3f} |")
+                cache = args.cache / name.replace(" ", "-")
+                runs[name].append(sample(tree, package.resolve(), cache, args.decode))
+        load, rate = (
+            [statistics.median(r[key] for r in runs[n]) for n in trees]
+            for key in ("seconds", "decode_tps")
+        )
+        decode = (
+            f"{rate[0]:.1f} | {rate[1]:.1f} | {rate[0] / rate[1]:.3f}"
+            if args.decode
+            else "- | - | -"
+        )
+        print(
+            f"| {package.name} | {load[0]:.3f} | {load[1]:.3f} | {load[0] / load[1]:.3f} | "
+            f"{decode} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,10 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 def manifest_to_json(manifest: Manifest) -> str:
     body = {"format": FORMAT_NAME, **asdict(manifest)}
+    # Spec fields at their defaults (Llama's block) are left out, so an edge that predates an
+    # architecture feature still reads every package that does not use it.
+    defaults = {f.name: f.default for f in fields(ModelSpec) if f.default is not MISSING}
+    body["spec"] = {k: v for k, v in body["spec"].items() if k not in defaults or v != defaults[k]}
     return json.dumps(body, indent=1, sort_keys=False) + "\n"
 
 

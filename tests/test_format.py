@@ -313,3 +313,17 @@ def test_quantization_records_are_typed() -> None:
     assert info.scheme == "int4" and info.accuracy_levels == (4,) and info.per_token
     assert info.static == StaticShapes((1, 32), 256, activation_bits=8)
     assert quantization_info(None) == QuantizationInfo()
+
+
+def test_default_spec_features_are_not_written() -> None:
+    """A Llama-style package's manifest names no block feature, so an edge that predates
+    those fields still reads it; a feature in use is written and read back."""
+    manifest = _manifest()
+    text = fmt.manifest_to_json(manifest)
+    assert "sliding_window" not in text and "qk_norm" not in text
+    assert fmt.manifest_from_json(text) == manifest
+    gemma = dataclasses.replace(
+        manifest, spec=dataclasses.replace(manifest.spec, qk_norm=True, embedding_scale=8.0)
+    )
+    text = fmt.manifest_to_json(gemma)
+    assert '"qk_norm": true' in text and fmt.manifest_from_json(text).spec == gemma.spec
