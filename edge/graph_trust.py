@@ -18,6 +18,8 @@ MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
 NODE_ATTRIBUTE = 5
 INIT_NAME = 8
+# Messages are walked as memoryviews: no copy of the raw tensor bytes a graph may embed.
+MESSAGE = (bytes, memoryview)
 
 MODEL_TRAINING_INFO, MODEL_FUNCTIONS = 20, 25
 TRAINING_GRAPHS = (1, 2)  # initialization, algorithm
@@ -47,16 +49,16 @@ def external_tensors(model: bytes) -> list[ExternalTensor]:
     process's working directory, so a package must not be able to name any it does not own.
     """
     found: list[ExternalTensor] = []
-    for number, value in fields(model):
-        if number == MODEL_GRAPH and isinstance(value, bytes):
+    for number, value in fields(memoryview(model)):
+        if number == MODEL_GRAPH and isinstance(value, MESSAGE):
             _graph_external(value, found, 0)
-        elif number == MODEL_FUNCTIONS and isinstance(value, bytes):
+        elif number == MODEL_FUNCTIONS and isinstance(value, MESSAGE):
             for f_number, node in fields(value):
-                if f_number == FUNCTION_NODE and isinstance(node, bytes):
+                if f_number == FUNCTION_NODE and isinstance(node, MESSAGE):
                     _node_external(node, found, 1)
-        elif number == MODEL_TRAINING_INFO and isinstance(value, bytes):
+        elif number == MODEL_TRAINING_INFO and isinstance(value, MESSAGE):
             for t_number, graph in fields(value):
-                if t_number in TRAINING_GRAPHS and isinstance(graph, bytes):
+                if t_number in TRAINING_GRAPHS and isinstance(graph, MESSAGE):
                     _graph_external(graph, found, 1)
     return found
 
@@ -65,7 +67,7 @@ def _graph_external(graph: bytes, found: list[ExternalTensor], depth: int) -> No
     if depth > MAX_GRAPH_DEPTH:
         raise PackageError(f"ONNX graph nests subgraphs over {MAX_GRAPH_DEPTH} deep")
     for number, value in fields(graph):
-        if not isinstance(value, bytes):
+        if not isinstance(value, MESSAGE):
             continue
         if number == GRAPH_INITIALIZER:
             _tensor_external(value, found)
@@ -77,10 +79,10 @@ def _graph_external(graph: bytes, found: list[ExternalTensor], depth: int) -> No
 
 def _node_external(node: bytes, found: list[ExternalTensor], depth: int) -> None:
     for number, attribute in fields(node):
-        if number != NODE_ATTRIBUTE or not isinstance(attribute, bytes):
+        if number != NODE_ATTRIBUTE or not isinstance(attribute, MESSAGE):
             continue
         for a_number, value in fields(attribute):
-            if not isinstance(value, bytes):
+            if not isinstance(value, MESSAGE):
                 continue
             if a_number in (ATTR_TENSOR, ATTR_TENSORS):
                 _tensor_external(value, found)
@@ -92,7 +94,7 @@ def _node_external(node: bytes, found: list[ExternalTensor], depth: int) -> None
 
 def _sparse_external(sparse: bytes, found: list[ExternalTensor]) -> None:
     for number, value in fields(sparse):
-        if number in SPARSE_TENSORS and isinstance(value, bytes):
+        if number in SPARSE_TENSORS and isinstance(value, MESSAGE):
             _tensor_external(value, found)
 
 
@@ -103,7 +105,7 @@ def _tensor_external(tensor: bytes, found: list[ExternalTensor]) -> None:
             name = text(value)
         elif number == TENSOR_DATA_LOCATION:
             external = external or value == EXTERNAL
-        elif number == TENSOR_EXTERNAL_DATA and isinstance(value, bytes):
+        elif number == TENSOR_EXTERNAL_DATA and isinstance(value, MESSAGE):
             external = True
             entry = dict(fields(value))
             if text(entry.get(1, b"")) == "location":

@@ -14,7 +14,7 @@ from edge.errors import PackageError
 WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 
 
-def varint(buf: bytes, pos: int) -> tuple[int, int]:
+def varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """(value, position after it) of the varint at `pos`."""
     value = shift = 0
     while True:
@@ -28,8 +28,9 @@ def varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value): ints for varints, bytes for length-delimited fields."""
+def fields(buf: bytes | memoryview) -> Iterator[tuple[int, int | bytes | memoryview]]:
+    """(field number, value): ints for varints, slices of `buf` for length-delimited fields
+    (zero-copy when `buf` is a memoryview)."""
     pos = 0
     while pos < len(buf):
         tag, pos = varint(buf, pos)
@@ -49,6 +50,6 @@ def fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
 
 
-def text(value: int | bytes) -> str:
-    assert isinstance(value, bytes)
-    return value.decode("utf-8", "replace")
+def text(value: int | bytes | memoryview) -> str:
+    assert isinstance(value, bytes | memoryview)
+    return bytes(value).decode("utf-8", "replace")

@@ -30,7 +30,6 @@ from devices.backend import (
 from devices.backends.onnx_graph import read_graph
 from edge.errors import ConfigError, PackageError
 from edge.format import PartEntry
-from edge.graph_trust import external_tensors
 
 CPU = "CPUExecutionProvider"
 OPTIMIZATION_LEVELS = {
@@ -56,19 +55,6 @@ class OrtLoaded(Loaded):
 
 def _ptr(array: np.ndarray) -> int:
     return array.ctypes.data
-
-
-def check_external_data(graph: SegmentGraph, tensors: Mapping[str, object]) -> None:
-    """Refuse, before ONNX Runtime sees the bytes, a graph whose external data is anything
-    but the manifest tensors handed over from the package: ORT would resolve any other
-    location against the working directory."""
-    for tensor in external_tensors(graph.model):
-        if tensor.name not in tensors:
-            raise PackageError(
-                f"{graph.label}: tensor {tensor.name!r} is stored as external "
-                f"data at {tensor.location!r}, which is not a manifest tensor of "
-                "these parts; refusing to load it"
-            )
 
 
 class OrtCpuBackend(Backend):
@@ -129,7 +115,6 @@ class OrtCpuBackend(Backend):
         options = self.session_options(graph)
         used = set(read_graph(graph.model).initializers)  # a prefill graph's weights differ
         tensors = {t.name: t for p in graph.parts for t in p.tensors if t.name in used}
-        check_external_data(graph, tensors)
         # The weights come from our own memory maps (the same path streaming will use).
         weights = [graph.package.tensor(t) for t in tensors.values()]
         if tensors:
