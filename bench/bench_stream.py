@@ -26,6 +26,7 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import edge
+from edge.streaming import streamed_state
 from edge.streaming.report import plot_timeline, summarize
 path, budget, tokens, plot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = edge.load(path, memory_budget=budget, max_context=512, progress=False)
@@ -33,15 +34,16 @@ engine = model.engine
 logits = engine.prefill(list(range(1000, 1032)))[0]
 for _ in range(tokens):
     logits = engine.decode(int(np.argmax(logits)))
-events = engine.prefetcher.events() if engine.prefetcher else ()
-s = summarize(engine, events)
+state = streamed_state(engine)
+events = state.prefetcher.events() if state.prefetcher else ()
+s = summarize(state, events)
 if plot != "-" and events:
     name = path.rstrip("/").split("/")[-1]
     plot_timeline(events, plot, title=f"{name}, budget {budget >> 20} MiB")
 print(json.dumps({"tok_s": s.tokens_per_second, "io_wait": s.io_wait_per_token,
                   "compute": s.compute_per_token, "bytes": s.bytes_per_token,
                   "read_s": s.read_seconds_per_token, "overlap": s.overlap,
-                  "window": engine.plan.policy.window, "streamed": len(engine.plan.policy.streamed),
+                  "window": state.plan.policy.window, "streamed": len(state.plan.policy.streamed),
                   "peak_rss": 1024 * int(next(line.split()[1] for line in open("/proc/self/status")
                                               if line.startswith("VmHWM:")))}))
 """
@@ -73,10 +75,10 @@ def disk_throughput(package: Path) -> float:
 def minimum_budget(package: Path) -> int:
     from edge.errors import BudgetTooSmallError
     from edge.package import open_package
-    from edge.streaming.engine import StreamConfig, plan_budget
+    from edge.streaming import StreamConfig
 
     try:
-        plan_budget(open_package(package), StreamConfig(1 << 20, max_context=512), 512, 64)
+        StreamConfig(1 << 20, max_context=512).plan(open_package(package))
     except BudgetTooSmallError as exc:
         return exc.minimum
     return 1 << 20

@@ -175,13 +175,11 @@ def job_model(job: dict, stages: dict) -> dict:
         token = int(engine.decode(token).argmax())
     decode_s = time.perf_counter() - start
     stages["decode"] = status()
-    close = getattr(engine, "close", None)
-    if close is not None:
-        close()
+    engine.close()
     return {
         "prefill_s": prefill_s,
         "decode_s": decode_s,
-        "fallbacks": [str(f) for f in getattr(engine, "fallbacks", [])],
+        "fallbacks": [str(f) for f in engine.fallbacks],
     }
 
 

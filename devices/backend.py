@@ -188,6 +188,13 @@ class Backend(ABC):
 
     name: ClassVar[str]
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"threads": int}
+    # False for backends that compute a part from the manifest's spec and weights rather than
+    # from its ONNX graph (numpy, PyTorch, the streamed path): the engine then merges no graphs,
+    # and one executable serves every step length (prompt graphs and fixed shapes are ONNX's).
+    reads_graphs: ClassVar[bool] = True
+    # Whether the engine may run a segment this backend cannot load on ONNX Runtime's CPU
+    # backend instead; not where that would break what the user asked for (a memory budget).
+    may_fall_back: ClassVar[bool] = True
 
     def __init__(self, options: Options | None = None) -> None:
         self.options: Mapping[str, OptionValue] = MappingProxyType(
@@ -253,6 +260,30 @@ class Backend(ABC):
     @abstractmethod
     def unload(self, loaded: Loaded) -> None:
         """Release what `load` took; `loaded` must not be run afterwards."""
+
+    # ---- optional ---------------------------------------------------------------------------
+    def reset(self, loaded: Loaded) -> None:
+        """The engine emptied its KV cache: drop per-generation state (a prefetch window)."""
+        return None
+
+    def summary(self, loaded: Loaded) -> str | None:
+        """How the segment runs, beyond its placement (a streaming window), for `describe`."""
+        return None
+
+    def report(self, loaded: Loaded) -> str | None:
+        """What a user wants to know after a generation (streaming I/O); None if nothing."""
+        return None
+
+
+def spec_interface(parts: Sequence[PartEntry]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A segment's inputs and outputs as its merged graph would have them, for backends that
+    do not read graphs: what its parts read that no earlier part of it produces, and what they
+    produce that no later part reads."""
+    produced = {name for p in parts for name in p.outputs}
+    consumed = {name for p in parts for name in p.inputs}
+    return frozenset(consumed - produced), tuple(
+        n for p in parts for n in p.outputs if n not in consumed
+    )
 
 
 def _type_names(kind: type | tuple[type, ...]) -> str:

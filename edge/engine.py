@@ -204,9 +204,12 @@ class Engine:
     >>> logits = engine.decode(42)  # [vocab]
     """
 
-    def __init__(self, package: Package, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, package: Package, config: EngineConfig | None = None, progress: bool = True
+    ) -> None:
         self.package = package
         self.config = config = config or EngineConfig()
+        self.progress = progress
         spec = self.spec = package.spec
         # Fixed-shape (NPU) packages: one set of executables per step length, a fixed cache.
         self.steps = package.static_steps
@@ -214,7 +217,31 @@ class Engine:
         self.max_context = (static.max_context if static else None) or min(
             config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
         )
-        self.min_step = 1 if self.steps else min_step_tokens(package.manifest)
+        check_threads(config.threads)
+        self.threads = config.threads or physical_cores()
+        self.placement = config.placement or Placement.single(len(package.manifest.parts))
+        self.placement.check(package.manifest)
+        prompts = config.prefill_placement
+        if prompts is not None and prompts != self.placement:
+            prompts.check(package.manifest)
+        else:
+            prompts = None
+        from edge.backends import backend_class
+
+        # Only graphs round w8a8 activations on a one-token path of their own (see
+        # `min_step_tokens`); spec forwards compute every step length alike.
+        self.graphs = any(
+            backend_class(s.backend).reads_graphs
+            for p in (self.placement, prompts)
+            if p is not None
+            for s in p.segments
+        )
+        self.min_step = 1 if self.steps or not self.graphs else min_step_tokens(package.manifest)
+        self.chunk = (
+            max(self.steps)
+            if self.steps
+            else max(min(config.prefill_chunk, self.max_context), self.min_step)
+        )
         slots = self.max_context + self.min_step - 1  # a padded last step needs a spare slot
         self.cache = KVCache.allocate(spec, slots)
         # Bound by address: these arrays must live as long as the engine.
@@ -222,10 +249,6 @@ class Engine:
         from devices.backend import Resident
 
         self.resident = Resident(self.cache.keys, self.cache.values, *self.rope)
-        check_threads(config.threads)
-        self.threads = config.threads or physical_cores()
-        self.placement = config.placement or Placement.single(len(package.manifest.parts))
-        self.placement.check(package.manifest)
         has_prefill = any(p.prefill_graph for p in package.manifest.parts)
         prompt_kind: Kind = (None, bool(has_prefill and config.prefill_kernels))
         kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
@@ -234,9 +257,7 @@ class Engine:
         self.placements: dict[str, tuple[Placement, list[Kind]]] = {
             "decode": (self.placement, kinds)
         }
-        prompts = config.prefill_placement
-        if prompts is not None and prompts != self.placement:
-            prompts.check(package.manifest)
+        if prompts is not None:
             # Only what prompts use: multi-token fixed shapes, or the prompt graphs.
             self.placements["prefill"] = (
                 prompts,
@@ -249,11 +270,7 @@ class Engine:
             for phase, (p, _) in self.placements.items()
         }
         self._assemble()
-        chunk = self.chunk = (
-            max(self.steps)
-            if self.steps
-            else max(min(config.prefill_chunk, self.max_context), self.min_step)
-        )
+        chunk = self.chunk
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
         self._seqlens = np.zeros((1,), np.int32)
@@ -277,10 +294,14 @@ class Engine:
 
     # ---- building segments ------------------------------------------------------------------
     def _backend(self, name: str, options: dict) -> Backend:
-        from devices import registry
+        from edge.backends import backend_class
 
-        cls = registry.backend_class(name)
-        defaults: dict[str, object] = {"threads": self.threads}
+        cls = backend_class(name)
+        defaults: dict[str, object] = {
+            "threads": self.threads,
+            "chunk": self.chunk,
+            "progress": self.progress,
+        }
         if self.config.spinning is not None:
             defaults["spinning"] = self.config.spinning
         elif len({s.backend for s in self.placement.segments}) > 1:
@@ -298,12 +319,18 @@ class Engine:
         if backend.name == DEFAULT_BACKEND:
             return self._load(backend, placed, where)
         when, reason = self._refusal(backend, placed)
+        if reason and not backend.may_fall_back:
+            raise ConfigError(
+                f"{backend.describe()} cannot run parts [{placed.start}, {placed.end}): {reason}"
+            )
         if not reason:
             try:
                 return self._load(backend, placed, where)
             except (PackageError, ConfigError):
                 raise  # the package or the settings are wrong, not the backend
             except Exception as exc:  # any failure of the runtime: fall back, say why
+                if not backend.may_fall_back:
+                    raise
                 when, reason = "compile", f"{type(exc).__name__}: {_message(exc)}"
         fallback = Fallback(
             placed.start,
@@ -336,11 +363,17 @@ class Engine:
         from devices.backend import SegmentGraph
 
         parts = self.package.manifest.parts[placed.start : placed.end]
+        kinds = self.placements[where[0]][1]
+        if not backend.reads_graphs:
+            # One executable over the whole segment serves every step length.
+            graph = SegmentGraph(self.package, placed.start, tuple(parts), b"")
+            segment = _Segment(backend, backend.load(backend.compile(graph), self.resident), where)
+            return {kind: [segment] for kind in kinds}
         size = self.config.parts_per_session or len(parts)
         out: dict[Kind, list[_Segment]] = {}
         done: list[_Segment] = []
         try:
-            for step, prefill in self.placements[where[0]][1]:
+            for step, prefill in kinds:
                 out[step, prefill] = []
                 for offset in range(0, len(parts), size):
                     group = tuple(parts[offset : offset + size])
@@ -397,6 +430,8 @@ class Engine:
                 self._placed[phase][index] = self._place((phase, index), reloading=True)
             self._broken.clear()
             self._assemble()
+        for segment in self._distinct():
+            segment.backend.reset(segment.loaded)
         self.cache.rewind(0)
 
     def rewind(self, position: int) -> None:
@@ -405,12 +440,24 @@ class Engine:
 
     def close(self) -> None:
         """Unload every executable (the engine is unusable afterwards)."""
+        for segment in self._distinct():
+            _unload_quietly(segment)
+        for placed in self._placed.values():
+            placed.clear()
+
+    def _distinct(self) -> list[_Segment]:
+        """Every loaded segment once (one executable may serve several step kinds)."""
+        seen: dict[int, _Segment] = {}
         for placed in self._placed.values():
             for segments in placed:
                 for chain in segments.values():
                     for segment in chain:
-                        _unload_quietly(segment)
-            placed.clear()
+                        seen.setdefault(id(segment), segment)
+        return list(seen.values())
+
+    def loaded_segments(self) -> list[Loaded]:
+        """What each backend loaded, in part order (a streamed segment's window, for one)."""
+        return [segment.loaded for segment in self._distinct()]
 
     def cpu_threads(self) -> int | None:
         if any(segment.backend.device.upper() != "CPU" for segment in self.segments):
@@ -421,7 +468,9 @@ class Engine:
         """MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other
         paths for one token than for several. (w8a8 packages round per token and always step
         two tokens or more, which makes them exact: see `min_step_tokens`.)"""
-        return any(level >= 1 for level in self.package.manifest.quant.accuracy_levels)
+        return self.graphs and any(
+            level >= 1 for level in self.package.manifest.quant.accuracy_levels
+        )
 
     def describe(self) -> str:
         manifest = self.package.manifest
@@ -429,10 +478,16 @@ class Engine:
         if "prefill" in self.placements:
             lines.append("prompts:\n" + self.placements["prefill"][0].describe(manifest))
         lines += [str(f) for f in self.fallbacks]
+        for segment in self._distinct():
+            summary = segment.backend.summary(segment.loaded)
+            if summary:
+                lines.append(summary)
         return "\n".join(lines)
 
     def report(self) -> str | None:
-        return None
+        """What backends have to say after a generation (streaming I/O); None if nothing."""
+        lines = [segment.backend.report(segment.loaded) for segment in self._distinct()]
+        return "\n".join(line for line in lines if line) or None
 
     def prefill(self, token_ids: list[int] | np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Feed tokens in chunks; logits [S, V] for every position, or [1, V] for the last."""
@@ -511,6 +566,8 @@ class Engine:
                     self._bind_step(i, segment, size, all_logits, logits, k)
                     segment.signature = signature
                 segment.backend.run(segment.loaded, position, size)
+            except PackageError:
+                raise  # the package's bytes are bad (a streamed file truncated), not the backend
             except Exception as exc:  # the backend's own error: wrap it with where it happened
                 raise self._failed(segment, position, exc) from exc
         self.cache.position = position + n

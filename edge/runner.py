@@ -1,8 +1,8 @@
-"""The one contract every engine keeps: what generation, speculation and the CLI may ask of it.
+"""The contract generation, speculation, the CLI and the server rely on: what a runner does.
 
-`Engine` (resident parts on backends) and `StreamedEngine` (weights through a window under a
-memory budget) both implement `Runner`; callers use the protocol, never `isinstance` or
-`getattr` probing, and `create_runner` is the one place that picks the class.
+`Engine` is the one implementation: every way of running a part (ONNX Runtime, OpenVINO, an
+NPU, PyTorch, the streamed path under a memory budget) is a Backend it places segments on.
+Callers use this protocol, so a remote runner (a cluster coordinator) can stand in.
 
 >>> runner = create_runner(open_package("smollm2-pkg"), EngineConfig())  # doctest: +SKIP
 >>> logits = runner.prefill([1, 2, 3])
@@ -19,6 +19,7 @@ from edge.format import ModelSpec
 from edge.package import Package
 
 if TYPE_CHECKING:
+    from devices.backend import Loaded
     from edge.engine import EngineConfig
     from edge.streaming import StreamConfig
 
@@ -72,6 +73,10 @@ class Runner(Protocol):
         """Where it runs, in a line or a few: the placement, or the streaming window."""
         ...
 
+    def loaded_segments(self) -> list[Loaded]:
+        """What each backend loaded, in part order (a streamed segment's window, for one)."""
+        ...
+
     def report(self) -> str | None:
         """What a user wants to know after a generation (streaming I/O); None if nothing."""
         ...
@@ -80,13 +85,11 @@ class Runner(Protocol):
 def create_runner(
     package: Package, config: EngineConfig | StreamConfig | None = None, progress: bool = True
 ) -> Runner:
-    """The runner a configuration asks for: a memory budget (`StreamConfig`) streams what
-    does not fit through our kernels; otherwise every part runs resident on its backend."""
+    """The engine for a configuration: a memory budget (`StreamConfig`) places every part on
+    the streamed backend, which keeps what does not fit on disk; otherwise `EngineConfig`'s
+    placement (by default every part on ONNX Runtime's CPU backend)."""
     from edge.engine import Engine, EngineConfig
 
-    if config is None or isinstance(config, EngineConfig):
-        return Engine(package, config)
-    # Imported only here: the streamed engine's libraries (llvmlite) cost resident runs ~50 MiB.
-    from edge.streaming import StreamedEngine
-
-    return StreamedEngine(package, config, progress=progress)
+    if config is not None and not isinstance(config, EngineConfig):
+        config = config.engine_config(len(package.manifest.parts))
+    return Engine(package, config, progress)

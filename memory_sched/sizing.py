@@ -12,7 +12,7 @@ I/O beyond what the caller passes in, so the planner can call it for `--dry-run`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from edge.errors import BudgetTooSmallError, ConfigError
@@ -154,27 +154,39 @@ def plan_budget_for(
     chunk: int,
     runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
     max_window: int | None = None,
+    parts: Sequence[PartEntry] | None = None,
+    elsewhere_bytes: int = 0,
 ) -> StreamPlan:
     """Pin the head and as many leading blocks as the budget holds beside a window of at least
     two streamed blocks (one computing, one being read); stream the rest. The embedding is
     memory-mapped by the engine (only rows in use take memory), so it is planned out.
+
+    `parts` (default: all) are the ones streamed from this plan, when other backends run the
+    rest resident: their weights (`elsewhere_bytes`) count against the same budget.
 
     Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
     block does not fit beside the pinned parts, the KV cache and the activations.
     """
     kv = kv_cache_bytes(manifest.spec, max_context)
     act = activation_bytes(manifest.spec, chunk, max_context)
-    overhead = runtime_overhead + TOKENIZER_RSS_FACTOR * tokenizer_bytes + EMBEDDING_ROWS_ALLOWANCE
-    parts = replace(manifest, parts=tuple(p for p in manifest.parts if p.kind != "embed"))
-    blocks = [p.name for p in manifest.blocks]
+    overhead = (
+        runtime_overhead
+        + TOKENIZER_RSS_FACTOR * tokenizer_bytes
+        + EMBEDDING_ROWS_ALLOWANCE
+        + elsewhere_bytes
+    )
+    chosen = tuple(p for p in (manifest.parts if parts is None else parts) if p.kind != "embed")
+    streamable = replace(manifest, parts=chosen)
+    blocks = [p.name for p in chosen if p.kind == "block"]
+    heads = tuple(p.name for p in chosen if p.kind == "head")
 
     def attempt(pinned_blocks: int) -> StreamPlan:
         return plan_stream(
-            parts,
+            streamable,
             budget,
             kv_cache=kv,
             activations=act,
-            pinned=("head", *blocks[:pinned_blocks]),
+            pinned=(*heads, *blocks[:pinned_blocks]),
             runtime_overhead=overhead,
             max_window=max_window,
         )

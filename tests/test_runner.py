@@ -1,6 +1,7 @@
-"""One contract for every engine: the resident `Engine` and the `StreamedEngine` are both
-`Runner`s, picked in one place by their configuration, and answer the same questions (where
-they run, how many CPU threads, whether speculation is exact, what to report)."""
+"""One engine class: resident and streamed runs are both `Engine`s (the streamed one places its
+parts on the `streamed` backend), picked in one place by their configuration, `Runner`s that
+answer the same questions (where they run, how many CPU threads, whether speculation is
+exact, what to report)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package
 from edge.runner import Runner, create_runner
-from edge.streaming import StreamConfig, StreamedEngine
+from edge.streaming import StreamConfig, streamed_state
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,8 @@ def test_both_engines_are_runners_with_the_same_answers(smollm2_package: Path) -
     streamed = create_runner(
         package, StreamConfig("2GB", max_context=64, threads=1), progress=False
     )
-    assert isinstance(resident, Engine) and isinstance(streamed, StreamedEngine)
+    assert isinstance(resident, Engine) and isinstance(streamed, Engine)
+    assert streamed_state(resident) is None and streamed_state(streamed) is not None
     for runner in (resident, streamed):
         assert isinstance(runner, Runner)
         assert runner.cpu_threads() == 1 and runner.rounds_by_step() is False
@@ -33,6 +35,8 @@ def test_both_engines_are_runners_with_the_same_answers(smollm2_package: Path) -
         logits = runner.prefill([1, 2, 3])
         assert logits.shape == (1, package.spec.vocab_size) and runner.position == 3
         runner.decode(int(logits[0].argmax()))
-        runner.close()
     assert "ort_cpu" in resident.describe()
-    assert streamed.describe().startswith("memory budget 1.86 GiB: ")
+    assert "[0, 32) embed..head: streamed" in streamed.describe()
+    assert "memory budget 1.86 GiB: " in streamed.describe()
+    for runner in (resident, streamed):
+        runner.close()

@@ -22,6 +22,7 @@ from devices.backend import (
     Resident,
     SegmentGraph,
     Support,
+    spec_interface,
 )
 from devices.spec_forward.numpy_forward import (
     DequantizingLinear,
@@ -29,7 +30,13 @@ from devices.spec_forward.numpy_forward import (
     embed_forward,
     head_forward,
 )
-from devices.spec_forward.weights import PartWeights, UnsupportedPartError, map_part, part_weights
+from devices.spec_forward.weights import (
+    PartWeights,
+    UnsupportedPartError,
+    map_part,
+    part_weights,
+    shape_tensors,
+)
 from edge import format as fmt
 from edge.format import PartEntry
 
@@ -51,6 +58,7 @@ class NumpyBackend(Backend):
 
     name: ClassVar[str] = "numpy"
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"threads": int}
+    reads_graphs: ClassVar[bool] = False
 
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
         if part.static_graphs:
@@ -61,7 +69,7 @@ class NumpyBackend(Backend):
             )
         try:
             part_weights(
-                package.manifest.spec, part, map_part(package, part), package.manifest.quantization
+                package.manifest.spec, part, shape_tensors(part), package.manifest.quantization
             )
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
@@ -73,12 +81,7 @@ class NumpyBackend(Backend):
             part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quantization)
             for p in graph.parts
         ]
-        # The segment's interface: what its parts read that no earlier part of it produces,
-        # and what they produce that no later part reads (as a merged graph's would be).
-        produced = {name for p in graph.parts for name in p.outputs}
-        consumed = {name for p in graph.parts for name in p.inputs}
-        inputs = frozenset(consumed - produced)
-        outputs = tuple(n for p in graph.parts for n in p.outputs if n not in consumed)
+        inputs, outputs = spec_interface(graph.parts)
         return NumpyExecutable(self.name, graph, inputs, outputs, weights)
 
     def is_available(self) -> Support:

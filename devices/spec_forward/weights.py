@@ -408,6 +408,17 @@ def map_part(package: PackageTensors, part: PartEntry) -> dict[str, np.ndarray]:
     return {t.name: package.tensor(t) for t in part.tensors}
 
 
+def shape_tensors(part: PartEntry) -> dict[str, np.ndarray]:
+    """Stand-ins of a part's tensors with their dtypes and shapes but no memory (one zero
+    broadcast): enough for `part_weights` to judge a part ahead of time without mapping or
+    reading its files."""
+    out = {}
+    for t in part.tensors:
+        storage, _ = fmt.DTYPES[t.dtype]
+        out[t.name] = np.broadcast_to(np.zeros((), storage), storage_shape(t))
+    return out
+
+
 def view_tensors(
     part: PartEntry, buffers: Mapping[str, Any], offsets: Mapping[str, int] | None = None
 ) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from edge.cli.options import add_draft_options, add_model_options, positive_int
 
@@ -82,30 +83,47 @@ def _bench_stream(args: argparse.Namespace, config) -> int:
 
     from edge.bench import bench_prompt
     from edge.cli.options import load_model
+    from edge.errors import ConfigError
     from edge.package import open_package
     from edge.resolve import resolve_package
+    from edge.streaming import streamed_state
     from edge.streaming.report import plot_timeline, summarize
+    from memory_sched.budget import format_size
 
     if args.memory_budget is None:
         package = open_package(resolve_package(args.model, progress=not args.quiet))
         weights = sum(t.nbytes for p in package.manifest.parts for t in p.tensors)
         args.memory_budget = str(weights // 2)
+    plot = _can_plot()
+    if not plot:
+        print(
+            "(matplotlib is missing: no timeline plot; pip install 'edge[plot]')", file=sys.stderr
+        )
     model = load_model(args, args.model)
     engine = model.engine
+    state = streamed_state(engine)
+    if state is None:
+        raise ConfigError("nothing is streamed under this budget; the model runs resident")
     logits = engine.prefill(bench_prompt(model.tokenizer, config.prompt_tokens))[0]
     with tqdm(
         total=config.gen_tokens, desc="streamed decode", unit="tok", disable=args.quiet
     ) as bar:
         for _ in range(config.gen_tokens):
             logits = engine.decode(int(logits.argmax()))
-            step = engine.stats.steps[-1]
+            step = state.stats.steps[-1]
             bar.set_postfix_str(
                 f"I/O wait {step.io_wait * 1e3:.0f} ms, read {step.bytes_read / 1e6:.0f} MB"
             )
             bar.update()
-    events = engine.prefetcher.events() if engine.prefetcher else ()
-    print(f"model    {model.package.root.name}, budget {args.memory_budget} bytes")
-    print(f"decode   {summarize(engine, events).line()}")
-    if events:
+    events = state.prefetcher.events() if state.prefetcher else ()
+    print(f"model    {model.package.root.name}, memory budget {format_size(state.budget)}")
+    print(f"decode   {summarize(state, events).line()}")
+    if events and plot:
         print(f"timeline {plot_timeline(events, args.timeline)}")
     return 0
+
+
+def _can_plot() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("matplotlib") is not None

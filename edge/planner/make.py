@@ -449,6 +449,10 @@ def _streamed_plan(
         )
     notes = tuple(f"no resident plan fits: {p}" for p in problems)
     ctx = tables.ctx
+    span_all = f"embed..{last}"
+    options: tuple[tuple[str, int], ...] = (("budget", budget),)
+    if config.stream_max_window is not None:
+        options += (("max_window", config.stream_max_window),)
     return Plan(
         costs.label,
         "streamed",
@@ -456,8 +460,8 @@ def _streamed_plan(
         ctx.prompt_tokens,
         ctx.tokens,
         chunk,
-        (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.decode_s),),
-        (SegmentPlan(0, n, label, STREAM_BACKEND, f"embed..{last}", streamed.ttft_s),),
+        (SegmentPlan(0, n, label, STREAM_BACKEND, span_all, streamed.decode_s, options),),
+        (SegmentPlan(0, n, label, STREAM_BACKEND, span_all, streamed.ttft_s, options),),
         (use,),
         (),
         fallback,

@@ -21,7 +21,7 @@ from edge.planner.memory import ImportFootprint
 
 MODES = ("auto", "resident", "streamed")
 DEFAULT_DISK_GBS = 1.6  # cold sequential reads on the reference VM (bench/bench_disk.py: 1.65)
-STREAM_BACKEND = "stream"  # the streamed engine (numpy + llvmlite kernels over a window)
+STREAM_BACKEND = "streamed"  # the streamed backend (numpy + llvmlite kernels over a window)
 
 
 @dataclass(frozen=True)
@@ -225,24 +225,15 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
 
     def placement(self) -> Placement:
-        """The decode placement, for `EngineConfig(placement=...)` (resident plans)."""
+        """The decode placement, for `EngineConfig(placement=...)`."""
         return _placement(self.decode)
 
     def prefill_placement(self) -> Placement:
         return _placement(self.prefill)
 
     def engine_config(self, threads: int | None = None) -> Any:
-        """`EngineConfig` (resident) or `StreamConfig` (streamed) that runs this plan: the
-        engine runs prompts on the prefill placement and tokens on the decode one."""
-        if self.streaming is not None:
-            from edge.streaming import StreamConfig
-
-            return StreamConfig(
-                self.streaming.budget,
-                max_context=self.max_context,
-                prefill_chunk=self.prefill_chunk,
-                threads=threads,
-            )
+        """The `EngineConfig` that runs this plan: prompts on the prefill placement, tokens on
+        the decode one (a streamed plan: both on the streamed backend under its budget)."""
         from edge.engine import EngineConfig
 
         return EngineConfig(
@@ -255,15 +246,14 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.streaming is None:
-            data["placement"] = self.placement().to_dict()
-            data["prefill_placement"] = self.prefill_placement().to_dict()
+        data["placement"] = self.placement().to_dict()
+        data["prefill_placement"] = self.prefill_placement().to_dict()
         return data
 
 
 def _placement(segments: Sequence[SegmentPlan]) -> Placement:
-    if not segments or segments[0].backend == STREAM_BACKEND:
-        raise ConfigError("a streamed plan has no placement; run it with plan.engine_config()")
+    if not segments:
+        raise ConfigError("the plan has no segments")
     return Placement(
         tuple(SegmentPlacement(s.start, s.end, s.backend, s.options) for s in segments)
     )

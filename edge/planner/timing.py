@@ -41,7 +41,7 @@ DECODE_BYTES: dict[str, Mapping[str, float]] = {
     "openvino": {MATMUL_F32: 1.0, NBITS4: 1.9, NBITS8: 1.9, INT8_ROWS: 1.0, QDQ_INT8: 1.0},
     # the streamed engine: numpy's BLAS for float weights, our llvmlite kernel for NBits; int8
     # rows are widened to a float32 copy per step (4 bytes touched per byte read)
-    "stream": {MATMUL_F32: 1.0, NBITS4: 1.7, NBITS8: 1.3, INT8_ROWS: 4.0, QDQ_INT8: 1.0},
+    "streamed": {MATMUL_F32: 1.0, NBITS4: 1.7, NBITS8: 1.3, INT8_ROWS: 4.0, QDQ_INT8: 1.0},
 }
 GENERIC_DECODE_BYTES = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0, QDQ_INT8: 1.0}
 # A prompt's matmul rate as a fraction of the device's fp32 GEMM rate (x efficiency), by class.
@@ -55,11 +55,11 @@ PREFILL_RATE: dict[str, Mapping[str, float]] = {
         QDQ_INT8: 1.0,
     },
     "openvino": {MATMUL_F32: 1.0, NBITS4: 0.7, NBITS8: 0.7, INT8_ROWS: 1.0, QDQ_INT8: 1.0},
-    "stream": {MATMUL_F32: 1.0, NBITS4: 0.35, NBITS8: 0.35, INT8_ROWS: 0.5, QDQ_INT8: 1.0},
+    "streamed": {MATMUL_F32: 1.0, NBITS4: 0.35, NBITS8: 0.35, INT8_ROWS: 0.5, QDQ_INT8: 1.0},
 }
 GENERIC_PREFILL_RATE = {MATMUL_F32: 1.0, NBITS4: 1.0, NBITS8: 1.0, INT8_ROWS: 1.0, QDQ_INT8: 1.0}
 # Per block per step: attention, norms, rope, the runtime's dispatch of ~20 small ops.
-BLOCK_OVERHEAD_S = {"ort_cpu": 15e-6, "openvino": 40e-6, "stream": 250e-6}
+BLOCK_OVERHEAD_S = {"ort_cpu": 15e-6, "openvino": 40e-6, "streamed": 250e-6}
 GENERIC_BLOCK_OVERHEAD_S = 50e-6
 # Handing activations from one runtime to the next on shared memory: their thread pools wake
 # (the engine turns spinning off when runtimes share cores).

@@ -1,5 +1,5 @@
-"""Disk-streamed weights: run a model in less memory than its weights (see `engine`)."""
+"""Disk-streamed weights: run a model in less memory than its weights (see `backend`)."""
 
-from edge.streaming.engine import StreamConfig, StreamedEngine, describe_plan
+from edge.streaming.config import StreamConfig, streamed_state
 
-__all__ = ["StreamConfig", "StreamedEngine", "describe_plan"]
+__all__ = ["StreamConfig", "streamed_state"]

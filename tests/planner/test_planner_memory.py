@@ -55,6 +55,7 @@ from edge.engine import EngineConfig
 from edge.model import Model
 from edge.package import open_package
 from edge.placement import Placement
+from edge.streaming import streamed_state
 
 if job["budget"]:
     model = edge.load(job["package"], memory_budget=job["budget"], max_context=job["ctx"],
@@ -72,9 +73,8 @@ hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
            if line.startswith("VmHWM:"))
 print("RESULT " + json.dumps({
     "vm_hwm": hwm, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    "fallbacks": [str(f) for f in getattr(engine, "fallbacks", [])],
-    "streamed": len(getattr(getattr(engine, "plan", None), "policy", None).streamed)
-                if hasattr(engine, "plan") else 0}))
+    "fallbacks": [str(f) for f in engine.fallbacks],
+    "streamed": len(state.plan.policy.streamed) if (state := streamed_state(engine)) else 0}))
 """
 
 

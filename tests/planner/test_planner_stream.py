@@ -1,6 +1,7 @@
 """Streamed plans agree with the streamed engine: the planner recomputes the engine's pinning
 from the manifest alone (to stay pure), so for every budget it must pin, stream and size the
-window exactly as `edge.streaming.engine.plan_budget` does, and state the same minimum."""
+window exactly as `StreamConfig.plan` (the streamed backend's sizing) does, and state the
+same minimum."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from edge.package import Package
 from edge.package_files import PackageFiles
 from edge.planner import Device, PlanConfig, make_plan, stream_minimum
 from edge.planner.machine import import_footprint
-from edge.streaming.engine import StreamConfig, plan_budget
+from edge.streaming import StreamConfig
 
 MAX_CONTEXT = 512
 CPU = DeviceProfile("cpu", "cpu", 16 << 30, 20.0, 200.0, 800.0, 4, "published spec: test CPU")
@@ -39,15 +40,13 @@ def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: P
         manifest, max_context=MAX_CONTEXT, prefill_chunk=64, footprint=footprint
     )
     with pytest.raises(BudgetTooSmallError) as info:
-        plan_budget(package, StreamConfig(minimum - 1, max_context=MAX_CONTEXT), MAX_CONTEXT, 64)
+        StreamConfig(minimum - 1, max_context=MAX_CONTEXT).plan(package)
     assert info.value.minimum == minimum
     config = PlanConfig(max_context=MAX_CONTEXT, mode="streamed", footprint=footprint)
     blocks = sum(p.nbytes for p in manifest.blocks)
     for extra in (0, blocks // 8, blocks // 3, blocks // 2, 2 * blocks):
         budget = minimum + extra
-        engine = plan_budget(
-            package, StreamConfig(budget, max_context=MAX_CONTEXT), MAX_CONTEXT, 64
-        )
+        engine = StreamConfig(budget, max_context=MAX_CONTEXT).plan(package)
         plan = make_plan(manifest, [Device(CPU, "ort_cpu", budget)], config)
         streaming = plan.streaming
         assert streaming is not None and streaming.budget == budget

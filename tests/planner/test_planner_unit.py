@@ -205,7 +205,8 @@ def test_planner_streams_only_when_nothing_resident_fits(manifest_factory) -> No
         assert streaming.read_bytes_per_token > 0
         assert any("streamed from disk" in f.reason for f in plan.fallbacks)
     assert plan.peak_bytes <= budget
-    assert plan.engine_config().budget.limit == budget
+    (segment,) = plan.engine_config().placement.segments
+    assert segment.backend == "streamed" and segment.option_dict["budget"] == budget
 
 
 def test_planner_what_if_builtin_profiles(qwen15_shaped) -> None:

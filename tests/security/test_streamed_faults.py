@@ -30,6 +30,7 @@ CHILD = r"""
 import json, os, sys
 import edge
 from edge.errors import BudgetTooSmallError
+from edge.streaming import streamed_state
 
 root, victim, mode, action = sys.argv[1:5]
 MAX_CONTEXT, TOKENS = 256, 2
@@ -68,8 +69,8 @@ def swap():
 
 budget = minimum(root) if mode == "streamed" else None
 model = load(root, budget)
-plan = getattr(model.engine, "plan", None)
-result = {"streamed": sorted(plan.policy.streamed) if plan is not None else []}
+state = streamed_state(model.engine)
+result = {"streamed": sorted(state.plan.policy.streamed) if state is not None else []}
 result["base"] = greedy(model)
 model.engine.reset()
 got = []
@@ -83,9 +84,7 @@ except Exception as exc:
     result["error"] = {"type": type(exc).__name__, "message": str(exc),
                        "edge": isinstance(exc, edge.EdgeError)}
 result["got"] = got
-close = getattr(model.engine, "close", None)
-if close is not None:
-    close()
+model.engine.close()
 if action == "swap":
     # What the package now at `root` generates: it must differ, or the swap proved nothing.
     result["theirs"] = greedy(load(root, budget))

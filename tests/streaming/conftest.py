@@ -2,9 +2,9 @@
 package of tests/conftest.py), and small callables shared by the test files (a fixture, not an
 import: test folders are not packages).
 
-Budgets are derived from the engine's own sizing (`plan_budget`), never hard-coded, so the tests
-follow the accounting when it changes: the minimum streams every block through a window of one;
-the minimum plus two units gives a window of two.
+Budgets are derived from the engine's own sizing (`StreamConfig.plan`), never hard-coded, so the
+tests follow the accounting when it changes: the minimum streams every block through a window of
+one; the minimum plus two units gives a window of two.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from edge.errors import BudgetTooSmallError
 from edge.model import Model
 from edge.package import Package, open_package
-from edge.streaming.engine import StreamConfig, plan_budget
+from edge.streaming import StreamConfig
 from memory_sched.sizing import StreamPlan
 
 PROMPT = "The capital of France is"
@@ -34,7 +34,7 @@ def minimum_budget(
     """The smallest budget the engine accepts for `package`, as its error states it."""
     config = StreamConfig(1, max_context=max_context, prefill_chunk=prefill_chunk)
     try:
-        plan_budget(package, config, max_context, min(prefill_chunk, max_context))
+        config.plan(package)
     except BudgetTooSmallError as exc:
         assert exc.minimum > 1
         return exc.minimum
@@ -44,7 +44,7 @@ def minimum_budget(
 def stream_plan(package: Package, budget: int, max_context: int = MAX_CONTEXT) -> StreamPlan:
     """What the engine will pin and stream at `budget` (the default prefill chunk)."""
     config = StreamConfig(budget, max_context=max_context)
-    return plan_budget(package, config, max_context, min(config.prefill_chunk, max_context))
+    return config.plan(package)
 
 
 def greedy_tokens(model: Model, prompt: str = PROMPT, n: int = GREEDY_TOKENS) -> list[int]:

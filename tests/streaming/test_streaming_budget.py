@@ -10,7 +10,7 @@ import pytest
 import edge
 from edge.errors import BudgetTooSmallError, ConfigError
 from edge.package import open_package
-from edge.streaming import StreamConfig
+from edge.streaming import StreamConfig, streamed_state
 from memory_sched.budget import GiB, MemoryBudget, MiB, format_size, system_memory
 
 
@@ -44,14 +44,14 @@ def test_streaming_budget_minimum_is_stated_and_exact(
 
     model = _load(streaming_int4_package, minimum, streaming)
     try:
-        plan = model.engine.plan
+        plan = streamed_state(model.engine).plan
         assert plan.policy.window == 1
         assert len(plan.policy.streamed) == model.spec.num_layers
         tokens = streaming.greedy_tokens(model, n=4)
     finally:
         model.engine.close()
     pinned = _load(streaming_int4_package, streaming.EVERYTHING_PINNED, streaming)
-    assert pinned.engine.prefetcher is None
+    assert streamed_state(pinned.engine).prefetcher is None
     assert tokens == streaming.greedy_tokens(pinned, n=4)
 
 
@@ -71,8 +71,8 @@ def test_streaming_budget_percent_loads(streaming_int4_package: Path, streaming)
     """`edge.load(memory_budget="25%")` takes a quarter of physical memory, which holds all of
     SmolLM2 int4: nothing streams."""
     model = _load(streaming_int4_package, "25%", streaming)
-    assert model.engine.config.budget.limit == system_memory() // 4
-    assert model.engine.prefetcher is None
+    assert streamed_state(model.engine).budget == system_memory() // 4
+    assert streamed_state(model.engine).prefetcher is None
 
 
 @pytest.mark.parametrize(

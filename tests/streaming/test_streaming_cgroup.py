@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import json, sys
 import edge
-from edge.streaming import describe_plan
+from edge.streaming import streamed_state
+from edge.streaming.backend import describe_plan
 
 model = edge.load(sys.argv[1], memory_budget=int(sys.argv[2]), max_context=int(sys.argv[3]),
                   progress=False, verify="sizes")
@@ -48,7 +49,7 @@ tokens = [r.token for r in model.stream("def fibonacci(n):", max_tokens=int(sys.
 print("RESULT " + json.dumps({
     "peak_rss": 1024 * int(next(line.split()[1] for line in open("/proc/self/status")
                                 if line.startswith("VmHWM:"))),
-    "tokens": tokens, "plan": describe_plan(model.engine.plan)}))
+    "tokens": tokens, "plan": describe_plan(streamed_state(model.engine).plan)}))
 """
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from edge.errors import StreamReadError
 from edge.package import open_package
+from edge.streaming import streamed_state
 
 BLOCK = "block.7"
 TOKENS = 8
@@ -45,7 +46,8 @@ def test_streaming_truncated_block_raises_and_recovers(damaged_copy: Path, strea
     minimum = streaming.minimum_budget(open_package(damaged_copy, verify="sizes"))
     with streaming.streamed_model(damaged_copy, minimum) as model:
         engine = model.engine
-        assert engine.plan.policy.window == 1 and BLOCK in engine.plan.policy.streamed
+        plan = streamed_state(engine).plan
+        assert plan.policy.window == 1 and BLOCK in plan.policy.streamed
         before = streaming.greedy_tokens(model, n=TOKENS)
 
         engine.reset()
@@ -83,7 +85,7 @@ def test_streaming_read_error_raises_and_recovers(
         token = int(engine.prefill(ids)[0].argmax())
         undisturbed = engine.decode(token)
 
-        store = engine.prefetcher.store
+        store = streamed_state(engine).prefetcher.store
         read_into = store.read_into
         failures: list[str] = []
 

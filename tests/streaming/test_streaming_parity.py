@@ -18,7 +18,8 @@ from devices.spec_forward.numpy_forward import ForwardConfig, NumpyForward
 from devices.spec_forward.weights import load_model_weights
 from edge.model import Model
 from edge.package import Package, open_package
-from edge.streaming.engine import StreamConfig, StreamedEngine
+from edge.runner import Runner, create_runner
+from edge.streaming import StreamConfig, streamed_state
 from edge.tokenizer import Tokenizer
 from memory_sched.sizing import StreamPlan
 from memory_sched.store import plan_layout
@@ -71,9 +72,9 @@ def test_streaming_fp32_greedy_equals_resident(
     plan = streaming.stream_plan(package, budget)
     _check_plan(kind, plan, len(package.manifest.blocks))
     with streaming.streamed_model(smollm2_package, budget) as model:
-        assert model.engine.plan == plan
+        assert streamed_state(model.engine).plan == plan
         tokens = streaming.greedy_tokens(model)
-        steps = model.engine.stats.steps
+        steps = streamed_state(model.engine).stats.steps
     assert tokens == resident_tokens
     assert [s.tokens for s in steps][1:] == [1] * (streaming.GREEDY_TOKENS - 1)
     expected = _bytes_per_step(plan) if plan.policy.streamed else 0
@@ -81,7 +82,7 @@ def test_streaming_fp32_greedy_equals_resident(
 
 
 def _trace(
-    engine: StreamedEngine | NumpyForward,
+    engine: Runner | NumpyForward,
     ids: list[int],
     steps: int,
     forced: list[int] | None = None,
@@ -91,7 +92,7 @@ def _trace(
     tokens = [int(logits[0][-1].argmax())]
     for i in range(steps - 1):
         fed = forced[i] if forced else tokens[-1]
-        logits.append(engine.decode(fed)[None])
+        logits.append(engine.decode(fed)[None].copy())  # a view of a reused buffer
         tokens.append(int(logits[-1][0].argmax()))
     return tokens, np.concatenate(logits)
 
@@ -104,10 +105,10 @@ def int4_reference(
     window): its tokens and logits; and NumpyForward's logits fed those tokens."""
     package = open_package(streaming_int4_package)
     ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
-    engine = StreamedEngine(
+    engine = create_runner(
         package, StreamConfig(streaming.EVERYTHING_PINNED, max_context=streaming.MAX_CONTEXT)
     )
-    assert engine.prefetcher is None
+    assert streamed_state(engine).prefetcher is None
     tokens, logits = _trace(engine, ids, streaming.GREEDY_TOKENS)
     numpy = NumpyForward(load_model_weights(package), ForwardConfig(streaming.MAX_CONTEXT))
     _, expected = _trace(numpy, ids, streaming.GREEDY_TOKENS, forced=tokens)
@@ -134,15 +135,15 @@ def test_streaming_int4_streamed_equals_pinned(
     kind: str, streaming_int4_package: Path, int4_reference, streaming
 ) -> None:
     """SmolLM2 int4 streamed through a window of one and of two: tokens and logits equal
-    the all-pinned run of the same StreamedEngine path exactly (streaming must not change
+    the all-pinned run of the same streamed path exactly (streaming must not change
     results: same kernel, same bytes, only where they lie differs), hence also within 1e-3 of
     NumpyForward's logit scale."""
     package = open_package(streaming_int4_package)
     budget = _budget(kind, package, streaming)
     ids, pinned_tokens, pinned_logits, expected = int4_reference
-    engine = StreamedEngine(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
+    engine = create_runner(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
     try:
-        _check_plan(kind, engine.plan, len(package.manifest.blocks))
+        _check_plan(kind, streamed_state(engine).plan, len(package.manifest.blocks))
         tokens, logits = _trace(engine, ids, streaming.GREEDY_TOKENS)
     finally:
         engine.close()
@@ -165,9 +166,9 @@ def test_streaming_w8a8_streamed_equals_numpy_reference(
     package = open_package(root)
     ids = Tokenizer.from_package(package).encode(streaming.PROMPT)
     budget = streaming.minimum_budget(package)
-    engine = StreamedEngine(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
+    engine = create_runner(package, StreamConfig(budget, max_context=streaming.MAX_CONTEXT))
     try:
-        _check_plan("window1", engine.plan, len(package.manifest.blocks))
+        _check_plan("window1", streamed_state(engine).plan, len(package.manifest.blocks))
         tokens, logits = _trace(engine, ids, 6)
     finally:
         engine.close()

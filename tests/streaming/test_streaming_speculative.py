@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edge.package import open_package
 from edge.speculative import LookupDraft
+from edge.streaming import streamed_state
 
 # Repetitive text, so prompt lookup finds n-grams to draft from and drafts get accepted.
 PROMPT = "1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2"
@@ -24,11 +25,12 @@ def test_streaming_lookup_draft_greedy_equals_plain(
     minimum = streaming.minimum_budget(package)
     budget = minimum + 2 * streaming.stream_plan(package, minimum).unit_bytes
     with streaming.streamed_model(streaming_int4_package, budget) as model:
-        assert model.engine.plan.policy.window >= 2 and model.engine.prefetcher is not None
+        state = streamed_state(model.engine)
+        assert state.plan.policy.window >= 2 and state.prefetcher is not None
         plain = streaming.greedy_tokens(model, PROMPT)
     with streaming.streamed_model(streaming_int4_package, budget, draft=LookupDraft()) as model:
         responses = list(model.stream(PROMPT, max_tokens=streaming.GREEDY_TOKENS, ignore_eos=True))
-        steps = len(model.engine.stats.steps)
+        steps = len(streamed_state(model.engine).stats.steps)
     assert [r.token for r in responses] == plain
     stats = responses[-1].speculation
     assert stats is not None and stats.drafted > 0 and stats.accepted > 0, stats

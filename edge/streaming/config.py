@@ -1,0 +1,101 @@
+"""Streaming settings: a memory budget and how to honour it, turned into the engine's placement.
+
+A streamed run is the one `Engine` running its parts on the `streamed` backend
+(edge/streaming/backend.py); `StreamConfig` is the short way to ask for it.
+
+>>> config = StreamConfig("600MB", max_context=2048)
+>>> engine = Engine(package, config.engine_config(len(package.manifest.parts)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge.errors import ConfigError
+from edge.placement import Placement
+from memory_sched.budget import MemoryBudget
+
+if TYPE_CHECKING:
+    from edge.engine import EngineConfig
+    from edge.package import Package
+    from edge.runner import Runner
+    from edge.streaming.backend import StreamedLoaded
+    from memory_sched.sizing import StreamPlan
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How to stream: the memory budget (bytes, or "300MB", "1.5GiB", "25%" of RAM), the
+    KV cache length, the prefill chunk (bounds activation memory), threads, and whether to
+    read with O_DIRECT (the page cache then holds none of the weights: the budget is real)."""
+
+    budget: MemoryBudget
+    max_context: int | None = None
+    prefill_chunk: int = 64
+    threads: int | None = None
+    direct: bool = True
+    max_window: int | None = 4
+    # None: this environment's measured libraries (at least DEFAULT_RUNTIME_OVERHEAD).
+    runtime_overhead: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budget, MemoryBudget):
+            object.__setattr__(self, "budget", MemoryBudget.parse(self.budget))
+        if self.max_context is not None and self.max_context < 1:
+            raise ConfigError(f"max_context={self.max_context}; must be >= 1")
+        if self.prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads}; must be >= 1")
+        if self.max_window is not None and self.max_window < 1:
+            raise ConfigError(f"max_window={self.max_window}; must be >= 1 or None")
+
+    def backend_options(self) -> dict[str, int | bool]:
+        """The `streamed` backend's options for these settings."""
+        options: dict[str, int | bool] = {"budget": self.budget.limit, "direct": self.direct}
+        if self.max_window is not None:
+            options["max_window"] = self.max_window
+        if self.runtime_overhead is not None:
+            options["runtime_overhead"] = self.runtime_overhead
+        return options
+
+    def plan(self, package: Package) -> StreamPlan:
+        """The window an engine with this config gets for `package`, without loading it
+        (`BudgetTooSmallError` with the smallest budget that works)."""
+        from edge.engine import DEFAULT_MAX_CONTEXT
+        from edge.streaming.backend import plan_segment
+
+        spec = package.spec
+        max_context = min(self.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
+        return plan_segment(
+            package,
+            package.manifest.parts,
+            self.budget.limit,
+            max_context=max_context,
+            chunk=min(self.prefill_chunk, max_context),
+            runtime_overhead=self.runtime_overhead,
+            max_window=self.max_window,
+        )
+
+    def engine_config(self, num_parts: int) -> EngineConfig:
+        """Every part on the streamed backend, under this budget."""
+        from edge.engine import EngineConfig
+        from edge.streaming.backend import NAME
+
+        return EngineConfig(
+            max_context=self.max_context,
+            prefill_chunk=self.prefill_chunk,
+            threads=self.threads,
+            placement=Placement.single(num_parts, NAME, self.backend_options()),
+        )
+
+
+def streamed_state(runner: Runner) -> StreamedLoaded | None:
+    """The streamed segment's state (plan, window, step timings) of a runner, if it streams."""
+    from edge.streaming.backend import StreamedLoaded
+
+    for loaded in runner.loaded_segments():
+        if isinstance(loaded, StreamedLoaded):
+            return loaded
+    return None
