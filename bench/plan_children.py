@@ -199,7 +199,7 @@ def main() -> None:
         import onnxruntime  # noqa: F401
 
         stages["onnxruntime"] = status()
-        import edge.streaming  # noqa: F401
+        import edge.streaming.backend  # noqa: F401
 
         stages["streaming"] = status()
     else:

@@ -18,6 +18,7 @@ from devices.backends.numpy_reference import NumpyBackend
 from devices.backends.openvino_runtime import OpenVinoBackend
 from devices.backends.ort_cpu import OrtCpuBackend
 from devices.backends.ort_cuda import OrtCudaBackend
+from devices.backends.torch_spec import TorchBackend
 from edge.errors import ConfigError
 
 DEFAULT = OrtCpuBackend.name
@@ -31,6 +32,7 @@ _BACKENDS: dict[str, type[Backend]] = {
         CoreMlBackend,
         NnapiBackend,
         NumpyBackend,
+        TorchBackend,
     )
 }
 

@@ -68,6 +68,7 @@ SDK = (
     "edge.planner",
     "edge.cli",
     "edge.streaming",
+    "edge.backends",
     "edge.bench",
     "edge.evaluate",
 )
@@ -362,7 +363,16 @@ def test_lower_layer_import_loads_no_sdk(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["edge.streaming", "edge.engine", "edge.planner", "edge.speculative", "edge.model"]
+    "module",
+    [
+        "edge.streaming",
+        "edge.streaming.backend",
+        "edge.backends",
+        "edge.engine",
+        "edge.planner",
+        "edge.speculative",
+        "edge.model",
+    ],
 )
 def test_sdk_modules_import_first(module: str) -> None:
     """Each SDK module imports first in a fresh interpreter, then `from edge import load`."""

@@ -53,7 +53,7 @@ import devices.spec_forward  # noqa: F401
 import edge.cli.main  # noqa: F401
 import edge.planner  # noqa: F401
 import edge.speculative  # noqa: F401
-import edge.streaming  # noqa: F401
+import edge.streaming.backend  # noqa: F401
 import memory_sched.prefetcher  # noqa: F401
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package

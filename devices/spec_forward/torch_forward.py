@@ -15,6 +15,7 @@ This module imports torch at import time; `devices.spec_forward` imports it only
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,8 @@ from devices.spec_forward.numpy_forward import (
 )
 from devices.spec_forward.weights import (
     BlockWeights,
+    EmbedWeights,
+    HeadWeights,
     Int8RowsWeight,
     LinearWeight,
     ModelWeights,
@@ -105,46 +108,41 @@ class _Block:
     sin: torch.Tensor | None = None
 
 
-class TorchForward(StepRunner):
-    """A whole package on a torch device; same `prefill`/`decode` as edge's Engine.
+class TorchParts:
+    """Consecutive parts of a package on a torch device: the embedding (rows gathered on the
+    host), blocks with their own KV cache on the device, the head. What the `torch` backend
+    runs as one segment, and `TorchForward` as a whole model.
 
-    >>> cfg = TorchForwardConfig(device="cuda", dtype="float16")
-    >>> model = TorchForward.from_package(open_package("smollm2-pkg"), cfg)  # doctest: +SKIP
-    >>> logits = model.prefill([1, 2, 3])  # numpy [1, V], float32
+    x: [S, H] in the compute dtype between blocks; logits come back as numpy float32.
     """
 
-    def __init__(self, weights: ModelWeights, config: TorchForwardConfig | None = None) -> None:
-        config = self.config = config or TorchForwardConfig()
-        spec = self.spec = weights.spec
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: TorchForwardConfig,
+        max_context: int,
+        embed: EmbedWeights | None = None,
+        blocks: Sequence[BlockWeights] = (),
+        head: HeadWeights | None = None,
+    ) -> None:
+        self.spec, self.config, self.max_context = spec, config, max_context
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
-        self.max_context = config.max_context or min(
-            DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
-        )
-        self.position = 0
-        self._embed = weights.embed.table
-        self._embed_scale = weights.embed.scale
-        self._rope = rope_tables(spec, self.max_context)
+        self._embed = embed
+        self._rope = rope_tables(spec, max_context)
         self._dequantize = DequantizingLinear(cache=False)  # each matrix is uploaded once anyway
-        self._blocks = [self._block(b) for b in weights.blocks]
+        self._blocks = [(b.index, self._block(b)) for b in blocks]
         self._activation = ACTIVATIONS[spec.activation]
-        self._head_norm = self._vector(weights.head.norm)
-        self._head = self._upload(weights.head.output)
+        self._head_norm = None if head is None else self._vector(head.norm)
+        self._head = None if head is None else self._upload(head.output)
         cos, sin = self._rope
         self._cos = torch.from_numpy(cos).to(self.device)  # [max_context, D/2] float32
         self._sin = torch.from_numpy(sin).to(self.device)
-        shape = (1, spec.num_kv_heads, self.max_context, spec.head_dim)
-        self.keys = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(spec.num_layers)
-        ]
-        self.values = [torch.zeros_like(k) for k in self.keys]
-
-    @classmethod
-    def from_package(
-        cls, package: PackageTensors, config: TorchForwardConfig | None = None
-    ) -> TorchForward:
-        """From an opened package (`edge.package.open_package`)."""
-        return cls(load_model_weights(package), config)
+        shape = (1, spec.num_kv_heads, max_context, spec.head_dim)
+        self.keys = {
+            i: torch.zeros(shape, dtype=self.dtype, device=self.device) for i, _ in self._blocks
+        }
+        self.values = {i: torch.zeros_like(k) for i, k in self.keys.items()}
 
     # ---- upload ---------------------------------------------------------------------------------
     def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -188,23 +186,38 @@ class TorchForward(StepRunner):
         )
 
     # ---- forward --------------------------------------------------------------------------------
+    def embed(self, ids: np.ndarray) -> torch.Tensor:
+        """ids [S] -> x [S, H] on the device (rows gathered on the host, then copied up)."""
+        assert self._embed is not None
+        rows = embedding_rows(self._embed.table, ids)
+        if self._embed.scale != 1.0:
+            rows = rows * np.float32(self._embed.scale)
+        return self.upload_hidden(rows)
+
+    def upload_hidden(self, hidden: np.ndarray) -> torch.Tensor:
+        """Host activations [S, H] float32 -> the device, in the compute dtype."""
+        return torch.from_numpy(np.ascontiguousarray(hidden)).to(self.device, self.dtype)
+
     @torch.inference_mode()
-    def _forward(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
-        rows = embedding_rows(self._embed, ids)  # [S, H] on the host
-        if self._embed_scale != 1.0:
-            rows = rows * np.float32(self._embed_scale)
-        x = torch.from_numpy(rows).to(self.device, self.dtype)
-        for i, block in enumerate(self._blocks):
-            x = self._block_forward(i, block, x)
-        picked = x if all_logits else x[-1:]
+    def blocks(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        """x [S, H] at `position` through every block held; writes their caches in place."""
+        for i, block in self._blocks:
+            x = self._block_forward(i, block, x, position)
+        return x
+
+    @torch.inference_mode()
+    def head(self, x: torch.Tensor, index: np.ndarray) -> np.ndarray:
+        """Logits [len(index), V] float32 (numpy) of the rows `index` of x [S, H]."""
+        assert self._head is not None and self._head_norm is not None
+        picked = x[torch.from_numpy(np.asarray(index, np.int64)).to(self.device)]
         normed = _rms_norm(picked, self._head_norm, self.spec.rms_norm_eps)
         return self._head(normed).float().cpu().numpy()
 
-    def _block_forward(self, i: int, b: _Block, x: torch.Tensor) -> torch.Tensor:
+    def _block_forward(self, i: int, b: _Block, x: torch.Tensor, position: int) -> torch.Tensor:
         """x: [S, H] -> [S, H]; writes the step's keys/values into the cache in place."""
         spec: ModelSpec = self.spec
         s, d, hq, hkv = x.shape[0], spec.head_dim, spec.num_heads, spec.num_kv_heads
-        start, end = self.position, self.position + s
+        start, end = position, position + s
         if end > self.max_context:
             raise ContextOverflowError(
                 f"{start} cached + {s} new tokens exceed the KV cache of {self.max_context}"
@@ -238,6 +251,47 @@ class TorchForward(StepRunner):
         if b.post_ffw_norm is not None:
             down = _rms_norm(down, b.post_ffw_norm, spec.rms_norm_eps)
         return residual + down
+
+
+class TorchForward(StepRunner):
+    """A whole package on a torch device; same `prefill`/`decode` as edge's Engine.
+
+    >>> cfg = TorchForwardConfig(device="cuda", dtype="float16")
+    >>> model = TorchForward.from_package(open_package("smollm2-pkg"), cfg)  # doctest: +SKIP
+    >>> logits = model.prefill([1, 2, 3])  # numpy [1, V], float32
+    """
+
+    def __init__(self, weights: ModelWeights, config: TorchForwardConfig | None = None) -> None:
+        config = self.config = config or TorchForwardConfig()
+        spec = self.spec = weights.spec
+        self.max_context = config.max_context or min(
+            DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+        )
+        self.position = 0
+        self.parts = TorchParts(
+            spec, config, self.max_context, weights.embed, weights.blocks, weights.head
+        )
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return [self.parts.keys[i] for i in range(self.spec.num_layers)]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [self.parts.values[i] for i in range(self.spec.num_layers)]
+
+    @classmethod
+    def from_package(
+        cls, package: PackageTensors, config: TorchForwardConfig | None = None
+    ) -> TorchForward:
+        """From an opened package (`edge.package.open_package`)."""
+        return cls(load_model_weights(package), config)
+
+    @torch.inference_mode()
+    def _forward(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        x = self.parts.blocks(self.parts.embed(ids), self.position)
+        index = np.arange(len(ids)) if all_logits else np.array([len(ids) - 1])
+        return self.parts.head(x, index)
 
 
 ACTIVATIONS = {

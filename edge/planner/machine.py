@@ -133,7 +133,8 @@ def backend_refusals(
     planner never proposes what the engine would refuse. ONNX Runtime's CPU provider runs
     every part (it is every backend's fallback) and is not asked."""
     from devices.backend import Support
-    from devices.registry import DEFAULT, create
+    from edge.backends import create
+    from edge.placement import DEFAULT_BACKEND as DEFAULT
 
     parts = package.manifest.parts
     out: dict[tuple[str, int], str] = {}
@@ -171,7 +172,7 @@ import numpy, edge
 base = rss()
 import onnxruntime
 ort = rss()
-import edge.streaming
+import edge.streaming.backend
 llvm = rss()
 from devices.kernels.nbits_matmul import NBitsMatMul, NBitsSpec
 NBitsMatMul(NBitsSpec(256, 64), threads=1)
