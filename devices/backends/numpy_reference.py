@@ -68,9 +68,7 @@ class NumpyBackend(Backend):
                 "compilers; the spec forward computes in float32",
             )
         try:
-            part_weights(
-                package.manifest.spec, part, shape_tensors(part), package.manifest.quantization
-            )
+            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
         return YES
@@ -78,7 +76,7 @@ class NumpyBackend(Backend):
     def compile(self, graph: SegmentGraph) -> NumpyExecutable:
         manifest = graph.package.manifest
         weights = [
-            part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quantization)
+            part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quant)
             for p in graph.parts
         ]
         inputs, outputs = spec_interface(graph.parts)

@@ -83,9 +83,7 @@ class TorchBackend(Backend):
                 "backend computes from the spec's weights",
             )
         try:
-            part_weights(
-                package.manifest.spec, part, shape_tensors(part), package.manifest.quantization
-            )
+            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
         return YES
@@ -115,7 +113,7 @@ class TorchBackend(Backend):
         weights: dict[str, list] = {"embed": [], "block": [], "head": []}  # in part order
         for p in graph.parts:
             weights[p.kind].append(
-                part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quantization)
+                part_weights(manifest.spec, p, map_part(graph.package, p), manifest.quant)
             )
         device = self.device
         dtype = str(self.options.get("dtype") or ("float32" if device == "cpu" else "float16"))

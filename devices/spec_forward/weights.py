@@ -29,6 +29,7 @@ from edge import format as fmt
 from edge.architectures import QK_NORMS, SANDWICH_NORMS
 from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, PartEntry, TensorEntry, storage_shape
+from edge.quant_record import QuantizationInfo
 from quant.blockwise import QuantizedWeight, n_blocks_of
 from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES
 
@@ -214,12 +215,12 @@ def part_weights(
     spec: ModelSpec,
     part: PartEntry,
     arrays: Mapping[str, np.ndarray],
-    quantization: Mapping[str, Any] | None = None,
+    quantization: QuantizationInfo | None = None,
 ) -> PartWeights:
     """Group `part`'s tensors (looked up by name in `arrays`) into typed weights.
 
-    `quantization` is the manifest's record; it is only needed to tell a quantized embedding's
-    bits and block size apart where its shapes leave them ambiguous.
+    `quantization` is the manifest's typed record (`Manifest.quant`); it is only needed to tell
+    a quantized embedding's bits and block size apart where its shapes leave them ambiguous.
     """
     check_spec(spec)
     names = {t.name for t in part.tensors if not t.name.endswith(PREFILL_SUFFIXES)}
@@ -232,7 +233,7 @@ def part_weights(
     reader = _Reader(part.name, names, arrays)
     if part.kind == "embed":
         weights: PartWeights = EmbedWeights(
-            _embedding(spec, reader, quantization or {}), spec.embedding_scale
+            _embedding(spec, reader, quantization or QuantizationInfo()), spec.embedding_scale
         )
     elif part.kind == "block":
         if part.block_index is None:
@@ -349,7 +350,7 @@ def _head(spec: ModelSpec, reader: _Reader) -> HeadWeights:
     return HeadWeights(norm, _linear(reader, name, h, v))
 
 
-def _embedding(spec: ModelSpec, reader: _Reader, quantization: Mapping[str, Any]) -> EmbeddingTable:
+def _embedding(spec: ModelSpec, reader: _Reader, quantization: QuantizationInfo) -> EmbeddingTable:
     v, h = spec.vocab_size, spec.hidden_size
     if reader.has("token_embd.weight"):
         return EmbeddingTable(reader.get("token_embd.weight", (v, h)), h)
@@ -361,7 +362,7 @@ def _embedding(spec: ModelSpec, reader: _Reader, quantization: Mapping[str, Any]
             f"token_embd.gather {list(rows.shape)} / gather_scales "
             f"{list(scales.shape)} are not [V={v}, ...] tables"
         )
-    record = (quantization.get("tensors") or {}).get("token_embd.weight", {})
+    record = quantization.tensors.get("token_embd.weight", {})
     bits, block_size = _embedding_layout(h, int(scales.shape[1]), int(rows.shape[1]), record)
     return EmbeddingTable(rows, h, scales, zero, bits, block_size)
 
@@ -449,7 +450,7 @@ def load_model_weights(package: PackageTensors) -> ModelWeights:
     spec = manifest.spec
 
     def load(part: PartEntry) -> PartWeights:
-        return part_weights(spec, part, map_part(package, part), manifest.quantization)
+        return part_weights(spec, part, map_part(package, part), manifest.quant)
 
     embed = [load(p) for p in manifest.parts if p.kind == "embed"]
     heads = [load(p) for p in manifest.parts if p.kind == "head"]

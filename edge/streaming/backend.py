@@ -132,9 +132,7 @@ class StreamedBackend(Backend):
                 "path computes from the spec's weights",
             )
         try:
-            part_weights(
-                package.manifest.spec, part, shape_tensors(part), package.manifest.quantization
-            )
+            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
         except UnsupportedPartError as exc:
             return Support(False, str(exc))
         return YES
@@ -177,7 +175,7 @@ class StreamedBackend(Backend):
                 package.spec,
                 embed,
                 {t.name: package.rows(t) for t in embed.tensors},
-                package.manifest.quantization,
+                package.manifest.quant,
             )
         if plan.policy.streamed:
             loaded.prefetcher = plan.prefetcher(
@@ -283,9 +281,7 @@ def _acquire(loaded: StreamedLoaded, part: PartEntry) -> tuple[PartWeights, floa
         loaded.last_read[part.name] = window.stats
         loaded.step_bytes += window.stats.nbytes
     package = loaded.executable.graph.package
-    return part_weights(
-        package.manifest.spec, part, window.tensors, package.manifest.quantization
-    ), wait
+    return part_weights(package.manifest.spec, part, window.tensors, package.manifest.quant), wait
 
 
 def plan_segment(

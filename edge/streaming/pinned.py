@@ -72,5 +72,5 @@ def load_pinned(
                     by_location[key] = read_tensor(package.files, t)
                     bar.update(t.nbytes)
                 arrays[t.name] = _typed(by_location[key], t)
-            out[part.name] = part_weights(package.spec, part, arrays, package.manifest.quantization)
+            out[part.name] = part_weights(package.spec, part, arrays, package.manifest.quant)
     return out
