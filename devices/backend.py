@@ -195,6 +195,9 @@ class Backend(ABC):
     # Whether the engine may run a segment this backend cannot load on ONNX Runtime's CPU
     # backend instead; not where that would break what the user asked for (a memory budget).
     may_fall_back: ClassVar[bool] = True
+    # A failure while running means the device left (a cluster peer): the engine re-places the
+    # segment and rebuilds the KV cache from the tokens so far, and generation goes on.
+    recovers: ClassVar[bool] = False
 
     def __init__(self, options: Options | None = None) -> None:
         self.options: Mapping[str, OptionValue] = MappingProxyType(

@@ -277,6 +277,8 @@ class Engine:
         self._total = np.zeros((), np.int32)
         self._positions = np.arange(chunk, dtype=np.int64)
         self._last = np.zeros((1,), np.int64)
+        # Every token the cache holds, so a lost device's share can be rebuilt (`_recover`).
+        self._history = np.zeros(slots, np.int64)
         # One buffer per boundary: segment i writes it, segment i + 1 reads it, no copy.
         longest = max(
             len(c)
@@ -312,13 +314,16 @@ class Engine:
         options = {**{k: v for k, v in defaults.items() if k in cls.OPTIONS}, **options}
         return cls(options)
 
-    def _place(self, where: Placed, reloading: bool = False) -> dict[Kind, list[_Segment]]:
-        """Load segment `where` (phase, index) on its backend, or on the CPU if that fails."""
+    def _place(
+        self, where: Placed, reloading: bool = False, lost: str = ""
+    ) -> dict[Kind, list[_Segment]]:
+        """Load segment `where` (phase, index) on its backend, or on the CPU if that fails
+        (at once when its device was `lost`: a peer that left is not waited for again)."""
         placed = self._segment_placement(where)
         backend = self._backend(placed.backend, placed.option_dict)
         if backend.name == DEFAULT_BACKEND:
             return self._load(backend, placed, where)
-        when, reason = self._refusal(backend, placed)
+        when, reason = ("run", lost) if lost else self._refusal(backend, placed)
         if reason and not backend.may_fall_back:
             raise ConfigError(
                 f"{backend.describe()} cannot run parts [{placed.start}, {placed.end}): {reason}"
@@ -569,9 +574,35 @@ class Engine:
             except PackageError:
                 raise  # the package's bytes are bad (a streamed file truncated), not the backend
             except Exception as exc:  # the backend's own error: wrap it with where it happened
+                if segment.backend.recovers:  # its stand-in (ONNX Runtime's CPU) does not
+                    self._recover(segment, exc)
+                    return self._run(n, all_logits, decode_graphs)
                 raise self._failed(segment, position, exc) from exc
+        self._history[position : position + n] = self._ids[0, :n]
         self.cache.position = position + n
         return logits[0]
+
+    def _recover(self, segment: _Segment, exc: Exception) -> None:
+        """A device left mid-step (a cluster peer): load its parts elsewhere, rebuild the KV
+        cache from the tokens so far, and let the step run again. Its steps so far wrote
+        keys and values the new device does not hold, so every token is fed again; the
+        step's own ids are kept aside meanwhile."""
+        reason = f"{segment.backend.describe()} was lost: {type(exc).__name__}: {_message(exc)}"
+        log.warning("%s; re-placing its parts and rebuilding the KV cache", reason)
+        phase, index = segment.placed
+        for chain in self._placed[phase][index].values():
+            for lost in chain:
+                _unload_quietly(lost)
+        self._placed[phase][index] = self._place(segment.placed, reloading=True, lost=reason)
+        self._assemble()
+        position, step = self.cache.position, self._ids.copy()
+        self.cache.rewind(0)
+        try:
+            if position:
+                history = self._history[:position].copy()
+                prefill_in_chunks(history, self.chunk, False, lambda ids, _: self._step(ids, None))
+        finally:
+            self._ids[...] = step
 
     def _failed(self, segment: _Segment, position: int, exc: Exception) -> BackendError:
         from devices.backend import describe_parts
