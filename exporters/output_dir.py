@@ -60,8 +60,8 @@ def _check_existing(out_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise PackageError(
-            f"{out_dir} exists and is not empty; pass overwrite=True (--force) "
-            "to replace an edge package there, or choose another output"
+            f"{out_dir} exists and is not empty; --force (overwrite=True in Python) replaces "
+            "an edge package there, or choose another output"
         )
     _check_replaceable(out_dir)
 

@@ -11,10 +11,22 @@ HELP = "measure prefill and decode speed (tokens/s, medians)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None, metavar="MODEL")
-    parser.add_argument("-p", "--prompt-tokens", type=positive_int, default=128)
-    parser.add_argument("-n", "--gen-tokens", type=positive_int, default=128)
-    parser.add_argument("-r", "--runs", type=positive_int, default=3)
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="a registered name, GGUF file, Hugging Face folder or edge package",
+    )
+    parser.add_argument(
+        "-p", "--prompt-tokens", type=positive_int, default=128, help="prompt length (128)"
+    )
+    parser.add_argument(
+        "-n", "--gen-tokens", type=positive_int, default=128, help="tokens decoded per run (128)"
+    )
+    parser.add_argument(
+        "-r", "--runs", type=positive_int, default=3, help="runs; medians are reported (3)"
+    )
     parser.add_argument(
         "--stream",
         action="store_true",

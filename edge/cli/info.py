@@ -14,7 +14,13 @@ HELP = "describe an edge package (or the package a model name resolves to)"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("package", nargs="?", default=None, metavar="PACKAGE|MODEL")
+    parser.add_argument(
+        "package",
+        nargs="?",
+        default=None,
+        metavar="PACKAGE|MODEL",
+        help="an edge package folder or a registered model name (default: SmolLM2-135M)",
+    )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.add_argument(
         "--verify",

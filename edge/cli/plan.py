@@ -12,7 +12,7 @@ HELP = (
 EPILOG = """\
 examples:
   edge plan smollm2-135m
-  edge plan qwen2.5-coder-1.5b --budget 600MB
+  edge plan qwen2.5-coder-1.5b --memory-budget 600MB
   edge plan qwen2.5-coder-1.5b --profile rpi5        (what if: a Raspberry Pi 5)
   edge plan model-pkg --profile jetson-orin-nano --json
 """
@@ -28,7 +28,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(default: smollm2-135m)",
     )
     parser.add_argument(
+        "--memory-budget",
         "--budget",
+        dest="budget",
         default=None,
         metavar="SIZE",
         help="memory each device may use (600MB, 1.5GiB, 25%% of its memory); "

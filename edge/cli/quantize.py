@@ -16,7 +16,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="float32 edge package, or a model name / GGUF / Hugging Face "
         "folder (exported to float32 first, and cached)",
     )
-    parser.add_argument("-o", "--output", required=True, metavar="DIR")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="the quantized package's folder"
+    )
     parser.add_argument(
         "-f",
         "--force",

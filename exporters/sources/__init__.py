@@ -12,6 +12,11 @@ from exporters.sources.gguf_source import GGUFSource, is_gguf
 from exporters.sources.hf_source import HFSource, is_hf_folder
 from exporters.sources.package_source import PackageSource
 
+# Exporting reads tokenizers with transformers, which needs no torch for that; without torch it
+# prints "PyTorch was not found. Models won't be available..." at import, which misleads an
+# edge user (edge never needs its models). A user's own setting wins.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 
 def open_source(path: str | os.PathLike[str]) -> Source:
     """Open `path` as a GGUF file or Hugging Face folder, or say clearly why it is neither."""

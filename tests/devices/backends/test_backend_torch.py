@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from devices import registry  # noqa: E402
-from edge.engine import Engine, EngineConfig  # noqa: E402
-from edge.errors import ConfigError  # noqa: E402
-from edge.package import open_package  # noqa: E402
-from edge.placement import Placement  # noqa: E402
+from devices import registry
+from edge.engine import Engine, EngineConfig
+from edge.errors import ConfigError
+from edge.package import open_package
+from edge.placement import Placement
 
 PROMPT = [1, 504, 3458, 282, 4649, 314]
 CPU = {"device": "cpu"}

@@ -1,0 +1,67 @@
+"""`edge cluster status`: paired devices, which answer, their RTT and what they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge.cluster.discovery import Found, browse, parse_peers
+from edge.cluster.errors import ClusterError
+from edge.cluster.keys import KeyStore
+from edge.cluster.transport import LinkConfig, tcp_endpoint
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    node_id: str
+    address: str
+    state: str  # "ok", "unreachable", "not paired", "paired" (not found on the network)
+    rtt_s: float | None = None
+    holds: str = ""
+
+
+def cluster_status(
+    cluster: str, peers: Sequence[str] = (), mdns_s: float = 2.0, store: KeyStore | None = None
+) -> list[DeviceStatus]:
+    """Probe every device found (mDNS and `peers`) with the cluster's key; list the paired
+    ones never found too."""
+    from edge.cluster.client import WorkerClient
+
+    store = store or KeyStore()
+    keys = store.cluster_keys(cluster)
+    paired = {p.node_id: p for p in store.peers(cluster).values() if p.role == "worker"}
+    found: list[Found] = parse_peers(peers)
+    if mdns_s > 0:
+        found += browse(mdns_s, cluster=None)
+    config = LinkConfig(connect_timeout_s=1.0, request_timeout_s=5.0)
+    rows, seen = [], set()
+    for node in found:
+        address = f"{node.host}:{node.port}"
+        # mDNS names the node; an explicit peer is tried with every paired worker's key.
+        candidates = [paired[node.node_id]] if node.node_id in paired else list(paired.values())
+        row = DeviceStatus(node.node_id, address, "not paired")
+        for peer in candidates if node.source == "peer" or node.node_id in paired else []:
+            try:
+                with WorkerClient(
+                    tcp_endpoint(node.host, node.port), peer.public, keys, config, peer.name
+                ) as link:
+                    rtt = min(link.ping() for _ in range(3))
+                    info = link.info()
+            except ClusterError:
+                row = DeviceStatus(node.node_id, address, "unreachable")
+                continue
+            held = info.get("slice")
+            holds = (
+                f"parts [{held['start']}, {held['end']}) of {info.get('package')}"
+                if held
+                else f"nothing yet ({info.get('package')})"
+            )
+            free = int(info.get("memory_budget", 0)) >> 20
+            row = DeviceStatus(peer.node_id, address, "ok", rtt, f"{holds}; {free} MiB free")
+            seen.add(peer.node_id)
+            break
+        rows.append(row)
+    rows += [
+        DeviceStatus(p.node_id, "-", "paired") for p in paired.values() if p.node_id not in seen
+    ]
+    return rows
