@@ -1,8 +1,9 @@
 """Every backend a placement may name: devices/' registry, and those edge composes itself.
 
-The streamed path (weights through memory_sched's window, computed by devices/' kernels) is a
-Backend like the others, but it lives in edge/ because devices/ and memory_sched/ must not
-import each other; devices/ therefore cannot register it. This module is the one lookup the
+The streamed path (weights through memory_sched's window, computed by devices/' kernels) and a
+cluster worker's segment are Backends like the others, but they live in edge/: the first
+composes devices/ and memory_sched/, which must not import each other, the second the
+cluster's transport; devices/ therefore cannot register them. This module is the one lookup the
 engine and the planner use, so a placement naming "streamed" runs like one naming "ort_cpu".
 
 >>> backend_class("streamed").reads_graphs
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
     from devices.backend import Backend, Options
 
 # name -> (module, class): imported on first use (the streamed path loads llvmlite).
-_COMPOSED = {"streamed": ("edge.streaming.backend", "StreamedBackend")}
+_COMPOSED = {
+    "streamed": ("edge.streaming.backend", "StreamedBackend"),
+    "cluster": ("edge.cluster.backend", "ClusterBackend"),  # a worker's share, over the network
+}
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -31,6 +31,7 @@ from edge.speculative.calibration import calibration_path
 from edge.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # imported when used: memory_sched and devices import edge's leaf modules
+    from edge.cluster.placement import ClusterConfig
     from edge.streaming import StreamConfig
 
 Message = dict[str, Any]
@@ -216,6 +217,7 @@ def load(
     speculative: SpeculativeConfig | None = None,
     memory_budget: str | int | None = None,
     plan: str | os.PathLike[str] | Placement | None = None,
+    cluster: str | ClusterConfig | None = None,
 ) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
@@ -238,11 +240,20 @@ def load(
     compute (TPI-LLM's sliding window); a budget too small for even that is refused with the
     smallest that works.
 
+    `cluster` (a cluster name, or `edge.cluster.placement.ClusterConfig`) splits the parts
+    over this machine and the paired workers found (`edge cluster serve` on each, holding
+    the same package); a worker lost mid-generation is re-placed here and the text goes on.
+    A model that fits here is not distributed unless `ClusterConfig(distribute="always")`.
+
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
     >>> m = edge.load("qwen2.5-coder-1.5b", memory_budget="600MB")  # doctest: +SKIP
     """
     root = resolve_package(model, progress=progress)
     config: EngineConfig | StreamConfig
+    if cluster is not None:
+        if plan is not None or memory_budget is not None:
+            raise ConfigError("cluster= places the parts itself; leave plan and memory_budget out")
+        plan = _cluster_placement(root, cluster)
     if plan is not None:
         config = _planned_config(root, plan, memory_budget, max_context, threads, prefill_chunk)
     elif memory_budget is None:
@@ -278,6 +289,22 @@ def load(
     return Model(
         open_package(root, verify=verify), config, source, speculative, progress, remember=True
     )
+
+
+def _cluster_placement(root: os.PathLike[str], cluster: str | ClusterConfig) -> Placement | None:
+    """The split over `cluster`'s workers, or None (said on the log) to run here alone."""
+    import logging
+
+    from edge.cluster.placement import ClusterConfig, cluster_placement
+
+    config = cluster if isinstance(cluster, ClusterConfig) else ClusterConfig(str(cluster))
+    package = open_package(root, verify="sizes")
+    try:
+        placement, why = cluster_placement(package, config)
+    finally:
+        package.close()
+    logging.getLogger("edge.cluster").warning("cluster %s: %s", config.name, why)
+    return placement
 
 
 def _planned_config(

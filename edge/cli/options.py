@@ -58,6 +58,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
         "stream from disk while earlier blocks compute",
     )
+    group = parser.add_argument_group("home cluster")
+    group.add_argument(
+        "--cluster",
+        default=None,
+        metavar="NAME",
+        help="split the model over this machine and the paired workers of cluster NAME "
+        "(edge cluster serve on each, holding the same package)",
+    )
+    group.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a worker to try besides those found by mDNS (repeatable)",
+    )
+    group.add_argument(
+        "--distribute",
+        choices=["auto", "always"],
+        default="auto",
+        help="auto: only a model that does not fit here; always: split anyway",
+    )
 
 
 def add_draft_options(parser: argparse.ArgumentParser) -> None:
@@ -178,12 +199,26 @@ def load_model(args: argparse.Namespace, model: str | None):
         progress=not args.quiet,
         memory_budget=args.memory_budget,
         plan=getattr(args, "plan", None),
+        cluster=cluster_config(args),
         **draft_kwargs(args),
     )
-    if (getattr(args, "plan", None) or args.memory_budget) and not args.quiet:
+    if (getattr(args, "plan", None) or args.memory_budget or args.cluster) and not args.quiet:
         where = f"plan {args.plan}:\n" if getattr(args, "plan", None) else ""
         print(f"{where}{loaded.engine.describe()}", file=sys.stderr)
     return loaded
+
+
+def cluster_config(args: argparse.Namespace) -> Any:
+    """edge.load's `cluster` from --cluster/--peer/--distribute (None without --cluster)."""
+    if not getattr(args, "cluster", None):
+        if getattr(args, "peer", None):
+            from edge.errors import ConfigError
+
+            raise ConfigError("--peer needs --cluster NAME")
+        return None
+    from edge.cluster.placement import ClusterConfig
+
+    return ClusterConfig(args.cluster, tuple(args.peer), distribute=args.distribute)
 
 
 def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:

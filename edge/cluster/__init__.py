@@ -9,9 +9,10 @@ Modules, one job each: `errors`, `frames` (the wire format, pure numpy), `transp
 sockets, heartbeats, limits), `keys` (Curve keys, node id, paired peers on disk), `pairing`
 (the one-time-code handshake), `discovery` (mDNS, explicit peers, interface choice),
 `slice_runner` (runs parts [start, end) on ONNX Runtime), `worker` (`edge cluster serve`),
-`client` (the coordinator's side of one worker link), `pipeline` (a minimal coordinator
-chaining slices, re-planning around a lost worker), `backend` (a worker's slice as a placement
-`Backend` of the engine) and `status` (`edge cluster status`). Importing `edge` never
+`client` (the coordinator's side of one worker link), `backend` (a worker's slice as a
+placement `Backend` of the engine, which re-places it when the worker is lost), `placement`
+(the coordinator's split of a model over the workers it finds) and `status` (`edge cluster
+status`). Importing `edge` never
 imports zmq: these need the `cluster` extra (`pip install "edge[cluster]"`) and are imported
 on use.
 """

@@ -4,12 +4,14 @@ The engine compiles, loads, binds and runs it like any backend (devices/backend.
 sends the bound input (token ids [1, S] or hidden states [1, S, H]) and the position over the
 worker link and copies the reply (hidden states or logits) into the bound output, so the
 activations cross the network only at the segment's boundaries. The worker keeps the KV cache
-of its blocks (the engine's `Resident` arrays for them stay unused). A lost worker raises
-`PeerLostError` inside `run`, which the engine reports as a `BackendError` naming the segment.
+of its blocks (the engine's `Resident` arrays for them stay unused, never written). A lost
+worker raises `PeerLostError` inside `run`; the engine then re-places the segment on this
+machine and rebuilds the KV cache from the tokens so far (`recovers`), and generation goes on.
 
-Not registered by default (devices/ cannot import the cluster): `register_cluster_backend()`
-adds it, then `Placement.split(n, [(0, "ort_cpu"), (k, "cluster", {"endpoint": ...,
-"server_key": ..., "cluster": "home"})])` places parts [k, n) on the worker.
+`edge.backends` finds it by name (devices/ cannot import the cluster):
+`Placement.split(n, [(0, "ort_cpu"), (k, "cluster", {"endpoint": ..., "server_key": ...,
+"cluster": "home"})])` places parts [k, n) on the worker; `edge.cluster.placement` builds such
+placements from the paired workers it finds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from devices.backend import (
     Resident,
     SegmentGraph,
     Support,
+    spec_interface,
 )
 from edge import format as fmt
 from edge.errors import ConfigError
@@ -47,6 +50,8 @@ class ClusterBackend(Backend):
     coordinator of `cluster` (this machine's keys for it, from `edge cluster init`)."""
 
     name: ClassVar[str] = "cluster"
+    reads_graphs: ClassVar[bool] = False  # the worker reads its own copy of the graphs
+    recovers: ClassVar[bool] = True  # a failure is a worker gone: re-place, rebuild, go on
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "endpoint": str,
         "server_key": str,
@@ -59,8 +64,6 @@ class ClusterBackend(Backend):
         for required in ("endpoint", "server_key", "cluster"):
             if required not in self.options:
                 raise ConfigError(f"backend 'cluster' needs the option {required!r}")
-        self._link = None
-        self._held: tuple[int, int, int] | None = None
 
     @property
     def device(self) -> str:
@@ -84,31 +87,28 @@ class ClusterBackend(Backend):
 
     def compile(self, graph: SegmentGraph) -> Executable:
         """Nothing runs here: the names the engine binds, from the parts' interfaces."""
-        produced = {name for p in graph.parts for name in p.outputs}
-        inputs = {n for p in graph.parts for n in p.inputs if n not in produced}
-        last = graph.parts[-1].outputs
-        outputs = tuple(n for n in last if n == fmt.LOGITS or n.startswith("hidden."))
-        return Executable(self.name, graph, frozenset(inputs), outputs)
+        inputs, outputs = spec_interface(graph.parts)
+        return Executable(self.name, graph, inputs, outputs)
 
     def load(self, executable: Executable, resident: Resident) -> ClusterLoaded:
         from edge.cluster.client import WorkerClient
         from edge.cluster.keys import KeyStore
 
         graph = executable.graph
-        held = (graph.start, graph.end, int(resident.cos.shape[0]))
-        if self._link is None or self._link.lost:  # type: ignore[attr-defined]
-            keys = KeyStore().cluster_keys(str(self.options["cluster"]))
-            self._link = WorkerClient(
-                str(self.options["endpoint"]), str(self.options["server_key"]), keys
-            )
-            self._held = None
-        if self._held != held:  # the decode and prompt graphs share one slice
+        keys = KeyStore().cluster_keys(str(self.options["cluster"]))
+        link = WorkerClient(str(self.options["endpoint"]), str(self.options["server_key"]), keys)
+        try:
             threads = self.options.get("worker_threads")
-            self._link.load_slice(  # type: ignore[attr-defined]
-                held[0], held[1], held[2], None if threads is None else int(threads)
+            link.load_slice(
+                graph.start,
+                graph.end,
+                int(resident.cos.shape[0]),
+                None if threads is None else int(threads),
             )
-            self._held = held
-        return ClusterLoaded(executable, self._link, {}, {})
+        except BaseException:
+            link.close()
+            raise
+        return ClusterLoaded(executable, link, {}, {})
 
     def bind(
         self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
@@ -122,7 +122,9 @@ class ClusterBackend(Backend):
         names = loaded.executable.inputs
         source = fmt.INPUT_IDS if fmt.INPUT_IDS in names else _hidden(names)
         x = loaded.inputs[source]  # int64 [1, S] or float32 [1, S, H]
-        (target,) = loaded.executable.outputs
+        target = next(
+            n for n in loaded.executable.outputs if n == fmt.LOGITS or n.startswith("hidden.")
+        )
         out = loaded.outputs[target]  # [1, S, H] or logits [1, K, V]
         mode = "all" if target == fmt.LOGITS and out.shape[1] > 1 else "last"
         reply = loaded.link.step(x, position, mode)  # type: ignore[attr-defined]
@@ -132,19 +134,8 @@ class ClusterBackend(Backend):
         assert isinstance(loaded, ClusterLoaded)
         loaded.inputs.clear()
         loaded.outputs.clear()
-
-    def close(self) -> None:
-        if self._link is not None:
-            self._link.close()  # type: ignore[attr-defined]
-            self._link = None
+        loaded.link.close()  # type: ignore[attr-defined]
 
 
 def _hidden(names: frozenset[str]) -> str:
     return next(n for n in names if n.startswith("hidden."))
-
-
-def register_cluster_backend() -> type[Backend]:
-    """Make "cluster" a backend name placements can use (idempotent)."""
-    from devices import registry
-
-    return registry.register(ClusterBackend, replace=True)

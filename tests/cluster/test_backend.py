@@ -1,15 +1,13 @@
-"""The cluster as a placement backend: the engine runs embed + 2 blocks on ONNX Runtime here
-and the rest on a worker process, with the unsplit engine's logits and greedy tokens."""
+"""The cluster as a placement backend: the engine runs parts on worker processes (a share here
+on ONNX Runtime, or none), with the unsplit engine's logits and greedy tokens, and goes on with
+the same tokens when a worker is killed mid-generation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from devices import registry
-from edge.cluster.backend import register_cluster_backend
 from edge.engine import Engine, EngineConfig
-from edge.errors import BackendError
 from edge.package import open_package
 from edge.placement import Placement
 
@@ -27,11 +25,9 @@ def _greedy(engine: Engine, n: int) -> tuple[np.ndarray, list[int]]:
 
 
 def test_engine_with_a_cluster_segment_matches_unsplit(
-    tiny_package, coordinator, start_worker, monkeypatch, request
+    tiny_package, coordinator, start_worker, monkeypatch
 ) -> None:
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
-    register_cluster_backend()
-    request.addfinalizer(lambda: registry.unregister("cluster"))  # other tests list backends
     worker = start_worker(coordinator)
     remote = {"endpoint": worker.endpoint, "server_key": worker.public, "cluster": "home"}
     placement = Placement.split(6, [(0, "ort_cpu"), (3, "cluster", remote)])
@@ -49,9 +45,40 @@ def test_engine_with_a_cluster_segment_matches_unsplit(
         split.decode(tokens[0]), _after(single, tokens[0]), rtol=1e-4, atol=1e-4
     )
 
-    worker.proc.kill()  # a lost worker is the engine's BackendError, naming the segment
-    with pytest.raises(BackendError, match=r"cluster on worker .*parts \[3, 6\)"):
-        split.decode(tokens[1])
+    worker.proc.kill()  # the engine re-places the lost share here and goes on
+    np.testing.assert_allclose(
+        split.decode(tokens[1]), single.decode(tokens[1]), rtol=1e-4, atol=1e-4
+    )
+    (fallback,) = split.fallbacks
+    assert (fallback.start, fallback.end, fallback.backend) == (3, 6, "cluster")
+    assert "was lost" in fallback.reason
+    split.close()
+
+
+def test_two_workers_run_the_whole_model_and_survive_a_kill(
+    tiny_package, coordinator, start_worker, monkeypatch
+) -> None:
+    """Token ids to logits entirely on two workers (slices [0, 3) and [3, 6)); kill -9 the
+    second after five tokens: the greedy tokens are still the single engine's."""
+    monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
+    workers = [start_worker(coordinator), start_worker(coordinator)]
+    remote = [{"endpoint": w.endpoint, "server_key": w.public, "cluster": "home"} for w in workers]
+    placement = Placement.split(6, [(0, "cluster", remote[0]), (3, "cluster", remote[1])])
+    engine = Engine(
+        open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
+    )
+    single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+    _, expected = _greedy(single, 10)
+    logits = engine.prefill(PROMPT)[0]
+    out = []
+    for i in range(10):
+        out.append(int(logits.argmax()))
+        if i == 4:
+            workers[1].proc.kill()
+        logits = engine.decode(out[-1])
+    assert out == expected
+    assert [(f.start, f.end) for f in engine.fallbacks] == [(3, 6)]
+    engine.close()
 
 
 def _after(engine: Engine, token: int) -> np.ndarray:

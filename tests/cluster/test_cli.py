@@ -36,7 +36,7 @@ def test_importing_edge_and_the_cluster_modules_loads_no_zmq() -> None:
     code = (
         "import sys, edge, edge.cli.main\n"
         "import edge.cluster.client, edge.cluster.discovery, edge.cluster.frames\n"
-        "import edge.cluster.keys, edge.cluster.pairing, edge.cluster.pipeline\n"
+        "import edge.cluster.keys, edge.cluster.pairing, edge.cluster.backend\n"
         "import edge.cluster.slice_runner, edge.cluster.status, edge.cluster.transport\n"
         "import edge.cluster.worker, edge.cluster.backend\n"
         "bad = [m for m in ('zmq', 'zeroconf', 'torch', 'onnx') if m in sys.modules]\n"

@@ -1,0 +1,82 @@
+"""The coordinator's split: parts cut by memory over this machine and the workers found, used
+by `edge.load(cluster=...)` and `edge run --cluster`, and not distributed when the model fits
+here (a pipeline of one request is never faster than one device holding it all)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edge
+from edge.cluster.placement import ClusterConfig, cluster_placement, split_by_memory
+from edge.errors import ConfigError
+from edge.package import open_package
+
+pytestmark = pytest.mark.timeout(120)
+PROMPT = "one two three"
+REPO = Path(__file__).resolve().parents[2]
+CLI = (sys.executable, "-m", "edge.cli.main", "run")
+
+
+def test_split_by_memory_is_contiguous_proportional_and_never_empty() -> None:
+    assert split_by_memory([1] * 6, [1, 1]) == [(0, 3), (3, 6)]
+    assert split_by_memory([1] * 8, [3, 1]) == [(0, 6), (6, 8)]
+    assert split_by_memory([1] * 3, [1, 1000, 1]) == [(0, 1), (1, 2), (2, 3)]
+    assert split_by_memory([10, 1, 1, 1, 10], [1, 1]) == [(0, 3), (3, 5)]
+    with pytest.raises(ConfigError):
+        split_by_memory([1, 1], [1, 1, 1])
+
+
+def _peer(worker) -> str:
+    return worker.endpoint.removeprefix("tcp://")
+
+
+def test_load_over_a_cluster_gives_the_single_device_text(
+    tiny_package, coordinator, start_worker, monkeypatch
+) -> None:
+    monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
+    workers = [start_worker(coordinator), start_worker(coordinator)]
+    peers = tuple(_peer(w) for w in workers)
+    package = open_package(tiny_package)
+    placement, why = cluster_placement(package, ClusterConfig("home", peers, mdns_s=0))
+    assert placement is None and "not distributed" in why
+
+    config = ClusterConfig("home", peers, mdns_s=0, distribute="always")
+    placement, why = cluster_placement(package, config)
+    assert placement is not None, why
+    assert [s.backend for s in placement.segments] == ["ort_cpu", "cluster", "cluster"]
+    assert placement.end == len(package.manifest.parts)
+
+    single = edge.load(tiny_package, threads=1, progress=False)
+    expected = single.generate(PROMPT, max_tokens=8, ignore_eos=True)
+    model = edge.load(tiny_package, threads=1, progress=False, cluster=config)
+    assert [s.backend.name for s in model.engine.segments] == ["ort_cpu", "cluster", "cluster"]
+    assert model.generate(PROMPT, max_tokens=8, ignore_eos=True) == expected
+    model.engine.close()
+
+
+def test_run_cli_over_a_cluster(tiny_package, coordinator, start_worker) -> None:
+    """`edge run PKG --cluster home --peer HOST:PORT --distribute always` prints the
+    single-device text and the placement (on stderr)."""
+    worker = start_worker(coordinator)
+    env = {"EDGE_CONFIG_DIR": str(coordinator.root.parent), "PYTHONPATH": str(REPO)}
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CLI, str(tiny_package), PROMPT, "-n", "6", "-t", "1", "-q", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, **env},
+        )
+
+    alone = run()
+    spread = run("--cluster", "home", "--peer", _peer(worker), "--distribute", "always")
+    assert alone.returncode == 0 and spread.returncode == 0, spread.stderr[-2000:]
+    assert spread.stdout == alone.stdout
+    assert "cluster" in spread.stderr
