@@ -139,7 +139,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], list[float]]:
     bandwidth = [measure_read_bandwidth(threads)]
     copies = copies_for(int4_bytes, total)
     weights = [(q.packed.copy(), q.scales.copy()) for _ in range(copies)]
-    kernels = {"fp32": NBitsMatMul(NBitsSpec.of(q), threads=threads)}
+    kernels = {"fp32": NBitsMatMul(NBitsSpec.of(q), threads=threads, activations="fp32")}
     if int16_supported():
         kernels["int16"] = NBitsMatMul(NBitsSpec.of(q), threads=threads, activations="int16")
     init_sessions = [session(matmul_nbits_model(q, 4), threads) for _ in range(copies)]

@@ -21,9 +21,13 @@ from edge.errors import PackageError
 from edge.format import PartEntry
 
 HALVES = ("attn", "mlp")
-# The tensor's own name after `blk.N.`: attention tensors start with `attn`, MLP ones with
-# `ffn` (GGUF) or `mlp`.
-_HALF_OF = (("attn", re.compile(r"^attn")), ("mlp", re.compile(r"^(ffn|mlp)")))
+# The tensor's own name after `blk.N.`: attention tensors start with `attn` (Gemma's
+# `post_attention_norm` closes the attention half), MLP ones with `ffn` (GGUF), `mlp` or
+# Gemma's `post_ffw_norm`.
+_HALF_OF = (
+    ("attn", re.compile(r"^(attn|post_attention)")),
+    ("mlp", re.compile(r"^(ffn|mlp|post_ffw)")),
+)
 
 
 def half_name(block: str, half: str) -> str:

@@ -10,8 +10,7 @@ MatMulNBits`; checked in tests against the kernel and against the C++ packer ORT
                          even k in the low nibble
     scales       float32 [N * n_blocks], row n block b at n * n_blocks + b
     zero_points  uint8   [N * ceil(n_blocks * bits / 8)], packed like B within each row n;
-                 float32 [N * n_blocks] (unpacked; HQQ); or None: the kernel's implicit
-                 2**(bits-1) (8 for int4, 128 for int8)
+                 or None: the kernel's implicit 2**(bits-1) (8 for int4, 128 for int8)
 
 Only numpy is imported here, so a runtime without onnx can dequantize.
 """
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES, WeightQuantConfig
-from quant.hqq import hqq_blocks
 
 # Rows of N quantized at once: bounds the float temporaries to ~16 MiB each.
 _CHUNK_ELEMENTS = 1 << 22
@@ -40,7 +38,7 @@ class QuantizedWeight:
 
     packed: np.ndarray  # packed: [N, n_blocks, block_size * bits // 8] uint8
     scales: np.ndarray  # scales: [N * n_blocks] float32
-    zero_points: np.ndarray | None  # uint8 [N * ceil(n_blocks*bits/8)] | float32 [N*n_blocks]
+    zero_points: np.ndarray | None  # uint8 [N * ceil(n_blocks * bits / 8)]
     K: int
     N: int
     bits: int
@@ -57,11 +55,8 @@ class QuantizedWeight:
         nb = self.n_blocks
         _expect("packed", self.packed, np.uint8, (self.N, nb, self.block_size * self.bits // 8))
         _expect("scales", self.scales, np.float32, (self.N * nb,))
-        zp = self.zero_points
-        if zp is not None and getattr(zp, "dtype", None) == np.float32:
-            _expect("zero_points", zp, np.float32, (self.N * nb,))
-        elif zp is not None:
-            _expect("zero_points", zp, np.uint8, (self.N * -(-nb * self.bits // 8),))
+        if self.zero_points is not None:
+            _expect("zero_points", self.zero_points, np.uint8, (self.N * -(-nb * self.bits // 8),))
 
     @property
     def n_blocks(self) -> int:
@@ -165,8 +160,6 @@ def quantize_blocks(
     blocks: np.ndarray, config: WeightQuantConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """[rows, n_blocks, block_size] -> codes, scales [rows, nb], zero points [rows, nb] | None."""
-    if config.method == "hqq":
-        return hqq_blocks(blocks, config.bits)
     if config.symmetric:
         return (*_symmetric(blocks, config.bits), None)
     return _asymmetric(blocks, config.bits)
@@ -177,10 +170,8 @@ def from_codes(
 ) -> QuantizedWeight:
     """Pack unpacked codes [N, nb, bs], scales [N, nb], zero points [N, nb] (or None)."""
     N, _, block_size = codes.shape
-    if zero_points is not None and zero_points.dtype != np.float32:
+    if zero_points is not None:
         zero_points = pack_codes(zero_points, bits, pad=2 ** (bits - 1)).reshape(-1)
-    elif zero_points is not None:
-        zero_points = np.ascontiguousarray(zero_points.reshape(-1))
     return QuantizedWeight(
         packed=pack_codes(codes, bits),
         scales=np.ascontiguousarray(scales, dtype=np.float32).reshape(-1),
@@ -219,8 +210,6 @@ def unpacked_zero_points(q: QuantizedWeight) -> np.ndarray:
     nb = q.n_blocks
     if q.zero_points is None:
         return np.full((q.N, nb), 2 ** (q.bits - 1), np.float32)
-    if q.zero_points.dtype == np.float32:
-        return q.zero_points.reshape(q.N, nb)
     rows = q.zero_points.reshape(q.N, -1)  # rows: [N, ceil(nb * bits / 8)]
     return unpack_codes(rows, q.bits, nb).astype(np.float32)
 

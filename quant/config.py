@@ -11,8 +11,6 @@ from typing import Any
 
 ALLOWED_BITS = (4, 8)
 ALLOWED_BLOCK_SIZES = (16, 32, 64, 128, 256)
-# "rtn": round to nearest; "hqq": half-quadratic refinement of the zero points (asymmetric only).
-ALLOWED_METHODS = ("rtn", "hqq")
 # MatMulNBits accuracy_level: 0 unset (fp32 here), 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
 ALLOWED_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
@@ -30,16 +28,16 @@ class WeightQuantConfig:
     """Block-wise weight-only quantization along the input dimension K.
 
     `symmetric=True` stores no zero points (the kernel's implicit 2**(bits-1) is used);
-    `symmetric=False` stores one unsigned zero point per block. `method="hqq"` stores float zero
-    points, which ORT 1.32's CPU kernel runs ~60x slower (see `quant.hqq`). `accuracy_level` is
-    not used by `quantize` but by the `MatMulNBits` node: 4 (int8 activations) is the fast CPU
-    path, and for 8-bit weights the only fast one (levels 0-3 measured 40-90x slower).
+    `symmetric=False` stores one unsigned zero point per block (float zero points, which
+    `MatMulNBits` also takes, run ~14x slower in ONNX Runtime 1.32's CPU kernel: BENCHMARKS.md,
+    "Built but unreachable"). `accuracy_level` is not used by `quantize` but by the
+    `MatMulNBits` node: 4 (int8 activations) is the fast CPU path, and for 8-bit weights the
+    only fast one (levels 0-3 measured 40-90x slower).
     """
 
     bits: int = 4
     block_size: int = 32
     symmetric: bool = True
-    method: str = "rtn"
     accuracy_level: int = 4
 
     def __post_init__(self) -> None:
@@ -49,13 +47,7 @@ class WeightQuantConfig:
             raise ValueError(
                 f"WeightQuantConfig.symmetric must be one of [True, False], got {self.symmetric!r}"
             )
-        _check("method", self.method, ALLOWED_METHODS)
         _check("accuracy_level", self.accuracy_level, ALLOWED_ACCURACY_LEVELS)
-        if self.method == "hqq" and self.symmetric:
-            raise ValueError(
-                "WeightQuantConfig.method 'hqq' refines zero points, so it needs "
-                "symmetric=False; got symmetric=True"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict for the manifest."""

@@ -5,7 +5,7 @@ blocks live in plain numpy buffers (the prefetch window's), and ORT's `MatMulNBi
 weights as graph inputs skips pre-packing (~100x slower), while a session per streamed block
 costs 40-70 ms to build. `NBitsMatMul` reads ORT's int4/int8 block-wise layout in place, in
 fp32 (ORT's accuracy_level 0 math) or, on AVX-512 VNNI CPUs, with x rounded to 15 bits per block
-(`activations="int16"`, half the instructions).
+(`activations="int16"`, half the instructions; the default "auto" takes it where it runs).
 
 Example:
     >>> from devices.kernels import NBitsMatMul, NBitsSpec
@@ -14,12 +14,12 @@ Example:
 """
 
 from devices.kernels.jit import HostTarget, KernelCompileError, host_target
-from devices.kernels.nbits_activations import PreparedX
 from devices.kernels.nbits_matmul import (
     KernelInputError,
     NBitsMatMul,
     NBitsSpec,
     int16_supported,
+    resolve_activations,
     zero_point_kind,
 )
 
@@ -29,8 +29,8 @@ __all__ = [
     "KernelInputError",
     "NBitsMatMul",
     "NBitsSpec",
-    "PreparedX",
     "host_target",
     "int16_supported",
+    "resolve_activations",
     "zero_point_kind",
 ]

@@ -33,7 +33,6 @@ class PreparedX:
     x: np.ndarray  # [M, row] float32 (fp32) or int8 (int16)
     lane_scales: np.ndarray  # [M, steps * 16] float32 (int16), or a dummy
     xsum: np.ndarray  # [M, n_blocks] float32
-    key: tuple  # what the layout depends on; kernels with the same key can share it
 
     def __post_init__(self) -> None:
         # the kernel walks these with row strides of their own: C order or garbage out
@@ -60,11 +59,6 @@ def _padded(x: np.ndarray, width: int) -> np.ndarray:
     return padded
 
 
-def layout_key(layout: NBitsLayout, K: int) -> tuple:
-    """Kernels whose x layouts agree: same K, block size, bits, vector width and format."""
-    return (K, layout.block_size, layout.bits, layout.lanes, layout.activations)
-
-
 def prepare_fp32(
     x: np.ndarray, layout: NBitsLayout, n_blocks: int, prepare: Callable[..., None]
 ) -> PreparedX:
@@ -72,10 +66,9 @@ def prepare_fp32(
     M = x.shape[0]
     source = _padded(x, n_blocks * layout.block_size)
     xsum = np.empty((M, n_blocks), np.float32)
-    if layout.bits == 4:
-        laid_out = np.empty_like(source)
-    else:  # a copy even when x is usable as is: a PreparedX must not change under its xsum
-        laid_out = source if source is not x else x.copy()
+    # 8 bits read x as it is (a PreparedX lives only for the call that made it); 4 bits
+    # de-interleave it into a copy
+    laid_out = np.empty_like(source) if layout.bits == 4 else source
     prepare(
         source.ctypes.data,
         M,
@@ -85,7 +78,7 @@ def prepare_fp32(
         laid_out.shape[1],
         xsum.ctypes.data,
     )
-    return PreparedX(laid_out, _EMPTY, xsum, layout_key(layout, x.shape[1]))
+    return PreparedX(laid_out, _EMPTY, xsum)
 
 
 def prepare_int16(
@@ -109,4 +102,4 @@ def prepare_int16(
         lane_scales.shape[1],
         xsum.ctypes.data,
     )
-    return PreparedX(parts, lane_scales, xsum, layout_key(layout, x.shape[1]))
+    return PreparedX(parts, lane_scales, xsum)

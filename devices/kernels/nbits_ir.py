@@ -75,8 +75,6 @@ def tile_shapes(vector_registers: int) -> tuple[tuple[int, int], ...]:
 
 def _zero_point_row_bytes(e: Emitter, layout: NBitsLayout, n_blocks: ir.Value) -> ir.Value:
     b = e.b
-    if layout.zero_points == "float":
-        return b.mul(n_blocks, e.i64(4))
     if layout.zero_points == "uint8" and layout.bits == 4:
         return b.lshr(b.add(n_blocks, e.i64(1)), e.i64(1))
     return n_blocks if layout.zero_points == "uint8" else e.i64(0)

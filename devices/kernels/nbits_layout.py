@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ZERO_POINT_KINDS = ("none", "uint8", "float")
+ZERO_POINT_KINDS = ("none", "uint8")
 # Activation formats: "fp32" multiplies the float x as given (ORT's accuracy_level 0 math);
 # "int16" rounds x per block to 15-bit integers (error <= block max |x| / 32512, ~100x finer
 # than ORT's accuracy_level 4) and multiplies with AVX-512 VNNI int8 dot products, two per x.
@@ -23,7 +23,7 @@ class NBitsLayout:
 
     bits: int
     block_size: int
-    zero_points: str  # "none" (implicit 2**(bits-1)), "uint8" (packed like B) or "float"
+    zero_points: str  # "none" (implicit 2**(bits-1)) or "uint8" (packed like B)
     lanes: int
     permute: bool = False
     activations: str = "fp32"

@@ -4,16 +4,17 @@ Streamed blocks arrive as plain buffers (the prefetch window's), not ORT initial
 `MatMulNBits` with weights as graph inputs skips pre-packing and runs ~100x slower, and building
 a session per streamed block costs 40-70 ms. This kernel reads ORT's exact layout (see
 `quant/blockwise.py`: B uint8 [N, n_blocks, block_size*bits/8], scales float32 [N*n_blocks],
-zero points None / packed uint8 / float32). With `activations="fp32"` (the default) it computes
-in fp32 like `accuracy_level=0`; with `"int16"` (AVX-512 VNNI CPUs) x is rounded per block to
-15 bits (error <= block max |x| / 32512, ~100x finer than accuracy_level 4) and multiplied with
-int8 dot products: half the instructions, for when compute rather than memory bounds a call.
+zero points None or packed uint8). With `activations="fp32"` it computes in fp32 like
+`accuracy_level=0`; with `"int16"` (AVX-512 VNNI CPUs) x is rounded per block to 15 bits (error
+<= block max |x| / 32512, ~100x finer than accuracy_level 4) and multiplied with int8 dot
+products: half the instructions. `"auto"` (the default) takes int16 where the CPU has VNNI:
+measured 1.04-1.33x faster one-token GEMVs on real block shapes and the same greedy tokens
+(BENCHMARKS.md, "Built but unreachable"); each row's result is exact integer sums, so it does
+not depend on how many rows share a call.
 
 Example:
     >>> mm = NBitsMatMul(NBitsSpec(K=2048, N=8192, bits=4, block_size=32))
     >>> y = mm(x, q.packed, q.scales, q.zero_points)  # x: [M, 2048] float32 -> y: [M, 8192]
-    >>> shared = mm.prepare_x(x)  # lay x out once for several weights of the same K
-    >>> y_up, y_gate = mm(shared, up.packed, up.scales), mm(shared, gate.packed, gate.scales)
 """
 
 from __future__ import annotations
@@ -27,12 +28,7 @@ from typing import Any
 import numpy as np
 
 from devices.kernels import jit
-from devices.kernels.nbits_activations import (
-    PreparedX,
-    layout_key,
-    prepare_fp32,
-    prepare_int16,
-)
+from devices.kernels.nbits_activations import PreparedX, prepare_fp32, prepare_int16
 from devices.kernels.nbits_ir import (
     ACTIVATION_KINDS,
     FUNCTION_NAME,
@@ -66,15 +62,25 @@ def int16_supported(target: jit.HostTarget | None = None) -> bool:
     return can_vnni(target.features, target.triple, target.lanes)
 
 
+def resolve_activations(activations: str, target: jit.HostTarget | None = None) -> str:
+    """The x format `activations` means on `target`: "auto" is int16 where VNNI runs it."""
+    if activations not in ("auto", *ACTIVATION_KINDS):
+        raise ConfigError(
+            f"NBitsMatMul activations must be one of {['auto', *ACTIVATION_KINDS]}, "
+            f"got {activations!r}"
+        )
+    if activations != "auto":
+        return activations
+    return "int16" if int16_supported(target) else "fp32"
+
+
 class KernelInputError(EdgeError, ValueError):
     """An array handed to a kernel has the wrong dtype, shape or memory layout."""
 
 
 def zero_point_kind(zero_points: np.ndarray | None) -> str:
-    """ "none", "uint8" or "float": which kernel variant a zero-point array needs."""
-    if zero_points is None:
-        return "none"
-    return "float" if np.asarray(zero_points).dtype == np.float32 else "uint8"
+    """ "none" or "uint8": which kernel variant a zero-point array needs."""
+    return "none" if zero_points is None else "uint8"
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -113,8 +119,6 @@ class NBitsSpec:
     def zero_points_size(self) -> int:
         if self.zero_points == "none":
             return 0
-        if self.zero_points == "float":
-            return self.N * self.n_blocks
         return self.N * -(-self.n_blocks * self.bits // 8)
 
     @classmethod
@@ -138,7 +142,7 @@ class NBitsMatMul:
         self,
         spec: NBitsSpec,
         threads: int | None = None,
-        activations: str = "fp32",
+        activations: str = "auto",
         target: jit.HostTarget | None = None,
         min_bytes_per_thread: int = MIN_BYTES_PER_THREAD,
     ) -> None:
@@ -155,12 +159,8 @@ class NBitsMatMul:
                 "NBitsMatMul min_bytes_per_thread must be an int >= 0, got "
                 f"{min_bytes_per_thread!r}"
             )
-        if activations not in ACTIVATION_KINDS:
-            raise ConfigError(
-                f"NBitsMatMul activations must be one of {list(ACTIVATION_KINDS)}, "
-                f"got {activations!r}"
-            )
         target = target or jit.host_target()
+        activations = resolve_activations(activations, target)
         if activations == "int16" and not int16_supported(target):
             raise ConfigError(
                 "NBitsMatMul activations='int16' needs AVX-512 VNNI, which this "
@@ -185,7 +185,6 @@ class NBitsMatMul:
             self._prepare = _PREPARE_SIGNATURE(module.address(PREPARE_NAME))
         else:
             self._prepare = _PREPARE_FP32_SIGNATURE(module.address(PREPARE_FP32_NAME))
-        self.x_key = layout_key(self.layout, spec.K)
         self._checks = _weight_checks(spec)
         packed_bytes = spec.N * spec.n_blocks * spec.block_size * spec.bits // 8
         used = max(
@@ -195,7 +194,7 @@ class NBitsMatMul:
 
     def __call__(
         self,
-        x: np.ndarray | PreparedX,
+        x: np.ndarray,
         packed: np.ndarray,
         scales: np.ndarray,
         zero_points: np.ndarray | None = None,
@@ -203,16 +202,11 @@ class NBitsMatMul:
     ) -> np.ndarray:
         """x float32 [M, K] -> out float32 [M, N]; weight arrays must be C-contiguous.
 
-        x may also be `prepare_x(x)` of this or another kernel with the same `x_key` (the
-        projections that share an input: q/k/v, gate/up), which saves laying it out again.
+        x is laid out afresh by every call (a few us): the forward fuses the projections that
+        share an input (QKV, gate/up), so there is no second weight to reuse a layout for.
         """
         spec = self.spec
-        prepared = x if type(x) is PreparedX else self.prepare_x(x)
-        if prepared.key != self.x_key:
-            raise KernelInputError(
-                f"x was prepared for a kernel with x layout {prepared.key}, this one needs "
-                f"{self.x_key}"
-            )
+        prepared = self._prepare_x(x)
         M = prepared.rows
         packed_check, scales_check, zp_check = self._checks
         if out is None:
@@ -240,7 +234,7 @@ class NBitsMatMul:
             )
         return out
 
-    def prepare_x(self, x: np.ndarray) -> PreparedX:
+    def _prepare_x(self, x: np.ndarray) -> PreparedX:
         """x float32 [M, K] in the kernel's layout (see `nbits_activations`)."""
         _check_x(x, self.spec.K)
         if self.layout.activations == "int16":
@@ -316,7 +310,7 @@ class _BufferCheck:
 def _weight_checks(spec: NBitsSpec) -> tuple[_BufferCheck, _BufferCheck, _BufferCheck]:
     packed_size = spec.N * spec.n_blocks * spec.block_size * spec.bits // 8
     scales_size = spec.N * spec.n_blocks
-    zp_dtype = {"none": None, "uint8": np.dtype(np.uint8), "float": np.dtype(np.float32)}
+    zp_dtype = {"none": None, "uint8": np.dtype(np.uint8)}
     return (
         _BufferCheck("packed", np.dtype(np.uint8), frozenset({spec.packed_shape, (packed_size,)})),
         _BufferCheck(
@@ -342,5 +336,6 @@ __all__ = [
     "NBitsMatMul",
     "NBitsSpec",
     "int16_supported",
+    "resolve_activations",
     "zero_point_kind",
 ]

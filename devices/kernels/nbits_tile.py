@@ -185,8 +185,6 @@ class TileEmitter:
         e, b, layout = self.e, self.e.b, self.layout
         if layout.zero_points == "none":
             return ir.Constant(e.vf, [float(2 ** (layout.bits - 1))] * layout.lanes)
-        if layout.zero_points == "float":
-            return e.load_vector(b.bitcast(row, F32.as_pointer()), first, F32)
         if layout.bits == 8:
             return b.sitofp(b.zext(e.load_vector(row, first, I8), e.vi), e.vf)
         half = layout.lanes // 2  # two 4-bit zero points per byte, even block low
@@ -202,8 +200,6 @@ class TileEmitter:
         e, b, layout = self.e, self.e.b, self.layout
         if layout.zero_points == "none":
             return ir.Constant(F32, float(2 ** (layout.bits - 1)))
-        if layout.zero_points == "float":
-            return b.load(b.gep(b.bitcast(row, F32.as_pointer()), [block]), align=4)
         if layout.bits == 8:
             return b.uitofp(e.load_scalar(row, block), F32)
         byte = b.zext(e.load_scalar(row, b.lshr(block, e.i64(1))), I64)

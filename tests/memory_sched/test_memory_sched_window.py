@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from edge.architectures import QK_NORMS, SANDWICH_NORMS
 from edge.errors import BudgetTooSmallError, ConfigError, PackageError
 from edge.format import PartEntry, TensorEntry
 from memory_sched.units import split_block, stream_units
@@ -150,6 +151,24 @@ def test_half_blocks_are_just_more_units() -> None:
     assert len(attn.tensors) == 4 and len(mlp.tensors) == 3
     policy = WindowPolicy(tuple(u.name for u in units), 2, frozenset({"embed"}))
     assert policy.window_at("block.0.mlp") == ("block.0.mlp", "block.1.attn")
+
+
+def test_gemma3_block_splits_with_its_extra_norms() -> None:
+    """Gemma 3's q/k norms and sandwich norms land in the half that applies them."""
+    names = [
+        "attn_norm.weight",
+        "attn_qkv.weight",
+        "attn_output.weight",
+        *QK_NORMS,
+        "ffn_norm.weight",
+        "ffn_gate_up.weight",
+        "ffn_down.weight",
+    ]
+    attention_norm, ffw_norm = SANDWICH_NORMS
+    attn, mlp = split_block(_block(0, [*names, attention_norm, ffw_norm]))
+    local = [{t.name.split(".", 2)[-1] for t in half.tensors} for half in (attn, mlp)]
+    assert local[0] == {*names[:5], attention_norm}
+    assert local[1] == {*names[5:], ffw_norm}
 
 
 def test_unsplittable_block_names_the_tensor() -> None:

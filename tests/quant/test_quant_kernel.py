@@ -80,17 +80,6 @@ def test_kernel_default_zero_point_is_half_range(bits: int) -> None:
     assert max_relative_error(implicit_y, x.astype(np.float64) @ dequantize(q)) < EXACT
 
 
-def test_hqq_float_zero_points_run_in_fp32_even_at_level_4() -> None:
-    """Float zero points are accepted (unpacked, [N * n_blocks]) but take the fp32 path: the
-    level-4 result is as exact as level 0, i.e. no int8-activation speed-up."""
-    w = np.random.default_rng(2).standard_normal((256, 48)).astype(np.float32)
-    q = quantize(w, WeightQuantConfig(block_size=64, symmetric=False, method="hqq"))
-    x = inputs(256)
-    reference = x.astype(np.float64) @ dequantize(q)
-    for level in (0, 4):
-        assert max_relative_error(run_kernel(q, x, level), reference) < EXACT
-
-
 def test_node_attributes_and_initializers() -> None:
     q = quantize(np.ones((100, 6), np.float32), WeightQuantConfig(symmetric=False))
     node, initializers = matmul_nbits_node("h", "out", q, "layers.0.q_proj", accuracy_level=4)

@@ -19,7 +19,6 @@ FP32_TOL = 1e-5  # as for the fp32 kernel: times sum_k |x[m, k] * w[k, n]|
 ZERO_POINTS = {
     "none": {"symmetric": True},
     "uint8": {"symmetric": False},
-    "float": {"symmetric": False, "method": "hqq"},
 }
 
 
@@ -50,14 +49,14 @@ def rounding_bound(x: np.ndarray, deq: np.ndarray, block_size: int) -> np.ndarra
 LAYOUTS = [
     (4, 16, "none"),
     (4, 32, "uint8"),
-    (4, 64, "float"),
+    (4, 64, "none"),
     (4, 128, "uint8"),
     (4, 256, "none"),
     (8, 16, "uint8"),
     (8, 32, "none"),
     (8, 64, "uint8"),
     (8, 128, "none"),
-    (8, 256, "float"),
+    (8, 256, "uint8"),
 ]
 
 
@@ -113,7 +112,7 @@ def test_int16_layout_of_x_matches_the_contract(bits: int, block_size: int) -> N
     kernel = NBitsMatMul(
         NBitsSpec(K=600, N=16, bits=bits, block_size=block_size), threads=1, activations="int16"
     )
-    prepared = kernel.prepare_x(x)
+    prepared = kernel._prepare_x(x)
     parts, lanes, xsum = reference_layout(x, bits, block_size)
     # rint of ties may differ by one step between numpy and the CPU's conversion: allow 1
     assert np.abs(prepared.x.astype(int) - parts.astype(int)).max() <= 1
@@ -128,6 +127,25 @@ def test_int16_needs_vnni() -> None:
         NBitsMatMul(NBitsSpec(K=64, N=8), activations="int16", target=host_target(8))
     with pytest.raises(ConfigError, match="activations"):
         NBitsMatMul(NBitsSpec(K=64, N=8), activations="int8")
+
+
+def test_auto_takes_int16_where_vnni_runs_it() -> None:
+    """The default is what the streamed engine gets: int16 here, fp32 on a narrower target."""
+    assert NBitsMatMul(NBitsSpec(K=64, N=8)).layout.activations == "int16"
+    narrow = NBitsMatMul(NBitsSpec(K=64, N=8), target=host_target(8))
+    assert narrow.layout.activations == "fp32"
+
+
+def test_int16_rows_do_not_depend_on_the_rows_beside_them() -> None:
+    """Integer sums per row: a token's output is the same alone (decode) as in a step of 11
+    (verification, prefill), bit for bit."""
+    q = make_weight(4, 32, "uint8", K=600)
+    kernel = NBitsMatMul(NBitsSpec.of(q), threads=2, activations="int16", min_bytes_per_thread=0)
+    x = activations(11, q.K)
+    together = kernel(x, q.packed, q.scales, q.zero_points)
+    for m in range(11):
+        alone = kernel(x[m : m + 1], q.packed, q.scales, q.zero_points)
+        np.testing.assert_array_equal(alone[0], together[m])
 
 
 def test_int16_machine_code_uses_vnni_and_no_amx() -> None:

@@ -1,5 +1,5 @@
 """`NBitsMatMul` computes x @ dequantize(W) for every `MatMulNBits` layout (int4/int8, every block
-size, no / uint8 / float zero points, K not a multiple of the block) and agrees with numpy and
+size, no or uint8 zero points, K not a multiple of the block) and agrees with numpy and
 with ONNX Runtime's own `MatMulNBits` at accuracy_level 0 (fp32) within fp32 rounding."""
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ TOL = 1e-5
 ZERO_POINTS = {  # kind -> quantization config making it
     "none": {"symmetric": True},
     "uint8": {"symmetric": False},
-    "float": {"symmetric": False, "method": "hqq"},
 }
 
 
@@ -69,12 +68,14 @@ def test_matches_numpy_and_onnxruntime(bits: int, block_size: int, zp: str) -> N
     q = make_weight(bits, block_size, zp, K=600)
     deq = dequantize(q)
     for threads in (1, 2):
-        kernel = NBitsMatMul(NBitsSpec.of(q), threads=threads, min_bytes_per_thread=0)
+        kernel = NBitsMatMul(
+            NBitsSpec.of(q), threads=threads, activations="fp32", min_bytes_per_thread=0
+        )
         for M in (1, 5):
             x = activations(M, q.K)
             y = kernel(x, q.packed, q.scales, q.zero_points)
             assert_close(y, x, deq)
-            if threads == 1 and not (bits == 8 and zp == "float"):  # ORT 1.32 rejects that
+            if threads == 1:
                 ours_vs_ort = ort_matmul_nbits(q, x)
                 assert_close(ours_vs_ort, x, deq)
                 np.testing.assert_allclose(
@@ -87,7 +88,7 @@ def test_whole_blocks_and_every_tile_shape(bits: int, zp: str) -> None:
     """K a multiple of the block, M = 11 and 15 (tiles of 8, 4, 2 and 1 rows of x; 4 and 2 on
     16-register CPUs), N = 70 (groups of 4 output rows plus a tail of 2)."""
     q = make_weight(bits, 32, zp, K=512, N=70, seed=3)
-    kernel = NBitsMatMul(NBitsSpec.of(q), threads=2, min_bytes_per_thread=0)
+    kernel = NBitsMatMul(NBitsSpec.of(q), threads=2, activations="fp32", min_bytes_per_thread=0)
     for M in (11, 15):
         x = activations(M, 512)
         assert_close(kernel(x, q.packed, q.scales, q.zero_points), x, dequantize(q))
@@ -96,7 +97,7 @@ def test_whole_blocks_and_every_tile_shape(bits: int, zp: str) -> None:
 @pytest.mark.parametrize("lanes", [8, 4])
 @pytest.mark.parametrize(
     ("bits", "block_size", "zp"),
-    [(4, 16, "uint8"), (4, 32, "none"), (4, 64, "float"), (8, 32, "uint8")],
+    [(4, 16, "uint8"), (4, 32, "none"), (4, 64, "uint8"), (8, 32, "uint8")],
 )
 def test_narrow_vector_targets(lanes: int, bits: int, block_size: int, zp: str) -> None:
     """The 8-lane (AVX2) and 4-lane (SSE, as on NEON) code paths, compiled for this CPU with
@@ -104,7 +105,9 @@ def test_narrow_vector_targets(lanes: int, bits: int, block_size: int, zp: str) 
     target = host_target(lanes)
     assert target.lanes == lanes and "+avx512f" not in target.features.split(",")
     q = make_weight(bits, block_size, zp, K=300, N=45, seed=lanes)
-    kernel = NBitsMatMul(NBitsSpec.of(q), threads=2, target=target, min_bytes_per_thread=0)
+    kernel = NBitsMatMul(
+        NBitsSpec.of(q), threads=2, activations="fp32", target=target, min_bytes_per_thread=0
+    )
     assert kernel.layout.lanes <= lanes and not kernel.layout.permute
     for M in (1, 5):
         x = activations(M, q.K)
@@ -122,24 +125,11 @@ def test_reads_flat_window_buffers_in_place_and_writes_out() -> None:
     zero_points = window[q.packed.nbytes + q.scales.nbytes :]
     x = activations(3, q.K)
     out = np.full((3, q.N), np.nan, np.float32)
-    result = NBitsMatMul(NBitsSpec.of(q), threads=1)(x, packed, scales, zero_points, out=out)
+    result = NBitsMatMul(NBitsSpec.of(q), threads=1, activations="fp32")(
+        x, packed, scales, zero_points, out=out
+    )
     assert result is out
     assert_close(out, x, dequantize(q))
-
-
-def test_prepared_x_is_shared_by_kernels_of_the_same_layout() -> None:
-    """q/k/v-style: x laid out once, used with several weights; a kernel of another layout
-    refuses it rather than misreading it."""
-    up, gate = make_weight(4, 32, "none", K=256, N=40), make_weight(4, 32, "uint8", K=256, N=24)
-    up_kernel, gate_kernel = (NBitsMatMul(NBitsSpec.of(q), threads=1) for q in (up, gate))
-    assert up_kernel.x_key == gate_kernel.x_key
-    x = activations(3, 256)
-    shared = up_kernel.prepare_x(x)
-    for q, kernel in ((up, up_kernel), (gate, gate_kernel)):
-        assert_close(kernel(shared, q.packed, q.scales, q.zero_points), x, dequantize(q))
-    other = NBitsMatMul(NBitsSpec(K=256, N=8, bits=4, block_size=64), threads=1)
-    with pytest.raises(KernelInputError, match="x layout"):
-        other(shared, np.zeros((8, 4, 32), np.uint8), np.zeros(32, np.float32))
 
 
 def test_row_bounds_cover_every_row_once() -> None:
@@ -156,7 +146,9 @@ def test_machine_code_has_no_amx() -> None:
     target = host_target()
     assert not any(f.startswith("+amx") for f in target.features.split(","))
     for bits in (4, 8):
-        assembly = NBitsMatMul(NBitsSpec(K=64, N=8, bits=bits, zero_points="uint8")).assembly()
+        assembly = NBitsMatMul(
+            NBitsSpec(K=64, N=8, bits=bits, zero_points="uint8"), activations="fp32"
+        ).assembly()
         assert "nbits_gemm" in assembly
         for mnemonic in ("ldtilecfg", "tileloadd", "tdpb", "tilestored", "tilezero"):
             assert mnemonic not in assembly
