@@ -99,7 +99,9 @@ class StreamedBackend(Backend):
     longest step, which sizes the activations), `direct` (read with O_DIRECT so the page
     cache holds none of the weights: the budget is real), `max_window` (cap on streamed
     blocks in memory at once), `runtime_overhead` (bytes the libraries take; default: this
-    environment's measured footprint), `progress` (a bar while pinned parts load).
+    environment's measured footprint), `progress` (a bar while pinned parts load),
+    `activations` ("auto", "int16" or "fp32": how the int4 kernel multiplies; auto takes int16
+    on CPUs with AVX-512 VNNI, 1.04-1.33x faster per token there, and fp32 elsewhere).
     """
 
     name: ClassVar[str] = NAME
@@ -113,6 +115,7 @@ class StreamedBackend(Backend):
         "max_window": int,
         "runtime_overhead": int,
         "progress": bool,
+        "activations": str,
     }
 
     @classmethod
@@ -163,7 +166,10 @@ class StreamedBackend(Backend):
             max_window=int(self.options.get("max_window", 4)),
         )
         loaded = StreamedLoaded(executable, plan, int(self.options["budget"]), resident=resident)
-        loaded.linear = StreamedLinear(self.options.get("threads"))  # type: ignore[arg-type]
+        loaded.linear = StreamedLinear(
+            self.options.get("threads"),  # type: ignore[arg-type]
+            str(self.options.get("activations", "auto")),
+        )
         loaded.pinned = load_pinned(
             package, plan.policy.pinned, bool(self.options.get("progress", True))
         )

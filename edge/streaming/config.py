@@ -38,6 +38,8 @@ class StreamConfig:
     max_window: int | None = 4
     # None: this environment's measured libraries (at least DEFAULT_RUNTIME_OVERHEAD).
     runtime_overhead: int | None = None
+    # How the int4 kernel multiplies: "auto" (int16 where AVX-512 VNNI is, else fp32), or pinned.
+    kernel_activations: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, MemoryBudget):
@@ -50,10 +52,18 @@ class StreamConfig:
             raise ConfigError(f"threads={self.threads}; must be >= 1")
         if self.max_window is not None and self.max_window < 1:
             raise ConfigError(f"max_window={self.max_window}; must be >= 1 or None")
+        if self.kernel_activations not in ("auto", "int16", "fp32"):
+            raise ConfigError(
+                f"kernel_activations={self.kernel_activations!r}; one of auto, int16, fp32"
+            )
 
-    def backend_options(self) -> dict[str, int | bool]:
+    def backend_options(self) -> dict[str, int | bool | str]:
         """The `streamed` backend's options for these settings."""
-        options: dict[str, int | bool] = {"budget": self.budget.limit, "direct": self.direct}
+        options: dict[str, int | bool | str] = {
+            "budget": self.budget.limit,
+            "direct": self.direct,
+            "activations": self.kernel_activations,
+        }
         if self.max_window is not None:
             options["max_window"] = self.max_window
         if self.runtime_overhead is not None:

@@ -20,8 +20,8 @@ from devices.spec_forward.weights import FloatWeight, Int8RowsWeight, LinearWeig
 class StreamedLinear:
     """A `devices.spec_forward.Linear`: [M, K] x weight -> [M, N], no copies of the weight."""
 
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads
+    def __init__(self, threads: int | None = None, activations: str = "auto") -> None:
+        self.threads, self.activations = threads, activations
         self._kernels: dict[NBitsSpec, NBitsMatMul] = {}
 
     def __call__(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
@@ -32,7 +32,7 @@ class StreamedLinear:
         spec = NBitsSpec.of(weight)
         kernel = self._kernels.get(spec)
         if kernel is None:
-            kernel = self._kernels[spec] = NBitsMatMul(spec, self.threads)
+            kernel = self._kernels[spec] = NBitsMatMul(spec, self.threads, self.activations)
         return kernel(
             np.ascontiguousarray(x, np.float32), weight.packed, weight.scales, weight.zero_points
         )
