@@ -127,7 +127,10 @@ class ClusterBackend(Backend):
         )
         out = loaded.outputs[target]  # [1, S, H] or logits [1, K, V]
         mode = "all" if target == fmt.LOGITS and out.shape[1] > 1 else "last"
-        reply = loaded.link.step(x, position, mode)  # type: ignore[attr-defined]
+        graph = loaded.executable.graph
+        reply = loaded.link.step(  # type: ignore[attr-defined]
+            x, position, mode, expect=(graph.start, graph.end)
+        )
         np.copyto(out, reply.reshape(out.shape))
 
     def unload(self, loaded: Loaded) -> None:

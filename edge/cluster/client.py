@@ -194,12 +194,22 @@ class WorkerClient:
             meta["threads"] = threads
         return dict(self.request("load", meta).meta)
 
-    def step(self, inputs: np.ndarray, position: int, logits: str = "last") -> np.ndarray:
+    def step(
+        self,
+        inputs: np.ndarray,
+        position: int,
+        logits: str = "last",
+        expect: tuple[int, int] | None = None,
+    ) -> np.ndarray:
         """Run the slice on `inputs` at `position`: token ids int64 [1, S] for a slice starting
         with the embedding, else hidden states float32 [1, S, H]. Returns hidden states
         [1, S, H], or logits [1, K, V] for a slice ending with the head (K = 1 for
-        logits="last", S for "all")."""
-        reply = self.request("step", {"position": position, "logits": logits}, (inputs,))
+        logits="last", S for "all"). `expect`: the slice [start, end) the caller loaded; a
+        worker holding another (re-sliced by someone else) refuses the step."""
+        meta: dict[str, object] = {"position": position, "logits": logits}
+        if expect is not None:
+            meta["slice"] = list(expect)
+        reply = self.request("step", meta, (inputs,))
         if len(reply.buffers) != 1:
             self._lose(f"a step reply with {len(reply.buffers)} buffers")
         return reply.buffers[0]

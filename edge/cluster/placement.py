@@ -1,7 +1,8 @@
 """The coordinator's split of a model over the paired workers it finds (pipeline parallel).
 
 Parts are cut into contiguous ranges, one per device, sized by each device's available memory
-(this machine first when it takes a share, then the workers in the order found). A worker
+(this machine first when it takes a share, then the workers in the order found; the head
+stays on this machine, so only hidden states cross the network). A worker
 must hold the same package (its manifest's sha256): a different one would compute garbage.
 
 One request decodes one token at a time, so a pipeline computes on one device at a time and
@@ -150,10 +151,15 @@ def cluster_placement(
     for m in members[: len(parts) - len(devices)]:
         options = {"endpoint": m.endpoint, "server_key": m.public, "cluster": config.name}
         devices.append(("cluster", options, int(m.memory * MEMORY_SHARE)))
-    ranges = split_by_memory(weights, [max(c, 1) for _, _, c in devices])
+    # With a share here, the head stays here too: the logits ([V] floats a token, 200 KB for
+    # a 50k vocabulary) never cross the network, only hidden states ([H]) do.
+    split = len(parts) - 1 if config.local_share else len(parts)
+    ranges = split_by_memory(weights[:split], [max(c, 1) for _, _, c in devices])
     segments = tuple(
         SegmentPlacement(start, end, backend, tuple(options.items()))
         for (start, end), (backend, options, _) in zip(ranges, devices)
     )
+    if split < len(parts):
+        segments += (SegmentPlacement(split, len(parts), DEFAULT_BACKEND),)
     names = ", ".join(m.node_id for m in members[: len(segments)])
     return Placement(segments), f"pipeline over this machine and {names}{why_skipped}"

@@ -153,6 +153,12 @@ class Worker:
             raise ProtocolError(f"a step takes one buffer, got {len(message.buffers)}")
         if isinstance(position, bool) or not isinstance(position, int):
             raise ConfigError("step: position must be an integer")
+        held = [self.slice.start, self.slice.end]
+        if message.meta.get("slice", held) != held:  # another coordinator re-sliced this worker
+            raise ConfigError(
+                f"this worker holds parts [{held[0]}, {held[1]}), not the "
+                f"{message.meta.get('slice')!r:.40} the step was meant for"
+            )
         out = self.slice.step(message.buffers[0], position, str(logits))
         # The reply is sent without a copy: the buffer is rewritten only by the next step,
         # which the coordinator sends after it has this reply.

@@ -48,13 +48,14 @@ def test_load_over_a_cluster_gives_the_single_device_text(
     config = ClusterConfig("home", peers, mdns_s=0, distribute="always")
     placement, why = cluster_placement(package, config)
     assert placement is not None, why
-    assert [s.backend for s in placement.segments] == ["ort_cpu", "cluster", "cluster"]
+    assert [s.backend for s in placement.segments] == ["ort_cpu", "cluster", "cluster", "ort_cpu"]
+    assert placement.segments[-1].start == len(package.manifest.parts) - 1  # the head, here
     assert placement.end == len(package.manifest.parts)
 
     single = edge.load(tiny_package, threads=1, progress=False)
     expected = single.generate(PROMPT, max_tokens=8, ignore_eos=True)
     model = edge.load(tiny_package, threads=1, progress=False, cluster=config)
-    assert [s.backend.name for s in model.engine.segments] == ["ort_cpu", "cluster", "cluster"]
+    assert [s.backend.name for s in model.engine.segments][1:3] == ["cluster", "cluster"]
     assert model.generate(PROMPT, max_tokens=8, ignore_eos=True) == expected
     model.engine.close()
 
