@@ -7,7 +7,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from edge.cli import bench, chat, devices, evaluation, export, info, plan, pull, quantize, run
+from edge.cli import (
+    bench,
+    chat,
+    cluster,
+    devices,
+    evaluation,
+    export,
+    info,
+    plan,
+    pull,
+    quantize,
+    run,
+)
+from edge.cli import serve as serve_command
 from edge.errors import EdgeError
 
 COMMANDS = {
@@ -21,6 +34,8 @@ COMMANDS = {
     "eval": evaluation,
     "devices": devices,
     "plan": plan,
+    "serve": serve_command,
+    "cluster": cluster,
 }
 
 DESCRIPTION = """\
@@ -37,6 +52,7 @@ examples:
   edge export model.gguf -o model-pkg --quant int4
   edge quantize model-pkg -o model-int8 --quant int8
   edge eval ppl model-pkg
+  edge serve                         # an OpenAI-compatible API on http://127.0.0.1:8080
 """
 
 
@@ -58,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Options may come anywhere, also between MODEL and PROMPT (`edge run MODEL -n 4 "hi"`):
+    plain argparse stops filling a positional list at the first option, so a command's words
+    after one are parsed again with the command's own intermixed parser."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(argv)
+    if not extras or args.command not in argv:
+        return parser.parse_args(argv)  # nothing left over, or a usage error to report
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subparsers.choices[args.command]
+    rest = argv[argv.index(args.command) + 1 :]
+    try:
+        return command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+    except TypeError:  # a command with sub-commands of its own: no intermixing there
+        return parser.parse_args(argv)
+
+
 def _version() -> str:
     import edge
 
@@ -74,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; its exit code. Every EdgeError (a user's mistake or a bad input) is
     one "error:" line and exit 2; anything else is a bug in edge and keeps its traceback."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
     except SystemExit as exc:  # a usage error (exit 2, message printed) or --help/--version
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     try:
