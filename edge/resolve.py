@@ -10,6 +10,7 @@ by file fingerprint (`edge.hashing`), so an unchanged multi-GB source is not re-
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -57,26 +58,41 @@ def _cache_key(path: Path) -> str:
 
 
 def _export_cached(source: Path, key: str, progress: bool) -> Path:
-    """The cached package for `source`, exported again unless it was made from these bytes."""
+    """The cached package for `source`, exported again unless it was made from these bytes
+    with the default export of edge's version (`exporters.defaults`)."""
     target = packages_dir() / key
-    if _recorded_source(target) == source_sha256(source):
-        return target
+    recorded = _recorded_export(target)
+    made_from_source = recorded is not None and recorded[0] == source_sha256(source)
     try:
+        from exporters.defaults import default_export_config
         from exporters.export import export
     except ImportError as exc:
+        if made_from_source:  # a runtime-only install uses what an earlier export made
+            return target
         raise ExportUnavailableError(
             f"{source} must be exported to an edge package first, which needs the export "
             f"extras: pip install 'edge[export]' ({exc})"
         ) from exc
-    return export(source, target, overwrite=True, progress=progress)
+    config = default_export_config(source)
+    if made_from_source and recorded is not None and recorded[1] == _record(config):
+        return target
+    return export(source, target, config=config, overwrite=True, progress=progress)
 
 
-def _recorded_source(package: Path) -> str | None:
-    """The source sha256 a cached package was exported from; None if unknown or not a package."""
+def _record(config: object) -> object:
+    """`config` as the manifest records it (JSON: tuples become lists)."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(config)))  # type: ignore[call-overload]
+
+
+def _recorded_export(package: Path) -> tuple[str, object] | None:
+    """(source sha256, export config) a cached package was made with; None if unknown."""
     if not (package / MANIFEST_FILE).is_file():
         return None
     try:
-        recorded = read_manifest(package).exporter.get("source_sha256")
+        exporter = read_manifest(package).exporter
     except (PackageError, OSError):
         return None
-    return recorded if isinstance(recorded, str) else None
+    sha = exporter.get("source_sha256")
+    return (sha, exporter.get("config")) if isinstance(sha, str) else None

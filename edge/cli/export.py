@@ -45,7 +45,11 @@ def main(args: argparse.Namespace) -> int:
         source = pull(source, progress=not args.quiet)
     print(
         export(
-            source, args.output, export_config(args), overwrite=args.force, progress=not args.quiet
+            source,
+            args.output,
+            export_config(args, str(source)),
+            overwrite=args.force,
+            progress=not args.quiet,
         )
     )
     return 0

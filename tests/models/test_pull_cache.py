@@ -28,6 +28,7 @@ from edge.models import pull as pull_module
 from edge.models.pull import pull_source
 from edge.models.registry import get_source
 from edge.stamps import fingerprint, write_stamp
+from exporters.export import ExportConfig
 from tests.models.test_pull import PART_DATA, LocalWheels, _fake_source
 
 
@@ -250,7 +251,12 @@ def test_repaired_source_rebuilds_the_cached_package(
     """A package exported from a corrupted cached GGUF is rebuilt once `edge pull --verify`
     repaired the GGUF: `edge run` must not use it. (The cached package is the real SmolLM2
     package relabelled as exported from the corrupt bytes, which is what such an export records;
-    exporting the corrupt file for real would cost another ~15 s.)"""
+    exporting the corrupt file for real would cost another ~15 s. The cache's default export is
+    float32 here, as the fixture: the default int4 with AWQ would add a minute of calibration
+    to a test of cache invalidation; tests/exporters/test_export_defaults.py covers it.)"""
+    from exporters import defaults
+
+    monkeypatch.setattr(defaults, "default_export_config", lambda source: ExportConfig())
     source = get_source("smollm2-135m")
     cached = paths.models_dir() / source.filename
     shutil.copyfile(smollm2_gguf, cached)
