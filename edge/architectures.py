@@ -157,6 +157,22 @@ def _gemma3_features(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Gemma's turn format (transformers' template for the instruction-tuned Gemma 3, string contents):
+# a system message opens the first user turn; the assistant's role is "model".
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
 @dataclass(frozen=True)
 class Declaration:
     """What an architecture is, once: its names and the spec features of its blocks.
@@ -165,6 +181,8 @@ class Declaration:
     `hf_norm_offset`: added to a Hugging Face checkpoint's norm weights (Gemma's `1 + w`;
     llama.cpp's converter already added it to GGUF files), so every runtime multiplies by `w`.
     `hf_layer_names`: Hugging Face tensor names that differ from Llama's, in GGUF style.
+    `chat_template`: the family's turn format, for sources that carry none (the base
+    gemma-3-270m GGUF has no template, yet its vocabulary has Gemma's turn tokens).
     """
 
     name: str
@@ -174,6 +192,7 @@ class Declaration:
     hf_norm_offset: float = 0.0
     hf_layer_names: dict[str, str] = field(default_factory=dict)
     features: Callable[[dict[str, Any]], dict[str, Any]] = _llama_features
+    chat_template: str | None = None
 
     def spec(self, config: dict[str, Any]) -> ModelSpec:
         """Hyper-parameters from a Hugging Face style config dict."""
@@ -219,6 +238,7 @@ GEMMA3 = Declaration(
         "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
     },
     features=_gemma3_features,
+    chat_template=GEMMA_CHAT_TEMPLATE,
 )
 
 DECLARATIONS: dict[str, Declaration] = {

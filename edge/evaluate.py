@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.engine import Engine
+
+if TYPE_CHECKING:
+    from edge.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,16 @@ def default_corpus() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def lead_ids(tokenizer: Tokenizer) -> list[int]:
+    """The special tokens `tokenizer` puts before any text (Gemma: [<bos>]; SmolLM2, Qwen2.5:
+    none). A model trained to always see them first is scored and calibrated with them (as
+    llama.cpp's perplexity does): Gemma without `<bos>` parks its attention sink on an ordinary
+    token, and its perplexity measures that accident rather than the model."""
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    marked = tokenizer.encode("a", add_special_tokens=True)
+    return marked[: marked.index(plain[0])] if plain and plain[0] in marked else []
+
+
 def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     # logits: [T, V] float32; per-row logsumexp in float64 for a stable sum over 150k entries
     peak = logits.max(axis=1, keepdims=True)
@@ -55,11 +69,15 @@ def perplexity(
     tokens: list[int],
     config: PerplexityConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    lead: Sequence[int] = (),
 ) -> PerplexityResult:
-    """Perplexity of `tokens` under the engine's model (sliding window, see PerplexityConfig)."""
+    """Perplexity of `tokens` under the engine's model (sliding window, see PerplexityConfig).
+    `lead` (`lead_ids`) goes before every window and is never scored: the same tokens are
+    scored with it or without it."""
     config = config or PerplexityConfig()
     ids = np.asarray(tokens[: config.max_tokens] if config.max_tokens else tokens, np.int64)
-    window = min(config.window, engine.max_context)
+    head = np.asarray(lead, np.int64)
+    window = min(config.window, engine.max_context - len(head))
     if len(ids) < 2:
         raise ValueError("need at least two tokens to measure perplexity")
     total, count, scored_to = 0.0, 0, 1  # token 0 has no context: never scored
@@ -67,7 +85,8 @@ def perplexity(
     while scored_to < len(ids):
         end = min(start + window, len(ids))
         engine.reset()
-        logits = engine.prefill(ids[start:end], all_logits=True)  # [end-start, V]
+        step = np.concatenate([head, ids[start:end]])
+        logits = engine.prefill(step, all_logits=True)[len(head) :]  # [end-start, V]
         first = max(scored_to, start + 1)  # positions [first, end) are new to this window
         logp = _log_softmax_at(logits[first - start - 1 : end - start - 1], ids[first:end])
         total -= float(logp.sum())

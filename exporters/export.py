@@ -228,6 +228,8 @@ def _write_package(
 ) -> None:
     started = time.perf_counter()
     tokenizer = source.write_tokenizer(root, check=config.check_tokenizer)
+    if tokenizer.chat_template is None and arch.declaration.chat_template is not None:
+        tokenizer = replace(tokenizer, chat_template=arch.declaration.chat_template)
     with tqdm(
         total=spec.num_layers + 2,
         desc=f"export {source.path.name}",

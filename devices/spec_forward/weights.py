@@ -26,14 +26,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge import format as fmt
-from edge.architectures import QK_NORMS, SANDWICH_NORMS
+from edge.architectures import DECLARATIONS, QK_NORMS, SANDWICH_NORMS
 from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, PartEntry, TensorEntry, storage_shape
 from edge.quant_record import QuantizationInfo
 from quant.blockwise import QuantizedWeight, n_blocks_of
 from quant.config import ALLOWED_BITS, ALLOWED_BLOCK_SIZES
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
+# Every declared architecture: the forwards compute the block features a declaration turns on.
+SUPPORTED_ARCHITECTURES = tuple(sorted({d.name for d in DECLARATIONS.values()}))
 # Tensors of an optional prefill graph (int8 rows x int8 tokens): a faster kernel for the same
 # matmuls, so the decode weights beside them compute the same block and these are not read.
 PREFILL_SUFFIXES = fmt.PREFILL_INT8_SUFFIXES

@@ -6,7 +6,9 @@ q/k RMSNorm, sandwich norms with random weights (so the `1 + w` offset matters),
 embeddings times sqrt(H), a sliding window of 4 keys on a 20-token prompt, rope bases of 10k
 (sliding layers) and 1M (the global layer), and a query_pre_attn_scalar that is not head_dim.
 It is exported from a Hugging Face folder, run by the Engine (ONNX Runtime), the numpy and the
-torch spec forwards; transformers (float32, eager attention) is the reference.
+torch spec forwards; transformers (float32, eager attention) is the reference. Its streamed run
+(numpy forward over the window's buffers) and its runs split over backends or sessions must give
+the resident run's greedy tokens, on the tiny model and (slow) on the real weights.
 
 Tolerances: float32 on both sides, as tests/exporters/test_parity_tiny.py argues for Llama
 (`LOGITS_ATOL = 1e-4`); observed on the tiny model (logits up to 8.7): ONNX Runtime 3.3e-6,
@@ -29,9 +31,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from devices.spec_forward import NumpyForward, load_model_weights  # noqa: E402
+from edge.architectures import GEMMA_CHAT_TEMPLATE  # noqa: E402
 from edge.engine import Engine, EngineConfig  # noqa: E402
-from edge.errors import UnsupportedModelError  # noqa: E402
+from edge.errors import BudgetTooSmallError, UnsupportedModelError  # noqa: E402
+from edge.model import Model  # noqa: E402
 from edge.package import open_package  # noqa: E402
+from edge.placement import Placement  # noqa: E402
+from edge.streaming import StreamConfig, streamed_state  # noqa: E402
 from exporters.export import ExportConfig, export, quantize_package  # noqa: E402
 
 LOGITS_ATOL = 1e-4
@@ -71,7 +77,7 @@ def _tokenizer() -> Any:
     )
 
 
-def tiny_gemma3(vocab_size: int, seed: int = 0) -> Any:
+def tiny_gemma3(vocab_size: int, seed: int = 0, layer_types: list[str] = LAYER_TYPES) -> Any:
     """A random fp32 Gemma3ForCausalLM with every norm weight random (HF initialises to 0)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -79,14 +85,14 @@ def tiny_gemma3(vocab_size: int, seed: int = 0) -> Any:
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=4,
+        num_hidden_layers=len(layer_types),
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
         query_pre_attn_scalar=24,
         max_position_embeddings=512,
         sliding_window=WINDOW,
-        layer_types=LAYER_TYPES,
+        layer_types=layer_types,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "default", "rope_theta": 1e6},
@@ -110,17 +116,28 @@ def tiny_gemma3(vocab_size: int, seed: int = 0) -> Any:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, list[int]]:
-    """(transformers model, exported fp32 package, prompt ids)."""
+def _tiny(root: Path, layer_types: list[str] = LAYER_TYPES) -> tuple[Any, Path, list[int]]:
+    """A tiny checkpoint saved under `root`, exported: (model, package, prompt ids)."""
     tokenizer = _tokenizer()
-    model = tiny_gemma3(len(tokenizer))
-    root = tmp_path_factory.mktemp("tiny-gemma3")
+    model = tiny_gemma3(len(tokenizer), layer_types=layer_types)
     model.save_pretrained(root / "hf", safe_serialization=True)
     tokenizer.save_pretrained(root / "hf")
     ids = tokenizer(" ".join(SENTENCES))["input_ids"][:PROMPT_TOKENS]
     assert len(ids) == PROMPT_TOKENS
     return model, export(root / "hf", root / "pkg", progress=False), ids
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, list[int]]:
+    """(transformers model, exported fp32 package, prompt ids)."""
+    return _tiny(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+@pytest.fixture(scope="module")
+def tiny_deep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, list[int]]:
+    """The tiny model with 6 blocks: enough that the smallest streaming budget cannot pin them
+    all (a block's read buffer spans its 64 KiB-aligned tensors, four times its weights)."""
+    return _tiny(tmp_path_factory.mktemp("tiny-gemma3-deep"), LAYER_TYPES[:3] * 2)
 
 
 def _hf_logits(model: Any, ids: list[int]) -> np.ndarray:
@@ -162,6 +179,8 @@ def test_spec_declares_gemma3_features(tiny: tuple[Any, Path, list[int]]) -> Non
     assert spec.attention_scale == pytest.approx(24**-0.5)
     assert spec.embedding_scale == pytest.approx(8.0)
     assert spec.tie_word_embeddings
+    # a source without a chat template (the base gemma-3-270m GGUF) gets Gemma's turn format
+    assert open_package(package).manifest.tokenizer.chat_template == GEMMA_CHAT_TEMPLATE
 
 
 def test_prompt_logits_match_transformers(tiny: tuple[Any, Path, list[int]]) -> None:
@@ -257,6 +276,59 @@ def test_quantized_exports_run(
     assert np.abs(ours - float_logits).max() < bound * np.abs(float_logits).max()
 
 
+# ---- streamed and split runs: the same greedy tokens as the resident, unsplit run --------------
+
+
+def _minimum_budget(package: Path, max_context: int) -> int:
+    """The smallest budget the streamed engine accepts: every block through a window of one."""
+    try:
+        StreamConfig(1, max_context=max_context).plan(open_package(package))
+    except BudgetTooSmallError as exc:
+        return exc.minimum
+    raise AssertionError("a budget of one byte was accepted")
+
+
+def _streamed_greedy(package: Path, ids: list[int], n: int, max_context: int) -> list[int]:
+    """Greedy tokens on the streamed path (numpy forward over the window's buffers) at the
+    minimum budget, checking that every block really streamed."""
+    config = StreamConfig(_minimum_budget(package, max_context), max_context=max_context)
+    model = Model(open_package(package, verify="sizes"), config)  # type: ignore[arg-type]
+    try:
+        blocks = len(model.package.manifest.blocks)
+        assert len(streamed_state(model.engine).plan.policy.streamed) == blocks
+        return _greedy(model.engine, ids, n)
+    finally:
+        model.engine.close()
+
+
+def _split(num_parts: int) -> Placement:
+    """ONNX Runtime, the numpy backend (blocks 1 and 2: in the tiny model a sliding and the
+    global layer), ONNX Runtime: activations cross between runtimes inside the stack."""
+    return Placement.split(num_parts, [(0, "ort_cpu"), (2, "numpy"), (4, "ort_cpu")])
+
+
+def test_streamed_greedy_equals_resident(tiny_deep: tuple[Any, Path, list[int]]) -> None:
+    """32 greedy tokens streamed (every block through a window of one; the sliding window,
+    q/k norms and embedding scale computed by the numpy forward) equal the resident run's."""
+    _, package, ids = tiny_deep
+    resident = _greedy(_engine(package), ids, NEW_TOKENS)
+    assert _streamed_greedy(package, ids, NEW_TOKENS, max_context=64) == resident
+
+
+@pytest.mark.parametrize("how", ["split", "session-per-part"])
+def test_split_greedy_equals_unsplit(tiny: tuple[Any, Path, list[int]], how: str) -> None:
+    """Split over ONNX Runtime and the numpy backend, or one ONNX Runtime session per part:
+    the same 32 greedy tokens as the unsplit run."""
+    _, package, ids = tiny
+    parts = len(open_package(package).manifest.parts)
+    config = {"placement": _split(parts)} if how == "split" else {"parts_per_session": 1}
+    engine = _engine(package, **config)
+    if how == "split":
+        assert [s.backend.name for s in engine.segments] == ["ort_cpu", "numpy", "ort_cpu"]
+        assert engine.fallbacks == []
+    assert _greedy(engine, ids, NEW_TOKENS) == _greedy(_engine(package), ids, NEW_TOKENS)
+
+
 def test_static_int8_refuses_gemma_blocks(
     tiny: tuple[Any, Path, list[int]], tmp_path: Path
 ) -> None:
@@ -280,7 +352,16 @@ PARAGRAPH = (
 
 
 @pytest.fixture(scope="module")
-def gemma3_real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+def gemma3_real_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real gemma-3-270m GGUF exported to an fp32 package."""
+    from edge.models.pull import pull
+
+    gguf = pull("gemma3-270m", progress=False)
+    return export(gguf, tmp_path_factory.mktemp("gemma3-270m") / "pkg", progress=False)
+
+
+@pytest.fixture(scope="module")
+def gemma3_real(gemma3_real_package: Path) -> tuple[Any, Any, Path]:
     """(transformers fp32 model and tokenizer from the GGUF, exported fp32 package)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -291,8 +372,7 @@ def gemma3_real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Pat
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs).eval()
     model.generation_config.eos_token_id = None
-    package = export(gguf, tmp_path_factory.mktemp("gemma3-270m") / "pkg", progress=False)
-    return model, tokenizer, package
+    return model, tokenizer, gemma3_real_package
 
 
 @pytest.mark.slow
@@ -318,3 +398,19 @@ def test_real_greedy_matches_generate(gemma3_real: tuple[Any, Any, Path]) -> Non
     expected = _hf_greedy(model, ids, 16)
     assert _greedy(Engine(open_package(package), EngineConfig()), ids, 16) == expected
     assert _greedy(NumpyForward(load_model_weights(open_package(package))), ids, 16) == expected
+
+
+@pytest.mark.slow
+def test_real_streamed_and_split_equal_resident(gemma3_real_package: Path) -> None:
+    """The real weights (262k tied head, 18 blocks of which 15 slide over 512 keys): streamed at
+    the minimum budget, split over ONNX Runtime and the numpy backend, and one session per part,
+    each gives the resident run's 8 greedy tokens."""
+    package = gemma3_real_package
+    ids = [2, 818, 5279, 529, 7001, 563]  # <bos>The capital of France is
+    resident = _greedy(Engine(open_package(package), EngineConfig()), ids, 8)
+    assert _streamed_greedy(package, ids, 8, max_context=64) == resident
+    parts = len(open_package(package).manifest.parts)
+    split = Engine(open_package(package), EngineConfig(placement=_split(parts)))
+    assert _greedy(split, ids, 8) == resident
+    per_part = Engine(open_package(package), EngineConfig(parts_per_session=1))
+    assert _greedy(per_part, ids, 8) == resident
