@@ -72,6 +72,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="contiguous segments per phase at most (default: 3)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (a pull or an export)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -85,6 +88,14 @@ def main(args: argparse.Namespace) -> int:
         mode=args.mode,
         max_segments=args.max_segments,
     )
-    plan = plan_model(args.model, budget=args.budget, profiles=args.profile, config=config)
+    # The planner reads a package's manifest: a registered name or a GGUF file is pulled and
+    # exported first (once, then cached), with its progress shown.
+    plan = plan_model(
+        args.model,
+        budget=args.budget,
+        profiles=args.profile,
+        config=config,
+        progress=not args.quiet,
+    )
     print(json.dumps(plan.to_dict(), indent=2) if args.json else describe(plan))
     return 0
