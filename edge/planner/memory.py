@@ -24,12 +24,12 @@ which RSS counts like any other memory):
   float matrices into blocked layouts (1x allocated, beside the map), ~3.9 MiB per block more.
   It also grows while decoding (its dynamic-shape kernels' per-shape state: 1.3-2.8 MiB per
   token per segment, still linear at 160 tokens); predictions count it up to `tokens`.
-- The streamed engine reads pinned parts into memory it owns (1x, no map), maps the embedding
+- The streamed backend reads pinned parts into memory it owns (1x, no map), maps the embedding
   (rows in use only) and streams the rest through its window buffers: plan_budget's exact
   accounting of weights plus the measured runtime, mostly llvmlite's LLVM (~44 MiB on import,
   ~36 MiB more code pages once the int4 kernel is JIT-compiled).
 - The process: python + numpy + edge imports (~38 MiB), onnxruntime for the resident engine
-  (+20 MiB; the streamed engine never imports it); the tokenizer ~7x its JSON size net (9x
+  (+20 MiB; the streamed backend never imports it); the tokenizer ~7x its JSON size net (9x
   alone, see TOKENIZER_FACTOR).
 """
 
@@ -183,7 +183,7 @@ OPENVINO = RuntimeMemory(
 GENERIC = RuntimeMemory("generic", 0, 0, _ALL_ONCE, _NONE)
 RUNTIMES: dict[str, RuntimeMemory] = {"ort_cpu": ORT_CPU, "openvino": OPENVINO}
 
-# ---- the streamed engine (bench/bench_plan_memory.py: "streamed" rows) ------------------------
+# ---- the streamed backend (bench/bench_plan_memory.py: "streamed" rows) ------------------------
 # Least squares over SmolLM2 fp32/int4 and Qwen2.5-0.5B int4 at the engine's minimum budget and
 # with everything pinned (residuals <= 13 MiB): what is left after the process, the pinned
 # weights, the window buffers and the KV cache.
@@ -195,7 +195,7 @@ STREAM_FAULT_AROUND = 8 << 10  # file pages one touched embedding row brings in,
 
 
 def mapped_embedding(costs: ModelCosts, tokens: int) -> int:
-    """The streamed engine maps the embedding: each token touches a row of each of its tensors
+    """The streamed backend maps the embedding: each token touches a row of each of its tensors
     (measured: ~1.5 MiB of file pages after 80 tokens)."""
     embed = costs.parts[0]
     return min(embed.weight_bytes, tokens * len(embed.tensors) * STREAM_FAULT_AROUND)
@@ -233,7 +233,7 @@ def process_base(
 
 
 def stream_allowance(footprint: ImportFootprint | None) -> int:
-    """The runtime allowance the streamed engine admits a budget with: its measured libraries
+    """The runtime allowance the streamed backend admits a budget with: its measured libraries
     (interpreter, numpy, llvmlite, the JIT's code pages) or the fixed default, whichever is
     larger; the tokenizer and the mapped embedding are added on top by the engine."""
     footprint = footprint or DEFAULT_FOOTPRINT
@@ -244,7 +244,7 @@ def stream_allowance(footprint: ImportFootprint | None) -> int:
 
 
 def stream_runtime(quantized: bool, footprint: ImportFootprint | None) -> int:
-    """The streamed engine's runtime: llvmlite, the JIT's code pages when it compiles
+    """The streamed backend's runtime: llvmlite, the JIT's code pages when it compiles
     kernels (block-quantized weights), threads and buffers."""
     footprint = footprint or DEFAULT_FOOTPRINT
     return (

@@ -200,7 +200,7 @@ class Streaming:
     pool_bytes: int
     read_bytes_per_token: int
     disk_gbs: float
-    engine_minimum: int  # the smallest budget the streamed engine accepts for this model
+    engine_minimum: int  # the smallest budget the streamed backend accepts for this model
 
 
 @dataclass(frozen=True)

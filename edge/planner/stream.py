@@ -1,6 +1,6 @@
-"""Streamed plans: the model under a budget too small to hold it, as the streamed engine runs it.
+"""Streamed plans: the model under a budget too small to hold it, as the streamed backend runs it.
 
-The pinning is exactly the streamed engine's: both call `memory_sched.sizing.plan_budget_for`
+The pinning is exactly the streamed backend's: both call `memory_sched.sizing.plan_budget_for`
 (the head and as many leading blocks as fit beside a window of at least two; the embedding
 memory-mapped, so only the rows in use take memory). The engine admits a
 budget by its own conservative accounting (a fixed runtime allowance); the planner predicts
@@ -36,7 +36,7 @@ def engine_stream_plan(
     max_window: int | None,
     footprint: ImportFootprint | None = None,
 ) -> StreamPlan:
-    """What the streamed engine decides for this budget (BudgetTooSmallError when nothing
+    """What the streamed backend decides for this budget (BudgetTooSmallError when nothing
     fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
     return plan_budget_for(
         manifest,
@@ -57,7 +57,7 @@ def stream_minimum(
     max_window: int | None = 4,
     footprint: ImportFootprint | None = None,
 ) -> int:
-    """The smallest budget the streamed engine accepts (what its error message states)."""
+    """The smallest budget the streamed backend accepts (what its error message states)."""
     from edge.planner.costs import tokenizer_bytes
 
     try:
@@ -108,7 +108,7 @@ def streamed_costs(
     disk_gbs: float,
     footprint: ImportFootprint | None = None,
 ) -> StreamedCosts:
-    """Predicted memory and speed of the streamed engine running `plan`."""
+    """Predicted memory and speed of the streamed backend running `plan`."""
 
     spec = manifest.spec
     quantized = any(c in (NBITS4, NBITS8) for p in costs.parts for c in p.class_bytes)

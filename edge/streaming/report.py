@@ -9,9 +9,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError
 from memory_sched.timeline import TimelineEvent
+
+if TYPE_CHECKING:
+    from edge.streaming.backend import StreamedLoaded
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,9 @@ class StreamSummary:
         )
 
 
-def summarize(engine, events: tuple[TimelineEvent, ...] = ()) -> StreamSummary:
-    """Medians over the engine's single-token (decode) steps."""
-    steps = [s for s in engine.stats.steps if s.tokens == 1]
+def summarize(state: StreamedLoaded, events: tuple[TimelineEvent, ...] = ()) -> StreamSummary:
+    """Medians over a streamed segment's single-token (decode) steps (`streamed_state`)."""
+    steps = [s for s in state.stats.steps if s.tokens == 1]
     if not steps:
         raise ConfigError("no decode steps to summarize yet")
     reads = [e for e in events if e.kind == "read"]
