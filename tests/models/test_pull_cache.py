@@ -302,7 +302,7 @@ def test_cached_package_without_a_recorded_source_is_rebuilt(
     monkeypatch.setattr("exporters.export.export", fake_export)
     assert resolve.resolve_package(gguf, progress=False) == target
     assert calls == [(gguf, target)]
-    assert resolve._recorded_source(target) is None
+    assert resolve._recorded_export(target) is None
 
 
 def test_source_sha256_of_a_folder_covers_the_files_an_export_reads(
