@@ -82,14 +82,18 @@ def api_run(client: openai.OpenAI, name: str, prompt: str, tokens: int) -> tuple
         # every reply runs to max_tokens, as the SDK's (an extension llama.cpp and vLLM share)
         extra_body={"ignore_eos": True},
     )
+    chunks = 0
     for chunk in stream:
         now = time.perf_counter()
         if chunk.usage is not None:
             n = chunk.usage.completion_tokens
         if chunk.choices and (chunk.choices[0].delta.content or chunk.choices[0].finish_reason):
+            chunks += bool(chunk.choices[0].delta.content)
             if first is None:
                 first = now
             last = now
+    # llama_cpp.server sends no usage when streaming: one chunk per token there
+    n = n or chunks
     return first - started, (n - 1) / (last - first), n
 
 
