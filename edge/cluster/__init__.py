@@ -11,8 +11,9 @@ sockets, heartbeats, limits), `keys` (Curve keys, node id, paired peers on disk)
 `slice_runner` (runs parts [start, end) on ONNX Runtime), `worker` (`edge cluster serve`),
 `client` (the coordinator's side of one worker link), `backend` (a worker's slice as a
 placement `Backend` of the engine, which re-places it when the worker is lost), `placement`
-(the coordinator's split of a model over the workers it finds) and `status` (`edge cluster
-status`). Importing `edge` never
+(the coordinator's split of a model over the workers it finds), `provision` (joining a board
+over USB serial), `transfer` (a package sent to a worker that lacks it, verified, resumable)
+and `status` (`edge cluster status`). Importing `edge` never
 imports zmq: these need the `cluster` extra (`pip install "edge[cluster]"`) and are imported
 on use.
 """

@@ -138,7 +138,8 @@ class WorkerClient:
         deadline = time.monotonic() + (timeout_s or self.config.request_timeout_s)
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(self._poller.poll(max(1, int(left * 1000))))
-            if self._monitor in ready:
+            # A reply that came with a disconnect is still the reply: read the socket first.
+            if self._monitor in ready and self._sock not in ready:
                 event = self._event()
                 if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                     self._lose("the connection dropped (no heartbeat answer, or closed)")

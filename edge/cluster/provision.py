@@ -72,7 +72,6 @@ class ProvisionConfig:
     pair_timeout_s: float = 40.0
     ready_interval_s: float = 1.0
     max_line_bytes: int = MAX_LINE_BYTES
-    baudrate: int = 115200
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "pair_timeout_s", "ready_interval_s"):
@@ -127,8 +126,11 @@ class LineChannel:
         data = json.dumps({"v": VERSION, "type": kind, **fields}, separators=(",", ":")).encode()
         if len(data) >= self.max_line_bytes:
             raise ProtocolError(f"a {kind!r} line of {len(data)} bytes is over the limit")
-        self.port.write(data + b"\n")
-        self.port.flush()
+        try:
+            self.port.write(data + b"\n")
+            self.port.flush()
+        except OSError as exc:  # pyserial's SerialException too: an unplugged cable
+            raise ProvisionError(f"the serial line failed: {exc}") from exc
 
     def receive(self, deadline: float) -> dict[str, Any] | None:
         """The next valid message, None at the deadline; `ProtocolError` for a refused line
@@ -148,7 +150,10 @@ class LineChannel:
                 raise ProtocolError(f"a line over {self.max_line_bytes} bytes")
             if time.monotonic() >= deadline:
                 return None
-            chunk = self.port.read(max(1, min(self.port.in_waiting, self.max_line_bytes)))
+            try:
+                chunk = self.port.read(max(1, min(self.port.in_waiting, self.max_line_bytes)))
+            except OSError as exc:
+                raise ProvisionError(f"the serial line failed: {exc}") from exc
             if self._discarding and chunk:
                 cut = chunk.find(b"\n")
                 if cut < 0:

@@ -73,6 +73,9 @@ def configure(sock: zmq.Socket, config: LinkConfig) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, _ms(config.heartbeat_timeout_s))
     sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(config.connect_timeout_s))
     sock.setsockopt(zmq.LINGER, 0)
+    # A send to a peer libzmq has dropped would block forever (IMMEDIATE queues nothing):
+    # bounded, it raises zmq.Again, which the link reports as a lost peer.
+    sock.setsockopt(zmq.SNDTIMEO, _ms(config.connect_timeout_s))
 
 
 def server_socket(
