@@ -61,17 +61,7 @@ class NumpyBackend(Backend):
     reads_graphs: ClassVar[bool] = False
 
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
-        if part.static_graphs:
-            return Support(
-                False,
-                f"{part.name}: fixed-shape int8 graphs are for NPU "
-                "compilers; the spec forward computes in float32",
-            )
-        try:
-            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
-        except UnsupportedPartError as exc:
-            return Support(False, str(exc))
-        return YES
+        return spec_support(part, package, "the numpy reference")
 
     def compile(self, graph: SegmentGraph) -> NumpyExecutable:
         manifest = graph.package.manifest
@@ -128,6 +118,22 @@ class NumpyBackend(Backend):
     def unload(self, loaded: Loaded) -> None:
         assert isinstance(loaded, NumpyLoaded)
         loaded.inputs, loaded.outputs, loaded.resident = {}, {}, None
+
+
+def spec_support(part: PartEntry, package: PackageSource, who: str) -> Support:
+    """Whether a backend computing from the spec's weights (numpy, torch, the streamed path)
+    can run `part`, judged from stand-ins of its tensors (no file is mapped or read)."""
+    if part.static_graphs:
+        return Support(
+            False,
+            f"{part.name}: fixed-shape int8 graphs are for NPU compilers; {who} computes "
+            "from the spec's weights",
+        )
+    try:
+        part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
+    except UnsupportedPartError as exc:
+        return Support(False, str(exc))
+    return YES
 
 
 _LINEAR = DequantizingLinear()  # dequantized matrices are cached per weight, process-wide

@@ -28,11 +28,10 @@ from devices.backend import (
     Support,
     spec_interface,
 )
+from devices.backends.numpy_reference import spec_support
 from devices.spec_forward.weights import (
-    UnsupportedPartError,
     map_part,
     part_weights,
-    shape_tensors,
 )
 from edge import format as fmt
 from edge.errors import ConfigError
@@ -76,17 +75,7 @@ class TorchBackend(Backend):
 
     # ---- ahead of time ----------------------------------------------------------------------
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
-        if part.static_graphs:
-            return Support(
-                False,
-                f"{part.name}: fixed-shape int8 graphs are for NPU compilers; the torch "
-                "backend computes from the spec's weights",
-            )
-        try:
-            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
-        except UnsupportedPartError as exc:
-            return Support(False, str(exc))
-        return YES
+        return spec_support(part, package, "the torch backend")
 
     def compile(self, graph: SegmentGraph) -> Executable:
         inputs, outputs = spec_interface(graph.parts)

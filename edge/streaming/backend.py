@@ -33,12 +33,11 @@ from devices.backend import (
     Support,
     spec_interface,
 )
+from devices.backends.numpy_reference import spec_support
 from devices.spec_forward.numpy_forward import block_forward, embed_forward, head_forward
 from devices.spec_forward.weights import (
     PartWeights,
-    UnsupportedPartError,
     part_weights,
-    shape_tensors,
 )
 from edge import format as fmt
 from edge.errors import ConfigError, StreamReadError
@@ -128,17 +127,7 @@ class StreamedBackend(Backend):
 
     # ---- ahead of time ----------------------------------------------------------------------
     def supports(self, part: PartEntry, package: PackageSource) -> Support:
-        if part.static_graphs:
-            return Support(
-                False,
-                f"{part.name}: fixed-shape int8 graphs are for NPU compilers; the streamed "
-                "path computes from the spec's weights",
-            )
-        try:
-            part_weights(package.manifest.spec, part, shape_tensors(part), package.manifest.quant)
-        except UnsupportedPartError as exc:
-            return Support(False, str(exc))
-        return YES
+        return spec_support(part, package, "the streamed path")
 
     def compile(self, graph: SegmentGraph) -> StreamedExecutable:
         inputs, outputs = spec_interface(graph.parts)
