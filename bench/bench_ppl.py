@@ -6,6 +6,8 @@ Text: CPython's `pydoc_data.topics` (the first --tokens tokens), cut into non-ov
 windows of --window tokens, each scored from an empty cache by both engines (so the numbers
 are directly comparable; edge's own `edge eval ppl` uses overlapping windows and gives lower
 values). llama.cpp's perplexity is computed here from its logits, on the same token ids.
+Every window starts with the tokenizer's leading tokens (Gemma's `<bos>`, its attention sink;
+none for SmolLM2 and Qwen), unscored, in both engines.
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "edge" / "bench"))
+    parser.add_argument(
+        "--variants", default=None, help="edge variants to export, comma-separated (default: all)"
+    )
     args = parser.parse_args()
 
     import edge
-    from edge.evaluate import PerplexityConfig, default_corpus, perplexity
+    from edge.evaluate import PerplexityConfig, default_corpus, lead_ids, perplexity
     from edge.models.pull import pull
     from exporters.export import ExportConfig, export
 
@@ -81,6 +86,9 @@ def main() -> None:
         "int4-mixed": ExportConfig(quant="int4-mixed"),
         "w8a8": ExportConfig(quant="w8a8"),
     }
+    if args.variants:
+        wanted = {v.strip() for v in args.variants.split(",")}
+        variants = {k: v for k, v in variants.items() if k in wanted or k == "fp32"}
     config = PerplexityConfig(window=args.window, stride=args.window, max_tokens=args.tokens)
     rows, ids = [], None
     for label, export_config in variants.items():
@@ -92,9 +100,11 @@ def main() -> None:
         if ids is None:
             ids = model.tokenizer.encode(default_corpus(), add_special_tokens=False)
             ids = ids[: args.tokens]
-        rows.append((f"edge {label}", perplexity(model.engine, ids, config).perplexity))
+            lead = lead_ids(model.tokenizer)
+        result = perplexity(model.engine, ids, config, lead=lead)
+        rows.append((f"edge {label}", result.perplexity))
         del model
-    windows = [ids[i : i + args.window] for i in range(0, len(ids), args.window)]
+    windows = [[*lead, *ids[i : i + args.window]] for i in range(0, len(ids), args.window)]
     f32 = llama_quantize(
         args.llama_python, gguf, work / f"{gguf.stem}.F32.gguf", "LLAMA_FTYPE_ALL_F32"
     )
