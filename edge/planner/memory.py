@@ -226,7 +226,7 @@ def process_base(
     costs: ModelCosts, footprint: ImportFootprint | None, resident: bool = True
 ) -> int:
     """What the process costs before any weights: interpreter, libraries, tokenizer. The
-    streamed engine never imports onnxruntime (its own runtime is `stream_runtime`)."""
+    streamed backend never imports onnxruntime (its own runtime is `stream_runtime`)."""
     footprint = footprint or DEFAULT_FOOTPRINT
     imports = footprint.onnxruntime if resident else 0
     return footprint.base + imports + int(TOKENIZER_FACTOR * costs.tokenizer_bytes)

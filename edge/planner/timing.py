@@ -11,11 +11,11 @@ seconds = FLOPs / (the device's GEMM rate x efficiency x the kernel's measured f
 Calibrated against edge's own measurements on a quiet machine (BENCHMARKS.md, 2 threads,
 fp32 GEMM 246 GFLOP/s and 29 GB/s measured by devices/microbench.py): SmolLM2 fp32 decode
 44 tok/s and prompt 1015 tok/s, int4 146 and 720 tok/s, Qwen2.5-0.5B int4 44 and 331 tok/s;
-the streamed engine's constants against bench/bench_plan.py's streamed runs (its numpy forward
+the streamed backend's constants against bench/bench_plan.py's streamed runs (its numpy forward
 and llvmlite kernel reach ~30-35 GFLOP/s on prompts here). `bench/bench_plan.py` compares
 every prediction with measured runs. Not modelled: a busy machine (ONNX Runtime's spinning
 thread pool loses half its speed when another process takes a core) and the one-off JIT
-compile of the streamed engine's kernels in its first prompt.
+compile of the streamed backend's kernels in its first prompt.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ DECODE_BYTES: dict[str, Mapping[str, float]] = {
     # INT8_ROWS: Qwen2.5-1.5B w8a8 decodes as fast as int4 with 1.8x its bytes (2 threads)
     "ort_cpu": {MATMUL_F32: 1.0, NBITS4: 1.7, NBITS8: 1.3, INT8_ROWS: 1.0, QDQ_INT8: 1.0},
     "openvino": {MATMUL_F32: 1.0, NBITS4: 1.9, NBITS8: 1.9, INT8_ROWS: 1.0, QDQ_INT8: 1.0},
-    # the streamed engine: numpy's BLAS for float weights, our llvmlite kernel for NBits; int8
+    # the streamed backend: numpy's BLAS for float weights, our llvmlite kernel for NBits; int8
     # rows are widened to a float32 copy per step (4 bytes touched per byte read)
     "streamed": {MATMUL_F32: 1.0, NBITS4: 1.7, NBITS8: 1.3, INT8_ROWS: 4.0, QDQ_INT8: 1.0},
 }
