@@ -48,7 +48,7 @@ CHILD = str(REPO / "bench" / "plan_children.py")
 DEFAULTS = {
     "fp32": Path.home() / ".cache/edge/packages/smollm2-135m",
     "int4": Path.home() / ".cache/edge/bench/SmolLM2-135M-Instruct.Q4_1-int4",
-    "qwen": Path("/work/pkgs/qwen2.5-coder-0.5b-int4"),
+    "qwen": Path.home() / ".cache/edge/packages/qwen2.5-coder-0.5b",  # `edge pull` + default export
 }
 
 

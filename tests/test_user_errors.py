@@ -13,8 +13,8 @@ import pytest
 
 import edge
 from edge import Model
-from edge.engine import usable_threads
 from edge.errors import CacheDirError, ConfigError, InvalidSamplingError, InvalidTokenError
+from edge.step_inputs import usable_threads
 
 
 @pytest.fixture(scope="module")

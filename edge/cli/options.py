@@ -188,7 +188,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model(args: argparse.Namespace, model: str | None):
     import edge
-    from edge.engine import check_threads
+    from edge.step_inputs import check_threads
 
     check_threads(args.threads)  # before a pull or an export, not after
     check_threads(getattr(args, "draft_threads", None), "draft threads")

@@ -73,9 +73,9 @@ def _port(text: str) -> int:
 def main(args: argparse.Namespace) -> int:
     import os
 
-    from edge.engine import check_threads
     from edge.server import ServeConfig, check_extra
     from edge.server.config import DEFAULT_MODEL
+    from edge.step_inputs import check_threads
 
     check_extra()  # before a pull or an export, not after
     check_threads(args.threads)

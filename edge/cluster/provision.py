@@ -246,7 +246,7 @@ def open_serial(device: str, baudrate: int = 115200) -> Any:
 def capabilities(node_id: str, measure_profile: bool = False) -> Capabilities:
     """This machine's report: cores and memory always, measured rates when asked."""
     from devices.memory_info import read_memory
-    from edge.engine import usable_threads
+    from edge.step_inputs import usable_threads
 
     memory = read_memory()
     profile: dict[str, str | int | float | bool] = {}

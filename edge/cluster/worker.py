@@ -228,7 +228,7 @@ def _list(clusters: tuple[str, ...] | None) -> list[str] | None:
 
 def _profile(measure: bool) -> dict[str, Any]:
     """Cores and memory always; measured rates (cached per machine) when asked."""
-    from edge.engine import usable_threads
+    from edge.step_inputs import usable_threads
 
     profile: dict[str, Any] = {"cores": usable_threads()}
     if measure:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli.main import main
-from edge.engine import usable_threads
+from edge.step_inputs import usable_threads
 
 
 @pytest.fixture(autouse=True)

