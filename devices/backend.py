@@ -277,6 +277,12 @@ class Backend(ABC):
         """What a user wants to know after a generation (streaming I/O); None if nothing."""
         return None
 
+    def survivors(self, lost: str) -> Options | None:
+        """For a `recovers` backend whose peer `lost` left: its options over the devices
+        still there (the engine reloads the segment with them), or None to move the segment
+        to this machine's CPU."""
+        return None
+
 
 def spec_interface(parts: Sequence[PartEntry]) -> tuple[frozenset[str], tuple[str, ...]]:
     """A segment's inputs and outputs as its merged graph would have them, for backends that

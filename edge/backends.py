@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 # name -> (module, class): imported on first use (the streamed path loads llvmlite).
 _COMPOSED = {
     "streamed": ("edge.streaming.backend", "StreamedBackend"),
-    "cluster": ("edge.cluster.backend", "ClusterBackend"),  # a worker's share, over the network
+    "cluster": ("edge.cluster.backend", "ClusterBackend"),  # a worker's range of parts
+    "tensor": ("edge.cluster.tensor_backend", "TensorBackend"),  # blocks sharded over workers
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -507,6 +507,13 @@ class Engine:
         for chain in self._placed[phase][index].values():
             for lost in chain:
                 _unload_quietly(lost)
+        options = segment.backend.survivors(getattr(exc, "peer", ""))
+        if options is not None:  # the devices left take the lost one's share
+            placement, kinds = self.placements[phase]
+            segments = list(placement.segments)
+            segments[index] = replace(segments[index], options=tuple(options.items()))
+            self.placements[phase] = (Placement(tuple(segments)), kinds)
+            reason = ""
         self._placed[phase][index] = self._place(segment.placed, reloading=True, lost=reason)
         self._assemble()
         position, step = self.cache.position, self._ids.copy()

@@ -127,15 +127,30 @@ class WorkerClient:
     ) -> Message:
         """Send one request, wait for its reply; `RemoteError` if the worker answered an
         error, `PeerLostError` if the link died or the reply did not come in time."""
-        zmq = self._zmq
+        return self.collect(self.submit(kind, meta, buffers), kind, timeout_s)
+
+    def submit(
+        self,
+        kind: str,
+        meta: Mapping[str, MetaValue] | None = None,
+        buffers: Sequence[np.ndarray] = (),
+    ) -> int:
+        """Send a request without waiting (a star reduction sends to every worker first);
+        its id for `collect`."""
         if self._lost is not None:
             raise PeerLostError(f"{self.name} was lost earlier: {self._lost}", self.name)
         ident = next(self._ids)
         try:
             send(self._sock, Message(kind, ident, dict(meta or {}), tuple(buffers)))
-        except zmq.ZMQError as exc:
+        except self._zmq.ZMQError as exc:
             self._lose(f"send failed: {exc}")
-        deadline = time.monotonic() + (timeout_s or self.config.request_timeout_s)
+        return ident
+
+    def collect(self, ident: int, kind: str, timeout_s: float | None = None) -> Message:
+        """The reply to request `ident` (of type `kind`), waiting as `request` does."""
+        zmq = self._zmq
+        timeout_s = timeout_s or self.config.request_timeout_s
+        deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(self._poller.poll(max(1, int(left * 1000))))
             # A reply that came with a disconnect is still the reply: read the socket first.
@@ -162,7 +177,7 @@ class WorkerClient:
                         self.name,
                     )
                 return reply
-        self._lose(f"no reply to {kind!r} within {timeout_s or self.config.request_timeout_s:g} s")
+        self._lose(f"no reply to {kind!r} within {timeout_s:g} s")
         raise AssertionError  # unreachable: _lose raises
 
     def _lose(self, why: str) -> None:
@@ -218,3 +233,36 @@ class WorkerClient:
     def reset(self) -> None:
         """Empty the worker's KV cache (its slice stays loaded)."""
         self.request("reset")
+
+    # ---- tensor parallel ---------------------------------------------------------------------
+    def submit_load_shard(
+        self,
+        share: Mapping[str, MetaValue],
+        blocks: tuple[int, int],
+        max_context: int,
+        threads: int | None = None,
+    ) -> int:
+        """Ask the worker to hold `share` (`Share.as_meta()`) of blocks [first, last); the
+        reply (`collect(ident, "load_shard")`) says what it holds."""
+        meta: dict[str, MetaValue] = {
+            "share": dict(share),
+            "blocks": list(blocks),
+            "max_context": max_context,
+        }
+        if threads is not None:
+            meta["threads"] = threads
+        return self.submit("load_shard", meta)
+
+    def submit_partial(self, layer: int, phase: str, x: np.ndarray, position: int) -> int:
+        """Send hidden states `x` [S, H] for the worker's partial of `phase` ("attention" or
+        "ffn") of block `layer`; `partial(ident)` reads the reply."""
+        return self.submit("shard", {"layer": layer, "phase": phase, "position": position}, (x,))
+
+    def partial(self, ident: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The partial [S, H] sent back for request `ident`; any other shape loses the link."""
+        reply = self.collect(ident, "shard")
+        if len(reply.buffers) != 1 or reply.buffers[0].shape != shape:
+            self._lose(f"a partial of the wrong shape (expected {list(shape)})")
+        if reply.buffers[0].dtype != np.float32:
+            self._lose("a partial that is not float32")
+        return reply.buffers[0]

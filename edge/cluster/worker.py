@@ -1,9 +1,10 @@
 """`edge cluster serve`: a worker that holds a slice of a package and runs steps on it.
 
-The worker keeps the package on its own disk; on a coordinator's request it loads a
-contiguous range of parts [start, end) (`SliceRunner`) and runs steps: token ids or hidden
-states in, hidden states or logits out, at the position it is told (an earlier one rewinds its
-KV cache). Only coordinators paired with this device get past the CurveZMQ handshake (ZAP
+The worker keeps the package on its own disk; on a coordinator's request it holds either a
+contiguous range of parts [start, end) (`SliceRunner`, pipeline parallel) and runs steps on it
+(token ids or hidden states in, hidden states or logits out, at the position it is told; an
+earlier one rewinds its KV cache), or a tensor-parallel share of every block of a range
+(`ShardRunner`) and returns its partial of each block's attention and FFN. Only coordinators paired with this device get past the CurveZMQ handshake (ZAP
 allow-list, re-read on each connection, so a new pairing needs no restart). A malformed,
 truncated or oversized request gets an error reply (or, past ZMQ_MAXMSGSIZE, a dropped
 connection) and the worker keeps serving.
@@ -29,7 +30,7 @@ from edge.cluster.transport import LinkConfig, receive, send, server_socket
 from edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("edge.cluster.worker")
-REQUESTS = frozenset({"ping", "info", "load", "step", "reset", "unload"})
+REQUESTS = frozenset({"ping", "info", "load", "step", "reset", "unload", "load_shard", "shard"})
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Worker:
         self.auth.configure_curve_callback("*", _Allowed(self.store, config.clusters))
         self.sock, self.endpoints = server_socket(self.ctx, keys, config.link, config.endpoints)
         self.slice: Any = None  # SliceRunner once loaded
+        self.shard: Any = None  # or ShardRunner
         self._stop = False
         self.handlers: dict[str, Callable[[Message], Message]] = {
             "ping": lambda m: Message("ping", m.id),
@@ -97,6 +99,8 @@ class Worker:
             "step": self._step,
             "reset": self._reset,
             "unload": self._unload,
+            "load_shard": self._load_shard,
+            "shard": self._partial,
         }
 
     def info(self) -> dict[str, Any]:
@@ -110,6 +114,12 @@ class Worker:
                 "end": self.slice.end,
                 "position": self.slice.position,
                 "kv_bytes": self.slice.nbytes,
+            }
+        if self.shard is not None:
+            held = {
+                "share": self.shard.share.as_meta(),
+                "blocks": [min(self.shard.blocks), max(self.shard.blocks) + 1],
+                "bytes": self.shard.nbytes,
             }
         return {
             "node_id": self.node_id,
@@ -138,9 +148,7 @@ class Worker:
         for name, value in (("max_context", max_context), ("threads", threads)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"load: {name} must be an integer")
-        if self.slice is not None:
-            self.slice.close()
-            self.slice = None
+        self._drop()
         self.slice = SliceRunner(self.package, start, end, max_context=max_context, threads=threads)
         log.info("holding parts [%d, %d)", start, end)
         return Message("load", message.id, self.info())
@@ -164,16 +172,48 @@ class Worker:
         # which the coordinator sends after it has this reply.
         return Message("step", message.id, {"position": self.slice.position}, (out,))
 
+    def _load_shard(self, message: Message) -> Message:
+        from edge.cluster.shard_runner import load_share
+
+        meta = message.meta
+        self._drop()
+        self.shard = load_share(
+            self.package,
+            meta.get("share"),
+            meta.get("blocks"),
+            meta.get("max_context", self.config.max_context),
+            meta.get("threads", self.config.threads),
+        )
+        log.info("holding share %s of blocks %s", self.shard.share, meta.get("blocks"))
+        return Message("load_shard", message.id, self.info())
+
+    def _partial(self, message: Message) -> Message:
+        if self.shard is None:
+            raise ConfigError("no share loaded: send load_shard first")
+        if len(message.buffers) != 1:
+            raise ProtocolError(f"a partial takes one buffer, got {len(message.buffers)}")
+        meta = message.meta
+        out = self.shard.partial(
+            meta.get("phase"), meta.get("layer"), message.buffers[0], meta.get("position", 0)
+        )
+        return Message("shard", message.id, {}, (out,))
+
     def _reset(self, message: Message) -> Message:
         if self.slice is not None:
             self.slice.reset()
+        if self.shard is not None:
+            self.shard.reset()
         return Message("reset", message.id)
 
     def _unload(self, message: Message) -> Message:
+        self._drop()
+        return Message("unload", message.id)
+
+    def _drop(self) -> None:
         if self.slice is not None:
             self.slice.close()
             self.slice = None
-        return Message("unload", message.id)
+        self.shard = None
 
     # ---- the loop ----------------------------------------------------------------------------
     def handle_one(self) -> None:
@@ -214,9 +254,7 @@ class Worker:
         self._stop = True
 
     def close(self) -> None:
-        if self.slice is not None:
-            self.slice.close()
-            self.slice = None
+        self._drop()
         self.sock.close(0)
         self.auth.stop()
         self.ctx.term()

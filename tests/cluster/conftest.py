@@ -124,10 +124,12 @@ def coordinator(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 def start_worker(tiny_package: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """`start(paired_with=coordinator_store or None, extra_args=()) -> WorkerProcess`."""
+    """`start(paired_with=coordinator_store or None, *extra_args, package=tiny_package)`."""
     started: list[WorkerProcess] = []
 
-    def start(paired_with: KeyStore | None = None, *extra: str) -> WorkerProcess:
+    def start(
+        paired_with: KeyStore | None = None, *extra: str, package: Path | None = None
+    ) -> WorkerProcess:
         config_dir = tmp_path / f"worker{len(started)}"
         store = KeyStore(config_dir)
         node_id, keys = store.node()
@@ -141,7 +143,7 @@ def start_worker(tiny_package: Path, tmp_path: Path) -> Iterator[Callable[..., W
                 "edge.cli.main",
                 "cluster",
                 "serve",
-                str(tiny_package),
+                str(package or tiny_package),
                 "--listen",
                 "127.0.0.1:0",
                 "--no-advertise",

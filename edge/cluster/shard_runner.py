@@ -1,0 +1,206 @@
+"""Runs one device's tensor-parallel share of blocks [first, last) (`edge.cluster.shards`):
+the partial attention and FFN outputs whose sums over the devices are the blocks' outputs.
+
+The coordinator runs its own share with it in-process and every worker runs one behind its
+link, so the same code computes every partial. Each device caches keys and values of only the
+KV heads its query heads read. The math is the numpy forward's (devices/spec_forward), op for
+op; block-quantized matmuls go through the JIT kernels that read the packed slices in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from devices.spec_forward.numpy_forward import (
+    ACTIVATIONS,
+    apply_rope,
+    attention,
+    layer_rope,
+    rms_norm,
+)
+from devices.spec_forward.weights import BlockWeights, LinearWeight
+from edge.architectures import attention_scale, is_sliding
+from edge.cluster.shards import Share, ShardBlock, shard_block
+from edge.errors import ConfigError, ContextOverflowError
+from edge.format import ModelSpec
+from edge.package import Package
+from edge.rope import rope_tables
+from edge.streaming.kernels import StreamedLinear
+
+PHASES = ("attention", "ffn")
+DEFAULT_MAX_CONTEXT = 4096
+
+
+class ShardRunner:
+    """Share `share` of blocks `blocks` (their typed weights, e.g. memory maps of the package:
+    only the share's slices are copied and kept)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        blocks: Sequence[BlockWeights],
+        share: Share,
+        max_context: int,
+        threads: int | None = None,
+    ) -> None:
+        if max_context < 1:
+            raise ConfigError(f"max_context={max_context}; must be >= 1")
+        self.spec, self.share, self.max_context = spec, share, max_context
+        self.kv = share.kv_heads(spec)
+        self.blocks = {b.index: shard_block(spec, b, share) for b in blocks}
+        shape = (self.kv[1] - self.kv[0], max_context, spec.head_dim)
+        self.keys = {i: np.zeros(shape, np.float32) for i in self.blocks}
+        self.values = {i: np.zeros(shape, np.float32) for i in self.blocks}
+        self.filled = dict.fromkeys(self.blocks, 0)  # tokens cached per block
+        self.rope = rope_tables(spec, max_context)
+        self.linear = StreamedLinear(threads)
+
+    @property
+    def nbytes(self) -> int:
+        """Weights held plus the KV cache."""
+        weights = sum(b.nbytes for b in self.blocks.values())
+        return weights + 2 * sum(k.nbytes for k in self.keys.values())
+
+    def _matmul(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
+        out = self.linear(x, weight)
+        return out if weight.bias is None else out + weight.bias
+
+    def partial(self, phase: str, layer: int, x: np.ndarray, position: int) -> np.ndarray:
+        """This share's partial output of `phase` of block `layer` for hidden states `x`
+        [S, H] (the block's input for "attention", its residual after attention for "ffn"):
+        float32 [S, H]. Attention writes the step's keys and values at [position, + S),
+        forgetting what the cache held from `position` on."""
+        block = self.blocks.get(layer) if isinstance(layer, int) else None
+        if block is None:
+            raise ConfigError(f"block {layer!r:.20} is not in this share")
+        if phase not in PHASES:
+            raise ConfigError(f"phase {phase!r:.20}; one of {PHASES}")
+        spec = self.spec
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != spec.hidden_size:
+            raise ConfigError(f"hidden states must be float32 [S, {spec.hidden_size}]")
+        if phase == "ffn":
+            normed = rms_norm(x, block.ffn_norm, spec.rms_norm_eps)
+            gate, up = np.split(self._matmul(normed, block.gate_up), 2, axis=-1)
+            return self._matmul(ACTIVATIONS[spec.activation](gate) * up, block.down)
+        return self._attention(block, x, position)
+
+    def _attention(self, block: ShardBlock, x: np.ndarray, position: int) -> np.ndarray:
+        spec, layer = self.spec, block.index
+        s, d = x.shape[0], spec.head_dim
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise ConfigError(f"position must be an integer, got {position!r:.20}")
+        if not 0 <= position <= self.filled[layer]:
+            raise ConfigError(
+                f"position {position}: block {layer} of this share caches "
+                f"{self.filled[layer]} tokens (a step may rewind, not skip ahead)"
+            )
+        end = position + s
+        if end > self.max_context:
+            raise ContextOverflowError(
+                f"{position} + {s} tokens exceed the context {self.max_context}"
+            )
+        h = block.share.heads[1] - block.share.heads[0]
+        kv = block.kv[1] - block.kv[0]
+        qkv = self._matmul(rms_norm(x, block.attn_norm, spec.rms_norm_eps), block.qkv)
+        q = qkv[:, : h * d].reshape(s, h, d).transpose(1, 0, 2)
+        k = qkv[:, h * d : (h + kv) * d].reshape(s, kv, d).transpose(1, 0, 2)
+        v = qkv[:, (h + kv) * d :].reshape(s, kv, d).transpose(1, 0, 2)
+        if spec.qk_norm:
+            assert block.q_norm is not None and block.k_norm is not None
+            q = rms_norm(q, block.q_norm, spec.rms_norm_eps)
+            k = rms_norm(k, block.k_norm, spec.rms_norm_eps)
+        cos, sin = (t[position:end] for t in layer_rope(spec, layer, self.rope))
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, position:end] = apply_rope(k, cos, sin)
+        values[:, position:end] = v
+        self.filled[layer] = end
+        q = apply_rope(q, cos, sin)
+        window = spec.sliding_window if is_sliding(spec, layer) else 0
+        group = spec.num_heads // spec.num_kv_heads
+        pieces = []
+        for j in range(*block.kv):  # the share's query heads of each KV head it holds
+            lo = max(block.share.heads[0], j * group) - block.share.heads[0]
+            hi = min(block.share.heads[1], (j + 1) * group) - block.share.heads[0]
+            slot = j - block.kv[0]
+            pieces.append(
+                attention(
+                    q[lo:hi],
+                    keys[slot : slot + 1, :end],
+                    values[slot : slot + 1, :end],
+                    position,
+                    attention_scale(spec),
+                    window,
+                )
+            )
+        return self._matmul(np.concatenate(pieces, axis=1), block.attn_output)
+
+    def reset(self) -> None:
+        self.filled = dict.fromkeys(self.blocks, 0)
+
+
+def finish(
+    spec: ModelSpec, block: BlockWeights, phase: str, total: np.ndarray, residual: np.ndarray
+) -> np.ndarray:
+    """The reduction's side of `phase`: the summed partials `total` [S, H] plus the bias the
+    shares left out, through the sandwich norm where the spec has one, plus `residual`."""
+    weight = block.attn_output if phase == "attention" else block.down
+    if weight.bias is not None:
+        total = total + weight.bias
+    norm = block.post_attention_norm if phase == "attention" else block.post_ffw_norm
+    if spec.sandwich_norms:
+        assert norm is not None
+        total = rms_norm(total, norm, spec.rms_norm_eps)
+    return residual + total
+
+
+def load_share(
+    package: Package,
+    share: object,
+    blocks: object,
+    max_context: object = None,
+    threads: object = None,
+) -> ShardRunner:
+    """The `ShardRunner` a coordinator asked for (every argument is untrusted input): share
+    `share` of blocks [blocks[0], blocks[1]) of `package`, whose files are only mapped; the
+    share's slices are what this device keeps."""
+    from devices.memory_info import read_memory
+    from devices.spec_forward.weights import map_part, part_weights
+
+    spec = package.manifest.spec
+    parsed = Share.from_meta(spec, share)
+    if (
+        not isinstance(blocks, list)
+        or len(blocks) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in blocks)
+        or not 0 <= blocks[0] < blocks[1] <= spec.num_layers
+    ):
+        raise ConfigError(f"blocks={blocks!r:.40}: not a range of the {spec.num_layers} blocks")
+    for name, value in (("max_context", max_context), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"load_shard: {name} must be an integer")
+        if value is not None and value < 1:
+            raise ConfigError(f"load_shard: {name}={value}; must be >= 1")
+    context = min(max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings)
+    parts = [
+        p
+        for p in package.manifest.parts
+        if p.kind == "block" and blocks[0] <= (p.block_index or 0) < blocks[1]
+    ]
+    fraction = max(
+        (parsed.heads[1] - parsed.heads[0]) / spec.num_heads,
+        (parsed.ffn[1] - parsed.ffn[0]) / spec.intermediate_size,
+    )
+    kv = parsed.kv_heads(spec)
+    needed = int(sum(t.nbytes for p in parts for t in p.tensors) * fraction) + (
+        2 * len(parts) * (kv[1] - kv[0]) * context * spec.head_dim * 4
+    )
+    available = read_memory().budget
+    if needed > available:
+        raise ConfigError(
+            f"share {parsed.as_meta()} of blocks {blocks}: needs about {needed >> 20} MiB, but "
+            f"this device has {available >> 20} MiB available"
+        )
+    weights = [part_weights(spec, p, map_part(package, p), package.manifest.quant) for p in parts]
+    return ShardRunner(spec, weights, parsed, context, threads)  # type: ignore[arg-type]
