@@ -22,7 +22,7 @@ from devices.spec_forward.numpy_forward import (
 )
 from devices.spec_forward.weights import BlockWeights, LinearWeight
 from edge.architectures import attention_scale, is_sliding
-from edge.cluster.shards import Share, ShardBlock, shard_block
+from edge.cluster.shards import ShardBlock, Share, shard_block
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import ModelSpec
 from edge.package import Package

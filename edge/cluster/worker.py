@@ -4,8 +4,10 @@ The worker keeps the package on its own disk; on a coordinator's request it hold
 contiguous range of parts [start, end) (`SliceRunner`, pipeline parallel) and runs steps on it
 (token ids or hidden states in, hidden states or logits out, at the position it is told; an
 earlier one rewinds its KV cache), or a tensor-parallel share of every block of a range
-(`ShardRunner`) and returns its partial of each block's attention and FFN. Only coordinators paired with this device get past the CurveZMQ handshake (ZAP
-allow-list, re-read on each connection, so a new pairing needs no restart). A malformed,
+(`ShardRunner`) and returns its partial of each block's attention and FFN.
+
+Only coordinators paired with this device get past the CurveZMQ handshake (ZAP allow-list,
+re-read on each connection, so a new pairing needs no restart). A malformed,
 truncated or oversized request gets an error reply (or, past ZMQ_MAXMSGSIZE, a dropped
 connection) and the worker keeps serving.
 """

@@ -121,7 +121,7 @@ def test_backend_options_are_checked() -> None:
     assert parse_workers("tcp://a:1|K#1, tcp://b:2|K2")[1].public == "K2"
     assert parse_weights("", 3) == [1.0, 1.0, 1.0]
     for text in ("tcp://a:1", "|key"):
-        with pytest.raises(ConfigError, match="ENDPOINT.PUBLIC_KEY"):
+        with pytest.raises(ConfigError, match=r"ENDPOINT\|PUBLIC_KEY"):
             parse_workers(text)
     with pytest.raises(ConfigError, match="3 positive numbers"):
         parse_weights("1,2", 3)
