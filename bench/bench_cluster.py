@@ -1,13 +1,19 @@
-"""Pipeline over workers on loopback vs one device, warm against warm, alternated run by run.
+"""Pipeline and tensor parallel over workers on loopback vs one device, warm against warm,
+alternated run by run; then each mode's time per token predicted at home-LAN round trips.
 
-Each configuration (one engine here; this machine plus 1..N workers, equal shares) is loaded
-once and warmed, then the configurations take turns: a prompt (time to first token) and greedy
-decode. Reported per configuration: median decode tok/s and TTFT, their ratio to one device,
-activation bytes on the wire per token (see `wire_bytes`), and each worker's peak RSS. All
-processes share this machine's cores, so the pipeline's speed here measures its communication
-and bookkeeping, not a speedup: with one request a pipeline computes on one device at a time.
+Each configuration (one engine here; this machine plus 1..N workers, pipeline or tensor,
+equal shares) is loaded once and warmed, then the configurations take turns: a prompt (time to
+first token) and greedy decode. Reported per configuration: median decode tok/s and TTFT,
+their ratio to one device, activation bytes on the wire per token, reductions per token and
+the wait per reduction (tensor), and each worker's peak RSS next to what its share holds.
 
-    python bench/bench_cluster.py PACKAGE --workers 1 2 3 --tokens 32 --rounds 3
+All processes share this machine's cores, so the measured speed is communication and
+bookkeeping, not a speedup. The second table predicts separate devices of this machine's speed
+from the measured parts (TPI-LLM's latency model): compute = one device's measured decode time
+/ N (tensor) or the whole of it (pipeline, one device at a time), link = round trips per token
+x (RTT + the measured per-exchange cost on loopback).
+
+    python bench/bench_cluster.py PACKAGE --workers 1 2 3 --modes pipeline tensor
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge.cluster.client import WorkerClient  # noqa: E402
 from edge.cluster.keys import KeyStore  # noqa: E402
 from edge.cluster.pairing import PairingServer, join  # noqa: E402
 from edge.cluster.placement import ClusterConfig, Member, cluster_placement  # noqa: E402
@@ -61,7 +68,7 @@ def start_worker(package: Path, coordinator: KeyStore, root: Path, index: int, t
     if not line.startswith("serving"):
         proc.kill()
         raise SystemExit(f"worker {index} did not start: {line}")
-    return proc, Member(node_id, line.split()[-1], keys.public, 1)
+    return proc, Member(node_id, line.split()[-1], keys.public, 1 << 40)
 
 
 def peak_rss(pid: int) -> int:
@@ -69,6 +76,43 @@ def peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def tensor_stats(engine: Engine) -> tuple[int, float, int]:
+    """(reductions, seconds waited, bytes sent) summed over the engine's tensor segments."""
+    stats = [s.loaded.stats for s in engine.segments if s.backend.name == "tensor"]
+    return (
+        sum(x.reductions for x in stats),
+        sum(x.wait_s for x in stats),
+        sum(x.bytes_sent for x in stats),
+    )
+
+
+def shard_compute_s(package, threads: int, tokens: int = 32) -> float:
+    """Seconds per decoded token of the tensor path's compute alone: one `ShardRunner` share
+    holding every head and column of every block, its reductions done in-process."""
+    from devices.spec_forward.weights import map_part, part_weights
+    from edge.cluster.shard_runner import ShardRunner, finish
+    from edge.cluster.shards import Share
+
+    spec = package.spec
+    blocks = [
+        part_weights(spec, p, map_part(package, p), package.manifest.quant)
+        for p in package.manifest.parts
+        if p.kind == "block"
+    ]
+    share = Share((0, spec.num_heads), (0, spec.intermediate_size))
+    runner = ShardRunner(spec, blocks, share, 512, threads)
+    x0 = np.random.default_rng(0).standard_normal((1, spec.hidden_size)).astype(np.float32)
+    times = []
+    for position in range(tokens):
+        start = time.perf_counter()
+        x = x0
+        for block in blocks:
+            for phase in ("attention", "ffn"):
+                x = finish(spec, block, phase, runner.partial(phase, block.index, x, position), x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[4:])
 
 
 def wire_bytes(start: int, end: int, parts: int, spec) -> int:
@@ -99,55 +143,107 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", choices=["pipeline", "tensor"], default=["tensor"])
+    parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.2, 2.0, 10.0])
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="edge-bench-cluster-"))
     os.environ["EDGE_CONFIG_DIR"] = str(root / "coordinator")
     coordinator = KeyStore(root / "coordinator")
     coordinator.init_cluster(CLUSTER)
-    # Each configuration its own workers: a worker holds one slice at a time.
+    # Each configuration its own workers: a worker holds one slice or share at a time.
     workers = [
         start_worker(args.package, coordinator, root, i, args.threads)
-        for i in range(sum(args.workers))
+        for i in range(sum(args.workers) * len(args.modes))
     ]
     package = open_package(args.package, verify="sizes")
     spec = package.spec
     prompt = [(7 * i + 100) % spec.vocab_size for i in range(args.prompt)]
     engines = {"one device": Engine(package, EngineConfig(threads=args.threads, max_context=512))}
+    held: dict[str, list[int]] = {}
     first = 0
-    for k in args.workers:
-        config = ClusterConfig(CLUSTER, distribute="always")
-        members = [m for _, m in workers[first : first + k]]
-        first += k
-        placement, why = cluster_placement(package, config, members)
-        assert placement is not None, why
-        engines[f"here + {k} worker{'s' * (k > 1)}"] = Engine(
-            package, EngineConfig(threads=args.threads, max_context=512, placement=placement)
-        )
+    for mode in args.modes:
+        for k in args.workers:
+            config = ClusterConfig(CLUSTER, distribute="always", mode=mode)
+            members = [m for _, m in workers[first : first + k]]
+            pids = [proc.pid for proc, _ in workers[first : first + k]]
+            first += k
+            placement, why = cluster_placement(package, config, members)
+            assert placement is not None, why
+            name = f"{mode}: here + {k} worker{'s' * (k > 1)}"
+            engines[name] = Engine(
+                package, EngineConfig(threads=args.threads, max_context=512, placement=placement)
+            )
+            held[name] = pids
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     for engine in engines.values():  # warm-up
         run_once(engine, prompt, 4)
+    counted = {name: tensor_stats(engine) for name, engine in engines.items()}
     for _ in range(args.rounds):
         for name, engine in engines.items():
             results[name].append(run_once(engine, prompt, args.tokens))
+    after = {name: tensor_stats(engine) for name, engine in engines.items()}
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}")
     print(f"{args.package.name}: {args.prompt}-token prompt, {args.tokens} tokens, threads")
     print(f"{args.threads} per process, median of {args.rounds} alternated rounds\n")
-    print("| configuration | decode tok/s | vs one device | TTFT ms | wire bytes/token |")
-    print("|---|---|---|---|---|")
+    print(
+        "| configuration | decode tok/s | vs one device | TTFT ms | wire bytes/token "
+        "| reductions/token | wait ms/reduction | worker peak RSS MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     base = statistics.median(r[1] for r in results["one device"])
+    tokens_run = args.rounds * (args.tokens + 1)
     for name, engine in engines.items():
         tps = statistics.median(r[1] for r in results[name])
         ttft = statistics.median(r[0] for r in results[name]) * 1e3
-        wire = sum(
-            wire_bytes(s.start, s.end, len(package.manifest.parts), spec)
-            for s in engine.segments
-            if s.backend.name == "cluster"
+        reductions = after[name][0] - counted[name][0]
+        wait = after[name][1] - counted[name][1]
+        if reductions:
+            # per decoded token: hidden states [1, H] to and from each worker per reduction
+            links = sum(len(s.loaded.links) for s in engine.segments if s.backend.name == "tensor")
+            per_token_count = reductions / tokens_run
+            wire = int(per_token_count * links * 2 * 4 * spec.hidden_size)
+            per_token = f"{per_token_count:.0f}"
+            per_reduction = f"{1e3 * wait / reductions:.3f}"
+        else:
+            wire = sum(
+                wire_bytes(s.start, s.end, len(package.manifest.parts), spec)
+                for s in engine.segments
+                if s.backend.name == "cluster"
+            )
+            per_token = per_reduction = "-"
+        rss = " / ".join(f"{peak_rss(pid) / 2**20:.0f}" for pid in held.get(name, []))
+        print(
+            f"| {name} | {tps:.1f} | {tps / base:.2f}x | {ttft:.0f} | {wire} | {per_token} "
+            f"| {per_reduction} | {rss or '-'} |"
         )
-        print(f"| {name} | {tps:.1f} | {tps / base:.2f}x | {ttft:.0f} | {wire} |")
-    rss = [f"{peak_rss(proc.pid) / 2**20:.0f} MiB" for proc, _ in workers]
-    print(f"\nworker peak RSS: {', '.join(rss)}")
+
+    # TPI-LLM's latency model from the measured parts.
+    compute = 1 / base
+    shard_s = shard_compute_s(package, args.threads)
+    _, member = workers[0]
+    with WorkerClient(member.endpoint, member.public, coordinator.cluster_keys(CLUSTER)) as link:
+        exchange = statistics.median(link.ping() for _ in range(200))
+    blocks = sum(p.kind == "block" for p in package.manifest.parts)
+    print(
+        f"\npredicted ms/token for separate devices of this speed (one device measured "
+        f"{1e3 * compute:.1f} ms; a request/reply on loopback {1e3 * exchange:.3f} ms + RTT):\n"
+    )
+    print(
+        f"(tensor: the shares' own compute measured in-process, one share holding every block: "
+        f"{1e3 * shard_s:.1f} ms/token, divided by N)\n"
+    )
+    print("| devices | mode | " + " | ".join(f"RTT {r:g} ms" for r in args.rtt_ms) + " |")
+    print("|---|---|" + "---|" * len(args.rtt_ms))
+    for n in sorted({k + 1 for k in args.workers}):
+        for mode in ("pipeline", "tensor"):
+            cells = []
+            for rtt in args.rtt_ms:
+                hop = exchange + rtt / 1e3
+                t = shard_s / n + 2 * blocks * hop if mode == "tensor" else compute + (n - 1) * hop
+                cells.append(f"{1e3 * t:.1f} ({compute / t:.2f}x)")
+            print(f"| {n} | {mode} | " + " | ".join(cells) + " |")
     for engine in engines.values():
         engine.close()
     for proc, _ in workers:

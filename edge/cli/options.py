@@ -77,7 +77,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--distribute",
         choices=["auto", "always"],
         default="auto",
-        help="auto: only a model that does not fit here; always: split anyway",
+        help="auto: only where a split is predicted faster or the model does not fit here; "
+        "always: split anyway",
+    )
+    group.add_argument(
+        "--split",
+        choices=["auto", "pipeline", "tensor"],
+        default="auto",
+        help="pipeline: contiguous blocks per device; tensor: every block's heads and FFN "
+        "shared by all devices; auto: the faster by measured bandwidth and link round trips",
     )
 
 
@@ -209,7 +217,8 @@ def load_model(args: argparse.Namespace, model: str | None):
 
 
 def cluster_config(args: argparse.Namespace) -> Any:
-    """edge.load's `cluster` from --cluster/--peer/--distribute (None without --cluster)."""
+    """edge.load's `cluster` from --cluster/--peer/--distribute/--split (None without
+    --cluster)."""
     if not getattr(args, "cluster", None):
         if getattr(args, "peer", None):
             from edge.errors import ConfigError
@@ -218,7 +227,9 @@ def cluster_config(args: argparse.Namespace) -> Any:
         return None
     from edge.cluster.placement import ClusterConfig
 
-    return ClusterConfig(args.cluster, tuple(args.peer), distribute=args.distribute)
+    return ClusterConfig(
+        args.cluster, tuple(args.peer), distribute=args.distribute, mode=args.split
+    )
 
 
 def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,14 +1,22 @@
-"""The coordinator's split of a model over the paired workers it finds (pipeline parallel).
+"""The coordinator's split of a model over the paired workers it finds: pipeline parallel
+(contiguous ranges of parts) or tensor parallel (every block sharded), chosen from measured
+numbers.
 
-Parts are cut into contiguous ranges, one per device, sized by each device's available memory
-(this machine first when it takes a share, then the workers in the order found; the head
-stays on this machine, so only hidden states cross the network). A worker
-must hold the same package (its manifest's sha256): a different one would compute garbage.
+The choice is a prediction per decoded token, from each device's measured memory bandwidth
+(a decode step reads every weight once) and each link's measured round trip:
 
-One request decodes one token at a time, so a pipeline computes on one device at a time and
-adds a network hop per boundary: it lets a model run that fits no single device, and is never
-faster than one device that holds it all. So by default (`distribute="auto"`) a model that fits
-in this machine's available memory is not distributed, and the reason says so.
+    one device:  bytes / bandwidth_here
+    pipeline:    sum over devices of (its range's bytes / its bandwidth) + one round trip
+                 per remote range; one request computes on one device at a time
+    tensor:      max over devices of (its share's bytes / its bandwidth) + the head here
+                 + 2 x blocks x the slowest round trip (TPI-LLM's latency model)
+
+By default (`mode="auto"`) the fastest feasible prediction wins, and a model that fits here is
+not distributed unless a split is predicted faster; the reason says which and by how much.
+Pipeline ranges are sized by each device's available memory (the head stays on this machine,
+so only hidden states cross the network); tensor shares by bandwidth, or by memory where a
+device could not hold its speed's share. A worker must hold the same package (its manifest's
+sha256): a different one would compute garbage.
 
 >>> config = ClusterConfig("home", peers=("192.168.1.20:5570",))
 >>> placement, why = cluster_placement(package, config)  # doctest: +SKIP
@@ -17,6 +25,7 @@ in this machine's available memory is not distributed, and the reason says so.
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -28,26 +37,36 @@ from edge.package import Package
 from edge.placement import DEFAULT_BACKEND, Placement, SegmentPlacement
 
 DISTRIBUTE = ("auto", "always")
+MODES = ("auto", "pipeline", "tensor")
 # Of the memory a device reports available, the share its slice may take: the runtime, the
 # KV cache and the page cache need the rest.
 MEMORY_SHARE = 0.7
+# Decode reads weights at about this fraction of the measured memory bandwidth (edge int4 on
+# Qwen2.5-Coder, BENCHMARKS.md); it scales every device's compute alike.
+DECODE_EFFICIENCY = 0.55
+PINGS = 5
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """`name`: the cluster (keys from `edge cluster init`); `peers`: explicit HOST:PORT of
-    workers, tried besides mDNS for `mdns_s` seconds; `distribute`: "auto" (only a model that
-    does not fit here) or "always"; `local_share`: this machine computes a share too."""
+    workers, tried besides mDNS for `mdns_s` seconds; `distribute`: "auto" (only where a split
+    is predicted faster, or the model does not fit here) or "always"; `mode`: "auto" (the
+    faster prediction), "pipeline" or "tensor"; `local_share`: this machine computes a share
+    too (pipeline; a tensor split always keeps one here)."""
 
     name: str
     peers: tuple[str, ...] = ()
     mdns_s: float = 2.0
     distribute: str = "auto"
+    mode: str = "auto"
     local_share: bool = True
 
     def __post_init__(self) -> None:
         if self.distribute not in DISTRIBUTE:
             raise ConfigError(f"distribute={self.distribute!r}; one of {DISTRIBUTE}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode={self.mode!r}; one of {MODES}")
         if self.mdns_s < 0:
             raise ConfigError(f"mdns_s={self.mdns_s}; must be >= 0")
         object.__setattr__(self, "peers", tuple(self.peers))
@@ -55,12 +74,16 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class Member:
-    """A paired worker that answered, holds this package, and has `memory` bytes to give."""
+    """A paired worker that answered, holds this package, and has `memory` bytes to give;
+    `rtt_s`: its measured round trip; `bandwidth_gbs`: its measured memory bandwidth (None:
+    not measured, taken as this machine's)."""
 
     node_id: str
     endpoint: str
     public: str
     memory: int
+    rtt_s: float = 0.0
+    bandwidth_gbs: float | None = None
 
 
 def package_id(package: Package) -> str:
@@ -69,8 +92,8 @@ def package_id(package: Package) -> str:
 
 
 def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member], list[str]]:
-    """Paired workers found (mDNS and `config.peers`) holding `package`; and why others were
-    left out."""
+    """Paired workers found (mDNS and `config.peers`) holding `package`, with their measured
+    round trips; and why others were left out."""
     from edge.cluster.client import WorkerClient
     from edge.cluster.discovery import browse, parse_peers
     from edge.cluster.keys import KeyStore
@@ -92,6 +115,7 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
             try:
                 with WorkerClient(endpoint, peer.public, keys, link_config, peer.name) as link:
                     info = link.info()
+                    rtt = statistics.median(link.ping() for _ in range(PINGS))
             except ClusterError as exc:
                 skipped.append(f"{endpoint} ({peer.node_id}): {exc}")
                 continue
@@ -99,7 +123,20 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
                 skipped.append(f"{endpoint} ({peer.node_id}) holds another package")
                 break
             memory = int(info.get("memory_budget") or info.get("memory_available") or 0)
-            members.append(Member(peer.node_id, endpoint, peer.public, memory))
+            profile = info.get("profile") or {}
+            bandwidth = profile.get("memory_bandwidth_gbs") if isinstance(profile, dict) else None
+            members.append(
+                Member(
+                    peer.node_id,
+                    endpoint,
+                    peer.public,
+                    memory,
+                    rtt,
+                    float(bandwidth)
+                    if isinstance(bandwidth, (int, float)) and bandwidth > 0
+                    else None,
+                )
+            )
             break
     return members, skipped
 
@@ -124,42 +161,172 @@ def split_by_memory(weights: Sequence[int], capacities: Sequence[int]) -> list[t
     return list(pairwise(bounds))
 
 
-def cluster_placement(
-    package: Package, config: ClusterConfig, members: Sequence[Member] | None = None
-) -> tuple[Placement | None, str]:
-    """(the placement over this machine and the workers, why) or (None, why not)."""
+@dataclass(frozen=True)
+class Device:
+    """A device as the split sees it: placement backend and options, memory it may give,
+    measured bandwidth (bytes/s) and round trip from here (0 for this machine)."""
+
+    backend: str
+    options: tuple[tuple[str, str | int | float | bool], ...]
+    capacity: int
+    bandwidth: float
+    rtt_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A mode's predicted time per decoded token, and the placement that realises it."""
+
+    mode: str
+    compute_s: float
+    link_s: float
+    placement: Placement | None
+
+    @property
+    def token_s(self) -> float:
+        return self.compute_s + self.link_s
+
+    def describe(self) -> str:
+        return (
+            f"{self.mode} {1e3 * self.token_s:.1f} ms/token ({1e3 * self.compute_s:.1f} compute "
+            f"+ {1e3 * self.link_s:.1f} link)"
+        )
+
+
+def _devices(
+    config: ClusterConfig, members: Sequence[Member], bandwidth_here: float
+) -> list[Device]:
     from devices.memory_info import read_memory
 
+    here = Device(DEFAULT_BACKEND, (), int(read_memory().available * MEMORY_SHARE), bandwidth_here)
+    out = [here]
+    for m in members:
+        options = (("cluster", config.name), ("endpoint", m.endpoint), ("server_key", m.public))
+        bandwidth = 1e9 * m.bandwidth_gbs if m.bandwidth_gbs else bandwidth_here
+        out.append(Device("cluster", options, int(m.memory * MEMORY_SHARE), bandwidth, m.rtt_s))
+    return out
+
+
+def predict_single(weights: Sequence[int], here: Device) -> Prediction | None:
+    if sum(weights) > here.capacity:
+        return None
+    return Prediction("one device", _read_s(sum(weights[1:]), here), 0.0, None)
+
+
+def predict_pipeline(
+    weights: Sequence[int], devices: Sequence[Device], local_share: bool
+) -> Prediction:
+    """Contiguous ranges by memory. With a share here the head stays here too: the logits
+    ([V] floats a token, 200 KB for a 50k vocabulary) never cross the network, only hidden
+    states ([H]) do; without, the workers hold every part."""
+    split = len(weights) - 1 if local_share else len(weights)
+    used = (list(devices) if local_share else list(devices[1:]))[:split]
+    ranges = split_by_memory(weights[:split], [max(d.capacity, 1) for d in used])
+    segments = [SegmentPlacement(a, b, d.backend, d.options) for (a, b), d in zip(ranges, used)]
+    compute = sum(_read_s(sum(weights[max(a, 1) : b]), d) for (a, b), d in zip(ranges, used))
+    if split < len(weights):
+        segments.append(SegmentPlacement(split, len(weights), DEFAULT_BACKEND))
+        compute += _read_s(weights[-1], devices[0])
+    link = sum(d.rtt_s for d in used if d.backend != DEFAULT_BACKEND)
+    fits = all(sum(weights[a:b]) <= d.capacity for (a, b), d in zip(ranges, used))
+    return Prediction("pipeline", compute, link, Placement(tuple(segments)) if fits else None)
+
+
+def predict_tensor(
+    weights: Sequence[int], kinds: Sequence[str], devices: Sequence[Device], max_shares: int
+) -> Prediction | None:
+    """Blocks sharded over this machine and the workers (by bandwidth, or by memory where a
+    device could not hold its speed's share); embed and head here."""
+    blocks = [i for i, kind in enumerate(kinds) if kind == "block"]
+    if not blocks or blocks != list(range(blocks[0], blocks[-1] + 1)) or len(devices) < 2:
+        return None
+    used = list(devices[:max_shares])
+    if len(used) < 2:
+        return None
+    block_bytes = sum(weights[i] for i in blocks)
+    rest = sum(weights) - block_bytes
+    shares = [d.bandwidth for d in used]
+    if any(block_bytes * s / sum(shares) > d.capacity for s, d in zip(shares, used)):
+        shares = [max(d.capacity, 1) for d in used]
+    if any(
+        block_bytes * s / sum(shares) + (rest if i == 0 else 0) > d.capacity
+        for i, (s, d) in enumerate(zip(shares, used))
+    ):
+        return None
+    workers = ",".join(
+        f"{dict(d.options)['endpoint']}|{dict(d.options)['server_key']}" for d in used[1:]
+    )
+    options = {
+        "cluster": str(dict(used[1].options)["cluster"]),
+        "workers": workers,
+        "weights": ",".join(f"{s / max(shares):.3g}" for s in shares),
+    }
+    first, end = blocks[0], blocks[-1] + 1
+    placement = (
+        Placement.split(
+            len(weights), [(0, DEFAULT_BACKEND), (first, "tensor", options), (end, DEFAULT_BACKEND)]
+        )
+        if end < len(weights)
+        else None
+    )
+    compute = _read_s(weights[-1], used[0]) + max(
+        _read_s(int(block_bytes * s / sum(shares)), d) for s, d in zip(shares, used)
+    )
+    link = 2 * len(blocks) * max(d.rtt_s for d in used[1:])
+    return Prediction("tensor", compute, link, placement)
+
+
+def _read_s(nbytes: int, device: Device) -> float:
+    return nbytes / (device.bandwidth * DECODE_EFFICIENCY)
+
+
+def cluster_placement(
+    package: Package,
+    config: ClusterConfig,
+    members: Sequence[Member] | None = None,
+    bandwidth_gbs: float | None = None,
+) -> tuple[Placement | None, str]:
+    """(the placement over this machine and the workers, why) or (None, why not).
+    `bandwidth_gbs`: this machine's memory bandwidth (default: its measured profile)."""
     skipped: list[str] = []
     if members is None:
         members, skipped = find_members(package, config)
     why_skipped = f"; left out: {'; '.join(skipped)}" if skipped else ""
     if not members:
         return None, f"no paired worker of cluster {config.name!r} answered{why_skipped}"
+    if bandwidth_gbs is None:
+        from devices.microbench import measured_profile
+
+        bandwidth_gbs = measured_profile().memory_bandwidth_gbs
     parts = package.manifest.parts
     weights = [sum(t.nbytes for t in p.tensors) for p in parts]
-    here = int(read_memory().available * MEMORY_SHARE)
-    if config.distribute == "auto" and sum(weights) <= here:
-        return None, (
-            f"not distributed: the model ({sum(weights) >> 20} MiB) fits in this machine's "
-            f"available memory, and a pipeline of one request computes on one device at a "
-            f"time plus a network hop per boundary; distribute='always' to split anyway"
+    devices = _devices(config, members, 1e9 * bandwidth_gbs)
+    single = predict_single(weights, devices[0])
+    spec = package.manifest.spec
+    candidates = []
+    if config.mode in ("auto", "pipeline"):
+        candidates.append(predict_pipeline(weights, devices, config.local_share))
+    if config.mode in ("auto", "tensor"):
+        tensor = predict_tensor(
+            weights, [p.kind for p in parts], devices, min(spec.num_heads, len(devices))
         )
-    devices: list[tuple[str, dict[str, str | int | float | bool], int]] = []
-    if config.local_share:
-        devices.append((DEFAULT_BACKEND, {}, here))
-    for m in members[: len(parts) - len(devices)]:
-        options = {"endpoint": m.endpoint, "server_key": m.public, "cluster": config.name}
-        devices.append(("cluster", options, int(m.memory * MEMORY_SHARE)))
-    # With a share here, the head stays here too: the logits ([V] floats a token, 200 KB for
-    # a 50k vocabulary) never cross the network, only hidden states ([H]) do.
-    split = len(parts) - 1 if config.local_share else len(parts)
-    ranges = split_by_memory(weights[:split], [max(c, 1) for _, _, c in devices])
-    segments = tuple(
-        SegmentPlacement(start, end, backend, tuple(options.items()))
-        for (start, end), (backend, options, _) in zip(ranges, devices)
+        if tensor is not None:
+            candidates.append(tensor)
+    feasible = sorted((c for c in candidates if c.placement is not None), key=lambda c: c.token_s)
+    said = "; ".join(c.describe() for c in ([single] if single else []) + candidates)
+    if not feasible:
+        return (
+            None,
+            f"no {config.mode} split fits the devices' memory (predicted: {said}){why_skipped}",
+        )
+    best = feasible[0]
+    if config.distribute == "auto" and single is not None and single.token_s <= best.token_s:
+        return None, (
+            f"not distributed: the model fits here and one device is predicted fastest "
+            f"({said}); distribute='always' to split anyway{why_skipped}"
+        )
+    names = ", ".join(m.node_id for m in members)
+    return (
+        best.placement,
+        f"{best.mode} over this machine and {names} (predicted: {said}){why_skipped}",
     )
-    if split < len(parts):
-        segments += (SegmentPlacement(split, len(parts), DEFAULT_BACKEND),)
-    names = ", ".join(m.node_id for m in members[: len(segments)])
-    return Placement(segments), f"pipeline over this machine and {names}{why_skipped}"

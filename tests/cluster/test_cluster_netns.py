@@ -1,7 +1,8 @@
 """Three workers, each in its own network namespace behind a veth pair shaped with `tbf`,
-latency added by a delaying TCP proxy (this kernel has no netem): the engine's pipeline over
-them gives the single-device greedy tokens, and when one namespace's link is cut
-mid-generation the engine re-places that share here and the tokens stay the same.
+latency added by a delaying TCP proxy (this kernel has no netem): the engine's tensor-parallel
+split and its pipeline over them give the single-device greedy tokens, and when one
+namespace's link is cut mid-generation the engine re-places that share here and the tokens
+stay the same.
 
 Needs root (`ip netns add`); skipped with the reason where that is refused. The namespaces,
 veths and worker processes are removed in a finalizer, whatever happens."""
@@ -234,14 +235,26 @@ def test_three_namespaced_workers_survive_a_cut_link(
         assert rtt >= 2 * DELAY_S, rtt  # the proxy's latency is on the path
 
         package = open_package(tiny_package)
-        config = ClusterConfig("home", distribute="always", local_share=False)
+        single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+        expected = _greedy(single)
+        single.close()
+
+        tensor, why = cluster_placement(
+            package, ClusterConfig("home", distribute="always", mode="tensor"), members
+        )
+        assert tensor is not None and "tensor" in why, why
+        engine = Engine(package, EngineConfig(threads=1, max_context=64, placement=tensor))
+        try:
+            assert not engine.fallbacks, engine.fallbacks
+            assert _greedy(engine) == expected
+        finally:
+            engine.close()
+
+        config = ClusterConfig("home", distribute="always", mode="pipeline", local_share=False)
         placement, why = cluster_placement(package, config, members)
         assert placement is not None, why
         assert [s.backend for s in placement.segments] == ["cluster"] * 3, placement
 
-        single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
-        expected = _greedy(single)
-        single.close()
         engine = Engine(package, EngineConfig(threads=1, max_context=64, placement=placement))
         try:
             assert not engine.fallbacks, engine.fallbacks

@@ -81,3 +81,50 @@ def test_run_cli_over_a_cluster(tiny_package, coordinator, start_worker) -> None
     assert alone.returncode == 0 and spread.returncode == 0, spread.stderr[-2000:]
     assert spread.stdout == alone.stdout
     assert "cluster" in spread.stderr
+
+
+def _members(count: int, rtt_s: float) -> list:
+    from edge.cluster.placement import Member
+
+    return [
+        Member(f"node{i}", f"tcp://127.0.0.1:{5000 + i}", f"KEY{i}", 1 << 34, rtt_s)
+        for i in range(count)
+    ]
+
+
+def test_the_split_is_chosen_by_predicted_time_per_token(tiny_package) -> None:
+    """No worker is contacted: members with measured round trips and a bandwidth are given.
+    Slow devices on a fast link: tensor parallel beats one device; the same on a slow link:
+    a pipeline (one round trip per worker, not two per block); fast devices: one device."""
+    package = open_package(tiny_package)
+    blocks = sum(p.kind == "block" for p in package.manifest.parts)
+    slow = 1e-5  # GB/s: compute dominates
+
+    placement, why = cluster_placement(
+        package, ClusterConfig("home"), _members(3, 1e-6), bandwidth_gbs=slow
+    )
+    assert placement is not None and why.startswith("tensor"), why
+    (tensor,) = [s for s in placement.segments if s.backend == "tensor"]
+    assert tensor.end - tensor.start == blocks
+    assert dict(tensor.options)["workers"].count("|") == 3
+
+    placement, why = cluster_placement(
+        package, ClusterConfig("home", distribute="always"), _members(3, 0.5), bandwidth_gbs=0.1
+    )
+    assert placement is not None and why.startswith("pipeline"), why
+
+    placement, why = cluster_placement(
+        package, ClusterConfig("home"), _members(3, 1e-3), bandwidth_gbs=20.0
+    )
+    assert placement is None and "one device is predicted fastest" in why, why
+    assert "tensor" in why and "pipeline" in why  # every prediction is shown
+
+    placement, why = cluster_placement(
+        package,
+        ClusterConfig("home", distribute="always", mode="tensor"),
+        _members(2, 1e-3),
+        bandwidth_gbs=20.0,
+    )
+    assert placement is not None and why.startswith("tensor"), why
+    with pytest.raises(ConfigError, match="mode"):
+        ClusterConfig("home", mode="ring")

@@ -202,3 +202,31 @@ def test_real_smollm2_over_two_and_four_devices(
         assert not split.fallbacks, split.fallbacks
         assert _greedy(split, 8) == expected
         split.close()
+
+
+def test_biases_go_with_their_columns_or_to_the_reduction(tiny_package) -> None:
+    """Qwen2's fused Q/K/V bias is sliced with its columns; an output bias (W_o, W_down) is
+    added once, by the reduction, whatever the device count (GQA 4:2 over 3 devices)."""
+    from dataclasses import replace
+
+    from devices.spec_forward.weights import FloatWeight
+
+    weights = load_model_weights(open_package(tiny_package))
+    spec, block = weights.spec, weights.blocks[1]
+    rng = np.random.default_rng(1)
+
+    def biased(w: FloatWeight) -> FloatWeight:
+        return FloatWeight(w.weight, rng.standard_normal(w.N).astype(np.float32))
+
+    block = replace(
+        block, qkv=biased(block.qkv), attn_output=biased(block.attn_output), down=biased(block.down)
+    )
+    x = rng.standard_normal((1, 4, spec.hidden_size)).astype(np.float32)
+    keys = np.zeros((1, spec.num_kv_heads, 16, spec.head_dim), np.float32)
+    expected = block_forward(spec, block, x, keys, keys.copy(), 0, rope_tables(spec, 16))[0]
+    runners = [ShardRunner(spec, [block], s, 16) for s in split_shares(spec, [1.0, 1.0, 2.0])]
+    r = finish(
+        spec, block, "attention", sum(u.partial("attention", 1, x[0], 0) for u in runners), x[0]
+    )
+    got = finish(spec, block, "ffn", sum(u.partial("ffn", 1, r, 0) for u in runners), r)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
