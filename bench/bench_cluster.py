@@ -71,11 +71,26 @@ def start_worker(package: Path, coordinator: KeyStore, root: Path, index: int, t
     return proc, Member(node_id, line.split()[-1], keys.public, 1 << 40)
 
 
-def peak_rss(pid: int) -> int:
+def peak_rss(pid: int, field: str = "VmHWM") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def held_bytes(engine: Engine, package) -> list[int]:
+    """What each worker of `engine` should hold: its share's slices and KV cache (tensor), or
+    its parts' weights plus its KV cache (pipeline), in worker order."""
+    out = []
+    parts = package.manifest.parts
+    for segment in engine.segments:
+        if segment.backend.name == "tensor":
+            out += [int(link.info()["slice"]["bytes"]) for link in segment.loaded.links]
+        elif segment.backend.name == "cluster":
+            info = segment.loaded.link.info()["slice"]
+            weights = sum(t.nbytes for p in parts[info["start"] : info["end"]] for t in p.tensors)
+            out.append(weights + int(info["kv_bytes"]))
+    return out
 
 
 def tensor_stats(engine: Engine) -> tuple[int, float, int]:
@@ -156,6 +171,7 @@ def main() -> None:
         start_worker(args.package, coordinator, root, i, args.threads)
         for i in range(sum(args.workers) * len(args.modes))
     ]
+    idle_rss = {proc.pid: peak_rss(proc.pid, "VmRSS") for proc, _ in workers}
     package = open_package(args.package, verify="sizes")
     spec = package.spec
     prompt = [(7 * i + 100) % spec.vocab_size for i in range(args.prompt)]
@@ -189,9 +205,10 @@ def main() -> None:
     print(f"{args.threads} per process, median of {args.rounds} alternated rounds\n")
     print(
         "| configuration | decode tok/s | vs one device | TTFT ms | wire bytes/token "
-        "| reductions/token | wait ms/reduction | worker peak RSS MiB |"
+        "| reductions/token | wait ms/reduction | worker peak RSS MiB "
+        "| worker RSS growth / predicted MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     base = statistics.median(r[1] for r in results["one device"])
     tokens_run = args.rounds * (args.tokens + 1)
     for name, engine in engines.items():
@@ -213,10 +230,15 @@ def main() -> None:
                 if s.backend.name == "cluster"
             )
             per_token = per_reduction = "-"
-        rss = " / ".join(f"{peak_rss(pid) / 2**20:.0f}" for pid in held.get(name, []))
+        pids = held.get(name, [])
+        rss = " / ".join(f"{peak_rss(pid) / 2**20:.0f}" for pid in pids)
+        growth = " / ".join(
+            f"{(peak_rss(pid) - idle_rss[pid]) / 2**20:.0f} of {b / 2**20:.0f}"
+            for pid, b in zip(pids, held_bytes(engine, package))
+        )
         print(
             f"| {name} | {tps:.1f} | {tps / base:.2f}x | {ttft:.0f} | {wire} | {per_token} "
-            f"| {per_reduction} | {rss or '-'} |"
+            f"| {per_reduction} | {rss or '-'} | {growth or '-'} |"
         )
 
     # TPI-LLM's latency model from the measured parts.

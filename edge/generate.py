@@ -11,22 +11,27 @@ import numpy as np
 from edge.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from edge.engine import Engine
 from edge.errors import ContextOverflowError, InvalidSamplingError
-from edge.sampling import Sampler, SamplingConfig
+from edge.sampling import Sampler, SamplingConfig, TopLogprobs
 from edge.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """What to generate: how many tokens, how to sample, when to stop."""
+    """What to generate: how many tokens, how to sample, when to stop, and how many of the
+    most likely alternatives to report with each token (`top_logprobs`; 0: none, no cost)."""
 
     max_tokens: int = 256
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise InvalidSamplingError(f"max_tokens={self.max_tokens!r}; must be an int >= 1")
+        k = self.top_logprobs
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise InvalidSamplingError(f"top_logprobs={k!r}; must be an int >= 0")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidSamplingError(
                 f"stop={self.stop!r}; stop strings must be non-empty strings"
@@ -40,6 +45,10 @@ class GenerationResponse:
     `text` may be empty (a character split over several tokens, or text held back while it
     might begin a stop string). The last response has `finish_reason` "stop" (EOS or a stop
     string) or "length" (max_tokens or the context window).
+
+    `logprob` is log_softmax of the model's raw logits at the chosen token (before repetition
+    penalty, temperature and filters); `top_logprobs`, when asked for, holds the k most likely
+    (token id, logprob) of that same distribution, most likely first, else None.
     """
 
     token: int
@@ -53,6 +62,7 @@ class GenerationResponse:
     from_draft: bool = False
     # Speculative decoding only: acceptance so far, tokens per target pass, net speedup.
     speculation: SpeculationStats | None = None
+    top_logprobs: TopLogprobs | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class ResponseEmitter:
         logprob: float,
         from_draft: bool = False,
         speculation: SpeculationStats | None = None,
+        top_logprobs: TopLogprobs | None = None,
     ) -> GenerationResponse:
         """The response for the next token; its `finish_reason` says whether to stop."""
         self.history.append(token)
@@ -136,6 +147,7 @@ class ResponseEmitter:
             finish,
             from_draft,
             speculation,
+            top_logprobs,
         )
 
 
@@ -175,7 +187,10 @@ def stream_tokens(
     while True:
         # The token's absolute position keys its sampling noise, as in speculative decoding.
         token, logprob = sampler.sample(logits, out.history, len(out.history))
-        response = out.emit(token, logprob)
+        top = None
+        if config.top_logprobs:  # after the choice, from the same logits: tokens do not change
+            logprob, top = sampler.logprobs(logits, token, config.top_logprobs)
+        response = out.emit(token, logprob, top_logprobs=top)
         yield response
         if response.finish_reason:
             return

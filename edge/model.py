@@ -104,14 +104,18 @@ class Model:
         stop: str | Sequence[str] = (),
         ignore_eos: bool = False,
         add_special_tokens: bool = True,
+        top_logprobs: int = 0,
     ) -> Iterator[GenerationResponse]:
         """Yield a `GenerationResponse` per generated token. temperature=0 is greedy.
 
         `prompt` is text (encoded with the model's tokenizer) or a list of token ids.
+        `top_logprobs=k` adds to each response the k most likely tokens with their logprobs
+        (the distribution its `logprob` is taken from); it does not change the tokens.
         """
         config = GenerationConfig(
             max_tokens=max_tokens,
             ignore_eos=ignore_eos,
+            top_logprobs=top_logprobs,
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
             sampling=SamplingConfig(
                 temperature=temperature,

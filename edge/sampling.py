@@ -16,6 +16,10 @@ agrees with the target wherever both favour the same token under it (see
 
 The greedy path is the hot path on small devices, so it reuses one scratch buffer and costs an
 argmax plus one log-sum-exp; the stochastic path may allocate.
+
+Logprobs, the chosen token's and the most likely alternatives' (`Sampler.logprobs`), are all
+`log_softmax` of the raw logits, before the penalty, temperature and filters: what the model
+believes, whatever way we sample.
 """
 
 from __future__ import annotations
@@ -29,7 +33,17 @@ import numpy as np
 
 from edge.errors import InvalidSamplingError
 
-__all__ = ["Sampler", "SamplingConfig", "fresh_seed", "position_uniforms"]
+__all__ = [
+    "Sampler",
+    "SamplingConfig",
+    "TopLogprobs",
+    "fresh_seed",
+    "position_uniforms",
+    "top_logprobs",
+]
+
+# The k most likely (token id, logprob) of one step, most likely first.
+TopLogprobs = tuple[tuple[int, float], ...]
 
 
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
@@ -152,6 +166,14 @@ class Sampler:
         token = self._pick(penalized, _position(position, recent_tokens))
         return token, float(logits[token]) - lse
 
+    def logprobs(self, logits: np.ndarray, token: int, k: int = 0) -> tuple[float, TopLogprobs]:
+        """`token`'s logprob, as `sample` returns it, and the `k` most likely tokens with
+        theirs (`top_logprobs`), all from one log-sum-exp of the raw `logits` (V,): so the
+        chosen token's figure equals its entry among the alternatives, bit for bit."""
+        logits = self._check_logits(logits)
+        lse = self._logsumexp(logits)
+        return float(logits[token]) - lse, top_logprobs(logits, k, lse)
+
     def _check_logits(self, logits: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits)
         if logits.shape != (self.vocab_size,):
@@ -243,6 +265,19 @@ class Sampler:
         with np.errstate(divide="ignore"):  # u == 0 (p = 2^-53): noise -inf, never chosen
             noisy = vals - np.log(-np.log(uniforms))
         return int(ids[int(np.argmax(noisy))])
+
+
+def top_logprobs(logits: np.ndarray, k: int, lse: float) -> TopLogprobs:
+    """The `k` largest of `logits` (V,) as (id, logits[id] - lse), most likely first (ties:
+    lower id first); () for k <= 0. An argpartition, O(V), then a sort of k: cheap enough to
+    run every step, and run only when asked."""
+    k = min(k, logits.size)
+    if k <= 0:
+        return ()
+    ids = np.argpartition(logits, -k)[-k:] if k < logits.size else np.arange(logits.size)
+    vals = logits[ids]  # (k,)
+    order = np.lexsort((ids, -vals))
+    return tuple((int(ids[j]), float(vals[j]) - lse) for j in order)
 
 
 def _position(position: int | None, recent_tokens: Sequence[int] | np.ndarray) -> int:

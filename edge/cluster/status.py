@@ -50,12 +50,7 @@ def cluster_status(
             except ClusterError:
                 row = DeviceStatus(node.node_id, address, "unreachable")
                 continue
-            held = info.get("slice")
-            holds = (
-                f"parts [{held['start']}, {held['end']}) of {info.get('package')}"
-                if held
-                else f"nothing yet ({info.get('package')})"
-            )
+            holds = f"{_held(info.get('slice'))} of {info.get('package')}"
             free = int(info.get("memory_budget", 0)) >> 20
             row = DeviceStatus(peer.node_id, address, "ok", rtt, f"{holds}; {free} MiB free")
             seen.add(peer.node_id)
@@ -65,3 +60,17 @@ def cluster_status(
         DeviceStatus(p.node_id, "-", "paired") for p in paired.values() if p.node_id not in seen
     ]
     return rows
+
+
+def _held(held: object) -> str:
+    """What a worker's `info` says it holds: a range of parts, or a tensor-parallel share."""
+    if not isinstance(held, dict):
+        return "nothing yet"
+    if "share" in held:
+        share, blocks = held.get("share") or {}, held.get("blocks") or ["?", "?"]
+        heads, ffn = share.get("heads", ["?", "?"]), share.get("ffn", ["?", "?"])
+        return (
+            f"heads [{heads[0]}, {heads[1]}) and FFN columns [{ffn[0]}, {ffn[1]}) of blocks "
+            f"[{blocks[0]}, {blocks[1]}), {int(held.get('bytes', 0)) >> 20} MiB"
+        )
+    return f"parts [{held.get('start')}, {held.get('end')})"

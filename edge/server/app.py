@@ -249,10 +249,12 @@ async def stream_events(
                     yield responses.usage_chunk(reply, event)
                 break
             if event.text or logprobs:
-                entry = responses.token_logprob(event, decode) if logprobs else None
-                yield responses.chunk(
-                    reply, event.text, logprob=entry, text_offset=offset, extra=extra
-                )
+                entry = None
+                if logprobs and reply.chat:
+                    entry = responses.token_logprob(event, decode)
+                elif logprobs:
+                    entry = responses.completion_logprobs([event], decode, offset)
+                yield responses.chunk(reply, event.text, logprob=entry, extra=extra)
                 offset += len(event.text)
     except Exception as exc:  # the status line is sent: report the error as an event
         error = exc if isinstance(exc, APIError) else GenerationFailedError(f"{exc!s:.300}")

@@ -50,14 +50,28 @@ def usage(done: Finished) -> dict[str, Any]:
 
 
 def token_logprob(response: GenerationResponse, decode: Decode) -> dict[str, Any]:
-    """A chat logprobs entry: the token's text, logprob and UTF-8 bytes (top ones: none)."""
-    text = decode([response.token])
+    """A chat logprobs entry: the token's text, logprob and UTF-8 bytes, and its most likely
+    alternatives in the same shape (empty unless top_logprobs was asked for)."""
     return {
-        "token": text,
-        "logprob": response.logprob,
-        "bytes": list(text.encode("utf-8")),
-        "top_logprobs": [],
+        **_token_entry(response.token, response.logprob, decode),
+        "top_logprobs": [
+            _token_entry(token, logprob, decode) for token, logprob in response.top_logprobs or ()
+        ],
     }
+
+
+def _token_entry(token: int, logprob: float, decode: Decode) -> dict[str, Any]:
+    text = decode([token])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def _top_dict(response: GenerationResponse, decode: Decode) -> dict[str, float]:
+    """Completions' alternatives: {text: logprob}, most likely first. Two ids with the same
+    text (a lone byte of a character decodes to U+FFFD) share a key: the likelier one's."""
+    top: dict[str, float] = {}
+    for token, logprob in response.top_logprobs or ():
+        top.setdefault(decode([token]), logprob)
+    return top
 
 
 def whole(
@@ -83,22 +97,27 @@ def whole(
         choice = {
             "index": 0,
             "text": text,
-            "logprobs": _completion_logprobs(logprobs, decode) if logprobs is not None else None,
+            "logprobs": completion_logprobs(logprobs, decode) if logprobs is not None else None,
             "finish_reason": done.finish_reason,
         }
     return {**reply.head(chunk=False), "choices": [choice], "usage": usage(done)}
 
 
-def _completion_logprobs(responses: list[GenerationResponse], decode: Decode) -> dict[str, Any]:
+def completion_logprobs(
+    responses: list[GenerationResponse], decode: Decode, offset: int = 0
+) -> dict[str, Any]:
+    """Completions' logprobs of `responses`, the first at text `offset`: top_logprobs is null
+    unless alternatives were asked for (logprobs >= 1)."""
     tokens = [decode([r.token]) for r in responses]
-    offsets, at = [], 0
+    offsets, at = [], offset
     for t in tokens:
         offsets.append(at)
         at += len(t)
+    top = any(r.top_logprobs is not None for r in responses)
     return {
         "tokens": tokens,
         "token_logprobs": [r.logprob for r in responses],
-        "top_logprobs": None,
+        "top_logprobs": [_top_dict(r, decode) for r in responses] if top else None,
         "text_offset": offsets,
     }
 
@@ -110,11 +129,11 @@ def chunk(
     role: bool = False,
     finish_reason: str | None = None,
     logprob: dict[str, Any] | None = None,
-    text_offset: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> bytes:
     """One server-sent event carrying a streamed piece (`text`, the role, or the end), with
-    `extra` fields (usage)."""
+    `extra` fields (usage). `logprob` is the piece's token: a chat entry (`token_logprob`) or
+    completions' logprobs of one token (`completion_logprobs`)."""
     if reply.chat:
         delta: dict[str, Any] = {}
         if role:
@@ -131,16 +150,7 @@ def chunk(
         choice = {
             "index": 0,
             "text": text or "",
-            "logprobs": (
-                {
-                    "tokens": [logprob["token"]],
-                    "token_logprobs": [logprob["logprob"]],
-                    "top_logprobs": None,
-                    "text_offset": [text_offset],
-                }
-                if logprob
-                else None
-            ),
+            "logprobs": logprob or None,
             "finish_reason": finish_reason,
         }
     return event({**reply.head(chunk=True), "choices": [choice], **(extra or {})})

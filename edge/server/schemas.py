@@ -3,7 +3,8 @@
 A wrong type or range is an `InvalidRequestError` naming the parameter (400), before the
 request waits in the queue; fields OpenAI defines that this server does not use are ignored,
 as llama.cpp's and Ollama's servers ignore them, unless ignoring one would change the answer
-(n > 1, top_logprobs, echo, suffix): those are refused.
+(n > 1, best_of > 1, echo, suffix): those are refused. Logprobs follow OpenAI's limits: chat's
+`top_logprobs` is 0..20 and needs `logprobs: true`; completions' `logprobs` is 0..5.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from edge.server.errors import InvalidRequestError
 
 MAX_STOP = 16  # OpenAI allows 4; clients that send more still get an answer
 MAX_BODY = 8 << 20  # bytes: a prompt far beyond any context window is refused unread
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI caps it
+MAX_COMPLETION_LOGPROBS = 5  # completions' logprobs, as OpenAI caps it
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Sampling:
     stop: tuple[str, ...]
     logprobs: bool
     ignore_eos: bool = False  # an extension (llama.cpp's and vLLM's servers have it too)
+    top_logprobs: int = 0  # alternatives per token, with logprobs
 
     def stream_kwargs(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,7 @@ class Sampling:
             "seed": self.seed,
             "stop": self.stop,
             "ignore_eos": self.ignore_eos,
+            "top_logprobs": self.top_logprobs,
         }
 
 
@@ -80,11 +85,11 @@ def parse_chat(data: Mapping[str, Any]) -> ChatRequest:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", "messages")
-    top = data.get("top_logprobs")
-    if top not in (None, 0):
+    logprobs = _bool(data, "logprobs")
+    top = _count(data, "top_logprobs", MAX_TOP_LOGPROBS)
+    if top and not logprobs:
         raise InvalidRequestError(
-            "top_logprobs is not supported yet: with logprobs=true each token carries its own "
-            "logprob only",
+            "top_logprobs needs logprobs: true (the alternatives come with each token's logprob)",
             "top_logprobs",
         )
     return ChatRequest(
@@ -93,7 +98,8 @@ def parse_chat(data: Mapping[str, Any]) -> ChatRequest:
         sampling=_sampling(
             data,
             max_tokens=_first(data, "max_completion_tokens", "max_tokens"),
-            logprobs=_bool(data, "logprobs"),
+            logprobs=logprobs,
+            top_logprobs=top or 0,
         ),
         stream=_bool(data, "stream"),
         include_usage=_include_usage(data),
@@ -108,20 +114,18 @@ def parse_completion(data: Mapping[str, Any]) -> CompletionRequest:
         raise InvalidRequestError("suffix (fill-in-the-middle) is not supported", "suffix")
     if data.get("best_of") not in (None, 1):
         raise InvalidRequestError("best_of must be 1", "best_of")
-    logprobs = data.get("logprobs")
-    if logprobs is not None and (not _is_int(logprobs) or logprobs != 0):
-        raise InvalidRequestError(
-            "logprobs must be 0 (each token's own logprob) or null: top alternatives are not "
-            "supported yet",
-            "logprobs",
-        )
+    # null: none; 0: each token's own logprob; N: and its N most likely alternatives
+    logprobs = _count(data, "logprobs", MAX_COMPLETION_LOGPROBS)
     # OpenAI's default for completions is 16 tokens
     max_tokens = data.get("max_tokens", 16)
     return CompletionRequest(
         model=_model(data),
         prompt=_prompt(data.get("prompt")),
         sampling=_sampling(
-            data, max_tokens={"max_tokens": max_tokens}, logprobs=logprobs is not None
+            data,
+            max_tokens={"max_tokens": max_tokens},
+            logprobs=logprobs is not None,
+            top_logprobs=logprobs or 0,
         ),
         stream=_bool(data, "stream"),
         include_usage=_include_usage(data),
@@ -182,7 +186,9 @@ def _prompt(prompt: object) -> str | tuple[int, ...]:
     )
 
 
-def _sampling(data: Mapping[str, Any], max_tokens: Mapping[str, Any], logprobs: bool) -> Sampling:
+def _sampling(
+    data: Mapping[str, Any], max_tokens: Mapping[str, Any], logprobs: bool, top_logprobs: int
+) -> Sampling:
     if data.get("n") not in (None, 1):
         raise InvalidRequestError("n must be 1: this server generates one choice", "n")
     ((max_name, max_value),) = max_tokens.items() or (("max_tokens", None),)
@@ -196,6 +202,7 @@ def _sampling(data: Mapping[str, Any], max_tokens: Mapping[str, Any], logprobs: 
         stop=_stop(data.get("stop")),
         logprobs=logprobs,
         ignore_eos=_bool(data, "ignore_eos"),
+        top_logprobs=top_logprobs,
     )
 
 
@@ -218,6 +225,16 @@ def _number(
         bound = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
         raise InvalidRequestError(f"{name}={value!r} must be a number in {bound}", name)
     return float(value)
+
+
+def _count(data: Mapping[str, Any], name: str, high: int) -> int | None:
+    """`data[name]` as an integer in [0, high], or None when absent or null."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or not 0 <= value <= high:
+        raise InvalidRequestError(f"{name}={value!r} must be an integer in [0, {high}]", name)
+    return int(value)
 
 
 def _seed(seed: object) -> int | None:

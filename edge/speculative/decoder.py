@@ -36,11 +36,6 @@ from edge.tokenizer import Tokenizer
 log = logging.getLogger("edge.speculative")
 
 
-def _log_softmax_at(logits: np.ndarray, token: int) -> float:
-    m = float(np.max(logits))
-    return float(logits[token]) - m - float(np.log(np.exp(logits - m).sum(dtype=np.float64)))
-
-
 def usable_cpus() -> int:
     """Logical CPUs this process may run on (its affinity), which threads can use at once."""
     try:
@@ -131,8 +126,8 @@ class SpeculativeDecoder:
         logits, prompt_tps = prefill_prompt(self.target, prompt_ids, cached_prefix)
         out = ResponseEmitter(tokenizer, prompt_ids, config, self.target.max_context, prompt_tps)
         run = _Run(self, sampler, out)
-        token, logprob = sampler.sample(logits, out.history, len(out.history))
-        yield (response := out.emit(token, logprob, speculation=run.stats()))
+        token = sampler.choose(logits, out.history, len(out.history))
+        yield (response := run.emit(logits, token, False))
         try:
             while not response.finish_reason:
                 for response in run.round():
@@ -255,8 +250,7 @@ class _Run:
         self.d.controller.record_plain(done - step_started)
         self._count(1, done - started)  # with the time spent choosing not to draft
         history = self.out.history
-        token, logprob = self.sampler.sample(logits, history, len(history))
-        yield self.out.emit(token, logprob, speculation=self.stats())
+        yield self.emit(logits, self.sampler.choose(logits, history, len(history)), False)
 
     def _verify(self, draft: Draft, draft_seconds: float) -> Iterator[GenerationResponse]:
         started = time.perf_counter()
@@ -290,12 +284,22 @@ class _Run:
         self._count(0, seconds)
         for i, t in enumerate([*draft.tokens[:n], token]):
             self.committed += 1
-            response = self.out.emit(
-                t, _log_softmax_at(logits[i], t), from_draft=i < n, speculation=self.stats()
-            )
+            response = self.emit(logits[i], t, i < n)
             yield response
             if response.finish_reason:
                 return
+
+    def emit(self, logits: np.ndarray, token: int, from_draft: bool) -> GenerationResponse:
+        """The response for `token`, chosen from `logits` (V,): its logprob (and the top ones
+        when asked) come from the sampler, as in plain decoding, so both report alike."""
+        logprob, top = self.sampler.logprobs(logits, token, self.out.config.top_logprobs)
+        return self.out.emit(
+            token,
+            logprob,
+            from_draft=from_draft,
+            speculation=self.stats(),
+            top_logprobs=top if self.out.config.top_logprobs else None,
+        )
 
     def _count(self, tokens: int, seconds: float) -> None:
         self.passes += 1

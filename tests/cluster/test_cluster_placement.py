@@ -61,8 +61,8 @@ def test_load_over_a_cluster_gives_the_single_device_text(
 
 
 def test_run_cli_over_a_cluster(tiny_package, coordinator, start_worker) -> None:
-    """`edge run PKG --cluster home --peer HOST:PORT --distribute always` prints the
-    single-device text and the placement (on stderr)."""
+    """`edge run PKG --cluster home --peer HOST:PORT --distribute always [--split tensor]`
+    prints the single-device text and the placement (on stderr)."""
     worker = start_worker(coordinator)
     env = {"EDGE_CONFIG_DIR": str(coordinator.root.parent), "PYTHONPATH": str(REPO)}
 
@@ -81,6 +81,11 @@ def test_run_cli_over_a_cluster(tiny_package, coordinator, start_worker) -> None
     assert alone.returncode == 0 and spread.returncode == 0, spread.stderr[-2000:]
     assert spread.stdout == alone.stdout
     assert "cluster" in spread.stderr
+    peer = ("--cluster", "home", "--peer", _peer(worker), "--distribute", "always")
+    tensor = run(*peer, "--split", "tensor")
+    assert tensor.returncode == 0, tensor.stderr[-2000:]
+    assert tensor.stdout == alone.stdout
+    assert "tensor" in tensor.stderr
 
 
 def _members(count: int, rtt_s: float) -> list:

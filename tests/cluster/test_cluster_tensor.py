@@ -4,6 +4,9 @@ greedy tokens; a worker killed mid-generation is re-sharded around, on the survi
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -11,6 +14,7 @@ from devices.spec_forward.numpy_forward import block_forward, rope_tables
 from devices.spec_forward.weights import load_model_weights
 from edge.cluster.shard_runner import ShardRunner, finish, load_share
 from edge.cluster.shards import Share, ffn_unit, split_shares
+from edge.cluster.status import cluster_status
 from edge.cluster.tensor_backend import TensorBackend, parse_weights, parse_workers
 from edge.engine import Engine, EngineConfig
 from edge.errors import ConfigError
@@ -159,16 +163,23 @@ def test_tensor_parallel_matches_one_device(
     split.rewind(len(PROMPT))  # a rewind (speculative decoding's) reaches every share
     single.rewind(len(PROMPT))
     np.testing.assert_allclose(split.decode(3), single.decode(3), rtol=1e-4, atol=1e-4)
-    assert "reductions" in split.describe() or split.report()
+    assert "shares (this machine first)" in split.describe()
+    assert "reductions" in (split.report() or "")
+    status = cluster_status(
+        "home", [w.endpoint.removeprefix("tcp://") for w in workers], mdns_s=0, store=coordinator
+    )
+    assert all("heads [" in row.holds for row in status), status
     split.close()
 
 
-def test_a_killed_worker_is_resharded_over_the_survivors(
-    tiny_package, coordinator, start_worker, monkeypatch
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_lost_worker_is_resharded_over_the_survivors(
+    tiny_package, coordinator, start_worker, monkeypatch, how
 ) -> None:
-    """kill -9 one of three workers after four tokens: the two left (and this machine) take
-    its heads and columns from their own package, the KV cache is rebuilt from the tokens so
-    far, and the greedy tokens are still the single device's."""
+    """kill -9 (the connection drops) or SIGSTOP (its heartbeats stop) one of three workers
+    after four tokens: the two left (and this machine) take its heads and columns from their
+    own package, the KV cache is rebuilt from the tokens so far, and the greedy tokens are
+    still the single device's."""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator) for _ in range(3)]
     placement = _tensor(tiny_package, workers, weights="1,1,1,1")
@@ -176,7 +187,8 @@ def test_a_killed_worker_is_resharded_over_the_survivors(
         open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
     )
     single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
-    assert _greedy(split, 10, kill=workers[1].proc.kill) == _greedy(single, 10)
+    lost = workers[1].proc.pid
+    assert _greedy(split, 10, kill=lambda: os.kill(lost, how)) == _greedy(single, 10)
     assert not split.fallbacks, split.fallbacks  # re-sharded, not moved to this machine's CPU
     (segment,) = [s for s in split.placements["decode"][0].segments if s.backend == "tensor"]
     kept = dict(segment.options)["workers"]
