@@ -22,6 +22,7 @@ examples:
   edge serve                                   # smollm2-135m on http://127.0.0.1:8080
   edge serve qwen2.5-coder-0.5b --port 8000 --draft lookup
   edge serve --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"   # for the home network
+  edge serve --cors-origin http://localhost:3000   # a web app there may call the API
 """
 
 
@@ -48,6 +49,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="KEY",
         help="require 'Authorization: Bearer KEY' on every API request (default: $EDGE_API_KEY)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        dest="cors_origins",
+        help="let web pages from ORIGIN (scheme://host[:port], or * for any) call the API from "
+        "a browser (CORS; repeatable; the key, if set, is still required). Default: none, so "
+        "browsers refuse other sites' calls",
     )
     parser.add_argument(
         "--queue",
@@ -86,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
         port=args.port,
         api_key=args.api_key or os.environ.get("EDGE_API_KEY") or None,
         queue_size=args.queue,
+        cors_origins=tuple(args.cors_origins or ()),
         load={
             "max_context": args.ctx,
             "threads": args.threads,

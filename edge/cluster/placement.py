@@ -29,12 +29,17 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 from edge.cluster.errors import ClusterError
 from edge.errors import ConfigError
 from edge.format import MANIFEST_FILE
 from edge.package import Package
 from edge.placement import DEFAULT_BACKEND, Placement, SegmentPlacement
+
+if TYPE_CHECKING:
+    from edge.cluster.client import WorkerClient
+    from edge.cluster.keys import CurveKeys, Peer
 
 DISTRIBUTE = ("auto", "always")
 MODES = ("auto", "pipeline", "tensor")
@@ -45,6 +50,7 @@ MEMORY_SHARE = 0.7
 # Qwen2.5-Coder, BENCHMARKS.md); it scales every device's compute alike.
 DECODE_EFFICIENCY = 0.55
 PINGS = 5
+REOPEN_S = 60.0  # a worker that received the package reopens its port within this time
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,9 @@ class ClusterConfig:
     workers, tried besides mDNS for `mdns_s` seconds; `distribute`: "auto" (only where a split
     is predicted faster, or the model does not fit here) or "always"; `mode`: "auto" (the
     faster prediction), "pipeline" or "tensor"; `local_share`: this machine computes a share
-    too (pipeline; a tensor split always keeps one here)."""
+    too (pipeline; a tensor split always keeps one here); `send`: a worker waiting for a
+    package (`edge cluster serve PKG --receive`) is sent this one first (a progress bar
+    when `progress`)."""
 
     name: str
     peers: tuple[str, ...] = ()
@@ -61,6 +69,8 @@ class ClusterConfig:
     distribute: str = "auto"
     mode: str = "auto"
     local_share: bool = True
+    send: bool = True
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.distribute not in DISTRIBUTE:
@@ -115,6 +125,11 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
             try:
                 with WorkerClient(endpoint, peer.public, keys, link_config, peer.name) as link:
                     info = link.info()
+                    if "receiving" in info and config.send and info.get("package_id") is None:
+                        _send(link, package, peer.name or peer.node_id, config.progress)
+                if "receiving" in info and config.send:
+                    info = _reopened(endpoint, peer, keys, wanted)
+                with WorkerClient(endpoint, peer.public, keys, link_config, peer.name) as link:
                     rtt = statistics.median(link.ping() for _ in range(PINGS))
             except ClusterError as exc:
                 skipped.append(f"{endpoint} ({peer.node_id}): {exc}")
@@ -139,6 +154,49 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
             )
             break
     return members, skipped
+
+
+def _send(link: WorkerClient, package: Package, name: str, progress: bool) -> None:
+    """Send `package` to a worker waiting for one, with a progress bar over its bytes."""
+    from tqdm.auto import tqdm
+
+    from edge.cluster.transfer import send_package
+
+    total = sum(entry.size for entry in package.manifest.files)
+    done: dict[str, int] = {}
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"send to {name}", disable=not progress
+    ) as bar:
+
+        def sent(path: str, offset: int, size: int) -> None:
+            bar.update(offset - done.get(path, 0))
+            done[path] = offset
+
+        send_package(link, package.root, progress=sent)
+
+
+def _reopened(endpoint: str, peer: Peer, keys: CurveKeys, wanted: str) -> dict[str, Any]:
+    """The info of a worker that has just received the package and reopens its port to serve
+    it (`edge cluster serve --receive`): retried for up to `REOPEN_S` seconds."""
+    import time
+
+    from edge.cluster.client import WorkerClient
+    from edge.cluster.transport import LinkConfig
+
+    deadline = time.monotonic() + REOPEN_S
+    config = LinkConfig(connect_timeout_s=2.0, request_timeout_s=10.0)
+    while True:
+        try:
+            with WorkerClient(endpoint, peer.public, keys, config, peer.name) as link:
+                info = link.info()
+            if info.get("package_id") == wanted and "receiving" not in info:
+                return info
+        except ClusterError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{endpoint} did not come back serving the package it received")
+        time.sleep(0.5)
 
 
 def split_by_memory(weights: Sequence[int], capacities: Sequence[int]) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -53,8 +54,17 @@ ENDPOINTS = frozenset(
 )
 
 
-def create_app(worker: EngineWorker, metrics: Metrics, api_key: str | None = None) -> ASGIApp:
-    """The ASGI application; its lifespan starts the engine thread and stops it."""
+def create_app(
+    worker: EngineWorker,
+    metrics: Metrics,
+    api_key: str | None = None,
+    cors_origins: tuple[str, ...] = (),
+) -> ASGIApp:
+    """The ASGI application; its lifespan starts the engine thread and stops it.
+
+    With `cors_origins`, pages from those origins may call the API from a browser: CORS sits
+    outside the key check, since a browser's preflight (OPTIONS) never carries the key, and
+    it allows the request headers asked for, Authorization among them."""
     routes = Routes(worker, metrics)
 
     @asynccontextmanager
@@ -78,7 +88,15 @@ def create_app(worker: EngineWorker, metrics: Metrics, api_key: str | None = Non
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: bug},
         lifespan=lifespan,
     )
-    return CountRequests(BearerAuth(app, api_key) if api_key else app, metrics)
+    inner: ASGIApp = BearerAuth(app, api_key) if api_key else app
+    if cors_origins:
+        inner = CORSMiddleware(
+            inner,
+            allow_origins=cors_origins,
+            allow_methods=("GET", "POST"),
+            allow_headers=("*",),  # Authorization, Content-Type and client libraries' own
+        )
+    return CountRequests(inner, metrics)
 
 
 class Routes:
@@ -171,6 +189,7 @@ class Routes:
                 sampling=SamplingConfig(
                     temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed
                 ),
+                top_logprobs=sampling.top_logprobs,
             )
         except InvalidSamplingError as exc:
             raise InvalidRequestError(str(exc)) from exc

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge.errors import ConfigError
 
@@ -24,7 +25,8 @@ class ServeConfig:
     `models` are what `edge.load` accepts (registered names, GGUF files, folders, packages);
     `load` holds `edge.load`'s other keywords (max_context, threads, memory_budget, plan, draft,
     ...), applied to every model. `queue_size` counts the requests that may wait while one
-    generates; one more gets 429.
+    generates; one more gets 429. `cors_origins` are the web origins (scheme://host[:port], or
+    "*" for any) whose pages may call the API from a browser; none by default.
     """
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -33,6 +35,7 @@ class ServeConfig:
     api_key: str | None = None
     queue_size: int = DEFAULT_QUEUE
     load: Mapping[str, Any] = field(default_factory=dict)
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -49,6 +52,8 @@ class ServeConfig:
                 "(clients then send 'Authorization: Bearer KEY'), or keep the default "
                 f"--host {DEFAULT_HOST}"
             )
+        for origin in self.cors_origins:
+            check_origin(origin)
         ids = model_ids(self.models)
         if len(set(ids)) != len(ids):
             raise ConfigError(f"two models share a name: {', '.join(ids)}")
@@ -66,6 +71,27 @@ def is_loopback(host: str) -> bool:
     except (OSError, UnicodeError):
         return False
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def check_origin(origin: str) -> None:
+    """Raise ConfigError unless `origin` is "*" or scheme://host[:port]: a browser's Origin
+    header never has a path or a trailing slash, so such an entry would never match."""
+    if origin == "*":
+        return
+    parts = urlsplit(origin) if isinstance(origin, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ConfigError(
+            f"--cors-origin {origin!r} is not a web origin: give scheme://host[:port] "
+            "(e.g. http://localhost:3000, no path or trailing slash) or *"
+        )
 
 
 def model_id(model: str) -> str:

@@ -71,7 +71,7 @@ class BackgroundServer:
         self.worker = EngineWorker(
             loaders or default_loaders(config), config.queue_size, self.metrics, self._failed
         )
-        app = create_app(self.worker, self.metrics, config.api_key)
+        app = create_app(self.worker, self.metrics, config.api_key, config.cors_origins)
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,

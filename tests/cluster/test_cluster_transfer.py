@@ -317,3 +317,45 @@ def test_send_cli(tiny_package: Path, coordinator: KeyStore, tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_coordinator_sends_the_package_to_a_worker_waiting_for_it(
+    tiny_package: Path, coordinator: KeyStore, tmp_path: Path, monkeypatch
+) -> None:
+    """`edge run --cluster` / `edge.load(cluster=...)`: a paired worker serving `--receive`
+    without the package is sent it while the coordinator looks for members, then holds its
+    share (tensor parallel here) and the tokens are the single device's."""
+    from edge.cluster.placement import ClusterConfig, cluster_placement
+
+    monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
+    config_dir = tmp_path / "worker"
+    pair(coordinator, "home", KeyStore(config_dir))
+    dest = tmp_path / "models" / "pkg"
+    proc, endpoint = _spawn(config_dir, dest)
+    try:
+        package = open_package(tiny_package)
+        config = ClusterConfig(
+            "home",
+            (endpoint.removeprefix("tcp://"),),
+            mdns_s=0,
+            distribute="always",
+            mode="tensor",
+            progress=False,
+        )
+        placement, why = cluster_placement(package, config)
+        assert placement is not None, why
+        assert (dest / "manifest.json").is_file()
+        split = Engine(package, EngineConfig(threads=1, max_context=64, placement=placement))
+        single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+        try:
+            assert not split.fallbacks, split.fallbacks
+            np.testing.assert_allclose(
+                split.prefill(PROMPT)[0], single.prefill(PROMPT)[0], rtol=1e-4, atol=1e-4
+            )
+        finally:
+            split.close()
+            single.close()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)

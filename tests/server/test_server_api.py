@@ -1,9 +1,11 @@
 """`edge serve` through the official OpenAI client: chat and completions, streamed and not,
-usage, stop strings, seeds, logprobs, the prefix cache, and each error status."""
+usage, stop strings, seeds, logprobs and their top alternatives, the prefix cache, CORS, and
+each error status."""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import urllib.error
@@ -15,6 +17,10 @@ from typing import Any
 import pytest
 
 openai = pytest.importorskip("openai")
+try:  # the openai client's own HTTP library: httpx, or its successor httpx2
+    import httpx
+except ImportError:
+    httpx = pytest.importorskip("httpx2")
 
 from edge.engine import EngineConfig  # noqa: E402
 from edge.model import Model  # noqa: E402
@@ -161,7 +167,15 @@ def test_same_seed_same_text(api: Any, tiny_id: str) -> None:
     assert any(sample(seed) != first for seed in (8, 9, 10))
 
 
+def warm(api: Any, **request: Any) -> None:
+    """Send `request` for one token, so the KV cache holds its prompt: each request compared
+    after it then prefills the same last token (a longer prefill rounds differently)."""
+    create = api.chat.completions.create if "messages" in request else api.completions.create
+    create(**{**request, "max_tokens": 1})
+
+
 def test_logprobs_per_token(api: Any, tiny_id: str) -> None:
+    warm(api, model=tiny_id, messages=MESSAGES)
     reply = api.chat.completions.create(
         model=tiny_id, messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True
     )
@@ -182,6 +196,125 @@ def test_logprobs_per_token(api: Any, tiny_id: str) -> None:
         model=tiny_id, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=0
     )
     assert len(legacy.choices[0].logprobs.token_logprobs) == legacy.usage.completion_tokens
+
+
+def check_top(chosen: str, logprob: float, top: list[tuple[str, float]], k: int) -> None:
+    """k alternatives, most likely first, all <= 0; the chosen token, when among them, with
+    the very logprob it was given."""
+    assert len(top) == k
+    values = [lp for _, lp in top]
+    assert values == sorted(values, reverse=True) and all(lp <= 0 for lp in values)
+    same = [lp for text, lp in top if text == chosen]
+    if same or logprob >= values[-1]:
+        assert logprob in same
+
+
+def test_chat_top_logprobs(api: Any, tiny_id: str) -> None:
+    """top_logprobs=3: three alternatives per token, from the distribution the chosen token's
+    logprob is taken from; streamed alike; asking for them changes no token."""
+    args = {"model": tiny_id, "messages": MESSAGES, "max_tokens": 16, "seed": 5}
+    warm(api, **args)
+    for temperature in (0, 1.0):
+        plain = api.chat.completions.create(**args, temperature=temperature)
+        reply = api.chat.completions.create(
+            **args, temperature=temperature, logprobs=True, top_logprobs=3
+        )
+        assert reply.choices[0].message.content == plain.choices[0].message.content
+        content = reply.choices[0].logprobs.content
+        assert len(content) == reply.usage.completion_tokens
+        for entry in content:
+            top = [(t.token, t.logprob) for t in entry.top_logprobs]
+            check_top(entry.token, entry.logprob, top, 3)
+            assert all(t.bytes == list(t.token.encode("utf-8")) for t in entry.top_logprobs)
+            if temperature == 0:  # greedy: the chosen token is the most likely
+                assert entry.logprob == top[0][1]
+        streamed = api.chat.completions.create(
+            **args, temperature=temperature, logprobs=True, top_logprobs=3, stream=True
+        )
+        entries = [
+            e
+            for c in streamed
+            if c.choices and c.choices[0].logprobs
+            for e in c.choices[0].logprobs.content
+        ]
+        assert [e.model_dump() for e in entries] == [e.model_dump() for e in content]
+    none = api.chat.completions.create(**args, logprobs=True, top_logprobs=0)
+    assert all(e.top_logprobs == [] for e in none.choices[0].logprobs.content)
+
+
+def test_completion_top_logprobs(api: Any, tiny_id: str) -> None:
+    """logprobs=2: per position a {text: logprob} of the two most likely tokens (one key fewer
+    where two share a text), beside tokens, token_logprobs and text_offset; streamed alike."""
+    args = {"model": tiny_id, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    warm(api, **args)
+    reply = api.completions.create(**args, logprobs=2)
+    logprobs = reply.choices[0].logprobs
+    n = reply.usage.completion_tokens
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == n
+    assert logprobs.text_offset == [
+        sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
+    ]
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert 1 <= len(top) <= 2
+        values = list(top.values())
+        assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+        assert top[token] == logprob == values[0]  # greedy: the most likely
+    streamed = api.completions.create(**args, logprobs=2, stream=True)
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [p.top_logprobs[0] for p in pieces] == logprobs.top_logprobs
+    assert [p.text_offset[0] for p in pieces] == logprobs.text_offset
+    own = api.completions.create(**args, logprobs=0).choices[0].logprobs
+    assert own.top_logprobs is None and own.token_logprobs == logprobs.token_logprobs
+
+
+def test_sdk_top_logprobs_leave_the_tokens(sdk: Model) -> None:
+    """`Model.stream(top_logprobs=k)`: the same tokens and logprobs, each response carrying
+    the k most likely (id, logprob), the chosen token's equal to its own."""
+    kwargs = {"max_tokens": 12, "temperature": 0.8, "seed": 3, "ignore_eos": True}
+    plain = list(sdk.stream(PROMPT, **kwargs))
+    top = list(sdk.stream(PROMPT, top_logprobs=4, **kwargs))
+    assert [(r.token, r.logprob) for r in top] == [(r.token, r.logprob) for r in plain]
+    assert all(r.top_logprobs is None for r in plain)
+    for r in top:
+        assert r.top_logprobs is not None and len(r.top_logprobs) == 4
+        assert len({i for i, _ in r.top_logprobs}) == 4
+        values = [lp for _, lp in r.top_logprobs]
+        assert values == sorted(values, reverse=True) and sum(math.exp(v) for v in values) <= 1
+        if r.logprob >= values[-1]:
+            assert (r.token, r.logprob) in r.top_logprobs
+
+
+def test_cors_only_when_configured(
+    shared_server: Any, start_server: Callable[..., Any], tiny_id: str
+) -> None:
+    """A browser's preflight gets Access-Control-Allow-Origin only from a server started with
+    --cors-origin, and only for that origin; with a key, Authorization is allowed without it."""
+    origin = "http://localhost:3000"
+    preflight = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    url = "/v1/chat/completions"
+    plain = httpx.options(shared_server.url + url, headers=preflight)
+    assert "access-control-allow-origin" not in plain.headers
+    key = "cors-key-0123"
+    server = start_server(api_key=key, cors_origins=(origin, "https://app.example"))
+    allowed = httpx.options(server.url + url, headers=preflight)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == origin
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    other = httpx.options(server.url + url, headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    # the real request still needs the key, and its answer (401 or not) carries the header
+    denied = httpx.get(server.url + "/v1/models", headers={"Origin": origin})
+    assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == origin
+    ok = httpx.get(
+        server.url + "/v1/models", headers={"Origin": origin, "Authorization": f"Bearer {key}"}
+    )
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
+    assert [m["id"] for m in ok.json()["data"]] == [tiny_id]
 
 
 def test_next_turn_reuses_the_cached_prefix(api: Any, tiny_id: str) -> None:
@@ -234,13 +367,19 @@ def test_400_invalid_json_and_parameters(shared_server: Any, api: Any, tiny_id: 
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": [""]}, "stop"),
         ({"seed": "x"}, "seed"),
-        ({"top_logprobs": 3, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": -1, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs=true
     ]
     for extra, param in bad:
         with pytest.raises(openai.BadRequestError) as caught:
             api.chat.completions.create(model=tiny_id, messages=MESSAGES, **extra)
         assert caught.value.status_code == 400
         assert caught.value.body["param"] == param, caught.value.body
+    for logprobs in (6, -1):
+        with pytest.raises(openai.BadRequestError) as caught:
+            api.completions.create(model=tiny_id, prompt=PROMPT, logprobs=logprobs)
+        assert caught.value.body["param"] == "logprobs", caught.value.body
     with pytest.raises(openai.BadRequestError):
         api.chat.completions.create(model=tiny_id, messages=[])
     with pytest.raises(openai.BadRequestError):
@@ -391,6 +530,20 @@ def test_speculative_serving_keeps_the_text_and_reports_acceptance(
         model=tiny_id, prompt=prompt, max_tokens=40, temperature=0
     )
     assert drafted.choices[0].text == plain.choices[0].text
+    # logprobs and their alternatives come from the verification pass, as plain decoding's
+    both = [
+        client.completions.create(
+            model=tiny_id, prompt=prompt, max_tokens=12, temperature=0, logprobs=3
+        ).choices[0]
+        for client in (api, make_client(server))
+    ]
+    assert both[1].text == both[0].text
+    assert both[1].logprobs.token_logprobs == pytest.approx(
+        both[0].logprobs.token_logprobs, abs=1e-4
+    )
+    for mine, theirs in zip(both[1].logprobs.top_logprobs, both[0].logprobs.top_logprobs):
+        assert next(iter(mine)) == next(iter(theirs))
+        assert list(mine.values()) == pytest.approx(list(theirs.values()), abs=1e-4)
     status, text, _ = raw(f"{server.url}/metrics")
     assert status == 200
     line = next(ln for ln in text.splitlines() if ln.startswith("edge_speculation_drafted"))

@@ -73,7 +73,12 @@ def test_chat_fields() -> None:
         ),
         ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0]"),
         ({"model": ""}, "model"),
-        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
+        ({"top_logprobs": 2, "logprobs": False}, "top_logprobs"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": -1, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 1.0, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": True, "logprobs": True}, "top_logprobs"),
     ],
 )
 def test_chat_refusals_name_the_parameter(fields: dict[str, Any], param: str) -> None:
@@ -91,9 +96,24 @@ def test_completion_prompts() -> None:
     for bad in (None, [], ["a", "b"], [[1], [2]], [1, "a"], 3):
         with pytest.raises(InvalidRequestError):
             parse_completion({"model": "m", "prompt": bad})
-    for fields in ({"echo": True}, {"suffix": "x"}, {"best_of": 2}, {"logprobs": 3}):
+    for fields in ({"echo": True}, {"suffix": "x"}, {"best_of": 2}):
         with pytest.raises(InvalidRequestError):
             parse_completion({"model": "m", "prompt": "x", **fields})
+
+
+def test_logprobs_within_openai_limits() -> None:
+    """Chat: top_logprobs 0..20 with logprobs=true; completions: logprobs 0..5."""
+    assert chat(logprobs=True, top_logprobs=20).sampling.top_logprobs == 20
+    assert chat(top_logprobs=0).sampling == chat().sampling  # asks for nothing: accepted
+    assert chat(logprobs=True).sampling.top_logprobs == 0
+    for n, top in ((None, 0), (0, 0), (2, 2), (5, 5)):
+        sampling = parse_completion({"model": "m", "prompt": "x", "logprobs": n}).sampling
+        assert (sampling.logprobs, sampling.top_logprobs) == (n is not None, top)
+        assert sampling.stream_kwargs()["top_logprobs"] == top
+    for bad in (6, -1, 1.5, True, "2"):
+        with pytest.raises(InvalidRequestError) as caught:
+            parse_completion({"model": "m", "prompt": "x", "logprobs": bad})
+        assert caught.value.param == "logprobs"
 
 
 def test_json_bodies() -> None:
@@ -129,3 +149,7 @@ def test_config_refuses_what_would_expose_or_confuse() -> None:
         ServeConfig(port=70000)
     with pytest.raises(ConfigError):
         ServeConfig(models=())
+    assert ServeConfig(cors_origins=("http://localhost:3000", "*")).cors_origins[1] == "*"
+    for origin in ("http://localhost:3000/", "localhost:3000", "ftp://x", "", "https://a/b"):
+        with pytest.raises(ConfigError, match="--cors-origin"):
+            ServeConfig(cors_origins=(origin,))
