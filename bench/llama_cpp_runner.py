@@ -1,16 +1,23 @@
 """Times llama.cpp (llama-cpp-python) on given token ids; runs in the benchmark's own venv.
 
     python bench/llama_cpp_runner.py MODEL.gguf --threads 2 --gen 128 < prompt_ids.json
+    python bench/llama_cpp_runner.py A.gguf B.gguf --serve --threads 2 --n-ctx 512
 
 Reads a JSON list of prompt token ids on stdin, prints one JSON line: prefill and decode
 tokens/s and the greedy tokens (so the caller can check both engines saw the same prompt).
-Not a project module: llama-cpp-python is deliberately not an edge dependency.
+
+`--serve` keeps llama.cpp warm, as edge is in the caller's process: every GGUF is loaded once,
+then prints `{"ready": ..., "models": [...]}` and answers each JSON-line command on stdin,
+`{"model": i, "ids": [...], "gen": N}`, with one JSON line: prefill and decode seconds and the
+greedy tokens (bench/bench_decode.py drives it). Not a project module: llama-cpp-python is
+deliberately not an edge dependency.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -24,11 +31,61 @@ def last_logits(llm: Llama) -> np.ndarray:
     return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
 
 
+def greedy(llm: Llama, ids: list[int], gen: int) -> tuple[float, float, list[int]]:
+    """(prefill seconds, decode seconds, greedy tokens) from an empty cache: argmax in the
+    loop on logits read in place, as edge's bench_engine does."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids)
+    prefill = time.perf_counter() - start
+    tokens = []
+    start = time.perf_counter()
+    for _ in range(gen):
+        token = int(np.argmax(last_logits(llm)))
+        tokens.append(token)
+        llm.eval([token])
+    return prefill, time.perf_counter() - start, tokens
+
+
+def load(path: str, threads: int, n_ctx: int) -> Llama:
+    return Llama(
+        path,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_ctx=n_ctx,
+        n_batch=512,
+        verbose=False,
+    )
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Load every model once, then answer JSON-line commands until stdin closes."""
+    models, info = [], []
+    for path in args.model:
+        start = time.perf_counter()
+        llm = load(path, args.threads, args.n_ctx)
+        models.append(llm)
+        info.append({"path": path, "n_vocab": llm.n_vocab(), "load_s": time.perf_counter() - start})
+    print(json.dumps({"ready": True, "pid": os.getpid(), "models": info}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        command = json.loads(line)
+        llm = models[command["model"]]
+        ids, gen = command["ids"], command["gen"]
+        if len(ids) + gen > llm.n_ctx():
+            reply = {"error": f"{len(ids)} + {gen} tokens exceed n_ctx={llm.n_ctx()}"}
+        else:
+            prefill, decode, tokens = greedy(llm, ids, gen)
+            reply = {"prefill_s": prefill, "decode_s": decode, "tokens": tokens}
+        print(json.dumps(reply), flush=True)
+
+
 def window_nll(args: argparse.Namespace, windows: list[list[int]]) -> dict:
     """Summed NLL of every window's tokens after its first, each window from an empty cache."""
     longest = max(len(w) for w in windows)
     llm = Llama(
-        args.model,
+        args.model[0],
         n_threads=args.threads,
         n_threads_batch=args.threads,
         n_ctx=max(512, longest),
@@ -50,7 +107,7 @@ def window_nll(args: argparse.Namespace, windows: list[list[int]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="+", help="GGUF file(s); more than one only with --serve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen", type=int, default=128)
     parser.add_argument("--runs", type=int, default=1)
@@ -60,31 +117,25 @@ def main() -> None:
         help="perplexity mode: stdin holds a list of windows of token ids; "
         "prints the summed negative log-likelihood",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="load every model once, then answer JSON-line commands on stdin",
+    )
+    parser.add_argument("--n-ctx", type=int, default=1024, help="context size in --serve mode")
     args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    if len(args.model) != 1:
+        parser.error("give one model, or --serve")
     prompt = json.load(sys.stdin)
     if args.logits:
         print(json.dumps(window_nll(args, prompt)))
         return
-    llm = Llama(
-        args.model,
-        n_threads=args.threads,
-        n_threads_batch=args.threads,
-        n_ctx=max(512, len(prompt) + args.gen + 8),
-        n_batch=512,
-        verbose=False,
-    )
+    llm = load(args.model[0], args.threads, max(512, len(prompt) + args.gen + 8))
     for _ in range(args.runs):
-        llm.reset()
-        start = time.perf_counter()
-        llm.eval(prompt)
-        prefill = time.perf_counter() - start
-        tokens = []
-        start = time.perf_counter()
-        for _ in range(args.gen):
-            token = int(np.argmax(last_logits(llm)))
-            tokens.append(token)
-            llm.eval([token])
-        decode = time.perf_counter() - start
+        prefill, decode, tokens = greedy(llm, prompt, args.gen)
         print(
             json.dumps(
                 {

@@ -107,12 +107,14 @@ def completion_logprobs(
     responses: list[GenerationResponse], decode: Decode, offset: int = 0
 ) -> dict[str, Any]:
     """Completions' logprobs of `responses`, the first at text `offset`: top_logprobs is null
-    unless alternatives were asked for (logprobs >= 1)."""
+    unless alternatives were asked for (logprobs >= 1). An offset counts the text emitted
+    before its token, so it points into the returned text, streamed or not, even where a
+    token alone is no character (a byte of one decodes to U+FFFD)."""
     tokens = [decode([r.token]) for r in responses]
     offsets, at = [], offset
-    for t in tokens:
+    for r in responses:
         offsets.append(at)
-        at += len(t)
+        at += len(r.text)
     top = any(r.top_logprobs is not None for r in responses)
     return {
         "tokens": tokens,
