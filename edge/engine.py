@@ -29,6 +29,7 @@ from edge.errors import (
     ContextOverflowError,
     PackageError,
 )
+from edge.format import ModelSpec
 from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
@@ -51,6 +52,10 @@ if TYPE_CHECKING:
 # `import devices.backend` first in a process a circular import.
 
 DEFAULT_MAX_CONTEXT = 4096
+# Without an explicit context the KV cache may take at most this share of the memory available
+# now; a small device gets a shorter window (said on the log) instead of running out.
+KV_MEMORY_SHARE = 0.25
+MIN_DEFAULT_CONTEXT = 256
 log = logging.getLogger("edge.engine")
 
 Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
@@ -93,6 +98,26 @@ class EngineConfig:
                 raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or None")
 
 
+def default_context(spec: ModelSpec, available: int | None = None) -> int:
+    """`DEFAULT_MAX_CONTEXT`, or less where its float32 KV cache would take more than
+    `KV_MEMORY_SHARE` of the memory available (a multiple of 256, at least 256)."""
+    if available is None:
+        from devices.memory_info import read_memory
+
+        available = read_memory().available
+    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * 4
+    fits = int(available * KV_MEMORY_SHARE) // per_token // 256 * 256
+    context = max(MIN_DEFAULT_CONTEXT, min(DEFAULT_MAX_CONTEXT, fits))
+    if context < DEFAULT_MAX_CONTEXT:
+        log.warning(
+            "context window %d tokens (its KV cache fits in a quarter of the %d MiB available; "
+            "max_context=N to choose)",
+            context,
+            available >> 20,
+        )
+    return context
+
+
 class _Segment:
     """One loaded executable: consecutive parts on one backend, with its step-binding cache."""
 
@@ -129,7 +154,7 @@ class Engine:
         self.steps = package.static_steps
         static = package.manifest.quant.static
         self.max_context = (static.max_context if static else None) or min(
-            config.max_context or DEFAULT_MAX_CONTEXT, spec.max_position_embeddings
+            config.max_context or default_context(spec), spec.max_position_embeddings
         )
         check_threads(config.threads)
         self.threads = config.threads or physical_cores()

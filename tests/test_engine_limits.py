@@ -116,3 +116,29 @@ def test_invalid_engine_config_is_value_error(kwargs: dict[str, int]) -> None:
     ((name, value),) = kwargs.items()
     with pytest.raises(ValueError, match=f"{name}={value}"):
         EngineConfig(**kwargs)
+
+
+def test_the_default_context_shrinks_to_the_memory_available() -> None:
+    """4096 tokens where their KV cache fits in a quarter of the memory available; a small
+    device gets a shorter window, a multiple of 256, never below 256."""
+    from edge.engine import DEFAULT_MAX_CONTEXT, default_context
+    from edge.format import ModelSpec
+
+    spec = ModelSpec(
+        architecture="llama",
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
+    per_token = 2 * 30 * 3 * 64 * 4  # float32 keys and values of every layer
+    assert default_context(spec, 1 << 40) == DEFAULT_MAX_CONTEXT
+    assert default_context(spec, 4 * per_token * 1000) == 768
+    assert default_context(spec, 1 << 20) == 256
