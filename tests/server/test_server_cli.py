@@ -50,7 +50,14 @@ def test_a_port_in_use_is_one_error_line() -> None:
 def test_help_names_the_endpoints() -> None:
     result = run("serve", "--help")
     assert result.returncode == 0
-    for text in ("/v1/chat/completions", "--api-key", "--memory-budget", "--draft", "--queue"):
+    for text in (
+        "/v1/chat/completions",
+        "--api-key",
+        "--memory-budget",
+        "--draft",
+        "--queue",
+        "--cors-origin",
+    ):
         assert text in result.stdout
 
 
