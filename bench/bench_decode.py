@@ -13,13 +13,15 @@ What makes it fair:
 - Same work: the same token ids (edge's tokenizer) for every engine, three prompts of about
   128 tokens (prose from CPython's `pydoc_data.topics`, a Python snippet, a request formatted
   with the model's chat template), 128 greedy tokens (--gen), the same thread count
-  (--threads), the same context size, one prompt step of up to 512 tokens.
+  (--threads), the same context size, prompt steps of up to 512 tokens (edge's prefill_chunk,
+  llama.cpp's n_batch).
 - Same conditions: in each round (--rounds) the engine order rotates (A B C, B C A, ...), so
   drift and noise hit every engine alike. Beside every run the 1-minute load average and the
   CPU time the rest of the machine used during it are recorded: busy jiffies of /proc/stat
   (steal included) minus those of the process that ran the engine. Runs where others used more
   than --max-foreign cores on average are dropped (counted in the header). The streaming read
-  bandwidth with the same thread count is measured before the first round and after each.
+  bandwidth with the same thread count is measured before the first round and after each;
+  the median of the quiet measurements (same test) is used.
 - Against the hardware: bytes/token is what one decode step must read (edge: every block and
   head tensor of the package but the prefill-only int8 copies, one row of the embedding;
   llama.cpp: every GGUF tensor but token_embd, one row of which is read, unless no
@@ -352,10 +354,18 @@ class Group:
     ggufs: list[tuple[Path, bool]]  # (file, shipped)
 
 
-def bandwidth(threads: int) -> float:
+def bandwidth(threads: int, max_foreign: float) -> tuple[float, bool]:
+    """(streaming read GB/s with `threads` threads, whether the rest of the machine was quiet
+    meanwhile, by the same test as the runs)."""
     from devices.bandwidth import measure_read_bandwidth
 
-    return measure_read_bandwidth(threads, size_bytes=512 << 20)
+    busy, own, start = system_busy(), process_jiffies(os.getpid()), time.perf_counter()
+    gbps = measure_read_bandwidth(threads, size_bytes=512 << 20)
+    wall = time.perf_counter() - start
+    busy, own = system_busy() - busy, process_jiffies(os.getpid()) - own
+    foreign = foreign_cores(busy, own, wall)
+    log(f"bandwidth {gbps:.1f} GB/s, others {foreign:.2f} cores")
+    return gbps, foreign <= max_foreign
 
 
 def log(message: str) -> None:
@@ -369,7 +379,9 @@ def compare(group: Group, args: argparse.Namespace) -> list[str]:
     engines: list[Engine] = []
     models = []
     for path in group.edge:
-        model = edge.load(path, threads=args.threads, max_context=n_ctx, progress=False)
+        model = edge.load(
+            path, threads=args.threads, max_context=n_ctx, prefill_chunk=512, progress=False
+        )
         models.append(model)
         engines.append(
             Engine(
@@ -412,8 +424,7 @@ def compare(group: Group, args: argparse.Namespace) -> list[str]:
         for engine in engines:
             for ids in prompts.values():
                 engine.run(ids, args.gen)
-        rates = [bandwidth(args.threads)]
-        log(f"bandwidth {rates[-1]:.1f} GB/s")
+        rates = [bandwidth(args.threads, args.max_foreign)]
         for r in range(args.rounds):
             for engine in rotation(engines, r):
                 for name, ids in prompts.items():
@@ -427,8 +438,7 @@ def compare(group: Group, args: argparse.Namespace) -> list[str]:
                         f"load {run.load1:4.2f}  others {run.foreign:4.2f} cores"
                         + ("" if run.kept else "  (dropped)")
                     )
-            rates.append(bandwidth(args.threads))
-            log(f"bandwidth {rates[-1]:.1f} GB/s")
+            rates.append(bandwidth(args.threads, args.max_foreign))
     finally:
         if server is not None:
             server.close()
@@ -437,8 +447,12 @@ def compare(group: Group, args: argparse.Namespace) -> list[str]:
     return report(group.name, engines, prompts, rates, args)
 
 
-def report(name, engines: list[Engine], prompts, rates: list[float], args) -> list[str]:
-    gbps = statistics.median(rates)
+def report(
+    name, engines: list[Engine], prompts, rates: list[tuple[float, bool]], args
+) -> list[str]:
+    quiet = [g for g, ok in rates if ok]
+    gbps = statistics.median(quiet or [g for g, _ in rates])
+    every = [g for g, _ in rates]
     runs = [r for e in engines for r in e.runs]
     kept = sum(r.kept for r in runs)
     cpu, flags = cpu_flags(Path("/proc/cpuinfo").read_text())
@@ -447,7 +461,9 @@ def report(name, engines: list[Engine], prompts, rates: list[float], args) -> li
         f"## {name}",
         "",
         f"{cpu} [{' '.join(flags) or 'no AVX2'}], {args.threads} threads, read bandwidth "
-        f"{gbps:.1f} GB/s (median of {len(rates)}: {min(rates):.1f}-{max(rates):.1f}), "
+        f"{gbps:.1f} GB/s (median of {len(quiet) or len(rates)} "
+        f"{'quiet measurements' if quiet else 'measurements, none quiet'}; all "
+        f"{len(rates)}: {min(every):.1f}-{max(every):.1f}), "
         f"runs kept {kept}, dropped {len(runs) - kept} (others above {args.max_foreign} "
         f"cores), load average median {loads:.2f}; prompts "
         + ", ".join(f"{k} {len(v)}" for k, v in prompts.items())
