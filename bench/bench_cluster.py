@@ -79,13 +79,14 @@ def peak_rss(pid: int, field: str = "VmHWM") -> int:
 
 
 def held_bytes(engine: Engine, package) -> list[int]:
-    """What each worker of `engine` should hold: its share's slices and KV cache (tensor), or
-    its parts' weights plus its KV cache (pipeline), in worker order."""
+    """What each worker of `engine` is predicted to add to its peak RSS: its share's slices,
+    KV cache and kernel runtime (tensor), or its parts' weights plus its KV cache (pipeline;
+    ONNX Runtime's own copies are not counted), in worker order."""
     out = []
     parts = package.manifest.parts
     for segment in engine.segments:
         if segment.backend.name == "tensor":
-            out += [int(link.info()["slice"]["bytes"]) for link in segment.loaded.links]
+            out += [int(link.info()["slice"]["predicted_growth"]) for link in segment.loaded.links]
         elif segment.backend.name == "cluster":
             info = segment.loaded.link.info()["slice"]
             weights = sum(t.nbytes for p in parts[info["start"] : info["end"]] for t in p.tensors)
@@ -106,26 +107,20 @@ def tensor_stats(engine: Engine) -> tuple[int, float, int]:
 def shard_compute_s(package, threads: int, tokens: int = 32) -> float:
     """Seconds per decoded token of the tensor path's compute alone: one `ShardRunner` share
     holding every head and column of every block, its reductions done in-process."""
-    from devices.spec_forward.weights import map_part, part_weights
-    from edge.cluster.shard_runner import ShardRunner, finish
+    from edge.cluster.shard_runner import ShardRunner, block_weights, finish
     from edge.cluster.shards import Share
 
     spec = package.spec
-    blocks = [
-        part_weights(spec, p, map_part(package, p), package.manifest.quant)
-        for p in package.manifest.parts
-        if p.kind == "block"
-    ]
     share = Share((0, spec.num_heads), (0, spec.intermediate_size))
-    runner = ShardRunner(spec, blocks, share, 512, threads)
+    runner = ShardRunner(spec, block_weights(package, 0, spec.num_layers), share, 512, threads)
     x0 = np.random.default_rng(0).standard_normal((1, spec.hidden_size)).astype(np.float32)
     times = []
     for position in range(tokens):
         start = time.perf_counter()
         x = x0
-        for block in blocks:
+        for layer, reduction in runner.reductions.items():
             for phase in ("attention", "ffn"):
-                x = finish(spec, block, phase, runner.partial(phase, block.index, x, position), x)
+                x = finish(spec, reduction, phase, runner.partial(phase, layer, x, position), x)
         times.append(time.perf_counter() - start)
     return statistics.median(times[4:])
 

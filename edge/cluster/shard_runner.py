@@ -9,7 +9,8 @@ op; block-quantized matmuls go through the JIT kernels that read the packed slic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from edge.streaming.kernels import StreamedLinear
 
 PHASES = ("attention", "ffn")
 DEFAULT_MAX_CONTEXT = 4096
+# What a share's process holds besides its slices and KV cache once it has run: llvmlite's JIT
+# and the compiled kernels, numpy's step temporaries. Measured as peak-RSS growth minus
+# `nbytes` on SmolLM2-135M and Qwen2.5-Coder-1.5B shares of 24 to 414 MiB: 85 to 90 MiB.
+SHARE_RUNTIME_BYTES = 88 << 20
 
 
 class ShardRunner:
@@ -40,7 +45,7 @@ class ShardRunner:
     def __init__(
         self,
         spec: ModelSpec,
-        blocks: Sequence[BlockWeights],
+        blocks: Iterable[BlockWeights],
         share: Share,
         max_context: int,
         threads: int | None = None,
@@ -49,7 +54,11 @@ class ShardRunner:
             raise ConfigError(f"max_context={max_context}; must be >= 1")
         self.spec, self.share, self.max_context = spec, share, max_context
         self.kv = share.kv_heads(spec)
-        self.blocks = {b.index: shard_block(spec, b, share) for b in blocks}
+        self.blocks: dict[int, ShardBlock] = {}
+        self.reductions: dict[int, Reduction] = {}
+        for block in blocks:  # one at a time: a block's maps may go once it is sliced
+            self.blocks[block.index] = shard_block(spec, block, share)
+            self.reductions[block.index] = Reduction.of(block)
         shape = (self.kv[1] - self.kv[0], max_context, spec.head_dim)
         self.keys = {i: np.zeros(shape, np.float32) for i in self.blocks}
         self.values = {i: np.zeros(shape, np.float32) for i in self.blocks}
@@ -62,6 +71,11 @@ class ShardRunner:
         """Weights held plus the KV cache."""
         weights = sum(b.nbytes for b in self.blocks.values())
         return weights + 2 * sum(k.nbytes for k in self.keys.values())
+
+    @property
+    def predicted_growth(self) -> int:
+        """What holding and running this share adds to its process's peak RSS."""
+        return self.nbytes + SHARE_RUNTIME_BYTES
 
     def _matmul(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
         out = self.linear(x, weight)
@@ -140,19 +154,58 @@ class ShardRunner:
         self.filled = dict.fromkeys(self.blocks, 0)
 
 
+@dataclass(frozen=True, eq=False)
+class Reduction:
+    """What the centre of a star reduction adds to one block's summed partials: the output
+    biases the shares leave out and the sandwich norms (copies: a few [H] vectors)."""
+
+    attention_bias: np.ndarray | None
+    ffn_bias: np.ndarray | None
+    post_attention_norm: np.ndarray | None
+    post_ffw_norm: np.ndarray | None
+
+    @classmethod
+    def of(cls, block: BlockWeights) -> Reduction:
+        def copy(vector: np.ndarray | None) -> np.ndarray | None:
+            return None if vector is None else np.array(vector, np.float32)
+
+        return cls(
+            copy(block.attn_output.bias),
+            copy(block.down.bias),
+            copy(block.post_attention_norm),
+            copy(block.post_ffw_norm),
+        )
+
+
 def finish(
-    spec: ModelSpec, block: BlockWeights, phase: str, total: np.ndarray, residual: np.ndarray
+    spec: ModelSpec, reduction: Reduction, phase: str, total: np.ndarray, residual: np.ndarray
 ) -> np.ndarray:
     """The reduction's side of `phase`: the summed partials `total` [S, H] plus the bias the
     shares left out, through the sandwich norm where the spec has one, plus `residual`."""
-    weight = block.attn_output if phase == "attention" else block.down
-    if weight.bias is not None:
-        total = total + weight.bias
-    norm = block.post_attention_norm if phase == "attention" else block.post_ffw_norm
+    attention = phase == "attention"
+    bias = reduction.attention_bias if attention else reduction.ffn_bias
+    if bias is not None:
+        total = total + bias
     if spec.sandwich_norms:
+        norm = reduction.post_attention_norm if attention else reduction.post_ffw_norm
         assert norm is not None
         total = rms_norm(total, norm, spec.rms_norm_eps)
     return residual + total
+
+
+def block_weights(package: Package, first: int, end: int) -> Iterator[BlockWeights]:
+    """Blocks [first, end) of `package`, one at a time, each over memory maps of its own (not
+    the package's cache): once a share has copied its slices, the block and the pages its
+    slicing touched are released, so a device's memory holds its share, not the blocks."""
+    from devices.spec_forward.weights import part_weights
+
+    spec, quant = package.manifest.spec, package.manifest.quant
+    for part in package.manifest.parts:
+        if part.kind == "block" and first <= (part.block_index or 0) < end:
+            maps = {t.name: package.files.map(t) for t in part.tensors}
+            weights = part_weights(spec, part, maps, quant)
+            assert isinstance(weights, BlockWeights)
+            yield weights
 
 
 def load_share(
@@ -166,7 +219,6 @@ def load_share(
     `share` of blocks [blocks[0], blocks[1]) of `package`, whose files are only mapped; the
     share's slices are what this device keeps."""
     from devices.memory_info import read_memory
-    from devices.spec_forward.weights import map_part, part_weights
 
     spec = package.manifest.spec
     parsed = Share.from_meta(spec, share)
@@ -202,5 +254,10 @@ def load_share(
             f"share {parsed.as_meta()} of blocks {blocks}: needs about {needed >> 20} MiB, but "
             f"this device has {available >> 20} MiB available"
         )
-    weights = [part_weights(spec, p, map_part(package, p), package.manifest.quant) for p in parts]
-    return ShardRunner(spec, weights, parsed, context, threads)  # type: ignore[arg-type]
+    return ShardRunner(
+        spec,
+        block_weights(package, blocks[0], blocks[1]),
+        parsed,
+        context,
+        threads,  # type: ignore[arg-type]
+    )

@@ -90,8 +90,7 @@ class LinkStats:
 @dataclass(eq=False)
 class TensorLoaded(Loaded):
     links: list[Any]  # WorkerClient, one per worker
-    local: Any  # ShardRunner: this machine's share
-    blocks: list[Any]  # BlockWeights (memory maps) for the reductions' biases and norms
+    local: Any  # ShardRunner: this machine's share (and each block's `Reduction`)
     shares: list[Any]
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
@@ -147,21 +146,18 @@ class TensorBackend(Backend):
         return Executable(self.name, graph, inputs, outputs)
 
     def load(self, executable: Executable, resident: Resident) -> TensorLoaded:
-        from devices.spec_forward.weights import map_part, part_weights
         from edge.cluster.client import WorkerClient
         from edge.cluster.keys import KeyStore
-        from edge.cluster.shard_runner import ShardRunner
+        from edge.cluster.shard_runner import ShardRunner, block_weights
         from edge.cluster.shards import ffn_unit, split_shares
 
         graph = executable.graph
         package, spec = graph.package, graph.package.manifest.spec
-        blocks = [
-            part_weights(spec, p, map_part(package, p), package.manifest.quant) for p in graph.parts
-        ]
-        shares = split_shares(spec, self.weights, ffn_unit(blocks[0]))
-        context = int(resident.cos.shape[0])
         first = graph.parts[0].block_index
         span = (first, first + len(graph.parts))
+        unit = ffn_unit(next(block_weights(package, first, first + 1)))
+        shares = split_shares(spec, self.weights, unit)
+        context = int(resident.cos.shape[0])
         keys = KeyStore().cluster_keys(str(self.options["cluster"]))
         threads = self.options.get("worker_threads")
         links: list[Any] = []
@@ -177,7 +173,7 @@ class TensorBackend(Backend):
             local_threads = self.options.get("threads")
             local = ShardRunner(
                 spec,
-                blocks,
+                block_weights(package, *span),
                 shares[0],
                 context,
                 None if local_threads is None else int(local_threads),
@@ -188,7 +184,7 @@ class TensorBackend(Backend):
             for link in links:
                 link.close()
             raise
-        return TensorLoaded(executable, links, local, blocks, shares)
+        return TensorLoaded(executable, links, local, shares)
 
     def bind(
         self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
@@ -206,19 +202,17 @@ class TensorBackend(Backend):
         target = next(v for k, v in loaded.outputs.items() if k.startswith("hidden."))
         x = np.ascontiguousarray(source[0, :size], np.float32)
         stats = loaded.stats
-        for block in loaded.blocks:
+        for layer, reduction in loaded.local.reductions.items():
             for phase in ("attention", "ffn"):
-                pending = [
-                    link.submit_partial(block.index, phase, x, position) for link in loaded.links
-                ]
-                total = loaded.local.partial(phase, block.index, x, position)
+                pending = [link.submit_partial(layer, phase, x, position) for link in loaded.links]
+                total = loaded.local.partial(phase, layer, x, position)
                 waited = time.perf_counter()
                 for link, ident in zip(loaded.links, pending):
                     total += link.partial(ident, x.shape)
                 stats.wait_s += time.perf_counter() - waited
                 stats.reductions += 1
                 stats.bytes_sent += 2 * x.nbytes * len(loaded.links)
-                x = finish(spec, block, phase, total, x)
+                x = finish(spec, reduction, phase, total, x)
         target[0, :size] = x
 
     def unload(self, loaded: Loaded) -> None:

@@ -122,6 +122,7 @@ class Worker:
                 "share": self.shard.share.as_meta(),
                 "blocks": [min(self.shard.blocks), max(self.shard.blocks) + 1],
                 "bytes": self.shard.nbytes,
+                "predicted_growth": self.shard.predicted_growth,
             }
         return {
             "node_id": self.node_id,

@@ -12,7 +12,7 @@ import pytest
 
 from devices.spec_forward.numpy_forward import block_forward, rope_tables
 from devices.spec_forward.weights import load_model_weights
-from edge.cluster.shard_runner import ShardRunner, finish, load_share
+from edge.cluster.shard_runner import Reduction, ShardRunner, finish, load_share
 from edge.cluster.shards import Share, ffn_unit, split_shares
 from edge.cluster.status import cluster_status
 from edge.cluster.tensor_backend import TensorBackend, parse_weights, parse_workers
@@ -89,13 +89,17 @@ def test_partials_sum_to_the_block(smollm2_package, count) -> None:
         expected = block_forward(spec, block, x, keys, values, position, rope)[0]
         r = finish(
             spec,
-            block,
+            Reduction.of(block),
             "attention",
             sum(run.partial("attention", 2, x[0], position) for run in runners),
             x[0],
         )
         got = finish(
-            spec, block, "ffn", sum(run.partial("ffn", 2, r, position) for run in runners), r
+            spec,
+            Reduction.of(block),
+            "ffn",
+            sum(run.partial("ffn", 2, r, position) for run in runners),
+            r,
         )
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-4)
 
@@ -238,7 +242,13 @@ def test_biases_go_with_their_columns_or_to_the_reduction(tiny_package) -> None:
     expected = block_forward(spec, block, x, keys, keys.copy(), 0, rope_tables(spec, 16))[0]
     runners = [ShardRunner(spec, [block], s, 16) for s in split_shares(spec, [1.0, 1.0, 2.0])]
     r = finish(
-        spec, block, "attention", sum(u.partial("attention", 1, x[0], 0) for u in runners), x[0]
+        spec,
+        Reduction.of(block),
+        "attention",
+        sum(u.partial("attention", 1, x[0], 0) for u in runners),
+        x[0],
     )
-    got = finish(spec, block, "ffn", sum(u.partial("ffn", 1, r, 0) for u in runners), r)
+    got = finish(
+        spec, Reduction.of(block), "ffn", sum(u.partial("ffn", 1, r, 0) for u in runners), r
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
