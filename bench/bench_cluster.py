@@ -32,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from edge.cluster.client import WorkerClient  # noqa: E402
 from edge.cluster.keys import KeyStore  # noqa: E402
@@ -155,6 +156,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", nargs="+", choices=["pipeline", "tensor"], default=["tensor"])
     parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.2, 2.0, 10.0])
+    parser.add_argument(
+        "--chart", type=Path, default=None, help="write the predicted speedups as an SVG chart"
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="edge-bench-cluster-"))
@@ -247,20 +251,29 @@ def main() -> None:
         f"\npredicted ms/token for separate devices of this speed (one device measured "
         f"{1e3 * compute:.1f} ms; a request/reply on loopback {1e3 * exchange:.3f} ms + RTT):\n"
     )
+    best = min(compute, shard_s)
     print(
         f"(tensor: the shares' own compute measured in-process, one share holding every block: "
-        f"{1e3 * shard_s:.1f} ms/token, divided by N)\n"
+        f"{1e3 * shard_s:.1f} ms/token, divided by N; speedups are against the faster of the "
+        f"two single-device paths, {1e3 * best:.1f} ms)\n"
     )
     print("| devices | mode | " + " | ".join(f"RTT {r:g} ms" for r in args.rtt_ms) + " |")
     print("|---|---|" + "---|" * len(args.rtt_ms))
+    bars: list[tuple[str, float]] = []
     for n in sorted({k + 1 for k in args.workers}):
         for mode in ("pipeline", "tensor"):
             cells = []
             for rtt in args.rtt_ms:
                 hop = exchange + rtt / 1e3
                 t = shard_s / n + 2 * blocks * hop if mode == "tensor" else compute + (n - 1) * hop
-                cells.append(f"{1e3 * t:.1f} ({compute / t:.2f}x)")
+                cells.append(f"{1e3 * t:.1f} ({best / t:.2f}x)")
+                bars.append((f"{n} devices, {mode}, RTT {rtt:g} ms", best / t))
             print(f"| {n} | {mode} | " + " | ".join(cells) + " |")
+    if args.chart is not None:
+        from svg_chart import bar_chart
+
+        title = f"{args.package.name}: predicted speedup over one device"
+        args.chart.write_text(bar_chart(title, bars))
     for engine in engines.values():
         engine.close()
     for proc, _ in workers:
