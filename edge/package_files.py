@@ -260,3 +260,17 @@ def _close_all(fds: dict[str, int], direct: dict[str, int | None]) -> None:
                 os.close(fd)
     fds.clear()
     direct.clear()
+
+
+def drop_pages(array: np.ndarray) -> bool:
+    """Let the kernel drop the resident pages of `array`'s memory map (MADV_DONTNEED): its
+    bytes are the file's, so a later read faults them back in from the page cache, unchanged.
+    Called once a runtime has made its own copy (ONNX Runtime's pre-packed weights), so the
+    process holds the weights once, not twice. False when `array` is not a map of ours."""
+    base: object = array
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    if not isinstance(base, mmap.mmap) or base.closed or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    base.madvise(mmap.MADV_DONTNEED)
+    return True

@@ -30,6 +30,7 @@ from devices.backend import (
 from devices.backends.onnx_graph import read_graph
 from edge.errors import ConfigError, PackageError
 from edge.format import PartEntry
+from edge.package_files import drop_pages
 
 CPU = "CPUExecutionProvider"
 OPTIMIZATION_LEVELS = {
@@ -127,6 +128,10 @@ class OrtCpuBackend(Backend):
             raise PackageError(
                 f"ONNX Runtime cannot load {graph.label}: {str(exc).splitlines()[0][:500]}"
             ) from exc
+        # ONNX Runtime has pre-packed the quantized matrices into its own buffers; the pages
+        # of our maps it read to do so would otherwise stay resident: the weights twice.
+        for weight in weights:
+            drop_pages(weight)
         return OrtExecutable(
             self.name,
             graph,

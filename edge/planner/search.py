@@ -124,12 +124,14 @@ def shares(tables: Tables, decode: Segments, prefill: Segments = ()) -> tuple[Sh
 
 
 def pool_peak(members: Sequence[Share]) -> int:
-    """Devices sharing memory: every load precedes the first run, so the largest load
-    transient meets the others' load-time state, and run-time extras all add up."""
-    return sum(s.steady for s in members) + max(
-        max(s.transient for s in members) - sum(s.relief for s in members),
-        sum(s.running for s in members),
-    )
+    """Devices sharing memory, in load order: every load precedes the first run, so a
+    device's load transient meets the load-time state of itself and the devices loaded before
+    it; then the run-time extras all add up."""
+    loading, worst = 0, 0
+    for share in members:
+        loading += share.steady - share.relief
+        worst = max(worst, loading + share.transient)
+    return max(worst, sum(s.steady + s.running for s in members))
 
 
 def budget_problems(tables: Tables, parts: Sequence[Share]) -> tuple[str, ...]:
