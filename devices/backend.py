@@ -198,6 +198,10 @@ class Backend(ABC):
     # A failure while running means the device left (a cluster peer): the engine re-places the
     # segment and rebuilds the KV cache from the tokens so far, and generation goes on.
     recovers: ClassVar[bool] = False
+    # The backend keeps the keys/values of its blocks itself (on a GPU, on a cluster peer), not
+    # in the engine's resident arrays: copies of those arrays would not save or restore its
+    # cache, so the engine takes no KV snapshots (`Engine.can_snapshot`).
+    owns_cache: ClassVar[bool] = False
 
     def __init__(self, options: Options | None = None) -> None:
         self.options: Mapping[str, OptionValue] = MappingProxyType(

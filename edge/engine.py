@@ -16,6 +16,7 @@ fails mid-generation raises `BackendError` naming it and the parts; `reset()` re
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -31,9 +32,17 @@ from edge.errors import (
 )
 from edge.format import ModelSpec
 from edge.graph_merge import merge_models
-from edge.kv_cache import KVCache
+from edge.kv_cache import KVCache, KVSnapshot
 from edge.package import Package
-from edge.placement import DEFAULT_BACKEND, Fallback, Placement, SegmentPlacement
+from edge.placement import (
+    DEFAULT_BACKEND,
+    Fallback,
+    Placement,
+    SegmentPlacement,
+    part_bytes,
+    session_cap,
+    session_groups,
+)
 from edge.rope import rope_tables
 from edge.step_inputs import (
     check_threads,
@@ -64,8 +73,10 @@ Placed = tuple[str, int]  # ("decode" or "prefill" placement, segment index in i
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Run-time knobs. `parts_per_session=None` runs each placement segment as one executable;
-    `placement=None` runs every part on ONNX Runtime's CPU backend."""
+    """Run-time knobs. `parts_per_session=None` runs each placement segment as one executable,
+    or, where the package is large for the memory available, as executables of at most
+    `edge.placement.SESSION_BYTES` of weights each (`session_cap`); `placement=None` runs every
+    part on ONNX Runtime's CPU backend."""
 
     max_context: int | None = None
     prefill_chunk: int = 256
@@ -202,6 +213,11 @@ class Engine:
                 prompts,
                 [(s, False) for s in self.steps if s > 1] or [prompt_kind],
             )
+        # Where the package is large for the memory available, a segment's parts load as
+        # several sessions, so only one group's file pages are resident at a time.
+        self._session_cap = session_cap(
+            sum(part_bytes(p) for p in package.manifest.parts), config.parts_per_session
+        )
         self.fallbacks: list[Fallback] = []
         self._broken: set[Placed] = set()  # placement segments that failed mid-run
         self._placed = {
@@ -245,10 +261,11 @@ class Engine:
         }
         if self.config.spinning is not None:
             defaults["spinning"] = self.config.spinning
-        elif len({s.backend for s in self.placement.segments}) > 1:
-            # Between its runs another runtime computes on the same cores: an idle ORT pool
-            # spinning there slows it (measured, SmolLM2 int4 split over ORT and OpenVINO:
-            # 23 ms per token spinning, 14 ms not).
+        elif len({s.backend for s in self.placement.segments}) > 1 or self._session_cap:
+            # Between its runs another runtime (or session) computes on the same cores: an
+            # idle ORT pool spinning there slows it (measured, SmolLM2 int4 split over ORT and
+            # OpenVINO: 23 ms per token spinning, 14 ms not; Qwen2.5-Coder-1.5B in 16 sessions:
+            # 1.5 tok/s spinning, 9.6 not).
             defaults["spinning"] = False
         options = {**{k: v for k, v in defaults.items() if k in cls.OPTIONS}, **options}
         return cls(options)
@@ -313,14 +330,19 @@ class Engine:
             graph = SegmentGraph(self.package, placed.start, tuple(parts), b"")
             segment = _Segment(backend, backend.load(backend.compile(graph), self.resident), where)
             return {kind: [segment] for kind in kinds}
-        size = self.config.parts_per_session or len(parts)
+        size = self.config.parts_per_session
+        groups = (
+            [(i, min(i + size, len(parts))) for i in range(0, len(parts), size)]
+            if size
+            else session_groups([part_bytes(p) for p in parts], self._session_cap or sys.maxsize)
+        )
         out: dict[Kind, list[_Segment]] = {}
         done: list[_Segment] = []
         try:
             for step, prefill in kinds:
                 out[step, prefill] = []
-                for offset in range(0, len(parts), size):
-                    group = tuple(parts[offset : offset + size])
+                for offset, end in groups:
+                    group = tuple(parts[offset:end])
                     model = merge_models(
                         [self.package.graph_bytes(p, step, prefill) for p in group],
                         name=group[0].name,
@@ -381,6 +403,40 @@ class Engine:
     def rewind(self, position: int) -> None:
         """Forget every token from `position` on (the cache keeps its memory)."""
         self.cache.rewind(position)
+
+    @property
+    def can_snapshot(self) -> bool:
+        """Whether `save_prefix`/`restore_prefix` work: only when every segment keeps its keys
+        and values in this engine's arrays (a backend that `owns_cache`, a GPU's or a cluster
+        peer's, holds them where a copy of these arrays would not reach)."""
+        return not any(segment.backend.owns_cache for segment in self._distinct())
+
+    def save_prefix(self, n: int) -> KVSnapshot:
+        """A copy of the first `n` cached positions and their tokens, for `restore_prefix`."""
+        self._check_snapshots()
+        keys, values = self.cache.save(n)
+        return KVSnapshot(self._history[:n].copy(), keys, values)
+
+    def restore_prefix(self, snapshot: KVSnapshot) -> None:
+        """Make the cache hold exactly `snapshot`'s tokens again (what follows is forgotten);
+        the history goes back too, so a lost device's share could still be rebuilt."""
+        self._check_snapshots()
+        if snapshot.length > self.max_context:
+            raise ValueError(
+                f"a {snapshot.length}-token snapshot exceeds the {self.max_context}-token cache"
+            )
+        self.cache.restore(snapshot.keys, snapshot.values)
+        self._history[: snapshot.length] = snapshot.tokens
+
+    def _check_snapshots(self) -> None:
+        if not self.can_snapshot:
+            owners = sorted(
+                {s.backend.describe() for s in self._distinct() if s.backend.owns_cache}
+            )
+            raise ConfigError(
+                f"{', '.join(owners)} keeps its own KV cache: this engine cannot save or restore "
+                "a prefix of it"
+            )
 
     def close(self) -> None:
         """Unload every executable (the engine is unusable afterwards)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,3 +42,42 @@ class KVCache:
         if not 0 <= position <= self.position:
             raise ValueError(f"cannot rewind the KV cache to {position}; it holds {self.position}")
         self.position = position
+
+    def save(self, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Copies of every layer's keys and values of the first `n` positions."""
+        if not 0 <= n <= self.position:
+            raise ValueError(f"cannot save {n} positions of the KV cache; it holds {self.position}")
+        return (
+            [k[:, :, :n].copy() for k in self.keys],
+            [v[:, :, :n].copy() for v in self.values],
+        )
+
+    def restore(self, keys: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
+        """Copy saved keys/values back in place (the buffers stay bound) and hold only them."""
+        n = keys[0].shape[2] if keys else 0
+        if len(keys) != len(self.keys) or len(values) != len(self.values) or n > self.max_context:
+            raise ValueError("the snapshot does not fit this KV cache (another model?)")
+        for cache, saved in zip(self.keys, keys):
+            cache[:, :, :n] = saved
+        for cache, saved in zip(self.values, values):
+            cache[:, :, :n] = saved
+        self.position = n
+
+
+@dataclass(frozen=True, eq=False)
+class KVSnapshot:
+    """A copy of the first `length` positions of an engine's KV cache and the tokens they hold,
+    so a conversation's prefix survives another one running in between (`Engine.save_prefix`,
+    `Engine.restore_prefix`). Keys/values per layer: [1, H_kv, length, D] float32."""
+
+    tokens: np.ndarray  # int64 [length]
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens.nbytes + sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))

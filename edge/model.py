@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -13,6 +14,7 @@ from edge.engine import EngineConfig
 from edge.errors import ConfigError, InvalidTokenError
 from edge.format import MANIFEST_FILE
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
+from edge.kv_slots import MIN_SLOT_TOKENS, SLOT_MEMORY_SHARE, KVSlots
 from edge.package import Package, Verify, open_package
 from edge.placement import Placement
 from edge.resolve import resolve_package
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # imported when used: memory_sched and devices import edge's 
     from edge.streaming import StreamConfig
 
 Message = dict[str, Any]
+log = logging.getLogger("edge.model")
 
 
 class Model:
@@ -48,6 +51,11 @@ class Model:
     ...     print(r.text, end="", flush=True)
     >>> m.chat([{"role": "user", "content": "Hi!"}])  # doctest: +SKIP
     'Hello! How can I help you today?'
+
+    A prompt sharing a prefix with what the KV cache holds prefills only the rest. With
+    `kv_slots=N`, up to N earlier prefixes (at most `kv_slot_bytes` together; None: a quarter
+    of the memory available now) are kept aside when another prompt would overwrite them, and
+    restored when their conversation comes back; see `load`.
     """
 
     def __init__(
@@ -58,6 +66,8 @@ class Model:
         speculative: SpeculativeConfig | None = None,
         progress: bool = True,
         remember: bool = False,
+        kv_slots: int = 0,
+        kv_slot_bytes: int | None = None,
     ) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package)
@@ -85,10 +95,79 @@ class Model:
         # Tokens whose keys/values the cache holds: a new prompt sharing a prefix with them
         # (the next turn of a chat) only prefills what is new.
         self._cached: list[int] = []
+        # Prompt tokens the latest generation took from the KV cache (live or a slot) instead
+        # of prefilling them.
+        self.last_reuse = 0
+        # Earlier conversations' saved prefixes (None: off, or impossible here).
+        self.kv_slots = self._slots(kv_slots, kv_slot_bytes)
+
+    def _slots(self, count: int, max_bytes: int | None) -> KVSlots | None:
+        """The KV slots asked for, or None where they cannot work or must not take memory."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ConfigError(f"kv_slots={count!r}; must be an integer >= 0")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
+            raise ConfigError(f"kv_slot_bytes={max_bytes!r}; must be an integer >= 0 or None")
+        if count == 0:
+            return None
+        from edge.streaming.config import streamed_state
+
+        why = (
+            "speculative decoding is on (the draft's cache would not follow)"
+            if self.speculative is not None
+            else "a backend keeps its own KV cache"
+            if not self.engine.can_snapshot
+            else "the model streams under a memory budget"
+            if streamed_state(self.engine) is not None
+            else ""
+        )
+        if why:
+            log.info("KV slots off: %s", why)
+            return None
+        if max_bytes is None:
+            from devices.memory_info import read_memory
+
+            max_bytes = int(read_memory().budget * SLOT_MEMORY_SHARE)
+        return KVSlots(count, max_bytes)
 
     @property
     def spec(self):
         return self.package.spec
+
+    def cached_prefix(self, prompt_ids: Sequence[int]) -> int:
+        """How many of `prompt_ids` the next generation takes from the KV cache (the live
+        one, or a saved slot) rather than prefilling: what the server reports as cached."""
+        live, _, shared = self._plan(prompt_ids)
+        return max(live, shared)
+
+    def _plan(self, ids: Sequence[int]) -> tuple[int, int, int]:
+        """(tokens the live cache shares with the prompt, the slot to restore or -1, tokens it
+        shares). At least one token is fed; a generation abandoned mid-way may have cached
+        fewer tokens than it yielded, hence the min."""
+        live = min(_common_prefix(self._cached, ids[:-1]), self.engine.position)
+        if not self.kv_slots:
+            return live, -1, 0
+        index, shared = self.kv_slots.best(ids[:-1])
+        return (live, index, shared) if shared > live else (live, -1, 0)
+
+    def _reuse(self, ids: list[int]) -> int:
+        """Set the cache up for `ids`: the live cache is saved to a slot first if the prompt
+        would overwrite a worthwhile prefix of it, then the best slot is restored if it shares
+        more; how many prompt tokens the cache now holds."""
+        live, index, shared = self._plan(ids)
+        slots = self.kv_slots
+        if slots is None:
+            return live
+        restore = slots.take(index) if index >= 0 else None
+        held = min(len(self._cached), self.engine.position)
+        if held - live >= MIN_SLOT_TOKENS:
+            try:
+                slots.put(self.engine.save_prefix(held))
+            except MemoryError:  # a copy that does not fit is only a lost shortcut
+                log.warning("no memory to save a %d-token KV prefix; not kept", held)
+        if restore is None:
+            return live
+        self.engine.restore_prefix(restore)
+        return shared
 
     def stream(
         self,
@@ -134,9 +213,7 @@ class Model:
         return self._stream_ids(ids, config)
 
     def _stream_ids(self, ids: list[int], config: GenerationConfig) -> Iterator[GenerationResponse]:
-        # At least one token is fed; a generation abandoned mid-way may have cached fewer
-        # tokens than it yielded, hence the min.
-        reuse = min(_common_prefix(self._cached, ids[:-1]), self.engine.position)
+        reuse = self.last_reuse = self._reuse(ids)
         self._cached = ids[:reuse]
         responses = (
             self.speculative.stream(self.tokenizer, ids, config, reuse)
@@ -222,6 +299,7 @@ def load(
     memory_budget: str | int | None = None,
     plan: str | os.PathLike[str] | Placement | None = None,
     cluster: str | ClusterConfig | None = None,
+    kv_slots: int = 0,
 ) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
@@ -248,6 +326,13 @@ def load(
     over this machine and the paired workers found (`edge cluster serve` on each, holding
     the same package); a worker lost mid-generation is re-placed here and the text goes on.
     A model that fits here is not distributed unless `ClusterConfig(distribute="always")`.
+
+    `kv_slots=N` keeps copies of up to N earlier KV cache prefixes (together at most a
+    quarter of the memory available at load), so conversations that take turns (A, B, A)
+    each prefill only what is new, not their whole history after another one ran. The text
+    is unchanged; off (0) by default, and off where it cannot work: with speculative
+    decoding (the draft's own cache would not follow), a backend holding its own KV cache
+    (torch on a GPU, a cluster) or streaming under `memory_budget` (the copies would exceed it).
 
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
     >>> m = edge.load("qwen2.5-coder-1.5b", memory_budget="600MB")  # doctest: +SKIP
@@ -291,7 +376,13 @@ def load(
             ),
         )
     return Model(
-        open_package(root, verify=verify), config, source, speculative, progress, remember=True
+        open_package(root, verify=verify),
+        config,
+        source,
+        speculative,
+        progress,
+        remember=True,
+        kv_slots=kv_slots,
     )
 
 

@@ -21,6 +21,7 @@ from edge.package import Package
 if TYPE_CHECKING:
     from devices.backend import Loaded
     from edge.engine import EngineConfig
+    from edge.kv_cache import KVSnapshot
     from edge.streaming import StreamConfig
 
 
@@ -55,6 +56,19 @@ class Runner(Protocol):
     def reset(self) -> None: ...
 
     def rewind(self, position: int) -> None: ...
+
+    @property
+    def can_snapshot(self) -> bool:
+        """Whether `save_prefix`/`restore_prefix` work (the KV cache is in its own arrays)."""
+        ...
+
+    def save_prefix(self, n: int) -> KVSnapshot:
+        """A copy of the first `n` cached positions and their tokens."""
+        ...
+
+    def restore_prefix(self, snapshot: KVSnapshot) -> None:
+        """Make the cache hold exactly `snapshot`'s tokens again."""
+        ...
 
     def close(self) -> None:
         """Release threads and buffers the runner holds beyond its arrays."""

@@ -202,3 +202,29 @@ def test_placement_must_cover_the_parts_contiguously(smollm2_package: Path) -> N
         _model(smollm2_package, Placement.single(PARTS, "tpu"))
     placement = THREE_WAY["ort-ov-ort"]
     assert Placement.from_dict(placement.to_dict()) == placement
+
+
+def test_session_groups_cover_the_parts_under_the_cap() -> None:
+    from edge.placement import session_groups
+
+    assert session_groups([10, 10, 10, 10], 25) == [(0, 2), (2, 4)]
+    assert session_groups([30, 5, 5], 25) == [(0, 1), (1, 3)]  # a large part stands alone
+    assert session_groups([1, 2, 3], 100) == [(0, 3)]
+    assert session_groups([], 10) == []
+
+
+def test_a_package_large_for_the_memory_loads_as_several_sessions(
+    packages: dict[str, Path], references: dict[str, list[int]], monkeypatch
+) -> None:
+    """With little memory available, the parts load as sessions of at most SESSION_BYTES
+    (each session's file pages dropped before the next loads): the same greedy tokens."""
+    import edge.placement
+    from devices.memory_info import read_memory
+
+    monkeypatch.setattr(edge.placement, "SESSION_BYTES", 64 << 20)
+    memory = read_memory()
+    small = type(memory)(**{**vars(memory), "available": 100 << 20})
+    monkeypatch.setattr("devices.memory_info.read_memory", lambda: small)
+    model = _model(packages["fp32"])
+    assert len(model.engine.segments) >= 8  # 540 MB of float32 in groups of at most 64 MB
+    assert _greedy(model) == references["fp32"]

@@ -212,6 +212,120 @@ def test_abandoned_stream_then_longer_prompt_works(model: Model, greedy: list) -
     assert model.generate(continued, max_tokens=2) == text
 
 
+# ---- KV slots: interleaved conversations ---------------------------------------------------------
+
+# Each long enough that what the next one would overwrite of its cache is worth a slot
+# (MIN_SLOT_TOKENS, beyond the 24 tokens of SmolLM2's system prompt they share).
+STORY = (
+    "Tell me a long story about a dragon who lived in a castle by the sea, and about the knight "
+    "who came to visit him every summer."
+)
+PLANTS = (
+    "How do plants turn sunlight, water and air into sugar? Explain it simply, step by step, "
+    "for a child of ten."
+)
+TRAINS = (
+    "Why do trains run on rails rather than on roads, and why are they so much quieter than trucks?"
+)
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _ids(model: Model, messages: list[dict]) -> list[int]:
+    rendered = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return model.tokenizer.encode(rendered, add_special_tokens=False)
+
+
+@pytest.fixture
+def fed(model: Model, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of tokens each `engine.prefill` call feeds (what prefill really costs)."""
+    counts: list[int] = []
+    prefill = model.engine.prefill
+
+    def counting(ids, all_logits: bool = False):
+        counts.append(len(ids))
+        return prefill(ids, all_logits)
+
+    monkeypatch.setattr(model.engine, "prefill", counting)
+    return counts
+
+
+def _second_turn(model: Model) -> tuple[list[dict], list[int]]:
+    """STORY, then PLANTS in between, then STORY's next turn: its messages and prompt ids."""
+    model.engine.reset()  # whatever earlier tests left is no longer cached
+    first = model.chat(_user(STORY), max_tokens=8)
+    model.chat(_user(PLANTS), max_tokens=8)
+    turn = [*_user(STORY), {"role": "assistant", "content": first}, _user("Go on.")[0]]
+    return turn, _ids(model, turn)
+
+
+def test_kv_slots_keep_each_interleaved_conversation(
+    model: Model, fed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A, B, A with two slots: A's next turn restores A's prefix and prefills only its new
+    tokens, and replies exactly as a fresh cache does."""
+    from edge.kv_slots import KVSlots
+
+    monkeypatch.setattr(model, "kv_slots", KVSlots(2, 1 << 30))
+    turn, ids = _second_turn(model)
+    reuse = model.cached_prefix(ids)
+    assert (
+        reuse >= len(_ids(model, _user(STORY))) - 1
+    )  # A's first turn, not just the shared template
+    reply = model.chat(turn, max_tokens=8)
+    assert model.last_reuse == reuse and fed[-1] == len(ids) - reuse
+    model.engine.reset()  # a fresh cache, with nothing to restore
+    monkeypatch.setattr(model, "kv_slots", None)
+    assert model.chat(turn, max_tokens=8) == reply and fed[-1] == len(ids)
+
+
+def test_without_kv_slots_the_other_conversation_overwrites(model: Model, fed: list[int]) -> None:
+    """kv_slots=0 (load's default): one cache, the latest conversation's, as before."""
+    assert model.kv_slots is None
+    turn, ids = _second_turn(model)
+    reuse = model.cached_prefix(ids)
+    assert reuse < len(_ids(model, _user(STORY))) // 2
+    model.chat(turn, max_tokens=8)
+    assert model.last_reuse == reuse and fed[-1] == len(ids) - reuse
+
+
+def test_kv_slot_bytes_evict_the_oldest(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots beyond the byte bound go oldest first; a snapshot larger than it is not kept."""
+    from edge.kv_slots import KVSlots
+
+    slots = KVSlots(4, 1 << 30)
+    monkeypatch.setattr(model, "kv_slots", slots)
+    model.engine.reset()
+    model.chat(_user(STORY), max_tokens=8)
+    model.chat(_user(PLANTS), max_tokens=8)  # saves STORY's prefix
+    (story,) = slots.snapshots
+    slots.max_bytes = story.nbytes  # room for STORY's prefix or PLANTS' (shorter), not both
+    model.chat(_user(TRAINS), max_tokens=8)  # saves PLANTS', which evicts STORY's
+    (plants,) = slots.snapshots
+    prompt = _ids(model, _user(PLANTS))
+    assert list(plants.tokens[: len(prompt)]) == prompt
+    assert slots.nbytes <= slots.max_bytes
+    slots.max_bytes = 0
+    model.chat(_user(STORY), max_tokens=8)  # TRAINS' prefix does not fit: nothing is kept
+    assert slots.snapshots == (plants,)
+
+
+def test_a_backend_owning_its_cache_disables_snapshots(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend keeping its own KV cache (a GPU's, a cluster's) makes snapshots refused."""
+    from devices.backends.ort_cpu import OrtCpuBackend
+    from edge.errors import ConfigError
+
+    assert model.engine.can_snapshot
+    monkeypatch.setattr(OrtCpuBackend, "owns_cache", True)
+    assert not model.engine.can_snapshot
+    with pytest.raises(ConfigError, match="keeps its own KV cache"):
+        model.engine.save_prefix(0)
+
+
 # ---- the context window ------------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ class TorchBackend(Backend):
 
     name: ClassVar[str] = "torch"
     reads_graphs: ClassVar[bool] = False
+    owns_cache: ClassVar[bool] = True  # the blocks' KV cache lives on the torch device
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "threads": int,
         "device": str,

@@ -27,6 +27,8 @@ examples:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from edge.server.config import DEFAULT_KV_SLOTS
+
     parser.epilog = EPILOG
     parser.add_argument(
         "models",
@@ -67,6 +69,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests that may wait while one generates; more get HTTP 429 (default: 8)",
     )
+    parser.add_argument(
+        "--kv-slots",
+        type=non_negative_int,
+        default=DEFAULT_KV_SLOTS,
+        metavar="N",
+        help="earlier KV cache prefixes kept per model, so conversations taking turns each "
+        "prefill only what is new (at most a quarter of the memory available; 0: off; "
+        f"default: {DEFAULT_KV_SLOTS})",
+    )
     add_model_options(parser)
     add_draft_options(parser)
 
@@ -98,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("EDGE_API_KEY") or None,
         queue_size=args.queue,
         cors_origins=tuple(args.cors_origins or ()),
+        kv_slots=args.kv_slots,
         load={
             "max_context": args.ctx,
             "threads": args.threads,

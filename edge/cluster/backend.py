@@ -52,6 +52,7 @@ class ClusterBackend(Backend):
     name: ClassVar[str] = "cluster"
     reads_graphs: ClassVar[bool] = False  # the worker reads its own copy of the graphs
     recovers: ClassVar[bool] = True  # a failure is a worker gone: re-place, rebuild, go on
+    owns_cache: ClassVar[bool] = True  # each worker holds its parts' KV cache
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "endpoint": str,
         "server_key": str,

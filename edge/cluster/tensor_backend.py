@@ -103,6 +103,7 @@ class TensorBackend(Backend):
     name: ClassVar[str] = "tensor"
     reads_graphs: ClassVar[bool] = False  # shares are computed from the spec's weights
     recovers: ClassVar[bool] = True
+    owns_cache: ClassVar[bool] = True  # each share's KV cache is held where it computes
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "cluster": str,
         "workers": str,

@@ -16,6 +16,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_QUEUE = 8
 DEFAULT_MODEL = "smollm2-135m"
+# Saved KV prefixes per model: a household's few conversations each keep theirs (edge/kv_slots.py).
+DEFAULT_KV_SLOTS = 4
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,9 @@ class ServeConfig:
     `load` holds `edge.load`'s other keywords (max_context, threads, memory_budget, plan, draft,
     ...), applied to every model. `queue_size` counts the requests that may wait while one
     generates; one more gets 429. `cors_origins` are the web origins (scheme://host[:port], or
-    "*" for any) whose pages may call the API from a browser; none by default.
+    "*" for any) whose pages may call the API from a browser; none by default. `kv_slots`
+    earlier KV cache prefixes are kept per model, so conversations taking turns each prefill
+    only what is new (0: one cache, the latest conversation's).
     """
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -36,6 +40,7 @@ class ServeConfig:
     queue_size: int = DEFAULT_QUEUE
     load: Mapping[str, Any] = field(default_factory=dict)
     cors_origins: tuple[str, ...] = ()
+    kv_slots: int = DEFAULT_KV_SLOTS
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -44,6 +49,8 @@ class ServeConfig:
             raise ConfigError(f"port {self.port!r} must be an integer in [0, 65535]")
         if not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise ConfigError(f"queue size {self.queue_size!r} must be an integer >= 0")
+        if type(self.kv_slots) is not int or self.kv_slots < 0:
+            raise ConfigError(f"kv slots {self.kv_slots!r} must be an integer >= 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty")
         if self.api_key is None and not is_loopback(self.host):

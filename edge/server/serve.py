@@ -142,8 +142,10 @@ def default_loaders(config: ServeConfig) -> dict[str, Callable[[], Model]]:
     """model id -> a function loading it with `edge.load` and the configured options."""
     import edge
 
+    options = {**config.load, "kv_slots": config.kv_slots}
+
     def loader(model: str) -> Callable[[], Model]:
-        return lambda: edge.load(model, **config.load)
+        return lambda: edge.load(model, **options)
 
     return {model_id(m): loader(m) for m in config.models}
 

@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +89,6 @@ class EngineWorker:
         self._cond = threading.Condition()
         self._stopping = False
         self._running: Job | None = None
-        # per model, the tokens its KV cache holds, mirrored to report cached prompt tokens
-        self._history: dict[str, list[int]] = {}
         self._thread = threading.Thread(target=self._run, name="edge-engine", daemon=True)
         metrics.queue_depth.set_function(lambda: len(self._waiting))
         metrics.running.set_function(lambda: int(self._running is not None))
@@ -181,8 +179,8 @@ class EngineWorker:
 
     def _generate(self, job: Job) -> None:
         model = self.models[job.model]
-        cached = self._cached_prefix(job.model, model, job.ids)
-        history = self._history[job.model] = list(job.ids)
+        # what the model takes from its KV cache (live or a saved slot), for usage and metrics
+        cached = model.cached_prefix(job.ids)
         started = time.perf_counter()
         first = last_time = started
         last = None
@@ -192,8 +190,6 @@ class EngineWorker:
                 last_time = time.perf_counter()
                 if last.generation_tokens == 1:
                     first = last_time
-                if not last.finish_reason:
-                    history.append(last.token)
                 job.deliver(last)
                 if job.cancelled.is_set():
                     break
@@ -211,14 +207,3 @@ class EngineWorker:
         )
         self.metrics.record(done, last)
         job.deliver(done)
-
-    def _cached_prefix(self, name: str, model: Model, ids: Sequence[int]) -> int:
-        """How many prompt tokens the model's KV cache already holds (it reuses the longest
-        common prefix with what it last ran, as `Model.stream` does)."""
-        held = self._history.get(name, [])
-        n = 0
-        for a, b in zip(held, ids[:-1]):
-            if a != b:
-                break
-            n += 1
-        return min(n, model.engine.position)

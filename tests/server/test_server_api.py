@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import urllib.error
@@ -331,6 +332,40 @@ def test_next_turn_reuses_the_cached_prefix(api: Any, tiny_id: str) -> None:
     ]
     second = api.chat.completions.create(model=tiny_id, messages=turn, max_tokens=8, temperature=0)
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 1
+
+
+def cached_tokens_metric(server: Any) -> float:
+    """The server's count of prompt tokens taken from the KV cache so far."""
+    status, text, _ = raw(f"{server.url}/metrics")
+    assert status == 200
+    match = re.search(r"^edge_prompt_tokens_cached_total (\S+)$", text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_interleaved_chats_each_keep_their_prefix(
+    shared_server: Any, api: Any, tiny_id: str, sdk: Model
+) -> None:
+    """With the server's KV slots, A's next turn after B's reuses A's whole first turn (the
+    cached-token counter grows by it), and every reply is the one-conversation reply."""
+    a = [{"role": "user", "content": "Rotary embeddings rotate queries and keys by an angle."}]
+    b = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog."}]
+    greedy = {"max_tokens": 24, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    first = api.chat.completions.create(model=tiny_id, messages=a, **greedy)
+    other = api.chat.completions.create(model=tiny_id, messages=b, **greedy)
+    turn = [
+        *a,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Tell me more."},
+    ]
+    before = cached_tokens_metric(shared_server)
+    again = api.chat.completions.create(model=tiny_id, messages=turn, **greedy)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 1
+    assert cached_tokens_metric(shared_server) - before == cached
+    for messages, reply in ((a, first), (b, other), (turn, again)):
+        expected = sdk.chat(messages, max_tokens=24, ignore_eos=True)
+        assert reply.choices[0].message.content == expected
 
 
 def test_models_health_metrics_and_page(shared_server: Any, api: Any, tiny_id: str) -> None:

@@ -57,6 +57,7 @@ def test_help_names_the_endpoints() -> None:
         "--draft",
         "--queue",
         "--cors-origin",
+        "--kv-slots",
     ):
         assert text in result.stdout
 
