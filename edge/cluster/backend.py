@@ -76,15 +76,7 @@ class ClusterBackend(Backend):
         return YES
 
     def is_available(self) -> Support:
-        from edge.cluster.errors import ClusterError, require_zmq
-        from edge.cluster.keys import KeyStore
-
-        try:
-            require_zmq()
-            KeyStore().cluster_keys(str(self.options["cluster"]))
-        except (ClusterError, ConfigError) as exc:
-            return Support(False, str(exc))
-        return YES
+        return cluster_available(str(self.options["cluster"]))
 
     def compile(self, graph: SegmentGraph) -> Executable:
         """Nothing runs here: the names the engine binds, from the parts' interfaces."""
@@ -139,6 +131,19 @@ class ClusterBackend(Backend):
         loaded.inputs.clear()
         loaded.outputs.clear()
         loaded.link.close()  # type: ignore[attr-defined]
+
+
+def cluster_available(cluster: str) -> Support:
+    """Whether this machine can coordinate `cluster`: pyzmq installed, the cluster's keys here."""
+    from edge.cluster.errors import ClusterError, require_zmq
+    from edge.cluster.keys import KeyStore
+
+    try:
+        require_zmq()
+        KeyStore().cluster_keys(cluster)
+    except (ClusterError, ConfigError) as exc:
+        return Support(False, str(exc))
+    return YES
 
 
 def _hidden(names: frozenset[str]) -> str:

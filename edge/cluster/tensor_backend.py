@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from devices.backend import (
-    YES,
     Backend,
     Executable,
     Loaded,
@@ -132,15 +131,9 @@ class TensorBackend(Backend):
         return spec_support(part, package, "a tensor-parallel share")
 
     def is_available(self) -> Support:
-        from edge.cluster.errors import ClusterError, require_zmq
-        from edge.cluster.keys import KeyStore
+        from edge.cluster.backend import cluster_available
 
-        try:
-            require_zmq()
-            KeyStore().cluster_keys(str(self.options["cluster"]))
-        except (ClusterError, ConfigError) as exc:
-            return Support(False, str(exc))
-        return YES
+        return cluster_available(str(self.options["cluster"]))
 
     def compile(self, graph: SegmentGraph) -> Executable:
         inputs, outputs = spec_interface(graph.parts)
