@@ -21,3 +21,22 @@ def test_quickstart_runs(smollm2_package: Path) -> None:
     for label in ("generate:", "stream:", "chat:", "chat 2:"):
         assert label in done.stdout
     assert "tok/s" in done.stdout
+
+
+def test_home_cluster_dry_run_prints_the_coordinators_choice(smollm2_package: Path) -> None:
+    """examples/home_cluster.py --dry-run: the predictions for two modelled Pi 5 workers,
+    wired and on Wi-Fi, without contacting anybody."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "home_cluster.py"),
+            str(smollm2_package),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("predicted:") == 4
+    assert "wired" in done.stdout and "Wi-Fi" in done.stdout
