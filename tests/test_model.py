@@ -373,8 +373,16 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
 def test_gguf_is_exported_once_into_the_cache(
     smollm2_gguf: Path, greedy: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Loading a GGUF file exports it into edge's cache once; a second load reuses the package."""
+    """Loading a GGUF file exports it into edge's cache once; a second load reuses the package.
+    (The export is int8 here, to keep the suite short: which export is the default is
+    tests/exporters/test_export_defaults.py's business.)"""
+    import exporters.defaults
+    from exporters.export import ExportConfig
+
     monkeypatch.setenv("EDGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(
+        exporters.defaults, "default_export_config", lambda source: ExportConfig(quant="int8")
+    )
     first = edge.load(smollm2_gguf, progress=False)
     root = first.package.root
     assert root.is_relative_to(tmp_path.resolve())

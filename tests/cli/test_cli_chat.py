@@ -81,6 +81,9 @@ def test_ctrl_c_stops_the_reply_not_the_chat(smollm2_package: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        # A test run started in the background inherits SIGINT ignored, and Python then
+        # installs no KeyboardInterrupt handler: give the chat the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("Write a very long story about the sea, in many chapters.\n")
