@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from edge.errors import BudgetTooSmallError, ConfigError
 from edge.format import Manifest, ModelSpec, PartEntry
 from edge.package_files import PackageFiles
-from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, window_bytes
+from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, format_size, window_bytes
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.store import WeightStore, plan_layout
 from memory_sched.units import HALVES, half_name, stream_units
@@ -195,7 +195,10 @@ def plan_budget_for(
         return attempt(len(blocks))
     except BudgetTooSmallError:
         pass
-    best = attempt(0)  # raises BudgetTooSmallError with the minimum when nothing fits
+    try:
+        best = attempt(0)
+    except BudgetTooSmallError as exc:  # nothing fits: say what a shorter context would need
+        raise _with_context_hint(exc, manifest.spec, max_context, kv) from None
     for n in range(1, len(blocks)):
         try:
             plan = attempt(n)
@@ -205,3 +208,19 @@ def plan_budget_for(
             break
         best = plan
     return best
+
+
+def _with_context_hint(
+    exc: BudgetTooSmallError, spec: ModelSpec, max_context: int, kv: int
+) -> BudgetTooSmallError:
+    """`exc`, plus the longest context (a multiple of 256) whose smaller KV cache would let
+    the budget run, when there is one: the cache is often the part a user can give up."""
+    for context in range(max_context - max_context % 256, 0, -256):
+        if context < max_context and exc.minimum - kv + kv_cache_bytes(spec, context) <= exc.budget:
+            smaller = kv_cache_bytes(spec, context)
+            hint = (
+                f"; a context of {context} tokens fits (--ctx {context} / max_context="
+                f"{context}: KV cache {format_size(smaller)} instead of {format_size(kv)})"
+            )
+            return BudgetTooSmallError(str(exc) + hint, budget=exc.budget, minimum=exc.minimum)
+    return exc

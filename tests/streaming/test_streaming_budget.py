@@ -106,3 +106,34 @@ def test_streaming_load_rejects_garbage_budget(streaming_int4_package: Path, str
     engine is built."""
     with pytest.raises(ConfigError, match="'plenty'"):
         _load(streaming_int4_package, "plenty", streaming)
+
+
+def test_a_budget_too_small_for_the_context_names_one_that_fits(
+    streaming_int4_package: Path,
+) -> None:
+    """Under the minimum at a 4096-token context, the error names the longest context whose
+    smaller KV cache would fit the budget, and that context then loads."""
+    root = streaming_int4_package
+    with pytest.raises(BudgetTooSmallError) as first:
+        edge.load(root, memory_budget="1MB", max_context=4096, progress=False, verify="sizes")
+    budget = first.value.minimum - 1
+    with pytest.raises(BudgetTooSmallError) as info:
+        edge.load(
+            root,
+            memory_budget=budget,
+            max_context=4096,
+            progress=False,
+            verify="sizes",
+        )
+    message = str(info.value)
+    assert "a context of" in message and "fits (--ctx" in message
+    context = int(message.split("a context of ")[1].split()[0])
+    assert 256 <= context < 4096 and context % 256 == 0
+    model = edge.load(
+        root,
+        memory_budget=budget,
+        max_context=context,
+        progress=False,
+        verify="sizes",
+    )
+    model.engine.close()
