@@ -131,9 +131,10 @@ class EngineWorker:
         with self._cond:
             if self._stopping:
                 raise LoadingError("the server is shutting down")
-            if len(self._waiting) >= self.queue_size and (
-                self._running is not None or self._waiting
-            ):
+            # one request runs while `queue_size` wait; counting both keeps that true in the
+            # moment before the engine thread takes the first one off the queue
+            admitted = len(self._waiting) + (self._running is not None)
+            if admitted >= self.queue_size + 1:
                 raise QueueFullError(
                     f"{len(self._waiting)} requests are waiting for the engine (the queue holds "
                     f"{self.queue_size}); retry later"
