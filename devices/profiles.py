@@ -6,13 +6,21 @@ where each number came from in `source`: "measured on this machine, <date>" (mic
 phone from a laptop. Devices that share one DRAM (CPU + GPU on a Jetson, CPU + GPU + NPU on a
 phone) name the same `memory_pool`, so the planner does not count that memory twice.
 
+A profile file (`edge devices --save-profile FILE` writes this machine's measured one) lets a
+user share their device: `edge plan --profile FILE` plans for it anywhere.
+
 >>> profile_by_name("pi5").memory_bandwidth_gbs
 10.0
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge.errors import EdgeError
 
@@ -23,6 +31,7 @@ KINDS = ("cpu", "gpu", "npu")
 DEFAULT_EFFICIENCY = {"cpu": 0.8, "gpu": 0.6, "npu": 0.5}
 SOURCE_PREFIXES = ("measured on this machine, ", "published spec: ")
 GB = 10**9
+FILE_VERSION = 1  # the "edge_device_profiles" key of a profile file
 
 
 class DeviceProfileError(EdgeError, ValueError):
@@ -225,6 +234,52 @@ BUILTIN: tuple[DeviceProfile, ...] = (
         "published spec: DDR5-5600 dual channel (89.6 GB/s peak), 8-core AVX2 CPU at "
         "~3 GHz; effective rates derated",
     ),
+    # An Intel laptop with an NPU: Core Ultra 7 155H (Meteor Lake; Intel ARK: 6 P + 8 E + 2 LP-E
+    # cores, Arc GPU with 8 Xe-cores at 2.25 GHz, Intel AI Boost NPU; peak int8 TOPS: NPU 11,
+    # GPU 18; LPDDR5X-7467 on 128 bits = 119.5 GB/s peak), 16 GB of which ~10 GB are free
+    # beside the OS, shared by all three. Sustained reads are an assumption (no published
+    # figure): 55 GB/s for the CPU cores, 65 for the GPU, 45 for the NPU. CPU: AVX2 + AVX-VNNI,
+    # ~1.1 TFLOP/s fp32 peak over all cores, ~350 under a laptop's power limit; int8 ~2.5x.
+    # GPU: 1024 fp32 lanes x 2 x 2.25 GHz = 4.6 TFLOP/s peak, we take 2000 and 8000 int8
+    # (~45%). NPU: int8 (and fp16) only, compiled for static shapes; 5000 of its 11 TOPS.
+    DeviceProfile(
+        "core-ultra-7-155h-cpu",
+        "cpu",
+        10 * GB,
+        55.0,
+        350.0,
+        900.0,
+        16,
+        "published spec: Intel ARK, Core Ultra 7 155H (6P + 8E + 2LP-E cores, AVX-VNNI, "
+        "LPDDR5X-7467 119.5 GB/s); effective rates derated, bandwidth assumed",
+        memory_pool="core-ultra-7-155h",
+    ),
+    DeviceProfile(
+        "core-ultra-7-155h-gpu",
+        "gpu",
+        10 * GB,
+        65.0,
+        2000.0,
+        8000.0,
+        8,
+        "published spec: Intel ARK, Core Ultra 7 155H (Intel Arc, 8 Xe-cores at 2.25 GHz, "
+        "18 int8 TOPS peak), derated to ~45%",
+        memory_pool="core-ultra-7-155h",
+    ),
+    DeviceProfile(
+        "core-ultra-7-155h-npu",
+        "npu",
+        10 * GB,
+        45.0,
+        0.0,
+        5000.0,
+        2,
+        "published spec: Intel ARK, Core Ultra 7 155H (Intel AI Boost NPU, 11 int8 TOPS "
+        "peak), derated to ~45%; bandwidth assumed",
+        needs_static_shapes=True,
+        needs_int8=True,
+        memory_pool="core-ultra-7-155h",
+    ),
 )
 
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in BUILTIN}
@@ -239,6 +294,11 @@ PLATFORMS: dict[str, tuple[str, ...]] = {
         "snapdragon-8-gen-3-npu",
     ),
     "laptop-x86": ("laptop-x86",),
+    "core-ultra-7-155h": (
+        "core-ultra-7-155h-cpu",
+        "core-ultra-7-155h-gpu",
+        "core-ultra-7-155h-npu",
+    ),
 }
 
 
@@ -259,3 +319,39 @@ def platform_by_name(name: str) -> tuple[DeviceProfile, ...]:
             f"unknown platform {name!r}; known platforms: {', '.join(sorted(PLATFORMS))}"
         )
     return tuple(PROFILES[n] for n in PLATFORMS[name])
+
+
+def profiles_json(profiles: Sequence[DeviceProfile]) -> str:
+    """A profile file's text: every field of each profile, so a reader needs nothing else."""
+    entries = [dataclasses.asdict(p) for p in profiles]
+    return json.dumps({"edge_device_profiles": FILE_VERSION, "profiles": entries}, indent=2)
+
+
+def read_profile_file(path: str | os.PathLike[str]) -> tuple[DeviceProfile, ...]:
+    """The profiles of a file `profiles_json` wrote, each checked like a built-in one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DeviceProfileError(f"cannot read the profile file {path}: {exc!s:.300}") from exc
+    if not isinstance(data, dict):
+        data = {}
+    entries = data.get("profiles")
+    if data.get("edge_device_profiles") != FILE_VERSION or not isinstance(entries, list):
+        raise DeviceProfileError(
+            f"{path} is not an edge device profile file (version {FILE_VERSION}; "
+            "`edge devices --save-profile FILE` writes one)"
+        )
+    fields = {f.name for f in dataclasses.fields(DeviceProfile)}
+    profiles = []
+    for entry in entries:
+        unknown = sorted(set(entry) - fields) if isinstance(entry, dict) else ["(not an object)"]
+        if unknown:
+            raise DeviceProfileError(f"{path}: unknown profile fields {unknown}")
+        try:
+            profiles.append(DeviceProfile(**entry))
+        except TypeError as exc:  # a missing field, or a value of the wrong type
+            raise DeviceProfileError(f"{path}: {exc}") from None
+    names = [p.name for p in profiles]
+    if not names or len(set(names)) != len(names):
+        raise DeviceProfileError(f"{path}: needs profiles with distinct names, got {names}")
+    return tuple(profiles)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from edge.errors import ConfigError
 
 if TYPE_CHECKING:
     from devices.discovery import Machine
     from devices.microbench import Microbench
+    from devices.profiles import DeviceProfile
 
 HELP = "list this machine's CPU, memory, GPUs, NPUs and runtimes, and what is missing"
 GIB = float(1 << 30)
@@ -24,6 +29,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-bench", action="store_true", help="skip the micro-benchmark (bandwidth, GEMM rates)"
+    )
+    parser.add_argument(
+        "--save-profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write this machine's measured profile to FILE (JSON, named after FILE), "
+        "to share it: `edge plan MODEL --profile FILE` plans for this machine anywhere",
     )
     parser.add_argument(
         "--probe-torch",
@@ -175,12 +188,34 @@ def render(machine: Machine, bench: tuple[Microbench, bool] | None) -> str:
     return "\n".join(f"{label:<12} {text}" for label, text in rows)
 
 
+def save_profile(profile: DeviceProfile, path: Path) -> DeviceProfile:
+    """Write `profile`, renamed after the file ("my-pi5.json": "my-pi5"), so that plans made
+    from it elsewhere name the machine rather than "this-machine"."""
+    from devices.profiles import profiles_json
+
+    named = dataclasses.replace(profile, name=path.stem or profile.name, memory_pool=None)
+    try:
+        path.write_text(profiles_json([named]) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the profile to {path}: {exc.strerror or exc}") from exc
+    return named
+
+
 def main(args: argparse.Namespace) -> int:
     from devices.discovery import discover
     from devices.microbench import load_or_measure, profile_from
 
+    if args.save_profile is not None and args.no_bench:
+        raise ConfigError("--save-profile needs the micro-benchmark: leave out --no-bench")
     machine = discover(probe_torch=args.probe_torch)
     bench = None if args.no_bench else load_or_measure(machine, refresh=args.refresh)
+    if args.save_profile is not None and bench is not None:
+        saved = save_profile(profile_from(bench[0], machine), args.save_profile)
+        print(
+            f"edge devices: profile {saved.name!r} written to {args.save_profile} "
+            f"(edge plan MODEL --profile {args.save_profile})",
+            file=sys.stderr,
+        )
     if args.json:
         data: dict = {"machine": machine.to_dict()}
         if bench is not None:

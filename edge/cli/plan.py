@@ -15,6 +15,7 @@ examples:
   edge plan qwen2.5-coder-1.5b --memory-budget 600MB
   edge plan qwen2.5-coder-1.5b --profile rpi5        (what if: a Raspberry Pi 5)
   edge plan model-pkg --profile jetson-orin-nano --json
+  edge plan smollm2-135m --profile my-pi.json     (edge devices --save-profile my-pi.json there)
 """
 
 
@@ -40,9 +41,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--profile",
         action="append",
         default=[],
-        metavar="NAME",
+        metavar="NAME|FILE",
         help="plan for a built-in device instead of this machine: rpi4, rpi5, "
-        "jetson-orin-nano, snapdragon-8-gen-3, laptop-x86 (repeatable)",
+        "jetson-orin-nano, snapdragon-8-gen-3, laptop-x86, core-ultra-7-155h (laptop-npu), "
+        "or a profile file that `edge devices --save-profile FILE` wrote (repeatable)",
     )
     parser.add_argument(
         "--ctx",

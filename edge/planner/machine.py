@@ -1,4 +1,5 @@
-"""The devices a plan may use: this machine's (measured), or a built-in profile's ("what if").
+"""The devices a plan may use: this machine's (measured), a built-in profile's ("what if"), or
+those of a profile file (`edge devices --save-profile FILE` on another machine).
 
 Kept apart from the pure planner: discovering this machine runs a cached micro-benchmark and
 asks each runtime whether it is installed.
@@ -18,12 +19,22 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from devices.profiles import PLATFORMS, PROFILES, DeviceProfile, DeviceProfileError
+from devices.profiles import (
+    PLATFORMS,
+    PROFILES,
+    DeviceProfile,
+    DeviceProfileError,
+    read_profile_file,
+)
 from edge.errors import ConfigError, PackageError
 from edge.package import Package
 from edge.planner.memory import DEFAULT_FOOTPRINT, ImportFootprint
 from edge.planner.plan import Device, Plan, PlanConfig
+
+if TYPE_CHECKING:
+    from devices.backend import Backend
 
 # Spellings people use for the built-in platforms.
 ALIASES = {
@@ -34,11 +45,18 @@ ALIASES = {
     "jetson": "jetson-orin-nano",
     "phone": "snapdragon-8-gen-3",
     "laptop": "laptop-x86",
+    "laptop-npu": "core-ultra-7-155h",
+    "meteor-lake": "core-ultra-7-155h",
 }
 # The backend each kind of device runs through, all registered (devices.registry): ONNX Runtime
 # on CPUs, its CUDA provider on GPUs (onnxruntime-gpu, as Jetson's JetPack wheels ship it),
 # Qualcomm's QNN execution provider on the phone's NPU.
 BACKEND_FOR_KIND = {"cpu": "ort_cpu", "gpu": "ort_cuda", "npu": "ort_qnn"}
+# Devices their kind's backend does not drive: an Intel iGPU or NPU runs through OpenVINO.
+BACKEND_FOR_PROFILE: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "core-ultra-7-155h-gpu": ("openvino", (("device", "GPU"),)),
+    "core-ultra-7-155h-npu": ("openvino", (("device", "NPU"),)),
+}
 LOCAL_BACKENDS = ("ort_cpu", "openvino")
 # Sequential read speed of each platform's usual storage, GB/s, for streamed plans: Pi 4 from a
 # USB 3 SSD (~0.35; a microSD card reads ~0.09), Pi 5 from an NVMe HAT on PCIe 2.0 x1 (~0.45),
@@ -50,6 +68,7 @@ PLATFORM_DISK_GBS = {
     "jetson-orin-nano": 1.5,
     "snapdragon-8-gen-3": 2.0,
     "laptop-x86": 3.0,
+    "core-ultra-7-155h": 3.0,
 }
 
 
@@ -61,22 +80,37 @@ def _limit(budget: int | str | None, total: int | None = None) -> int | None:
 
 
 def profile_devices(names: Sequence[str], budget: int | str | None = None) -> tuple[Device, ...]:
-    """Devices of built-in platforms or profiles ("rpi5", "jetson-orin-nano", "pi4", ...);
-    a percentage budget is of each profile's memory."""
+    """Devices of built-in platforms or profiles ("rpi5", "jetson-orin-nano", "pi4", ...) or
+    of profile files (a path); a percentage budget is of each profile's memory."""
     out: list[Device] = []
     for name in names:
         key = ALIASES.get(name, name)
         if key in PLATFORMS:
-            profiles = [PROFILES[n] for n in PLATFORMS[key]]
+            profiles: Sequence[DeviceProfile] = [PROFILES[n] for n in PLATFORMS[key]]
         elif key in PROFILES:
             profiles = [PROFILES[key]]
+        elif name.endswith(".json") or Path(name).expanduser().is_file():
+            profiles = read_profile_file(Path(name).expanduser())
         else:
             known = sorted({*PLATFORMS, *PROFILES, *ALIASES})
-            raise DeviceProfileError(f"unknown profile {name!r}; known: {', '.join(known)}")
-        out += [
-            Device(p, BACKEND_FOR_KIND[p.kind], _limit(budget, p.memory_bytes)) for p in profiles
-        ]
+            raise DeviceProfileError(
+                f"unknown profile {name!r}; known: {', '.join(known)}, or a profile file "
+                "(edge devices --save-profile FILE)"
+            )
+        for p in profiles:
+            backend, options = BACKEND_FOR_PROFILE.get(p.name, (BACKEND_FOR_KIND[p.kind], ()))
+            out.append(Device(p, backend, _limit(budget, p.memory_bytes), options))
     return tuple(out)
+
+
+def platform_config(config: PlanConfig, name: str) -> PlanConfig:
+    """`config` with the usual storage speed of platform (or profile) `name`, unless it has one
+    (streamed plans read weights from it)."""
+    key = ALIASES.get(name, name)
+    platform = next((p for p, names in PLATFORMS.items() if key == p or key in names), key)
+    if config.disk_gbs is None and platform in PLATFORM_DISK_GBS:
+        return replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
+    return config
 
 
 def local_devices(budget: int | str | None = None, *, refresh: bool = False) -> tuple[Device, ...]:
@@ -101,61 +135,96 @@ def plan_model(
     progress: bool = False,
 ) -> Plan:
     """Plan `model` (a name, GGUF, folder or package, as `edge.load` takes) for this machine or
-    for built-in `profiles`; `budget` ("600MB", "25%", bytes) caps each device's memory."""
+    for built-in `profiles` or profile files; `budget` ("600MB", "25%", bytes) caps each
+    device's memory."""
+    config = config or PlanConfig()
+    if not profiles:
+        return plan_devices(model, local_devices(budget), config, local=True, progress=progress)
+    devices = profile_devices(profiles, budget)
+    config = platform_config(config, profiles[0])
+    return plan_devices(model, devices, config, local=False, progress=progress)
+
+
+def plan_devices(
+    model: str | os.PathLike[str] | None,
+    devices: Sequence[Device],
+    config: PlanConfig | None = None,
+    *,
+    local: bool,
+    progress: bool = False,
+) -> Plan:
+    """Plan `model` on `devices` chosen by the caller (a backend picked per device, as on a
+    Jetson whose GPU runs through torch). `local`: the devices are this machine's, so each
+    backend is also asked whether it is installed and sees its device."""
     from edge.package import open_package
     from edge.planner.make import make_plan
     from edge.resolve import resolve_package
 
     config = config or PlanConfig()
-    devices = profile_devices(profiles, budget) if profiles else local_devices(budget)
-    if profiles and config.disk_gbs is None:
-        platform = ALIASES.get(profiles[0], profiles[0])
-        platform = next(
-            (p for p, names in PLATFORMS.items() if platform == p or platform in names), platform
-        )
-        if platform in PLATFORM_DISK_GBS:
-            config = replace(config, disk_gbs=PLATFORM_DISK_GBS[platform])
     if config.footprint is None:  # the libraries as this environment holds them, measured
         config = replace(config, footprint=import_footprint())
     package = open_package(resolve_package(model, progress=progress), verify="sizes")
     try:
-        refusals = backend_refusals(package, {d.backend for d in devices}, local=not profiles)
+        refusals = backend_refusals(package, devices, local=local)
         return make_plan(package.manifest, devices, config, refusals)
     finally:
         package.close()
 
 
 def backend_refusals(
-    package: Package, backends: Iterable[str], *, local: bool
+    package: Package, backends: Iterable[str | Device], *, local: bool
 ) -> dict[tuple[str, int], str]:
     """(backend, part index) -> why that backend refuses the part: each backend's own
     ahead-of-time `supports()`, and for this machine (`local`) its `is_available()`, so the
     planner never proposes what the engine would refuse. ONNX Runtime's CPU provider runs
-    every part (it is every backend's fallback) and is not asked."""
-    from devices.backend import Support
+    every part (it is every backend's fallback) and is not asked.
+
+    Given `Device`s, the keys are their labels and each is asked as it configures its backend
+    (OpenVINO with `device="NPU"` answers for the NPU, not for its CPU plugin). In a what-if
+    plan (not `local`) a device absent here is not held against it: "not available" is no
+    answer about a part."""
     from edge.backends import create
     from edge.placement import DEFAULT_BACKEND as DEFAULT
 
-    parts = package.manifest.parts
+    asked: dict[tuple[str, tuple], list[str]] = {}  # (backend, options) -> keys
+    for b in backends:
+        name, options, key = (b, (), b) if isinstance(b, str) else (b.backend, b.options, b.label)
+        if name != DEFAULT:
+            asked.setdefault((name, options), []).append(key)
+    n = len(package.manifest.parts)
     out: dict[tuple[str, int], str] = {}
-    for name in sorted(set(backends) - {DEFAULT}):
+    for (name, options), keys in asked.items():
         try:
-            backend = create(name)
+            reasons = _refusals(create(name, dict(options)), package, local)
         except ConfigError as exc:
-            out.update({(name, i): str(exc) for i in range(len(parts))})
-            continue
-        available = backend.is_available() if local else None
-        for i, part in enumerate(parts):
+            reasons = dict.fromkeys(range(n), str(exc))
+        out.update({(key, i): reason for key in keys for i, reason in reasons.items()})
+    return out
+
+
+def _refusals(backend: Backend, package: Package, local: bool) -> dict[int, str]:
+    """Part index -> why `backend` refuses it (see `backend_refusals`)."""
+    from devices.backend import Support
+
+    available = backend.is_available() if local else None
+    absent: Support | None = None  # what-if: asked only once a part is refused
+    out: dict[int, str] = {}
+    for i, part in enumerate(package.manifest.parts):
+        if available is not None and not available:
+            support = available
+        else:
             try:
-                support = (
-                    available
-                    if available is not None and not available
-                    else backend.supports(part, package)
-                )
+                support = backend.supports(part, package)
             except PackageError as exc:  # a graph this backend's reader cannot take
                 support = Support(False, str(exc))
-            if not support:
-                out[(name, i)] = support.reason
+        if support:
+            continue
+        if not local:
+            if absent is None:
+                absent = backend.is_available()
+            if not absent and support.reason == absent.reason:
+                continue
+        out[i] = support.reason
     return out
 
 

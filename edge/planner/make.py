@@ -65,7 +65,8 @@ def make_plan(
     `config.min_split_gain`), else streamed from disk on the host CPU; raises
     `BudgetTooSmallError` stating the smallest budget that works when not even that fits.
     `refusals` are the backends' own answers, (backend, part index) -> why it refuses the part
-    (`edge.planner.machine.backend_refusals`): a refused part is never placed there.
+    (`edge.planner.machine.backend_refusals`), or (device label, part index) for one device:
+    a refused part is never placed there.
     """
     config = config or PlanConfig()
     devs = _devices(devices)

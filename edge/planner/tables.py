@@ -43,9 +43,11 @@ def resolve(manifest: Manifest, costs: ModelCosts, config: PlanConfig) -> Contex
     return Context(max_context, prompt, tokens, max(tokens - prompt, 0), chunk)
 
 
-def _refused(refusals: Mapping[tuple[str, int], str], backend: str, part: PartCost) -> str | None:
-    reason = refusals.get((backend, part.index))
-    return None if reason is None else f"{backend}: {reason}"
+def _refused(refusals: Mapping[tuple[str, int], str], device: Device, part: PartCost) -> str | None:
+    """The backend's refusal of `part` for this device (keyed by its label) or for every
+    device it drives (keyed by the backend's name)."""
+    reason = refusals.get((device.label, part.index)) or refusals.get((device.backend, part.index))
+    return None if reason is None else f"{device.backend}: {reason}"
 
 
 def refusal(
@@ -196,13 +198,13 @@ def build(
         )
         decode_no.append(
             [
-                _refused(refused, backend, p) or refusal(device, p, "decode", manifest, config)
+                _refused(refused, device, p) or refusal(device, p, "decode", manifest, config)
                 for p in costs.parts
             ]
         )
         prefill_no.append(
             [
-                _refused(refused, backend, p) or refusal(device, p, "prefill", manifest, config)
+                _refused(refused, device, p) or refusal(device, p, "prefill", manifest, config)
                 for p in costs.parts
             ]
         )

@@ -12,7 +12,15 @@ import pytest
 
 from edge.cli.main import main
 
-PROFILES = ("rpi4", "rpi5", "jetson-orin-nano", "snapdragon-8-gen-3", "laptop-x86", None)
+PROFILES = (
+    "rpi4",
+    "rpi5",
+    "jetson-orin-nano",
+    "snapdragon-8-gen-3",
+    "laptop-x86",
+    "core-ultra-7-155h",
+    None,
+)
 
 
 @pytest.fixture(autouse=True)
