@@ -60,20 +60,29 @@ class GenerationResponse:
     generation_tps: float
     finish_reason: str | None = None
     from_draft: bool = False
-    # Speculative decoding only: acceptance so far, tokens per target pass, net speedup.
+    # Speculative decoding only: acceptance so far, tokens per target pass, measured speedup.
     speculation: SpeculationStats | None = None
     top_logprobs: TopLogprobs | None = None
 
 
 @dataclass(frozen=True)
 class SpeculationStats:
-    """Running figures of a speculative generation, for `stream` consumers and `--stats`."""
+    """Running figures of a speculative generation, for `stream` consumers and `--stats`.
+
+    `speedup` is measured, not predicted: the time plain decoding would have taken for the
+    `tokens` so far (plain steps of this target that this process timed, plus the same
+    per-token output work) over the time this response took for them, all that speculation
+    costs included (drafting, the draft model's prompt prefill and catch-up, verification,
+    rejected tokens, waiting on lookahead threads) but not the time the caller held each
+    response. Below 1 speculation lost. None until this process has timed a plain step (the
+    decoder takes one first): a remembered one may have run under other load.
+    """
 
     drafted: int  # draft tokens proposed to the target
     accepted: int  # of those, accepted
     target_passes: int  # target forward passes (verifications and plain decode steps)
     tokens: int  # tokens committed by those passes
-    speedup: float  # measured tokens/s over the estimated plain-decoding tokens/s
+    speedup: float | None  # plain decoding's time for `tokens` over this response's
     active: bool  # False once speculation switched itself off for this request
     by_source: tuple[tuple[str, int, int], ...] = ()  # (source, drafted, accepted) each
 

@@ -79,12 +79,14 @@ def _bench_draft(model, args: argparse.Namespace) -> int:
     )
     print(
         f"{'prompts':8} {'plain tok/s':>12} {'draft tok/s':>12} {'speedup':>8} "
-        f"{'accepted':>9} {'tok/pass':>9}"
+        f"{'reported':>9} {'accepted':>9} {'tok/pass':>9}"
     )
     for row in bench_speculative(model, args.gen_tokens, args.runs):
+        reported = "-" if row.reported is None else f"{row.reported:.2f}x"
         print(
             f"{row.kind:8} {row.plain_tps:12.1f} {row.speculative_tps:12.1f} "
-            f"{row.speedup:7.2f}x {row.acceptance:9.0%} {row.tokens_per_pass:9.2f}"
+            f"{row.speedup:7.2f}x {reported:>9} {row.acceptance:9.0%} "
+            f"{row.tokens_per_pass:9.2f}"
         )
     return 0
 

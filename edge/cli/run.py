@@ -74,6 +74,8 @@ def check_text(text: str, what: str) -> str:
 
 
 def speculation_line(s: SpeculationStats) -> str:
+    """The --stats line of a speculative response; its speedup is measured (see
+    `SpeculationStats`), and said to be unknown rather than guessed."""
     sources = (
         " ["
         + ", ".join(f"{name} {accepted}/{drafted}" for name, drafted, accepted in s.by_source)
@@ -81,10 +83,15 @@ def speculation_line(s: SpeculationStats) -> str:
         if len(s.by_source) > 1
         else ""
     )
+    speed = (
+        "speed against plain decoding not measured yet"
+        if s.speedup is None
+        else f"{s.speedup:.2f}x plain decoding (measured)"
+    )
     return (
         f"speculation: {s.accepted}/{s.drafted} draft tokens accepted "
         f"({s.acceptance:.0%}){sources}, {s.tokens_per_pass:.2f} tokens per target pass, "
-        f"{s.speedup:.2f}x plain decoding{'' if s.active else ' (switched itself off)'}"
+        f"{speed}{'' if s.active else ' (switched itself off)'}"
     )
 
 

@@ -6,7 +6,14 @@ target pass over k+1 tokens, which costs a plain step times (1 + slope * k): the
 fitted from the verification passes measured so far (about 0.19 for an int4 1.5B on 2 cores).
 Plain decoding commits 1 token per target step. The controller picks the k with the best tokens
 per second and, when no k beats plain decoding, drafts nothing (probing again now and then,
-since acceptance changes with the text).
+since acceptance changes with the text). A kind is also switched off when its rounds, measured
+with all they cost (drafting, a draft model's catch-up, verification), commit fewer tokens per
+second than plain steps do: the prediction's model of costs can be wrong, the clock is not.
+
+Every comparison is against plain steps this process measured, first thing and again every
+`remeasure_every` rounds: a plain step remembered from another process (a calibration file) or
+measured once long ago may have run under other load, and a stale, slow one makes every draft
+look like a win, so the draft stays on and the stale value is never measured again.
 
 Acceptance is kept per *kind* of draft (`Draft.key`): a prompt-lookup draft that matched the
 last 4 tokens is right far more often than one that matched 1, and a draft model differs again.
@@ -40,6 +47,7 @@ class SpeculativeConfig:
     lookup_first: bool = True
     self_disable: bool = True
     probe_every: int = 16  # declined drafts of one kind between probes while it is off
+    remeasure_every: int = 32  # drafted rounds between plain steps that re-measure plain decoding
     smoothing: float = 0.3  # weight of the newest measurement in running averages
 
     def __post_init__(self) -> None:
@@ -51,6 +59,8 @@ class SpeculativeConfig:
             )
         if self.probe_every < 1:
             raise ConfigError(f"probe_every={self.probe_every}; must be >= 1")
+        if self.remeasure_every < 1:
+            raise ConfigError(f"remeasure_every={self.remeasure_every}; must be >= 1")
         if not 0 < self.smoothing <= 1:
             raise ConfigError(f"smoothing={self.smoothing}; must be in (0, 1]")
 
@@ -76,8 +86,8 @@ class _Kind:
         # request (code vs prose), and the blend of earlier requests under-rates a good one
         self.best_seen = 0.0
         self.request_accepted = self.request_trials = 0.0
-        # this request's rounds: tokens/s with all costs in, and whether they paid catch-up
-        # (which the prediction omits)
+        # this request's rounds: tokens/s with all costs in (drafting, recurring catch-up,
+        # verification)
         self.realized = _Average(smoothing)
         self.start(probe_every)
 
@@ -93,7 +103,7 @@ class _Kind:
         self.probing = False
         self.declined = 0  # drafts of this kind turned down since the last probe
         self.probe_every = probe_every
-        self.realized.value, self.rounds, self.catches_up = None, 0, False
+        self.realized.value, self.rounds = None, 0
 
 
 class DraftController:
@@ -107,7 +117,9 @@ class DraftController:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
         w = config.smoothing
-        self.plain_step = _Average(w)  # seconds per plain decode step
+        self.plain_step = _Average(w)  # seconds per plain decode step (and its sampling)
+        self.plain_measured = 0  # plain steps this process measured (a restored value is none)
+        self.since_plain = 0  # drafted rounds since the last plain step
         self.verify_slope = _Average(w)  # (verify pass / plain step - 1) / drafted tokens
         self.draft_token: dict[str, _Average] = {}  # kind -> seconds per drafted token
         self.catch_up_token = _Average(w)  # seconds per token a draft model catches up on
@@ -118,6 +130,12 @@ class DraftController:
         for kind in self.kinds.values():
             kind.start(self.config.probe_every)
         self.active = True  # whether the last decision drafted anything
+
+    def plain_due(self) -> bool:
+        """Whether the next step should be a plain one, to measure plain decoding: not measured
+        by this process yet, or `remeasure_every` drafted rounds ago (load and context length
+        change what a step costs). Costs at most the gain of one round in that many."""
+        return self.plain_measured == 0 or self.since_plain >= self.config.remeasure_every
 
     def _kind(self, key: str) -> _Kind:
         kind = self.kinds.get(key)
@@ -167,11 +185,11 @@ class DraftController:
         best_k, best_rate = self.best(key)
         plain_rate = 1.0 / self.plain_step.value
         predicted_loss = best_rate < plain_rate
-        # The prediction leaves out a draft model catching up on text lookup drafted; for a
-        # kind that pays it, the rounds' measured rate, which includes it, may overrule.
+        # The prediction leaves out what its model of costs does not hold (a draft model
+        # catching up on text lookup drafted, a draft slower than its per-token average, cache
+        # effects); the rounds' measured rate, which includes it all, may overrule it.
         measured_loss = (
-            kind.catches_up
-            and kind.rounds >= self.MEASURED_ROUNDS
+            kind.rounds >= self.MEASURED_ROUNDS
             and kind.realized.value is not None
             and kind.realized.value < plain_rate
         )
@@ -254,7 +272,14 @@ class DraftController:
             kind.start(self.config.probe_every)
 
     def record_plain(self, seconds: float) -> None:
-        self.plain_step.add(seconds)
+        """A plain step of the target (decode and sampling) measured by this process; its first
+        replaces a restored value rather than blending with it."""
+        if self.plain_measured == 0:
+            self.plain_step.value = seconds
+        else:
+            self.plain_step.add(seconds)
+        self.plain_measured += 1
+        self.since_plain = 0
 
     def record_catch_up(self, tokens: int, seconds: float) -> None:
         if tokens > 0:
@@ -272,14 +297,17 @@ class DraftController:
         """One verification of `proposed` drafted tokens of a kind, `accepted` of them kept.
 
         draft_seconds is the drafting proper; catch_up_seconds a draft model feeding text it
-        did not draft (recurring in a lookup-then-model chain; its first prompt prefill, a
-        sunk cost, is left out by the caller); verify_seconds the target's pass.
+        did not draft (recurring in a lookup-then-model chain); verify_seconds the target's
+        pass. The caller leaves a request's first catch-up (the prompt's prefill) out: once
+        paid it is sunk, and counting it would switch off a draft whose rounds win. It is
+        charged where it can still be saved, when deciding to engage a draft model that is
+        behind (`record_catch_up`, `next_k`'s catch_up), and in the response's speedup.
         """
         if proposed < 1:
             return
+        self.since_plain += 1
         kind = self._kind(key)
         kind.rounds += 1
-        kind.catches_up = kind.catches_up or catch_up_seconds > 0
         kind.realized.add((accepted + 1) / (draft_seconds + catch_up_seconds + verify_seconds))
         trials = accepted + (1 if accepted < proposed else 0)
         kind.accepted += accepted

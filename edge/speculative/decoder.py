@@ -129,11 +129,13 @@ class SpeculativeDecoder:
         token = sampler.choose(logits, out.history, len(out.history))
         yield (response := run.emit(logits, token, False))
         try:
+            run.resume()  # the caller holds each response on its own time, not the decoder's
             while not response.finish_reason:
                 for response in run.round():
                     yield response
                     if response.finish_reason:
                         break
+                    run.resume()
         finally:
             self._drop_lookahead()
             if self.calibration is not None and self.config.adaptive:
@@ -157,8 +159,11 @@ class SpeculativeDecoder:
         the best predicted source instead of the first was tried: a draft model, once
         measured, keeps winning over lookup kinds that never get the rounds to show their
         acceptance, and on code that copies its prompt it lost a third of lookup's speed.)
+        Empty too when the controller wants a plain step measured.
         """
         controller = self.controller
+        if controller.plain_due():
+            return Draft([])
         for source in self.sources:
             if getattr(source, "free", False):
                 proposal = source.propose(history, min(room, self.config.max_draft))
@@ -199,24 +204,41 @@ class SpeculativeDecoder:
 
 
 class _Run:
-    """One request's state: the pending token, counters, and the round logic."""
+    """One request's state: the pending token, counters, clocks, and the round logic."""
 
     def __init__(self, decoder: SpeculativeDecoder, sampler: Sampler, out: ResponseEmitter) -> None:
         self.d, self.sampler, self.out = decoder, sampler, out
         self.drafted = self.accepted = self.passes = self.committed = 0
-        self.decode_seconds = 0.0
+        # The decoder's own wall time since it handed over the first token (drafting, the
+        # draft model's prefill and catch-up, verification, rejected tokens, waiting on the
+        # lookahead thread, emitting), not the time the caller held a response; and the part
+        # of it spent emitting tokens, which plain decoding spends alike.
+        self.seconds = self.emit_seconds = 0.0
+        self._resumed: float | None = None  # None until the first token was handed over
         self.draft_failed = False
         self.by_source: dict[str, list[int]] = {}  # source -> [drafted, accepted]
 
+    def resume(self) -> None:
+        """The caller asks for the next token: the decoder's clock runs again."""
+        self._resumed = time.perf_counter()
+
+    def speedup(self) -> float | None:
+        """Plain decoding's time for the tokens committed so far (plain steps this process
+        measured, plus the same emitting) over the time this response took for them; None
+        before a plain step was measured here (a remembered one may come from other load)."""
+        controller = self.d.controller
+        if not controller.plain_measured or not self.committed or self.seconds <= 0:
+            return None
+        plain = self.committed * controller.plain_step.value + self.emit_seconds
+        return plain / self.seconds
+
     def stats(self) -> SpeculationStats:
-        plain = self.d.controller.plain_step.value
-        rate = self.committed / self.decode_seconds if self.decode_seconds else 0.0
         return SpeculationStats(
             self.drafted,
             self.accepted,
             self.passes,
             self.committed,
-            rate * plain if plain else 0.0,
+            self.speedup(),
             self.d.controller.active and not self.draft_failed,
             tuple((name, *counts) for name, counts in self.by_source.items()),
         )
@@ -227,7 +249,7 @@ class _Run:
         room = min(target.max_context - target.position, target.chunk) - 1
         draft = Draft([]) if self.draft_failed or room < 1 else self._propose(room)
         if not draft.tokens:
-            yield from self._plain_step(started)
+            yield from self._plain_step()
             return
         yield from self._verify(draft, time.perf_counter() - started)
 
@@ -243,14 +265,17 @@ class _Run:
             self.d._ahead = None
             return Draft([])
 
-    def _plain_step(self, started: float) -> Iterator[GenerationResponse]:
-        step_started = time.perf_counter()
-        logits = self.d.target.decode(self.out.history[-1])
-        done = time.perf_counter()
-        self.d.controller.record_plain(done - step_started)
-        self._count(1, done - started)  # with the time spent choosing not to draft
+    def _plain_step(self) -> Iterator[GenerationResponse]:
+        # A lookahead still drafting would slow the step it is measured by; its wait is the
+        # response's time, not the plain step's.
+        self.d._drop_lookahead()
+        started = time.perf_counter()
         history = self.out.history
-        yield self.emit(logits, self.sampler.choose(logits, history, len(history)), False)
+        logits = self.d.target.decode(history[-1])
+        token = self.sampler.choose(logits, history, len(history))
+        self.d.controller.record_plain(time.perf_counter() - started)
+        self._count(1)
+        yield self.emit(logits, token, False)
 
     def _verify(self, draft: Draft, draft_seconds: float) -> Iterator[GenerationResponse]:
         started = time.perf_counter()
@@ -273,7 +298,6 @@ class _Run:
             verify_seconds,
             recurring,
         )
-        seconds = draft_seconds + verify_seconds
         self.drafted += len(draft.tokens)
         self.accepted += n
         counts = self.by_source.setdefault(draft.source or self.d.draft.name, [0, 0])
@@ -281,7 +305,7 @@ class _Run:
         counts[1] += n
         # Count tokens as they are emitted: a stream that ends inside this round (max_tokens,
         # EOS, a stop string) must not report tokens the caller never received.
-        self._count(0, seconds)
+        self._count(0)
         for i, t in enumerate([*draft.tokens[:n], token]):
             self.committed += 1
             response = self.emit(logits[i], t, i < n)
@@ -292,16 +316,21 @@ class _Run:
     def emit(self, logits: np.ndarray, token: int, from_draft: bool) -> GenerationResponse:
         """The response for `token`, chosen from `logits` (V,): its logprob (and the top ones
         when asked) come from the sampler, as in plain decoding, so both report alike."""
+        started = time.perf_counter()
         logprob, top = self.sampler.logprobs(logits, token, self.out.config.top_logprobs)
-        return self.out.emit(
+        response = self.out.emit(
             token,
             logprob,
             from_draft=from_draft,
-            speculation=self.stats(),
             top_logprobs=top if self.out.config.top_logprobs else None,
         )
+        done = time.perf_counter()
+        if self._resumed is not None:  # the first token's emitting comes before the clock
+            self.emit_seconds += done - started
+            self.seconds += done - self._resumed
+            self._resumed = done
+        return replace(response, speculation=self.stats())
 
-    def _count(self, tokens: int, seconds: float) -> None:
+    def _count(self, tokens: int) -> None:
         self.passes += 1
         self.committed += tokens
-        self.decode_seconds += seconds

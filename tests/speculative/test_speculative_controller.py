@@ -146,8 +146,10 @@ def test_acceptance_carries_into_the_next_request_lightly() -> None:
 def test_measured_rounds_overrule_the_prediction() -> None:
     """A kind predicted to win (all accepted, cheap drafts) whose rounds measured slower than
     plain decoding (because of catch-up, which the prediction leaves out) is switched off
-    after MEASURED_ROUNDS rounds; its probes then draft the best k, to measure it again. Kinds
-    without catch-up (lookup) are judged by the prediction alone."""
+    after MEASURED_ROUNDS rounds; its probes then draft the best k, to measure it again. A
+    kind without catch-up is judged by its measured rounds too (a draft slower than its
+    per-token average, a pass slower than the fitted slope): slow rounds that lose are
+    switched off, slow rounds that still win go on."""
     controller = _controller(probe_every=2)
     for _ in range(DraftController.MEASURED_ROUNDS):
         controller.record_round(
@@ -161,10 +163,30 @@ def test_measured_rounds_overrule_the_prediction() -> None:
     assert controller.best("model")[1] > 1 / PLAIN  # the prediction alone would draft
     ks = [controller.next_k("model") for _ in range(3)]
     assert ks[:2] == [0, 0] and ks[2] == controller.best("model")[0] > 1
-    for _ in range(DraftController.MEASURED_ROUNDS):  # slow rounds, but no catch-up
+    for _ in range(DraftController.MEASURED_ROUNDS):  # 5 tokens in 6 steps: a loss
         controller.record_round("ngram4", 4, 4, draft_seconds=0.0, verify_seconds=6 * PLAIN)
-    controller.verify_slope.value = 0.2  # as measured elsewhere
-    assert controller.next_k("ngram4") > 1
+        controller.record_round("ngram3", 4, 4, draft_seconds=0.0, verify_seconds=3 * PLAIN)
+    controller.verify_slope.value = 0.2  # as measured elsewhere: the prediction says win
+    assert controller.best("ngram4")[1] > 1 / PLAIN
+    assert controller.next_k("ngram4") == 0
+    assert controller.next_k("ngram3") > 1  # 5 tokens in 3 steps: slow, but a win
+
+
+def test_plain_steps_are_measured_by_this_process_and_again() -> None:
+    """A plain step remembered from another process (other load) is only a start: the
+    decoder is asked for a plain step until this process measured one, which replaces the
+    remembered value, and again every `remeasure_every` drafted rounds."""
+    controller = DraftController(SpeculativeConfig(remeasure_every=3))
+    controller.plain_step.value = 5 * PLAIN  # restored, e.g. measured while a build ran
+    assert controller.plain_due()
+    controller.record_plain(PLAIN)
+    assert controller.plain_step.value == PLAIN and not controller.plain_due()
+    for due in (False, False, True):
+        controller.record_round("ngram2", 2, 1, draft_seconds=0.0, verify_seconds=1.2 * PLAIN)
+        assert controller.plain_due() is due
+    controller.record_plain(2 * PLAIN)  # later steps blend in
+    assert PLAIN < controller.plain_step.value < 2 * PLAIN
+    assert not controller.plain_due()
 
 
 def test_catch_up_must_pay_back_over_the_remaining_tokens() -> None:
