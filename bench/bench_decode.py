@@ -335,8 +335,12 @@ def gguf_bytes(path: Path) -> int:
 def edge_label(path: Path) -> str:
     config = json.loads((path / "manifest.json").read_text()).get("exporter", {}).get("config", {})
     quant = config.get("quant") or "fp32"
-    method = config.get("method")
-    return f"edge {quant}" + (f" ({method})" if method and method != "rtn" else "")
+    details = [config["method"]] if config.get("method") not in (None, "rtn") else []
+    if quant.startswith("int4") and config.get("block_size", 32) != 32:
+        details.append(f"block {config['block_size']}")
+    if quant.startswith("int4") and config.get("symmetric") is False:
+        details.append("asymmetric")
+    return f"edge {quant}" + (f" ({', '.join(details)})" if details else "")
 
 
 def gguf_label(path: Path, shipped: bool) -> str:
@@ -374,18 +378,28 @@ def log(message: str) -> None:
 
 def compare(group: Group, args: argparse.Namespace) -> list[str]:
     import edge
+    from edge.engine import EngineConfig
+    from edge.package import open_package
 
     n_ctx = max(512, args.prompt_tokens + args.gen + 16)
     engines: list[Engine] = []
     models = []
-    for path in group.edge:
-        model = edge.load(
-            path, threads=args.threads, max_context=n_ctx, prefill_chunk=512, progress=False
+    # Every engine on huge pages is loaded before any on 4 KiB pages: moving memory onto huge
+    # pages (at load) is process-wide, and would move the earlier engines' weights too.
+    variants = [(path, True) for path in group.edge]
+    variants += [(path, False) for path in group.edge if args.small_pages]
+    for path, huge_pages in variants:
+        model = edge.Model(
+            open_package(path),
+            EngineConfig(
+                max_context=n_ctx, threads=args.threads, prefill_chunk=512, huge_pages=huge_pages
+            ),
+            progress=False,
         )
         models.append(model)
         engines.append(
             Engine(
-                edge_label(path),
+                edge_label(path) + ("" if huge_pages else ", 4 KiB pages"),
                 "edge",
                 package_bytes(path),
                 os.getpid(),
@@ -584,6 +598,11 @@ def main() -> None:
     )
     parser.add_argument("--edge", action="append", default=[], help="another edge package")
     parser.add_argument("--gguf-file", action="append", default=[], help="another GGUF file")
+    parser.add_argument(
+        "--small-pages",
+        action="store_true",
+        help="also run each edge package with its weights left on 4 KiB pages",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen", type=int, default=128, help="greedy tokens per run")

@@ -83,6 +83,12 @@ def main() -> None:
         "int8": ExportConfig(quant="int8"),
         "int4 (RTN)": ExportConfig(quant="int4"),
         "int4 (AWQ)": ExportConfig(quant="int4", method="awq"),
+        "int4 (AWQ block 64)": ExportConfig(quant="int4", method="awq", block_size=64),
+        "int4 (AWQ block 128)": ExportConfig(quant="int4", method="awq", block_size=128),
+        "int4 asymmetric (AWQ)": ExportConfig(quant="int4", method="awq", symmetric=False),
+        "int4 asymmetric (AWQ block 64)": ExportConfig(
+            quant="int4", method="awq", symmetric=False, block_size=64
+        ),
         "int4-mixed": ExportConfig(quant="int4-mixed"),
         "w8a8": ExportConfig(quant="w8a8"),
     }

@@ -93,6 +93,9 @@ class EngineConfig:
     # Let idle ONNX Runtime threads spin between runs. None: on, unless another runtime or
     # engine computes on the same cores in between (a split placement, a draft model).
     spinning: bool | None = None
+    # Move the loaded weights onto transparent huge pages (`edge.huge_pages`): fewer TLB
+    # misses per decode step, no more memory; off only to measure what it gives.
+    huge_pages: bool = True
 
     def __post_init__(self) -> None:
         if self.max_context is not None and self.max_context < 1:
@@ -225,6 +228,7 @@ class Engine:
             for phase, (p, _) in self.placements.items()
         }
         self._assemble()
+        self._collapse_pages()
         chunk = self.chunk
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
@@ -250,6 +254,12 @@ class Engine:
         self._logits_all: np.ndarray | None = None
 
     # ---- building segments ------------------------------------------------------------------
+    def _collapse_pages(self) -> None:
+        if self.config.huge_pages:
+            from edge.huge_pages import collapse_resident
+
+            collapse_resident()
+
     def _backend(self, name: str, options: dict) -> Backend:
         from edge.backends import backend_class
 
@@ -597,6 +607,7 @@ class Engine:
             reason = ""
         self._placed[phase][index] = self._place(segment.placed, reloading=True, lost=reason)
         self._assemble()
+        self._collapse_pages()
         position, step = self.cache.position, self._ids.copy()
         self.cache.rewind(0)
         try:

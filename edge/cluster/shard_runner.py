@@ -254,10 +254,14 @@ def load_share(
             f"share {parsed.as_meta()} of blocks {blocks}: needs about {needed >> 20} MiB, but "
             f"this device has {available >> 20} MiB available"
         )
-    return ShardRunner(
+    runner = ShardRunner(
         spec,
         block_weights(package, blocks[0], blocks[1]),
         parsed,
         context,
         threads,  # type: ignore[arg-type]
     )
+    from edge.huge_pages import collapse_resident
+
+    collapse_resident()  # the slices are read every step: as for a resident engine
+    return runner
