@@ -1,0 +1,80 @@
+"""Moving resident memory onto huge pages: what is written moves, what is not stays unbacked,
+and memory use does not grow (Linux with THP; elsewhere it must do nothing, quietly)."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import huge_pages
+from edge.huge_pages import HUGE_PAGE, collapse_resident
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_possible() -> bool:
+    return sys.platform == "linux" and THP.is_file() and "[never]" not in THP.read_text()
+
+
+def status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmRSS, ...)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def huge_bytes_in(array: np.ndarray) -> int:
+    """AnonHugePages of the mappings that hold `array`."""
+    first, last = array.ctypes.data, array.ctypes.data + array.nbytes
+    inside, total = False, 0
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start < last and first < end
+        elif inside and head == "AnonHugePages:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not thp_possible(), reason="needs Linux with transparent huge pages")
+def test_written_memory_moves_onto_huge_pages_without_growing() -> None:
+    weights = np.empty(8 * HUGE_PAGE // 4, np.float32)  # its own anonymous mapping
+    weights[:] = 1.5  # written: every page resident
+    untouched = np.empty(64 * HUGE_PAGE, np.uint8)  # mapped, never written
+    rss = status("VmRSS")
+    collapsed = collapse_resident()
+    if collapsed == 0:
+        pytest.skip("this kernel has no MADV_COLLAPSE (Linux < 6.1) or no free huge pages")
+    assert huge_bytes_in(weights) >= 6 * HUGE_PAGE  # all but the unaligned ends
+    assert huge_bytes_in(untouched) == 0
+    assert status("VmRSS") < rss + 4 * HUGE_PAGE  # replaced, not added
+    assert float(weights.sum()) == 1.5 * weights.size  # the values survive the move
+
+
+def test_without_support_it_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another OS, or a kernel that refused once: no call is made and nothing is claimed."""
+    monkeypatch.setattr(huge_pages, "_unsupported", True)
+    assert collapse_resident() == 0
+
+
+def test_regions_are_private_anonymous_ones(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "00400000-00600000 r-xp 00000000 08:01 1 /usr/bin/python3\n"
+        "01000000-01400000 rw-p 00000000 00:00 0 [heap]\n"
+        "7f0000000000-7f0000400000 rw-p 00000000 00:00 0 \n"
+        "7f0000400000-7f0000800000 rw-s 00000000 00:05 9 /dev/shm/x\n"
+        "7f0000800000-7f0000c00000 rw-p 00000000 08:01 2 /data/block.000.bin\n"
+        "7ffd00000000-7ffd00200000 rw-p 00000000 00:00 0 [stack]\n"
+    )
+    assert list(huge_pages._anonymous_regions(str(maps))) == [
+        (0x01000000, 0x01400000),
+        (0x7F0000000000, 0x7F0000400000),
+    ]
+    assert mmap.PAGESIZE <= HUGE_PAGE
