@@ -105,5 +105,5 @@ def create_runner(
     from edge.engine import Engine, EngineConfig
 
     if config is not None and not isinstance(config, EngineConfig):
-        config = config.engine_config(len(package.manifest.parts))
+        config = config.sized_for(package).engine_config(len(package.manifest.parts))
     return Engine(package, config, progress)

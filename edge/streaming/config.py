@@ -9,12 +9,13 @@ A streamed run is the one `Engine` running its parts on the `streamed` backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from edge.errors import ConfigError
+from edge.errors import BudgetTooSmallError, ConfigError
 from edge.placement import Placement
-from memory_sched.budget import MemoryBudget
+from memory_sched.budget import MemoryBudget, format_size
 
 if TYPE_CHECKING:
     from edge.engine import EngineConfig
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from edge.runner import Runner
     from edge.streaming.backend import StreamedLoaded
     from memory_sched.sizing import StreamPlan
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,37 @@ class StreamConfig:
             runtime_overhead=self.runtime_overhead,
             max_window=self.max_window,
         )
+
+    def sized_for(self, package: Package) -> StreamConfig:
+        """This config with a context window that fits the budget, where the user chose none:
+        the KV cache is the part of the floor most easily given up, so a budget too small for
+        the default context gets the longest multiple of 256 tokens that fits, down to
+        `MIN_DEFAULT_CONTEXT`, and the log says so. Below that, or with `max_context` given,
+        the budget is refused as before (with the smallest budget that works)."""
+        if self.max_context is not None:
+            return self
+        from edge.engine import MIN_DEFAULT_CONTEXT, default_context
+
+        default = min(default_context(package.spec), package.spec.max_position_embeddings)
+        try:
+            replace(self, max_context=default).plan(package)
+            return self
+        except BudgetTooSmallError as refused:
+            for context in range(default - 1 - (default - 1) % 256, MIN_DEFAULT_CONTEXT - 1, -256):
+                sized = replace(self, max_context=context)
+                try:
+                    sized.plan(package)
+                except BudgetTooSmallError:
+                    continue
+                log.warning(
+                    "memory budget %s: context window %d tokens, not %d, so that its KV cache "
+                    "fits (max_context=N / --ctx N to choose; a larger budget for more)",
+                    format_size(self.budget.limit),
+                    context,
+                    default,
+                )
+                return sized
+            raise refused from None
 
     def engine_config(self, num_parts: int) -> EngineConfig:
         """Every part on the streamed backend, under this budget."""

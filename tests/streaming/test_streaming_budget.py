@@ -137,3 +137,35 @@ def test_a_budget_too_small_for_the_context_names_one_that_fits(
         verify="sizes",
     )
     model.engine.close()
+
+
+def test_a_budget_too_small_for_the_default_context_shortens_it(
+    streaming_int4_package: Path, streaming, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without max_context, a budget that cannot hold the default context's KV cache loads
+    with the longest context that fits, says so on the log, and decodes the same text as a
+    budget that pins everything (the same kernels; int4 is compared within them)."""
+    from edge.engine import default_context
+
+    root = streaming_int4_package
+    package = open_package(root, verify="sizes")
+    default = default_context(package.spec)
+    package.close()
+    with pytest.raises(BudgetTooSmallError) as first:
+        edge.load(root, memory_budget="1MB", max_context=default, progress=False, verify="sizes")
+    budget = first.value.minimum - 1  # the default context no longer fits
+    with caplog.at_level("WARNING", logger="edge.streaming.config"):
+        model = edge.load(root, memory_budget=budget, progress=False, verify="sizes")
+    try:
+        assert 256 <= model.engine.max_context < default
+        assert f"context window {model.engine.max_context} tokens, not {default}" in caplog.text
+        streamed = model.generate("The capital of France is", max_tokens=12, temperature=0)
+    finally:
+        model.engine.close()
+    pinned = edge.load(root, memory_budget=streaming.EVERYTHING_PINNED, progress=False)
+    try:
+        assert pinned.generate("The capital of France is", max_tokens=12, temperature=0) == (
+            streamed
+        )
+    finally:
+        pinned.engine.close()
