@@ -81,7 +81,7 @@ def test_raspberry_pi_answers_a_prompt_within_its_budget(smollm2_package: Path) 
         "raspberry_pi.py",
         str(smollm2_package),
         "--budget",
-        "400MB",
+        "700MB",
         "--prompt",
         "Why is the sky blue?",
         "--max-tokens",

@@ -159,9 +159,10 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
     assert resident.mode == "resident" and len(resident.decode) == 1
     streamed = shapes["int4 streamed under a budget"]
     assert streamed.mode == "streamed" and streamed.streaming.streamed
-    assert measured["int4 streamed under a budget"][1]["streamed"] == len(
-        streamed.streaming.streamed
-    )
+    # The plan and the child each measure the libraries' footprint in a probe process of their
+    # own; a few MiB between the two measurements can move one 2.6 MB block across the line.
+    ran = measured["int4 streamed under a budget"][1]["streamed"]
+    assert abs(ran - len(streamed.streaming.streamed)) <= 1
     if _openvino_available():
         split = shapes["int4 split ort_cpu/openvino/ort_cpu"]
         assert [s.backend for s in split.decode] == ["ort_cpu", "openvino", "ort_cpu"]

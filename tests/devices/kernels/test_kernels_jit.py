@@ -58,6 +58,8 @@ def test_vector_width_follows_the_features(features: set, machine: str, shape: t
 def test_narrowed_targets_drop_wider_extensions() -> None:
     for lanes in (8, 4):
         target = host_target(lanes)
+        if target.lanes < lanes:  # NEON: 4 lanes at most, nothing wider to drop
+            continue
         enabled = {f[1:] for f in target.features.split(",") if f.startswith("+")}
         assert target.lanes == lanes and not any(f.startswith("avx512") for f in enabled)
         if lanes == 4:
