@@ -200,7 +200,7 @@ def main() -> None:
     )
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-spec"))
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "edge" / "gpu-spec")
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--acceptance", type=float, nargs="+", default=[0.85, 0.7])
     parser.add_argument("--max-k", type=int, default=8)

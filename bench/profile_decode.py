@@ -112,7 +112,7 @@ def profile(package: Path, threads: int, tokens: int) -> None:
         started = time.perf_counter()
         token = int(np.argmax(engine.decode(token)))
         wall.append(time.perf_counter() - started)
-    files = [Path(s.loaded.session.end_profiling()) for s in engine._distinct()]
+    files = [Path(loaded.session.end_profiling()) for loaded in engine.loaded_segments()]
     engine.close()
     groups, runs = kernel_groups(files, weight_table(package), tokens)
     report(package, threads, tokens, wall, groups, runs)

@@ -104,8 +104,9 @@ class StreamConfig:
 
         default = min(default_context(package.spec), package.spec.max_position_embeddings)
         try:
-            replace(self, max_context=default).plan(package)
-            return self
+            fits = replace(self, max_context=default)
+            fits.plan(package)
+            return fits  # said once: the engine need not size the default again
         except BudgetTooSmallError as refused:
             for context in range(default - 1 - (default - 1) % 256, MIN_DEFAULT_CONTEXT - 1, -256):
                 sized = replace(self, max_context=context)
