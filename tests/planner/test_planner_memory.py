@@ -35,6 +35,8 @@ from memory_sched.budget import format_size
 REPO = Path(__file__).resolve().parents[2]
 MAX_CONTEXT, PROMPT, DECODE = 128, 64, 16
 TOLERANCE = 0.10
+# How far two footprint probes of one environment may differ, as a share of the budget.
+FOOTPRINT_SPREAD = 0.03
 # Memory predictions do not depend on a profile's speeds; any CPU with room will do.
 HOST = profile_by_name("laptop-x86")
 # Predictions are checked against processes of this environment: plan with its measured
@@ -160,9 +162,13 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
     streamed = shapes["int4 streamed under a budget"]
     assert streamed.mode == "streamed" and streamed.streaming.streamed
     # The plan and the child each measure the libraries' footprint in a probe process of their
-    # own; a few MiB between the two measurements can move one 2.6 MB block across the line.
+    # own, while the other plans' processes load beside it: the two measurements can differ by a
+    # few MiB, which moves a 2.6 MB block or two across the line. Judge the difference in bytes.
     ran = measured["int4 streamed under a budget"][1]["streamed"]
-    assert abs(ran - len(streamed.streaming.streamed)) <= 1
+    planned = streamed.streaming
+    assert ran > 0
+    moved = abs(ran - len(planned.streamed)) * planned.unit_bytes
+    assert moved <= FOOTPRINT_SPREAD * planned.budget, (ran, len(planned.streamed))
     if _openvino_available():
         split = shapes["int4 split ort_cpu/openvino/ort_cpu"]
         assert [s.backend for s in split.decode] == ["ort_cpu", "openvino", "ort_cpu"]
