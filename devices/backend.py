@@ -281,6 +281,11 @@ class Backend(ABC):
         """What a user wants to know after a generation (streaming I/O); None if nothing."""
         return None
 
+    def reachable(self) -> bool:
+        """For a `recovers` backend: whether every device it runs on answers now, so that a
+        segment moved away when one left can move back (a restarted worker)."""
+        return False
+
     def survivors(self, lost: str) -> Options | None:
         """For a `recovers` backend whose peer `lost` left: its options over the devices
         still there (the engine reloads the segment with them), or None to move the segment

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -96,8 +97,13 @@ class EngineConfig:
     # Move the loaded weights onto transparent huge pages (`edge.huge_pages`): fewer TLB
     # misses per decode step, no more memory; off only to measure what it gives.
     huge_pages: bool = True
+    # How often a device that left is asked whether it is back (`Engine.readmit`), in seconds:
+    # each time costs up to one connect timeout while it is still gone.
+    readmit_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if not self.readmit_interval_s >= 0:
+            raise ConfigError(f"readmit_interval_s={self.readmit_interval_s}; must be >= 0")
         if self.max_context is not None and self.max_context < 1:
             raise ConfigError(f"max_context={self.max_context}; must be >= 1")
         if self.prefill_chunk < 1:
@@ -223,6 +229,9 @@ class Engine:
         )
         self.fallbacks: list[Fallback] = []
         self._broken: set[Placed] = set()  # placement segments that failed mid-run
+        # Segments re-placed because their device left, with where they ran before (`readmit`).
+        self._displaced: dict[Placed, SegmentPlacement] = {}
+        self._next_readmit = 0.0
         self._placed = {
             phase: [self._place((phase, i)) for i in range(len(p.segments))]
             for phase, (p, _) in self.placements.items()
@@ -595,6 +604,8 @@ class Engine:
         reason = f"{segment.backend.describe()} was lost: {type(exc).__name__}: {_message(exc)}"
         log.warning("%s; re-placing its parts and rebuilding the KV cache", reason)
         phase, index = segment.placed
+        self._displaced.setdefault(segment.placed, self._segment_placement(segment.placed))
+        self._next_readmit = time.monotonic() + self.config.readmit_interval_s
         for chain in self._placed[phase][index].values():
             for lost in chain:
                 _unload_quietly(lost)
@@ -616,6 +627,44 @@ class Engine:
                 prefill_in_chunks(history, self.chunk, False, lambda ids, _: self._step(ids, None))
         finally:
             self._ids[...] = step
+
+    def readmit(self) -> list[str]:
+        """Move segments re-placed when their device left back onto it once every device of
+        their first placement answers again (a worker restarted), so the next generation runs
+        as planned. Called between generations: the KV cache is emptied when anything moves.
+        A device still gone is asked at most every `EngineConfig.readmit_interval_s`."""
+        if not self._displaced or time.monotonic() < self._next_readmit:
+            return []
+        self._next_readmit = time.monotonic() + self.config.readmit_interval_s
+        moved = []
+        for where, first in sorted(self._displaced.items()):
+            if not self._backend(first.backend, first.option_dict).reachable():
+                continue
+            phase, index = where
+            placement, kinds = self.placements[phase]
+            segments = list(placement.segments)
+            segments[index] = first
+            self.placements[phase] = (Placement(tuple(segments)), kinds)
+            for chain in self._placed[phase][index].values():
+                for segment in chain:
+                    _unload_quietly(segment)
+            fallbacks = len(self.fallbacks)
+            self._placed[phase][index] = self._place(where, reloading=True)
+            if len(self.fallbacks) > fallbacks:
+                continue  # it answered but could not load: still on this machine, asked again
+            del self._displaced[where]
+            self.fallbacks = [
+                f
+                for f in self.fallbacks
+                if (f.start, f.end, f.backend) != (first.start, first.end, first.backend)
+            ]
+            moved.append(f"parts [{first.start}, {first.end}) back on {first.backend}")
+        if moved:
+            self._assemble()
+            self._collapse_pages()
+            self.reset()
+            log.warning("readmitted: %s", "; ".join(moved))
+        return moved
 
     def _failed(self, segment: _Segment, position: int, exc: Exception) -> BackendError:
         from devices.backend import describe_parts

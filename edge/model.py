@@ -213,6 +213,8 @@ class Model:
         return self._stream_ids(ids, config)
 
     def _stream_ids(self, ids: list[int], config: GenerationConfig) -> Iterator[GenerationResponse]:
+        if self.engine.readmit():  # a device that had left is back: the cache was emptied
+            self._cached = []
         reuse = self.last_reuse = self._reuse(ids)
         self._cached = ids[:reuse]
         responses = (

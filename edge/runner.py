@@ -55,6 +55,11 @@ class Runner(Protocol):
 
     def reset(self) -> None: ...
 
+    def readmit(self) -> list[str]:
+        """Between generations: move parts whose device left back onto it once it answers
+        again (the cache is then empty); what moved back, in words."""
+        ...
+
     def rewind(self, position: int) -> None: ...
 
     @property

@@ -78,6 +78,15 @@ class ClusterBackend(Backend):
     def is_available(self) -> Support:
         return cluster_available(str(self.options["cluster"]))
 
+    def reachable(self) -> bool:
+        from edge.cluster.client import answers
+
+        return answers(
+            str(self.options["endpoint"]),
+            str(self.options["server_key"]),
+            str(self.options["cluster"]),
+        )
+
     def compile(self, graph: SegmentGraph) -> Executable:
         """Nothing runs here: the names the engine binds, from the parts' interfaces."""
         inputs, outputs = spec_interface(graph.parts)

@@ -266,3 +266,20 @@ class WorkerClient:
         if reply.buffers[0].dtype != np.float32:
             self._lose("a partial that is not float32")
         return reply.buffers[0]
+
+
+def answers(endpoint: str, server_public: str, cluster: str, timeout_s: float = 1.0) -> bool:
+    """Whether the paired worker at `endpoint` completes a handshake and a ping within about
+    `timeout_s` each (a worker that left and came back, for `Backend.reachable`)."""
+    from edge.cluster.errors import ClusterError
+    from edge.cluster.keys import KeyStore
+    from edge.errors import ConfigError
+
+    config = LinkConfig(connect_timeout_s=timeout_s, request_timeout_s=timeout_s)
+    try:
+        keys = KeyStore().cluster_keys(cluster)
+        with WorkerClient(endpoint, server_public, keys, config) as link:
+            link.ping()
+    except (ClusterError, ConfigError):
+        return False
+    return True

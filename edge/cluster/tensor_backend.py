@@ -135,6 +135,12 @@ class TensorBackend(Backend):
 
         return cluster_available(str(self.options["cluster"]))
 
+    def reachable(self) -> bool:
+        from edge.cluster.client import answers
+
+        cluster = str(self.options["cluster"])
+        return all(answers(ref.endpoint, ref.public, cluster) for ref in self.workers)
+
     def compile(self, graph: SegmentGraph) -> Executable:
         inputs, outputs = spec_interface(graph.parts)
         return Executable(self.name, graph, inputs, outputs)

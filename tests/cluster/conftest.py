@@ -124,17 +124,22 @@ def coordinator(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 def start_worker(tiny_package: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """`start(paired_with=coordinator_store or None, *extra_args, package=tiny_package)`."""
+    """`start(paired_with=coordinator_store or None, *extra_args, package=tiny_package)`;
+    `again=worker` starts a stopped worker anew with its keys, pairing and port."""
     started: list[WorkerProcess] = []
 
     def start(
-        paired_with: KeyStore | None = None, *extra: str, package: Path | None = None
+        paired_with: KeyStore | None = None,
+        *extra: str,
+        package: Path | None = None,
+        again: WorkerProcess | None = None,
     ) -> WorkerProcess:
-        config_dir = tmp_path / f"worker{len(started)}"
+        config_dir = again.config_dir if again else tmp_path / f"worker{len(started)}"
         store = KeyStore(config_dir)
         node_id, keys = store.node()
-        if paired_with is not None:
+        if paired_with is not None and again is None:
             pair(paired_with, "home", store)
+        listen = again.endpoint.removeprefix("tcp://") if again else "127.0.0.1:0"
         env = {**os.environ, "EDGE_CONFIG_DIR": str(config_dir), "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
             [
@@ -145,7 +150,7 @@ def start_worker(tiny_package: Path, tmp_path: Path) -> Iterator[Callable[..., W
                 "serve",
                 str(package or tiny_package),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--no-advertise",
                 "--no-profile",
                 "--threads",

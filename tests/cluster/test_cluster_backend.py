@@ -1,6 +1,6 @@
 """The cluster as a placement backend: the engine runs parts on worker processes (a share here
-on ONNX Runtime, or none), with the unsplit engine's logits and greedy tokens, and goes on with
-the same tokens when a worker is killed mid-generation."""
+on ONNX Runtime, or none), with the unsplit engine's logits and greedy tokens, goes on with
+the same tokens when a worker is killed mid-generation, and runs on it again once it is back."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edge.engine import Engine, EngineConfig
+from edge.model import Model
 from edge.package import open_package
 from edge.placement import Placement
 
@@ -79,6 +80,46 @@ def test_two_workers_run_the_whole_model_and_survive_a_kill(
     assert out == expected
     assert [(f.start, f.end) for f in engine.fallbacks] == [(3, 6)]
     engine.close()
+
+
+def test_a_worker_that_comes_back_is_readmitted(
+    tiny_package, coordinator, start_worker, monkeypatch
+) -> None:
+    """kill -9 the worker holding parts [3, 6) mid-generation: the text goes on here. The next
+    generation, with the worker still gone, runs here too; once it is started again (same keys,
+    same port), the generation after runs on it again. Every text is the single device's."""
+    monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
+    worker = start_worker(coordinator)
+    remote = {"endpoint": worker.endpoint, "server_key": worker.public, "cluster": "home"}
+    placement = Placement.split(6, [(0, "ort_cpu"), (3, "cluster", remote)])
+    split = Model(
+        open_package(tiny_package),
+        EngineConfig(threads=1, max_context=64, placement=placement, readmit_interval_s=0),
+        progress=False,
+    )
+    single = Model(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+    settings = {"max_tokens": 10, "ignore_eos": True}
+    expected = [r.token for r in single.stream(PROMPT, **settings)]
+
+    def on_worker() -> bool:
+        return [type(s).__name__ for s in split.engine.loaded_segments()][-1] == "ClusterLoaded"
+
+    tokens = []
+    for response in split.stream(PROMPT, **settings):
+        tokens.append(response.token)
+        if len(tokens) == 4:
+            worker.proc.kill()
+            worker.proc.wait(10)
+    assert tokens == expected and not on_worker()
+    assert [(f.start, f.end, f.backend) for f in split.engine.fallbacks] == [(3, 6, "cluster")]
+
+    assert [r.token for r in split.stream(PROMPT, **settings)] == expected  # still gone
+    assert not on_worker() and split.engine.fallbacks
+
+    start_worker(again=worker)
+    assert [r.token for r in split.stream(PROMPT, **settings)] == expected
+    assert on_worker() and split.engine.fallbacks == []
+    split.engine.close()
 
 
 def _after(engine: Engine, token: int) -> np.ndarray:

@@ -183,20 +183,35 @@ def test_a_lost_worker_is_resharded_over_the_survivors(
     """kill -9 (the connection drops) or SIGSTOP (its heartbeats stop) one of three workers
     after four tokens: the two left (and this machine) take its heads and columns from their
     own package, the KV cache is rebuilt from the tokens so far, and the greedy tokens are
-    still the single device's."""
+    still the single device's. Once the worker is back (started again, or SIGCONT), the split
+    over all four devices is restored between generations, with the same tokens."""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator) for _ in range(3)]
     placement = _tensor(tiny_package, workers, weights="1,1,1,1")
     split = Engine(
-        open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
+        open_package(tiny_package),
+        EngineConfig(threads=1, max_context=64, placement=placement, readmit_interval_s=0),
     )
     single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+    expected = _greedy(single, 10)
     lost = workers[1].proc.pid
-    assert _greedy(split, 10, kill=lambda: os.kill(lost, how)) == _greedy(single, 10)
+    assert _greedy(split, 10, kill=lambda: os.kill(lost, how)) == expected
     assert not split.fallbacks, split.fallbacks  # re-sharded, not moved to this machine's CPU
-    (segment,) = [s for s in split.placements["decode"][0].segments if s.backend == "tensor"]
-    kept = dict(segment.options)["workers"]
-    assert workers[1].endpoint not in kept and workers[2].endpoint in kept
+
+    def workers_used() -> str:
+        (segment,) = [s for s in split.placements["decode"][0].segments if s.backend == "tensor"]
+        return dict(segment.options)["workers"]
+
+    assert workers[1].endpoint not in workers_used() and workers[2].endpoint in workers_used()
+    if how == signal.SIGKILL:
+        workers[1].proc.wait(10)
+        start_worker(again=workers[1])
+    else:
+        os.kill(lost, signal.SIGCONT)
+    assert split.readmit() == ["parts [1, 5) back on tensor"]
+    assert all(w.endpoint in workers_used() for w in workers)
+    split.reset()
+    assert _greedy(split, 10) == expected
     split.close()
 
 
