@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 from edge import format as fmt
 from edge.errors import (
@@ -232,10 +233,12 @@ class Engine:
         # Segments re-placed because their device left, with where they ran before (`readmit`).
         self._displaced: dict[Placed, SegmentPlacement] = {}
         self._next_readmit = 0.0
-        self._placed = {
-            phase: [self._place((phase, i)) for i in range(len(p.segments))]
-            for phase, (p, _) in self.placements.items()
-        }
+        with self._loading_bar() as self._bar:
+            self._placed = {
+                phase: [self._place((phase, i)) for i in range(len(p.segments))]
+                for phase, (p, _) in self.placements.items()
+            }
+        self._bar = None
         self._assemble()
         self._collapse_pages()
         chunk = self.chunk
@@ -268,6 +271,26 @@ class Engine:
             from edge.huge_pages import collapse_resident
 
             collapse_resident()
+
+    def _loading_bar(self) -> tqdm:
+        """A bar over the weights ONNX Runtime-like backends build sessions from (seconds for a
+        large model, with nothing else to show); the streamed path shows its own."""
+        from edge.backends import backend_class
+
+        total = sum(
+            len(kinds) * sum(part_bytes(p) for p in self.package.manifest.parts[s.start : s.end])
+            for placement, kinds in self.placements.values()
+            for s in placement.segments
+            if backend_class(s.backend).reads_graphs
+        )
+        return tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"load {self.package.root.name}",
+            disable=not self.progress or not total,
+            leave=False,
+        )
 
     def _backend(self, name: str, options: dict) -> Backend:
         from edge.backends import backend_class
@@ -374,6 +397,8 @@ class Engine:
                     )
                     out[step, prefill].append(segment)
                     done.append(segment)
+                    if self._bar is not None:
+                        self._bar.update(sum(part_bytes(p) for p in group))
         except BaseException:
             for segment in done:
                 backend.unload(segment.loaded)
