@@ -73,7 +73,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     status.add_argument("name", help="the cluster")
     status.add_argument("--peer", action="append", default=[], help="a worker's HOST:PORT")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to browse mDNS")
-    status.add_argument("--no-mdns", action="store_true")
+    status.add_argument("--no-mdns", action="store_true", help="only the --peer workers")
+    status.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        help="browse mDNS on this interface (repeatable); default: every interface except "
+        "loopback and virtual bridges",
+    )
 
     provision = sub.add_parser(
         "provision",
@@ -213,7 +220,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from edge.cluster.status import cluster_status
 
-    rows = cluster_status(args.name, args.peer, mdns_s=0 if args.no_mdns else args.timeout)
+    rows = cluster_status(
+        args.name,
+        args.peer,
+        mdns_s=0 if args.no_mdns else args.timeout,
+        interfaces=args.interface,
+    )
     print(f"{'node':28} {'address':22} {'state':12} {'rtt':>8}  holds")
     for row in rows:
         rtt = f"{row.rtt_s * 1000:.2f}ms" if row.rtt_s is not None else "-"

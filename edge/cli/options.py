@@ -74,6 +74,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="a worker to try besides those found by mDNS (repeatable)",
     )
     group.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="look for workers by mDNS on this interface (repeatable); default: every "
+        "interface except loopback and docker/bridge/veth ones",
+    )
+    group.add_argument(
         "--distribute",
         choices=["auto", "always"],
         default="auto",
@@ -220,15 +228,20 @@ def cluster_config(args: argparse.Namespace) -> Any:
     """edge.load's `cluster` from --cluster/--peer/--distribute/--split (None without
     --cluster)."""
     if not getattr(args, "cluster", None):
-        if getattr(args, "peer", None):
-            from edge.errors import ConfigError
+        for flag in ("peer", "interface"):
+            if getattr(args, flag, None):
+                from edge.errors import ConfigError
 
-            raise ConfigError("--peer needs --cluster NAME")
+                raise ConfigError(f"--{flag} needs --cluster NAME")
         return None
     from edge.cluster.placement import ClusterConfig
 
     return ClusterConfig(
-        args.cluster, tuple(args.peer), distribute=args.distribute, mode=args.split
+        args.cluster,
+        tuple(args.peer),
+        interfaces=tuple(args.interface),
+        distribute=args.distribute,
+        mode=args.split,
     )
 
 

@@ -82,6 +82,13 @@ def select_interfaces(
     ]
 
 
+def browse_addresses(named: Sequence[str] = ()) -> list[str]:
+    """The IPv4 addresses a coordinator browses mDNS on: those of the interfaces `named`, else
+    of every interface but loopback and virtual bridges (a docker bridge answering first must
+    not hide the LAN). Empty where there is none: zeroconf's own default then."""
+    return [a for i in select_interfaces(named) for a in i.addresses]
+
+
 def parse_peers(peers: Sequence[str], default_port: int = DEFAULT_PORT) -> list[Found]:
     from edge.cluster.transport import parse_peer
 

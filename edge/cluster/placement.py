@@ -61,11 +61,13 @@ class ClusterConfig:
     faster prediction), "pipeline" or "tensor"; `local_share`: this machine computes a share
     too (pipeline; a tensor split always keeps one here); `send`: a worker waiting for a
     package (`edge cluster serve PKG --receive`) is sent this one first (a progress bar
-    when `progress`)."""
+    when `progress`); `interfaces`: browse mDNS on these (default: every interface but
+    loopback and virtual bridges)."""
 
     name: str
     peers: tuple[str, ...] = ()
     mdns_s: float = 2.0
+    interfaces: tuple[str, ...] = ()
     distribute: str = "auto"
     mode: str = "auto"
     local_share: bool = True
@@ -80,6 +82,7 @@ class ClusterConfig:
         if self.mdns_s < 0:
             raise ConfigError(f"mdns_s={self.mdns_s}; must be >= 0")
         object.__setattr__(self, "peers", tuple(self.peers))
+        object.__setattr__(self, "interfaces", tuple(self.interfaces))
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,16 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
     """Paired workers found (mDNS and `config.peers`) holding `package`, with their measured
     round trips; and why others were left out."""
     from edge.cluster.client import WorkerClient
-    from edge.cluster.discovery import browse, parse_peers
+    from edge.cluster.discovery import browse, browse_addresses, parse_peers
     from edge.cluster.keys import KeyStore
     from edge.cluster.transport import LinkConfig, tcp_endpoint
 
     store = KeyStore()
     keys = store.cluster_keys(config.name)
     paired = {p.node_id: p for p in store.peers(config.name).values() if p.role == "worker"}
-    found = parse_peers(config.peers) + (browse(config.mdns_s) if config.mdns_s else [])
+    found = parse_peers(config.peers)
+    if config.mdns_s:
+        found += browse(config.mdns_s, browse_addresses(config.interfaces))
     wanted, members, skipped = package_id(package), [], []
     link_config = LinkConfig(connect_timeout_s=2.0, request_timeout_s=10.0)
     for node in found:

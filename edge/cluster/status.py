@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge.cluster.discovery import Found, browse, parse_peers
+from edge.cluster.discovery import Found, browse, browse_addresses, parse_peers
 from edge.cluster.errors import ClusterError
 from edge.cluster.keys import KeyStore
 from edge.cluster.transport import LinkConfig, tcp_endpoint
@@ -21,10 +21,14 @@ class DeviceStatus:
 
 
 def cluster_status(
-    cluster: str, peers: Sequence[str] = (), mdns_s: float = 2.0, store: KeyStore | None = None
+    cluster: str,
+    peers: Sequence[str] = (),
+    mdns_s: float = 2.0,
+    store: KeyStore | None = None,
+    interfaces: Sequence[str] = (),
 ) -> list[DeviceStatus]:
-    """Probe every device found (mDNS and `peers`) with the cluster's key; list the paired
-    ones never found too."""
+    """Probe every device found (mDNS on `interfaces`, see `browse_addresses`, and `peers`)
+    with the cluster's key; list the paired ones never found too."""
     from edge.cluster.client import WorkerClient
 
     store = store or KeyStore()
@@ -32,7 +36,7 @@ def cluster_status(
     paired = {p.node_id: p for p in store.peers(cluster).values() if p.role == "worker"}
     found: list[Found] = parse_peers(peers)
     if mdns_s > 0:
-        found += browse(mdns_s, cluster=None)
+        found += browse(mdns_s, browse_addresses(interfaces), cluster=None)
     config = LinkConfig(connect_timeout_s=1.0, request_timeout_s=5.0)
     rows, seen = [], set()
     for node in found:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cluster.discovery import Interface, parse_peers, select_interfaces
+from edge.cluster.discovery import Interface, browse_addresses, parse_peers, select_interfaces
 from edge.cluster.transport import parse_peer
 from edge.errors import ConfigError
 
@@ -61,3 +61,12 @@ def test_mdns_round_trip_on_loopback() -> None:
     (node,) = [f for f in found if f.node_id == "test-node-1"]
     assert (node.host, node.port, node.properties["cores"]) == ("127.0.0.1", 5999, "2")
     assert not [f for f in other if f.node_id == "test-node-1"]
+
+
+def test_the_coordinator_browses_on_chosen_interfaces() -> None:
+    """The coordinator looks for workers where it is told (`--interface`), else everywhere but
+    loopback and bridges; a name that is not an interface here is an error, not silence."""
+    assert browse_addresses(["lo"]) == ["127.0.0.1"]
+    assert not any(a.startswith("127.") for a in browse_addresses())
+    with pytest.raises(ConfigError, match="no IPv4 interface named nosuch0"):
+        browse_addresses(["nosuch0"])
