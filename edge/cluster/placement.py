@@ -18,6 +18,15 @@ so only hidden states cross the network); tensor shares by bandwidth, or by memo
 device could not hold its speed's share. A worker must hold the same package (its manifest's
 sha256): a different one would compute garbage.
 
+Each prediction also carries every device's predicted peak memory (`DeviceMemory`, said in
+the reason and on the coordinator's log), with the single-device planner's memory model
+(edge.planner.memory) for the context of a `PlanConfig` (default: a full cache): a worker's
+process as it measured itself idle (interpreter and runtimes, `info()["idle_rss"]`), plus
+its range as ONNX Runtime holds it in a `SliceRunner` (weights copied, the maps' pages a load
+transient), or its tensor-parallel share (the slices copied, one block's maps while loading),
+plus the KV pages of its blocks. A split where a device lacks the memory its share adds is
+not feasible.
+
 >>> config = ClusterConfig("home", peers=("192.168.1.20:5570",))
 >>> placement, why = cluster_placement(package, config)  # doctest: +SKIP
 """
@@ -28,6 +37,8 @@ import hashlib
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace as dataclass_replace
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +47,17 @@ from edge.errors import ConfigError
 from edge.format import MANIFEST_FILE
 from edge.package import Package
 from edge.placement import DEFAULT_BACKEND, Placement, SegmentPlacement
+from edge.planner.costs import ModelCosts
+from edge.planner.memory import (
+    DEFAULT_FOOTPRINT,
+    Breakdown,
+    ImportFootprint,
+    Span,
+    process_base,
+    resident_breakdown,
+)
+from edge.planner.plan import PlanConfig
+from edge.planner.tables import Context
 
 if TYPE_CHECKING:
     from edge.cluster.client import WorkerClient
@@ -50,6 +72,8 @@ MEMORY_SHARE = 0.7
 # Qwen2.5-Coder, BENCHMARKS.md); it scales every device's compute alike.
 DECODE_EFFICIENCY = 0.55
 PINGS = 5
+HERE = "this machine"
+MiB = 1 << 20
 REOPEN_S = 60.0  # a worker that received the package reopens its port within this time
 
 
@@ -89,7 +113,8 @@ class ClusterConfig:
 class Member:
     """A paired worker that answered, holds this package, and has `memory` bytes to give;
     `rtt_s`: its measured round trip; `bandwidth_gbs`: its measured memory bandwidth (None:
-    not measured, taken as this machine's)."""
+    not measured, taken as this machine's); `idle_rss` and `runtimes`: its process's resident
+    bytes before any slice and the runtimes they include, which its memory plan builds on."""
 
     node_id: str
     endpoint: str
@@ -97,6 +122,8 @@ class Member:
     memory: int
     rtt_s: float = 0.0
     bandwidth_gbs: float | None = None
+    idle_rss: int | None = None  # its process before any slice (None: not reported)
+    runtimes: tuple[str, ...] = ()  # the runtimes that idle RSS holds (imported at start)
 
 
 def package_id(package: Package) -> str:
@@ -145,6 +172,7 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
             memory = int(info.get("memory_budget") or info.get("memory_available") or 0)
             profile = info.get("profile") or {}
             bandwidth = profile.get("memory_bandwidth_gbs") if isinstance(profile, dict) else None
+            idle, runtimes = info.get("idle_rss"), info.get("runtimes")
             members.append(
                 Member(
                     peer.node_id,
@@ -155,6 +183,8 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
                     float(bandwidth)
                     if isinstance(bandwidth, (int, float)) and bandwidth > 0
                     else None,
+                    idle if isinstance(idle, int) and idle > 0 else None,
+                    tuple(str(r) for r in runtimes) if isinstance(runtimes, list) else (),
                 )
             )
             break
@@ -226,34 +256,77 @@ def split_by_memory(weights: Sequence[int], capacities: Sequence[int]) -> list[t
 
 @dataclass(frozen=True)
 class Device:
-    """A device as the split sees it: placement backend and options, memory it may give,
-    measured bandwidth (bytes/s) and round trip from here (0 for this machine)."""
+    """A device as the split sees it: placement backend and options, memory it may give (for
+    sizing ranges), measured bandwidth (bytes/s) and round trip from here (0 for this
+    machine); for its memory plan, its name, the bytes it has `available`, and for a worker
+    its process's idle RSS and the runtimes that holds (None, (): this machine, or unknown)."""
 
     backend: str
     options: tuple[tuple[str, str | int | float | bool], ...]
     capacity: int
     bandwidth: float
     rtt_s: float = 0.0
+    name: str = HERE
+    available: int = 0
+    idle_rss: int | None = None
+    runtimes: tuple[str, ...] = ()
+
+    @property
+    def endpoint(self) -> str | None:
+        return str(dict(self.options).get("endpoint")) if self.backend != DEFAULT_BACKEND else None
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A device's predicted peak memory under a split, by what holds it (the single-device
+    planner's `Breakdown`): `process` is a worker's idle RSS (its interpreter and runtimes)
+    or this machine's libraries and tokenizer; `available`: what the device has besides."""
+
+    name: str
+    breakdown: Breakdown
+    available: int = 0  # 0: unknown
+
+    @property
+    def peak(self) -> int:
+        return self.breakdown.peak
+
+    @property
+    def fits(self) -> bool:
+        """Its process runs already: what the split adds must fit in what is available."""
+        return not self.available or self.peak - self.breakdown.process <= self.available
+
+    def describe(self) -> str:
+        return f"{self.name} {self.peak / MiB:.0f}"
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """A mode's predicted time per decoded token, and the placement that realises it."""
+    """A mode's predicted time per decoded token, the placement that realises it, and each
+    device's predicted peak memory under it (this machine first)."""
 
     mode: str
     compute_s: float
     link_s: float
     placement: Placement | None
+    memory: tuple[DeviceMemory, ...] = ()
 
     @property
     def token_s(self) -> float:
         return self.compute_s + self.link_s
 
     def describe(self) -> str:
+        peaks = ", ".join(m.describe() for m in self.memory)
         return (
             f"{self.mode} {1e3 * self.token_s:.1f} ms/token ({1e3 * self.compute_s:.1f} compute "
-            f"+ {1e3 * self.link_s:.1f} link)"
+            f"+ {1e3 * self.link_s:.1f} link{f'; peak MiB: {peaks}' if peaks else ''})"
         )
+
+    def device_memory(self, name: str) -> DeviceMemory:
+        """The memory plan of the device named `name` (a worker's node id, or HERE)."""
+        found = [m for m in self.memory if m.name == name]
+        if not found:
+            raise ConfigError(f"{self.mode}: no memory plan for {name!r}")
+        return found[0]
 
 
 def _devices(
@@ -261,12 +334,27 @@ def _devices(
 ) -> list[Device]:
     from devices.memory_info import read_memory
 
-    here = Device(DEFAULT_BACKEND, (), int(read_memory().available * MEMORY_SHARE), bandwidth_here)
+    available = read_memory().available
+    here = Device(
+        DEFAULT_BACKEND, (), int(available * MEMORY_SHARE), bandwidth_here, available=available
+    )
     out = [here]
     for m in members:
         options = (("cluster", config.name), ("endpoint", m.endpoint), ("server_key", m.public))
         bandwidth = 1e9 * m.bandwidth_gbs if m.bandwidth_gbs else bandwidth_here
-        out.append(Device("cluster", options, int(m.memory * MEMORY_SHARE), bandwidth, m.rtt_s))
+        out.append(
+            Device(
+                "cluster",
+                options,
+                int(m.memory * MEMORY_SHARE),
+                bandwidth,
+                m.rtt_s,
+                m.node_id,
+                m.memory,
+                m.idle_rss,
+                m.runtimes,
+            )
+        )
     return out
 
 
@@ -343,20 +431,215 @@ def _read_s(nbytes: int, device: Device) -> float:
     return nbytes / (device.bandwidth * DECODE_EFFICIENCY)
 
 
+# ---- memory per device ---------------------------------------------------------------------
+
+
+def memory_context(package: Package, plan: PlanConfig | None = None) -> Context:
+    """The sizes memory is predicted for: `plan`'s context (default: a full cache of the
+    engine's default context, prompts in 256-token chunks), as the single-device planner's."""
+    from edge.planner.costs import model_costs
+    from edge.planner.tables import resolve
+
+    manifest = package.manifest
+    return resolve(manifest, model_costs(manifest), plan or PlanConfig())
+
+
+def _worker_process(device: Device, runtime: str, footprint: ImportFootprint) -> int:
+    """A worker's process before its slice: its idle RSS, which holds the runtimes it imported
+    at start; a runtime it did not import (or a worker that did not say) as measured here."""
+    imports = {"ort_cpu": footprint.onnxruntime, "tensor": footprint.llvmlite}
+    if device.idle_rss is None:
+        return footprint.base + imports[runtime]
+    return device.idle_rss + (0 if runtime in device.runtimes else imports[runtime])
+
+
+def _here_breakdown(
+    costs: ModelCosts, placement: Placement, ctx: Context, footprint: ImportFootprint
+) -> Breakdown:
+    """This machine's segments on ONNX Runtime in the coordinator's `Model`, as the single-device
+    planner predicts them, over its libraries and tokenizer."""
+    spans = [
+        Span(seg.start, seg.end, seg.backend)
+        for seg in placement.segments
+        if seg.backend == DEFAULT_BACKEND
+    ]
+    breakdown = resident_breakdown(
+        costs,
+        spans,
+        tokens=ctx.tokens,
+        decoded=ctx.decoded,
+        chunk=ctx.chunk,
+        charge_runtime=(DEFAULT_BACKEND,) if spans else (),
+    )
+    return dataclass_replace(breakdown, process=process_base(costs, footprint))
+
+
+def pipeline_memory(
+    package: Package,
+    placement: Placement,
+    devices: Sequence[Device],
+    ctx: Context,
+    footprint: ImportFootprint = DEFAULT_FOOTPRINT,
+) -> tuple[DeviceMemory, ...]:
+    """Each device's predicted peak under a pipeline `placement`: this machine's segments in
+    its `Model`; each worker's range as its `SliceRunner` loads it (`slice_breakdown`) over its
+    process (`_worker_process`)."""
+    from edge.cluster.slice_runner import slice_breakdown
+    from edge.planner.costs import model_costs
+
+    costs = model_costs(package.manifest)
+    out = [
+        DeviceMemory(HERE, _here_breakdown(costs, placement, ctx, footprint), devices[0].available)
+    ]
+    by_endpoint = {d.endpoint: d for d in devices[1:]}
+    for seg in placement.segments:
+        if seg.backend != "cluster":
+            continue
+        device = by_endpoint[str(dict(seg.options)["endpoint"])]
+        breakdown = slice_breakdown(costs, seg.start, seg.end, ctx.tokens, ctx.decoded, ctx.chunk)
+        process = _worker_process(device, DEFAULT_BACKEND, footprint)
+        out.append(
+            DeviceMemory(
+                device.name, dataclass_replace(breakdown, process=process), device.available
+            )
+        )
+    return tuple(out)
+
+
+def tensor_memory(
+    package: Package,
+    placement: Placement,
+    devices: Sequence[Device],
+    ctx: Context,
+    footprint: ImportFootprint = DEFAULT_FOOTPRINT,
+) -> tuple[DeviceMemory, ...]:
+    """Each device's predicted peak under a tensor-parallel `placement`: the shares its options
+    name (`TensorBackend.load`'s split), each as `share_breakdown` predicts it; a worker's over
+    its process, this machine's beside its embedding and head in its `Model`."""
+    from edge.cluster.shard_runner import block_weights, share_breakdown, share_size
+    from edge.cluster.shards import ffn_unit, split_shares
+    from edge.cluster.tensor_backend import parse_weights, parse_workers
+    from edge.planner.costs import model_costs
+
+    costs = model_costs(package.manifest)
+    spec = package.manifest.spec
+    segment = next(seg for seg in placement.segments if seg.backend == "tensor")
+    options = dict(segment.options)
+    workers = parse_workers(str(options["workers"]))
+    first = package.manifest.parts[segment.start].block_index or 0
+    end = first + segment.end - segment.start
+    unit = ffn_unit(next(block_weights(package, first, first + 1)))
+    shares = split_shares(
+        spec, parse_weights(str(options.get("weights", "")), 1 + len(workers)), unit
+    )
+    jit = footprint.jit
+    sizes = [share_size(package, share, first, end) for share in shares]
+    here = _here_breakdown(costs, placement, ctx, footprint)
+    local = share_breakdown(spec, sizes[0], ctx.tokens, ctx.chunk, jit)
+    here = _combined(here, dataclass_replace(local, process=footprint.llvmlite))
+    out = [DeviceMemory(HERE, here, devices[0].available)]
+    by_endpoint = {d.endpoint: d for d in devices[1:]}
+    for ref, size in zip(workers, sizes[1:]):
+        device = by_endpoint[ref.endpoint]
+        breakdown = share_breakdown(spec, size, ctx.tokens, ctx.chunk, jit)
+        process = _worker_process(device, "tensor", footprint)
+        out.append(
+            DeviceMemory(
+                device.name, dataclass_replace(breakdown, process=process), device.available
+            )
+        )
+    return tuple(out)
+
+
+def _combined(a: Breakdown, b: Breakdown) -> Breakdown:
+    """Two loads in one process, one after the other: what they hold adds up, their load
+    transients do not overlap (the larger counts), nor their steps' temporaries."""
+    summed = {
+        f.name: getattr(a, f.name) + getattr(b, f.name)
+        for f in dataclass_fields(Breakdown)
+        if f.name not in ("transient", "load_relief", "activations")
+    }
+    return Breakdown(
+        **summed,
+        transient=max(a.transient - a.load_relief, b.transient - b.load_relief),
+        activations=max(a.activations, b.activations),
+    )
+
+
+def with_memory(
+    prediction: Prediction,
+    package: Package,
+    devices: Sequence[Device],
+    ctx: Context,
+    footprint: ImportFootprint = DEFAULT_FOOTPRINT,
+) -> Prediction:
+    """`prediction` with each device's predicted peak memory; infeasible (no placement) where
+    a device lacks the memory its share adds."""
+    if prediction.placement is None:
+        return prediction
+    of_mode = pipeline_memory if prediction.mode == "pipeline" else tensor_memory
+    memory = of_mode(package, prediction.placement, devices, ctx, footprint)
+    placement = prediction.placement if all(m.fits for m in memory) else None
+    return dataclass_replace(prediction, placement=placement, memory=memory)
+
+
+# ---- the choice -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Every mode's prediction (time per token, each device's peak memory), the chosen one
+    (None: run on this machine alone) and why."""
+
+    single: Prediction | None
+    candidates: tuple[Prediction, ...]
+    chosen: Prediction | None
+    why: str
+
+    @property
+    def placement(self) -> Placement | None:
+        return None if self.chosen is None else self.chosen.placement
+
+    def prediction(self, mode: str) -> Prediction:
+        found = [c for c in self.candidates if c.mode == mode]
+        if not found:
+            raise ConfigError(f"no {mode} prediction (modes: {[c.mode for c in self.candidates]})")
+        return found[0]
+
+
 def cluster_placement(
     package: Package,
     config: ClusterConfig,
     members: Sequence[Member] | None = None,
     bandwidth_gbs: float | None = None,
+    plan: PlanConfig | None = None,
 ) -> tuple[Placement | None, str]:
     """(the placement over this machine and the workers, why) or (None, why not).
-    `bandwidth_gbs`: this machine's memory bandwidth (default: its measured profile)."""
+    `bandwidth_gbs`: this machine's memory bandwidth (default: its measured profile); `plan`:
+    the context memory is predicted for (see `plan_cluster`)."""
+    chosen = plan_cluster(package, config, members, bandwidth_gbs, plan)
+    return chosen.placement, chosen.why
+
+
+def plan_cluster(
+    package: Package,
+    config: ClusterConfig,
+    members: Sequence[Member] | None = None,
+    bandwidth_gbs: float | None = None,
+    plan: PlanConfig | None = None,
+) -> ClusterPlan:
+    """The split over this machine and the workers found (or `members`), with every mode's
+    predictions. `plan`: the context each device's memory is predicted for (its max_context,
+    context_tokens, prompt_tokens, prefill_chunk) and this machine's library footprint
+    (default: a full cache of the default context; the planner's footprint constants)."""
     skipped: list[str] = []
     if members is None:
         members, skipped = find_members(package, config)
     why_skipped = f"; left out: {'; '.join(skipped)}" if skipped else ""
     if not members:
-        return None, f"no paired worker of cluster {config.name!r} answered{why_skipped}"
+        return ClusterPlan(
+            None, (), None, f"no paired worker of cluster {config.name!r} answered{why_skipped}"
+        )
     if bandwidth_gbs is None:
         from devices.microbench import measured_profile
 
@@ -366,6 +649,8 @@ def cluster_placement(
     devices = _devices(config, members, 1e9 * bandwidth_gbs)
     single = predict_single(weights, devices[0])
     spec = package.manifest.spec
+    ctx = memory_context(package, plan)
+    footprint = (plan.footprint if plan else None) or DEFAULT_FOOTPRINT
     candidates = []
     if config.mode in ("auto", "pipeline"):
         candidates.append(predict_pipeline(weights, devices, config.local_share))
@@ -375,21 +660,19 @@ def cluster_placement(
         )
         if tensor is not None:
             candidates.append(tensor)
+    candidates = [with_memory(c, package, devices, ctx, footprint) for c in candidates]
     feasible = sorted((c for c in candidates if c.placement is not None), key=lambda c: c.token_s)
     said = "; ".join(c.describe() for c in ([single] if single else []) + candidates)
     if not feasible:
-        return (
-            None,
-            f"no {config.mode} split fits the devices' memory (predicted: {said}){why_skipped}",
-        )
+        why = f"no {config.mode} split fits the devices' memory (predicted: {said}){why_skipped}"
+        return ClusterPlan(single, tuple(candidates), None, why)
     best = feasible[0]
     if config.distribute == "auto" and single is not None and single.token_s <= best.token_s:
-        return None, (
+        why = (
             f"not distributed: the model fits here and one device is predicted fastest "
             f"({said}); distribute='always' to split anyway{why_skipped}"
         )
+        return ClusterPlan(single, tuple(candidates), None, why)
     names = ", ".join(m.node_id for m in members)
-    return (
-        best.placement,
-        f"{best.mode} over this machine and {names} (predicted: {said}){why_skipped}",
-    )
+    why = f"{best.mode} over this machine and {names} (predicted: {said}){why_skipped}"
+    return ClusterPlan(single, tuple(candidates), best, why)

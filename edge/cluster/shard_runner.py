@@ -9,8 +9,9 @@ op; block-quantized matmuls go through the JIT kernels that read the packed slic
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -21,21 +22,71 @@ from devices.spec_forward.numpy_forward import (
     layer_rope,
     rms_norm,
 )
-from devices.spec_forward.weights import BlockWeights, LinearWeight
+from devices.spec_forward.weights import BlockWeights, LinearWeight, NBitsWeight
 from edge.architectures import attention_scale, is_sliding
 from edge.cluster.shards import ShardBlock, Share, shard_block
 from edge.errors import ConfigError, ContextOverflowError
 from edge.format import ModelSpec
 from edge.package import Package
+from edge.planner.memory import DEFAULT_FOOTPRINT, Breakdown, activation_bytes, kv_resident
 from edge.rope import rope_tables
 from edge.streaming.kernels import StreamedLinear
 
 PHASES = ("attention", "ffn")
 DEFAULT_MAX_CONTEXT = 4096
-# What a share's process holds besides its slices and KV cache once it has run: llvmlite's JIT
-# and the compiled kernels, numpy's step temporaries. Measured as peak-RSS growth minus
-# `nbytes` on SmolLM2-135M and Qwen2.5-Coder-1.5B shares of 24 to 414 MiB: 85 to 90 MiB.
-SHARE_RUNTIME_BYTES = 88 << 20
+
+
+@dataclass(frozen=True)
+class ShareSize:
+    """What a share holds, known before it loads (`share_size`) or once loaded
+    (`ShardRunner.size`): the memory model of `share_breakdown`."""
+
+    weights: int  # its copied slices of every block (and their norms)
+    blocks: int
+    kv_heads: int  # KV heads it caches per block
+    block_bytes: int  # the largest block's weights: its maps, touched while its slices copy
+    quantized: bool  # block-quantized matmuls: the JIT compiles kernels at the first step
+
+
+def share_breakdown(
+    spec: ModelSpec, size: ShareSize, tokens: int, chunk: int, jit: int
+) -> Breakdown:
+    """Predicted memory of a share beyond its process (in a worker, which imported numpy and
+    llvmlite before it measured its idle RSS): the slices, the KV pages `tokens` positions
+    touch, numpy's temporaries for a `chunk`-token step, and while loading one block's maps
+    (`block_weights` reads each block through maps of its own, released once sliced: fancy
+    indexing a float matrix's columns reads every row). Block-quantized shares compile their
+    kernels at the first step, after loading (`jit` bytes of LLVM code pages)."""
+    runtime = jit if size.quantized else 0
+    return Breakdown(
+        weights=size.weights,
+        runtime=runtime,
+        kv_cache=kv_resident(spec, size.blocks, tokens, size.kv_heads),
+        activations=activation_bytes(spec, chunk),
+        transient=size.block_bytes,
+        load_relief=runtime,
+    )
+
+
+def share_size(package: Package, share: Share, first: int, end: int) -> ShareSize:
+    """The size of `share` of blocks [first, end) before loading it: the first block sliced for
+    real (so every layout rule of `shard_block` counts), the others scaled by their bytes."""
+    spec = package.manifest.spec
+    parts = [
+        p
+        for p in package.manifest.parts
+        if p.kind == "block" and first <= (p.block_index or 0) < end
+    ]
+    totals = [sum(t.nbytes for t in p.tensors) for p in parts]
+    sliced = owned(shard_block(spec, next(block_weights(package, first, first + 1)), share))
+    held = _held_bytes(sliced)
+    return ShareSize(
+        weights=sum(round(held * total / totals[0]) for total in totals),
+        blocks=len(parts),
+        kv_heads=sliced.kv[1] - sliced.kv[0],
+        block_bytes=max(totals),
+        quantized=_quantized(sliced),
+    )
 
 
 class ShardRunner:
@@ -56,9 +107,12 @@ class ShardRunner:
         self.kv = share.kv_heads(spec)
         self.blocks: dict[int, ShardBlock] = {}
         self.reductions: dict[int, Reduction] = {}
+        self.block_bytes = 0  # the largest block's weights (its maps while it was sliced)
         for block in blocks:  # one at a time: a block's maps may go once it is sliced
-            self.blocks[block.index] = shard_block(spec, block, share)
+            self.blocks[block.index] = owned(shard_block(spec, block, share))
             self.reductions[block.index] = Reduction.of(block)
+            self.block_bytes = max(self.block_bytes, _array_bytes(block))
+        self.reached = 0  # the furthest position cached: the KV pages touched
         shape = (self.kv[1] - self.kv[0], max_context, spec.head_dim)
         self.keys = {i: np.zeros(shape, np.float32) for i in self.blocks}
         self.values = {i: np.zeros(shape, np.float32) for i in self.blocks}
@@ -73,9 +127,23 @@ class ShardRunner:
         return weights + 2 * sum(k.nbytes for k in self.keys.values())
 
     @property
+    def size(self) -> ShareSize:
+        return ShareSize(
+            weights=sum(_held_bytes(b) for b in self.blocks.values()),
+            blocks=len(self.blocks),
+            kv_heads=self.kv[1] - self.kv[0],
+            block_bytes=self.block_bytes,
+            quantized=any(_quantized(b) for b in self.blocks.values()),
+        )
+
+    @property
     def predicted_growth(self) -> int:
-        """What holding and running this share adds to its process's peak RSS."""
-        return self.nbytes + SHARE_RUNTIME_BYTES
+        """What holding and running this share adds to its process's peak RSS, at the
+        context it has reached (the JIT's code pages as the planner's constant)."""
+        chunk = min(self.max_context, 256)
+        return share_breakdown(
+            self.spec, self.size, self.reached, chunk, DEFAULT_FOOTPRINT.jit
+        ).peak
 
     def _matmul(self, x: np.ndarray, weight: LinearWeight) -> np.ndarray:
         out = self.linear(x, weight)
@@ -130,6 +198,7 @@ class ShardRunner:
         keys[:, position:end] = apply_rope(k, cos, sin)
         values[:, position:end] = v
         self.filled[layer] = end
+        self.reached = max(self.reached, end)
         q = apply_rope(q, cos, sin)
         window = spec.sliding_window if is_sliding(spec, layer) else 0
         group = spec.num_heads // spec.num_kv_heads
@@ -152,6 +221,53 @@ class ShardRunner:
 
     def reset(self) -> None:
         self.filled = dict.fromkeys(self.blocks, 0)
+
+
+def _held_bytes(block: ShardBlock) -> int:
+    """A share's bytes of one block: its slices and its copies of the norms."""
+    norms = (block.attn_norm, block.ffn_norm, block.q_norm, block.k_norm)
+    return block.nbytes + sum(n.nbytes for n in norms if n is not None)
+
+
+def _quantized(block: ShardBlock) -> bool:
+    weights = (block.qkv, block.attn_output, block.gate_up, block.down)
+    return any(isinstance(w, NBitsWeight) for w in weights)
+
+
+def _array_bytes(value: object) -> int:
+    """Bytes of the arrays `value` holds (a dataclass of arrays and weights, recursively)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if not hasattr(value, "__dataclass_fields__"):
+        return 0
+    return sum(_array_bytes(getattr(value, f.name)) for f in fields(value))  # type: ignore[arg-type]
+
+
+def owned(block: ShardBlock) -> ShardBlock:
+    """`block` with no array left viewing a package map. A float matrix's rows are a
+    contiguous view, which `shard_block` keeps uncopied: the share would then hold its rows as
+    the file's pages, which the kernel maps around each fault in whole page-cache folios (up
+    to 2x the rows, varying with how the file was read), never on huge pages, and which pin
+    the whole tensor's map. A copy holds exactly the share's bytes."""
+    return replace(
+        block, **{k: _owned(getattr(block, k)) for k in ("qkv", "attn_output", "gate_up", "down")}
+    )
+
+
+def _owned(weight: LinearWeight) -> LinearWeight:
+    arrays = {f.name: getattr(weight, f.name) for f in fields(weight)}
+    mapped = {k: v.copy() for k, v in arrays.items() if _maps_file(v)}
+    return replace(weight, **mapped) if mapped else weight
+
+
+def _maps_file(value: object) -> bool:
+    """Whether `value` is an array whose memory is a memory map (a package file's pages)."""
+    if not isinstance(value, np.ndarray):
+        return False
+    base: object = value
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return isinstance(base, mmap.mmap)
 
 
 @dataclass(frozen=True, eq=False)

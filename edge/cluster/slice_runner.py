@@ -18,11 +18,33 @@ from edge.errors import ConfigError, ContextOverflowError
 from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
+from edge.planner.costs import ModelCosts
+from edge.planner.memory import ORT_CPU_PINNED, Breakdown, Span, resident_breakdown
 from edge.rope import rope_tables
 
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_CHUNK = 256
 LOGITS_MODES = ("last", "all")
+
+
+def slice_breakdown(
+    costs: ModelCosts, start: int, end: int, tokens: int, decoded: int, chunk: int
+) -> Breakdown:
+    """Predicted memory of parts [start, end) as a `SliceRunner` in a worker holds them, beyond
+    the worker's process (which imported ONNX Runtime before it measured its idle RSS): one
+    ONNX Runtime session (and one per prefill graph), which copies every weight from our maps,
+    whose pages are dropped once it has loaded (a load transient); the KV pages `tokens`
+    positions touch; the runtime's own memory. The single-device planner's model, with the
+    float-matrix cost of a process that pins its mmap threshold (`worker.pin_mmap_threshold`)."""
+    return resident_breakdown(
+        costs,
+        [Span(start, end, "ort_cpu")],
+        tokens=tokens,
+        decoded=decoded,
+        chunk=chunk,
+        charge_runtime=("ort_cpu",),
+        runtimes={"ort_cpu": ORT_CPU_PINNED},
+    )
 
 
 class SliceRunner:
@@ -105,6 +127,7 @@ class SliceRunner:
         self._positions = np.arange(self.chunk, dtype=np.int64)
         self._last = np.zeros((1,), np.int64)
         self._signature: dict[bool, tuple[int, int] | None] = dict.fromkeys(self.loaded)
+        self.reached = 0  # the furthest position cached: the KV pages touched
 
     @property
     def position(self) -> int:
@@ -135,6 +158,7 @@ class SliceRunner:
         self.package.check_mapped()
         self.backend.run(loaded, position, n)
         self.cache.position = position + n
+        self.reached = max(self.reached, position + n)
         return self._output[:, :k] if self.gives_logits else self._output[:, :n]
 
     def _check(self, inputs: np.ndarray, position: int, logits: str) -> int:
@@ -195,8 +219,18 @@ class SliceRunner:
 
     @property
     def nbytes(self) -> int:
-        """The KV cache this slice holds (the weights are memory-mapped from the package)."""
+        """The KV cache this slice reserves (its pages cost memory once written; the weights
+        are ONNX Runtime's copies: see `predicted_growth`)."""
         return self.cache.nbytes
+
+    @property
+    def predicted_growth(self) -> int:
+        """What holding and running this slice adds to its worker's peak RSS, at the context
+        it has reached (see `slice_breakdown`)."""
+        from edge.planner.costs import model_costs
+
+        costs = model_costs(self.package.manifest)
+        return slice_breakdown(costs, self.start, self.end, self.reached, 0, self.chunk).peak
 
 
 def _hidden(names: frozenset[str] | tuple[str, ...]) -> str:

@@ -56,7 +56,9 @@ def cluster_status(
                 continue
             holds = f"{_held(info.get('slice'))} of {info.get('package')}"
             free = int(info.get("memory_budget", 0)) >> 20
-            row = DeviceStatus(peer.node_id, address, "ok", rtt, f"{holds}; {free} MiB free")
+            row = DeviceStatus(
+                peer.node_id, address, "ok", rtt, f"{holds}; {free} MiB free{_memory(info)}"
+            )
             seen.add(peer.node_id)
             break
         rows.append(row)
@@ -78,3 +80,19 @@ def _held(held: object) -> str:
             f"[{blocks[0]}, {blocks[1]}), {int(held.get('bytes', 0)) >> 20} MiB"
         )
     return f"parts [{held.get('start')}, {held.get('end')})"
+
+
+def _memory(info: dict) -> str:
+    """A worker's resident memory now and at its peak, and the peak its slice was planned to
+    reach at the context it holds (its idle process plus the slice's predicted growth)."""
+    rss, peak = info.get("rss"), info.get("peak_rss")
+    if not isinstance(rss, int) or not isinstance(peak, int):
+        return ""  # not Linux, or a worker from before these were reported
+    held, idle = info.get("slice"), info.get("idle_rss")
+    growth = held.get("predicted_growth") if isinstance(held, dict) else None
+    planned = (
+        f" (planned {(idle + growth) >> 20})"
+        if isinstance(idle, int) and isinstance(growth, int)
+        else ""
+    )
+    return f"; RSS {rss >> 20} MiB, peak {peak >> 20} MiB{planned}"

@@ -39,7 +39,7 @@ which RSS counts like any other memory):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from edge.format import ModelSpec
@@ -185,6 +185,11 @@ OPENVINO = RuntimeMemory(
     growth_per_token=int(1.0 * MiB),
     growth_per_token_block=int(0.04 * MiB),
 )
+# ONNX Runtime in a process that loads nothing before its weights and pins glibc's mmap
+# threshold (a cluster worker: `edge.cluster.worker.serve`): float matrices cost the 0.99x
+# measured alone (see ORT_CPU), whatever the process freed first. SmolLM2 fp32 slices of half
+# the model in a worker: within 1% of its peak RSS (tests/cluster/test_cluster_memory.py).
+ORT_CPU_PINNED = replace(ORT_CPU, allocated={**ORT_CPU.allocated, MATMUL_F32: 0.99})
 # A backend nobody measured (a GPU through torch, an NPU provider): the weights once, in its
 # own memory; nothing else is known.
 GENERIC = RuntimeMemory("generic", 0, 0, _ALL_ONCE, _NONE)
@@ -208,8 +213,12 @@ def mapped_embedding(costs: ModelCosts, tokens: int) -> int:
     return min(embed.weight_bytes, tokens * len(embed.tensors) * STREAM_FAULT_AROUND)
 
 
-def runtime_memory(backend: str) -> RuntimeMemory:
-    return RUNTIMES.get(backend, GENERIC)
+def runtime_memory(
+    backend: str, runtimes: Mapping[str, RuntimeMemory] | None = None
+) -> RuntimeMemory:
+    """How `backend` holds a package: from `runtimes` where given (a process of another kind,
+    e.g. a cluster worker), else as measured in an edge process."""
+    return (runtimes or RUNTIMES).get(backend, GENERIC)
 
 
 @dataclass(frozen=True)
@@ -259,12 +268,14 @@ def stream_runtime(quantized: bool, footprint: ImportFootprint | None) -> int:
     )
 
 
-def kv_resident(spec: ModelSpec, blocks: int, tokens: int) -> int:
+def kv_resident(spec: ModelSpec, blocks: int, tokens: int, kv_heads: int | None = None) -> int:
     """KV-cache bytes resident once `tokens` positions are written: the cache is np.zeros
     (untouched pages cost nothing), laid out [1, H_kv, max_context, D] per layer, so each
-    head's rows are touched page by page."""
+    head's rows are touched page by page. `kv_heads`: the heads cached where fewer than the
+    model's (a tensor-parallel share caches only those its query heads read)."""
     row = tokens * spec.head_dim * 4
-    return 2 * blocks * spec.num_kv_heads * (-(-row // PAGE) * PAGE)
+    heads = spec.num_kv_heads if kv_heads is None else kv_heads
+    return 2 * blocks * heads * (-(-row // PAGE) * PAGE)
 
 
 def activation_bytes(spec: ModelSpec, chunk: int) -> int:
@@ -333,6 +344,7 @@ def resident_breakdown(
     chunk: int,
     charge_runtime: Iterable[str] = (),
     mapped_names: set | None = None,
+    runtimes: Mapping[str, RuntimeMemory] | None = None,
 ) -> Breakdown:
     """Predicted memory of the parts in `spans` (all on one device), holding `tokens`
     positions of KV cache, `decoded` of them decode steps, running steps of `chunk` tokens.
@@ -340,14 +352,16 @@ def resident_breakdown(
     `charge_runtime`: backends whose one-off runtime cost this device pays (the caller charges
     each runtime to one device). `mapped_names`: tensor identities already mapped by earlier
     devices of the same process (updated in place), so a map shared by name is counted once.
+    `runtimes`: how each backend holds weights in this process, where not as in an edge
+    process (see `runtime_memory`).
     """
     mapped_names = set() if mapped_names is None else mapped_names
     weights = mapped = blocks = kv = growth = transient = relief = 0
     charged = set(charge_runtime)
-    runtime = sum(runtime_memory(b).runtime_bytes for b in charged)
+    runtime = sum(runtime_memory(b, runtimes).runtime_bytes for b in charged)
     spec = costs.spec
     for span in spans:
-        model = runtime_memory(span.backend)
+        model = runtime_memory(span.backend, runtimes)
         parts = costs.parts[span.start : span.end]
         n_blocks = sum(p.kind == "block" for p in parts)
         span_mapped = 0

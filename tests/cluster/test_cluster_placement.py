@@ -133,3 +133,41 @@ def test_the_split_is_chosen_by_predicted_time_per_token(tiny_package) -> None:
     assert placement is not None and why.startswith("tensor"), why
     with pytest.raises(ConfigError, match="mode"):
         ClusterConfig("home", mode="ring")
+
+
+def test_the_plan_predicts_each_devices_peak_memory(tiny_package) -> None:
+    """No worker is contacted. Each mode's prediction holds every device's predicted peak (a
+    worker's over the idle RSS it reported), growing with the context held; a worker with
+    room for its weights but not for the runtime and the load transient is not used.
+    (tests/cluster/test_cluster_memory.py checks the numbers against real workers.)"""
+    from dataclasses import replace
+
+    from edge.cluster.placement import HERE, plan_cluster
+    from edge.planner import PlanConfig
+
+    package = open_package(tiny_package)
+    members = [
+        replace(m, idle_rss=100 << 20, runtimes=("ort_cpu", "tensor")) for m in _members(2, 1e-6)
+    ]
+    config = ClusterConfig("home", distribute="always", local_share=False)
+    short = PlanConfig(max_context=64, context_tokens=8)
+    plans = {
+        tokens: plan_cluster(package, config, members, 10.0, plan)
+        for tokens, plan in ((8, short), (512, None))
+    }
+    for mode in ("pipeline", "tensor"):
+        prediction = plans[512].prediction(mode)
+        assert [m.name for m in prediction.memory] == [HERE, "node0", "node1"], mode
+        node = prediction.device_memory("node0")
+        assert node.breakdown.process == 100 << 20
+        assert node.breakdown.weights > 0 and node.peak > node.breakdown.steady
+        fewer = plans[8].prediction(mode).device_memory("node0").breakdown.kv_cache
+        assert 0 < fewer < node.breakdown.kv_cache, mode
+    assert "peak MiB: this machine" in plans[512].why
+
+    weights = sum(t.nbytes for p in package.manifest.parts for t in p.tensors)
+    assert weights < 1 << 20  # each range fits 70% of 4 MiB; ONNX Runtime's own 14 MiB do not
+    small = [replace(m, memory=4 << 20) for m in members]
+    plan = plan_cluster(package, replace(config, mode="pipeline"), small, 10.0)
+    assert plan.placement is None and "fits the devices' memory" in plan.why, plan.why
+    assert not plan.prediction("pipeline").device_memory("node1").fits
