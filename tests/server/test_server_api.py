@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,64 @@ def test_logprobs_per_token(api: Any, tiny_id: str) -> None:
     assert len(legacy.choices[0].logprobs.token_logprobs) == legacy.usage.completion_tokens
 
 
+def test_max_completion_tokens_limits_the_chat_reply(api: Any, tiny_id: str) -> None:
+    """OpenAI's newer name for max_tokens, which wins when both are sent: with the end of
+    sequence ignored (the `ignore_eos` extension), the reply is exactly that long."""
+    args = {"model": tiny_id, "messages": MESSAGES, "temperature": 0}
+    for extra in ({}, {"max_tokens": 30}):
+        reply = api.chat.completions.create(
+            **args, max_completion_tokens=5, extra_body={"ignore_eos": True}, **extra
+        )
+        assert reply.usage.completion_tokens == 5
+        assert reply.choices[0].finish_reason == "length"
+    without = api.chat.completions.create(**args, max_completion_tokens=5)
+    assert 1 <= without.usage.completion_tokens <= 5
+
+
+def test_streamed_completion_ends_with_its_usage(api: Any, tiny_id: str, sdk: Model) -> None:
+    """`stream_options.include_usage` on /v1/completions: every text chunk has usage null, and
+    one last chunk without choices carries the counts of the whole reply."""
+    args = {
+        "model": tiny_id,
+        "prompt": PROMPT,
+        "max_tokens": 12,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    warm(api, **args)
+    whole = api.completions.create(**args)
+    *texts, last = api.completions.create(
+        **args, stream=True, stream_options={"include_usage": True}
+    )
+    assert texts and all(c.usage is None for c in texts)
+    assert "".join(c.choices[0].text for c in texts) == whole.choices[0].text
+    assert texts[-1].choices[0].finish_reason == "length"
+    assert last.choices == [] and last.id == texts[0].id
+    assert (
+        last.usage.prompt_tokens == whole.usage.prompt_tokens == len(sdk.tokenizer.encode(PROMPT))
+    )
+    assert last.usage.completion_tokens == whole.usage.completion_tokens == 12
+    assert last.usage.total_tokens == last.usage.prompt_tokens + 12
+
+
+def test_a_tiny_top_p_samples_the_greedy_text(api: Any, tiny_id: str) -> None:
+    """top_p keeps the smallest set of most likely tokens whose probabilities add up to top_p,
+    and at least one. The likeliest token alone has probability >= 1/vocabulary (384 here),
+    far above 1e-6, so top_p=1e-6 keeps only it: sampling at temperature 1 with any seed then
+    gives the greedy text, where top_p=1 (off) gives another for some seed."""
+    args = {"model": tiny_id, "messages": MESSAGES, "max_tokens": 16}
+    warm(api, **args)
+    greedy = api.chat.completions.create(**args, temperature=0).choices[0].message.content
+
+    def sampled(seed: int, top_p: float) -> str:
+        reply = api.chat.completions.create(**args, temperature=1.0, seed=seed, top_p=top_p)
+        return reply.choices[0].message.content
+
+    seeds = (1, 2, 3)
+    assert [sampled(seed, 1e-6) for seed in seeds] == [greedy] * len(seeds)
+    assert any(sampled(seed, 1.0) != greedy for seed in seeds)
+
+
 def check_top(chosen: str, logprob: float, top: list[tuple[str, float]], k: int) -> None:
     """k alternatives, most likely first, all <= 0; the chosen token, when likely enough to be
     among them, is there with the very logprob it was given. (Its text alone does not say:
@@ -334,13 +392,19 @@ def test_next_turn_reuses_the_cached_prefix(api: Any, tiny_id: str) -> None:
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 1
 
 
-def cached_tokens_metric(server: Any) -> float:
-    """The server's count of prompt tokens taken from the KV cache so far."""
+def metric(server: Any, sample: str) -> float:
+    """One sample of the server's /metrics by its exact name, labels included (a counter's
+    ends in _total)."""
     status, text, _ = raw(f"{server.url}/metrics")
     assert status == 200
-    match = re.search(r"^edge_prompt_tokens_cached_total (\S+)$", text, re.MULTILINE)
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
     assert match, text
     return float(match.group(1))
+
+
+def cached_tokens_metric(server: Any) -> float:
+    """The server's count of prompt tokens taken from the KV cache so far."""
+    return metric(server, "edge_prompt_tokens_cached_total")
 
 
 def test_interleaved_chats_each_keep_their_prefix(
@@ -508,6 +572,64 @@ def test_429_when_the_queue_is_full(
             time.sleep(0.05)
 
 
+TOKEN_S = 0.025  # the slowed model's time per token: 200 tokens take 5 s
+
+
+def slowed(load: Callable[[], Model]) -> Callable[[], Model]:
+    """A loader whose model yields each token after TOKEN_S, as a small device decodes: a
+    request then still generates when its client gives up."""
+
+    def slow_load() -> Model:
+        model = load()
+        stream = model.stream
+
+        def slow_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            responses = stream(*args, **kwargs)
+            try:
+                for response in responses:
+                    time.sleep(TOKEN_S)
+                    yield response
+            finally:
+                responses.close()
+
+        model.stream = slow_stream  # type: ignore[method-assign]
+        return model
+
+    return slow_load
+
+
+def test_a_client_gone_before_its_whole_reply_frees_the_engine(
+    start_server: Callable[..., Any],
+    make_client: Callable[..., Any],
+    tiny_package: Path,
+    tiny_id: str,
+) -> None:
+    """A non-streamed request whose client hangs up (here its timeout) is cancelled and
+    answered 499: the engine stops it before its next token, so the next request is served
+    at once rather than after the 200 tokens the first one asked for."""
+    load = slowed(
+        lambda: Model(open_package(tiny_package), EngineConfig(threads=1, max_context=256))
+    )
+    server = start_server(loaders={tiny_id: load})
+    server.wait_ready(60)
+    body = {"model": tiny_id, "prompt": PROMPT, "max_tokens": 200, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.3)
+    started = time.monotonic()
+    reply = make_client(server).completions.create(
+        model=tiny_id, prompt=PROMPT, max_tokens=4, extra_body={"ignore_eos": True}
+    )
+    waited = time.monotonic() - started
+    assert reply.usage.completion_tokens == 4
+    assert waited < 100 * TOKEN_S, f"the next request waited {waited:.1f} s"
+    # the first request stopped early (both are counted once the second has its reply)
+    cancelled_tokens = metric(server, "edge_generated_tokens_total") - 4
+    assert 1 <= cancelled_tokens < 100, cancelled_tokens
+    assert metric(server, 'edge_requests_total{endpoint="/v1/completions",status="499"}') == 1
+    assert metric(server, "edge_requests_running") == 0
+    assert metric(server, "edge_queue_depth") == 0
+
+
 class Gate:
     """A loader that loads only once `open()` is called: meanwhile the server is up and
     loading, which is when it must answer 503."""
@@ -558,10 +680,15 @@ def test_a_failed_load_answers_503_with_the_reason(
 def test_speculative_serving_keeps_the_text_and_reports_acceptance(
     start_server: Callable[..., Any], make_client: Callable[..., Any], api: Any, tiny_id: str
 ) -> None:
-    """`--draft lookup` through the server: the same greedy text, and /metrics counts drafts."""
+    """`--draft lookup --draft-tokens 4` through the server: the same greedy text, and /metrics
+    counts the drafts. (A fixed k: adaptive drafting may decline every draft where it measures
+    no gain, as on this 1 ms-a-token model, and what it measures depends on the load.)"""
+    from edge.speculative import SpeculativeConfig
+
     prompt = "the shells she sells are surely sea shells; the shells she sells are"
     plain = api.completions.create(model=tiny_id, prompt=prompt, max_tokens=40, temperature=0)
-    server = start_server(load={"max_context": 256, "threads": 1, "draft": "lookup"})
+    lookup = {"draft": "lookup", "speculative": SpeculativeConfig(draft_tokens=4, adaptive=False)}
+    server = start_server(load={"max_context": 256, "threads": 1, **lookup})
     server.wait_ready(60)
     drafted = make_client(server).completions.create(
         model=tiny_id, prompt=prompt, max_tokens=40, temperature=0
@@ -581,7 +708,9 @@ def test_speculative_serving_keeps_the_text_and_reports_acceptance(
     for mine, theirs in zip(both[1].logprobs.top_logprobs, both[0].logprobs.top_logprobs):
         assert next(iter(mine)) == next(iter(theirs))
         assert list(mine.values()) == pytest.approx(list(theirs.values()), abs=1e-4)
-    status, text, _ = raw(f"{server.url}/metrics")
-    assert status == 200
-    line = next(ln for ln in text.splitlines() if ln.startswith("edge_speculation_drafted"))
-    assert float(line.split()[1]) >= 0
+    # the prompt repeats itself: the lookup drafter proposed tokens, and no more were
+    # accepted than proposed
+    drafted_tokens = metric(server, "edge_speculation_drafted_tokens_total")
+    accepted_tokens = metric(server, "edge_speculation_accepted_tokens_total")
+    assert drafted_tokens > 0
+    assert 0 <= accepted_tokens <= drafted_tokens

@@ -62,31 +62,50 @@ def test_help_names_the_endpoints() -> None:
         assert text in result.stdout
 
 
+def start_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`edge serve ARGS --port 0 -t 1 --ctx 256` as a child process (one thread, the context
+    of the in-process servers, so its replies compare with theirs)."""
+    return subprocess.Popen(
+        [*edge_command(), "serve", *args, "--port", "0", "-t", "1", "--ctx", "256"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def ready_url(proc: subprocess.Popen[str]) -> str:
+    """The URL the server printed, once /health says its models are loaded."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    url = re.search(r"http://127\.0\.0\.1:\d+", line)
+    assert url, line
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url.group(0) + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return url.group(0)
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Ctrl-C, as a user stops it: (its exit code, the rest of its stderr)."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
 def test_serve_answers_the_openai_client_then_stops_on_ctrl_c(
     tiny_package: Path, make_client: Callable[..., Any]
 ) -> None:
     """`edge serve PKG --port 0` prints where it listens, serves a chat with the key, and ends
     cleanly on SIGINT."""
-    proc = subprocess.Popen(
-        [*edge_command(), "serve", str(tiny_package), "--port", "0", "-t", "1", "--ctx", "256"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "EDGE_API_KEY": "cli-key"},
-    )
+    proc = start_serve(str(tiny_package), env={"EDGE_API_KEY": "cli-key"})
     try:
-        line = proc.stderr.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert url, line
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url.group(0) + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "the server never became ready"
-                time.sleep(0.1)
-        server = url.group(0)
+        server = ready_url(proc)
         reply = make_client(server, api_key="cli-key").chat.completions.create(
             model=tiny_package.name,
             messages=[{"role": "user", "content": "Hello"}],
@@ -96,9 +115,78 @@ def test_serve_answers_the_openai_client_then_stops_on_ctrl_c(
         with pytest.raises(openai.AuthenticationError):
             make_client(server, api_key="other").models.list()
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
-    assert code in (0, 130), proc.stderr.read()
+        code, err = stop(proc)
+    assert code in (0, 130), err
+
+
+def smallest_budget(package: Path) -> int:
+    """The smallest memory budget `package` loads under with `edge serve`'s settings above;
+    checked to stream its blocks from disk, so a server given it runs the streamed engine."""
+    import edge
+    from edge.errors import BudgetTooSmallError
+    from edge.streaming import streamed_state
+
+    options: dict[str, Any] = {"max_context": 256, "threads": 1, "progress": False}
+    with pytest.raises(BudgetTooSmallError) as caught:
+        edge.load(package, memory_budget=1, **options)
+    budget = caught.value.minimum
+    model = edge.load(package, memory_budget=budget, **options)
+    try:
+        state = streamed_state(model.engine)
+        assert state is not None and state.plan.policy.streamed
+    finally:
+        model.engine.close()
+    return budget
+
+
+def test_serve_with_a_memory_budget_or_a_plan_answers_as_a_plain_server(
+    tiny_package: Path,
+    tmp_path: Path,
+    shared_server: Any,
+    make_client: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`edge serve --memory-budget SIZE` (the smallest the model loads under: its blocks
+    stream from disk) and `edge serve --plan FILE` (a plan `edge plan --json` wrote) give the
+    plain server's greedy chat reply; a budget too small and a missing plan stop the server
+    with their one error line, so the options do reach the loader. The four run as the CLI
+    (about a second each), all at once."""
+    from edge.cli.main import main
+
+    plan = tmp_path / "plan.json"
+    capsys.readouterr()
+    assert main(["plan", str(tiny_package), "--ctx", "256", "--json", "-q"]) == 0
+    plan.write_text(capsys.readouterr().out, encoding="utf-8")
+    options = (["--memory-budget", str(smallest_budget(tiny_package))], ["--plan", str(plan)])
+    failing = {
+        "is too small: the minimum is": ["--memory-budget", "1MB"],
+        "cannot read the plan": ["--plan", str(tmp_path / "missing.json")],
+    }
+    procs = [start_serve(str(tiny_package), *extra) for extra in options]
+    failed = [start_serve(str(tiny_package), *extra) for extra in failing.values()]
+    try:
+        request = {
+            "model": tiny_package.name,
+            "messages": [{"role": "user", "content": "Rotary embeddings rotate the keys."}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
+        expected = make_client(shared_server).chat.completions.create(**request)
+        for extra, proc in zip(options, procs):
+            reply = make_client(ready_url(proc)).chat.completions.create(**request)
+            assert reply.choices[0].message.content == expected.choices[0].message.content, extra
+            assert reply.usage == expected.usage, extra
+        for error, proc in zip(failing, failed):
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 2, err
+            assert error in err and err.count("error:") == 1 and "Traceback" not in err, err
+    finally:
+        stopped = [stop(proc) for proc in procs]
+        for proc in failed:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(code in (0, 130) for code, _ in stopped), stopped
 
 
 def test_the_runtime_and_cli_do_not_import_the_server_stack() -> None:
