@@ -149,7 +149,13 @@ def browse(
     def on_change(**event: Any) -> None:  # zeroconf passes keyword arguments
         names.add(event["name"])
 
-    browser = zc.ServiceBrowser(conf, SERVICE, handlers=[on_change])
+    # Multicast questions (QM), not zeroconf's default unicast-reply first question (QU): a
+    # unicast reply reaches one of the sockets sharing port 5353 on the asking host (with a
+    # worker on the same machine, often the worker's own), so the first answer was lost and
+    # only the second question, a second later, was answered; two seconds were not enough.
+    browser = zc.ServiceBrowser(
+        conf, SERVICE, handlers=[on_change], question_type=zc.DNSQuestionType.QM
+    )
     try:
         time.sleep(timeout_s)
         found = []
