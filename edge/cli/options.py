@@ -85,8 +85,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--distribute",
         choices=["auto", "always"],
         default="auto",
-        help="auto: only where a split is predicted faster or the model does not fit here; "
-        "always: split anyway",
+        help="auto: only where a split is predicted faster or the model does not fit here, "
+        "over the workers that make it faster; always: split anyway, over every worker found",
     )
     group.add_argument(
         "--split",

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from dataclasses import replace as dataclass_replace
@@ -72,6 +73,12 @@ MEMORY_SHARE = 0.7
 # Qwen2.5-Coder, BENCHMARKS.md); it scales every device's compute alike.
 DECODE_EFFICIENCY = 0.55
 PINGS = 5
+# A ping carrying this many bytes, against an empty one, measures a link's bandwidth.
+LINK_PROBE_BYTES = 256 << 10
+# Up to this many workers every subset is weighed (a slow link or a slow board left out can
+# make the rest faster); beyond, the k workers of shortest round trip for each k.
+SUBSET_WORKERS = 8
+MEMORY_CHECKS = 8  # fastest subsets whose per-device memory is checked, at most
 HERE = "this machine"
 MiB = 1 << 20
 REOPEN_S = 60.0  # a worker that received the package reopens its port within this time
@@ -81,7 +88,9 @@ REOPEN_S = 60.0  # a worker that received the package reopens its port within th
 class ClusterConfig:
     """`name`: the cluster (keys from `edge cluster init`); `peers`: explicit HOST:PORT of
     workers, tried besides mDNS for `mdns_s` seconds; `distribute`: "auto" (only where a split
-    is predicted faster, or the model does not fit here) or "always"; `mode`: "auto" (the
+    is predicted faster, or the model does not fit here, and only over the workers that make
+    it faster: a slow link or board is left out) or "always" (over every worker found, even
+    where fewer would be faster); `mode`: "auto" (the
     faster prediction), "pipeline" or "tensor"; `local_share`: this machine computes a share
     too (pipeline; a tensor split always keeps one here); `send`: a worker waiting for a
     package (`edge cluster serve PKG --receive`) is sent this one first (a progress bar
@@ -124,6 +133,7 @@ class Member:
     bandwidth_gbs: float | None = None
     idle_rss: int | None = None  # its process before any slice (None: not reported)
     runtimes: tuple[str, ...] = ()  # the runtimes that idle RSS holds (imported at start)
+    link_bps: float | None = None  # measured link bytes/s (None: not measured, not limiting)
 
 
 def package_id(package: Package) -> str:
@@ -163,6 +173,7 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
                     info = _reopened(endpoint, peer, keys, wanted)
                 with WorkerClient(endpoint, peer.public, keys, link_config, peer.name) as link:
                     rtt = statistics.median(link.ping() for _ in range(PINGS))
+                    link_bps = measure_link(link, rtt)
             except ClusterError as exc:
                 skipped.append(f"{endpoint} ({peer.node_id}): {exc}")
                 continue
@@ -185,10 +196,26 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
                     else None,
                     idle if isinstance(idle, int) and idle > 0 else None,
                     tuple(str(r) for r in runtimes) if isinstance(runtimes, list) else (),
+                    link_bps,
                 )
             )
             break
     return members, skipped
+
+
+def measure_link(link: WorkerClient, rtt_s: float) -> float | None:
+    """Bytes/s a ping carrying `LINK_PROBE_BYTES` adds over an empty one's `rtt_s` (the worker
+    reads and drops them); None where the difference is too small to measure (loopback)."""
+    import numpy as np
+
+    probe = np.zeros(LINK_PROBE_BYTES // 4, np.float32)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        link.request("ping", buffers=(probe,))
+        times.append(time.perf_counter() - start)
+    extra = statistics.median(times) - rtt_s
+    return LINK_PROBE_BYTES / extra if extra > 1e-4 else None
 
 
 def _send(link: WorkerClient, package: Package, name: str, progress: bool) -> None:
@@ -270,6 +297,7 @@ class Device:
     available: int = 0
     idle_rss: int | None = None
     runtimes: tuple[str, ...] = ()
+    link_bps: float | None = None
 
     @property
     def endpoint(self) -> str | None:
@@ -309,6 +337,7 @@ class Prediction:
     link_s: float
     placement: Placement | None
     memory: tuple[DeviceMemory, ...] = ()
+    workers: tuple[str, ...] = ()  # the workers it uses, by name
 
     @property
     def token_s(self) -> float:
@@ -316,8 +345,10 @@ class Prediction:
 
     def describe(self) -> str:
         peaks = ", ".join(m.describe() for m in self.memory)
+        over = f" over {len(self.workers)} worker(s)" if self.workers else ""
         return (
-            f"{self.mode} {1e3 * self.token_s:.1f} ms/token ({1e3 * self.compute_s:.1f} compute "
+            f"{self.mode}{over} {1e3 * self.token_s:.1f} ms/token "
+            f"({1e3 * self.compute_s:.1f} compute "
             f"+ {1e3 * self.link_s:.1f} link{f'; peak MiB: {peaks}' if peaks else ''})"
         )
 
@@ -353,6 +384,7 @@ def _devices(
                 m.memory,
                 m.idle_rss,
                 m.runtimes,
+                m.link_bps,
             )
         )
     return out
@@ -365,11 +397,12 @@ def predict_single(weights: Sequence[int], here: Device) -> Prediction | None:
 
 
 def predict_pipeline(
-    weights: Sequence[int], devices: Sequence[Device], local_share: bool
+    weights: Sequence[int], devices: Sequence[Device], local_share: bool, hidden_bytes: int = 0
 ) -> Prediction:
     """Contiguous ranges by memory. With a share here the head stays here too: the logits
     ([V] floats a token, 200 KB for a 50k vocabulary) never cross the network, only hidden
-    states ([H]) do; without, the workers hold every part."""
+    states ([H], `hidden_bytes`) do; without, the workers hold every part. One hop (there and
+    back) per worker a token."""
     split = len(weights) - 1 if local_share else len(weights)
     used = (list(devices) if local_share else list(devices[1:]))[:split]
     ranges = split_by_memory(weights[:split], [max(d.capacity, 1) for d in used])
@@ -378,16 +411,24 @@ def predict_pipeline(
     if split < len(weights):
         segments.append(SegmentPlacement(split, len(weights), DEFAULT_BACKEND))
         compute += _read_s(weights[-1], devices[0])
-    link = sum(d.rtt_s for d in used if d.backend != DEFAULT_BACKEND)
+    workers = [d for d in used if d.backend != DEFAULT_BACKEND]
+    link = sum(_hop_s(d, 2 * hidden_bytes) for d in workers)
     fits = all(sum(weights[a:b]) <= d.capacity for (a, b), d in zip(ranges, used))
-    return Prediction("pipeline", compute, link, Placement(tuple(segments)) if fits else None)
+    placement = Placement(tuple(segments)) if fits else None
+    return Prediction("pipeline", compute, link, placement, workers=_names(workers))
 
 
 def predict_tensor(
-    weights: Sequence[int], kinds: Sequence[str], devices: Sequence[Device], max_shares: int
+    weights: Sequence[int],
+    kinds: Sequence[str],
+    devices: Sequence[Device],
+    max_shares: int,
+    hidden_bytes: int = 0,
 ) -> Prediction | None:
     """Blocks sharded over this machine and the workers (by bandwidth, or by memory where a
-    device could not hold its speed's share); embed and head here."""
+    device could not hold its speed's share); embed and head here. Two star reductions per
+    block: the slowest round trip, plus every worker's hidden states (`hidden_bytes`) there
+    and back through this machine's link one after another."""
     blocks = [i for i, kind in enumerate(kinds) if kind == "block"]
     if not blocks or blocks != list(range(blocks[0], blocks[-1] + 1)) or len(devices) < 2:
         return None
@@ -423,12 +464,41 @@ def predict_tensor(
     compute = _read_s(weights[-1], used[0]) + max(
         _read_s(int(block_bytes * s / sum(shares)), d) for s, d in zip(shares, used)
     )
-    link = 2 * len(blocks) * max(d.rtt_s for d in used[1:])
-    return Prediction("tensor", compute, link, placement)
+    reduction = max(d.rtt_s for d in used[1:]) + sum(
+        _hop_s(d, 2 * hidden_bytes) - d.rtt_s for d in used[1:]
+    )
+    link = 2 * len(blocks) * reduction
+    return Prediction("tensor", compute, link, placement, workers=_names(used[1:]))
 
 
 def _read_s(nbytes: int, device: Device) -> float:
     return nbytes / (device.bandwidth * DECODE_EFFICIENCY)
+
+
+def _hop_s(device: Device, nbytes: int) -> float:
+    """One exchange with `device`: its round trip and `nbytes` through its link."""
+    return device.rtt_s + (nbytes / device.link_bps if device.link_bps else 0.0)
+
+
+def _names(devices: Sequence[Device]) -> tuple[str, ...]:
+    return tuple(d.name for d in devices)
+
+
+def device_subsets(devices: Sequence[Device]) -> list[list[Device]]:
+    """This machine (first) with each non-empty set of the workers after it: more devices are
+    not always faster (a pipeline adds a hop per device and computes one device at a time; a
+    tensor split waits on its slowest link). Every subset up to `SUBSET_WORKERS` workers, else
+    the nearest k for each k."""
+    here, workers = devices[0], list(devices[1:])
+    if len(workers) <= SUBSET_WORKERS:
+        chosen = [
+            [w for i, w in enumerate(workers) if mask >> i & 1]
+            for mask in range(1, 1 << len(workers))
+        ]
+    else:
+        nearest = sorted(workers, key=lambda w: w.rtt_s)
+        chosen = [nearest[:k] for k in range(1, len(nearest) + 1)]
+    return [[here, *subset] for subset in chosen]
 
 
 # ---- memory per device ---------------------------------------------------------------------
@@ -607,6 +677,26 @@ class ClusterPlan:
         return found[0]
 
 
+def _best_subset(
+    predict: Callable[[Sequence[Device]], Prediction | None],
+    devices: Sequence[Device],
+    subsets: Sequence[Sequence[Device]],
+    checked: Callable[[Prediction], Prediction],
+) -> Prediction | None:
+    """The fastest prediction over `subsets` whose devices hold their shares (memory checked in
+    order of speed: a few candidates, not every subset); else the prediction over every
+    device, to say why none fits."""
+    options = [p for used in subsets if (p := predict(used)) is not None]
+    for prediction in sorted(
+        (p for p in options if p.placement is not None), key=lambda p: p.token_s
+    )[:MEMORY_CHECKS]:
+        prediction = checked(prediction)
+        if prediction.placement is not None:
+            return prediction
+    every = predict(devices)
+    return None if every is None else checked(every)
+
+
 def cluster_placement(
     package: Package,
     config: ClusterConfig,
@@ -651,16 +741,25 @@ def plan_cluster(
     spec = package.manifest.spec
     ctx = memory_context(package, plan)
     footprint = (plan.footprint if plan else None) or DEFAULT_FOOTPRINT
+    hidden = 4 * spec.hidden_size  # float32 hidden states of one token
+    kinds = [p.kind for p in parts]
+    predictors: dict[str, Callable[[Sequence[Device]], Prediction | None]] = {
+        "pipeline": lambda used: predict_pipeline(weights, used, config.local_share, hidden),
+        "tensor": lambda used: predict_tensor(weights, kinds, used, spec.num_heads, hidden),
+    }
+    # "always" splits over every device found; "auto" weighs which of them to use.
+    subsets = [devices] if config.distribute == "always" else device_subsets(devices)
     candidates = []
-    if config.mode in ("auto", "pipeline"):
-        candidates.append(predict_pipeline(weights, devices, config.local_share))
-    if config.mode in ("auto", "tensor"):
-        tensor = predict_tensor(
-            weights, [p.kind for p in parts], devices, min(spec.num_heads, len(devices))
-        )
-        if tensor is not None:
-            candidates.append(tensor)
-    candidates = [with_memory(c, package, devices, ctx, footprint) for c in candidates]
+    for mode, predict in predictors.items():
+        if config.mode in ("auto", mode):
+            best = _best_subset(
+                predict,
+                devices,
+                subsets,
+                lambda p: with_memory(p, package, devices, ctx, footprint),
+            )
+            if best is not None:
+                candidates.append(best)
     feasible = sorted((c for c in candidates if c.placement is not None), key=lambda c: c.token_s)
     said = "; ".join(c.describe() for c in ([single] if single else []) + candidates)
     if not feasible:
@@ -673,6 +772,8 @@ def plan_cluster(
             f"({said}); distribute='always' to split anyway{why_skipped}"
         )
         return ClusterPlan(single, tuple(candidates), None, why)
-    names = ", ".join(m.node_id for m in members)
-    why = f"{best.mode} over this machine and {names} (predicted: {said}){why_skipped}"
+    left = [m.node_id for m in members if m.node_id not in best.workers]
+    unused = f"; not used: {', '.join(left)} (predicted no faster with them)" if left else ""
+    names = ", ".join(best.workers)
+    why = f"{best.mode} over this machine and {names} (predicted: {said}){unused}{why_skipped}"
     return ClusterPlan(single, tuple(candidates), best, why)

@@ -171,3 +171,37 @@ def test_the_plan_predicts_each_devices_peak_memory(tiny_package) -> None:
     plan = plan_cluster(package, replace(config, mode="pipeline"), small, 10.0)
     assert plan.placement is None and "fits the devices' memory" in plan.why, plan.why
     assert not plan.prediction("pipeline").device_memory("node1").fits
+
+
+def test_auto_leaves_out_the_workers_that_slow_the_split(tiny_package) -> None:
+    """No worker is contacted. A tensor split waits on its slowest link: with one worker behind
+    a 50 ms round trip and one whose link carries 1 kB/s, auto shards over the near, fast one
+    and names the two it left out; `distribute="always"` uses every worker. A pipeline adds a
+    hop per worker and computes one device at a time: auto takes the fewest that hold it."""
+    from dataclasses import replace
+
+    package = open_package(tiny_package)
+    members = _members(3, 1e-6)
+    members[1] = replace(members[1], link_bps=1e3)
+    members[2] = replace(members[2], rtt_s=0.05)
+    slow = 1e-3  # GB/s: compute (~1 s a token alone) is worth sharing over a fast link
+
+    def workers(config: ClusterConfig) -> tuple[str, str]:
+        placement, why = cluster_placement(package, config, members, bandwidth_gbs=slow)
+        assert placement is not None, why
+        (tensor,) = [s for s in placement.segments if s.backend == "tensor"]
+        return dict(tensor.options)["workers"], why
+
+    used, why = workers(ClusterConfig("home", mode="tensor"))
+    assert used.count("|") == 1 and members[0].endpoint in used, why
+    assert "not used: node1, node2" in why
+    used, _ = workers(ClusterConfig("home", mode="tensor", distribute="always"))
+    assert used.count("|") == 3
+
+    config = ClusterConfig("home", mode="pipeline", distribute="always", local_share=False)
+    everyone, _ = cluster_placement(package, config, _members(3, 1e-3), bandwidth_gbs=slow)
+    assert sum(s.backend == "cluster" for s in everyone.segments) == 3
+    from edge.cluster.placement import plan_cluster
+
+    auto = plan_cluster(package, replace(config, distribute="auto"), _members(3, 1e-3), slow)
+    assert len(auto.prediction("pipeline").workers) == 1, auto.why
