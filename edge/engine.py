@@ -335,16 +335,33 @@ class Engine:
                 if not backend.may_fall_back:
                     raise
                 when, reason = "compile", f"{type(exc).__name__}: {_message(exc)}"
+        used, options = self._lost_fallback(where) if lost else (DEFAULT_BACKEND, {})
         fallback = Fallback(
             placed.start,
             placed.end,
             placed.backend,
             reason,
+            used=used,
             when=f"reload, {when}" if reloading else when,
         )
         log.warning("%s", fallback)
         self.fallbacks.append(fallback)
-        return self._load(self._backend(DEFAULT_BACKEND, {}), placed, where)
+        return self._load(self._backend(used, options), placed, where)
+
+    def _lost_fallback(self, where: Placed) -> tuple[str, dict]:
+        """Where the parts of a device that left run here (`edge.lost_device`): the weights of
+        the parts still on other devices are what a streamed budget must not count."""
+        from edge.backends import backend_class
+        from edge.lost_device import local_fallback
+
+        placed = self._segment_placement(where)
+        remote = sum(
+            part_bytes(p)
+            for s in self.placements[where[0]][0].segments
+            if s != placed and backend_class(s.backend).recovers
+            for p in self.package.manifest.parts[s.start : s.end]
+        )
+        return local_fallback(self.package.manifest.parts[placed.start : placed.end], remote)
 
     def _segment_placement(self, where: Placed) -> SegmentPlacement:
         phase, index = where

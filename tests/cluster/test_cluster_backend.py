@@ -125,3 +125,41 @@ def test_a_worker_that_comes_back_is_readmitted(
 def _after(engine: Engine, token: int) -> np.ndarray:
     engine.rewind(len(PROMPT))
     return engine.decode(token).copy()
+
+
+def test_a_lost_range_too_large_for_the_memory_here_streams(
+    tiny_package, coordinator, start_worker, monkeypatch
+) -> None:
+    """A cluster runs models no one device holds, so a lost worker's range may not fit here:
+    with the memory available reported as 64 KiB (below the range's weights), the range is
+    re-placed on the `streamed` backend (read from this machine's package through a window)
+    instead of resident, and the greedy tokens are still the single device's."""
+    from dataclasses import replace
+
+    from devices import memory_info
+
+    monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
+    worker = start_worker(coordinator)
+    remote = {"endpoint": worker.endpoint, "server_key": worker.public, "cluster": "home"}
+    placement = Placement.split(6, [(0, "ort_cpu"), (3, "cluster", remote)])
+    split = Engine(
+        open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
+    )
+    single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
+    _, expected = _greedy(single, 10)
+
+    real = memory_info.read_memory
+    monkeypatch.setattr(
+        memory_info, "read_memory", lambda *a, **k: replace(real(*a, **k), available=1 << 16)
+    )
+    logits = split.prefill(PROMPT)[0]
+    out = []
+    for i in range(10):
+        out.append(int(logits.argmax()))
+        if i == 4:
+            worker.proc.kill()
+        logits = split.decode(out[-1])
+    assert out == expected
+    (fallback,) = split.fallbacks
+    assert (fallback.start, fallback.end, fallback.used) == (3, 6, "streamed"), fallback
+    split.close()
