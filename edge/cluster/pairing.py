@@ -32,7 +32,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from edge.cluster.errors import PairingError, ProtocolError, require_zmq
+from edge.cluster.errors import ClusterError, PairingError, ProtocolError, require_zmq
 from edge.cluster.frames import Message
 from edge.cluster.keys import CurveKeys, KeyStore, Peer, check_name
 from edge.cluster.transport import LinkConfig, client_socket, receive, send, server_socket
@@ -127,7 +127,7 @@ class PairingServer:
         self.node_id, _ = store.node()
         self.code = normalize_code(code) if code else new_code()
         self.max_failures, self.failures = max_failures, 0
-        self._sessions: dict[bytes, tuple[float, dict, dict, bytes]] = {}
+        self._sessions: dict[bytes, tuple[float, dict, dict]] = {}
         self._sock, self.endpoints = server_socket(
             zmq.Context.instance(), None, LinkConfig(max_message_bytes=MAX_BYTES), [endpoint]
         )
@@ -198,7 +198,12 @@ class PairingServer:
 
     def _challenge(self, identity: bytes, message: Message) -> None:
         hello = _strings(message.meta, ("node_id", "name", "public", "nonce"))
-        CurveKeys(hello["public"])  # a Curve key, or ClusterError
+        try:
+            CurveKeys(hello["public"])
+        except ClusterError:  # refused like any malformed field: it must not end `serve`
+            raise ProtocolError(
+                "pair_hello: public is not a Curve key (40 Z85 characters)"
+            ) from None
         challenge = {
             "cluster": self.cluster,
             "coordinator": self.node_id,
@@ -206,16 +211,19 @@ class PairingServer:
             "salt": secrets.token_hex(16),
             "nonce": secrets.token_hex(32),
         }
-        key = derive_key(self.code, bytes.fromhex(challenge["salt"]))
-        self._sessions[identity] = (time.monotonic() + SESSION_S, hello, challenge, key)
+        # The key is derived when a proof comes, not here: a hello costs no scrypt, so a
+        # stranger's hellos cannot keep this thread busy; each proof's scrypt counts toward
+        # the code's failures when wrong.
+        self._sessions[identity] = (time.monotonic() + SESSION_S, hello, challenge)
         self._reply(identity, Message("pair_challenge", message.id, challenge))
 
     def _verify(self, identity: bytes, message: Message) -> Paired | None:
         session = self._sessions.pop(identity, None)
         if session is None:
             raise PairingError("no pairing session in progress on this connection")
-        _, hello, challenge, key = session
+        _, hello, challenge = session
         proof = _strings(message.meta, ("mac",))["mac"]
+        key = derive_key(self.code, bytes.fromhex(challenge["salt"]))
         transcript = _transcript(hello, challenge)
         if not hmac.compare_digest(proof, _mac(key, "worker", transcript)):
             self.failures += 1
