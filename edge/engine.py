@@ -240,7 +240,7 @@ class Engine:
             }
         self._bar = None
         self._assemble()
-        self._collapse_pages()
+        self._settle_memory()
         chunk = self.chunk
         # Step buffers, bound by address; a step of S tokens uses their leading views.
         self._ids = np.zeros((1, chunk), np.int64)
@@ -266,7 +266,12 @@ class Engine:
         self._logits_all: np.ndarray | None = None
 
     # ---- building segments ------------------------------------------------------------------
-    def _collapse_pages(self) -> None:
+    def _settle_memory(self) -> None:
+        """After loading: give the heap pages the runtimes freed back (`edge.heap.trim`), then
+        move what stays onto huge pages."""
+        from edge.heap import trim
+
+        trim()
         if self.config.huge_pages:
             from edge.huge_pages import collapse_resident
 
@@ -660,7 +665,7 @@ class Engine:
             reason = ""
         self._placed[phase][index] = self._place(segment.placed, reloading=True, lost=reason)
         self._assemble()
-        self._collapse_pages()
+        self._settle_memory()
         position, step = self.cache.position, self._ids.copy()
         self.cache.rewind(0)
         try:
@@ -703,7 +708,7 @@ class Engine:
             moved.append(f"parts [{first.start}, {first.end}) back on {first.backend}")
         if moved:
             self._assemble()
-            self._collapse_pages()
+            self._settle_memory()
             self.reset()
             log.warning("readmitted: %s", "; ".join(moved))
         return moved

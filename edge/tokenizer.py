@@ -11,6 +11,7 @@ from tokenizers import Tokenizer as FastTokenizer
 from edge.chat_template import ChatTemplate, ChatTemplateError
 from edge.errors import PackageError
 from edge.format import TokenizerInfo
+from edge.heap import trim
 
 if TYPE_CHECKING:
     from edge.package import Package
@@ -35,6 +36,10 @@ class Tokenizer:
             )
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise PackageError(f"cannot read tokenizer {where}: {exc}") from exc
+        # Parsing left its JSON tree freed on the heap: about two thirds of what loading took
+        # (Qwen2.5: 148 MiB, 47 once trimmed).
+        del source
+        trim()
         self.info = info
         self._template: ChatTemplate | None = None  # compiled on first use: a broken template
         # must fail chat only, not plain generation

@@ -35,7 +35,7 @@ def slice_breakdown(
     ONNX Runtime session (and one per prefill graph), which copies every weight from our maps,
     whose pages are dropped once it has loaded (a load transient); the KV pages `tokens`
     positions touch; the runtime's own memory. The single-device planner's model, with the
-    float-matrix cost of a process that pins its mmap threshold (`worker.pin_mmap_threshold`)."""
+    float-matrix cost of a process that pins its mmap threshold (`edge.heap.pin_mmap_threshold`)."""
     return resident_breakdown(
         costs,
         [Span(start, end, "ort_cpu")],

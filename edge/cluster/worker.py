@@ -14,7 +14,6 @@ connection) and the worker keeps serving.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib
 import logging
@@ -36,8 +35,6 @@ from edge.errors import ConfigError, EdgeError
 log = logging.getLogger("edge.cluster.worker")
 REQUESTS = frozenset({"ping", "info", "load", "step", "reset", "unload", "load_shard", "shard"})
 SHARE_MODULE = "edge.cluster.shard_runner"
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 128 << 10  # glibc's default, which it would otherwise raise
 
 
 @dataclass(frozen=True)
@@ -292,20 +289,6 @@ def import_runtimes() -> tuple[str, ...]:
     return tuple(done)
 
 
-def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold (and so its trim threshold) for this process. By default glibc
-    raises it to the size of any mapped block the process frees (hashing a package frees 8 MiB
-    buffers), after which ONNX Runtime's per-matrix copies come from the heap, where what it
-    frees after pre-packing stays as fragmentation: a slice of SmolLM2 fp32 held 470 MiB after
-    a hash, 398 without (VmRSS). Pinned, a worker's memory is what its plan predicts. glibc
-    only (False elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def process_memory(status: str = "/proc/self/status") -> dict[str, int | None]:
     """This process's resident bytes now ("rss", VmRSS) and at its peak ("peak_rss", VmHWM):
     what the coordinator compares with its plan's prediction. Linux only (None elsewhere);
@@ -353,6 +336,8 @@ def serve(
 ) -> None:
     """Run a worker until SIGTERM/SIGINT; prints one "serving" line once it listens.
     `advertise(worker)` may return something with `close()` (an mDNS advertiser)."""
+    from edge.heap import pin_mmap_threshold
+
     pin_mmap_threshold()  # before the package is opened (and maybe hashed)
     worker = Worker(config)
     advertised: list[Any] = []

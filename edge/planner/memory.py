@@ -32,8 +32,8 @@ which RSS counts like any other memory):
   accounting of weights plus the measured runtime, mostly llvmlite's LLVM (~44 MiB on import,
   ~36 MiB more code pages once the int4 kernel is JIT-compiled).
 - The process: python + numpy + edge imports (~38 MiB), onnxruntime for the resident engine
-  (+20 MiB; the streamed backend never imports it); the tokenizer ~7x its JSON size net (9x
-  alone, see TOKENIZER_FACTOR).
+  (+20 MiB; the streamed backend never imports it); the tokenizer ~4.5x its JSON size once
+  the heap its parsing freed is trimmed (see TOKENIZER_FACTOR).
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ PAGE = 4096
 # ---- the process (bench/bench_plan_memory.py: "process") ---------------------------------------
 PROCESS_BASE = 38 * MiB  # python + numpy + `import edge` (VmRSS before loading)
 RESIDENT_IMPORTS = 20 * MiB  # onnxruntime, which the resident engine's backends import
-# A loaded tokenizers.Tokenizer holds 9.0-9.5x its tokenizer.json in RSS, after a load peak of
-# ~12x whose freed part the allocator hands to the engine's next allocations: over whole-model
-# runs (SmolLM2 3.5 MB, Qwen2.5 11.4 MB) the tokenizer costs 6.7x (least squares, streamed runs).
-TOKENIZER_FACTOR = 7.0
+# A loaded tokenizers.Tokenizer holds 4.3-4.4x its tokenizer.json in RSS once the heap its
+# parsing freed is trimmed (`edge.heap`: SmolLM2 3.4 MB -> 14 MiB, Qwen2.5 10.9 MB -> 47 MiB;
+# 13x untrimmed), after a load peak of ~13x that comes before any weights are loaded.
+TOKENIZER_FACTOR = 4.5
 
 
 @dataclass(frozen=True)
