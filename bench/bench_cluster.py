@@ -51,8 +51,9 @@ from delay_proxy import ProxyProcess  # noqa: E402
 
 from edge.cluster.client import WorkerClient  # noqa: E402
 from edge.cluster.keys import KeyStore  # noqa: E402
+from edge.cluster.members import Member  # noqa: E402
 from edge.cluster.pairing import PairingServer, join  # noqa: E402
-from edge.cluster.placement import ClusterConfig, Member, cluster_placement  # noqa: E402
+from edge.cluster.placement import ClusterConfig, cluster_placement  # noqa: E402
 from edge.cluster.transport import parse_peer  # noqa: E402
 from edge.engine import Engine, EngineConfig  # noqa: E402
 from edge.package import open_package  # noqa: E402

@@ -35,7 +35,8 @@ import threading
 from pathlib import Path
 
 import edge
-from edge.cluster.placement import ClusterConfig, Member, cluster_placement
+from edge.cluster.members import Member
+from edge.cluster.placement import ClusterConfig, cluster_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The three primary colors are"

@@ -308,7 +308,7 @@ def _send(args: argparse.Namespace) -> int:
     from edge.cluster.client import WorkerClient
     from edge.cluster.errors import AuthenticationError
     from edge.cluster.keys import KeyStore
-    from edge.cluster.placement import package_id
+    from edge.cluster.members import package_id
     from edge.cluster.transfer import send_package
     from edge.cluster.transport import LinkConfig, parse_peer, tcp_endpoint
     from edge.errors import ConfigError

@@ -19,7 +19,9 @@ from __future__ import annotations
 import pytest
 
 from edge.cluster.client import WorkerClient
-from edge.cluster.placement import ClusterConfig, Prediction, find_members, plan_cluster
+from edge.cluster.members import find_members
+from edge.cluster.placement import ClusterConfig, plan_cluster
+from edge.cluster.predict import Prediction
 from edge.cluster.status import cluster_status
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package

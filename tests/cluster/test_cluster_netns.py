@@ -27,7 +27,8 @@ import pytest
 
 from edge.cluster.client import WorkerClient
 from edge.cluster.keys import KeyStore
-from edge.cluster.placement import ClusterConfig, Member, cluster_placement
+from edge.cluster.members import Member
+from edge.cluster.placement import ClusterConfig, cluster_placement
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package
 from tests.cluster.conftest import REPO, pair

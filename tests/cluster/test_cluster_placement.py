@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import edge
-from edge.cluster.placement import ClusterConfig, cluster_placement, split_by_memory
+from edge.cluster.placement import ClusterConfig, cluster_placement
+from edge.cluster.predict import split_by_memory
 from edge.errors import ConfigError
 from edge.package import open_package
 
@@ -89,7 +90,7 @@ def test_run_cli_over_a_cluster(tiny_package, coordinator, start_worker) -> None
 
 
 def _members(count: int, rtt_s: float) -> list:
-    from edge.cluster.placement import Member
+    from edge.cluster.members import Member
 
     return [
         Member(f"node{i}", f"tcp://127.0.0.1:{5000 + i}", f"KEY{i}", 1 << 34, rtt_s)
@@ -142,7 +143,8 @@ def test_the_plan_predicts_each_devices_peak_memory(tiny_package) -> None:
     (tests/cluster/test_cluster_memory.py checks the numbers against real workers.)"""
     from dataclasses import replace
 
-    from edge.cluster.placement import HERE, plan_cluster
+    from edge.cluster.placement import plan_cluster
+    from edge.cluster.predict import HERE
     from edge.planner import PlanConfig
 
     package = open_package(tiny_package)

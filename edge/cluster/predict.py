@@ -1,0 +1,245 @@
+"""What each way to run a model over devices costs a decoded token (TPI-LLM's latency model),
+from each device's measured memory bandwidth (a decode step reads every weight once) and each
+link's measured round trip and bandwidth:
+
+    one device:  bytes / bandwidth_here
+    pipeline:    sum over devices of (its range's bytes / its bandwidth) + one hop (a round
+                 trip and the token's hidden states through the link) per remote range; one
+                 request computes on one device at a time
+    tensor:      max over devices of (its share's bytes / its bandwidth) + the head here
+                 + 2 x blocks x (the slowest round trip + every worker's hidden states through
+                 this machine's link)
+
+Pipeline ranges are sized by each device's available memory (the head stays on this machine,
+so only hidden states cross the network); tensor shares by bandwidth, or by memory where a
+device could not hold its speed's share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from edge.errors import ConfigError
+from edge.placement import DEFAULT_BACKEND, Placement, SegmentPlacement
+from edge.planner.memory import Breakdown
+
+# Decode reads weights at about this fraction of the measured memory bandwidth (edge int4 on
+# Qwen2.5-Coder, BENCHMARKS.md); it scales every device's compute alike.
+DECODE_EFFICIENCY = 0.55
+# Up to this many workers every subset is weighed (a slow link or a slow board left out can
+# make the rest faster); beyond, the k workers of shortest round trip for each k.
+SUBSET_WORKERS = 8
+HERE = "this machine"
+MiB = 1 << 20
+
+
+def split_by_memory(weights: Sequence[int], capacities: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges of parts, one per device in order, each holding a share
+    of the bytes proportional to its capacity (every device at least one part)."""
+    n, k = len(weights), len(capacities)
+    if not 0 < k <= n:
+        raise ConfigError(f"cannot split {n} parts over {k} devices")
+    total, room = sum(weights), sum(capacities)
+    bounds, done, target = [0], 0, 0.0
+    for j in range(k - 1):
+        target += total * capacities[j] / room
+        end = bounds[-1] + 1  # at least one part each
+        while end < n - (k - 1 - j) and done + weights[end - 1] + weights[end] / 2 <= target:
+            done += weights[end - 1]
+            end += 1
+        done += weights[end - 1]
+        bounds.append(end)
+    bounds.append(n)
+    return list(pairwise(bounds))
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as the split sees it: placement backend and options, memory it may give (for
+    sizing ranges), measured bandwidth (bytes/s) and round trip from here (0 for this
+    machine); for its memory plan, its name, the bytes it has `available`, and for a worker
+    its process's idle RSS and the runtimes that holds (None, (): this machine, or unknown)."""
+
+    backend: str
+    options: tuple[tuple[str, str | int | float | bool], ...]
+    capacity: int
+    bandwidth: float
+    rtt_s: float = 0.0
+    name: str = HERE
+    available: int = 0
+    idle_rss: int | None = None
+    runtimes: tuple[str, ...] = ()
+    link_bps: float | None = None
+
+    @property
+    def endpoint(self) -> str | None:
+        return str(dict(self.options).get("endpoint")) if self.backend != DEFAULT_BACKEND else None
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A device's predicted peak memory under a split, by what holds it (the single-device
+    planner's `Breakdown`): `process` is a worker's idle RSS (its interpreter and runtimes)
+    or this machine's libraries and tokenizer; `available`: what the device has besides."""
+
+    name: str
+    breakdown: Breakdown
+    available: int = 0  # 0: unknown
+
+    @property
+    def peak(self) -> int:
+        return self.breakdown.peak
+
+    @property
+    def fits(self) -> bool:
+        """Its process runs already: what the split adds must fit in what is available."""
+        return not self.available or self.peak - self.breakdown.process <= self.available
+
+    def describe(self) -> str:
+        return f"{self.name} {self.peak / MiB:.0f}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A mode's predicted time per decoded token, the placement that realises it, and each
+    device's predicted peak memory under it (this machine first)."""
+
+    mode: str
+    compute_s: float
+    link_s: float
+    placement: Placement | None
+    memory: tuple[DeviceMemory, ...] = ()
+    workers: tuple[str, ...] = ()  # the workers it uses, by name
+
+    @property
+    def token_s(self) -> float:
+        return self.compute_s + self.link_s
+
+    def describe(self) -> str:
+        peaks = ", ".join(m.describe() for m in self.memory)
+        over = f" over {len(self.workers)} worker(s)" if self.workers else ""
+        return (
+            f"{self.mode}{over} {1e3 * self.token_s:.1f} ms/token "
+            f"({1e3 * self.compute_s:.1f} compute "
+            f"+ {1e3 * self.link_s:.1f} link{f'; peak MiB: {peaks}' if peaks else ''})"
+        )
+
+    def device_memory(self, name: str) -> DeviceMemory:
+        """The memory plan of the device named `name` (a worker's node id, or HERE)."""
+        found = [m for m in self.memory if m.name == name]
+        if not found:
+            raise ConfigError(f"{self.mode}: no memory plan for {name!r}")
+        return found[0]
+
+
+def predict_single(weights: Sequence[int], here: Device) -> Prediction | None:
+    if sum(weights) > here.capacity:
+        return None
+    return Prediction("one device", _read_s(sum(weights[1:]), here), 0.0, None)
+
+
+def predict_pipeline(
+    weights: Sequence[int], devices: Sequence[Device], local_share: bool, hidden_bytes: int = 0
+) -> Prediction:
+    """Contiguous ranges by memory. With a share here the head stays here too: the logits
+    ([V] floats a token, 200 KB for a 50k vocabulary) never cross the network, only hidden
+    states ([H], `hidden_bytes`) do; without, the workers hold every part. One hop (there and
+    back) per worker a token."""
+    split = len(weights) - 1 if local_share else len(weights)
+    used = (list(devices) if local_share else list(devices[1:]))[:split]
+    ranges = split_by_memory(weights[:split], [max(d.capacity, 1) for d in used])
+    segments = [SegmentPlacement(a, b, d.backend, d.options) for (a, b), d in zip(ranges, used)]
+    compute = sum(_read_s(sum(weights[max(a, 1) : b]), d) for (a, b), d in zip(ranges, used))
+    if split < len(weights):
+        segments.append(SegmentPlacement(split, len(weights), DEFAULT_BACKEND))
+        compute += _read_s(weights[-1], devices[0])
+    workers = [d for d in used if d.backend != DEFAULT_BACKEND]
+    link = sum(_hop_s(d, 2 * hidden_bytes) for d in workers)
+    fits = all(sum(weights[a:b]) <= d.capacity for (a, b), d in zip(ranges, used))
+    placement = Placement(tuple(segments)) if fits else None
+    return Prediction("pipeline", compute, link, placement, workers=_names(workers))
+
+
+def predict_tensor(
+    weights: Sequence[int],
+    kinds: Sequence[str],
+    devices: Sequence[Device],
+    max_shares: int,
+    hidden_bytes: int = 0,
+) -> Prediction | None:
+    """Blocks sharded over this machine and the workers (by bandwidth, or by memory where a
+    device could not hold its speed's share); embed and head here. Two star reductions per
+    block: the slowest round trip, plus every worker's hidden states (`hidden_bytes`) there
+    and back through this machine's link one after another."""
+    blocks = [i for i, kind in enumerate(kinds) if kind == "block"]
+    if not blocks or blocks != list(range(blocks[0], blocks[-1] + 1)) or len(devices) < 2:
+        return None
+    used = list(devices[:max_shares])
+    if len(used) < 2:
+        return None
+    block_bytes = sum(weights[i] for i in blocks)
+    rest = sum(weights) - block_bytes
+    shares = [d.bandwidth for d in used]
+    if any(block_bytes * s / sum(shares) > d.capacity for s, d in zip(shares, used)):
+        shares = [max(d.capacity, 1) for d in used]
+    if any(
+        block_bytes * s / sum(shares) + (rest if i == 0 else 0) > d.capacity
+        for i, (s, d) in enumerate(zip(shares, used))
+    ):
+        return None
+    workers = ",".join(
+        f"{dict(d.options)['endpoint']}|{dict(d.options)['server_key']}" for d in used[1:]
+    )
+    options = {
+        "cluster": str(dict(used[1].options)["cluster"]),
+        "workers": workers,
+        "weights": ",".join(f"{s / max(shares):.3g}" for s in shares),
+    }
+    first, end = blocks[0], blocks[-1] + 1
+    placement = (
+        Placement.split(
+            len(weights), [(0, DEFAULT_BACKEND), (first, "tensor", options), (end, DEFAULT_BACKEND)]
+        )
+        if end < len(weights)
+        else None
+    )
+    compute = _read_s(weights[-1], used[0]) + max(
+        _read_s(int(block_bytes * s / sum(shares)), d) for s, d in zip(shares, used)
+    )
+    reduction = max(d.rtt_s for d in used[1:]) + sum(
+        _hop_s(d, 2 * hidden_bytes) - d.rtt_s for d in used[1:]
+    )
+    link = 2 * len(blocks) * reduction
+    return Prediction("tensor", compute, link, placement, workers=_names(used[1:]))
+
+
+def _read_s(nbytes: int, device: Device) -> float:
+    return nbytes / (device.bandwidth * DECODE_EFFICIENCY)
+
+
+def _hop_s(device: Device, nbytes: int) -> float:
+    """One exchange with `device`: its round trip and `nbytes` through its link."""
+    return device.rtt_s + (nbytes / device.link_bps if device.link_bps else 0.0)
+
+
+def _names(devices: Sequence[Device]) -> tuple[str, ...]:
+    return tuple(d.name for d in devices)
+
+
+def device_subsets(devices: Sequence[Device]) -> list[list[Device]]:
+    """This machine (first) with each non-empty set of the workers after it: more devices are
+    not always faster (a pipeline adds a hop per device and computes one device at a time; a
+    tensor split waits on its slowest link). Every subset up to `SUBSET_WORKERS` workers, else
+    the nearest k for each k."""
+    here, workers = devices[0], list(devices[1:])
+    if len(workers) <= SUBSET_WORKERS:
+        chosen = [
+            [w for i, w in enumerate(workers) if mask >> i & 1]
+            for mask in range(1, 1 << len(workers))
+        ]
+    else:
+        nearest = sorted(workers, key=lambda w: w.rtt_s)
+        chosen = [nearest[:k] for k in range(1, len(nearest) + 1)]
+    return [[here, *subset] for subset in chosen]
