@@ -16,14 +16,12 @@ fails mid-generation raises `BackendError` naming it and the parts; `reset()` re
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from edge import format as fmt
 from edge.errors import (
@@ -33,19 +31,17 @@ from edge.errors import (
     PackageError,
 )
 from edge.format import ModelSpec
-from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache, KVSnapshot
 from edge.package import Package
 from edge.placement import (
-    DEFAULT_BACKEND,
     Fallback,
     Placement,
     SegmentPlacement,
     part_bytes,
     session_cap,
-    session_groups,
 )
 from edge.rope import rope_tables
+from edge.segments import Kind, Placed, Segment, SegmentLoader, exception_text
 from edge.step_inputs import (
     check_threads,
     checked_token,
@@ -56,7 +52,7 @@ from edge.step_inputs import (
 )
 
 if TYPE_CHECKING:
-    from devices.backend import Backend, Loaded
+    from devices.backend import Loaded
 
 # devices/ is imported inside the functions that use it: devices.backend imports edge.format,
 # which runs edge/__init__ (importing this module), so a module-level import here would make
@@ -68,9 +64,6 @@ DEFAULT_MAX_CONTEXT = 4096
 KV_MEMORY_SHARE = 0.25
 MIN_DEFAULT_CONTEXT = 256
 log = logging.getLogger("edge.engine")
-
-Kind = tuple[int | None, bool]  # (fixed step length or None, prefill graphs)
-Placed = tuple[str, int]  # ("decode" or "prefill" placement, segment index in it)
 
 
 @dataclass(frozen=True)
@@ -137,23 +130,6 @@ def default_context(spec: ModelSpec, available: int | None = None) -> int:
             available >> 20,
         )
     return context
-
-
-class _Segment:
-    """One loaded executable: consecutive parts on one backend, with its step-binding cache."""
-
-    __slots__ = ("backend", "end", "inputs", "loaded", "outputs", "placed", "signature", "start")
-
-    def __init__(self, backend: Backend, loaded: Loaded, placed: Placed) -> None:
-        executable = loaded.executable
-        self.backend, self.loaded, self.placed = backend, loaded, placed
-        self.inputs, self.outputs = executable.inputs, executable.outputs
-        self.start, self.end = executable.graph.start, executable.graph.end
-        self.signature: tuple[int, int] | None = None
-
-    @property
-    def session(self):  # the ONNX Runtime session, for ORT backends (edge bench prints it)
-        return getattr(self.loaded.executable, "session", None)
 
 
 class Engine:
@@ -228,17 +204,27 @@ class Engine:
         self._session_cap = session_cap(
             sum(part_bytes(p) for p in package.manifest.parts), config.parts_per_session
         )
-        self.fallbacks: list[Fallback] = []
+        self._loader = SegmentLoader(
+            package,
+            config,
+            self.placements,
+            self.resident,
+            threads=self.threads,
+            chunk=self.chunk,
+            progress=progress,
+            session_cap=self._session_cap,
+        )
+        self.fallbacks: list[Fallback] = self._loader.fallbacks
         self._broken: set[Placed] = set()  # placement segments that failed mid-run
         # Segments re-placed because their device left, with where they ran before (`readmit`).
         self._displaced: dict[Placed, SegmentPlacement] = {}
         self._next_readmit = 0.0
-        with self._loading_bar() as self._bar:
+        with self._loader.loading_bar() as self._loader.bar:
             self._placed = {
-                phase: [self._place((phase, i)) for i in range(len(p.segments))]
+                phase: [self._loader.place((phase, i)) for i in range(len(p.segments))]
                 for phase, (p, _) in self.placements.items()
             }
-        self._bar = None
+        self._loader.bar = None
         self._assemble()
         self._settle_memory()
         chunk = self.chunk
@@ -277,160 +263,10 @@ class Engine:
 
             collapse_resident()
 
-    def _loading_bar(self) -> tqdm:
-        """A bar over the weights ONNX Runtime-like backends build sessions from (seconds for a
-        large model, with nothing else to show); the streamed path shows its own."""
-        from edge.backends import backend_class
-
-        total = sum(
-            len(kinds) * sum(part_bytes(p) for p in self.package.manifest.parts[s.start : s.end])
-            for placement, kinds in self.placements.values()
-            for s in placement.segments
-            if backend_class(s.backend).reads_graphs
-        )
-        return tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc=f"load {self.package.root.name}",
-            disable=not self.progress or not total,
-            leave=False,
-        )
-
-    def _backend(self, name: str, options: dict) -> Backend:
-        from edge.backends import backend_class
-
-        cls = backend_class(name)
-        defaults: dict[str, object] = {
-            "threads": self.threads,
-            "chunk": self.chunk,
-            "progress": self.progress,
-        }
-        if self.config.spinning is not None:
-            defaults["spinning"] = self.config.spinning
-        elif len({s.backend for s in self.placement.segments}) > 1 or self._session_cap:
-            # Between its runs another runtime (or session) computes on the same cores: an
-            # idle ORT pool spinning there slows it (measured, SmolLM2 int4 split over ORT and
-            # OpenVINO: 23 ms per token spinning, 14 ms not; Qwen2.5-Coder-1.5B in 16 sessions:
-            # 1.5 tok/s spinning, 9.6 not).
-            defaults["spinning"] = False
-        options = {**{k: v for k, v in defaults.items() if k in cls.OPTIONS}, **options}
-        return cls(options)
-
-    def _place(
-        self, where: Placed, reloading: bool = False, lost: str = ""
-    ) -> dict[Kind, list[_Segment]]:
-        """Load segment `where` (phase, index) on its backend, or on the CPU if that fails
-        (at once when its device was `lost`: a peer that left is not waited for again)."""
-        placed = self._segment_placement(where)
-        backend = self._backend(placed.backend, placed.option_dict)
-        if backend.name == DEFAULT_BACKEND:
-            return self._load(backend, placed, where)
-        when, reason = ("run", lost) if lost else self._refusal(backend, placed)
-        if reason and not backend.may_fall_back:
-            raise ConfigError(
-                f"{backend.describe()} cannot run parts [{placed.start}, {placed.end}): {reason}"
-            )
-        if not reason:
-            try:
-                return self._load(backend, placed, where)
-            except (PackageError, ConfigError):
-                raise  # the package or the settings are wrong, not the backend
-            except Exception as exc:  # any failure of the runtime: fall back, say why
-                if not backend.may_fall_back:
-                    raise
-                when, reason = "compile", f"{type(exc).__name__}: {_message(exc)}"
-        used, options = self._lost_fallback(where) if lost else (DEFAULT_BACKEND, {})
-        fallback = Fallback(
-            placed.start,
-            placed.end,
-            placed.backend,
-            reason,
-            used=used,
-            when=f"reload, {when}" if reloading else when,
-        )
-        log.warning("%s", fallback)
-        self.fallbacks.append(fallback)
-        return self._load(self._backend(used, options), placed, where)
-
-    def _lost_fallback(self, where: Placed) -> tuple[str, dict]:
-        """Where the parts of a device that left run here (`edge.lost_device`): the weights of
-        the parts still on other devices are what a streamed budget must not count."""
-        from edge.backends import backend_class
-        from edge.lost_device import local_fallback
-
-        placed = self._segment_placement(where)
-        remote = sum(
-            part_bytes(p)
-            for s in self.placements[where[0]][0].segments
-            if s != placed and backend_class(s.backend).recovers
-            for p in self.package.manifest.parts[s.start : s.end]
-        )
-        return local_fallback(self.package.manifest.parts[placed.start : placed.end], remote)
-
-    def _segment_placement(self, where: Placed) -> SegmentPlacement:
-        phase, index = where
-        return self.placements[phase][0].segments[index]
-
-    def _refusal(self, backend: Backend, placed: SegmentPlacement) -> tuple[str, str]:
-        available = backend.is_available()
-        if not available:
-            return "available", available.reason
-        for part in self.package.manifest.parts[placed.start : placed.end]:
-            supported = backend.supports(part, self.package)
-            if not supported:
-                return "supports", supported.reason
-        return "", ""
-
-    def _load(
-        self, backend: Backend, placed: SegmentPlacement, where: Placed
-    ) -> dict[Kind, list[_Segment]]:
-        from devices.backend import SegmentGraph
-
-        parts = self.package.manifest.parts[placed.start : placed.end]
-        kinds = self.placements[where[0]][1]
-        if not backend.reads_graphs:
-            # One executable over the whole segment serves every step length.
-            graph = SegmentGraph(self.package, placed.start, tuple(parts), b"")
-            segment = _Segment(backend, backend.load(backend.compile(graph), self.resident), where)
-            return {kind: [segment] for kind in kinds}
-        size = self.config.parts_per_session
-        groups = (
-            [(i, min(i + size, len(parts))) for i in range(0, len(parts), size)]
-            if size
-            else session_groups([part_bytes(p) for p in parts], self._session_cap or sys.maxsize)
-        )
-        out: dict[Kind, list[_Segment]] = {}
-        done: list[_Segment] = []
-        try:
-            for step, prefill in kinds:
-                out[step, prefill] = []
-                for offset, end in groups:
-                    group = tuple(parts[offset:end])
-                    model = merge_models(
-                        [self.package.graph_bytes(p, step, prefill) for p in group],
-                        name=group[0].name,
-                    )
-                    graph = SegmentGraph(
-                        self.package, placed.start + offset, group, model, step, prefill
-                    )
-                    segment = _Segment(
-                        backend, backend.load(backend.compile(graph), self.resident), where
-                    )
-                    out[step, prefill].append(segment)
-                    done.append(segment)
-                    if self._bar is not None:
-                        self._bar.update(sum(part_bytes(p) for p in group))
-        except BaseException:
-            for segment in done:
-                backend.unload(segment.loaded)
-            raise
-        return out
-
     def _assemble(self) -> None:
         """The run lists, in part order, from the per-placement-segment executables."""
 
-        def chain(phase: str, kind: Kind) -> list[_Segment]:
+        def chain(phase: str, kind: Kind) -> list[Segment]:
             return [s for placed in self._placed[phase] for s in placed[kind]]
 
         self.variants = {step: chain("decode", (step, False)) for step in (self.steps or (None,))}
@@ -459,7 +295,7 @@ class Engine:
                 for segments in self._placed[phase][index].values():
                     for segment in segments:
                         _unload_quietly(segment)
-                self._placed[phase][index] = self._place((phase, index), reloading=True)
+                self._placed[phase][index] = self._loader.place((phase, index), reloading=True)
             self._broken.clear()
             self._assemble()
         for segment in self._distinct():
@@ -511,9 +347,9 @@ class Engine:
         for placed in self._placed.values():
             placed.clear()
 
-    def _distinct(self) -> list[_Segment]:
+    def _distinct(self) -> list[Segment]:
         """Every loaded segment once (one executable may serve several step kinds)."""
-        seen: dict[int, _Segment] = {}
+        seen: dict[int, Segment] = {}
         for placed in self._placed.values():
             for segments in placed:
                 for chain in segments.values():
@@ -643,15 +479,17 @@ class Engine:
         self.cache.position = position + n
         return logits[0]
 
-    def _recover(self, segment: _Segment, exc: Exception) -> None:
+    def _recover(self, segment: Segment, exc: Exception) -> None:
         """A device left mid-step (a cluster peer): load its parts elsewhere, rebuild the KV
         cache from the tokens so far, and let the step run again. Its steps so far wrote
         keys and values the new device does not hold, so every token is fed again; the
         step's own ids are kept aside meanwhile."""
-        reason = f"{segment.backend.describe()} was lost: {type(exc).__name__}: {_message(exc)}"
+        reason = (
+            f"{segment.backend.describe()} was lost: {type(exc).__name__}: {exception_text(exc)}"
+        )
         log.warning("%s; re-placing its parts and rebuilding the KV cache", reason)
         phase, index = segment.placed
-        self._displaced.setdefault(segment.placed, self._segment_placement(segment.placed))
+        self._displaced.setdefault(segment.placed, self._loader.segment_placement(segment.placed))
         self._next_readmit = time.monotonic() + self.config.readmit_interval_s
         for chain in self._placed[phase][index].values():
             for lost in chain:
@@ -663,7 +501,7 @@ class Engine:
             segments[index] = replace(segments[index], options=tuple(options.items()))
             self.placements[phase] = (Placement(tuple(segments)), kinds)
             reason = ""
-        self._placed[phase][index] = self._place(segment.placed, reloading=True, lost=reason)
+        self._placed[phase][index] = self._loader.place(segment.placed, reloading=True, lost=reason)
         self._assemble()
         self._settle_memory()
         position, step = self.cache.position, self._ids.copy()
@@ -685,7 +523,7 @@ class Engine:
         self._next_readmit = time.monotonic() + self.config.readmit_interval_s
         moved = []
         for where, first in sorted(self._displaced.items()):
-            if not self._backend(first.backend, first.option_dict).reachable():
+            if not self._loader.backend(first.backend, first.option_dict).reachable():
                 continue
             phase, index = where
             placement, kinds = self.placements[phase]
@@ -696,11 +534,11 @@ class Engine:
                 for segment in chain:
                     _unload_quietly(segment)
             fallbacks = len(self.fallbacks)
-            self._placed[phase][index] = self._place(where, reloading=True)
+            self._placed[phase][index] = self._loader.place(where, reloading=True)
             if len(self.fallbacks) > fallbacks:
                 continue  # it answered but could not load: still on this machine, asked again
             del self._displaced[where]
-            self.fallbacks = [
+            self.fallbacks[:] = [
                 f
                 for f in self.fallbacks
                 if (f.start, f.end, f.backend) != (first.start, first.end, first.backend)
@@ -713,7 +551,7 @@ class Engine:
             log.warning("readmitted: %s", "; ".join(moved))
         return moved
 
-    def _failed(self, segment: _Segment, position: int, exc: Exception) -> BackendError:
+    def _failed(self, segment: Segment, position: int, exc: Exception) -> BackendError:
         from devices.backend import describe_parts
 
         self._broken.add(segment.placed)
@@ -722,7 +560,7 @@ class Engine:
         message = (
             f"{segment.backend.describe()} failed running "
             f"{describe_parts(segment.start, parts)} at position {position}: "
-            f"{type(exc).__name__}: {_message(exc)}; the engine works again after "
+            f"{type(exc).__name__}: {exception_text(exc)}; the engine works again after "
             "reset(), which reloads it"
         )
         log.error("%s", message)
@@ -731,7 +569,7 @@ class Engine:
         )
 
     def _needs_reset(self) -> BackendError:
-        placed = [self._segment_placement(where) for where in sorted(self._broken)]
+        placed = [self._loader.segment_placement(where) for where in sorted(self._broken)]
         names = ", ".join(f"{p.backend} (parts [{p.start}, {p.end}))" for p in placed)
         return BackendError(
             f"{names} failed earlier; call reset() before running again",
@@ -749,7 +587,7 @@ class Engine:
         return self._logits_all[:, :k]
 
     def _bind_step(
-        self, i: int, segment: _Segment, n: int, all_logits: bool | None, logits: np.ndarray, k: int
+        self, i: int, segment: Segment, n: int, all_logits: bool | None, logits: np.ndarray, k: int
     ) -> None:
         """(Re)bind the per-step buffers of a step shape; decode steps reuse one binding."""
         inputs: dict[str, np.ndarray] = {}
@@ -773,12 +611,7 @@ def _hidden_name(names: Sequence[str] | frozenset[str]) -> str:
     return next(name for name in names if name.startswith("hidden."))
 
 
-def _message(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text[:400] + ("..." if len(text) > 400 else "")
-
-
-def _unload_quietly(segment: _Segment) -> None:
+def _unload_quietly(segment: Segment) -> None:
     try:
         segment.backend.unload(segment.loaded)
     except Exception as exc:  # a backend that already failed may fail to unload too

@@ -41,6 +41,7 @@ LEAVES = frozenset(
         "edge.format",
         "edge.graph_trust",
         "edge.hashing",
+        "edge.heap",
         "edge.kv_cache",
         "edge.manifest_checks",
         "edge.onnx_wire",
