@@ -31,6 +31,7 @@ from edge.errors import (
     PackageError,
 )
 from edge.format import ModelSpec
+from edge.heap import pin_mmap_threshold, trim
 from edge.kv_cache import KVCache, KVSnapshot
 from edge.package import Package
 from edge.placement import (
@@ -143,6 +144,7 @@ class Engine:
     def __init__(
         self, package: Package, config: EngineConfig | None = None, progress: bool = True
     ) -> None:
+        pin_mmap_threshold()  # ONNX Runtime's copies mmapped, not heap: see edge.heap
         self.package = package
         self.config = config = config or EngineConfig()
         self.progress = progress
@@ -255,8 +257,6 @@ class Engine:
     def _settle_memory(self) -> None:
         """After loading: give the heap pages the runtimes freed back (`edge.heap.trim`), then
         move what stays onto huge pages."""
-        from edge.heap import trim
-
         trim()
         if self.config.huge_pages:
             from edge.huge_pages import collapse_resident

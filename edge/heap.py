@@ -5,7 +5,12 @@ then drops (a Qwen2.5 tokenizer holds 148 MiB right after loading, 47 MiB once t
 ONNX Runtime frees its unpacked weight copies after pre-packing (Qwen2.5-Coder-1.5B int4: 1829
 MiB loaded, 1599 MiB trimmed). glibc returns such memory to the system only from the top of
 its heap; `malloc_trim(0)` releases every free page, so RSS is what the model really holds.
-Elsewhere (another C library, another OS) these do nothing.
+And glibc raises its mmap threshold to the size of any mapped block a process frees, after
+which ONNX Runtime's large per-matrix copies come from the heap, where what it frees after
+pre-packing stays as fragmentation; how much depends on what the process happened to free
+first (a SmolLM2 fp32 model peaked at 1241-1390 MiB depending on an early `import json`).
+Models and engines pin the threshold at glibc's default before loading: 1227-1229 MiB, every
+run. Elsewhere (another C library, another OS) these do nothing.
 """
 
 from __future__ import annotations

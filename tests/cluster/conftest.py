@@ -32,9 +32,9 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 4-block Llama (hidden 64, GQA 4:2) exported to an fp32 edge package."""
+def build_tiny_package(root: Path, **tokenizer_options: Any) -> Path:
+    """A random 4-block Llama (hidden 64, GQA 4:2) exported to an fp32 edge package in `root`;
+    `tokenizer_options` go to the Hugging Face tokenizer (a chat template, ...)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -57,6 +57,7 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
+        **tokenizer_options,
     )
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -74,10 +75,14 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
-    root = tmp_path_factory.mktemp("cluster-tiny")
     model.save_pretrained(root / "hf", safe_serialization=True)
     tokenizer.save_pretrained(root / "hf")
     return export(root / "hf", root / "pkg", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_package(tmp_path_factory.mktemp("cluster-tiny"))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from edge.cluster.keys import KeyStore
 from edge.cluster.placement import ClusterConfig, cluster_placement
 from edge.model import Model
 from edge.package import open_package
-from tests.cluster.conftest import REPO, SENTENCES, WorkerProcess, pair
+from tests.cluster.conftest import REPO, WorkerProcess, build_tiny_package, pair
 
 pytestmark = pytest.mark.timeout(240)
 CLUSTER = "home"
@@ -46,52 +46,12 @@ GREEDY = {"max_tokens": 12, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def chat_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 4-block Llama (hidden 64, GQA 4:2) with a chat template, as an fp32 package."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from exporters.export import export
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(SENTENCES, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+    """The cluster tests' tiny random Llama with a chat template, as an fp32 package."""
+    return build_tiny_package(
+        tmp_path_factory.mktemp("cluster-chat"),
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    root = tmp_path_factory.mktemp("cluster-chat")
-    model.save_pretrained(root / "hf", safe_serialization=True)
-    tokenizer.save_pretrained(root / "hf")
-    return export(root / "hf", root / "chat", progress=False)
 
 
 @dataclass
@@ -370,6 +330,7 @@ def _wait_ready(proc: subprocess.Popen, said: list[str], timeout_s: float = 120)
     return found.group(1)
 
 
+@pytest.mark.slow
 def test_real_smollm2_pipeline_over_two_workers(smollm2_package: Path, home: Home) -> None:
     """The real SmolLM2 cut by the planner over this machine and two workers (embedding and
     the head here, 30 blocks in three ranges): the single device's greedy tokens."""
