@@ -31,7 +31,7 @@ from edge.errors import (
     PackageError,
 )
 from edge.format import ModelSpec
-from edge.heap import pin_mmap_threshold, trim
+from edge.heap import trim
 from edge.kv_cache import KVCache, KVSnapshot
 from edge.package import Package
 from edge.placement import (
@@ -144,7 +144,6 @@ class Engine:
     def __init__(
         self, package: Package, config: EngineConfig | None = None, progress: bool = True
     ) -> None:
-        pin_mmap_threshold()  # ONNX Runtime's copies mmapped, not heap: see edge.heap
         self.package = package
         self.config = config = config or EngineConfig()
         self.progress = progress

@@ -5,12 +5,14 @@ then drops (a Qwen2.5 tokenizer holds 148 MiB right after loading, 47 MiB once t
 ONNX Runtime frees its unpacked weight copies after pre-packing (Qwen2.5-Coder-1.5B int4: 1829
 MiB loaded, 1599 MiB trimmed). glibc returns such memory to the system only from the top of
 its heap; `malloc_trim(0)` releases every free page, so RSS is what the model really holds.
-And glibc raises its mmap threshold to the size of any mapped block a process frees, after
-which ONNX Runtime's large per-matrix copies come from the heap, where what it frees after
-pre-packing stays as fragmentation; how much depends on what the process happened to free
-first (a SmolLM2 fp32 model peaked at 1241-1390 MiB depending on an early `import json`).
-Models and engines pin the threshold at glibc's default before loading: 1227-1229 MiB, every
-run. Elsewhere (another C library, another OS) these do nothing.
+Pinning glibc's mmap threshold (`pin_mmap_threshold`) makes a process's memory predictable,
+at a cost: glibc raises the threshold when a process frees a mapped block, after which ONNX
+Runtime's per-matrix copies come from the heap and what it frees after pre-packing fragments
+it (the same SmolLM2 fp32 model peaked anywhere in 1241-1390 MiB; pinned, 1227-1229 every
+run). But every allocation above the pinned threshold then maps fresh zeroed pages: pinned in
+the engine, the test suite's system time went from 3.3 to 5.8 minutes. Cluster workers pin it
+(a worker only loads and steps); models and engines do not.
+Elsewhere (another C library, another OS) these do nothing.
 """
 
 from __future__ import annotations

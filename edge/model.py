@@ -14,7 +14,6 @@ from edge.engine import EngineConfig
 from edge.errors import ConfigError, InvalidTokenError
 from edge.format import MANIFEST_FILE
 from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
-from edge.heap import pin_mmap_threshold
 from edge.kv_slots import MIN_SLOT_TOKENS, SLOT_MEMORY_SHARE, KVSlots
 from edge.package import Package, Verify, open_package
 from edge.placement import Placement
@@ -71,7 +70,6 @@ class Model:
         kv_slot_bytes: int | None = None,
     ) -> None:
         self.package = package
-        pin_mmap_threshold()  # before the tokenizer frees its parse: see edge.heap
         self.tokenizer = Tokenizer.from_package(package)
         self.engine: Runner = create_runner(package, engine_config, progress)
         self.speculative: SpeculativeDecoder | None = None

@@ -19,7 +19,7 @@ from edge.graph_merge import merge_models
 from edge.kv_cache import KVCache
 from edge.package import Package
 from edge.planner.costs import ModelCosts
-from edge.planner.memory import Breakdown, Span, resident_breakdown
+from edge.planner.memory import ORT_CPU_PINNED, Breakdown, Span, resident_breakdown
 from edge.rope import rope_tables
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -34,7 +34,8 @@ def slice_breakdown(
     the worker's process (which imported ONNX Runtime before it measured its idle RSS): one
     ONNX Runtime session (and one per prefill graph), which copies every weight from our maps,
     whose pages are dropped once it has loaded (a load transient); the KV pages `tokens`
-    positions touch; the runtime's own memory: the single-device planner's model."""
+    positions touch; the runtime's own memory. The single-device planner's model, with the
+    float-matrix cost of a process that pins its mmap threshold (`edge.heap.pin_mmap_threshold`)."""
     return resident_breakdown(
         costs,
         [Span(start, end, "ort_cpu")],
@@ -42,6 +43,7 @@ def slice_breakdown(
         decoded=decoded,
         chunk=chunk,
         charge_runtime=("ort_cpu",),
+        runtimes={"ort_cpu": ORT_CPU_PINNED},
     )
 
 
