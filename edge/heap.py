@@ -10,7 +10,7 @@ at a cost: glibc raises the threshold when a process frees a mapped block, after
 Runtime's per-matrix copies come from the heap and what it frees after pre-packing fragments
 it (the same SmolLM2 fp32 model peaked anywhere in 1241-1390 MiB; pinned, 1227-1229 every
 run). But every allocation above the pinned threshold then maps fresh zeroed pages: pinned in
-the engine, the test suite's system time went from 3.3 to 5.8 minutes. Cluster workers pin it
+the engine, the test suite's system time went from 3.4 to 5.8 minutes. Cluster workers pin it
 (a worker only loads and steps); models and engines do not.
 Elsewhere (another C library, another OS) these do nothing.
 """
