@@ -8,34 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.import_blocker import BLOCK_EXPORT_STACK
+
 # Run in a fresh interpreter where importing the export/test-only stacks fails, as on a device
 # where they are not installed. `onnxruntime` must stay importable, so match names exactly.
-SCRIPT = r"""
-import importlib.abc
-import json
-import sys
-
-BLOCKED = ("torch", "transformers", "onnx")
-attempts = []
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            attempts.append(name)
-            raise ImportError(f"{name} is not installed on this device (blocked by the test)")
-        return None
-
-
-sys.meta_path.insert(0, Block())
-for name in BLOCKED:
-    try:
-        __import__(name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"the blocker failed: {name} imported")
-attempts.clear()
+SCRIPT = (
+    BLOCK_EXPORT_STACK
+    + r"""
 
 import onnxruntime  # noqa: F401  the one ONNX package a device has
 
@@ -80,6 +59,7 @@ result["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 result["attempts"] = sorted(set(attempts))
 print("RESULT " + json.dumps(result))
 """
+)
 
 
 def test_runtime_imports_and_generates_without_torch_transformers_onnx(

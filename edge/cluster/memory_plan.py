@@ -47,6 +47,16 @@ def _worker_process(device: Device, runtime: str, footprint: ImportFootprint) ->
     return device.idle_rss + (0 if runtime in device.runtimes else imports[runtime])
 
 
+def _worker_memory(
+    device: Device, breakdown: Breakdown, runtime: str, footprint: ImportFootprint
+) -> DeviceMemory:
+    """A worker's plan: what its range or share adds, over its process (`_worker_process`)."""
+    process = _worker_process(device, runtime, footprint)
+    return DeviceMemory(
+        device.name, dataclass_replace(breakdown, process=process), device.available
+    )
+
+
 def _here_breakdown(
     costs: ModelCosts, placement: Placement, ctx: Context, footprint: ImportFootprint
 ) -> Breakdown:
@@ -91,12 +101,7 @@ def pipeline_memory(
             continue
         device = by_endpoint[str(dict(seg.options)["endpoint"])]
         breakdown = slice_breakdown(costs, seg.start, seg.end, ctx.tokens, ctx.decoded, ctx.chunk)
-        process = _worker_process(device, DEFAULT_BACKEND, footprint)
-        out.append(
-            DeviceMemory(
-                device.name, dataclass_replace(breakdown, process=process), device.available
-            )
-        )
+        out.append(_worker_memory(device, breakdown, DEFAULT_BACKEND, footprint))
     return tuple(out)
 
 
@@ -136,12 +141,7 @@ def tensor_memory(
     for ref, size in zip(workers, sizes[1:]):
         device = by_endpoint[ref.endpoint]
         breakdown = share_breakdown(spec, size, ctx.tokens, ctx.chunk, jit)
-        process = _worker_process(device, "tensor", footprint)
-        out.append(
-            DeviceMemory(
-                device.name, dataclass_replace(breakdown, process=process), device.available
-            )
-        )
+        out.append(_worker_memory(device, breakdown, "tensor", footprint))
     return tuple(out)
 
 

@@ -30,6 +30,7 @@ from edge.cluster.pairing import PairingServer, join
 from edge.cluster.transport import LinkConfig, client_socket, parse_peer
 from edge.package import open_package
 from tests.cluster.conftest import REPO, WorkerProcess, pair
+from tests.import_blocker import BLOCK_EXPORT_STACK
 
 pytestmark = pytest.mark.timeout(120)
 # Bounded everywhere: a failure here is an error in seconds, never a hang.
@@ -394,29 +395,10 @@ def test_a_session_survives_garbage_a_tampering_relay_and_a_replay(
 
 # `edge cluster serve` in an interpreter where torch, transformers and onnx cannot import (a
 # board's Python); at exit it reports what tried to import them and whether any loaded.
-WITHOUT_TORCH = r"""
-import atexit, importlib.abc, json, runpy, sys
-
-BLOCKED = ("torch", "transformers", "onnx")
-attempts = []
-
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            attempts.append(name)
-            raise ImportError(f"{name} is not installed on this device (blocked by the test)")
-        return None
-
-
-sys.meta_path.insert(0, Block())
-for name in BLOCKED:
-    try:
-        __import__(name)
-    except ImportError:
-        continue
-    raise SystemExit(f"the blocker failed: {name} imported")
-attempts.clear()
+WITHOUT_TORCH = (
+    BLOCK_EXPORT_STACK
+    + r"""
+import atexit, runpy
 
 
 def report():
@@ -429,6 +411,7 @@ atexit.register(report)
 sys.argv = ["edge", *sys.argv[1:]]
 runpy.run_module("edge.cli.main", run_name="__main__", alter_sys=True)
 """
+)
 
 
 def _engine_tokens(package: Path, placement: Any, steps: int = 8) -> list[int]:
