@@ -20,6 +20,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
+from edge.engine import EngineConfig  # noqa: E402
+from edge.model import Model  # noqa: E402
+from edge.package import open_package  # noqa: E402
 from edge.server import BackgroundServer, ServeConfig  # noqa: E402
 from edge.server.config import model_id  # noqa: E402
 
@@ -148,3 +151,14 @@ def make_client() -> Callable[..., Any]:
         )
 
     return make
+
+
+@pytest.fixture(scope="module")
+def sdk(tiny_package: Path) -> Model:
+    """The same package through the SDK directly: what the server must reproduce."""
+    return Model(open_package(tiny_package), EngineConfig(threads=1, max_context=256))
+
+
+@pytest.fixture(scope="module")
+def api(shared_server: Any, make_client: Callable[..., Any]) -> Any:
+    return make_client(shared_server)
