@@ -1,6 +1,6 @@
 """`edge serve` through the official OpenAI client: chat and completions, streamed and not,
-usage, stop strings, seeds, logprobs and their top alternatives, the prefix cache, CORS, and
-each error status."""
+usage, stop strings, the prefix cache, CORS, and each error status (sampling and logprobs:
+test_server_sampling.py)."""
 
 from __future__ import annotations
 
