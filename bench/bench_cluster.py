@@ -157,7 +157,8 @@ class Run:
     ttft_s: float
     decode_s: float
     tokens: int
-    trips: dict[str, list[float]]  # "prefill" / "decode": each round trip's seconds
+    # "prefill" / "decode": each exchange's seconds and the round trips it counts as
+    trips: dict[str, list[tuple[float, float]]]
     wire: int  # bytes to and from the workers while decoding, as the proxies counted them
     reductions: int
     wait_s: float
@@ -170,28 +171,38 @@ class LinkTimer:
 
     def __init__(self, engine: Engine) -> None:
         self.phase: str | None = None
-        self.trips: dict[str, list[float]] = {}
-        self._open, self._since = 0, 0.0
+        self.trips: dict[str, list[tuple[float, float]]] = {}
+        self._open, self._since, self._stages = 0, 0.0, 0
         for loaded in engine.loaded_segments():
             for link in getattr(loaded, "links", []):
                 self._wrap_reduction(link)
             if hasattr(loaded, "link"):
                 self._wrap_hop(loaded.link)
 
-    def _record(self, seconds: float) -> None:
+    def _record(self, seconds: float, round_trips: float = 1.0) -> None:
         if self.phase is not None:
-            self.trips.setdefault(self.phase, []).append(seconds)
+            self.trips.setdefault(self.phase, []).append((seconds, round_trips))
 
     def _wrap_hop(self, link: Any) -> None:
-        step = link.step
+        """A pass through pipeline stages, from the first stage's step request to the reply
+        of the last: k linked workers hand the hidden states on directly, k + 1 one-way
+        trips, so (k + 1) / 2 round trips (one for a worker alone)."""
+        submit, reply = link.submit, link.step_reply
 
-        def timed(*args: Any, **kwargs: Any) -> np.ndarray:
-            start = time.perf_counter()
-            out = step(*args, **kwargs)
-            self._record(time.perf_counter() - start)
+        def timed_submit(kind: str, *args: Any, **kwargs: Any) -> int:
+            if kind == "step":
+                if not self._stages:
+                    self._since = time.perf_counter()
+                self._stages += 1
+            return submit(kind, *args, **kwargs)
+
+        def timed_reply(*args: Any, **kwargs: Any) -> np.ndarray:
+            out = reply(*args, **kwargs)
+            self._record(time.perf_counter() - self._since, (self._stages + 1) / 2)
+            self._stages = 0
             return out
 
-        link.step = timed
+        link.submit, link.step_reply = timed_submit, timed_reply
 
     def _wrap_reduction(self, link: Any) -> None:
         submit, partial = link.submit_partial, link.partial
@@ -211,7 +222,7 @@ class LinkTimer:
 
         link.submit_partial, link.partial = timed_submit, timed_partial
 
-    def take(self) -> dict[str, list[float]]:
+    def take(self) -> dict[str, list[tuple[float, float]]]:
         trips, self.trips = self.trips, {}
         return trips
 
@@ -260,7 +271,7 @@ def proxy_bytes(proxies: ProxyProcess | None, indices: list[int]) -> Callable[[]
 
 def per_token(runs: list[Run], phase: str = "decode") -> float:
     """Round trips per decoded token (per prompt for "prefill")."""
-    count = sum(len(r.trips.get(phase, [])) for r in runs)
+    count = sum(weight for r in runs for _, weight in r.trips.get(phase, []))
     return count / (sum(r.tokens for r in runs) if phase == "decode" else len(runs))
 
 
@@ -486,13 +497,13 @@ def main() -> None:
                 wait = (
                     f"{1e3 * sum(r.wait_s for r in runs) / reductions:.2f}" if reductions else "-"
                 )
-                round_trip = median_ms([t for r in runs for t in r.trips.get("decode", [])])
+                round_trip = median_ms([t for r in runs for t, _ in r.trips.get("decode", [])])
                 wire = sum(r.wire for r in runs) / sum(r.tokens for r in runs)
                 print(
                     f"| {name} | {delay:g} | {1e3 * pings[delay]:.2f} | {1e3 / ms:.1f} "
                     f"| {ms:.1f} | {predicted:.1f} | {ms / predicted - 1:+.1%} "
                     f"| {realised:.1f} | {ms / realised - 1:+.1%} "
-                    f"| {per_token(runs):.0f} | {slope} | {round_trip:.2f} | {wait} "
+                    f"| {per_token(runs):.3g} | {slope} | {round_trip:.2f} | {wait} "
                     f"| {median_ms([r.ttft_s for r in runs]):.0f} | {predicted_ttft:.0f} "
                     f"| {wire:.0f} |"
                 )
@@ -525,8 +536,9 @@ def main() -> None:
     def compute_part(mode: str, n: int) -> float:
         return head_s + shard_s / n if mode == "tensor" else compute
 
-    def round_trips(mode: str, n: int) -> int:
-        return 2 * blocks if mode == "tensor" else n - 1
+    def round_trips(mode: str, n: int) -> float:
+        # a pipeline over here + n - 1 linked workers: n one-way trips a token
+        return 2 * blocks if mode == "tensor" else (n / 2 if n > 1 else 0)
 
     # Where measured: the model's link term replaced by the measured one, R x exchange + what
     # the delay added to a token at this host (ms/token at D - at 0, the proxy's own cost out).

@@ -281,6 +281,14 @@ class Backend(ABC):
         """What a user wants to know after a generation (streaming I/O); None if nothing."""
         return None
 
+    def chain(self, loaded: Loaded, successor: Loaded | None) -> None:
+        """`successor` runs right after `loaded` on every step (None: not one executable).
+        Backends whose devices can hand their output to the next one directly take it
+        (cluster workers: one network hop per pipeline boundary); a `recovers` backend whose
+        run fails because an earlier linked segment's device did names that segment's
+        `Loaded` as the exception's `failed_stage`. The default runs each segment alone."""
+        return None
+
     def reachable(self) -> bool:
         """For a `recovers` backend: whether every device it runs on answers now, so that a
         segment moved away when one left can move back (a restarted worker)."""

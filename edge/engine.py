@@ -280,6 +280,22 @@ class Engine:
             if phase == "prefill"
             else {}
         )
+        self._link_stages()
+
+    def _link_stages(self) -> None:
+        """Tell each executable which one runs right after it in every run list
+        (`Backend.chain`; None where that differs between lists or nothing follows), so
+        devices that can pass activations to each other directly do: cluster workers."""
+        runs = [*self.variants.values(), *self.prefill_variants.values()]
+        runs.append(self.prefill_segments or [])
+        after: dict[int, Loaded | None] = {}
+        for run in runs:
+            for segment, successor in zip(run, [*run[1:], None]):
+                nxt = None if successor is None else successor.loaded
+                key = id(segment.loaded)
+                after[key] = nxt if after.get(key, nxt) is nxt else None
+        for segment in self._distinct():
+            segment.backend.chain(segment.loaded, after.get(id(segment.loaded)))
 
     # ---- the public API ---------------------------------------------------------------------
     @property
@@ -471,7 +487,9 @@ class Engine:
                 raise  # the package's bytes are bad (a streamed file truncated), not the backend
             except Exception as exc:  # the backend's own error: wrap it with where it happened
                 if segment.backend.recovers:  # its stand-in (ONNX Runtime's CPU) does not
-                    self._recover(segment, exc)
+                    # A linked stage may report the failure of an earlier one (`failed_stage`).
+                    stage = getattr(exc, "failed_stage", segment.loaded)
+                    self._recover(next(s for s in segments if s.loaded is stage), exc)
                     return self._run(n, all_logits, decode_graphs)
                 raise self._failed(segment, position, exc) from exc
         self._history[position : position + n] = self._ids[0, :n]

@@ -16,6 +16,8 @@ placements from the paired workers it finds.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,12 +39,23 @@ from edge import format as fmt
 from edge.errors import ConfigError
 from edge.format import PartEntry
 
+log = logging.getLogger("edge.cluster.backend")
+
 
 @dataclass(eq=False)
 class ClusterLoaded(Loaded):
     link: object  # WorkerClient
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    endpoint: str = ""
+    key: str = ""  # the worker's public key
+    cluster: str = ""
+    # Pipeline stages on linked workers: this one's output goes straight to `downstream`'s
+    # worker, whose step takes it from there; `pending` is this step's request, answered
+    # once the output left (`ClusterBackend.run`).
+    upstream: ClusterLoaded | None = None
+    downstream: ClusterLoaded | None = None
+    pending: int | None = None
 
 
 class ClusterBackend(Backend):
@@ -110,7 +123,47 @@ class ClusterBackend(Backend):
         except BaseException:
             link.close()
             raise
-        return ClusterLoaded(executable, link, {}, {})
+        options = self.options
+        return ClusterLoaded(
+            executable,
+            link,
+            {},
+            {},
+            str(options["endpoint"]),
+            str(options["server_key"]),
+            str(options["cluster"]),
+        )
+
+    def chain(self, loaded: Loaded, successor: Loaded | None) -> None:
+        """Consecutive segments on two workers of one cluster: introduce this worker to the
+        next (its key, so the next accepts it; the next's address and key, so it connects),
+        and from then on a step's output goes worker to worker. Workers that cannot reach
+        each other keep passing through this machine."""
+        assert isinstance(loaded, ClusterLoaded)
+        target = successor if isinstance(successor, ClusterLoaded) else None
+        if target is not None and target.cluster != loaded.cluster:
+            target = None
+        if loaded.downstream is target:
+            return
+        _unlink(loaded)
+        if target is None:
+            return
+        from edge.cluster.errors import ClusterError
+
+        try:  # the next stage first: it must accept this one's key before this one connects
+            target.link.request("link", {"upstream": loaded.key})  # type: ignore[attr-defined]
+            loaded.link.request(  # type: ignore[attr-defined]
+                "link", {"downstream": {"endpoint": target.endpoint, "key": target.key}}
+            )
+        except ClusterError as exc:
+            log.warning(
+                "worker %s cannot send to %s directly (%s); its output goes through here",
+                loaded.endpoint,
+                target.endpoint,
+                exc,
+            )
+            return
+        loaded.downstream, target.upstream = target, loaded
 
     def bind(
         self, loaded: Loaded, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
@@ -130,13 +183,27 @@ class ClusterBackend(Backend):
         out = loaded.outputs[target]  # [1, S, H] or logits [1, K, V]
         mode = "all" if target == fmt.LOGITS and out.shape[1] > 1 else "last"
         graph = loaded.executable.graph
-        reply = loaded.link.step(  # type: ignore[attr-defined]
-            x, position, mode, expect=(graph.start, graph.end)
-        )
+        meta = {"position": position, "logits": mode, "slice": [graph.start, graph.end]}
+        buffers: tuple[np.ndarray, ...] = (x,)
+        upstream = loaded.upstream
+        if upstream is not None and upstream.pending is not None:
+            meta["from_peer"], buffers = upstream.pending, ()  # its worker sends the input
+        link = loaded.link
+        if loaded.downstream is not None:  # the next stage's worker gets the output
+            meta["forward"] = True
+            loaded.pending = link.submit("step", meta, buffers)  # type: ignore[attr-defined]
+            return
+        ident = link.submit("step", meta, buffers)  # type: ignore[attr-defined]
+        _collect_upstream(loaded)
+        reply = link.step_reply(ident)  # type: ignore[attr-defined]
         np.copyto(out, reply.reshape(out.shape))
 
     def unload(self, loaded: Loaded) -> None:
         assert isinstance(loaded, ClusterLoaded)
+        _unlink(loaded)
+        if loaded.upstream is not None:
+            loaded.upstream.downstream = None  # its worker forwards to a stage that is gone
+            loaded.upstream = None
         loaded.inputs.clear()
         loaded.outputs.clear()
         loaded.link.close()  # type: ignore[attr-defined]
@@ -153,6 +220,47 @@ def cluster_available(cluster: str) -> Support:
     except (ClusterError, ConfigError) as exc:
         return Support(False, str(exc))
     return YES
+
+
+def _unlink(loaded: ClusterLoaded) -> None:
+    """Stop `loaded`'s worker forwarding (it may be gone: nothing to tell it then)."""
+    from edge.cluster.errors import ClusterError
+
+    target, loaded.downstream, loaded.pending = loaded.downstream, None, None
+    if target is None:
+        return
+    target.upstream = None
+    with contextlib.suppress(ClusterError):
+        loaded.link.request("link", {"downstream": None})  # type: ignore[attr-defined]
+
+
+def _collect_upstream(last: ClusterLoaded) -> None:
+    """The replies of the linked stages before `last`, first to last: each says its output
+    went on. A stage that failed, or whose output could not reach the next, raises with
+    `failed_stage` naming the segment whose device to give up (`Backend.chain`)."""
+    from edge.cluster.errors import PeerLostError
+
+    stages = []
+    stage = last.upstream
+    while stage is not None and stage.pending is not None:
+        stages.append(stage)
+        stage = stage.upstream
+    for stage in reversed(stages):
+        ident, stage.pending = stage.pending, None
+        try:
+            reply = stage.link.collect(ident, "step")  # type: ignore[attr-defined]
+        except Exception as exc:
+            exc.failed_stage = stage  # type: ignore[attr-defined]
+            raise
+        if reply.meta.get("forwarded") is not True:
+            nxt = stage.downstream or last
+            lost = PeerLostError(
+                f"worker {stage.endpoint} could not pass its output to {nxt.endpoint}: "
+                f"{str(reply.meta.get('why', ''))[:200]}",
+                nxt.endpoint,
+            )
+            lost.failed_stage = nxt  # type: ignore[attr-defined]
+            raise lost
 
 
 def _hidden(names: frozenset[str]) -> str:

@@ -146,6 +146,20 @@ class WorkerClient:
             self._lose(f"send failed: {exc}")
         return ident
 
+    def post(
+        self,
+        kind: str,
+        meta: Mapping[str, MetaValue] | None = None,
+        buffers: Sequence[np.ndarray] = (),
+    ) -> None:
+        """Send a message that gets no reply (a worker forwarding its output to the next);
+        `PeerLostError` if the link has reported its peer gone since the last send."""
+        zmq = self._zmq
+        while self._monitor.poll(0):
+            if self._event() in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                self._lose("the connection dropped (no heartbeat answer, or closed)")
+        self.submit(kind, meta, buffers)
+
     def collect(self, ident: int, kind: str, timeout_s: float | None = None) -> Message:
         """The reply to request `ident` (of type `kind`), waiting as `request` does."""
         zmq = self._zmq
@@ -225,7 +239,11 @@ class WorkerClient:
         meta: dict[str, object] = {"position": position, "logits": logits}
         if expect is not None:
             meta["slice"] = list(expect)
-        reply = self.request("step", meta, (inputs,))
+        return self.step_reply(self.submit("step", meta, (inputs,)))
+
+    def step_reply(self, ident: int) -> np.ndarray:
+        """The output a step request `ident` sent back (its one buffer)."""
+        reply = self.collect(ident, "step")
         if len(reply.buffers) != 1:
             self._lose(f"a step reply with {len(reply.buffers)} buffers")
         return reply.buffers[0]

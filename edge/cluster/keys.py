@@ -47,6 +47,13 @@ class CurveKeys:
         return f"CurveKeys(public={self.public!r})"
 
 
+def check_public_key(value: object) -> str:
+    """`value` if it is a public key as a peer would send it (40 characters of Z85)."""
+    if not isinstance(value, str):
+        raise ClusterError("a Curve key must be 40 characters of Z85")
+    return CurveKeys(value).public
+
+
 @dataclass(frozen=True)
 class Peer:
     """A paired device: its stable node id, its public key and what it is to us."""

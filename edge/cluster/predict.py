@@ -3,9 +3,10 @@ from each device's measured memory bandwidth (a decode step reads every weight o
 link's measured round trip and bandwidth:
 
     one device:  bytes / bandwidth_here
-    pipeline:    sum over devices of (its range's bytes / its bandwidth) + one hop (a round
-                 trip and the token's hidden states through the link) per remote range; one
-                 request computes on one device at a time
+    pipeline:    sum over devices of (its range's bytes / its bandwidth) + one one-way trip
+                 per boundary (consecutive workers hand the hidden states to each other:
+                 here -> A -> B -> here is three trips, each half a round trip plus the
+                 hidden states through the link); one request computes on one device at a time
     tensor:      max over devices of (its share's bytes / its bandwidth) + the head here
                  + 2 x blocks x (the slowest round trip + every worker's hidden states through
                  this machine's link)
@@ -145,8 +146,8 @@ def predict_pipeline(
 ) -> Prediction:
     """Contiguous ranges by memory. With a share here the head stays here too: the logits
     ([V] floats a token, 200 KB for a 50k vocabulary) never cross the network, only hidden
-    states ([H], `hidden_bytes`) do; without, the workers hold every part. One hop (there and
-    back) per worker a token."""
+    states ([H], `hidden_bytes`) do; without, the workers hold every part. A token
+    goes here -> first worker -> ... -> last worker -> here (`_chain_s`)."""
     split = len(weights) - 1 if local_share else len(weights)
     used = (list(devices) if local_share else list(devices[1:]))[:split]
     ranges = split_by_memory(weights[:split], [max(d.capacity, 1) for d in used])
@@ -156,7 +157,7 @@ def predict_pipeline(
         segments.append(SegmentPlacement(split, len(weights), DEFAULT_BACKEND))
         compute += _read_s(weights[-1], devices[0])
     workers = [d for d in used if d.backend != DEFAULT_BACKEND]
-    link = sum(_hop_s(d, 2 * hidden_bytes) for d in workers)
+    link = _chain_s(workers, hidden_bytes)
     fits = all(sum(weights[a:b]) <= d.capacity for (a, b), d in zip(ranges, used))
     placement = Placement(tuple(segments)) if fits else None
     return Prediction("pipeline", compute, link, placement, workers=_names(workers))
@@ -224,13 +225,24 @@ def _hop_s(device: Device, nbytes: int) -> float:
     return device.rtt_s + (nbytes / device.link_bps if device.link_bps else 0.0)
 
 
+def _chain_s(workers: Sequence[Device], hidden_bytes: int) -> float:
+    """Here -> first worker -> ... -> last worker -> here, each stage handing its output to
+    the next directly: one one-way trip per boundary. A trip to or from a worker is half its
+    round trip plus the hidden states through its link; between two workers (a link nothing
+    measured before they are introduced) the mean of their two trips."""
+    if not workers:
+        return 0.0
+    trips = [_hop_s(d, 2 * hidden_bytes) / 2 for d in workers]
+    return trips[0] + sum((a + b) / 2 for a, b in pairwise(trips)) + trips[-1]
+
+
 def _names(devices: Sequence[Device]) -> tuple[str, ...]:
     return tuple(d.name for d in devices)
 
 
 def device_subsets(devices: Sequence[Device]) -> list[list[Device]]:
     """This machine (first) with each non-empty set of the workers after it: more devices are
-    not always faster (a pipeline adds a hop per device and computes one device at a time; a
+    not always faster (a pipeline adds a trip per device and computes one device at a time; a
     tensor split waits on its slowest link). Every subset up to `SUBSET_WORKERS` workers, else
     the nearest k for each k."""
     here, workers = devices[0], list(devices[1:])

@@ -15,7 +15,7 @@ sees on its monitor socket and turns into `PeerLostError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -135,16 +135,34 @@ def receive(
 ) -> tuple[bytes | None, Message]:
     """One message (the caller polled first); `ProtocolError` for a bad one, with the
     sender's identity attached as `.identity` so a server can still answer."""
+    identity, _, message = receive_from(sock, max_bytes=max_bytes, types=types, routed=routed)
+    return identity, message
+
+
+def receive_from(
+    sock: zmq.Socket, *, max_bytes: int, types: Collection[str] | None, routed: bool = True
+) -> tuple[bytes | None, str | None, Message]:
+    """As `receive`, with the sender's CurveZMQ public key (z85; None on a plaintext socket):
+    the "User-Id" the ZAP handler set for the connection, so a server knows who sent what."""
     frames = sock.recv_multipart(copy=False)
     identity = None
     if routed:
         identity = frames[0].bytes
         frames = frames[1:]
+    sender = _user_id(frames[0]) if frames else None
     try:
-        return identity, decode([f.buffer for f in frames], max_bytes=max_bytes, types=types)
+        message = decode([f.buffer for f in frames], max_bytes=max_bytes, types=types)
     except ProtocolError as exc:
         exc.identity = identity  # type: ignore[attr-defined]
         raise
+    return identity, sender, message
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    try:
+        return frame.get("User-Id") or None
+    except Exception:  # no such property: a plaintext or unauthenticated connection
+        return None
 
 
 def parse_peer(

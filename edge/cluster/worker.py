@@ -7,7 +7,10 @@ earlier one rewinds its KV cache), or a tensor-parallel share of every block of 
 (`ShardRunner`) and returns its partial of each block's attention and FFN.
 
 Only coordinators paired with this device get past the CurveZMQ handshake (ZAP allow-list,
-re-read on each connection, so a new pairing needs no restart). A malformed,
+re-read on each connection, so a new pairing needs no restart), and the one worker a
+coordinator introduced as the previous stage of its pipeline (`link`), which may send nothing
+but its stage's output (`forward`): a pipeline hop goes worker to worker, not through the
+coordinator, so a token crosses the network once per boundary. A malformed,
 truncated or oversized request gets an error reply (or, past ZMQ_MAXMSGSIZE, a dropped
 connection) and the worker keeps serving.
 """
@@ -29,11 +32,17 @@ from typing import Any
 from edge.cluster.errors import PairingError, ProtocolError, require_zmq
 from edge.cluster.frames import Message, error_message
 from edge.cluster.keys import KeyStore
-from edge.cluster.transport import LinkConfig, receive, send, server_socket
+from edge.cluster.transport import LinkConfig, receive_from, send, server_socket
 from edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("edge.cluster.worker")
-REQUESTS = frozenset({"ping", "info", "load", "step", "reset", "unload", "load_shard", "shard"})
+REQUESTS = frozenset(
+    {"ping", "info", "load", "step", "reset", "unload", "load_shard", "shard", "link", "forward"}
+)
+# The only message a peer worker may send (a coordinator may send any other).
+FROM_PEERS = frozenset({"forward"})
+# What a new coordinator request makes stale: a step still waiting for its input from a peer.
+SUPERSEDES = frozenset({"step", "load", "reset", "unload", "link", "load_shard"})
 SHARE_MODULE = "edge.cluster.shard_runner"
 
 
@@ -51,15 +60,20 @@ class WorkerConfig:
 
 
 class _Allowed:
-    """ZAP credentials provider: the paired coordinator keys, read from disk per check."""
+    """ZAP credentials provider: the paired coordinator keys, read from disk per check, and
+    the upstream worker a paired coordinator introduced (`link`), if any."""
 
     def __init__(self, store: KeyStore, clusters: tuple[str, ...] | None) -> None:
         self.store = store
         self.clusters = None if clusters is None else list(clusters)
+        self.upstream: str | None = None
 
     def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode("ascii")
+        if text == self.upstream:
+            return True
         try:
-            return key.decode("ascii") in self.store.allowed_keys("coordinator", self.clusters)
+            return text in self.store.allowed_keys("coordinator", self.clusters)
         except Exception:  # a corrupt peers file refuses, never crashes the ZAP thread
             log.exception("reading the paired keys failed")
             return False
@@ -91,7 +105,9 @@ class Worker:
         self.ctx = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("edge.cluster.zap"))
         self.auth.start()
-        self.auth.configure_curve_callback("*", _Allowed(self.store, config.clusters))
+        self.allowed = _Allowed(self.store, config.clusters)
+        self.auth.configure_curve_callback("*", self.allowed)
+        self.keys = keys
         self.sock, self.endpoints = server_socket(self.ctx, keys, config.link, config.endpoints)
         # The process before any slice, with the runtimes a slice or share runs on: what the
         # coordinator's memory plan for this device builds on.
@@ -100,7 +116,13 @@ class Worker:
         self.slice: Any = None  # SliceRunner once loaded
         self.shard: Any = None  # or ShardRunner
         self._stop = False
-        self.handlers: dict[str, Callable[[Message], Message]] = {
+        # The pipeline's next stage (a link to the worker this one forwards its output to),
+        # a step waiting for its input from the previous stage, and an input that came first.
+        self.downstream: Any = None  # WorkerClient
+        self._awaiting: tuple[bytes, Message] | None = None
+        self._forwarded: Message | None = None
+        self.hops = {"received": 0, "sent": 0}
+        self.handlers: dict[str, Callable[[Message], Message | None]] = {
             "ping": lambda m: Message("ping", m.id),
             "info": lambda m: Message("info", m.id, self.info()),
             "load": self._load,
@@ -109,6 +131,7 @@ class Worker:
             "unload": self._unload,
             "load_shard": self._load_shard,
             "shard": self._partial,
+            "link": self._link,
         }
 
     def info(self) -> dict[str, Any]:
@@ -145,6 +168,7 @@ class Worker:
             **process_memory(),
             "idle_rss": self.idle_rss,
             "runtimes": list(self.runtimes),
+            "hops": dict(self.hops),
         }
 
     # ---- requests ----------------------------------------------------------------------------
@@ -166,12 +190,25 @@ class Worker:
         log.info("holding parts [%d, %d)", start, end)
         return Message("load", message.id, self.info())
 
-    def _step(self, message: Message) -> Message:
+    def _step(self, message: Message, forwarded: Message | None = None) -> Message | None:
+        """Run the slice on the step's buffer, or (meta `from_peer`: the request id the
+        previous stage was sent) on the output that stage forwards: answered once it came.
+        With meta `forward`, the output goes to the next stage and the reply only says so."""
         if self.slice is None:
             raise ConfigError("no slice loaded: send load first")
         position, logits = message.meta.get("position"), message.meta.get("logits", "last")
-        if len(message.buffers) != 1:
-            raise ProtocolError(f"a step takes one buffer, got {len(message.buffers)}")
+        token = message.meta.get("from_peer")
+        if token is not None and forwarded is None:
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise ConfigError("step: from_peer must be an integer")
+            if self.allowed.upstream is None:
+                raise ConfigError("step: from_peer, but no previous stage is linked")
+            if message.buffers:
+                raise ProtocolError("a step whose input comes from a peer carries no buffer")
+            return None  # answered by `_complete` when the input is here
+        buffers = message.buffers if forwarded is None else forwarded.buffers
+        if len(buffers) != 1:
+            raise ProtocolError(f"a step takes one buffer, got {len(buffers)}")
         if isinstance(position, bool) or not isinstance(position, int):
             raise ConfigError("step: position must be an integer")
         held = [self.slice.start, self.slice.end]
@@ -180,10 +217,79 @@ class Worker:
                 f"this worker holds parts [{held[0]}, {held[1]}), not the "
                 f"{message.meta.get('slice')!r:.40} the step was meant for"
             )
-        out = self.slice.step(message.buffers[0], position, str(logits))
+        out = self.slice.step(buffers[0], position, str(logits))
+        meta: dict[str, Any] = {"position": self.slice.position}
+        if message.meta.get("forward"):
+            meta["forwarded"] = self._forward(message.id, position, out)
+            if meta["forwarded"] is not True:
+                meta["why"], meta["forwarded"] = meta["forwarded"], False
+            return Message("step", message.id, meta)
         # The reply is sent without a copy: the buffer is rewritten only by the next step,
         # which the coordinator sends after it has this reply.
-        return Message("step", message.id, {"position": self.slice.position}, (out,))
+        return Message("step", message.id, meta, (out,))
+
+    def _forward(self, token: int, position: int, out: Any) -> bool | str:
+        """Send this stage's output to the next; True, or why it could not."""
+        from edge.cluster.errors import ClusterError
+
+        if self.downstream is None:
+            return "no next stage is linked"
+        try:
+            self.downstream.post("forward", {"token": token, "position": position}, (out,))
+        except ClusterError as exc:
+            return str(exc)
+        self.hops["sent"] += 1
+        return True
+
+    def _receive_forward(self, message: Message) -> None:
+        if len(message.buffers) != 1 or not isinstance(message.meta.get("token"), int):
+            raise ProtocolError("a forward carries a token and one buffer")
+        self._forwarded = message
+
+    def _complete(self) -> tuple[bytes, Message] | None:
+        """The awaited step, once its input came from the previous stage: (whom to answer,
+        the reply). Inputs for another step are kept until a step or input replaces them."""
+        if self._awaiting is None or self._forwarded is None:
+            return None
+        identity, request = self._awaiting
+        if request.meta.get("from_peer") != self._forwarded.meta.get("token"):
+            return None
+        forwarded, self._awaiting, self._forwarded = self._forwarded, None, None
+        self.hops["received"] += 1
+        try:
+            reply = self._step(request, forwarded)
+        except Exception as exc:  # as in `handle_one`: an error reply, keep serving
+            if not isinstance(exc, EdgeError):
+                log.exception("a forwarded step failed")
+            reply = error_message(request.id, type(exc).__name__, str(exc))
+        assert reply is not None
+        return identity, reply
+
+    def _link(self, message: Message) -> Message:
+        """Meta `upstream`: the public key of the worker whose output this one takes (None:
+        no longer); `downstream`: {endpoint, key} of the worker this one forwards to (None:
+        no longer). Keys left out stay as they were. The next stage must know this one's key
+        before this one connects, so a coordinator links from the end of a pipeline back."""
+        from edge.cluster.client import WorkerClient
+        from edge.cluster.keys import check_public_key
+
+        meta = message.meta
+        if "upstream" in meta:
+            key = meta["upstream"]
+            self.allowed.upstream = None if key is None else check_public_key(key)
+        if "downstream" in meta:
+            target = meta["downstream"]
+            if self.downstream is not None:
+                self.downstream.close()
+                self.downstream = None
+            if target is not None:
+                if not isinstance(target, dict) or not isinstance(target.get("endpoint"), str):
+                    raise ConfigError("link: downstream must be {endpoint, key}")
+                key = check_public_key(target.get("key"))
+                self.downstream = WorkerClient(
+                    target["endpoint"], key, self.keys, self.config.link, name="next stage"
+                )
+        return Message("link", message.id, {"upstream": self.allowed.upstream is not None})
 
     def _load_shard(self, message: Message) -> Message:
         from edge.cluster.shard_runner import load_share
@@ -223,6 +329,7 @@ class Worker:
         return Message("unload", message.id)
 
     def _drop(self) -> None:
+        self._awaiting = self._forwarded = None
         if self.slice is not None:
             self.slice.close()
             self.slice = None
@@ -230,10 +337,11 @@ class Worker:
 
     # ---- the loop ----------------------------------------------------------------------------
     def handle_one(self) -> None:
-        """Receive one request and answer it; any failure becomes an error reply."""
+        """Receive one request and answer it; any failure becomes an error reply. A peer
+        worker's forward gets no reply; anything else from a peer is refused unanswered."""
         try:
-            identity, message = receive(
-                self.sock, max_bytes=self.config.link.max_message_bytes, types=REQUESTS, routed=True
+            identity, sender, message = receive_from(
+                self.sock, max_bytes=self.config.link.max_message_bytes, types=REQUESTS
             )
         except ProtocolError as exc:
             identity = getattr(exc, "identity", None)
@@ -241,15 +349,35 @@ class Worker:
             if identity is not None:
                 send(self.sock, error_message(0, "ProtocolError", str(exc)), identity)
             return
+        assert identity is not None
+        from_peer = sender is not None and sender == self.allowed.upstream
+        if from_peer != (message.type in FROM_PEERS):
+            log.warning("refused a %r from %s", message.type, "a peer" if from_peer else sender)
+            if not from_peer:
+                refused = error_message(message.id, "ProtocolError", "not a request")
+                send(self.sock, refused, identity)
+            return
+        if message.type in SUPERSEDES:
+            self._awaiting = None
+        reply: Message | None
         try:
-            reply = self.handlers[message.type](message)
+            if from_peer:
+                self._receive_forward(message)
+                reply = None
+            else:
+                reply = self.handlers[message.type](message)
+                if reply is None:
+                    self._awaiting = (identity, message)
         except EdgeError as exc:
             reply = error_message(message.id, type(exc).__name__, str(exc))
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
             log.exception("request %s failed", message.type)
             reply = error_message(message.id, type(exc).__name__, str(exc))
-        assert identity is not None
-        send(self.sock, reply, identity)
+        if reply is not None and not from_peer:
+            send(self.sock, reply, identity)
+        done = self._complete()
+        if done is not None:
+            send(self.sock, done[1], done[0])
 
     def serve_forever(self, ready: Callable[[Worker], None] | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,6 +396,8 @@ class Worker:
 
     def close(self) -> None:
         self._drop()
+        if self.downstream is not None:
+            self.downstream.close()
         self.sock.close(0)
         self.auth.stop()
         self.ctx.term()

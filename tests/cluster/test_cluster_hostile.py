@@ -6,7 +6,6 @@ torch (as on a board) serves both a pipeline slice and a tensor-parallel share."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -27,9 +26,10 @@ from edge.cluster.errors import AuthenticationError, PairingError, PeerLostError
 from edge.cluster.frames import Message, decode
 from edge.cluster.keys import KeyStore
 from edge.cluster.pairing import PairingServer, join
-from edge.cluster.transport import LinkConfig, client_socket, parse_peer
+from edge.cluster.transport import LinkConfig, client_socket
 from edge.package import open_package
 from tests.cluster.conftest import REPO, WorkerProcess, pair
+from tests.cluster.relay import Relay, connect
 from tests.import_blocker import BLOCK_EXPORT_STACK
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,16 +53,10 @@ def _command(body: bytes) -> bytes:
 READY = _command(b"\x05READY\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER")
 
 
-def _connect(endpoint: str) -> socket.socket:
-    sock = socket.create_connection(parse_peer(endpoint.removeprefix("tcp://")), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
 def _null_session(endpoint: str) -> socket.socket:
     """A raw connection through the NULL handshake (the pairing listener's), ready for frames.
     The greeting goes alone: libzmq refuses a READY that arrives in the greeting's segment."""
-    sock = _connect(endpoint)
+    sock = connect(endpoint)
     sock.sendall(_greeting(b"NULL"))
     _read(sock, 64)
     sock.sendall(READY)
@@ -129,7 +123,7 @@ def test_the_pairing_listener_refuses_garbage_and_still_pairs(
     thread.start()
 
     # Raw TCP: not ZMTP at all, frames past the 16 KiB limit, and stalled mid-frame.
-    noise = _connect(endpoint)
+    noise = connect(endpoint)
     noise.sendall(bytes(range(256)) * 4)  # ZMTP/1.0 framing with an impossible length
     oversized = _null_session(endpoint)
     oversized.sendall(b"\x02" + (1 << 40).to_bytes(8, "big"))  # a 1 TiB frame announced
@@ -138,7 +132,7 @@ def test_the_pairing_listener_refuses_garbage_and_still_pairs(
     stalled = _null_session(endpoint)
     stalled.sendall(b"\x00\xc8" + b"x" * 10)  # 10 of 200 bytes, then nothing
     stalled_at = time.monotonic()
-    http = _connect(endpoint)  # libzmq takes this for ZMTP/1.0 and waits for the rest
+    http = connect(endpoint)  # libzmq takes this for ZMTP/1.0 and waits for the rest
     http.sendall(b"GET / HTTP/1.1\r\nHost: coordinator\r\n\r\n")
     for sock in (noise, oversized, big):
         assert _dropped_within(sock, 2.0)
@@ -244,49 +238,6 @@ sock.close(0)
 """
 
 
-class Relay:
-    """A TCP relay to `target` that records both directions and can flip one bit of the next
-    chunk the coordinator sends (a man in the middle who reads, tampers or replays)."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sent: list[bytes] = []  # coordinator -> worker, chunk by chunk
-        self.received = bytearray()  # worker -> coordinator
-        self.tamper = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        near, _ = self.listener.accept()
-        self.listener.close()  # one connection: a reconnect finds nobody
-        far = _connect(self.target)
-        for src, dst, up in ((near, far, True), (far, near, False)):
-            thread = threading.Thread(target=self._pump, args=(src, dst, up), daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        src.settimeout(None)
-        try:
-            while data := src.recv(65536):
-                if up and self.tamper.is_set():
-                    self.tamper.clear()
-                    data = data[:-1] + bytes([data[-1] ^ 1])
-                (self.sent.append if up else self.received.extend)(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join(5)
-
-
 def _greedy(link: WorkerClient, steps: int = 6) -> tuple[np.ndarray, list[int]]:
     """Prefill logits and greedy tokens through a worker holding the whole model."""
     link.reset()
@@ -336,7 +287,7 @@ def test_a_session_survives_garbage_a_tampering_relay_and_a_replay(
     def attack() -> None:
         while not stop.is_set():
             for data in garbage:
-                sock = _connect(worker.endpoint)
+                sock = connect(worker.endpoint)
                 try:
                     sock.sendall(data[:64])
                     sock.sendall(data[64:])
@@ -347,7 +298,7 @@ def test_a_session_survives_garbage_a_tampering_relay_and_a_replay(
                 sock.close()
                 time.sleep(0.02)  # a flood, not a busy loop on the cores the worker needs
 
-    stalled = _connect(worker.endpoint)
+    stalled = connect(worker.endpoint)
     stalled.sendall(_greeting(b"CURVE")[:5])  # never finished (libzmq drops it after 5 s)
     attacker = threading.Thread(target=attack)
     attacker.start()
@@ -371,7 +322,7 @@ def test_a_session_survives_garbage_a_tampering_relay_and_a_replay(
     relay.join()
 
     # The recording replayed over raw TCP: a fresh server cookie makes its INITIATE worthless.
-    replay = _connect(worker.endpoint)
+    replay = connect(worker.endpoint)
     for chunk in recorder.sent:
         try:
             replay.sendall(chunk)
