@@ -262,6 +262,16 @@ def run_once(
     )
 
 
+def link_stages(engine: Engine, linked: bool) -> None:
+    """Pipeline stages on workers handing their output to each other (as the engine links
+    them), or each passing it through this machine (two trips per worker)."""
+    if linked:
+        engine._link_stages()
+        return
+    for segment in engine.segments:
+        segment.backend.chain(segment.loaded, None)
+
+
 def proxy_bytes(proxies: ProxyProcess | None, indices: list[int]) -> Callable[[], int]:
     """Bytes the proxies `indices` have carried so far, both ways (0 without proxies)."""
     if proxies is None or not indices:
@@ -335,6 +345,12 @@ def main() -> None:
         "baseline, through the proxy) and each D ms (D/2 each way); repeatable",
     )
     parser.add_argument(
+        "--via-here",
+        action="store_true",
+        help="also run each pipeline of 2+ workers with every stage's output passing through "
+        "this machine (two trips per worker) instead of worker to worker, alternated with it",
+    )
+    parser.add_argument(
         "--chart",
         type=Path,
         default=None,
@@ -367,6 +383,7 @@ def main() -> None:
     held: dict[str, list[int]] = {}
     proxied: dict[str, list[int]] = {}
     shapes: dict[str, tuple[str, int]] = {}
+    unlinked: set[str] = set()  # the same engine as another name, its stages not linked
     first = 0
     for mode in args.modes:
         for k in args.workers:
@@ -380,8 +397,13 @@ def main() -> None:
             held[name] = [proc.pid for proc, _ in workers[first : first + k]]
             proxied[name] = list(range(first, first + k))
             shapes[name] = (mode, k + 1)
+            if args.via_here and mode == "pipeline" and k > 1:
+                via = f"{name}, via here"
+                engines[via], held[via], proxied[via] = engines[name], held[name], proxied[name]
+                unlinked.add(via)
             first += k
-    timers = {name: LinkTimer(engine) for name, engine in engines.items()}
+    by_engine = {id(engine): LinkTimer(engine) for engine in engines.values()}
+    timers = {name: by_engine[id(engine)] for name, engine in engines.items()}
     wires = {name: proxy_bytes(proxies, proxied.get(name, [])) for name in engines}
     results: dict[tuple[str, float], list[Run]] = {}
     for engine in engines.values():  # warm-up
@@ -394,6 +416,7 @@ def main() -> None:
             for name, engine in engines.items():
                 if delay and name not in proxied:
                     continue  # no links to delay
+                link_stages(engine, name not in unlinked)
                 run = run_once(engine, prompt, args.tokens, timers[name], wires[name])
                 results.setdefault((name, delay), []).append(run)
     measured_s = time.monotonic() - started

@@ -120,8 +120,11 @@ def test_serve_answers_the_openai_client_then_stops_on_ctrl_c(
 
 
 def smallest_budget(package: Path) -> int:
-    """The smallest memory budget `package` loads under with `edge serve`'s settings above;
-    checked to stream its blocks from disk, so a server given it runs the streamed engine."""
+    """About the smallest memory budget `package` loads under with `edge serve`'s settings
+    above: the minimum plus 64 KiB, since the server measures the libraries' footprint in a
+    probe process of its own, which can come out some kilobytes above this one's (CI refused
+    the bare minimum by that). Checked to load on the streamed backend (within 64 KiB of the
+    minimum this 3-block model may hold every block)."""
     import edge
     from edge.errors import BudgetTooSmallError
     from edge.streaming import streamed_state
@@ -129,11 +132,10 @@ def smallest_budget(package: Path) -> int:
     options: dict[str, Any] = {"max_context": 256, "threads": 1, "progress": False}
     with pytest.raises(BudgetTooSmallError) as caught:
         edge.load(package, memory_budget=1, **options)
-    budget = caught.value.minimum
+    budget = caught.value.minimum + (64 << 10)
     model = edge.load(package, memory_budget=budget, **options)
     try:
-        state = streamed_state(model.engine)
-        assert state is not None and state.plan.policy.streamed
+        assert streamed_state(model.engine) is not None
     finally:
         model.engine.close()
     return budget
@@ -146,8 +148,8 @@ def test_serve_with_a_memory_budget_or_a_plan_answers_as_a_plain_server(
     make_client: Callable[..., Any],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`edge serve --memory-budget SIZE` (the smallest the model loads under: its blocks
-    stream from disk) and `edge serve --plan FILE` (a plan `edge plan --json` wrote) give the
+    """`edge serve --memory-budget SIZE` (about the smallest the model loads under, on the
+    streamed backend) and `edge serve --plan FILE` (a plan `edge plan --json` wrote) give the
     plain server's greedy chat reply; a budget too small and a missing plan stop the server
     with their one error line, so the options do reach the loader. The four run as the CLI
     (about a second each), all at once."""
