@@ -76,11 +76,11 @@ def test_three_stages_pass_hidden_states_worker_to_worker(
     engine.close()
 
 
-@pytest.mark.parametrize("lost", [0, 1, 2])
+@pytest.mark.parametrize("lost", [0, 1])  # the last: test_cluster_backend's second worker
 def test_a_stage_lost_mid_generation_is_replaced_here(
     tiny_package, coordinator, start_worker, monkeypatch, expected, lost
 ) -> None:
-    """kill -9 the first, middle or last stage after five tokens: the failure is pinned on
+    """kill -9 the first or the middle stage after five tokens: the failure is pinned on
     the stage that left (the first one's is seen while collecting its forward's reply, the
     middle one's while the last waits for its input), its parts run here, the stages left
     are linked anew, and the tokens are the single device's."""
@@ -89,8 +89,7 @@ def test_a_stage_lost_mid_generation_is_replaced_here(
     config = EngineConfig(threads=1, max_context=64, placement=_stages(workers, [0, 2, 4]))
     engine = Engine(open_package(tiny_package), config)
     assert _generate(engine, 10, kill=workers[lost].proc.kill, at=4) == expected
-    spans = [(0, 2), (2, 4), (4, 6)]
-    assert [(f.start, f.end) for f in engine.fallbacks] == [spans[lost]]
+    assert [(f.start, f.end) for f in engine.fallbacks] == [[(0, 2), (2, 4)][lost]]
     assert "was lost" in engine.fallbacks[0].reason
     before = [_hops(coordinator, w) for i, w in enumerate(workers) if i != lost]
     engine.reset()
@@ -99,7 +98,7 @@ def test_a_stage_lost_mid_generation_is_replaced_here(
     moved = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)]
     if lost == 1:  # A -> here -> C: nothing goes worker to worker any more
         assert moved == [{"received": 0, "sent": 0}] * 2
-    else:  # here -> B -> C, or A -> B -> here: the two left still hand over four steps
+    else:  # here -> B -> C: the two left still hand over four steps
         assert moved == [{"received": 0, "sent": 4}, {"received": 4, "sent": 0}]
     engine.close()
 

@@ -52,3 +52,17 @@ def write_q4_0_gguf(source: Path, target: Path) -> Path:
 def smollm2_q4_0_gguf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("q4_0")
     return write_q4_0_gguf(smollm2_gguf, folder / "SmolLM2-135M-Instruct.Q4_0.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4_rtn(smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 quantized to plain (round-to-nearest, symmetric) int4: judged on its own and
+    as the baseline AWQ must beat."""
+    from exporters.export import ExportConfig, quantize_package
+
+    return quantize_package(
+        smollm2_package,
+        tmp_path_factory.mktemp("int4-rtn") / "pkg",
+        ExportConfig(quant="int4", method="rtn"),
+        progress=False,
+    )

@@ -31,16 +31,22 @@ def test_numpy_forward_matches_the_engine(smollm2_package: Path) -> None:
     np.testing.assert_allclose(model.engine.prefill(ids, all_logits=True), logits, atol=1e-3)
 
 
-def test_awq_beats_round_to_nearest(smollm2_package: Path, tmp_path: Path) -> None:
+def test_awq_beats_round_to_nearest(
+    smollm2_package: Path, smollm2_int4_rtn: Path, tmp_path: Path
+) -> None:
     """AWQ-calibrated int4 has lower perplexity than plain int4 on text it was not fitted on."""
     config = PerplexityConfig(window=256, stride=128, max_tokens=512)
     results = {}
     for method in ("rtn", "awq"):
-        out = quantize_package(
-            smollm2_package,
-            tmp_path / method,
-            ExportConfig(quant="int4", method=method, calibration_tokens=128),
-            progress=False,
+        out = (
+            smollm2_int4_rtn
+            if method == "rtn"
+            else quantize_package(
+                smollm2_package,
+                tmp_path / method,
+                ExportConfig(quant="int4", method=method, calibration_tokens=128),
+                progress=False,
+            )
         )
         model = edge.load(out, progress=False)
         ids = model.tokenizer.encode(default_corpus()[:10000], add_special_tokens=False)

@@ -44,7 +44,12 @@ def fp32_ppl(smollm2_package: Path, corpus_ids: list[int]) -> float:
 
 @pytest.mark.parametrize("scheme", sorted(PPL_BOUNDS))
 def test_quantized_smollm2_keeps_quality(
-    scheme: str, smollm2_package: Path, tmp_path: Path, corpus_ids: list[int], fp32_ppl: float
+    scheme: str,
+    smollm2_package: Path,
+    smollm2_int4_rtn: Path,
+    tmp_path: Path,
+    corpus_ids: list[int],
+    fp32_ppl: float,
 ) -> None:
     """A quantized package answers coherently and stays within its perplexity bound of fp32."""
     config = (
@@ -52,7 +57,11 @@ def test_quantized_smollm2_keeps_quality(
         if scheme == "int4-asymmetric"
         else ExportConfig(quant=scheme)
     )
-    out = quantize_package(smollm2_package, tmp_path / scheme, config, progress=False)
+    out = (
+        smollm2_int4_rtn
+        if scheme == "int4"
+        else quantize_package(smollm2_package, tmp_path / scheme, config, progress=False)
+    )
     model = edge.load(out, progress=False)
     ppl = perplexity(model.engine, corpus_ids, PPL).perplexity
     print(f"{scheme}: ppl {ppl:.3f} vs fp32 {fp32_ppl:.3f} ({ppl / fp32_ppl:.3f}x)")
