@@ -92,6 +92,11 @@ class EngineConfig:
     # Move the loaded weights onto transparent huge pages (`edge.huge_pages`): fewer TLB
     # misses per decode step, no more memory; off only to measure what it gives.
     huge_pages: bool = True
+    # Step at least two tokens where a package rounds activations by step shape (int4 at
+    # ONNX Runtime's accuracy_level 4): a token's logits then do not depend on how many tokens
+    # share its step, so speculative output equals plain output bit for bit. Costs 8-22% of
+    # plain decode speed (measured, BENCHMARKS.md), so off unless asked (`edge.load(exact=)`).
+    uniform_steps: bool = False
     # How often a device that left is asked whether it is back (`Engine.readmit`), in seconds:
     # each time costs up to one connect timeout while it is still gone.
     readmit_interval_s: float = 10.0
@@ -174,6 +179,8 @@ class Engine:
             for s in p.segments
         )
         self.min_step = 1 if self.steps or not self.graphs else min_step_tokens(package.manifest)
+        if config.uniform_steps and self.graphs and not self.steps and self._rounds_by_level():
+            self.min_step = max(self.min_step, 2)
         self.chunk = (
             max(self.steps)
             if self.steps
@@ -384,7 +391,11 @@ class Engine:
     def rounds_by_step(self) -> bool:
         """MatMulNBits at accuracy_level 4 quantizes activations to int8 per block, on other
         paths for one token than for several. (w8a8 packages round per token and always step
-        two tokens or more, which makes them exact: see `min_step_tokens`.)"""
+        two tokens or more, which makes them exact: see `min_step_tokens`; so does
+        `EngineConfig.uniform_steps` for these.)"""
+        return self.min_step < 2 and self._rounds_by_level()
+
+    def _rounds_by_level(self) -> bool:
         return self.graphs and any(
             level >= 1 for level in self.package.manifest.quant.accuracy_levels
         )

@@ -104,7 +104,8 @@ def add_draft_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MODEL|lookup",
         help="draft with a small model of the same family, or 'lookup' "
-        "(n-grams of the prompt and output); greedy output is unchanged",
+        "(n-grams of the prompt and output); greedy output is the target's own: bit for bit "
+        "on fp32 and w8a8 packages and with --exact, else up to near-ties (int4)",
     )
     group.add_argument(
         "--draft-threads",
@@ -123,6 +124,13 @@ def add_draft_options(parser: argparse.ArgumentParser) -> None:
         "--parallel-draft",
         action="store_true",
         help="draft the next tokens while the target verifies (PEARL)",
+    )
+    group.add_argument(
+        "--exact",
+        action="store_true",
+        help="int4 packages: step at least two tokens, as verification does, so output with "
+        "and without --draft (both with --exact) is identical bit for bit; 8-22%% slower "
+        "plain decoding",
     )
 
 
@@ -246,9 +254,10 @@ def cluster_config(args: argparse.Namespace) -> Any:
 
 
 def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """edge.load's speculative keywords from --draft* options (none when absent)."""
+    """edge.load's speculative keywords from --draft* and --exact (none when absent)."""
+    exact = {"exact": True} if getattr(args, "exact", False) else {}
     if getattr(args, "draft", None) is None:
-        return {}
+        return exact
     from edge.speculative import SpeculativeConfig
 
     k = args.draft_tokens
@@ -259,4 +268,9 @@ def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if k
         else SpeculativeConfig(parallel=args.parallel_draft)
     )
-    return {"draft": args.draft, "draft_threads": args.draft_threads, "speculative": config}
+    return {
+        **exact,
+        "draft": args.draft,
+        "draft_threads": args.draft_threads,
+        "speculative": config,
+    }

@@ -50,8 +50,8 @@ def _warn_if_batch_variant(target: Runner) -> None:
             "the target rounds activations to int8 (accuracy_level 4): a pass over k tokens "
             "and k one-token passes differ by up to ~0.3 logits, so speculative output equals "
             "plain output (greedy, or sampled with the same seed) except where two tokens "
-            "nearly tie; export with --quant w8a8, or --accuracy-level 0, for token-for-token "
-            "equality"
+            "nearly tie; load with exact=True (--exact), or export with --quant w8a8, for "
+            "bit-for-bit equality"
         )
 
 
