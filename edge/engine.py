@@ -500,7 +500,7 @@ class Engine:
                 if segment.backend.recovers:  # its stand-in (ONNX Runtime's CPU) does not
                     # A linked stage may report the failure of an earlier one (`failed_stage`).
                     stage = getattr(exc, "failed_stage", segment.loaded)
-                    self._recover(next(s for s in segments if s.loaded is stage), exc)
+                    self._recover(next((s for s in segments if s.loaded is stage), segment), exc)
                     return self._run(n, all_logits, decode_graphs)
                 raise self._failed(segment, position, exc) from exc
         self._history[position : position + n] = self._ids[0, :n]
