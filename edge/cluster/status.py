@@ -54,7 +54,7 @@ def cluster_status(
             except ClusterError:
                 row = DeviceStatus(node.node_id, address, "unreachable")
                 continue
-            holds = f"{_held(info.get('slice'))} of {info.get('package')}"
+            holds = f"{_held(info.get('slice'))} of {info.get('package')}{_hops(info)}"
             free = int(info.get("memory_budget", 0)) >> 20
             row = DeviceStatus(
                 peer.node_id, address, "ok", rtt, f"{holds}; {free} MiB free{_memory(info)}"
@@ -80,6 +80,18 @@ def _held(held: object) -> str:
             f"[{blocks[0]}, {blocks[1]}), {int(held.get('bytes', 0)) >> 20} MiB"
         )
     return f"parts [{held.get('start')}, {held.get('end')})"
+
+
+def _hops(info: dict) -> str:
+    """Where a pipeline stage hands its output (the next stage's worker, directly), and how
+    many steps it passed on and took from the stage before."""
+    held, hops = info.get("slice"), info.get("hops")
+    target = held.get("next_stage") if isinstance(held, dict) else None
+    if not isinstance(hops, dict) or not (target or any(hops.values())):
+        return ""
+    sent, received = hops.get("sent", 0), hops.get("received", 0)
+    where = f", output to {target} directly" if target else ""
+    return f"{where} ({sent} steps handed on, {received} taken from the previous stage)"
 
 
 def _memory(info: dict) -> str:

@@ -146,6 +146,7 @@ class Worker:
                 "position": self.slice.position,
                 "kv_bytes": self.slice.nbytes,
                 "predicted_growth": self.slice.predicted_growth,
+                "next_stage": None if self.downstream is None else self.downstream.endpoint,
             }
         if self.shard is not None:
             held = {

@@ -15,6 +15,7 @@ import zmq
 from edge.cluster.client import WorkerClient
 from edge.cluster.frames import Message
 from edge.cluster.keys import KeyStore, new_keypair
+from edge.cluster.status import cluster_status
 from edge.cluster.transport import LinkConfig, client_socket, send
 from edge.engine import Engine, EngineConfig
 from edge.package import open_package
@@ -60,7 +61,8 @@ def test_three_stages_pass_hidden_states_worker_to_worker(
     tiny_package, coordinator, start_worker, monkeypatch, expected
 ) -> None:
     """Token ids to logits on three workers: the first two forward every step's output to
-    the next stage (one prompt step and ten decode steps), the same tokens come out."""
+    the next stage (one prompt step and ten decode steps), the same tokens come out, and
+    `edge cluster status` says where each stage's output goes."""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator) for _ in range(3)]
     config = EngineConfig(threads=1, max_context=64, placement=_stages(workers, [0, 2, 4]))
@@ -73,6 +75,10 @@ def test_three_stages_pass_hidden_states_worker_to_worker(
         {"received": 11, "sent": 0},
     ]
     assert not engine.fallbacks
+    peers = [w.endpoint.removeprefix("tcp://") for w in workers]
+    holds = {r.address: r.holds for r in cluster_status("home", peers, 0, coordinator)}
+    assert f"output to {workers[1].endpoint} directly (11 steps handed on" in holds[peers[0]]
+    assert "0 steps handed on, 11 taken from the previous stage" in holds[peers[2]]
     engine.close()
 
 
