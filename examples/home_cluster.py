@@ -19,8 +19,9 @@ Without a home at hand:
                                                           # for two Raspberry Pi 5 workers
 
 The coordinator measures each worker's round trip and reads its measured memory bandwidth,
-predicts the time per token of one device, a pipeline and a tensor-parallel split, and runs
-the fastest that fits (`--split` forces one). Workers never need torch; every link is
+predicts the time per token of one device, a pipeline (its stages on workers hand their
+output to each other directly) and a tensor-parallel split, and runs the fastest that fits
+(`--split` forces one). Workers never need torch; every link is
 authenticated and encrypted (CurveZMQ) after pairing.
 """
 
