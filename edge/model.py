@@ -191,6 +191,8 @@ class Model:
         `prompt` is text (encoded with the model's tokenizer) or a list of token ids.
         `top_logprobs=k` adds to each response the k most likely tokens with their logprobs
         (the distribution its `logprob` is taken from); it does not change the tokens.
+        `repetition_penalty` acts on the last 64 tokens but those that decode to whitespace
+        alone (newlines, indents).
         """
         config = GenerationConfig(
             max_tokens=max_tokens,
@@ -204,6 +206,9 @@ class Model:
                 min_p=min_p,
                 repetition_penalty=repetition_penalty,
                 seed=seed,
+                repetition_exempt=(
+                    self.tokenizer.whitespace_ids() if repetition_penalty != 1.0 else ()
+                ),
             ),
         )
         ids = (

@@ -77,6 +77,9 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     repetition_window: int = 64  # how many recent tokens the penalty looks at
     seed: int | None = None
+    # Ids the penalty never touches: `Model` passes the tokens that decode to whitespace alone
+    # (a penalised newline turns verse into prose; llama.cpp's penalize_nl=false, likewise).
+    repetition_exempt: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Type checks first: a string or float where an int belongs would otherwise surface as
@@ -94,6 +97,12 @@ class SamplingConfig:
         _require(0 <= self.min_p < 1, "min_p", self.min_p, "in [0, 1) (0 = off)")
         _require(math.isfinite(rp) and rp > 0, "repetition_penalty", rp, "a finite number > 0")
         _require(self.repetition_window >= 0, "repetition_window", self.repetition_window, ">= 0")
+        _require(
+            all(_is_int(i) and i >= 0 for i in self.repetition_exempt),
+            "repetition_exempt",
+            self.repetition_exempt,
+            "token ids (integers >= 0)",
+        )
         _require(
             self.seed is None or (_is_int(self.seed) and self.seed >= 0),
             "seed",
@@ -141,6 +150,7 @@ class Sampler:
         self.vocab_size = vocab_size
         self.seed: int = config.seed if config.seed is not None else fresh_seed()
         self._scratch = np.empty(vocab_size, dtype=np.float32)  # (V,) reused every step
+        self._exempt = np.unique(np.asarray(config.repetition_exempt, dtype=np.int64))
 
     def sample(
         self,
@@ -218,6 +228,8 @@ class Sampler:
         ids = np.unique(np.asarray(recent_tokens[-window:], dtype=np.int64))
         if ids.size and (ids[0] < 0 or ids[-1] >= self.vocab_size):
             raise ValueError(f"recent token ids must be in [0, {self.vocab_size})")
+        if self._exempt.size:
+            ids = ids[~np.isin(ids, self._exempt, assume_unique=True)]
         return ids
 
     def choose(

@@ -43,6 +43,7 @@ class Tokenizer:
         self.info = info
         self._template: ChatTemplate | None = None  # compiled on first use: a broken template
         # must fail chat only, not plain generation
+        self._whitespace: tuple[int, ...] | None = None
 
     @classmethod
     def from_package(cls, package: Package) -> Tokenizer:
@@ -70,6 +71,16 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def whitespace_ids(self) -> tuple[int, ...]:
+        """Ids of the tokens that decode to whitespace alone (newlines, indents): the ones a
+        repetition penalty leaves alone, or it turns verse into prose and breaks indented
+        code. Computed once (0.05 s for 49k tokens, 0.13 s for 152k)."""
+        if self._whitespace is None:
+            n = self._tok.get_vocab_size(with_added_tokens=True)
+            texts = self._tok.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+            self._whitespace = tuple(i for i, t in enumerate(texts) if t and not t.strip())
+        return self._whitespace
 
     @property
     def has_chat_template(self) -> bool:

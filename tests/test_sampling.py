@@ -119,6 +119,16 @@ def test_repetition_penalty_only_looks_at_the_window() -> None:
     assert Sampler(no_window, 3).sample(logits, [1])[0] == 1
 
 
+def test_repetition_penalty_leaves_exempt_tokens_alone() -> None:
+    """The ids a model marks exempt (its whitespace-only tokens) keep their logits."""
+    logits = np.array([0.0, 4.0, 3.0], dtype=np.float32)
+    exempt = SamplingConfig(repetition_penalty=2.0, repetition_exempt=(1,))
+    assert Sampler(exempt, 3).sample(logits, [1, 1])[0] == 1
+    assert Sampler(exempt, 3).sample(np.array([0.0, 3.0, 4.0], np.float32), [2])[0] == 1
+    with pytest.raises(InvalidSamplingError, match="repetition_exempt"):
+        SamplingConfig(repetition_exempt=(-1,))
+
+
 def test_repetition_penalty_does_not_modify_caller_logits() -> None:
     logits = np.array([0.0, 4.0, 3.0], dtype=np.float32)
     before = logits.copy()

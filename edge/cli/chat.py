@@ -70,7 +70,7 @@ class Conversation:
 
 def main(args: argparse.Namespace) -> int:
     system = check_text(args.system, "--system") if args.system else None
-    kwargs = sampling_kwargs(args)
+    kwargs = sampling_kwargs(args, chat=True)
     model = load_model(args, args.model)
     chat = Conversation()
     if system:

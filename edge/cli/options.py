@@ -6,6 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+# Greedy chat replies of small models fall into loops (SmolLM2-135M repeats a line until the
+# token limit); a mild penalty on the last 64 tokens (Ollama's default: 1.1 over 64) ends
+# them. Plain completion stays exactly the model's greedy text.
+CHAT_REPEAT_PENALTY = 1.1
+
 
 def _int_at_least(minimum: int) -> Any:
     """An argparse type: an integer >= minimum, so `--seed -1` or `--threads 0` stops with a
@@ -162,8 +167,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--repeat-penalty",
         type=float,
-        default=1.0,
-        help="penalise recently generated tokens (1 = off)",
+        default=None,
+        help="penalise the last 64 tokens but whitespace (1 = off; default: "
+        f"{CHAT_REPEAT_PENALTY:g} for chat replies, 1 for plain completion)",
     )
     group.add_argument(
         "--seed",
@@ -180,11 +186,15 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def sampling_kwargs(args: argparse.Namespace, chat: bool = False) -> dict[str, Any]:
     """Model.stream's keywords, checked now: a bad value must stop the command before the model
-    is loaded (which can take minutes: a pull and an export), not after."""
+    is loaded (which can take minutes: a pull and an export), not after. A chat reply gets
+    `CHAT_REPEAT_PENALTY` unless --repeat-penalty says otherwise."""
     from edge.generate import GenerationConfig
     from edge.sampling import SamplingConfig
+
+    if args.repeat_penalty is None:
+        args.repeat_penalty = CHAT_REPEAT_PENALTY if chat else 1.0
 
     GenerationConfig(
         max_tokens=args.max_tokens,

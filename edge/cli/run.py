@@ -98,7 +98,7 @@ def speculation_line(s: SpeculationStats) -> str:
 def main(args: argparse.Namespace) -> int:
     model_name, prompt = split_model_prompt(args.words)
     system = check_text(args.system, "--system") if args.system else None
-    kwargs = sampling_kwargs(args)
+    kwargs = sampling_kwargs(args, chat=args.chat)
     model = load_model(args, model_name)
     if args.chat:
         messages = [{"role": "system", "content": system}] if system else []

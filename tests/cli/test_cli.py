@@ -78,6 +78,25 @@ def test_run_prints_only_the_generated_text(package: str, expected_text: str) ->
     assert result.stderr == ""
 
 
+def test_chat_replies_get_a_mild_repetition_penalty(package: str) -> None:
+    """`edge run --chat` penalises the last 64 tokens by 1.1 unless told otherwise (greedy
+    replies of a 135M model loop); `--repeat-penalty 1` gives the plain greedy reply, and a
+    prompt without --chat stays plain greedy (above)."""
+    ask = "Write a haiku about the sea."
+    model = edge.load(package, progress=False)
+    turn = [{"role": "user", "content": ask}]
+    penalised = model.chat(turn, max_tokens=32, repetition_penalty=1.1)
+    greedy = model.chat(turn, max_tokens=32)
+    assert penalised != greedy
+    spared = set(model.tokenizer.whitespace_ids())  # what the penalty leaves alone
+    assert set(model.tokenizer.encode("\n\n    ", add_special_tokens=False)) <= spared
+    assert not set(model.tokenizer.encode(" sea", add_special_tokens=False)) & spared
+    for extra, expected in (((), penalised), (("--repeat-penalty", "1"), greedy)):
+        result = edge_cli("run", package, ask, "--chat", "-n", "32", "-q", *extra)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected + "\n", extra
+
+
 def test_run_stats_go_to_stderr(package: str, expected_text: str) -> None:
     """`--stats` prints token counts and tok/s on stderr, leaving stdout the text alone."""
     result = edge_cli("run", package, PROMPT, "-n", "8", "-q", "--stats")
