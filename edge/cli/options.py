@@ -193,8 +193,9 @@ def sampling_kwargs(args: argparse.Namespace, chat: bool = False) -> dict[str, A
     from edge.generate import GenerationConfig
     from edge.sampling import SamplingConfig
 
-    if args.repeat_penalty is None:
-        args.repeat_penalty = CHAT_REPEAT_PENALTY if chat else 1.0
+    penalty = args.repeat_penalty
+    if penalty is None:
+        penalty = CHAT_REPEAT_PENALTY if chat else 1.0
 
     GenerationConfig(
         max_tokens=args.max_tokens,
@@ -204,7 +205,7 @@ def sampling_kwargs(args: argparse.Namespace, chat: bool = False) -> dict[str, A
             top_k=args.top_k,
             top_p=args.top_p,
             min_p=args.min_p,
-            repetition_penalty=args.repeat_penalty,
+            repetition_penalty=penalty,
             seed=args.seed,
         ),
     )
@@ -214,7 +215,7 @@ def sampling_kwargs(args: argparse.Namespace, chat: bool = False) -> dict[str, A
         "top_k": args.top_k,
         "top_p": args.top_p,
         "min_p": args.min_p,
-        "repetition_penalty": args.repeat_penalty,
+        "repetition_penalty": penalty,
         "seed": args.seed,
         "stop": args.stop,
     }
