@@ -1,8 +1,8 @@
 """Delaying TCP proxies for cluster benchmarks: latency on loopback links (no netem here).
 
 `DelayProxy` holds every chunk it reads for `delay` seconds before passing it on, in each
-direction, without limiting throughput (tests/cluster/test_cluster_netns.py has the tests'
-copy), and counts the bytes it forwards: the TCP payload a worker link really carries
+direction, without limiting throughput (tests/cluster/test_cluster_netns.py uses it in its own
+process), and counts the bytes it forwards: the TCP payload a worker link really carries
 (CurveZMQ-encrypted ZMTP frames, heartbeats included). `ProxyProcess` runs one per target in
 a child process, so the proxies' threads never wait on the coordinator's GIL; the delay is
 changed and the counts are read through shared memory.

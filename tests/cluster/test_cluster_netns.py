@@ -9,15 +9,11 @@ veths and worker processes are removed in a finalizer, whatever happens."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.delay_proxy import DelayProxy
 from edge.cluster.client import WorkerClient
 from edge.cluster.keys import KeyStore
 from edge.cluster.members import Member
@@ -121,65 +118,6 @@ def namespaces() -> Iterator[list[Namespace]]:
             _remove(ns)
 
 
-class DelayProxy:
-    """A TCP proxy that holds every chunk `delay_s` before passing it on (each direction),
-    without limiting throughput: latency for links whose kernel has no netem."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
-        self.target, self.delay_s = target, delay_s
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                continue
-            self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                pending: queue.Queue[tuple[float, bytes]] = queue.Queue()
-                threading.Thread(target=self._read, args=(src, pending), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, pending), daemon=True).start()
-
-    def _read(self, src: socket.socket, pending: queue.Queue[tuple[float, bytes]]) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            pending.put((time.monotonic() + self.delay_s, data))
-            if not data:
-                return
-
-    def _write(self, dst: socket.socket, pending: queue.Queue[tuple[float, bytes]]) -> None:
-        while True:
-            due, data = pending.get()
-            time.sleep(max(0.0, due - time.monotonic()))
-            try:
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._closed.set()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-
 def _greedy(engine: Engine, cut: Callable[[], None] | None = None) -> list[int]:
     logits = engine.prefill(PROMPT)[0]
     out = []
@@ -225,7 +163,7 @@ def test_three_namespaced_workers_survive_a_cut_link(
             line = proc.stdout.readline() if proc.stdout else ""
             assert line.startswith("serving"), line + (proc.stderr.read() if proc.stderr else "")
             port = int(line.split()[-1].rsplit(":", 1)[1])
-            proxies.append(DelayProxy((ns.inner_ip, port), DELAY_S))
+            proxies.append(DelayProxy((ns.inner_ip, port), lambda: DELAY_S))
             node_id, keys = store.node()
             members.append(Member(node_id, proxies[-1].endpoint, keys.public, 1 << 30))
             assert all("tbf" in shown for shown in _qdiscs(ns)), _qdiscs(ns)
