@@ -9,9 +9,12 @@ by file fingerprint (`edge.hashing`), so an unchanged multi-GB source is not re-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge.errors import EdgeError, PackageError, UnknownModelError
@@ -27,6 +30,38 @@ class ExportUnavailableError(EdgeError, RuntimeError):
 
 def resolve_package(model: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Path:
     """The package directory for `model` (default: SmolLM2-135M-Instruct)."""
+    found = _locate(model, progress)
+    return found if isinstance(found, Path) else _export_cached(*found, progress)
+
+
+@contextlib.contextmanager
+def plannable_package(
+    model: str | os.PathLike[str] | None = None, *, progress: bool = True
+) -> Iterator[tuple[Path, bool]]:
+    """(a package to plan `model` on, whether it is only laid out): the package itself or an
+    up-to-date cached export, else the layout its export would write (`exporters.layout`: the
+    same parts and tensor sizes, in seconds) in a temporary folder; nothing is exported."""
+    found = _locate(model, progress)
+    if isinstance(found, Path):
+        yield found, False
+        return
+    source, key = found
+    cached = _fresh_export(source, key)
+    if cached is not None:
+        yield cached, False
+        return
+    try:
+        from exporters.defaults import default_export_config
+        from exporters.layout import write_layout
+    except ImportError as exc:
+        raise _export_unavailable(source, exc) from exc
+    with tempfile.TemporaryDirectory(prefix="edge-layout-") as scratch:
+        yield write_layout(source, scratch, default_export_config(source)), True
+
+
+def _locate(model: str | os.PathLike[str] | None, progress: bool) -> Path | tuple[Path, str]:
+    """A package directory, or (the source to export, its cache key); a registered model is
+    pulled first."""
     model = model or DEFAULT_MODEL
     path = Path(model).expanduser()
     if path.exists():
@@ -37,12 +72,12 @@ def resolve_package(model: str | os.PathLike[str] | None = None, *, progress: bo
                 f"{path} is neither an edge package (no {MANIFEST_FILE}) nor a "
                 "Hugging Face folder (no config.json)"
             )
-        return _export_cached(path, _cache_key(path), progress)
+        return path, _cache_key(path)
     name = str(model)
     if name in REGISTRY:
         from edge.models.pull import pull
 
-        return _export_cached(pull(name, progress=progress), name, progress)
+        return pull(name, progress=progress), name
     raise UnknownModelError(
         f"{name!r} is not a known model or an existing path. Known models: "
         f"{', '.join(sorted(REGISTRY))}; or give a GGUF file, a Hugging Face folder or an "
@@ -57,26 +92,40 @@ def _cache_key(path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:12]}"
 
 
-def _export_cached(source: Path, key: str, progress: bool) -> Path:
-    """The cached package for `source`, exported again unless it was made from these bytes
-    with the default export of edge's version (`exporters.defaults`)."""
+def _fresh_export(source: Path, key: str) -> Path | None:
+    """The cached package for `source` if it was made from these bytes with the default
+    export of edge's version (`exporters.defaults`), or by an earlier export where this
+    install cannot export; else None."""
     target = packages_dir() / key
     recorded = _recorded_export(target)
-    made_from_source = recorded is not None and recorded[0] == source_sha256(source)
+    if recorded is None or recorded[0] != source_sha256(source):
+        return None
+    try:
+        from exporters.defaults import default_export_config
+    except ImportError:  # a runtime-only install uses what an earlier export made
+        return target
+    return target if recorded[1] == _record(default_export_config(source)) else None
+
+
+def _export_cached(source: Path, key: str, progress: bool) -> Path:
+    """The cached package for `source`, exported again unless `_fresh_export` keeps it."""
+    cached = _fresh_export(source, key)
+    if cached is not None:
+        return cached
     try:
         from exporters.defaults import default_export_config
         from exporters.export import export
     except ImportError as exc:
-        if made_from_source:  # a runtime-only install uses what an earlier export made
-            return target
-        raise ExportUnavailableError(
-            f"{source} must be exported to an edge package first, which needs the export "
-            f"extras: pip install 'edge[export]' ({exc})"
-        ) from exc
+        raise _export_unavailable(source, exc) from exc
     config = default_export_config(source)
-    if made_from_source and recorded is not None and recorded[1] == _record(config):
-        return target
-    return export(source, target, config=config, overwrite=True, progress=progress)
+    return export(source, packages_dir() / key, config=config, overwrite=True, progress=progress)
+
+
+def _export_unavailable(source: Path, exc: ImportError) -> ExportUnavailableError:
+    return ExportUnavailableError(
+        f"{source} must be exported to an edge package first, which needs the export "
+        f"extras: pip install 'edge[export]' ({exc})"
+    )
 
 
 def _record(config: object) -> object:

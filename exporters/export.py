@@ -241,7 +241,7 @@ def _write_package(
                 source, arch, spec, root, config, tokenizer, bar
             )
         else:
-            parts, quantization = _write_weight_only(
+            parts, quantization = write_weight_parts(
                 source, arch, spec, root, config, tokenizer, bar
             )
     _finish(root, spec, parts, tokenizer, source, config, quantization, started, source_digest)
@@ -280,7 +280,7 @@ def _write_static_int8(
     }
 
 
-def _write_weight_only(
+def write_weight_parts(
     source: Source,
     arch: LlamaArchitecture,
     spec: ModelSpec,
@@ -288,11 +288,13 @@ def _write_weight_only(
     config: ExportConfig,
     tokenizer: fmt.TokenizerInfo,
     bar: tqdm,
+    writer: type[WeightFileWriter] = WeightFileWriter,
 ) -> tuple[list[PartEntry], dict | None]:
-    """float32 or weight-only int4/int8: embed, each block, head, one part at a time."""
+    """float32 or weight-only int4/int8: embed, each block, head, one part at a time, their
+    weights stored through `writer` (`exporters.layout` passes one that only sizes them)."""
     scheme = config.scheme(spec)
     record: dict[str, dict] = {}  # per-tensor: how it was stored (manifest "quantization")
-    with WeightFileWriter(root, "embed.bin") as out:
+    with writer(root, "embed.bin") as out:
         embed = _write_matrix(
             out, source, "token_embd.weight", spec, scheme.embed if scheme else None, record
         )
@@ -306,10 +308,12 @@ def _write_weight_only(
         ids = calibration_ids(root, tokenizer, config.calibration_tokens)
         calibrator = AWQCalibrator(spec, scheme, embed_rows(source, ids, spec.vocab_size))
     for i in range(spec.num_layers):
-        parts.append(_write_block(source, arch, spec, root, i, scheme, config, calibrator, record))
+        parts.append(
+            _write_block(source, arch, spec, root, i, scheme, config, calibrator, record, writer)
+        )
         bar.update()
     head_name = arch.head_tensor(source)
-    with WeightFileWriter(root, "head.bin") as out:
+    with writer(root, "head.bin") as out:
         norm = out.add("output_norm.weight", source.read("output_norm.weight"))
         head_config = scheme.head if scheme else None
         tied = head_name == "token_embd.weight" and (scheme is None or scheme.embed == head_config)
@@ -345,12 +349,13 @@ def _write_block(
     config: ExportConfig,
     calibrator: AWQCalibrator | None,
     record: dict[str, dict],
+    writer: type[WeightFileWriter],
 ) -> PartEntry:
     block_vectors = arch.block_vectors(source, spec, i)
     block_linears = arch.block_linears(source, spec, i)
     if calibrator is not None:
         block_linears = calibrator.block(i, block_vectors, block_linears)
-    with WeightFileWriter(root, f"block.{i:03d}.bin") as out:
+    with writer(root, f"block.{i:03d}.bin") as out:
         vectors = {n: out.add(n, a) for n, a in block_vectors.items()}
         linears = {
             n: write_linear(out, n, w, scheme.for_linear(n) if scheme else None, record)

@@ -32,22 +32,41 @@ class RowWeight:
     source_type: str  # "F32", "BF16", "Q4_0", "Q4_1", ...: recorded in the manifest
     values: np.ndarray | None = None  # float32 [N, K]
     packed: QuantizedWeight | None = None  # lossless repack (rows = N)
+    shape: tuple[int, int] | None = None  # (N, K) of a weight known by its shape alone
+
+    @classmethod
+    def of_shape(cls, source_type: str, rows: int, columns: int) -> RowWeight:
+        """A weight that is never read: a layout-only export (`exporters.layout`) stores
+        zeros in the layout the real values would take."""
+        return cls(source_type, shape=(rows, columns))
 
     def fp32(self) -> np.ndarray:
         if self.values is not None:
             return self.values
+        if self.shape is not None:  # transposed zeros: `.T` of it is contiguous, not copied
+            return np.zeros(self.shape[::-1], np.float32).T
         assert self.packed is not None
         return dequantize(self.packed).T
 
     @property
     def n_rows(self) -> int:
+        if self.shape is not None:
+            return self.shape[0]
         return self.values.shape[0] if self.values is not None else self.packed.N
+
+    @property
+    def columns(self) -> int:
+        if self.shape is not None:
+            return self.shape[1]
+        return self.values.shape[1] if self.values is not None else self.packed.K
 
 
 def concat(weights: Sequence[RowWeight]) -> RowWeight:
     """Fuse weights along output rows (Q/K/V, gate/up); stays packed when all are alike."""
     kinds = {w.source_type for w in weights}
     kind = kinds.pop() if len(kinds) == 1 else "+".join(w.source_type for w in weights)
+    if any(w.shape is not None for w in weights):  # unread: quantized to the layout asked
+        return RowWeight.of_shape(kind, sum(w.n_rows for w in weights), weights[0].columns)
     packed = [w.packed for w in weights]
     if (
         all(p is not None for p in packed)
@@ -58,6 +77,8 @@ def concat(weights: Sequence[RowWeight]) -> RowWeight:
 
 
 def permute(weight: RowWeight, rows: np.ndarray) -> RowWeight:
+    if weight.shape is not None:
+        return weight
     if weight.packed is not None:
         return RowWeight(weight.source_type, packed=take_rows(weight.packed, rows))
     return RowWeight(weight.source_type, values=weight.values[rows])
@@ -216,6 +237,10 @@ def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWe
     if keeps_source_blocks(weight, config):
         kept = "" if p.bits == config.bits else f" (kept {p.bits}-bit)"
         return p, f"repacked {weight.source_type} losslessly{kept}"
+    if weight.shape is not None:
+        n, k = weight.shape
+        layout = (config.bits, config.block_size, config.symmetric)
+        return QuantizedWeight.zeros(k, n, *layout), f"quantized from {weight.source_type}"
     return quantize(
         np.ascontiguousarray(weight.fp32().T), config
     ), f"quantized from {weight.source_type}"

@@ -58,6 +58,16 @@ class QuantizedWeight:
         if self.zero_points is not None:
             _expect("zero_points", self.zero_points, np.uint8, (self.N * -(-nb * self.bits // 8),))
 
+    @classmethod
+    def zeros(cls, K: int, N: int, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
+        """All-zero arrays in the layout `quantize` would produce: what a layout-only export
+        (`exporters.layout`) stores in place of values it never computes. `np.zeros` maps
+        untouched pages, so this costs no memory until written."""
+        nb = n_blocks_of(K, block_size)
+        zero_points = None if symmetric else np.zeros(N * -(-nb * bits // 8), np.uint8)
+        packed = np.zeros((N, nb, block_size * bits // 8), np.uint8)
+        return cls(packed, np.zeros(N * nb, np.float32), zero_points, K, N, bits, block_size)
+
     @property
     def n_blocks(self) -> int:
         return n_blocks_of(self.K, self.block_size)

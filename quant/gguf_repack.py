@@ -81,6 +81,13 @@ def repack_gguf(
     return repack_q4_0(raw, shape) if name == "Q4_0" else repack_q8_0(raw, shape)
 
 
+def repacked_layout(ggml_type: object, shape: tuple[int, int]) -> QuantizedWeight:
+    """Zeros in the layout `repack_gguf` gives a weight of this type and [N, K] shape, without
+    its data (a layout-only export, `exporters.layout`)."""
+    name = _type_name(ggml_type)
+    return QuantizedWeight.zeros(shape[1], shape[0], 4 if name == "Q4_0" else 8, GGUF_BLOCK, True)
+
+
 def is_lossless(ggml_type: object) -> bool:
     """Whether `repack_gguf` can take this type without re-quantizing."""
     return getattr(ggml_type, "name", ggml_type) in LOSSLESS_TYPES

@@ -90,8 +90,8 @@ def main(args: argparse.Namespace) -> int:
         mode=args.mode,
         max_segments=args.max_segments,
     )
-    # The planner reads a package's manifest: a registered name or a GGUF file is pulled and
-    # exported first (once, then cached), with its progress shown.
+    # The planner reads a package's manifest: a registered name is pulled (with its progress
+    # shown), and a model not exported yet is planned on the layout its export would write.
     plan = plan_model(
         args.model,
         budget=args.budget,

@@ -158,17 +158,25 @@ def plan_devices(
     backend is also asked whether it is installed and sees its device."""
     from edge.package import open_package
     from edge.planner.make import make_plan
-    from edge.resolve import resolve_package
+    from edge.resolve import plannable_package
 
     config = config or PlanConfig()
     if config.footprint is None:  # the libraries as this environment holds them, measured
         config = replace(config, footprint=import_footprint())
-    package = open_package(resolve_package(model, progress=progress), verify="sizes")
-    try:
-        refusals = backend_refusals(package, devices, local=local)
-        return make_plan(package.manifest, devices, config, refusals)
-    finally:
-        package.close()
+    with plannable_package(model, progress=progress) as (path, laid_out):
+        package = open_package(path, verify="sizes")
+        try:
+            refusals = backend_refusals(package, devices, local=local)
+            plan = make_plan(package.manifest, devices, config, refusals)
+        finally:
+            package.close()
+    if not laid_out:
+        return plan
+    note = (
+        "planned on the package its export would write (the same parts and sizes), not "
+        "exported yet: `edge run` or `edge export` exports it first"
+    )
+    return replace(plan, notes=(*plan.notes, note))
 
 
 def backend_refusals(

@@ -82,6 +82,13 @@ class GGUFSource:
     def has(self, name: str) -> bool:
         return name in self._tensors
 
+    def layout(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(GGML type, numpy shape) of a tensor, from the header alone."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise UnsupportedModelError(f"{self.path} lacks tensor {name}")
+        return tensor.tensor_type.name, tuple(int(d) for d in reversed(tensor.shape))
+
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         tensor = self._tensors.get(name)
         if tensor is None:

@@ -95,6 +95,13 @@ class HFSource:
     def has(self, name: str) -> bool:
         return name in self._index
 
+    def layout(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype, shape) of a tensor, from the header alone."""
+        if name not in self._index:
+            raise UnsupportedModelError(f"{self.path} lacks tensor {name}")
+        info = self._index[name][1]
+        return str(info["dtype"]), tuple(int(d) for d in info["shape"])
+
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         if name not in self._index:
             raise UnsupportedModelError(f"{self.path} lacks tensor {name}")

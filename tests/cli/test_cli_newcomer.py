@@ -1,10 +1,9 @@
 """The CLI as a newcomer meets it (issue 16): options between MODEL and PROMPT, `edge bench
---stream` without matplotlib, `edge eval ppl`'s default protocol, and a GGUF export without
-transformers' "PyTorch was not found" line.
+--stream` without matplotlib, `edge eval ppl`'s default protocol, a GGUF export without
+transformers' "PyTorch was not found" line, and `edge plan` on a model not exported yet.
 
-The model is a tiny random Llama written as a GGUF file here (SmolLM2's tokenizer cut to its
-first 512 tokens, 2 blocks of hidden 64), so each command takes a second or less and the
-export reads a real GGUF without SmolLM2's 49,152-token vocabulary (seconds to parse).
+The model is a tiny random Llama GGUF (`tests.tiny_gguf`), so each command takes a second or
+less.
 """
 
 from __future__ import annotations
@@ -18,72 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from edge.cli.main import main, parse
+from tests.tiny_gguf import write_tiny_gguf
 
-VOCAB = 512
-HIDDEN, FFN, HEADS, KV_HEADS, BLOCKS = 64, 128, 4, 2, 2
 PROMPT = "The capital of France is"
-
-
-def write_tiny_gguf(tokenizer_json: Path, target: Path) -> Path:
-    """A llama GGUF with random float32 weights and the first VOCAB tokens of a byte-level BPE
-    tokenizer.json (ids follow the merge order, so the merges producing them all stay)."""
-    import gguf
-
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    ids: dict[str, int] = data["model"]["vocab"]
-    tokens = sorted((t for t in ids if ids[t] < VOCAB), key=ids.__getitem__)
-    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
-    merges = [m for m in merges if ids.get(m.replace(" ", ""), VOCAB) < VOCAB]
-    control = {t["id"] for t in data["added_tokens"] if t["special"]}  # <|im_end|> and such
-    writer = gguf.GGUFWriter(target, "llama")
-    writer.add_block_count(BLOCKS)
-    writer.add_context_length(2048)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in control else 1 for i in range(len(tokens))])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_pad_token_id(2)
-    writer.add_add_bos_token(False)
-    rng = np.random.default_rng(0)
-    kv = KV_HEADS * HIDDEN // HEADS
-    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output.weight": (VOCAB, HIDDEN)}
-    for b in range(BLOCKS):
-        shapes |= {
-            f"blk.{b}.attn_q.weight": (HIDDEN, HIDDEN),
-            f"blk.{b}.attn_k.weight": (kv, HIDDEN),
-            f"blk.{b}.attn_v.weight": (kv, HIDDEN),
-            f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN),
-            f"blk.{b}.ffn_gate.weight": (FFN, HIDDEN),
-            f"blk.{b}.ffn_up.weight": (FFN, HIDDEN),
-            f"blk.{b}.ffn_down.weight": (HIDDEN, FFN),
-        }
-    for name, shape in shapes.items():
-        writer.add_tensor(name, (rng.standard_normal(shape) * 0.2).astype(np.float32))
-    for name in (
-        "output_norm",
-        *(f"blk.{b}.{n}" for b in range(BLOCKS) for n in ("attn_norm", "ffn_norm")),
-    ):
-        writer.add_tensor(f"{name}.weight", np.ones(HIDDEN, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +151,24 @@ def test_gguf_export_never_says_pytorch_was_not_found(tiny_gguf: Path, tmp_path:
     assert children[1].returncode == 0, export_err
     assert export_out.strip() == str(out) and (out / "manifest.json").is_file()
     assert PYTORCH_LINE not in export_err, export_err
+
+
+def test_plan_lays_a_model_out_instead_of_exporting_it(
+    tiny_gguf: Path, edge_main: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`edge plan MODEL` once exported the model before planning (16 minutes for the 1.5B
+    with AWQ). Now it plans on the layout the export would write: nothing lands in the cache,
+    the plan says so, and it is the plan of the exported package."""
+    from exporters.defaults import default_export_config
+    from exporters.export import export
+
+    monkeypatch.setenv("EDGE_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = edge_main("plan", str(tiny_gguf), "--profile", "rpi5", "--json", "-q")
+    assert code == 0, err
+    planned = json.loads(out)
+    assert "not exported yet" in planned["notes"].pop()
+    assert not any((tmp_path / "cache").rglob("manifest.json"))
+    package = export(tiny_gguf, tmp_path / "pkg", default_export_config(tiny_gguf), progress=False)
+    code, out, err = edge_main("plan", str(package), "--profile", "rpi5", "--json")
+    assert code == 0, err
+    assert planned == json.loads(out)

@@ -25,8 +25,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from edge.engine import Engine, EngineConfig  # noqa: E402
+from edge.format import read_manifest  # noqa: E402
 from edge.package import open_package  # noqa: E402
-from exporters.export import export  # noqa: E402
+from exporters.export import ExportConfig, export  # noqa: E402
+from exporters.layout import write_layout  # noqa: E402
+from tests.exporters.test_export_layout import layout_of  # noqa: E402
 
 LOGITS_ATOL = 1e-4
 INVARIANCE_ATOL = 1e-5
@@ -295,3 +298,17 @@ def test_bf16_checkpoint(
         rtol=0,
         atol=LOGITS_ATOL,
     )
+
+
+@pytest.mark.parametrize("quant", [None, "int4"])
+def test_a_checkpoints_layout_is_its_export(
+    tiny: tuple[Any, Path], quant: str | None, tmp_path: Path
+) -> None:
+    """`edge plan` on a Hugging Face folder plans on `exporters.layout`, read from the
+    safetensors headers: the export's parts and sizes (Qwen2's biases too)."""
+    _, package = tiny
+    config = ExportConfig(quant=quant)
+    (tmp_path / "layout").mkdir()
+    laid_out = write_layout(package.parent / "hf", tmp_path / "layout", config)
+    exported = package if quant is None else export(package.parent / "hf", tmp_path / "q", config)
+    assert layout_of(read_manifest(laid_out)) == layout_of(read_manifest(exported))
