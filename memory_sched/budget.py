@@ -175,16 +175,20 @@ def window_bytes(
         runtime_overhead=runtime_overhead,
     )
     if budget.limit < minimum:
+        weights = (
+            "the pinned parts (the output head, read every token) and the streamed unit"
+            if pinned
+            else "the streamed unit"
+        )
         raise BudgetTooSmallError(
             f"memory budget {format_size(budget.limit)} is too small: the minimum is "
             f"{format_size(minimum)} ({minimum} bytes) = pinned parts {format_size(pinned)} "
             f"+ one streamed unit {format_size(unit)} + KV cache {format_size(kv_cache)} "
             f"+ activations {format_size(activations)} + runtime {format_size(runtime_overhead)}"
-            f". What lowers each: the KV cache, a shorter context (--ctx / max_context); the "
-            "pinned parts (the output head, read every token) and the streamed unit (the "
-            "largest block), a package with fewer bits (--quant int4); the activations, a "
-            "shorter prompt step (prefill_chunk); the runtime is the libraries and tokenizer "
-            "as measured in this environment",
+            f". What lowers each: the KV cache, a shorter context (--ctx / max_context); "
+            f"{weights} (the largest block), a package with fewer bits per weight (edge "
+            "export --quant int4); the activations, a shorter prompt step (prefill_chunk); the "
+            "runtime is the libraries and tokenizer as measured in this environment",
             budget=budget.limit,
             minimum=minimum,
         )

@@ -15,13 +15,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from edge.errors import BudgetTooSmallError, ConfigError
+from edge.errors import BudgetTooSmallError, ConfigError, PackageError
 from edge.format import Manifest, ModelSpec, PartEntry
 from edge.package_files import PackageFiles
 from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD, MemoryBudget, format_size, window_bytes
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.store import WeightStore, plan_layout
-from memory_sched.units import HALVES, half_name, stream_units
+from memory_sched.units import HALVES, half_name, split_head, stream_units
 from memory_sched.window import WindowPolicy, window_size
 
 
@@ -91,6 +91,7 @@ def plan_stream(
     activations: int,
     pinned: Iterable[str] = ("embed", "head"),
     split_blocks: bool = False,
+    head_slices: int = 1,
     runtime_overhead: int = DEFAULT_RUNTIME_OVERHEAD,
     max_window: int | None = None,
 ) -> StreamPlan:
@@ -98,11 +99,19 @@ def plan_stream(
 
     `pinned` parts stay resident (default: the embedding and the head); `max_window` caps the
     window (two units already hide reads behind compute when a read is faster than a unit's
-    compute; more only absorbs jitter).
+    compute; more only absorbs jitter). `head_slices` > 1 streams the head as that many
+    slices of its output rows (`memory_sched.units.split_head`; it cannot then be pinned).
     """
     if max_window is not None and max_window < 1:
         raise ConfigError(f"max_window must be >= 1 or None, got {max_window}")
     units = stream_units(manifest.parts, split_blocks=split_blocks)
+    if head_slices > 1:
+        vocab = manifest.spec.vocab_size
+        units = tuple(
+            piece
+            for u in units
+            for piece in (split_head(u, vocab, head_slices) if u.kind == "head" else (u,))
+        )
     pinned_names = _pinned_units(units, pinned)
     streamed = [u for u in units if u.name not in pinned_names]
     sizes = [plan_layout(u).buffer_bytes for u in streamed]
@@ -159,7 +168,9 @@ def plan_budget_for(
     elsewhere_bytes: int = 0,
 ) -> StreamPlan:
     """Pin the head and as many leading blocks as the budget holds beside a window of at least
-    two streamed blocks (one computing, one being read); stream the rest. The embedding is
+    two streamed blocks (one computing, one being read); stream the rest. Where not even one
+    block fits beside the pinned head, the head streams too, in slices of its output rows no
+    larger than a block: the floor, at one more read of the head per token. The embedding is
     memory-mapped by the engine (only rows in use take memory), so it is planned out.
 
     `parts` (default: all) are the ones streamed from this plan, when other backends run the
@@ -181,13 +192,14 @@ def plan_budget_for(
     blocks = [p.name for p in chosen if p.kind == "block"]
     heads = tuple(p.name for p in chosen if p.kind == "head")
 
-    def attempt(pinned_blocks: int) -> StreamPlan:
+    def attempt(pinned_blocks: int, head_slices: int = 1) -> StreamPlan:
         return plan_stream(
             streamable,
             budget,
             kv_cache=kv,
             activations=act,
-            pinned=(*heads, *blocks[:pinned_blocks]),
+            pinned=(*(heads if head_slices == 1 else ()), *blocks[:pinned_blocks]),
+            head_slices=head_slices,
             runtime_overhead=overhead,
             max_window=max_window,
         )
@@ -198,8 +210,14 @@ def plan_budget_for(
         pass
     try:
         best = attempt(0)
-    except BudgetTooSmallError as exc:  # nothing fits: say what a shorter context would need
-        raise _with_context_hint(exc, manifest.spec, max_context, kv) from None
+    except BudgetTooSmallError as exc:
+        slices = _head_slices(streamable)
+        if not slices:  # nothing fits: say what a shorter context would need
+            raise _with_context_hint(exc, manifest.spec, max_context, kv) from None
+        try:  # the floor: the head too streams, in slices no larger than a block
+            return attempt(0, slices)
+        except BudgetTooSmallError as floor:
+            raise _with_context_hint(floor, manifest.spec, max_context, kv) from None
     for n in range(1, len(blocks)):
         try:
             plan = attempt(n)
@@ -209,6 +227,24 @@ def plan_budget_for(
             break
         best = plan
     return best
+
+
+def _head_slices(manifest: Manifest) -> int:
+    """How many slices of its output rows the head streams in so that none is larger than
+    the largest block (the window's buffers stay the size they are); 0 when the head cannot
+    be sliced (stored by columns) or is no larger than a block."""
+    heads = [p for p in manifest.parts if p.kind == "head"]
+    blocks = [plan_layout(p).buffer_bytes for p in manifest.parts if p.kind == "block"]
+    if len(heads) != 1 or not blocks:
+        return 0
+    slices = -(-plan_layout(heads[0]).buffer_bytes // max(blocks))
+    if slices < 2:
+        return 0
+    try:
+        split_head(heads[0], manifest.spec.vocab_size, slices)
+    except PackageError:
+        return 0
+    return slices
 
 
 def _with_context_hint(

@@ -1,10 +1,13 @@
-"""Streaming units: whole blocks, or TPI-LLM's half-blocks (attention and MLP).
+"""Streaming units: whole blocks, or TPI-LLM's half-blocks (attention and MLP), and the head
+in slices of its output rows.
 
 The window policy treats units as opaque names, so halves are just more names: `block.3.attn`
 and `block.3.mlp`, each a `PartEntry` holding the tensors of its half (its norm included).
 Halves halve the smallest window (the buffer is the largest unit), at the cost of twice as
 many reads; which half a tensor belongs to is read from its name (`blk.3.attn_qkv.weight`,
-`blk.3.ffn_down.weight.q4`), the GGUF-style names every edge exporter writes.
+`blk.3.ffn_down.weight.q4`), the GGUF-style names every edge exporter writes. The head's
+output matrix (the vocabulary's rows: 108 MiB of SmolLM2's float32 package, more than seven
+of its blocks) streams as `head.0`, `head.1`, ... when a budget cannot keep it resident.
 
 >>> units = stream_units(manifest.parts, split_blocks=True)
 >>> [u.name for u in units][:3]
@@ -18,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from edge.errors import PackageError
-from edge.format import PartEntry
+from edge.format import PartEntry, TensorEntry
 
 HALVES = ("attn", "mlp")
 # The tensor's own name after `blk.N.`: attention tensors start with `attn` (Gemma's
@@ -72,3 +75,51 @@ def stream_units(
     for part in parts:
         units.extend(split_block(part) if split_blocks and part.kind == "block" else (part,))
     return tuple(units)
+
+
+def head_row_ranges(vocab_size: int, slices: int) -> list[tuple[int, int]]:
+    """The output rows [start, end) of each of `slices` head slices, in order."""
+    step = -(-vocab_size // max(slices, 1))
+    return [(a, min(a + step, vocab_size)) for a in range(0, vocab_size, step)]
+
+
+def split_head(part: PartEntry, vocab_size: int, slices: int) -> tuple[PartEntry, ...]:
+    """The head as units of its output rows (`head.0`, `head.1`, ...; `head_row_ranges`).
+
+    Each holds its rows of every tensor stored by output row: the exporter's layouts all are
+    (a float [V, H] table, `MatMulNBits`' [V, blocks, bytes] with its scales and zero points),
+    so a slice is one contiguous range of each. The final norm (a few KB) goes with every
+    slice. A head stored by columns (a float [H, V] MatMul, int8 rows [H, V]) raises
+    `PackageError`: it can only be pinned."""
+    if part.kind != "head":
+        raise PackageError(f"only the head streams in slices; {part.name!r} is a {part.kind}")
+    return tuple(
+        replace(
+            part,
+            name=f"{part.name}.{j}",
+            tensors=tuple(_rows(part, t, vocab_size, a, b) for t in part.tensors),
+        )
+        for j, (a, b) in enumerate(head_row_ranges(vocab_size, slices))
+    )
+
+
+def _rows(part: PartEntry, tensor: TensorEntry, vocab_size: int, a: int, b: int) -> TensorEntry:
+    shape = tensor.shape
+    if len(shape) == 1 and shape[0] % vocab_size:  # the norm
+        return tensor
+    by_rows = (
+        bool(shape) and shape[0] % vocab_size == 0 and (len(shape) == 1 or shape[0] == vocab_size)
+    )
+    if not by_rows or tensor.nbytes % vocab_size:
+        raise PackageError(
+            f"part {part.name!r}: {tensor.name} {list(shape)} is not stored by output rows, "
+            "so the head cannot stream in slices"
+        )
+    row = tensor.nbytes // vocab_size
+    per_row = shape[0] // vocab_size
+    return replace(
+        tensor,
+        shape=((b - a) * per_row, *shape[1:]),
+        offset=tensor.offset + a * row,
+        nbytes=(b - a) * row,
+    )

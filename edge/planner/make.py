@@ -67,8 +67,40 @@ def make_plan(
     `refusals` are the backends' own answers, (backend, part index) -> why it refuses the part
     (`edge.planner.machine.backend_refusals`), or (device label, part index) for one device:
     a refused part is never placed there.
+
+    Where nothing fits and no context window was chosen (`config.max_context`), the longest
+    shorter one that fits (a multiple of 256 tokens, down to 256) is planned, with a note:
+    what `edge run --memory-budget` does (`StreamConfig.sized_for`), the KV cache being the
+    part of the floor a user most easily gives up.
     """
     config = config or PlanConfig()
+    try:
+        return _make_plan(manifest, devices, config, refusals)
+    except BudgetTooSmallError as refused:
+        if config.max_context is not None or manifest.quant.static:
+            raise
+        from edge.engine import DEFAULT_MAX_CONTEXT, MIN_DEFAULT_CONTEXT
+
+        default = min(DEFAULT_MAX_CONTEXT, manifest.spec.max_position_embeddings)
+        for context in range(default - 1 - (default - 1) % 256, MIN_DEFAULT_CONTEXT - 1, -256):
+            try:
+                plan = _make_plan(manifest, devices, replace(config, max_context=context), refusals)
+            except BudgetTooSmallError:
+                continue
+            note = (
+                f"context window {context} tokens, not {default}, so that its KV cache fits "
+                "the budget (as edge run sizes it; --ctx N to choose)"
+            )
+            return replace(plan, notes=(*plan.notes, note))
+        raise refused from None
+
+
+def _make_plan(
+    manifest: Manifest,
+    devices: Sequence[Device | Sequence[Any]],
+    config: PlanConfig,
+    refusals: Mapping[tuple[str, int], str] | None,
+) -> Plan:
     devs = _devices(devices)
     costs = model_costs(manifest)
     tables = build(manifest, costs, devs, config, refusals)

@@ -1,7 +1,8 @@
 """The streamed path as a Backend: a segment whose weights do not all fit in memory.
 
 TPI-LLM's sliding window over disk. The head and as many leading blocks as the budget allows
-stay resident (*pinned*); the embedding's rows are read per step (a token touches one row);
+stay resident (*pinned*; under the smallest budgets the head too streams, in slices of its
+output rows); the embedding's rows are read per step (a token touches one row);
 the other blocks stream through a window of preallocated buffers, read from disk by
 `memory_sched`'s prefetcher while earlier blocks compute. Every part runs through the numpy
 forward of `devices.spec_forward` with a kernel that reads the weights where they lie
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -41,13 +42,14 @@ from devices.spec_forward.weights import (
 )
 from edge import format as fmt
 from edge.errors import ConfigError, StreamReadError
-from edge.format import PartEntry
+from edge.format import ModelSpec, PartEntry
 from edge.package import Package
 from edge.streaming.kernels import StreamedLinear
 from edge.streaming.pinned import load_pinned
 from memory_sched.budget import MemoryBudget, format_size
 from memory_sched.prefetcher import Prefetcher
 from memory_sched.sizing import StreamPlan, plan_budget_for, unique_bytes
+from memory_sched.units import head_row_ranges
 
 NAME = "streamed"
 
@@ -216,12 +218,14 @@ class StreamedBackend(Backend):
                     finally:
                         if part.name not in loaded.pinned:
                             loaded.prefetcher.release(part.name)  # type: ignore[union-attr]
-                else:
+                elif part.name in loaded.pinned:
                     logits = loaded.outputs[fmt.LOGITS]
                     index = inputs[fmt.LOGITS_INDEX]
                     logits[...] = head_forward(
                         spec, loaded.pinned[part.name], x, index, loaded.linear
                     )
+                else:
+                    waited += _streamed_head(loaded, part, x)
         except BaseException:
             # A step cut short leaves the window mid-cycle: restart it at the first block, so
             # the next step (the same one again: the cache did not advance) can run.
@@ -261,7 +265,30 @@ class StreamedBackend(Backend):
         return f"streaming: {summarize(loaded, loaded.prefetcher.events()).line()}"
 
 
-def _acquire(loaded: StreamedLoaded, part: PartEntry) -> tuple[PartWeights, float]:
+def _streamed_head(loaded: StreamedLoaded, head: PartEntry, x: np.ndarray) -> float:
+    """The logits a slice of the head's output rows at a time (`memory_sched.units.
+    split_head`), each slice read through the window like a block; returns the read wait."""
+    assert loaded.plan is not None and loaded.prefetcher is not None
+    spec = loaded.executable.graph.package.manifest.spec
+    logits, index = loaded.outputs[fmt.LOGITS], loaded.inputs[fmt.LOGITS_INDEX]
+    units = [u for u in loaded.plan.units if u.kind == "head" and u.name.startswith(f"{head.name}.")]
+    waited = 0.0
+    for unit, (a, b) in zip(units, head_row_ranges(spec.vocab_size, len(units)), strict=True):
+        rows = replace(spec, vocab_size=b - a)
+        weights, wait = _acquire(loaded, unit, rows)
+        waited += wait
+        try:
+            logits[..., a:b] = head_forward(rows, weights, x, index, loaded.linear)
+        finally:
+            loaded.prefetcher.release(unit.name)
+    return waited
+
+
+def _acquire(
+    loaded: StreamedLoaded, part: PartEntry, spec: ModelSpec | None = None
+) -> tuple[PartWeights, float]:
+    """`part`'s weights, pinned or read through the window (typed with `spec`, default the
+    package's), and the time spent waiting for the read."""
     pinned = loaded.pinned.get(part.name)
     if pinned is not None:
         return pinned, 0.0
@@ -276,7 +303,8 @@ def _acquire(loaded: StreamedLoaded, part: PartEntry) -> tuple[PartWeights, floa
         loaded.last_read[part.name] = window.stats
         loaded.step_bytes += window.stats.nbytes
     package = loaded.executable.graph.package
-    return part_weights(package.manifest.spec, part, window.tensors, package.manifest.quant), wait
+    spec = spec or package.manifest.spec
+    return part_weights(spec, part, window.tensors, package.manifest.quant), wait
 
 
 def plan_segment(

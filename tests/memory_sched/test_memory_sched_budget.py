@@ -113,7 +113,7 @@ def test_budget_too_small_states_the_minimum() -> None:
     assert "300.0 MiB" in message and "488.0 MiB" in message and str(488 * MiB) in message
     assert "one streamed unit 200.0 MiB" in message and "KV cache 100.0 MiB" in message
     # and what a user can do about each part
-    assert "a shorter context (--ctx" in message and "(--quant int4)" in message
+    assert "a shorter context (--ctx" in message and "--quant int4)" in message
     restored = pickle.loads(pickle.dumps(error))
     assert restored.minimum == error.minimum and str(restored) == message
 

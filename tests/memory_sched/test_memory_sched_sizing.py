@@ -4,17 +4,19 @@ minimum."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge.errors import BudgetTooSmallError, ConfigError
+from edge.errors import BudgetTooSmallError, ConfigError, PackageError
 from edge.format import TensorEntry, read_manifest
 from edge.package_files import PackageFiles
 from memory_sched import MemoryBudget, plan_stream
 from memory_sched.sizing import unique_bytes
 from memory_sched.store import plan_layout
+from memory_sched.units import head_row_ranges, split_head
 
 OVERHEAD = 1000
 
@@ -84,3 +86,29 @@ def test_plan_prefetcher_streams_a_step(package: Path) -> None:
                 assert weights[tensor.name].tobytes() == map_tensor(package, tensor).tobytes()
             prefetcher.release(unit.name)
     assert len(plan.streamed_units) == 2 * len(manifest.blocks)
+
+
+def test_the_head_streams_in_slices_of_its_rows(package: Path) -> None:
+    """Each slice of the tied float [V, H] head is its rows' bytes in the file, the final norm
+    goes with every slice, and the slices run after the blocks through the same window."""
+    manifest = read_manifest(package)
+    head, vocab = manifest.part("head"), manifest.spec.vocab_size
+    norm, table = head.tensors
+    slices = split_head(head, vocab, 3)
+    assert [s.name for s in slices] == ["head.0", "head.1", "head.2"]
+    rows = map_tensor(package, table)
+    for unit, (a, b) in zip(slices, head_row_ranges(vocab, 3), strict=True):
+        kept_norm, piece = unit.tensors
+        assert kept_norm == norm and piece.shape == (b - a, table.shape[1])
+        assert np.array_equal(map_tensor(package, piece), rows[a:b])
+    plan = _plan(package, 10**9, pinned=("embed",), head_slices=3, max_window=2)
+    assert plan.policy.streamed[-4:] == ("block.3", "head.0", "head.1", "head.2")
+
+
+def test_a_head_stored_by_columns_cannot_stream(package: Path) -> None:
+    """A float MatMul head is [H, V]: a row of the vocabulary is scattered, so it stays pinned."""
+    head = read_manifest(package).part("head")
+    norm, table = head.tensors
+    columns = replace(head, tensors=(norm, replace(table, shape=table.shape[::-1])))
+    with pytest.raises(PackageError, match="not stored by output rows"):
+        split_head(columns, 128, 2)

@@ -60,3 +60,16 @@ def test_planner_stream_matches_engine(quant: str, manifest_factory, tmp_path: P
         # which the planner measures): the streaming issue's bound is budget + 10%.
         assert plan.peak_bytes <= 1.10 * budget, "the prediction exceeds the budget + 10%"
     assert os.path.getsize(tmp_path / "tokenizer.json") > 0
+
+
+def test_planner_sizes_the_context_as_the_engine_does(manifest_factory, tmp_path: Path) -> None:
+    """A budget that holds a 1024-token KV cache but not the default 4096: with no context
+    chosen, the engine shortens the window to fit (`StreamConfig.sized_for`) and the plan
+    says the same context, with a note, instead of refusing."""
+    manifest = manifest_factory(layers=12, hidden=512, ffn=2048, vocab=32000, quant="fp32")
+    footprint = import_footprint()
+    budget = stream_minimum(manifest, max_context=1024, prefill_chunk=64, footprint=footprint)
+    engine = StreamConfig(budget).sized_for(_package(tmp_path, manifest))
+    plan = make_plan(manifest, [Device(CPU, "ort_cpu", budget)], PlanConfig(footprint=footprint))
+    assert plan.mode == "streamed" and plan.max_context == engine.max_context == 1024
+    assert any("context window 1024 tokens" in note for note in plan.notes)

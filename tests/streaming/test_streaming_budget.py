@@ -30,7 +30,8 @@ def test_streaming_budget_minimum_is_stated_and_exact(
     """`edge.load(memory_budget=...)` under the minimum raises BudgetTooSmallError before any
     weights are read, its message stating the budget and the minimum (readable and in bytes);
     one byte under the minimum is refused too, and exactly the minimum loads, streams every
-    block through a window of one and generates 4 tokens equal to the all-pinned run's."""
+    block and the head's row slices through a window of one and generates 4 tokens equal to
+    the all-pinned run's."""
     with pytest.raises(BudgetTooSmallError) as info:
         _load(streaming_int4_package, "50MB", streaming)
     minimum = info.value.minimum
@@ -46,7 +47,8 @@ def test_streaming_budget_minimum_is_stated_and_exact(
     try:
         plan = streamed_state(model.engine).plan
         assert plan.policy.window == 1
-        assert len(plan.policy.streamed) == model.spec.num_layers
+        slices = sum(u.kind == "head" for u in plan.units)  # the head streams too, by rows
+        assert len(plan.policy.streamed) == model.spec.num_layers + slices and slices >= 2
         tokens = streaming.greedy_tokens(model, n=4)
     finally:
         model.engine.close()
