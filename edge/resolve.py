@@ -56,7 +56,7 @@ def plannable_package(
     except ImportError as exc:
         raise _export_unavailable(source, exc) from exc
     with tempfile.TemporaryDirectory(prefix="edge-layout-") as scratch:
-        yield write_layout(source, scratch, default_export_config(source)), True
+        yield write_layout(source, scratch, default_export_config(source), progress), True
 
 
 def _locate(model: str | os.PathLike[str] | None, progress: bool) -> Path | tuple[Path, str]:
