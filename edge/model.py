@@ -81,6 +81,8 @@ class Model:
             draft = ModelDraft(draft.engine)
             if (speculative or SpeculativeConfig()).lookup_first:
                 draft = ChainedDraft([LookupDraft(), draft])
+        if draft is not None and _streamed(engine_config):
+            speculative = _within_stream_logits(speculative or SpeculativeConfig())
         if draft is not None:
             # remember: keep what speculation learned on this machine for the next process
             calibration = (
@@ -399,6 +401,23 @@ def load(
         remember=True,
         kv_slots=kv_slots,
     )
+
+
+def _streamed(config: object) -> bool:
+    from edge.streaming import StreamConfig
+
+    return isinstance(config, StreamConfig)
+
+
+def _within_stream_logits(config: SpeculativeConfig) -> SpeculativeConfig:
+    """At most `LOGITS_ROWS` - 1 drafted tokens a pass on a streamed target: the logits of a
+    verification are memory the budget counts (`memory_sched.sizing.activation_bytes`)."""
+    from memory_sched.sizing import LOGITS_ROWS
+
+    most = LOGITS_ROWS - 1
+    if config.max_draft <= most:
+        return config
+    return replace(config, max_draft=most, draft_tokens=min(config.draft_tokens, most))
 
 
 def _cluster_placement(root: os.PathLike[str], cluster: str | ClusterConfig) -> Placement | None:

@@ -146,12 +146,20 @@ def kv_cache_bytes(spec: ModelSpec, max_context: int) -> int:
     return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
 
 
+# Rows of logits a streamed step returns at most: one for a prompt chunk or a decoded token,
+# a verification's drafted tokens + 1 under speculation, which drafts at most 15 tokens a pass
+# on a streamed target (`edge.model.Model`). 64 rows of a 151,936-token vocabulary would be
+# 37 MiB of a 300 MB budget.
+LOGITS_ROWS = 16
+
+
 def activation_bytes(spec: ModelSpec, chunk: int, max_context: int) -> int:
     """Peak float32 temporaries of one step of `chunk` tokens (the MLP's gate/up and the
-    attention scores dominate), doubled for the copies numpy makes along the way."""
+    attention scores dominate), doubled for the copies numpy makes along the way, and the
+    logits of at most `LOGITS_ROWS` positions."""
     mlp = chunk * spec.intermediate_size * 2 * 4 * 2
     scores = spec.num_heads * chunk * max_context * 4 * 2
-    logits = chunk * spec.vocab_size * 4
+    logits = min(chunk, LOGITS_ROWS) * spec.vocab_size * 4
     return 2 * (mlp + scores) + logits
 
 
