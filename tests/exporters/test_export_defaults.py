@@ -66,3 +66,17 @@ def test_wide_models_take_blocks_of_64(hidden: int, block: int, tmp_path: Path) 
     assert default_export_config(tmp_path / "wide.gguf") == ExportConfig(
         quant="int4", method="awq", symmetric=False, block_size=block
     )
+
+
+def test_a_files_weights_are_read_once(smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edge run NAME` asks on every run whether its cached package is the default export:
+    the GGUF's header (seconds to parse for a large vocabulary) is read once per file."""
+    import exporters.defaults as defaults
+
+    first = default_export_config(smollm2_gguf)
+
+    def parse(path: Path) -> None:
+        raise AssertionError(f"{path} parsed again")
+
+    monkeypatch.setattr(defaults, "_parse", parse)
+    assert default_export_config(smollm2_gguf) == first
