@@ -23,6 +23,14 @@ model's prediction (ms/token at 0 + round trips/token x D) and its error.
     python bench/bench_cluster.py PACKAGE --workers 1 2 3 --modes pipeline tensor
     python bench/bench_cluster.py PACKAGE --workers 2 3 --modes pipeline tensor \
         --delay-ms 0.2 2 10 --chart rtt.svg
+
+With `--reductions star ring` each tensor configuration is loaded once with its workers linked
+into a ring and run both ways, alternated run by run on the same processes and shares: the
+star (every worker's hidden states through this machine's link) against the ring (worker to
+worker, N + 1 one-way trips a reduction); a round trip of the ring counts (N + 1) / 2.
+
+    python bench/bench_cluster.py PACKAGE --workers 2 3 --reductions star ring \
+        --delay-ms 10 --prompt 256 --rate-mbps 100
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from edge.cluster.placement import ClusterConfig, cluster_placement  # noqa: E40
 from edge.cluster.transport import parse_peer  # noqa: E402
 from edge.engine import Engine, EngineConfig  # noqa: E402
 from edge.package import open_package  # noqa: E402
+from edge.placement import Placement  # noqa: E402
 
 CLUSTER = "bench"
 
@@ -172,7 +181,7 @@ class LinkTimer:
     def __init__(self, engine: Engine) -> None:
         self.phase: str | None = None
         self.trips: dict[str, list[tuple[float, float]]] = {}
-        self._open, self._since, self._stages = 0, 0.0, 0
+        self._open, self._since, self._stages, self._ring = 0, 0.0, 0, 0
         for loaded in engine.loaded_segments():
             for link in getattr(loaded, "links", []):
                 self._wrap_reduction(link)
@@ -205,22 +214,33 @@ class LinkTimer:
         link.submit, link.step_reply = timed_submit, timed_reply
 
     def _wrap_reduction(self, link: Any) -> None:
-        submit, partial = link.submit_partial, link.partial
+        """A reduction from its first request to its last reply: a star's, one round trip; a
+        ring of N workers' (a turn asked of each), N + 1 one-way trips."""
+        for name in ("submit_partial", "submit_ring"):
+            setattr(link, name, self._opening(getattr(link, name), name == "submit_ring"))
+        for name in ("partial", "handed_on"):
+            setattr(link, name, self._closing(getattr(link, name)))
 
-        def timed_submit(*args: Any, **kwargs: Any) -> int:
+    def _opening(self, submit: Callable[..., int], ring: bool) -> Callable[..., int]:
+        def timed(*args: Any, **kwargs: Any) -> int:
             if not self._open:
-                self._since = time.perf_counter()
+                self._since, self._ring = time.perf_counter(), 0
             self._open += 1
+            self._ring += ring
             return submit(*args, **kwargs)
 
-        def timed_partial(*args: Any, **kwargs: Any) -> np.ndarray:
-            out = partial(*args, **kwargs)
+        return timed
+
+    def _closing(self, reply: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            out = reply(*args, **kwargs)
             self._open -= 1
             if not self._open:
-                self._record(time.perf_counter() - self._since)
+                trips = (self._ring + 1) / 2 if self._ring else 1.0
+                self._record(time.perf_counter() - self._since, trips)
             return out
 
-        link.submit_partial, link.partial = timed_submit, timed_partial
+        return timed
 
     def take(self) -> dict[str, list[tuple[float, float]]]:
         trips, self.trips = self.trips, {}
@@ -270,6 +290,22 @@ def link_stages(engine: Engine, linked: bool) -> None:
         return
     for segment in engine.segments:
         segment.backend.chain(segment.loaded, None)
+
+
+def with_reduction(placement: Placement, reduction: str) -> Placement:
+    """`placement` with its tensor segment's reduction set."""
+    segments = tuple(
+        replace(s, options=(*s.options, ("reduction", reduction))) if s.backend == "tensor" else s
+        for s in placement.segments
+    )
+    return Placement(segments)
+
+
+def set_reduction(engine: Engine, reduction: str | None) -> None:
+    """Run the engine's tensor segments' next reductions by the star or (linked) ring."""
+    for loaded in engine.loaded_segments():
+        if reduction is not None and hasattr(loaded, "links"):
+            loaded.reduction = reduction
 
 
 def proxy_bytes(proxies: ProxyProcess | None, indices: list[int]) -> Callable[[], int]:
@@ -351,6 +387,27 @@ def main() -> None:
         "this machine (two trips per worker) instead of worker to worker, alternated with it",
     )
     parser.add_argument(
+        "--rate-mbps",
+        type=float,
+        default=0.0,
+        help="with --delay-ms: every worker's network port carries this many Mbit/s each way "
+        "(a switched LAN, bench/delay_proxy.py's Ports; 0: not limited)",
+    )
+    parser.add_argument(
+        "--coordinator-rate-mbps",
+        type=float,
+        default=None,
+        help="with --rate-mbps: this machine's port (default: the workers' rate)",
+    )
+    parser.add_argument(
+        "--reductions",
+        nargs="+",
+        choices=["star", "ring"],
+        default=None,
+        help="run each tensor configuration with these reductions, alternated on the same "
+        "workers (default: the backend's choice, auto)",
+    )
+    parser.add_argument(
         "--chart",
         type=Path,
         default=None,
@@ -374,7 +431,12 @@ def main() -> None:
     members = [m for _, m in workers]
     proxies = None
     if args.delay_ms is not None:
-        proxies = ProxyProcess([parse_peer(m.endpoint.removeprefix("tcp://")) for m in members])
+        coordinator_rate = args.coordinator_rate_mbps
+        proxies = ProxyProcess(
+            [parse_peer(m.endpoint.removeprefix("tcp://")) for m in members],
+            rate_bps=args.rate_mbps * 1e6 / 8,
+            coordinator_rate_bps=None if coordinator_rate is None else coordinator_rate * 1e6 / 8,
+        )
         members = [replace(m, endpoint=e) for m, e in zip(members, proxies.endpoints)]
     package = open_package(args.package, verify="sizes")
     spec = package.spec
@@ -384,6 +446,7 @@ def main() -> None:
     proxied: dict[str, list[int]] = {}
     shapes: dict[str, tuple[str, int]] = {}
     unlinked: set[str] = set()  # the same engine as another name, its stages not linked
+    reductions: dict[str, str] = {}  # the same engine as another name, another reduction
     first = 0
     for mode in args.modes:
         for k in args.workers:
@@ -391,12 +454,21 @@ def main() -> None:
             placement, why = cluster_placement(package, config, members[first : first + k])
             assert placement is not None, why
             name = f"{mode}: here + {k} worker{'s' * (k > 1)}"
-            engines[name] = Engine(
+            ways = args.reductions if mode == "tensor" and args.reductions else [None]
+            if ways != [None]:
+                placement = with_reduction(placement, "ring" if "ring" in ways else "star")
+            engine = Engine(
                 package, EngineConfig(threads=args.threads, max_context=512, placement=placement)
             )
-            held[name] = [proc.pid for proc, _ in workers[first : first + k]]
-            proxied[name] = list(range(first, first + k))
-            shapes[name] = (mode, k + 1)
+            for way in ways:
+                named = name if way is None else f"{name}, {way}"
+                engines[named] = engine
+                held[named] = [proc.pid for proc, _ in workers[first : first + k]]
+                proxied[named] = list(range(first, first + k))
+                if way in (None, "star"):  # the latency model's shape (a star's round trips)
+                    shapes[named] = (mode, k + 1)
+                if way is not None:
+                    reductions[named] = way
             if args.via_here and mode == "pipeline" and k > 1:
                 via = f"{name}, via here"
                 engines[via], held[via], proxied[via] = engines[name], held[name], proxied[name]
@@ -417,6 +489,7 @@ def main() -> None:
                 if delay and name not in proxied:
                     continue  # no links to delay
                 link_stages(engine, name not in unlinked)
+                set_reduction(engine, reductions.get(name))
                 run = run_once(engine, prompt, args.tokens, timers[name], wires[name])
                 results.setdefault((name, delay), []).append(run)
     measured_s = time.monotonic() - started
@@ -432,8 +505,12 @@ def main() -> None:
     print(f"{args.package.name}: {args.prompt}-token prompt, {args.tokens} tokens, threads")
     print(
         f"{args.threads} per process, median of {args.rounds} alternated rounds "
-        f"({measured_s:.0f} s)" + (", every link through the proxy\n" if proxies else "\n")
+        f"({measured_s:.0f} s)" + (", every link through the proxy" if proxies else "")
     )
+    if proxies is not None and args.rate_mbps:
+        coordinator_rate = args.coordinator_rate_mbps or args.rate_mbps
+        print(f"ports: workers {args.rate_mbps:g} Mbit/s, this machine {coordinator_rate:g} Mbit/s")
+    print()
     print(
         "| configuration | decode tok/s | vs one device | TTFT ms | payload bytes/token "
         "| wire bytes/token | reductions/token | wait ms/reduction | worker peak RSS MiB "

@@ -276,6 +276,29 @@ class WorkerClient:
         "ffn") of block `layer`; `partial(ident)` reads the reply."""
         return self.submit("shard", {"layer": layer, "phase": phase, "position": position}, (x,))
 
+    def submit_ring(
+        self,
+        layer: int,
+        phase: str,
+        x: np.ndarray | None,
+        position: int,
+        token: int,
+        last: bool,
+    ) -> int:
+        """Ask for the worker's turn in ring reduction `token` (`edge.cluster.ring`): `x`
+        [S, H] for the first worker, None where the previous worker hands it on. The last
+        worker's reply (`partial`) is every worker's partial summed; the others' (`handed_on`)
+        say whether their hand-overs reached the next."""
+        meta = {"layer": layer, "phase": phase, "position": position, "ring": token, "last": last}
+        return self.submit("shard", meta, () if x is None else (x,))
+
+    def handed_on(self, ident: int) -> str | None:
+        """None once a ring turn `ident` passed x and the sum on; else why it could not."""
+        reply = self.collect(ident, "shard")
+        if reply.meta.get("forwarded") is True:
+            return None
+        return str(reply.meta.get("why", "no reason given"))[:200]
+
     def partial(self, ident: int, shape: tuple[int, ...]) -> np.ndarray:
         """The partial [S, H] sent back for request `ident`; any other shape loses the link."""
         reply = self.collect(ident, "shard")

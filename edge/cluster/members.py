@@ -80,8 +80,7 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
                 if "receiving" in info and config.send:
                     info = _reopened(endpoint, peer, keys, wanted)
                 with WorkerClient(endpoint, peer.public, keys, link_config, peer.name) as link:
-                    rtt = statistics.median(link.ping() for _ in range(PINGS))
-                    link_bps = measure_link(link, rtt)
+                    rtt, link_bps = measure(link)
             except ClusterError as exc:
                 skipped.append(f"{endpoint} ({peer.node_id}): {exc}")
                 continue
@@ -109,6 +108,12 @@ def find_members(package: Package, config: ClusterConfig) -> tuple[list[Member],
             )
             break
     return members, skipped
+
+
+def measure(link: WorkerClient) -> tuple[float, float | None]:
+    """A link's round trip (the median of `PINGS`) and bandwidth (`measure_link`)."""
+    rtt = statistics.median(link.ping() for _ in range(PINGS))
+    return rtt, measure_link(link, rtt)
 
 
 def measure_link(link: WorkerClient, rtt_s: float) -> float | None:

@@ -8,8 +8,19 @@ link's measured round trip and bandwidth:
                  here -> A -> B -> here is three trips, each half a round trip plus the
                  hidden states through the link); one request computes on one device at a time
     tensor:      max over devices of (its share's bytes / its bandwidth) + the head here
-                 + 2 x blocks x (the slowest round trip + every worker's hidden states through
-                 this machine's link)
+                 + 2 x blocks x the cheaper reduction of S x H hidden states (S = 1 for a
+                 decoded token; the tensor backend's reduction="auto" weighs each step):
+      star:      the slowest round trip + every worker's copy out through this machine's
+                 link one after another + the last partial back (2 N S H 4 bytes on this
+                 machine's link, both ways at once)
+      ring:      here -> worker 1 -> ... -> worker N -> here: N + 1 one-way trips, each
+                 carrying the S x H hidden states whole (the input on, the running sum after
+                 it: at most 2 S H 4 bytes on any link), a worker-to-worker trip as measured
+                 when the workers were linked (`reduction_s`). On equal links the star is
+                 never slower (its copies out and back overlap; the ring's trips do not);
+                 the ring wins only where this machine's link is slower than the workers'
+                 links to each other, for long prompts: never for a decoded token on a home
+                 LAN (measured side by side: bench/bench_cluster.py --reductions star ring).
 
 Pipeline ranges are sized by each device's available memory (the head stays on this machine,
 so only hidden states cross the network); tensor shares by bandwidth, or by memory where a
@@ -21,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Protocol
 
 from edge.errors import ConfigError
 from edge.placement import DEFAULT_BACKEND, Placement, SegmentPlacement
@@ -54,6 +66,25 @@ def split_by_memory(weights: Sequence[int], capacities: Sequence[int]) -> list[t
         bounds.append(end)
     bounds.append(n)
     return list(pairwise(bounds))
+
+
+class Timed(Protocol):
+    """A link as measured from this machine: its round trip and bandwidth (None: too fast to
+    measure, not limiting)."""
+
+    @property
+    def rtt_s(self) -> float: ...
+
+    @property
+    def link_bps(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class LinkTimes:
+    """A worker link's measured numbers, for `choose_reduction`."""
+
+    rtt_s: float
+    link_bps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -171,9 +202,9 @@ def predict_tensor(
     hidden_bytes: int = 0,
 ) -> Prediction | None:
     """Blocks sharded over this machine and the workers (by bandwidth, or by memory where a
-    device could not hold its speed's share); embed and head here. Two star reductions per
-    block: the slowest round trip, plus every worker's hidden states (`hidden_bytes`) there
-    and back through this machine's link one after another."""
+    device could not hold its speed's share); embed and head here. Two reductions per block,
+    each the cheaper of a star and a ring of one token's hidden states (`hidden_bytes`):
+    the tensor backend's `reduction="auto"` (`choose_reduction`)."""
     blocks = [i for i, kind in enumerate(kinds) if kind == "block"]
     if not blocks or blocks != list(range(blocks[0], blocks[-1] + 1)) or len(devices) < 2:
         return None
@@ -209,23 +240,58 @@ def predict_tensor(
     compute = _read_s(weights[-1], used[0]) + max(
         _read_s(int(block_bytes * s / sum(shares)), d) for s, d in zip(shares, used)
     )
-    reduction = max(d.rtt_s for d in used[1:]) + sum(
-        _hop_s(d, 2 * hidden_bytes) - d.rtt_s for d in used[1:]
-    )
-    link = 2 * len(blocks) * reduction
+    link = 2 * len(blocks) * min(reduction_s(used[1:], hidden_bytes).values())
     return Prediction("tensor", compute, link, placement, workers=_names(used[1:]))
+
+
+def reduction_s(
+    workers: Sequence[Timed], nbytes: int, hops: Sequence[Timed] | None = None
+) -> dict[str, float]:
+    """Seconds one reduction of `nbytes` of hidden states takes over the links to `workers`,
+    by way (compute left out: the same in both, overlapped with the trips):
+
+    - "star": the slowest round trip, every worker's copy out through this machine's link
+      one after another, and the last partial back (the others come back meanwhile: a
+      link carries both ways at once);
+    - "ring": N + 1 one-way trips, each carrying `nbytes` whole: here to the first worker,
+      `hops` (worker i to i + 1, as measured when they were linked; None: each the slower
+      of the two workers' trips from here, its path crossing both their links), the last
+      worker back here.
+
+    So on equal links the star is never slower; the ring wins where this machine's link is
+    slower than the workers' links to each other, by more than half a hop's round trip per
+    hidden state's transfer: long prompts, this machine on a slow link."""
+    star = max(w.rtt_s for w in workers) + sum(_hop_s(w, nbytes) - w.rtt_s for w in workers)
+    star += max(_hop_s(w, nbytes) - w.rtt_s for w in workers)
+    trips = [_hop_s(w, 2 * nbytes) / 2 for w in workers]
+    if hops is None:
+        between = [max(a, b) for a, b in pairwise(trips)]
+    else:
+        between = [_hop_s(h, 2 * nbytes) / 2 for h in hops]
+    return {"star": star, "ring": trips[0] + sum(between) + trips[-1]}
+
+
+def choose_reduction(
+    workers: Sequence[Timed], nbytes: int, hops: Sequence[Timed] | None = None
+) -> str:
+    """The reduction predicted faster for a step of `nbytes` of hidden states ("star" on a
+    tie: one round trip, and it needs no worker-to-worker links)."""
+    if len(workers) < 2:
+        return "star"  # a ring of one worker is the star
+    times = reduction_s(workers, nbytes, hops)
+    return "ring" if times["ring"] < times["star"] else "star"
 
 
 def _read_s(nbytes: int, device: Device) -> float:
     return nbytes / (device.bandwidth * DECODE_EFFICIENCY)
 
 
-def _hop_s(device: Device, nbytes: int) -> float:
+def _hop_s(device: Timed, nbytes: int) -> float:
     """One exchange with `device`: its round trip and `nbytes` through its link."""
     return device.rtt_s + (nbytes / device.link_bps if device.link_bps else 0.0)
 
 
-def _chain_s(workers: Sequence[Device], hidden_bytes: int) -> float:
+def _chain_s(workers: Sequence[Timed], hidden_bytes: int) -> float:
     """Here -> first worker -> ... -> last worker -> here, each stage handing its output to
     the next directly: one one-way trip per boundary. A trip to or from a worker is half its
     round trip plus the hidden states through its link; between two workers (a link nothing

@@ -77,9 +77,19 @@ def _held(held: object) -> str:
         heads, ffn = share.get("heads", ["?", "?"]), share.get("ffn", ["?", "?"])
         return (
             f"heads [{heads[0]}, {heads[1]}) and FFN columns [{ffn[0]}, {ffn[1]}) of blocks "
-            f"[{blocks[0]}, {blocks[1]}), {int(held.get('bytes', 0)) >> 20} MiB"
+            f"[{blocks[0]}, {blocks[1]}), {int(held.get('bytes', 0)) >> 20} MiB{_reductions(held)}"
         )
     return f"parts [{held.get('start')}, {held.get('end')})"
+
+
+def _reductions(held: dict) -> str:
+    """How many reductions a share took part in, star and ring, and where its ring hands
+    the hidden states and sums on (the next worker, directly)."""
+    counts, target = held.get("reductions"), held.get("next_in_ring")
+    if not isinstance(counts, dict):
+        return ""  # a worker from before rings
+    where = f", ring hands on to {target} directly" if target else ""
+    return f" ({counts.get('star', 0)} star, {counts.get('ring', 0)} ring reductions{where})"
 
 
 def _hops(info: dict) -> str:

@@ -10,9 +10,10 @@ Only coordinators paired with this device get past the CurveZMQ handshake (ZAP a
 re-read on each connection, so a new pairing needs no restart), and the one worker a
 coordinator introduced as the previous stage of its pipeline (`link`), which may send nothing
 but its stage's output (`forward`): a pipeline hop goes worker to worker, not through the
-coordinator, so a token crosses the network once per boundary. A malformed,
-truncated or oversized request gets an error reply (or, past ZMQ_MAXMSGSIZE, a dropped
-connection) and the worker keeps serving.
+coordinator, so a token crosses the network once per boundary. The same link carries a ring
+reduction's hidden states and running sums between tensor-parallel shares (`edge.cluster.ring`).
+A malformed, truncated or oversized request gets an error reply (or, past ZMQ_MAXMSGSIZE, a
+dropped connection) and the worker keeps serving.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from edge.cluster.errors import PairingError, ProtocolError, require_zmq
 from edge.cluster.frames import Message, error_message
 from edge.cluster.keys import KeyStore
+from edge.cluster.ring import Ring
 from edge.cluster.transport import LinkConfig, receive_from, send, server_socket
 from edge.errors import ConfigError, EdgeError
 
@@ -39,8 +41,9 @@ log = logging.getLogger("edge.cluster.worker")
 REQUESTS = frozenset(
     {"ping", "info", "load", "step", "reset", "unload", "load_shard", "shard", "link", "forward"}
 )
-# The only message a peer worker may send (a coordinator may send any other).
-FROM_PEERS = frozenset({"forward"})
+# What a peer worker may send: its output, and a ping (the link measured when it is linked).
+FROM_PEERS = frozenset({"forward", "ping"})
+PEER_ONLY = frozenset({"forward"})  # a coordinator may send anything else
 # What a new coordinator request makes stale: a step still waiting for its input from a peer.
 SUPERSEDES = frozenset({"step", "load", "reset", "unload", "link", "load_shard"})
 SHARE_MODULE = "edge.cluster.shard_runner"
@@ -122,6 +125,8 @@ class Worker:
         self._awaiting: tuple[bytes, Message] | None = None
         self._forwarded: Message | None = None
         self.hops = {"received": 0, "sent": 0}
+        self.ring = Ring()  # a tensor-parallel share's ring reductions
+        self.stars = 0  # and its star ones
         self.handlers: dict[str, Callable[[Message], Message | None]] = {
             "ping": lambda m: Message("ping", m.id),
             "info": lambda m: Message("info", m.id, self.info()),
@@ -154,6 +159,8 @@ class Worker:
                 "blocks": [min(self.shard.blocks), max(self.shard.blocks) + 1],
                 "bytes": self.shard.nbytes,
                 "predicted_growth": self.shard.predicted_growth,
+                "next_in_ring": None if self.downstream is None else self.downstream.endpoint,
+                "reductions": {"star": self.stars, "ring": self.ring.turns},
             }
         return {
             "node_id": self.node_id,
@@ -221,60 +228,89 @@ class Worker:
         out = self.slice.step(buffers[0], position, str(logits))
         meta: dict[str, Any] = {"position": self.slice.position}
         if message.meta.get("forward"):
-            meta["forwarded"] = self._forward(message.id, position, out)
+            meta["forwarded"] = self._forward({"token": message.id, "position": position}, out)
             if meta["forwarded"] is not True:
                 meta["why"], meta["forwarded"] = meta["forwarded"], False
+            else:
+                self.hops["sent"] += 1
             return Message("step", message.id, meta)
         # The reply is sent without a copy: the buffer is rewritten only by the next step,
         # which the coordinator sends after it has this reply.
         return Message("step", message.id, meta, (out,))
 
-    def _forward(self, token: int, position: int, out: Any) -> bool | str:
-        """Send this stage's output to the next; True, or why it could not."""
+    def _forward(self, meta: dict[str, Any], out: Any) -> bool | str:
+        """Send this stage's output (or a ring's x or sum) to the next worker; True, or why
+        it could not."""
         from edge.cluster.errors import ClusterError
 
         if self.downstream is None:
-            return "no next stage is linked"
+            return "no next worker is linked"
         try:
-            self.downstream.post("forward", {"token": token, "position": position}, (out,))
+            self.downstream.post("forward", meta, (out,))
         except ClusterError as exc:
             return str(exc)
-        self.hops["sent"] += 1
         return True
 
     def _receive_forward(self, message: Message) -> None:
+        if "ring" in message.meta:
+            self.ring.receive(message)
+            return
         if len(message.buffers) != 1 or not isinstance(message.meta.get("token"), int):
             raise ProtocolError("a forward carries a token and one buffer")
         self._forwarded = message
 
     def _complete(self) -> tuple[bytes, Message] | None:
-        """The awaited step, once its input came from the previous stage: (whom to answer,
-        the reply). Inputs for another step are kept until a step or input replaces them."""
-        if self._awaiting is None or self._forwarded is None:
+        """The awaited request (a step, or a ring reduction's turn), once its inputs came
+        from the previous worker: (whom to answer, the reply). Inputs for another request are
+        kept until a request or input replaces them."""
+        if self._awaiting is None:
             return None
         identity, request = self._awaiting
-        if request.meta.get("from_peer") != self._forwarded.meta.get("token"):
-            return None
-        forwarded, self._awaiting, self._forwarded = self._forwarded, None, None
-        self.hops["received"] += 1
         try:
-            reply = self._step(request, forwarded)
+            if request.type == "shard":
+                reply = self.ring.turn(request, self._ring_partial(request), self._ring_forward)
+            else:
+                reply = self._forwarded_step(request)
         except Exception as exc:  # as in `handle_one`: an error reply, keep serving
             if not isinstance(exc, EdgeError):
-                log.exception("a forwarded step failed")
+                log.exception("a %s waiting for a peer failed", request.type)
             reply = error_message(request.id, type(exc).__name__, str(exc))
-        assert reply is not None
+        if reply is None:
+            return None
+        self._awaiting = None
         return identity, reply
+
+    def _forwarded_step(self, request: Message) -> Message | None:
+        forwarded = self._forwarded
+        if forwarded is None or request.meta.get("from_peer") != forwarded.meta.get("token"):
+            return None
+        self._forwarded = None
+        self.hops["received"] += 1
+        return self._step(request, forwarded)
+
+    def _ring_partial(self, request: Message) -> Callable[[Any], Any]:
+        meta, shard = request.meta, self.shard
+        assert shard is not None  # `_partial` checked, `_drop` clears the request with it
+        position = meta.get("position", 0)
+        return lambda x: shard.partial(meta.get("phase"), meta.get("layer"), x, position)
+
+    def _ring_forward(self, part: str, array: Any) -> bool | str:
+        assert self._awaiting is not None
+        return self._forward({"token": self._awaiting[1].meta["ring"], "ring": part}, array)
 
     def _link(self, message: Message) -> Message:
         """Meta `upstream`: the public key of the worker whose output this one takes (None:
         no longer); `downstream`: {endpoint, key} of the worker this one forwards to (None:
         no longer). Keys left out stay as they were. The next stage must know this one's key
-        before this one connects, so a coordinator links from the end of a pipeline back."""
+        before this one connects, so a coordinator links from the end of a pipeline (or a
+        ring of shares) back. What a former neighbour handed over is dropped. With meta
+        `measure`, the reply says the new link's round trip and bandwidth (`next`), which the
+        coordinator cannot measure itself."""
         from edge.cluster.client import WorkerClient
         from edge.cluster.keys import check_public_key
 
         meta = message.meta
+        self.ring.clear()
         if "upstream" in meta:
             key = meta["upstream"]
             self.allowed.upstream = None if key is None else check_public_key(key)
@@ -290,7 +326,10 @@ class Worker:
                 self.downstream = WorkerClient(
                     target["endpoint"], key, self.keys, self.config.link, name="next stage"
                 )
-        return Message("link", message.id, {"upstream": self.allowed.upstream is not None})
+        reply: dict[str, Any] = {"upstream": self.allowed.upstream is not None}
+        if meta.get("measure") is True and self.downstream is not None:
+            reply["next"] = _measured(self.downstream)
+        return Message("link", message.id, reply)
 
     def _load_shard(self, message: Message) -> Message:
         from edge.cluster.shard_runner import load_share
@@ -307,15 +346,20 @@ class Worker:
         log.info("holding share %s of blocks %s", self.shard.share, meta.get("blocks"))
         return Message("load_shard", message.id, self.info())
 
-    def _partial(self, message: Message) -> Message:
+    def _partial(self, message: Message) -> Message | None:
         if self.shard is None:
             raise ConfigError("no share loaded: send load_shard first")
-        if len(message.buffers) != 1:
+        if len(message.buffers) != 1 and "ring" not in message.meta:
             raise ProtocolError(f"a partial takes one buffer, got {len(message.buffers)}")
         meta = message.meta
+        if "ring" in meta:  # answered once the previous worker's hand-overs came (`_complete`)
+            up, down = self.allowed.upstream is not None, self.downstream is not None
+            self.ring.begin(message, up, down)
+            return None
         out = self.shard.partial(
             meta.get("phase"), meta.get("layer"), message.buffers[0], meta.get("position", 0)
         )
+        self.stars += 1
         return Message("shard", message.id, {}, (out,))
 
     def _reset(self, message: Message) -> Message:
@@ -323,6 +367,7 @@ class Worker:
             self.slice.reset()
         if self.shard is not None:
             self.shard.reset()
+        self.ring.clear()
         return Message("reset", message.id)
 
     def _unload(self, message: Message) -> Message:
@@ -331,6 +376,7 @@ class Worker:
 
     def _drop(self) -> None:
         self._awaiting = self._forwarded = None
+        self.ring.clear()
         if self.slice is not None:
             self.slice.close()
             self.slice = None
@@ -339,7 +385,8 @@ class Worker:
     # ---- the loop ----------------------------------------------------------------------------
     def handle_one(self) -> None:
         """Receive one request and answer it; any failure becomes an error reply. A peer
-        worker's forward gets no reply; anything else from a peer is refused unanswered."""
+        worker's forward gets no reply, its ping a ping; anything else from a peer is
+        refused unanswered."""
         try:
             identity, sender, message = receive_from(
                 self.sock, max_bytes=self.config.link.max_message_bytes, types=REQUESTS
@@ -352,7 +399,7 @@ class Worker:
             return
         assert identity is not None
         from_peer = sender is not None and sender == self.allowed.upstream
-        if from_peer != (message.type in FROM_PEERS):
+        if message.type not in (FROM_PEERS if from_peer else REQUESTS - PEER_ONLY):
             log.warning("refused a %r from %s", message.type, "a peer" if from_peer else sender)
             if not from_peer:
                 refused = error_message(message.id, "ProtocolError", "not a request")
@@ -362,7 +409,7 @@ class Worker:
             self._awaiting = None
         reply: Message | None
         try:
-            if from_peer:
+            if message.type == "forward":
                 self._receive_forward(message)
                 reply = None
             else:
@@ -374,7 +421,7 @@ class Worker:
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
             log.exception("request %s failed", message.type)
             reply = error_message(message.id, type(exc).__name__, str(exc))
-        if reply is not None and not from_peer:
+        if reply is not None and (not from_peer or reply.type == "ping"):
             send(self.sock, reply, identity)
         done = self._complete()
         if done is not None:
@@ -435,6 +482,14 @@ def process_memory(status: str = "/proc/self/status") -> dict[str, int | None]:
     except OSError:
         pass
     return out
+
+
+def _measured(link: Any) -> dict[str, float | None]:
+    """A link's round trip and bandwidth, measured as the coordinator measures its own."""
+    from edge.cluster.members import measure
+
+    rtt, bps = measure(link)
+    return {"rtt_s": rtt, "link_bps": bps}
 
 
 def _list(clusters: tuple[str, ...] | None) -> list[str] | None:

@@ -271,7 +271,9 @@ def _streamed_head(loaded: StreamedLoaded, head: PartEntry, x: np.ndarray) -> fl
     assert loaded.plan is not None and loaded.prefetcher is not None
     spec = loaded.executable.graph.package.manifest.spec
     logits, index = loaded.outputs[fmt.LOGITS], loaded.inputs[fmt.LOGITS_INDEX]
-    units = [u for u in loaded.plan.units if u.kind == "head" and u.name.startswith(f"{head.name}.")]
+    units = [
+        u for u in loaded.plan.units if u.kind == "head" and u.name.startswith(f"{head.name}.")
+    ]
     waited = 0.0
     for unit, (a, b) in zip(units, head_row_ranges(spec.vocab_size, len(units)), strict=True):
         rows = replace(spec, vocab_size=b - a)

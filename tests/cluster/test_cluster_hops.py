@@ -112,8 +112,9 @@ def test_a_stage_lost_mid_generation_is_replaced_here(
 def test_the_previous_stage_may_only_forward(tiny_package, coordinator, start_worker) -> None:
     """The key a coordinator introduced as the previous stage gets through the handshake, but
     a load, a step or an info from it goes unanswered and changes nothing, and its forward
-    feeds only the step that waits for it. A key never introduced cannot connect at all, and
-    a coordinator cannot send a forward."""
+    feeds only the step that waits for it (a ring's hand-over, no step at all); its ping
+    is answered (how a ring's link is measured). A key never introduced cannot connect at
+    all, and a coordinator cannot send a forward."""
     worker = start_worker(coordinator)
     keys = coordinator.cluster_keys("home")
     link = WorkerClient(worker.endpoint, worker.public, keys, FAST)
@@ -132,8 +133,11 @@ def test_the_previous_stage_may_only_forward(tiny_package, coordinator, start_wo
         send(sock, Message(kind, 1, {"start": 0, "end": 6, "upstream": None}))
     hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
     send(sock, Message("forward", 1, {"token": 99, "position": 0}, (hidden,)))
+    send(sock, Message("forward", 1, {"token": 99, "ring": "sum"}, (hidden[0],)))
     assert not sock.poll(1000), "a peer's messages get no answer"
     assert link.info()["slice"]["start"] == 2  # its load changed nothing
+    send(sock, Message("ping", 5))
+    assert sock.poll(1000) and b'"ping"' in sock.recv_multipart()[0]
 
     with pytest.raises(Exception, match="not a request"):
         link.request("forward", {"token": 1, "position": 0}, (hidden,))

@@ -13,7 +13,7 @@ import pytest
 
 import edge
 from edge.cluster.placement import ClusterConfig, cluster_placement
-from edge.cluster.predict import split_by_memory
+from edge.cluster.predict import LinkTimes, choose_reduction, reduction_s, split_by_memory
 from edge.errors import ConfigError
 from edge.package import open_package
 
@@ -207,3 +207,26 @@ def test_auto_leaves_out_the_workers_that_slow_the_split(tiny_package) -> None:
 
     auto = plan_cluster(package, replace(config, distribute="auto"), _members(3, 1e-3), slow)
     assert len(auto.prediction("pipeline").workers) == 1, auto.why
+
+
+def test_a_reduction_is_chosen_by_step_size_and_links() -> None:
+    """The star costs the slowest round trip, the copies out one after another and the last
+    partial back; the ring N + 1 one-way trips of S H floats each. SmolLM2 (H = 576) over two
+    or three workers: on equal links, whatever their speed, the star; with this machine on
+    100 Mbit/s at 10 ms and the workers linked to each other at 1 Gbit/s and 1 ms, a decoded
+    token still by the star, a 256-token prompt by the ring; never when the links are too fast
+    to measure or for one worker; a worker-to-worker trip not measured is taken as the slower
+    of the two workers' trips from here."""
+    token = 4 * 576
+    for n in (2, 3):
+        for bps in (12.5e6, 125e6, None):
+            assert choose_reduction([LinkTimes(0.010, bps)] * n, 256 * token) == "star"
+        slow_here = [LinkTimes(0.010, 12.5e6)] * n
+        lan = [LinkTimes(0.001, 125e6)] * (n - 1)
+        assert choose_reduction(slow_here, token, lan) == "star"
+        assert choose_reduction(slow_here, 256 * token, lan) == "ring"
+    times = reduction_s([LinkTimes(0.002, 1e6)] * 3, 1000)
+    assert times == pytest.approx({"star": 0.002 + 4e-3, "ring": 4 * (0.001 + 1e-3)})
+    times = reduction_s([LinkTimes(0.002, 1e6)] * 2, 1000, [LinkTimes(0.0, None)])
+    assert times["ring"] == pytest.approx(2 * (0.001 + 1e-3))
+    assert choose_reduction([LinkTimes(0.010, 1e6)], 1 << 20) == "star"

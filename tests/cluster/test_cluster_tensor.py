@@ -1,9 +1,11 @@
 """Tensor parallel: blocks sharded by heads and FFN columns over this process and worker
-processes on loopback (a star allreduce per attention and per FFN), with the single-device
-greedy tokens; a worker killed mid-generation is re-sharded around, on the survivors."""
+processes on loopback (a star or a ring reduction per attention and per FFN), with the
+single-device greedy tokens; a worker killed mid-generation is re-sharded around, on the
+survivors."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -12,6 +14,9 @@ import pytest
 
 from devices.spec_forward.numpy_forward import block_forward, rope_tables
 from devices.spec_forward.weights import load_model_weights
+from edge.cluster.errors import ProtocolError
+from edge.cluster.frames import Message
+from edge.cluster.ring import Ring
 from edge.cluster.shard_runner import Reduction, ShardRunner, finish, load_share
 from edge.cluster.shards import Share, ffn_unit, split_shares
 from edge.cluster.status import cluster_status
@@ -20,6 +25,7 @@ from edge.engine import Engine, EngineConfig
 from edge.errors import ConfigError
 from edge.package import open_package
 from edge.placement import Placement
+from tests.cluster.relay import Relay
 
 pytestmark = pytest.mark.timeout(180)
 PROMPT = [1, 17, 42, 99, 5, 230, 64, 12]
@@ -36,13 +42,18 @@ def _greedy(engine: Engine, n: int, kill=None) -> list[int]:
     return out
 
 
-def _tensor(package, workers, weights: str = "", threads: int = 1) -> Placement:
+def _tensor(
+    package, workers, weights: str = "", threads: int = 1, reduction: str = "auto", via=None
+) -> Placement:
+    """The blocks over this machine and `workers` (`via`: the endpoints to reach them by)."""
     count = len(open_package(package).manifest.parts)
+    endpoints = via or [w.endpoint for w in workers]
     options = {
         "cluster": "home",
-        "workers": ",".join(f"{w.endpoint}|{w.public}" for w in workers),
+        "workers": ",".join(f"{e}|{w.public}" for e, w in zip(endpoints, workers)),
         "weights": weights,
         "threads": threads,
+        "reduction": reduction,
     }
     return Placement.split(count, [(0, "ort_cpu"), (1, "tensor", options), (count - 1, "ort_cpu")])
 
@@ -133,6 +144,8 @@ def test_backend_options_are_checked() -> None:
             parse_workers(text)
     with pytest.raises(ConfigError, match="3 positive numbers"):
         parse_weights("1,2", 3)
+    with pytest.raises(ConfigError, match="reduction='tree'"):
+        TensorBackend({"cluster": "home", "workers": "tcp://a:1|A", "reduction": "tree"})
     backend = TensorBackend({"cluster": "home", "workers": "tcp://a:1|A,tcp://b:2|B"})
     assert backend.survivors("tcp://a:1")["workers"] == "tcp://b:2|B"
     assert (
@@ -145,15 +158,22 @@ def test_backend_options_are_checked() -> None:
 
 @pytest.mark.parametrize("count", [1, 3])
 def test_tensor_parallel_matches_one_device(
-    tiny_package, coordinator, start_worker, monkeypatch, count
+    tiny_package, coordinator, start_worker, monkeypatch, caplog, count
 ) -> None:
+    """One worker, or three with a ring asked for and the last reached through an address
+    only this machine can use (a relay that takes one connection): the second cannot hand
+    on to it, so the reductions go by the star, said in the log; the same tokens."""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator) for _ in range(count)]
-    placement = _tensor(tiny_package, workers)
-    split = Engine(
-        open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
-    )
+    via = [w.endpoint for w in workers[:-1]] + [Relay(workers[-1].endpoint).endpoint]
+    reduction = "ring" if count > 1 else "auto"
+    placement = _tensor(tiny_package, workers, reduction=reduction, via=via)
+    with caplog.at_level(logging.WARNING, "edge.cluster.tensor"):
+        split = Engine(
+            open_package(tiny_package), EngineConfig(threads=1, max_context=64, placement=placement)
+        )
     assert not split.fallbacks, split.fallbacks
+    assert ("cannot hand a ring on" in caplog.text) == (count > 1), caplog.text
     single = Engine(open_package(tiny_package), EngineConfig(threads=1, max_context=64))
     np.testing.assert_allclose(
         split.prefill(PROMPT, all_logits=True),
@@ -167,8 +187,10 @@ def test_tensor_parallel_matches_one_device(
     split.rewind(len(PROMPT))  # a rewind (speculative decoding's) reaches every share
     single.rewind(len(PROMPT))
     np.testing.assert_allclose(split.decode(3), single.decode(3), rtol=1e-4, atol=1e-4)
-    assert "shares (this machine first)" in split.describe()
-    assert "reductions" in (split.report() or "")
+    assert f"reductions: star{' (ring asked: the ring not linked)' * (count > 1)}" in (
+        split.describe()
+    )
+    assert " star, 0 ring)" in (split.report() or "")
     status = cluster_status(
         "home", [w.endpoint.removeprefix("tcp://") for w in workers], mdns_s=0, store=coordinator
     )
@@ -176,18 +198,23 @@ def test_tensor_parallel_matches_one_device(
     split.close()
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize(
+    ("how", "reduction"),
+    [(signal.SIGKILL, "auto"), (signal.SIGSTOP, "auto"), (signal.SIGKILL, "ring")],
+)
 def test_a_lost_worker_is_resharded_over_the_survivors(
-    tiny_package, coordinator, start_worker, monkeypatch, how
+    tiny_package, coordinator, start_worker, monkeypatch, how, reduction
 ) -> None:
     """kill -9 (the connection drops) or SIGSTOP (its heartbeats stop) one of three workers
     after four tokens: the two left (and this machine) take its heads and columns from their
     own package, the KV cache is rebuilt from the tokens so far, and the greedy tokens are
     still the single device's. Once the worker is back (started again, or SIGCONT), the split
-    over all four devices is restored between generations, with the same tokens."""
+    over all four devices is restored between generations, with the same tokens. In a ring
+    the worker before the lost one cannot hand on to it: the loss is pinned on the lost one
+    (so the survivors are the others), and the survivors form a ring of two."""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator) for _ in range(3)]
-    placement = _tensor(tiny_package, workers, weights="1,1,1,1")
+    placement = _tensor(tiny_package, workers, weights="1,1,1,1", reduction=reduction)
     split = Engine(
         open_package(tiny_package),
         EngineConfig(threads=1, max_context=64, placement=placement, readmit_interval_s=0),
@@ -203,6 +230,8 @@ def test_a_lost_worker_is_resharded_over_the_survivors(
         return dict(segment.options)["workers"]
 
     assert workers[1].endpoint not in workers_used() and workers[2].endpoint in workers_used()
+    if reduction == "ring":  # the survivors' ring: the rebuild, the step again and 6 more
+        assert "(0 star, 64 ring)" in (split.report() or ""), split.report()  # x 2 x 4 blocks
     if how == signal.SIGKILL:
         workers[1].proc.wait(10)
         start_worker(again=workers[1])
@@ -219,19 +248,34 @@ def test_real_smollm2_over_four_devices(
     smollm2_package, coordinator, start_worker, monkeypatch
 ) -> None:
     """The real SmolLM2 (9 heads over 3 KV heads: uneven cuts inside GQA groups) on this
-    process plus three workers: the single device's greedy tokens. (Two devices' cut, inside
-    KV group 1, is checked block by block in `test_partials_sum_to_the_block`.)"""
+    process plus three workers, star reductions (what "auto" picks on loopback) then a ring
+    of the three and of two (shares 2:1:1): the single device's greedy tokens each time.
+    The ring's reductions are counted by the engine's report and each worker's status. (Two
+    devices' cut, inside KV group 1, is checked block by block in
+    `test_partials_sum_to_the_block`.)"""
     monkeypatch.setenv("EDGE_CONFIG_DIR", str(coordinator.root.parent))
     workers = [start_worker(coordinator, package=smollm2_package) for _ in range(3)]
     single = Engine(open_package(smollm2_package), EngineConfig(threads=2, max_context=64))
     expected = _greedy(single, 8)
-    placement = _tensor(smollm2_package, workers, threads=2)
-    split = Engine(
-        open_package(smollm2_package), EngineConfig(threads=2, max_context=64, placement=placement)
-    )
-    assert not split.fallbacks, split.fallbacks
-    assert _greedy(split, 8) == expected
-    split.close()
+    blocks = open_package(smollm2_package).manifest.spec.num_layers
+    # The rings decode 4 tokens (a test's time is the suite's), the star all 8.
+    for used, weights, reduction, n in (
+        (3, "", "auto", 8),
+        (3, "", "ring", 4),
+        (2, "2,1,1", "ring", 4),
+    ):
+        placement = _tensor(smollm2_package, workers[:used], weights, 2, reduction)
+        config = EngineConfig(threads=2, max_context=64, placement=placement)
+        split = Engine(open_package(smollm2_package), config)
+        assert not split.fallbacks, split.fallbacks
+        assert _greedy(split, n) == expected[:n], (used, reduction)
+        ring = 2 * blocks * (n + 1) if reduction == "ring" else 0  # the prompt and n steps
+        assert f"{2 * blocks * (n + 1) - ring} star, {ring} ring)" in (split.report() or "")
+        split.close()
+    peers = [w.endpoint.removeprefix("tcp://") for w in workers]
+    holds = [row.holds for row in cluster_status("home", peers, 0, coordinator)]
+    assert "ring hands on" not in holds[0]  # unlinked when its engine closed
+    assert f"{2 * blocks * 9} star, {2 * 2 * blocks * 5} ring reductions" in holds[0], holds
 
 
 def test_biases_go_with_their_columns_or_to_the_reduction(tiny_package) -> None:
@@ -266,3 +310,52 @@ def test_biases_go_with_their_columns_or_to_the_reduction(tiny_package) -> None:
         spec, Reduction.of(block), "ffn", sum(u.partial("ffn", 1, r, 0) for u in runners), r
     )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_ring_turn_takes_only_its_own_inputs() -> None:
+    """A worker's side of a ring (no processes): x is handed on before the partial is
+    computed, the sum after it; hand-overs of another reduction (token) wait unused, a
+    malformed one is refused, a sum of the wrong shape fails the turn, and the last worker
+    answers with the sum instead of handing it on."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    handed: list[tuple[str, np.ndarray]] = []
+
+    def forward(part: str, array: np.ndarray) -> bool:
+        handed.append((part, array))
+        return True
+
+    def hand_over(part: str, token: int, array: np.ndarray) -> Message:
+        return Message("forward", 0, {"ring": part, "token": token}, (array,))
+
+    ring = Ring()
+    middle = Message("shard", 4, {"ring": 7, "last": False, "position": 0})
+    ring.begin(middle, upstream=True, downstream=True)
+    ring.receive(hand_over("x", 6, x))  # another reduction's
+    assert ring.turn(middle, lambda v: 2 * v, forward) is None
+    ring.receive(hand_over("x", 7, x))
+    assert ring.turn(middle, lambda v: 2 * v, forward) is None  # its sum is still to come
+    assert [part for part, _ in handed] == ["x"]
+    for bad in (hand_over("y", 7, x), hand_over("sum", 7, x.astype(np.float16))):
+        with pytest.raises(ProtocolError):
+            ring.receive(bad)
+    ring.receive(hand_over("sum", 7, np.ones((2, 3), np.float32)))
+    reply = ring.turn(middle, lambda v: 2 * v, forward)
+    assert reply is not None and reply.meta == {"forwarded": True} and reply.id == 4
+    np.testing.assert_array_equal(handed[-1][1], 2 * x + 1)
+
+    last = Message("shard", 5, {"ring": 8, "last": True, "position": 0})
+    ring.begin(last, upstream=True, downstream=False)
+    ring.receive(hand_over("sum", 8, np.ones((1, 3), np.float32)))
+    ring.receive(hand_over("x", 8, x))
+    with pytest.raises(ProtocolError, match="shape"):
+        ring.turn(last, lambda v: v, forward)
+    ring.begin(last, upstream=True, downstream=False)
+    ring.receive(hand_over("x", 8, x))
+    ring.receive(hand_over("sum", 8, x))
+    reply = ring.turn(last, lambda v: v, forward)
+    assert reply is not None and len(handed) == 2
+    np.testing.assert_array_equal(reply.buffers[0], 2 * x)
+    with pytest.raises(ConfigError, match="no next worker"):
+        ring.begin(middle, upstream=True, downstream=False)
+    with pytest.raises(ProtocolError, match="token"):
+        ring.begin(Message("shard", 6, {"ring": "7"}), upstream=True, downstream=True)
