@@ -78,9 +78,11 @@ def stream_units(
 
 
 def head_row_ranges(vocab_size: int, slices: int) -> list[tuple[int, int]]:
-    """The output rows [start, end) of each of `slices` head slices, in order."""
-    step = -(-vocab_size // max(slices, 1))
-    return [(a, min(a + step, vocab_size)) for a in range(0, vocab_size, step)]
+    """The output rows [start, end) of each of `slices` head slices (as even as whole rows
+    allow, every one non-empty), in order: exactly `slices` of them, so the ranges follow
+    from the count of slices alone."""
+    k = max(1, min(slices, vocab_size))
+    return [(j * vocab_size // k, (j + 1) * vocab_size // k) for j in range(k)]
 
 
 def split_head(part: PartEntry, vocab_size: int, slices: int) -> tuple[PartEntry, ...]:
