@@ -38,13 +38,9 @@ FOUR_BIT_OR_FEWER = ("Q4", "Q3", "Q2", "IQ4", "IQ3", "IQ2", "IQ1", "TQ")
 WIDE_BLOCKS_FROM_HIDDEN = 1536
 
 
-def weight_types(path: Path) -> Counter[str]:
-    """Bytes of the block weights (the matrices a token reads) per GGUF tensor type."""
-    return _read(path)[0]
-
-
 def _read(path: Path) -> tuple[Counter[str], int]:
-    """(`weight_types`, the hidden size: the embedding's row length), remembered by the file's
+    """(bytes of the block weights, the matrices a token reads, per GGUF tensor type; the
+    hidden size: the embedding's row length), remembered by the file's
     sha256 (`edge.hashing`, itself remembered by fingerprint): parsing a GGUF's header takes
     seconds (11 s for Qwen2.5's 151,936-token vocabulary), and `edge run NAME` asks on every
     run whether its cached package is still the default export."""
