@@ -1,8 +1,9 @@
 """Streamed plans: the model under a budget too small to hold it, as the streamed backend runs it.
 
 The pinning is exactly the streamed backend's: both call `memory_sched.sizing.plan_budget_for`
-(the head and as many leading blocks as fit beside a window of at least two; the embedding
-memory-mapped, so only the rows in use take memory). The engine admits a
+(the head and as many leading blocks as fit beside a window of at least two, the head itself
+streamed in row slices where nothing fits beside it; the embedding memory-mapped, so only the
+rows in use take memory). The engine admits a
 budget by its own conservative accounting (a fixed runtime allowance); the planner predicts
 the peak it will really reach with the measured constants of `memory.py`.
 
