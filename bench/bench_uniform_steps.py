@@ -35,14 +35,20 @@ def decode_rate(engine: Engine, prompt: list[int], tokens: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def largest_difference(engine: Engine, ids: list[int], k: int = 4) -> float:
+def plain_and_verified(engine: Engine, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of ids[8:] fed one token at a time, and in passes of k (as verification)."""
     engine.reset()
     engine.prefill(ids[:8])
     plain = np.stack([engine.decode(t).copy() for t in ids[8:]])
     engine.reset()
     engine.prefill(ids[:8])
-    passes = np.concatenate([engine.verify(ids[i : i + k]) for i in range(8, len(ids), k)])
-    return float(np.abs(plain - passes).max())
+    verified = np.concatenate([engine.verify(ids[i : i + k]) for i in range(8, len(ids), k)])
+    return plain, verified
+
+
+def largest_difference(engine: Engine, ids: list[int], k: int = 4) -> float:
+    plain, verified = plain_and_verified(engine, ids, k)
+    return float(np.abs(plain - verified).max())
 
 
 def main() -> None:

@@ -91,6 +91,8 @@ class StreamedLoaded(Loaded):
     outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     last_read: dict[str, object] = field(default_factory=dict)
     step_bytes: int = 0
+    # A streamed head's slices: (unit, first row, end row, the spec typed to those rows).
+    head_slices: list[tuple[PartEntry, int, int, ModelSpec]] = field(default_factory=list)
 
 
 class StreamedBackend(Backend):
@@ -161,6 +163,7 @@ class StreamedBackend(Backend):
             self.options.get("threads"),  # type: ignore[arg-type]
             str(self.options.get("activations", "auto")),
         )
+        loaded.head_slices = _head_slices(plan, package.manifest.spec)
         loaded.pinned = load_pinned(
             package, plan.policy.pinned, bool(self.options.get("progress", True))
         )
@@ -225,7 +228,7 @@ class StreamedBackend(Backend):
                         spec, loaded.pinned[part.name], x, index, loaded.linear
                     )
                 else:
-                    waited += _streamed_head(loaded, part, x)
+                    waited += _streamed_head(loaded, x)
         except BaseException:
             # A step cut short leaves the window mid-cycle: restart it at the first block, so
             # the next step (the same one again: the cache did not advance) can run.
@@ -265,18 +268,21 @@ class StreamedBackend(Backend):
         return f"streaming: {summarize(loaded, loaded.prefetcher.events()).line()}"
 
 
-def _streamed_head(loaded: StreamedLoaded, head: PartEntry, x: np.ndarray) -> float:
-    """The logits a slice of the head's output rows at a time (`memory_sched.units.
-    split_head`), each slice read through the window like a block; returns the read wait."""
-    assert loaded.plan is not None and loaded.prefetcher is not None
-    spec = loaded.executable.graph.package.manifest.spec
+def _head_slices(plan: StreamPlan, spec: ModelSpec) -> list[tuple[PartEntry, int, int, ModelSpec]]:
+    """The head's row slices the plan streams (`memory_sched.units.split_head`), each with
+    its rows and the spec its weights are typed with; empty where the head is pinned."""
+    units = [u for u in plan.streamed_units if u.kind == "head"]
+    ranges = head_row_ranges(spec.vocab_size, len(units)) if units else []
+    return [(u, a, b, replace(spec, vocab_size=b - a)) for u, (a, b) in zip(units, ranges)]
+
+
+def _streamed_head(loaded: StreamedLoaded, x: np.ndarray) -> float:
+    """The logits a slice of the head's output rows at a time, each slice read through the
+    window like a block; returns the read wait."""
+    assert loaded.prefetcher is not None
     logits, index = loaded.outputs[fmt.LOGITS], loaded.inputs[fmt.LOGITS_INDEX]
-    units = [
-        u for u in loaded.plan.units if u.kind == "head" and u.name.startswith(f"{head.name}.")
-    ]
     waited = 0.0
-    for unit, (a, b) in zip(units, head_row_ranges(spec.vocab_size, len(units)), strict=True):
-        rows = replace(spec, vocab_size=b - a)
+    for unit, a, b, rows in loaded.head_slices:
         weights, wait = _acquire(loaded, unit, rows)
         waited += wait
         try:

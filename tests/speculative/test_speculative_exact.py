@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.bench_uniform_steps import plain_and_verified
 from edge.engine import Engine, EngineConfig
 from edge.model import Model
 from edge.package import open_package
@@ -31,17 +32,6 @@ def int4_target(target: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _plain_and_verified(engine: Engine, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of ids[8:] fed one token at a time, and in passes of k (as verification)."""
-    engine.reset()
-    engine.prefill(ids[:8])
-    plain = np.stack([engine.decode(t).copy() for t in ids[8:]])
-    engine.reset()
-    engine.prefill(ids[:8])
-    verified = np.concatenate([engine.verify(ids[i : i + k]) for i in range(8, len(ids), k)])
-    return plain, verified
-
-
 def test_uniform_steps_make_a_pass_of_k_equal_k_steps(
     int4_target: Path, spec_prompt_ids: list[int]
 ) -> None:
@@ -50,14 +40,14 @@ def test_uniform_steps_make_a_pass_of_k_equal_k_steps(
     ids = spec_prompt_ids
     rounding = Engine(open_package(int4_target), EngineConfig(threads=1, max_context=64))
     assert rounding.rounds_by_step()
-    plain, verified = _plain_and_verified(rounding, ids, 4)
+    plain, verified = plain_and_verified(rounding, ids, 4)
     assert not np.array_equal(plain, verified)
 
     config = EngineConfig(threads=1, max_context=64, uniform_steps=True)
     exact = Engine(open_package(int4_target), config)
     assert exact.min_step == 2 and not exact.rounds_by_step()
     for k in (2, 3, 5):
-        plain, verified = _plain_and_verified(exact, ids, k)
+        plain, verified = plain_and_verified(exact, ids, k)
         np.testing.assert_array_equal(plain, verified)
 
 
