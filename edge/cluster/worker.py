@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,10 @@ PEER_ONLY = frozenset({"forward"})  # a coordinator may send anything else
 # What a new coordinator request makes stale: a step still waiting for its input from a peer.
 SUPERSEDES = frozenset({"step", "load", "reset", "unload", "link", "load_shard"})
 SHARE_MODULE = "edge.cluster.shard_runner"
+# A neighbour on the same home network completes its handshake in milliseconds; one this
+# worker cannot reach (another subnet, a firewall) should cost the coordinator's load little
+# before it relays instead (the coordinator probes its members with the same bound).
+NEIGHBOUR_CONNECT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -323,8 +327,12 @@ class Worker:
                 if not isinstance(target, dict) or not isinstance(target.get("endpoint"), str):
                     raise ConfigError("link: downstream must be {endpoint, key}")
                 key = check_public_key(target.get("key"))
+                link = replace(
+                    self.config.link,
+                    connect_timeout_s=min(self.config.link.connect_timeout_s, NEIGHBOUR_CONNECT_S),
+                )
                 self.downstream = WorkerClient(
-                    target["endpoint"], key, self.keys, self.config.link, name="next stage"
+                    target["endpoint"], key, self.keys, link, "next stage"
                 )
         reply: dict[str, Any] = {"upstream": self.allowed.upstream is not None}
         if meta.get("measure") is True and self.downstream is not None:
