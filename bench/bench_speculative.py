@@ -15,6 +15,14 @@ Every speculative output is compared token for token with the target's own greed
 `--accuracy-level 0`) they are identical; ONNX Runtime's int8 activations (`accuracy_level`
 4) make a batched pass differ from a one-token pass by up to ~0.3 logits, so near-ties can
 resolve differently.
+
+`--tree N [N ...]` adds lookup token trees (several lookup continuations and the target's own
+recycled candidates, verified in one pass; `SpeculativeConfig.tree`) of up to N nodes, the
+target then loading with `EngineConfig(tree_verify=True)`; `--draft none` leaves the draft
+model out (a target with no smaller sibling, SmolLM2):
+
+    python bench/bench_speculative.py --target smollm2-135m --draft none --tree 8 16 32 \
+        --baseline smollm2-135m
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from edge.speculative import (
     SpeculativeConfig,
     SpeculativeDecoder,
 )
+from edge.speculative.token_tree import TreeConfig
+
+TREE_COMMITS = {None: "", True: ", exact commits", False: ", whole path"}
 
 
 @dataclass
@@ -79,7 +90,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--target", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--draft", default="qwen2.5-coder-0.5b", help="'none': no draft model")
+    parser.add_argument(
+        "--tree",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also lookup token trees of up to N nodes (one configuration each)",
+    )
+    parser.add_argument(
+        "--tree-whole",
+        action="store_true",
+        help="each tree both committing exactly and its whole kept path (TreeConfig(exact=True "
+        "and False); without it, the default: exact unless the target rounds by step)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--draft-threads", type=int, default=None)
     parser.add_argument(
@@ -101,8 +126,28 @@ def main() -> None:
     # threads spin (plain decoding is ~2% faster so), the draft's do not.
     target = Model(
         open_package(resolve_package(args.target)),
-        EngineConfig(threads=args.threads, max_context=2048),
+        EngineConfig(threads=args.threads, max_context=2048, tree_verify=bool(args.tree)),
     )
+    trees = {
+        f"lookup tree {n}{TREE_COMMITS[exact]}": SpeculativeDecoder(
+            target.engine,
+            LookupDraft(),
+            SpeculativeConfig(tree=TreeConfig(max_nodes=n, exact=exact)),
+        )
+        for n in args.tree
+        for exact in ((True, False) if args.tree_whole else (None,))
+    }
+    if args.draft == "none":
+        run_configs(
+            args,
+            target,
+            {
+                "target alone": None,
+                "lookup": SpeculativeDecoder(target.engine, LookupDraft()),
+                **trees,
+            },
+        )
+        return
     draft = Model(
         open_package(resolve_package(args.draft)),
         EngineConfig(threads=args.draft_threads or args.threads, max_context=2048, spinning=False),
@@ -112,14 +157,6 @@ def main() -> None:
         target.engine,
         ModelDraft(draft.engine),
         SpeculativeConfig(parallel=True, lookup_first=False),
-    )
-    baseline = (
-        None
-        if args.baseline is None
-        else Model(
-            open_package(resolve_package(args.baseline)),
-            EngineConfig(threads=args.threads, max_context=2048),
-        )
     )
     configs = {
         "target alone": None,
@@ -139,6 +176,21 @@ def main() -> None:
             "decoder drafts sequentially then); speculative_ceiling.py bounds the overlap",
             file=sys.stderr,
         )
+    run_configs(args, target, {**configs, **trees})
+
+
+def run_configs(
+    args: argparse.Namespace, target: Model, configs: dict[str, SpeculativeDecoder | None]
+) -> None:
+    """Every configuration on every prompt, alternately; then the table."""
+    baseline = (
+        None
+        if args.baseline is None
+        else Model(
+            open_package(resolve_package(args.baseline)),
+            EngineConfig(threads=args.threads, max_context=2048),
+        )
+    )
     rows: dict[str, Row] = {kind: Row() for kind in SPECULATIVE_PROMPTS}
     for _ in range(args.runs):
         for kind, texts in SPECULATIVE_PROMPTS.items():

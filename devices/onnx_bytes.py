@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edge.onnx_wire import encode_varint as _varint
+
 WIRE_VARINT, WIRE_LEN = 0, 2
 # TensorProto.DataType values.
 DTYPES = {
@@ -20,16 +22,6 @@ DTYPES = {
     np.dtype(np.int32): 6,
     np.dtype(np.int64): 7,
 }
-
-
-def _varint(value: int) -> bytes:
-    assert value >= 0, value
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _int(number: int, value: int) -> bytes:

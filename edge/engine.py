@@ -18,19 +18,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge import format as fmt
+from edge.engine_config import (  # noqa: F401  (edge.engine.EngineConfig is public)
+    DEFAULT_MAX_CONTEXT,
+    KV_MEMORY_SHARE,
+    MIN_DEFAULT_CONTEXT,
+    EngineConfig,
+    default_context,
+)
 from edge.errors import (
     BackendError,
     ConfigError,
     ContextOverflowError,
     PackageError,
 )
-from edge.format import ModelSpec
 from edge.heap import trim
 from edge.kv_cache import KVCache, KVSnapshot
 from edge.package import Package
@@ -43,6 +49,7 @@ from edge.placement import (
 )
 from edge.rope import rope_tables
 from edge.segments import Kind, Placed, Segment, SegmentLoader, exception_text
+from edge.static_steps import HostAttention
 from edge.step_inputs import (
     check_threads,
     checked_token,
@@ -50,6 +57,13 @@ from edge.step_inputs import (
     physical_cores,
     prefill_in_chunks,
     token_array,
+)
+from edge.tree_attention import (
+    ATTENTION_BIAS,
+    TreeFeed,
+    check_parents,
+    compact,
+    require_tree_placement,
 )
 
 if TYPE_CHECKING:
@@ -59,83 +73,7 @@ if TYPE_CHECKING:
 # which runs edge/__init__ (importing this module), so a module-level import here would make
 # `import devices.backend` first in a process a circular import.
 
-DEFAULT_MAX_CONTEXT = 4096
-# Without an explicit context the KV cache may take at most this share of the memory available
-# now; a small device gets a shorter window (said on the log) instead of running out.
-KV_MEMORY_SHARE = 0.25
-MIN_DEFAULT_CONTEXT = 256
 log = logging.getLogger("edge.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Run-time knobs. `parts_per_session=None` runs each placement segment as one executable,
-    or, where the package is large for the memory available, as executables of at most
-    `edge.placement.SESSION_BYTES` of weights each (`session_cap`); `placement=None` runs every
-    part on ONNX Runtime's CPU backend."""
-
-    max_context: int | None = None
-    prefill_chunk: int = 256
-    threads: int | None = None
-    parts_per_session: int | None = None
-    # Run multi-token steps with a package's prefill graphs (int8 kernels) when it has them;
-    # off saves their memory on small devices, at the cost of slower prompts.
-    prefill_kernels: bool = True
-    placement: Placement | None = None
-    # Where prompts (multi-token steps) run, when not where decoding does (an NPU's int8
-    # graphs for prompts, the CPU for tokens): both are loaded, and since every backend
-    # computes in host memory the KV cache is shared, with nothing to hand over.
-    prefill_placement: Placement | None = None
-    # Let idle ONNX Runtime threads spin between runs. None: on, unless another runtime or
-    # engine computes on the same cores in between (a split placement, a draft model).
-    spinning: bool | None = None
-    # Move the loaded weights onto transparent huge pages (`edge.huge_pages`): fewer TLB
-    # misses per decode step, no more memory; off only to measure what it gives.
-    huge_pages: bool = True
-    # Step at least two tokens where a package rounds activations by step shape (int4 at
-    # ONNX Runtime's accuracy_level 4): a token's logits then do not depend on how many tokens
-    # share its step, so speculative output equals plain output bit for bit. Costs 8-22% of
-    # plain decode speed (measured, BENCHMARKS.md), so off unless asked (`edge.load(exact=)`).
-    uniform_steps: bool = False
-    # How often a device that left is asked whether it is back (`Engine.readmit`), in seconds:
-    # each time costs up to one connect timeout while it is still gone.
-    readmit_interval_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not self.readmit_interval_s >= 0:
-            raise ConfigError(f"readmit_interval_s={self.readmit_interval_s}; must be >= 0")
-        if self.max_context is not None and self.max_context < 1:
-            raise ConfigError(f"max_context={self.max_context}; must be >= 1")
-        if self.prefill_chunk < 1:
-            raise ConfigError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads={self.threads}; must be >= 1")
-        if self.parts_per_session is not None and self.parts_per_session < 1:
-            raise ConfigError(f"parts_per_session={self.parts_per_session}; must be >= 1")
-        for name in ("placement", "prefill_placement"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Placement):
-                raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or None")
-
-
-def default_context(spec: ModelSpec, available: int | None = None) -> int:
-    """`DEFAULT_MAX_CONTEXT`, or less where its float32 KV cache would take more than
-    `KV_MEMORY_SHARE` of the memory available (a multiple of 256, at least 256)."""
-    if available is None:
-        from devices.memory_info import read_memory
-
-        available = read_memory().available
-    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * 4
-    fits = int(available * KV_MEMORY_SHARE) // per_token // 256 * 256
-    context = max(MIN_DEFAULT_CONTEXT, min(DEFAULT_MAX_CONTEXT, fits))
-    if context < DEFAULT_MAX_CONTEXT:
-        log.warning(
-            "context window %d tokens (its KV cache fits in a quarter of the %d MiB available; "
-            "max_context=N to choose)",
-            context,
-            available >> 20,
-        )
-    return context
 
 
 class Engine:
@@ -179,6 +117,8 @@ class Engine:
             for s in p.segments
         )
         self.min_step = 1 if self.steps or not self.graphs else min_step_tokens(package.manifest)
+        if config.tree_verify:
+            require_tree_placement([s.backend for s in self.placement.segments], bool(self.steps))
         if config.uniform_steps and self.graphs and not self.steps and self._rounds_by_level():
             self.min_step = max(self.min_step, 2)
         self.chunk = (
@@ -188,11 +128,19 @@ class Engine:
         )
         slots = self.max_context + self.min_step - 1  # a padded last step needs a spare slot
         self.cache = KVCache.allocate(spec, slots)
+        self.tree = TreeFeed(self.chunk, slots) if config.tree_verify else None
         # Bound by address: these arrays must live as long as the engine.
         self.rope = rope_tables(spec, slots)
         from devices.backend import Resident
 
         self.resident = Resident(self.cache.keys, self.cache.values, *self.rope)
+        # Standard-op static graphs take their mask and rope rows from here, and leave the
+        # cache update to it; their head computes every position's logits.
+        self._host = (
+            HostAttention(spec, self.steps, self.cache, self.rope)
+            if static is not None and static.ops == "standard"
+            else None
+        )
         has_prefill = any(p.prefill_graph for p in package.manifest.parts)
         prompt_kind: Kind = (None, bool(has_prefill and config.prefill_kernels))
         kinds: list[Kind] = [(s, False) for s in self.steps] or [(None, False)]
@@ -441,6 +389,28 @@ class Engine:
         self._ids[0, : len(ids)] = ids
         return self._run(len(ids), True, decode_graphs=True).copy()
 
+    def verify_tree(self, token_ids: list[int] | np.ndarray, parents: Sequence[int]) -> np.ndarray:
+        """`verify` over a token tree: node i (`token_ids[i]`, node 0 the root) sits one
+        position after `parents[i]` and sees only its ancestors; logits [S, V], each row
+        those of a chain pass over the node's path. Follow with `commit_tree`."""
+        if self.tree is None:
+            raise ConfigError("this engine was loaded without EngineConfig(tree_verify=True)")
+        ids = token_array(token_ids, self.spec.vocab_size)
+        self.tree.plan(check_parents(parents, len(ids)))
+        try:
+            return self.verify(ids)
+        finally:
+            self.tree.clear()
+
+    def commit_tree(self, base: int, path: Sequence[int]) -> None:
+        """Keep the nodes `path` (root first) of the tree fed at `base`: the cache then holds
+        them at consecutive positions, and nothing of the other branches."""
+        if self.tree is None:
+            raise ConfigError("this engine was loaded without EngineConfig(tree_verify=True)")
+        kept = self._history[base + np.asarray(path, np.int64)].copy() if len(path) else None
+        compact(self.cache, base, path)
+        self._history[base : base + len(path)] = kept
+
     def decode(self, token_id: int) -> np.ndarray:
         """Feed one token; its next-token logits [V] (a view, valid until the next call)."""
         self._check_room(1)
@@ -481,18 +451,23 @@ class Engine:
         self._total[()] = position + size
         self._last[0] = n - 1
         k = n if all_logits else 1
-        logits = self._logits_buffer(k)
+        logits = self._logits_buffer(size if self._host else k)
         signature = (size, k)
         step = size if self.steps else None
         if n > 1 and not decode_graphs and (self.prefill_segments or step in self.prefill_variants):
             segments = self.prefill_segments or self.prefill_variants[step]
         else:
             segments = self.variants[step]
+        tree = self.tree.inputs(position, size) if self.tree is not None else None
+        if self._host is not None:
+            self._host.before(position, size)
         for i, segment in enumerate(segments):
             try:
                 if segment.signature != signature:
                     self._bind_step(i, segment, size, all_logits, logits, k)
                     segment.signature = signature
+                if tree is not None and ATTENTION_BIAS in segment.inputs:
+                    segment.backend.bind(segment.loaded, tree, {})  # its shape follows position
                 segment.backend.run(segment.loaded, position, size)
             except PackageError:
                 raise  # the package's bytes are bad (a streamed file truncated), not the backend
@@ -503,9 +478,11 @@ class Engine:
                     self._recover(next((s for s in segments if s.loaded is stage), segment), exc)
                     return self._run(n, all_logits, decode_graphs)
                 raise self._failed(segment, position, exc) from exc
+        if self._host is not None:
+            self._host.after(position, size)
         self._history[position : position + n] = self._ids[0, :n]
         self.cache.position = position + n
-        return logits[0]
+        return logits[0, n - k : n] if self._host else logits[0]
 
     def _recover(self, segment: Segment, exc: Exception) -> None:
         """A device left mid-step (a cluster peer): load its parts elsewhere, rebuild the KV
@@ -627,8 +604,13 @@ class Engine:
             inputs[fmt.INPUT_IDS] = self._ids[:, :n]
         else:
             inputs[_hidden_name(segment.inputs)] = self._hidden[i - 1][:, :n]
+        if self._host is not None:
+            step_inputs, step_outputs = self._host.bind(n, segment.inputs, segment.outputs)
+            inputs.update(step_inputs)
+            outputs.update(step_outputs)
         if fmt.LOGITS in segment.outputs:
-            inputs[fmt.LOGITS_INDEX] = self._positions[:k] if all_logits else self._last
+            if fmt.LOGITS_INDEX in segment.inputs:
+                inputs[fmt.LOGITS_INDEX] = self._positions[:k] if all_logits else self._last
             outputs[fmt.LOGITS] = logits
         else:
             outputs[_hidden_name(segment.outputs)] = self._hidden[i][:, :n]

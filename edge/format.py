@@ -320,6 +320,16 @@ def present_value_name(index: int) -> str:
     return f"present_value.{index}"
 
 
+def new_key_name(index: int) -> str:
+    """The step's keys [1, H_kv, S, D] of a standard-op static block, which the engine writes
+    into the cache (those graphs do not update it themselves)."""
+    return f"new_key.{index}"
+
+
+def new_value_name(index: int) -> str:
+    return f"new_value.{index}"
+
+
 INPUT_IDS = "input_ids"  # int64 [B, S]
 SEQLENS_K = "seqlens_k"  # int32 [B]: total tokens in the cache after this step, minus one
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar
@@ -327,6 +337,10 @@ COS_CACHE = "cos_cache"  # float32 [max_context, head_dim / 2]
 SIN_CACHE = "sin_cache"
 LOGITS_INDEX = "logits_index"  # int64 [K]: positions of this step whose logits are wanted
 LOGITS = "logits"  # float32 [B, K, vocab]
+# Inputs of standard-op static blocks, filled by the engine each step (edge.static_steps):
+STEP_MASK = "step_mask"  # float32 [S, max_context + S], additive: 0 visible, -30000 hidden
+STEP_COS = "step_cos"  # float32 [S, head_dim / 2]: the rope rows of this step's positions
+STEP_SIN = "step_sin"
 
 # Tensor name suffixes of int8-row matmul weights (int8 [K, N] + float32 scale [N], run by
 # MatMulInteger on activations quantized per token): a "w8a8" package's decode weights, and the

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from edge.errors import PackageError
+from edge.onnx_wire import len_field as _len_field
 from edge.onnx_wire import varint as _varint
 
 # protobuf field numbers from onnx.proto
@@ -31,18 +32,6 @@ class _Field:
     number: int
     raw: bytes  # the whole field, tag included, ready to copy
     payload: bytes  # the value of a length-delimited field
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _fields(buf: bytes) -> Iterator[_Field]:
@@ -77,10 +66,6 @@ def _string_field(message: bytes, number: int) -> str:
             except UnicodeDecodeError as exc:
                 raise PackageError("corrupted ONNX graph: a tensor name is not UTF-8") from exc
     return ""
-
-
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | WIRE_LEN) + _encode_varint(len(payload)) + payload
 
 
 def _graph_of(model: bytes) -> tuple[list[_Field], bytes]:

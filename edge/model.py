@@ -18,6 +18,7 @@ from edge.generate import GenerationConfig, GenerationResponse, stream_tokens
 from edge.kv_slots import MIN_SLOT_TOKENS, SLOT_MEMORY_SHARE, KVSlots
 from edge.package import Package, Verify, open_package
 from edge.placement import Placement
+from edge.prepacked import PrepackedMode, stricter
 from edge.resolve import resolve_package
 from edge.runner import Runner, create_runner
 from edge.sampling import SamplingConfig
@@ -72,6 +73,8 @@ class Model:
     ) -> None:
         self.package = package
         self.tokenizer = Tokenizer.from_package(package)
+        if draft is not None and speculative is not None and speculative.tree is not None:
+            engine_config = _with_tree_verify(engine_config)
         self.engine: Runner = create_runner(package, engine_config, progress)
         self.speculative: SpeculativeDecoder | None = None
         if isinstance(draft, Model):
@@ -311,6 +314,7 @@ def load(
     cluster: str | ClusterConfig | None = None,
     kv_slots: int = 0,
     exact: bool = False,
+    prepacked_cache: PrepackedMode = "build",
 ) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
@@ -318,14 +322,16 @@ def load(
     use, then cached. `None` loads the default, SmolLM2-135M-Instruct.
 
     `draft` turns on speculative decoding: "lookup" drafts from n-grams of the prompt and the
-    text so far (no second model); any other name or path loads a draft model, which must share
-    the target's tokenizer (lookup is still tried first, unless
-    `SpeculativeConfig(lookup_first=False)`). Output is unchanged, greedy or sampled with a
-    seed (each position's noise comes from (seed, position)); only its speed is. Bit for bit
-    on fp32 and w8a8 packages; an int4 package at accuracy_level 4 rounds a one-token step
-    otherwise than a pass over several, so a near-tie may go the other way, unless
-    `exact=True` (with and without the draft): every step then takes at least two tokens
-    (`EngineConfig.uniform_steps`), for 8-22% of plain decoding's speed (measured).
+    text so far (no second model; the default for a model streamed under `memory_budget`,
+    where a pass costs the same however many tokens it verifies; "none" turns it off); any
+    other name or path loads a draft model, which must share the target's tokenizer (lookup
+    is still tried first, unless `SpeculativeConfig(lookup_first=False)`). Output is
+    unchanged, greedy or sampled with a seed (each position's noise comes from (seed,
+    position)); only its speed is. Bit for bit on fp32 and w8a8 packages and streamed ones;
+    a resident int4 package at accuracy_level 4 rounds a one-token step otherwise than a pass
+    over several, so a near-tie may go the other way, unless `exact=True` (with and without
+    the draft): every step then takes at least two tokens (`EngineConfig.uniform_steps`), for
+    8-22% of plain decoding's speed (measured).
 
     >>> import edge
     >>> m = edge.load("smollm2-135m", max_context=2048)  # doctest: +SKIP
@@ -348,6 +354,12 @@ def load(
     is unchanged; off (0) by default, and off where it cannot work: with speculative
     decoding (the draft's own cache would not follow), a backend holding its own KV cache
     (torch on a GPU, a cluster) or streaming under `memory_budget` (the copies would exceed it).
+
+    `prepacked_cache`: the first load stores the weights as ONNX Runtime packs them in edge's
+    cache, and later loads map that store instead of packing again (about half the peak
+    memory, loads 2-3x faster; about twice the package's size on disk); "use" maps a store
+    but builds none (always so under `memory_budget`: a build peaks higher), "off" packs on
+    the heap at every load (`EngineConfig.prepacked_cache`).
 
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
     >>> m = edge.load("qwen2.5-coder-1.5b", memory_budget="600MB")  # doctest: +SKIP
@@ -374,9 +386,19 @@ def load(
         )
     if exact and isinstance(config, EngineConfig):  # a streamed run computes every step alike
         config = replace(config, uniform_steps=True)
+    if isinstance(config, EngineConfig):  # the stricter of the caller's and the plan's
+        config = replace(config, prepacked_cache=stricter(config.prepacked_cache, prepacked_cache))
     source: DraftSource | Model | None
-    if draft is None or not isinstance(draft, (str, os.PathLike)):
+    if draft is None and _streamed(config):
+        # A streamed pass reads the streamed weights once whatever it verifies, and lookup
+        # drafts cost no memory: every token they get accepted saves a pass (the controller
+        # switches them off where they lose). The output is the plain text either way.
+        log.info("streamed: drafting from lookup (draft='none' decodes one token a pass)")
+        source = LookupDraft()
+    elif draft is None or not isinstance(draft, (str, os.PathLike)):
         source = draft
+    elif str(draft) == "none":
+        source = None
     elif str(draft) == "lookup":
         source = LookupDraft()
     else:
@@ -390,6 +412,9 @@ def load(
                 threads=draft_threads or threads,
                 prefill_chunk=prefill_chunk,
                 spinning=False,
+                prepacked_cache=stricter(
+                    "use" if memory_budget is not None else "build", prepacked_cache
+                ),
             ),
         )
     return Model(
@@ -401,6 +426,15 @@ def load(
         remember=True,
         kv_slots=kv_slots,
     )
+
+
+def _with_tree_verify(config: EngineConfig | StreamConfig | None) -> EngineConfig:
+    """Trees are verified by the rewritten graphs on ONNX Runtime's CPU backend."""
+    if config is None:
+        return EngineConfig(tree_verify=True)
+    if not isinstance(config, EngineConfig):
+        raise ConfigError("tree speculation needs resident weights; drop memory_budget or tree")
+    return replace(config, tree_verify=True)
 
 
 def _streamed(config: object) -> bool:
@@ -454,7 +488,12 @@ def _planned_config(
         from edge.planner.machine import plan_model
 
         planned = plan_model(root, budget=memory_budget, config=PlanConfig(max_context=max_context))
-        return planned.engine_config(threads)
+        config = planned.engine_config(threads)
+        if memory_budget is not None and isinstance(config, EngineConfig):
+            # The plan holds for packing on the heap or mapping a stored packing, not for
+            # building a store (its peak is higher): under a budget, map only what is stored.
+            config = replace(config, prepacked_cache="use")
+        return config
     import json
 
     try:

@@ -53,3 +53,19 @@ def fields(buf: bytes | memoryview) -> Iterator[tuple[int, int | bytes | memoryv
 def text(value: int | bytes | memoryview) -> str:
     assert isinstance(value, bytes | memoryview)
     return bytes(value).decode("utf-8", "replace")
+
+
+def encode_varint(value: int) -> bytes:
+    """`value` (>= 0) as a protobuf varint."""
+    assert value >= 0, value
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def len_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    return encode_varint(number << 3 | WIRE_LEN) + encode_varint(len(payload)) + payload

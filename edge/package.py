@@ -39,6 +39,9 @@ class Package:
     root: Path
     manifest: Manifest
     files: PackageFiles = field(repr=False)
+    # Every file's sha256 was checked against the manifest (verify "auto" or "full"), so the
+    # manifest's hashes name the bytes (what a derived cache may be keyed by).
+    hashes_checked: bool = False
     _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _mapped_files: dict[str, int] = field(default_factory=dict, repr=False)  # name -> size
 
@@ -137,6 +140,7 @@ def open_package(path: str | os.PathLike[str], verify: Verify = "auto") -> Packa
             _check_hashes(files, manifest)
             if settled(list(state.values()), started):
                 write_stamp(stamp, state)
+        package.hashes_checked = verify != "sizes"
         check_graphs(manifest, files.read)
     except BaseException:
         files.close()

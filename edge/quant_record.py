@@ -19,6 +19,9 @@ class StaticShapes:
     activation_bits: int = 16
     batch: int = 1
     weight_bits: int = 8
+    # "contrib": ONNX Runtime's attention and norm ops; "standard": standard ONNX ops only,
+    # the KV cache written by the engine (exporters/arch/standard_ops.py)
+    ops: str = "contrib"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class QuantizationInfo:
 
 
 ROLES = ("linear", "head", "embed", "sensitive_config")
+STATIC_OPS = ("contrib", "standard")
 
 
 def quantization_info(record: object) -> QuantizationInfo:
@@ -86,4 +90,7 @@ def _static_shapes(static: object) -> StaticShapes | None:
     }
     for name, value in values.items():
         check_int(value, f"quantization.static.{name}", minimum=1)
-    return StaticShapes(tuple(chunks), **values)
+    ops = static.get("ops", "contrib")
+    if ops not in STATIC_OPS:
+        raise PackageError(f"quantization.static.ops is {ops!r:.40}; one of {list(STATIC_OPS)}")
+    return StaticShapes(tuple(chunks), **values, ops=ops)

@@ -104,7 +104,17 @@ def _fresh_export(source: Path, key: str) -> Path | None:
         from exporters.defaults import default_export_config
     except ImportError:  # a runtime-only install uses what an earlier export made
         return target
-    return target if recorded[1] == _record(default_export_config(source)) else None
+    wanted = default_export_config(source)
+    return target if _as_exported(recorded[1], type(wanted)) == _record(wanted) else None
+
+
+def _as_exported(recorded: object, config_type: type) -> object:
+    """A recorded export config with the fields added to `config_type` since it was written
+    at their defaults (a new field's default is what earlier exports did), so a package is
+    not exported again only because edge learned an option it did not use."""
+    if not isinstance(recorded, dict):
+        return recorded
+    return {**_record(config_type()), **recorded}
 
 
 def _export_cached(source: Path, key: str, progress: bool) -> Path:

@@ -53,6 +53,17 @@ class Runner(Protocol):
         """Feed one token; its next-token logits [V]."""
         ...
 
+    def verify_tree(
+        self, token_ids: Sequence[int] | np.ndarray, parents: Sequence[int]
+    ) -> np.ndarray:
+        """`verify` over a token tree (node 0 the root, `parents[i]` earlier than i): each
+        node's logits [S, V] as a chain pass over its path computes them."""
+        ...
+
+    def commit_tree(self, base: int, path: Sequence[int]) -> None:
+        """After `verify_tree` at position `base`: keep nodes `path` (root first), drop the rest."""
+        ...
+
     def reset(self) -> None: ...
 
     def readmit(self) -> list[str]:

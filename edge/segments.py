@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from edge.errors import ConfigError, PackageError
+from edge.format import PartEntry
 from edge.graph_merge import merge_models
 from edge.package import Package
 from edge.placement import (
@@ -26,6 +27,7 @@ from edge.placement import (
     part_bytes,
     session_groups,
 )
+from edge.prepacked import effective
 
 if TYPE_CHECKING:
     from devices.backend import Backend, Loaded, Resident
@@ -105,6 +107,7 @@ class SegmentLoader:
             "chunk": self.chunk,
             "progress": self.progress,
         }
+        defaults["prepacked"] = effective(self.config.prepacked_cache)
         if self.config.spinning is not None:
             defaults["spinning"] = self.config.spinning
         elif (
@@ -209,7 +212,7 @@ class SegmentLoader:
                 for offset, end in groups:
                     group = tuple(parts[offset:end])
                     model = merge_models(
-                        [self.package.graph_bytes(p, step, prefill) for p in group],
+                        [self._graph(p, step, prefill, where[0]) for p in group],
                         name=group[0].name,
                     )
                     graph = SegmentGraph(
@@ -227,6 +230,15 @@ class SegmentLoader:
                 backend.unload(segment.loaded)
             raise
         return out
+
+    def _graph(self, part: PartEntry, step: int | None, prefill: bool, phase: str) -> bytes:
+        """The part's graph; a decode block's with the token-tree inputs when asked for."""
+        graph = self.package.graph_bytes(part, step, prefill)
+        if self.config.tree_verify and phase == "decode" and not prefill and part.kind == "block":
+            from edge.tree_attention import add_tree_inputs
+
+            return add_tree_inputs(graph, f"part {part.name}")
+        return graph
 
 
 def exception_text(exc: BaseException) -> str:

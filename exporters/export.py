@@ -26,6 +26,7 @@ from edge.format import Manifest, ModelSpec, PartEntry, TensorEntry, WeightFileW
 from edge.graph_trust import check_graphs
 from edge.hashing import source_sha256
 from edge.manifest_checks import check_manifest
+from edge.quant_record import STATIC_OPS
 from exporters.arch import get_architecture
 from exporters.arch.llama import LlamaArchitecture
 from exporters.awq_export import AWQCalibrator, calibration_ids, embed_rows
@@ -50,7 +51,7 @@ from exporters.output_dir import (
     rmdir_if_empty,
     temp_dir,
 )
-from exporters.qdq_export import StaticInt8Writer
+from exporters.qdq_export import FLOAT_BITS, StaticInt8Writer
 from exporters.sources import Source, open_source
 from quant import TokenInt8Config, WeightQuantConfig
 from quant.rows import concat_rows
@@ -58,6 +59,10 @@ from quant.schemes import SCHEME_NAMES, QuantScheme, make_scheme
 
 METHODS = ("rtn", "awq")
 STATIC_INT8 = "q-static-int8"
+# The standard-op static graphs with float32 weights and activations, no Q/DQ: for NPUs that
+# compute in float and have no QuantizeLinear/DequantizeLinear (CoreML's Neural Engine).
+STATIC_FP32 = "static-fp32"
+STATIC = (STATIC_INT8, STATIC_FP32)
 ROWS_PER_CHUNK = 8192  # embedding rows read (and quantized) at a time: bounds export memory
 
 
@@ -79,15 +84,25 @@ class ExportConfig:
     static_chunks: tuple[int, ...] = (1, 64)
     static_context: int = 1024
     static_activation_bits: int = 16
+    # q-static-int8's op set: "contrib" (ONNX Runtime's GroupQueryAttention and norms) or
+    # "standard" (standard ONNX ops only, what NPU providers take: exporters/arch/standard_ops.py)
+    static_ops: str = "contrib"
     prefill_int8: bool = False
     check_tokenizer: bool = True
 
     def __post_init__(self) -> None:
-        if self.quant is not None and self.quant not in (*SCHEME_NAMES, STATIC_INT8):
+        if self.quant is not None and self.quant not in (*SCHEME_NAMES, *STATIC):
             raise ValueError(
                 f"quant={self.quant!r}; choose one of "
-                f"{[*SCHEME_NAMES, STATIC_INT8]} (or None for float32)"
+                f"{[*SCHEME_NAMES, *STATIC]} (or None for float32)"
             )
+        if self.quant == STATIC_FP32 and self.static_ops != "standard":
+            raise ValueError(
+                f"quant={STATIC_FP32!r} has standard-op graphs only; "
+                f"static_ops={self.static_ops!r} must be 'standard'"
+            )
+        if self.static_ops not in STATIC_OPS:
+            raise ValueError(f"static_ops={self.static_ops!r}; choose one of {list(STATIC_OPS)}")
         if self.static_activation_bits not in (8, 16):
             raise ValueError(f"static_activation_bits={self.static_activation_bits}; 8 or 16")
         if 1 not in self.static_chunks or max(self.static_chunks) > self.static_context:
@@ -115,7 +130,7 @@ class ExportConfig:
     def scheme(self, spec: ModelSpec) -> QuantScheme | None:
         return (
             None
-            if self.quant in (None, STATIC_INT8)
+            if self.quant in (None, *STATIC)
             else make_scheme(
                 self.quant,
                 spec.num_layers,
@@ -236,7 +251,7 @@ def _write_package(
         unit="part",
         disable=not progress,
     ) as bar:
-        if config.quant == STATIC_INT8:
+        if config.quant in STATIC:
             parts, quantization = _write_static_int8(
                 source, arch, spec, root, config, tokenizer, bar
             )
@@ -263,18 +278,21 @@ def _write_static_int8(
         root,
         tuple(sorted(config.static_chunks)),
         config.static_context,
-        config.static_activation_bits,
+        FLOAT_BITS if config.quant == STATIC_FP32 else config.static_activation_bits,
+        config.static_ops,
     )
     parts = writer.write(tokenizer, config.calibration_tokens, bar)
     return parts, {
-        "scheme": {"name": STATIC_INT8},
-        "method": "static-minmax",
+        "scheme": {"name": config.quant},
+        "method": "static-minmax" if config.quant == STATIC_INT8 else "none",
         "static": {
             "chunks": sorted(config.static_chunks),
             "batch": 1,
             "max_context": config.static_context,
-            "activation_bits": config.static_activation_bits,
-            "weight_bits": 8,
+            "activation_bits": writer.activation_bits,
+            "weight_bits": 8 if config.quant == STATIC_INT8 else FLOAT_BITS,
+            # absent: "contrib", as packages written before the standard-op variant read
+            **({"ops": config.static_ops} if config.static_ops != "contrib" else {}),
         },
         "tensors": writer.record,
     }

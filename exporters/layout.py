@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 import edge.format as fmt
 from edge.format import Manifest, TensorEntry, WeightFileWriter
 from exporters.arch import get_architecture
-from exporters.export import STATIC_INT8, ExportConfig, write_weight_parts
+from exporters.export import STATIC, ExportConfig, write_weight_parts
 from exporters.linear import RowWeight
 from exporters.sources import Source, open_source
 from exporters.tokenizer_export import export_tokenizer
@@ -119,8 +119,8 @@ def write_layout(
     write, with sized weight files instead of weights (see the module docstring). Seconds,
     most of them reading a GGUF's header and converting its tokenizer (17 s for a
     151,936-token vocabulary here), shown as a bar with `progress`."""
-    if config.quant == STATIC_INT8:
-        raise ValueError("a static int8 package is calibrated on the model: export it")
+    if config.quant in STATIC:
+        raise ValueError("a static (NPU) package is calibrated on the model: export it")
     root = Path(root)
     with tqdm(desc=f"lay out {Path(source_path).name}", unit="step", disable=not progress) as bar:
         source = ShapeSource(open_source(source_path))

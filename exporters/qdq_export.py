@@ -5,6 +5,8 @@ shape must be fixed and every tensor's quantization known. So each part gets one
 step length in `static_chunks` (1 for decode, larger ones for chunked prefill), batch 1 and a
 fixed KV-cache length; matmul inputs go through QuantizeLinear/DequantizeLinear with ranges
 measured on real text, and weights are int8 per output channel behind DequantizeLinear.
+`static_ops="standard"` writes blocks and head of standard ONNX ops (arch/standard_ops.py);
+`static-fp32` (activation_bits `FLOAT_BITS`) writes those in float32, with no Q/DQ (CoreML).
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ from edge.architectures import FEATURE_FIELDS, spec_features
 from edge.errors import UnsupportedModelError
 from edge.format import ModelSpec, PartEntry, TensorEntry, TokenizerInfo, WeightFileWriter
 from exporters.arch.llama import GraphDims, LlamaArchitecture
+from exporters.arch.standard_ops import StandardBlock, StandardOpsGraphs, attention_ranges
 from exporters.awq_export import calibration_ids, embed_rows
 from exporters.calibration import block_forward, rms_norm
-from exporters.linear import RowInt8, RowWeight, int8_per_channel, write_qdq_linear
+from exporters.linear import (
+    FloatLinear,
+    RowInt8,
+    RowWeight,
+    int8_per_channel,
+    write_linear,
+    write_qdq_linear,
+)
 from exporters.sources import Source
 from quant.awq import smooth_scale
 
 ROWS_PER_CHUNK = 8192
+# activation_bits of the float variant (`static-fp32`): float32 weights, no Q/DQ at all
+FLOAT_BITS = 32
 
 
 def activation_range(x: np.ndarray) -> tuple[float, float]:
@@ -49,6 +61,26 @@ def _row_int8(
     )
 
 
+def _float_rows(
+    out: WeightFileWriter, source: Source, name: str, spec: ModelSpec, record: dict[str, Any]
+) -> TensorEntry:
+    """A [V, H] matrix as float32 (the float variant's embedding and head)."""
+    rows = [
+        slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
+        for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)
+    ]
+    record[name] = {"dtype": "float32"}
+    return out.add_chunks(
+        name, "float32", (spec.vocab_size, spec.hidden_size), (source.read(name, r) for r in rows)
+    )
+
+
+def _entries(weight: Any) -> list[TensorEntry]:
+    if isinstance(weight, TensorEntry):
+        return [weight]
+    return [weight.weight] if isinstance(weight, FloatLinear) else list(weight.entries)
+
+
 # The block features a Llama block has (ModelSpec's defaults).
 _LLAMA_FEATURES = {f.name: f.default for f in fields(ModelSpec) if f.name in FEATURE_FIELDS}
 
@@ -65,6 +97,7 @@ class StaticInt8Writer:
         chunks: tuple[int, ...],
         max_context: int,
         activation_bits: int,
+        ops: str = "contrib",
     ) -> None:
         beyond = [
             name for name, value in spec_features(spec).items() if value != _LLAMA_FEATURES[name]
@@ -79,6 +112,8 @@ class StaticInt8Writer:
         self.source, self.arch, self.spec, self.root = source, arch, spec, root
         self.chunks, self.max_context = chunks, max_context
         self.activation_bits = activation_bits
+        # "standard": blocks and head of standard ONNX ops only (exporters/arch/standard_ops.py)
+        self.standard = StandardOpsGraphs() if ops == "standard" else None
         self.record: dict[str, Any] = {}
 
     def _save(
@@ -113,10 +148,14 @@ class StaticInt8Writer:
         hidden = embed_rows(
             source, calibration_ids(self.root, tokenizer, calibration_tokens), spec.vocab_size
         )
+        float_weights = self.activation_bits == FLOAT_BITS
+        rows = _float_rows if float_weights else _row_int8
         with WeightFileWriter(self.root, "embed.bin") as out:
-            table = _row_int8(out, source, "token_embd.weight", spec, self.record)
+            table = rows(out, source, "token_embd.weight", spec, self.record)
         parts = [
-            self._save("embed", "embed", lambda d: arch.embed_graph(spec, table, d), table.entries)
+            self._save(
+                "embed", "embed", lambda d: arch.embed_graph(spec, table, d), _entries(table)
+            )
         ]
         bar.update()
         for i in range(spec.num_layers):
@@ -129,17 +168,23 @@ class StaticInt8Writer:
             norm = out.add("output_norm.weight", norm_weight)
             final = rms_norm(hidden, norm_weight, spec.rms_norm_eps)
             output = (
-                table
-                if head == "token_embd.weight"
-                else _row_int8(out, source, head, spec, self.record)
+                table if head == "token_embd.weight" else rows(out, source, head, spec, self.record)
             )
-        output = RowInt8(output.weight, output.scale, activation_range(final), self.activation_bits)
+        if isinstance(output, RowInt8):
+            output = RowInt8(
+                output.weight, output.scale, activation_range(final), self.activation_bits
+            )
+        standard = self.standard
         parts.append(
             self._save(
                 "head",
                 "head",
-                lambda d: arch.head_graph(spec, norm, output, d),
-                [norm, *output.entries],
+                lambda d: (
+                    standard.head_graph(spec, norm, output, d)
+                    if standard
+                    else arch.head_graph(spec, norm, output, d)
+                ),
+                [norm, *_entries(output)],
             )
         )
         bar.update()
@@ -172,6 +217,12 @@ class StaticInt8Writer:
         rows = arch.block_linears(self.source, spec, i)
         dense = {n: np.ascontiguousarray(w.fp32().T) for n, w in rows.items()}
         hidden, acts = block_forward(hidden, spec, vectors, dense, i)
+        attention = None
+        if self.standard is not None:  # its attention products are QDQ too: their ranges
+            qkv = acts.attn_qkv @ dense[f"blk.{i}.attn_qkv.weight"]
+            if spec.attention_bias:
+                qkv = qkv + vectors[f"blk.{i}.attn_qkv.bias"]
+            attention = attention_ranges(qkv, spec)
         inputs = {
             "attn_qkv": acts.attn_qkv,
             "attn_output": acts.attn_output,
@@ -183,7 +234,9 @@ class StaticInt8Writer:
         with WeightFileWriter(self.root, f"block.{i:03d}.bin") as out:
             stored = {n: out.add(n, a) for n, a in vectors.items()}
             linears = {
-                n: write_qdq_linear(
+                n: write_linear(out, n, w, None, self.record)
+                if self.activation_bits == FLOAT_BITS
+                else write_qdq_linear(
                     out,
                     n,
                     w,
@@ -193,11 +246,19 @@ class StaticInt8Writer:
                 )
                 for n, w in rows.items()
             }
-        tensors = [*stored.values(), *(e for lin in linears.values() for e in lin.entries)]
+        tensors = [*stored.values(), *(e for lin in linears.values() for e in _entries(lin))]
+        standard = self.standard
+
+        def build(d: GraphDims) -> Any:
+            if standard is None or attention is None:
+                return arch.block_graph(spec, i, stored, linears, d)
+            block = StandardBlock(spec, i, stored, linears, attention, self.activation_bits)
+            return standard.block_graph(block, d)
+
         part = self._save(
             f"block.{i}",
             "block",
-            lambda d: arch.block_graph(spec, i, stored, linears, d),
+            build,
             tensors,
             block_index=i,
         )

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The suite exports and copies dozens of packages: a packed-weight store for each would take
+# gigabytes of disk (about twice each package). Loads pack on the heap, as they did before
+# stores existed; tests/devices/backends/test_backend_ort_prepacked.py turns stores on.
+os.environ["EDGE_PREPACKED_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +43,36 @@ def smollm2_reference(smollm2_gguf: Path):
         smollm2_gguf.parent, dtype=torch.float32, **kwargs
     ).eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def standard_static_packages(
+    smollm2_package: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """A two-block random Llama with SmolLM2's block sizes (hidden 576, 9 heads over 3
+    key/value heads, a 512-token vocabulary) as float32 and as the standard-op static A8W8
+    package (`static_ops="standard"`, 1- and 16-token graphs, a 64-slot cache): (fp32,
+    static). Real-sized blocks make a planner price them like SmolLM2's; export takes ~1 s."""
+    from exporters.export import ExportConfig, export
+    from tests.tiny_gguf import write_tiny_gguf
+
+    folder = tmp_path_factory.mktemp("standard-static")
+    gguf = write_tiny_gguf(
+        smollm2_package / "tokenizer.json",
+        folder / "llama.gguf",
+        hidden=576,
+        ffn=1536,
+        heads=9,
+        kv_heads=3,
+    )
+    fp32 = export(gguf, folder / "fp32", ExportConfig(check_tokenizer=False), progress=False)
+    static = ExportConfig(
+        quant="q-static-int8",
+        static_chunks=(1, 16),
+        static_context=64,
+        static_activation_bits=8,
+        static_ops="standard",
+        calibration_tokens=64,
+        check_tokenizer=False,
+    )
+    return fp32, export(gguf, folder / "a8w8", static, progress=False)

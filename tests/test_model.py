@@ -393,3 +393,15 @@ def test_gguf_is_exported_once_into_the_cache(
     assert second.package.root == root
     assert os.stat(manifest).st_mtime_ns == stamp
     assert len(list((tmp_path / "packages").iterdir())) == 1
+
+
+def test_a_package_exported_before_an_option_existed_is_not_exported_again() -> None:
+    """A cached package's recorded export config lacks the options added since; they count
+    at their defaults (what the earlier export did), so only a real difference re-exports."""
+    from edge.resolve import _as_exported, _record
+    from exporters.export import ExportConfig
+
+    wanted = _record(ExportConfig(quant="int4", block_size=64))
+    older = {k: v for k, v in wanted.items() if k != "static_ops"}
+    assert _as_exported(older, ExportConfig) == wanted
+    assert _as_exported({**older, "block_size": 32}, ExportConfig) != wanted

@@ -15,12 +15,20 @@ HIDDEN, FFN, HEADS, KV_HEADS, BLOCKS = 64, 128, 4, 2, 2
 
 
 def write_tiny_gguf(
-    tokenizer_json: Path, target: Path, types: Mapping[str, str] | None = None
+    tokenizer_json: Path,
+    target: Path,
+    types: Mapping[str, str] | None = None,
+    *,
+    hidden: int = HIDDEN,
+    ffn: int = FFN,
+    heads: int = HEADS,
+    kv_heads: int = KV_HEADS,
 ) -> Path:
     """A llama GGUF with random weights and the first VOCAB tokens of a byte-level BPE
     tokenizer.json (ids follow the merge order, so the merges producing them all stay).
     `types`: GGML type names by tensor name suffix (e.g. {"attn_v.weight": "Q8_0"}) for the
-    weights not to store in float32."""
+    weights not to store in float32. `hidden`, `ffn`, `heads`, `kv_heads`: other block sizes
+    (SmolLM2's 576, 1536, 9, 3 make blocks a planner prices like real ones)."""
     import gguf
 
     data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
@@ -32,13 +40,13 @@ def write_tiny_gguf(
     writer = gguf.GGUFWriter(target, "llama")
     writer.add_block_count(BLOCKS)
     writer.add_context_length(2048)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_rope_dimension_count(hidden // heads)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
     writer.add_token_list(tokens)
@@ -50,17 +58,17 @@ def write_tiny_gguf(
     writer.add_pad_token_id(2)
     writer.add_add_bos_token(False)
     rng = np.random.default_rng(0)
-    kv = KV_HEADS * HIDDEN // HEADS
-    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output.weight": (VOCAB, HIDDEN)}
+    kv = kv_heads * hidden // heads
+    shapes = {"token_embd.weight": (VOCAB, hidden), "output.weight": (VOCAB, hidden)}
     for b in range(BLOCKS):
         shapes |= {
-            f"blk.{b}.attn_q.weight": (HIDDEN, HIDDEN),
-            f"blk.{b}.attn_k.weight": (kv, HIDDEN),
-            f"blk.{b}.attn_v.weight": (kv, HIDDEN),
-            f"blk.{b}.attn_output.weight": (HIDDEN, HIDDEN),
-            f"blk.{b}.ffn_gate.weight": (FFN, HIDDEN),
-            f"blk.{b}.ffn_up.weight": (FFN, HIDDEN),
-            f"blk.{b}.ffn_down.weight": (HIDDEN, FFN),
+            f"blk.{b}.attn_q.weight": (hidden, hidden),
+            f"blk.{b}.attn_k.weight": (kv, hidden),
+            f"blk.{b}.attn_v.weight": (kv, hidden),
+            f"blk.{b}.attn_output.weight": (hidden, hidden),
+            f"blk.{b}.ffn_gate.weight": (ffn, hidden),
+            f"blk.{b}.ffn_up.weight": (ffn, hidden),
+            f"blk.{b}.ffn_down.weight": (hidden, ffn),
         }
     for name, shape in shapes.items():
         values = (rng.standard_normal(shape) * 0.2).astype(np.float32)
@@ -74,7 +82,7 @@ def write_tiny_gguf(
         "output_norm",
         *(f"blk.{b}.{n}" for b in range(BLOCKS) for n in ("attn_norm", "ffn_norm")),
     ):
-        writer.add_tensor(f"{name}.weight", np.ones(HIDDEN, np.float32))
+        writer.add_tensor(f"{name}.weight", np.ones(hidden, np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -3,9 +3,12 @@
 
 An NPU compiles a graph ahead of time, so `supports` checks a part's graphs structurally, on
 the bytes, before anything is compiled: (1) every input has a fixed shape (the manifest's
-`static_graphs`, written by `edge quantize --quant q-static-int8`), (2) every MatMul/Gemm reads
-both operands through DequantizeLinear from integer tensors of the types the NPU computes in,
-(3) every op is in the provider's op set (listed below with its source). Passing is necessary,
+`static_graphs`, written by `edge quantize --quant q-static-int8`), (2) on integer NPUs (QNN's
+HTP, NNAPI) every MatMul/Gemm reads both operands through DequantizeLinear from integer tensors
+of the types the NPU computes in, (3) every op is in the provider's op set (listed below with
+its source). Only `--static-ops standard` packages can pass (3) for their blocks and head (the
+default static graphs use ONNX Runtime's contrib attention and norms), and for CoreML, which
+has no Q/DQ, only their float32 form (`--quant static-fp32`). Passing is necessary,
 not sufficient: each provider also has per-op rules (ranks, attributes) that only its compiler
 checks. Sessions are created with `session.disable_cpu_ep_fallback=1`, so a graph the NPU
 cannot take whole fails to compile (and the engine falls back to the CPU, saying why) instead of
@@ -51,6 +54,9 @@ class NpuRules:
     activation_types: frozenset[str]  # element types of quantized activations
     weight_types: frozenset[str]  # element types of quantized weights
     source: str  # where the op list comes from
+    # Whether matmuls must be QDQ (integer hardware); False where the NPU computes in float
+    # (CoreML: the Neural Engine runs float16, and Q/DQ are not in its op list at all).
+    quantized: bool = True
 
 
 def shape_problems(graph: GraphInfo) -> list[str]:
@@ -103,7 +109,8 @@ def op_problems(graph: GraphInfo, rules: NpuRules) -> list[str]:
 
 def check_graph(graph: GraphInfo, rules: NpuRules) -> list[str]:
     """Every reason an NPU could not take this graph whole (empty: structurally fine)."""
-    return shape_problems(graph) + qdq_problems(graph, rules) + op_problems(graph, rules)
+    qdq = qdq_problems(graph, rules) if rules.quantized else []
+    return shape_problems(graph) + qdq + op_problems(graph, rules)
 
 
 class NpuEpBackend(OrtCpuBackend):
@@ -195,7 +202,9 @@ Sum Tanh ThresholdedRelu Tile TopK Transpose Unsqueeze Upsample Where com.micros
 """)
 
 # Source: tools/ci_build/github/apple/coreml_supported_mlprogram_ops.md (ORT main, 2026), the
-# ML Program op list. It has no QuantizeLinear/DequantizeLinear: QDQ graphs do not run whole.
+# ML Program op list (onnxruntime 1.32's wheel ships it as tools/mobile_helpers/). It has no
+# QuantizeLinear/DequantizeLinear and no Gather: int8 QDQ graphs and the embedding's row gather
+# do not run whole; CoreML computes in float, quantizing weights its own way (coremltools).
 COREML_OPS = _op_set("""
 Add ArgMax AveragePool Cast Ceil Clip Concat Conv ConvTranspose Cos DepthToSpace Div Elu Erf Exp
 GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool GridSample GroupNormalization HardSigmoid
@@ -280,7 +289,11 @@ class CoreMlBackend(NpuEpBackend):
     provider: ClassVar[str] = "CoreMLExecutionProvider"
     install: ClassVar[str] = "use onnxruntime on macOS or iOS, whose builds include CoreML"
     rules: ClassVar[NpuRules] = NpuRules(
-        COREML_OPS, frozenset(), frozenset(), "CoreML coreml_supported_mlprogram_ops.md"
+        COREML_OPS,
+        frozenset(),
+        frozenset(),
+        "CoreML coreml_supported_mlprogram_ops.md",
+        quantized=False,
     )
     PROVIDER_OPTIONS: ClassVar[Mapping[str, tuple[str, ...] | None]] = {
         "ModelFormat": ("MLProgram", "NeuralNetwork"),

@@ -57,6 +57,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "a placement JSON from 'edge plan --json'",
     )
     parser.add_argument(
+        "--prepacked-cache",
+        choices=("build", "use", "off"),
+        default="build",
+        help="keep ONNX Runtime's packed weights in edge's cache after the first load and map "
+        "them at later ones (about half the peak memory, faster loads, ~2x the package on "
+        "disk); 'use': map a stored packing but build none; 'off': pack at every load",
+    )
+    parser.add_argument(
         "--memory-budget",
         default=None,
         metavar="SIZE",
@@ -107,10 +115,12 @@ def add_draft_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--draft",
         default=None,
-        metavar="MODEL|lookup",
+        metavar="MODEL|lookup|none",
         help="draft with a small model of the same family, or 'lookup' "
-        "(n-grams of the prompt and output); greedy output is the target's own: bit for bit "
-        "on fp32 and w8a8 packages and with --exact, else up to near-ties (int4)",
+        "(n-grams of the prompt and output; the default under --memory-budget, where a "
+        "streamed pass costs the same however many tokens it verifies), or 'none'; greedy "
+        "output is the target's own: bit for bit on fp32 and w8a8 packages, streamed and "
+        "with --exact, else up to near-ties (int4)",
     )
     group.add_argument(
         "--draft-threads",
@@ -124,6 +134,15 @@ def add_draft_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="draft K tokens per round (default: adaptive, up to 8)",
+    )
+    group.add_argument(
+        "--tree",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="verify a token tree of up to N drafted tokens in one pass (several lookup "
+        "continuations and the target's own recycled candidates; the size each pass takes "
+        "follows the measured cost of a pass), before any chain draft; needs --draft",
     )
     group.add_argument(
         "--parallel-draft",
@@ -235,6 +254,7 @@ def load_model(args: argparse.Namespace, model: str | None):
         memory_budget=args.memory_budget,
         plan=getattr(args, "plan", None),
         cluster=cluster_config(args),
+        prepacked_cache=getattr(args, "prepacked_cache", "build"),
         **draft_kwargs(args),
     )
     if (getattr(args, "plan", None) or args.memory_budget or args.cluster) and not args.quiet:
@@ -267,17 +287,28 @@ def cluster_config(args: argparse.Namespace) -> Any:
 def draft_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """edge.load's speculative keywords from --draft* and --exact (none when absent)."""
     exact = {"exact": True} if getattr(args, "exact", False) else {}
+    tree_nodes = getattr(args, "tree", None)
     if getattr(args, "draft", None) is None:
+        if tree_nodes is not None:
+            from edge.errors import ConfigError
+
+            raise ConfigError("--tree needs --draft (lookup, or a draft model)")
         return exact
     from edge.speculative import SpeculativeConfig
+    from edge.speculative.token_tree import TreeConfig
 
     k = args.draft_tokens
+    tree = TreeConfig(max_nodes=tree_nodes) if tree_nodes is not None else None
     config = (
         SpeculativeConfig(
-            draft_tokens=k, max_draft=max(k, 8), adaptive=False, parallel=args.parallel_draft
+            draft_tokens=k,
+            max_draft=max(k, 8),
+            adaptive=False,
+            parallel=args.parallel_draft,
+            tree=tree,
         )
         if k
-        else SpeculativeConfig(parallel=args.parallel_draft)
+        else SpeculativeConfig(parallel=args.parallel_draft, tree=tree)
     )
     return {
         **exact,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SCHEMES = ("int8", "int4", "int4-mixed", "w8a8", "q-static-int8")
+SCHEMES = ("int8", "int4", "int4-mixed", "w8a8", "q-static-int8", "static-fp32")
 
 
 def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -23,7 +23,8 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "w8a8 (int8 per channel x int8 activations per token on "
         "MatMulInteger: int4's decode speed with VNNI, steps of several "
         "tokens nearly free, the target for speculative decoding), "
-        "or q-static-int8 (QDQ graphs with fixed shapes for NPUs)",
+        "q-static-int8 (QDQ graphs with fixed shapes for NPUs), "
+        "or static-fp32 (the --static-ops standard graphs in float32, no QDQ: CoreML)",
     )
     parser.add_argument(
         "--block-size",
@@ -73,6 +74,15 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "LLMs at; 8 adds SmoothQuant scaling and loses more)",
     )
     parser.add_argument(
+        "--static-ops",
+        default=None,
+        choices=("contrib", "standard"),
+        help="q-static-int8: contrib (ONNX Runtime's GroupQueryAttention and norm ops, the "
+        "default) or standard (standard ONNX ops only, static mask and fixed logit count: what "
+        "the QNN and NNAPI providers take whole; the engine writes the KV cache); "
+        "static-fp32 has standard ones only",
+    )
+    parser.add_argument(
         "--accuracy-level",
         type=int,
         default=4,
@@ -108,4 +118,5 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
         static_chunks=chunks,
         static_context=args.static_context,
         static_activation_bits=args.activation_bits,
+        static_ops=args.static_ops or ("standard" if quant == "static-fp32" else "contrib"),
     )

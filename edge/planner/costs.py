@@ -119,7 +119,8 @@ class PartCost:
 
     @property
     def static_int8(self) -> bool:
-        return bool(self.static_steps)
+        # fixed shapes and int8 weights (a `static-fp32` package has the shapes only)
+        return bool(self.static_steps) and QDQ_INT8 in self.class_bytes
 
 
 @dataclass(frozen=True)

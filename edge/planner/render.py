@@ -41,6 +41,12 @@ def describe(plan: Plan) -> str:
             f"{format_size(s.unit_bytes)}; {rereads}; the engine needs at least "
             f"{format_size(s.engine_minimum)}"
         )
+        if s.read_bytes_per_token:
+            lines.append(
+                "  a pass reads the streamed parts once however many drafted tokens it "
+                "verifies: edge drafts from lookup here by default (no memory; each accepted "
+                "token saves a pass; --draft none to decode one token a pass)"
+            )
     lines.append("devices:")
     for use in plan.devices:
         if not use.breakdown:

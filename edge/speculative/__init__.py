@@ -3,6 +3,8 @@
 >>> import edge
 >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
 >>> m = edge.load("qwen2.5-coder-1.5b", draft="lookup")  # no draft model  # doctest: +SKIP
+>>> tree = SpeculativeConfig(tree=TreeConfig(max_nodes=16))  # token trees, one pass each
+>>> m = edge.load("smollm2-135m", draft="lookup", speculative=tree)  # doctest: +SKIP
 """
 
 from edge.speculative.controller import SpeculativeConfig
@@ -16,6 +18,7 @@ from edge.speculative.drafts import (
     ModelDraft,
 )
 from edge.speculative.pairing import check_same_tokenizer
+from edge.speculative.token_tree import TreeConfig
 
 __all__ = [
     "ChainedDraft",
@@ -26,5 +29,6 @@ __all__ = [
     "ModelDraft",
     "SpeculativeConfig",
     "SpeculativeDecoder",
+    "TreeConfig",
     "check_same_tokenizer",
 ]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from edge.errors import ConfigError
 from edge.speculative.calibration import Calibration
+from edge.speculative.token_tree import TreeConfig
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class SpeculativeConfig:
     adaptive: bool = True
     parallel: bool = False
     lookup_first: bool = True
+    # Verify token trees (lookup continuations and recycled target candidates) in one pass
+    # before any chain draft; None: chains only. Needs a target loaded with tree_verify.
+    tree: TreeConfig | None = None
     self_disable: bool = True
     probe_every: int = 16  # declined drafts of one kind between probes while it is off
     remeasure_every: int = 32  # drafted rounds between plain steps that re-measure plain decoding
@@ -63,6 +67,8 @@ class SpeculativeConfig:
             raise ConfigError(f"remeasure_every={self.remeasure_every}; must be >= 1")
         if not 0 < self.smoothing <= 1:
             raise ConfigError(f"smoothing={self.smoothing}; must be in (0, 1]")
+        if self.tree is not None and not isinstance(self.tree, TreeConfig):
+            raise ConfigError(f"tree={self.tree!r}; must be a TreeConfig or None")
 
 
 class _Average:

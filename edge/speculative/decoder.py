@@ -3,6 +3,8 @@
 The target's KV cache holds every committed token but the newest (the *pending* token, whose
 logits are not computed yet). A round feeds [pending, d1..dk] to the target in one pass, keeps
 the accepted prefix plus the target's own next token, and rewinds the cache past the rest.
+With `SpeculativeConfig.tree`, a round first offers a token tree (`tree_rounds`), verified in
+one pass over [pending, nodes...], the target's path through it committed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from edge.speculative.acceptance import accept_draft
 from edge.speculative.calibration import load_calibration, save_calibration
 from edge.speculative.controller import DraftController, SpeculativeConfig
 from edge.speculative.drafts import ChainedDraft, Draft, DraftSource, ModelDraft
+from edge.speculative.token_tree import TokenTree, accept_tree, exact_prefix
+from edge.speculative.tree_rounds import TREE_KEY, TreeSpeculation
 from edge.tokenizer import Tokenizer
 
 log = logging.getLogger("edge.speculative")
@@ -81,6 +85,8 @@ class SpeculativeDecoder:
             if learned is not None:
                 self.controller.restore(learned)
         _warn_if_batch_variant(target)
+        tree = self.config.tree
+        self.trees = TreeSpeculation(tree, target, self.controller) if tree else None
         self.sources = list(draft.sources) if isinstance(draft, ChainedDraft) else [draft]
         models = [source for source in self.sources if isinstance(source, ModelDraft)]
         self.model = models[0] if models else None  # the source a PEARL lookahead runs on
@@ -217,6 +223,7 @@ class _Run:
         self._resumed: float | None = None  # None until the first token was handed over
         self.draft_failed = False
         self.by_source: dict[str, list[int]] = {}  # source -> [drafted, accepted]
+        self.carry: list[int] = []  # tokens the last tree pass kept beyond what it committed
 
     def resume(self) -> None:
         """The caller asks for the next token: the decoder's clock runs again."""
@@ -247,6 +254,13 @@ class _Run:
         started = time.perf_counter()
         target = self.d.target
         room = min(target.max_context - target.position, target.chunk) - 1
+        trees = self.d.trees
+        if trees is not None and room >= 1 and not self.d.controller.plain_due():
+            tree = trees.choose(self.out.history, room, self.carry)
+            self.carry = []
+            if tree is not None:
+                yield from self._verify_tree(tree, time.perf_counter() - started)
+                return
         draft = Draft([]) if self.draft_failed or room < 1 else self._propose(room)
         if not draft.tokens:
             yield from self._plain_step()
@@ -273,7 +287,11 @@ class _Run:
         history = self.out.history
         logits = self.d.target.decode(history[-1])
         token = self.sampler.choose(logits, history, len(history))
-        self.d.controller.record_plain(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.d.controller.record_plain(seconds)
+        if self.d.trees is not None:
+            self.d.trees.record_pass(1, seconds)
+            self.d.trees.observe(history[-1:], logits[None])
         self._count(1)
         yield self.emit(logits, token, False)
 
@@ -286,6 +304,9 @@ class _Run:
         logits = target.verify(fed)  # [k+1, V], the arithmetic of decoding
         n, token = accept_draft(self.sampler, logits, draft.tokens, history)
         target.rewind(base + 1 + n)
+        if self.d.trees is not None:
+            self.d.trees.record_pass(len(fed), time.perf_counter() - started)
+            self.d.trees.observe(fed[: n + 1], logits[: n + 1])
         verify_seconds = time.perf_counter() - started
         self.d.controller.record_catch_up(draft.setup_tokens, draft.setup_seconds)
         # A source's first catch-up in a request is the prompt's prefill: paid once, sunk.
@@ -309,6 +330,41 @@ class _Run:
         for i, t in enumerate([*draft.tokens[:n], token]):
             self.committed += 1
             response = self.emit(logits[i], t, i < n)
+            yield response
+            if response.finish_reason:
+                return
+
+    def _verify_tree(self, tree: TokenTree, draft_seconds: float) -> Iterator[GenerationResponse]:
+        """One pass over the whole tree; the target's path through it is committed."""
+        started = time.perf_counter()
+        target, history, trees = self.d.target, self.out.history, self.d.trees
+        assert trees is not None
+        base = target.position  # the cache holds history[:-1]; the tree's root is history[-1]
+        logits = target.verify_tree(tree.tokens, tree.parents)  # [nodes, V]
+        kept, token = accept_tree(self.sampler, logits, tree, history)
+        path, self.carry = kept, []
+        if trees.exact and (m := exact_prefix(kept)) < len(kept):
+            # Commit what a chain pass computes bit for bit: the prefix fed first, and the
+            # token its last row chose; the rest of the kept path drafts the next pass.
+            path, token = kept[:m], tree.tokens[kept[m]]
+            self.carry = [*(tree.tokens[node] for node in kept[m + 1 :]), token]
+            trees.carried += 1
+        target.commit_tree(base, path)
+        trees.record_pass(len(tree.tokens), time.perf_counter() - started)
+        trees.learn(tree, kept, logits)
+        verify_seconds = time.perf_counter() - started
+        n = len(path) - 1
+        self.d.controller.record_round(TREE_KEY, tree.drafted, n, draft_seconds, verify_seconds)
+        self.drafted += tree.drafted
+        self.accepted += n
+        counts = self.by_source.setdefault(TREE_KEY, [0, 0])
+        counts[0] += tree.drafted
+        counts[1] += n
+        self._count(0)
+        tokens = [*(tree.tokens[node] for node in path[1:]), token]
+        for i, t in enumerate(tokens):
+            self.committed += 1
+            response = self.emit(logits[path[i]], t, i < n)
             yield response
             if response.finish_reason:
                 return

@@ -8,6 +8,7 @@ the output repeats the input. `ModelDraft` runs a small model with the same toke
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -65,12 +66,49 @@ class LookupConfig:
             )
 
 
-class LookupDraft:
-    """Prompt lookup: find the text's last n-gram earlier in the history, propose what followed.
+class NgramIndex:
+    """n-gram -> where its latest occurrences ended (up to `keep` of them), extended as the
+    history grows, so looking up the text's suffix costs dictionary accesses, not a scan of
+    the history. A history that is not a continuation of the last one rebuilds it."""
 
-    An index from each n-gram to where it last ended is extended as the history grows, so a
-    proposal costs O(max_ngram) dictionary lookups, not a scan of the history.
-    """
+    def __init__(self, max_ngram: int, keep: int = 1) -> None:
+        self.max_ngram, self.keep = max_ngram, keep
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen: list[int] = []
+        self._ends: dict[tuple[int, ...], deque[int]] = {}
+
+    def update(self, history: Sequence[int]) -> None:
+        seen = self.seen
+        common = 0
+        for a, b in zip(seen, history):
+            if a != b:
+                break
+            common += 1
+        if common < len(seen):  # another conversation: rebuild
+            self.reset()
+            seen, common = self.seen, 0
+        for position in range(common, len(history)):
+            seen.append(int(history[position]))
+            for n in range(1, self.max_ngram + 1):
+                if position - n < 0:
+                    break
+                key = tuple(seen[position - n : position])
+                ends = self._ends.get(key)
+                if ends is None:
+                    ends = self._ends[key] = deque(maxlen=self.keep)
+                ends.append(position)
+
+    def ends(self, key: tuple[int, ...]) -> Sequence[int]:
+        """Where `key`'s latest occurrences ended (the index of the token that followed),
+        oldest first."""
+        return self._ends.get(key, ())
+
+
+class LookupDraft:
+    """Prompt lookup: find the text's last n-gram earlier in the history, propose what followed
+    (from an `NgramIndex`, so a proposal costs O(max_ngram) dictionary lookups)."""
 
     name = "lookup"
     free = True
@@ -80,35 +118,16 @@ class LookupDraft:
         self.reset()
 
     def reset(self) -> None:
-        self._seen: list[int] = []
-        # n-gram -> index of the token that followed its latest occurrence
-        self._next: dict[tuple[int, ...], int] = {}
+        self._index = NgramIndex(self.config.max_ngram)
 
     def propose(self, history: Sequence[int], k: int) -> Draft:
-        self._index(history)
-        seen = self._seen
+        self._index.update(history)
+        seen = self._index.seen
         for n in range(min(self.config.max_ngram, len(seen) - 1), self.config.min_ngram - 1, -1):
-            start = self._next.get(tuple(seen[-n:]))
-            if start is not None:
-                return Draft(seen[start : start + k], key=f"ngram{n}", source=self.name)
+            ends = self._index.ends(tuple(seen[-n:]))
+            if ends:
+                return Draft(seen[ends[-1] : ends[-1] + k], key=f"ngram{n}", source=self.name)
         return Draft([], key="ngram0", source=self.name)
-
-    def _index(self, history: Sequence[int]) -> None:
-        seen = self._seen
-        common = 0
-        for a, b in zip(seen, history):
-            if a != b:
-                break
-            common += 1
-        if common < len(seen):  # another conversation: rebuild
-            self.reset()
-            seen, common = self._seen, 0
-        for position in range(common, len(history)):
-            seen.append(int(history[position]))
-            for n in range(1, self.config.max_ngram + 1):
-                if position - n < 0:
-                    break
-                self._next[tuple(seen[position - n : position])] = position
 
 
 _ROUND_FEED = 2  # tokens a draft model feeds at the start of an ordinary round

@@ -134,6 +134,7 @@ class StreamConfig:
             prefill_chunk=self.prefill_chunk,
             threads=self.threads,
             placement=Placement.single(num_parts, NAME, self.backend_options()),
+            prepacked_cache="use",  # a part falling back to ONNX Runtime must not build a store
         )
 
 

@@ -36,3 +36,38 @@ def test_streaming_lookup_draft_greedy_equals_plain(
     assert stats is not None and stats.drafted > 0 and stats.accepted > 0, stats
     assert any(r.from_draft for r in responses)
     assert steps < len(plain)
+
+
+def test_a_budget_drafts_from_lookup_unless_told_none(
+    streaming_int4_package: Path, streaming
+) -> None:
+    """`edge.load(memory_budget=...)` drafts from lookup by default (a streamed pass costs the
+    same however many tokens it verifies, and lookup takes no memory); `draft="none"` decodes
+    one token a pass; both give the same greedy text."""
+    import edge
+
+    package = open_package(streaming_int4_package)
+    budget = (
+        streaming.minimum_budget(package)
+        + 2 * streaming.stream_plan(package, streaming.minimum_budget(package)).unit_bytes
+    )
+    texts = {}
+    for draft in (None, "none"):
+        model = edge.load(
+            streaming_int4_package,
+            memory_budget=budget,
+            max_context=streaming.MAX_CONTEXT,
+            draft=draft,
+            progress=False,
+            verify="sizes",
+        )
+        try:
+            assert streamed_state(model.engine) is not None
+            drafting = model.speculative is not None
+            assert drafting == (draft is None)
+            if drafting:
+                assert isinstance(model.speculative.draft, LookupDraft)
+            texts[draft] = streaming.greedy_tokens(model, PROMPT)
+        finally:
+            model.engine.close()
+    assert texts[None] == texts["none"]
