@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import edge
 from edge.evaluate import PerplexityConfig, default_corpus, perplexity
@@ -31,6 +32,7 @@ def test_numpy_forward_matches_the_engine(smollm2_package: Path) -> None:
     np.testing.assert_allclose(model.engine.prefill(ids, all_logits=True), logits, atol=1e-3)
 
 
+@pytest.mark.slow  # 25 s of AWQ calibration over SmolLM2 (README lists it)
 def test_awq_beats_round_to_nearest(
     smollm2_package: Path, smollm2_int4_rtn: Path, tmp_path: Path
 ) -> None:
