@@ -166,6 +166,9 @@ class PrepackedStore:
         work.mkdir(parents=True)
         try:
             options.optimized_model_filepath = str(work / MODEL_FILE)
+            # ONNX Runtime warns that a model optimized at this level may hold this machine's
+            # kernel choices: the store's key holds the CPU's flags and the runtime's version.
+            options.log_severity_level = 3
             for key, value in (
                 ("session.optimized_model_external_initializers_file_name", DATA_FILE),
                 ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
