@@ -33,11 +33,9 @@ from devices.backends.onnx_graph import read_graph
 from edge.errors import ConfigError, PackageError
 from edge.format import MANIFEST_FILE, PartEntry, TensorEntry
 from edge.package_files import drop_pages
+from edge.prepacked import check_mode
 
 log = logging.getLogger("edge.devices")
-# "build": map stored packed weights, storing them first where missing; "use": map them where
-# stored, else pack on the heap (a first build peaks above the heap path); "off": the heap.
-PREPACKED_MODES = ("build", "use", "off")
 
 CPU = "CPUExecutionProvider"
 OPTIMIZATION_LEVELS = {
@@ -88,11 +86,7 @@ class OrtCpuBackend(Backend):
     @classmethod
     def check_options(cls, options: dict) -> dict:
         options = super().check_options(options)
-        prepacked = options.get("prepacked", "off")
-        if prepacked not in PREPACKED_MODES:
-            raise ConfigError(
-                f"backend {cls.name!r} option prepacked={prepacked!r}; allowed: {PREPACKED_MODES}"
-            )
+        check_mode(options.get("prepacked", "off"), f"backend {cls.name!r} option prepacked")
         level = options.get("optimization", "all")
         if level not in OPTIMIZATION_LEVELS:
             raise ConfigError(
