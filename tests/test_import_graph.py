@@ -48,6 +48,7 @@ LEAVES = frozenset(
         "edge.package",
         "edge.package_files",
         "edge.paths",
+        "edge.prepacked",
         "edge.quant_record",
         "edge.rope",
         "edge.stamps",
