@@ -56,10 +56,16 @@ def main() -> None:
     parser.add_argument("--chunks", default="1,64")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--ops", default="contrib,standard", help="the op sets to measure")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_static_kl"))
+    parser.add_argument(
+        "--work", type=Path, default=None, help="where the packages go (default: edge's cache)"
+    )
     args = parser.parse_args()
     gguf = Path(args.gguf) if args.gguf else pull("smollm2-135m", progress=False)
     chunks = tuple(int(c) for c in args.chunks.split(","))
+    if args.work is None:
+        from edge.paths import cache_dir
+
+        args.work = cache_dir() / "bench" / "static_kl"
     args.work.mkdir(parents=True, exist_ok=True)
 
     def exported(name: str, config: ExportConfig) -> Path:

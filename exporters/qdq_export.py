@@ -46,13 +46,18 @@ def activation_range(x: np.ndarray) -> tuple[float, float]:
     return float(x.min()), float(x.max())
 
 
-def _row_int8(
-    out: WeightFileWriter, source: Source, name: str, spec: ModelSpec, record: dict[str, Any]
-) -> RowInt8:
-    rows = [
+def _row_chunks(spec: ModelSpec) -> list[slice]:
+    """The vocabulary in ROWS_PER_CHUNK-row slices: a [V, H] matrix is read a chunk at a time."""
+    return [
         slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
         for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)
     ]
+
+
+def _row_int8(
+    out: WeightFileWriter, source: Source, name: str, spec: ModelSpec, record: dict[str, Any]
+) -> RowInt8:
+    rows = _row_chunks(spec)
     parts = [int8_per_channel(source.read(name, r), axis=0) for r in rows]
     record[name] = {"bits": 8, "per_row": True, "from": "quantized"}
     return RowInt8(
@@ -65,10 +70,7 @@ def _float_rows(
     out: WeightFileWriter, source: Source, name: str, spec: ModelSpec, record: dict[str, Any]
 ) -> TensorEntry:
     """A [V, H] matrix as float32 (the float variant's embedding and head)."""
-    rows = [
-        slice(a, min(a + ROWS_PER_CHUNK, spec.vocab_size))
-        for a in range(0, spec.vocab_size, ROWS_PER_CHUNK)
-    ]
+    rows = _row_chunks(spec)
     record[name] = {"dtype": "float32"}
     return out.add_chunks(
         name, "float32", (spec.vocab_size, spec.hidden_size), (source.read(name, r) for r in rows)
