@@ -15,7 +15,9 @@ The bound the memory issue sets is package size × 1.1 + KV cache + runtime, the
 what a process holds after importing edge and onnxruntime and loading the tokenizer (measured
 in its own process). llama.cpp (llama-cpp-python in its own environment, `--llama-python`)
 loads each `--gguf` memory-mapped, its default, with the same context and thread count.
-Greedy tokens of the three edge runs must agree (printed). Markdown tables go to stdout.
+Greedy tokens of the three edge runs must agree (printed). Beside each edge row, the peak the
+planner predicts for it (`edge plan`: the plan's peak for the heap, `Plan.stored_packing` for
+the other two) and its error. Markdown tables go to stdout.
 """
 
 from __future__ import annotations
@@ -132,6 +134,26 @@ def cpu_line() -> str:
     return f"{model} [{' '.join(shown)}], {os.cpu_count()} CPUs"
 
 
+def predicted_peaks(package: Path, ctx: int, tokens: int) -> dict[str, int]:
+    """The planner's peak for each edge run, planned for this machine as `edge plan` does."""
+    from edge.engine_config import EngineConfig
+    from edge.planner import PlanConfig
+    from edge.planner.machine import plan_model
+
+    chunk = EngineConfig().prefill_chunk
+    config = PlanConfig(
+        max_context=ctx, prompt_tokens=32, prefill_chunk=chunk, context_tokens=32 + tokens
+    )
+    plan = plan_model(package, config=config)
+    stored = plan.stored_packing
+    assert stored is not None, "the plan runs nothing on ONNX Runtime's CPU backend"
+    return {
+        "heap": plan.peak_bytes,
+        "first load": stored.first_load_peak_bytes,
+        "mapped": stored.mapped_peak_bytes,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("packages", nargs="+", type=Path)
@@ -145,15 +167,16 @@ def main() -> None:
     print(f"{cpu_line()}; context {args.ctx}, 2 threads, {args.tokens} decoded tokens\n")
     print(
         "| model | run | load s | RSS after | of it file-backed | peak (VmHWM) "
-        "| bound: package × 1.1 + KV + runtime |"
+        "| planner predicts | bound: package × 1.1 + KV + runtime |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for package in args.packages:
         size, kv = package_bytes(package), kv_bytes(package, args.ctx)
         runtime = child(
             sys.executable, EDGE_CHILD, {**job, "package": str(package), "mode": "runtime"}
         )
         bound = 1.1 * size + kv + runtime["VmHWM"]
+        predicted = predicted_peaks(package, args.ctx, args.tokens)
         tokens = {}
         with tempfile.TemporaryDirectory(prefix="edge-bench-cache-") as cache:
             env = {"EDGE_CACHE_DIR": cache}
@@ -166,11 +189,13 @@ def main() -> None:
                     f"| {package.name} ({size / MiB:.0f} MiB) | edge, {label} "
                     f"| {row['load_s']:.1f} | {row['VmRSS'] / MiB:.0f} MiB "
                     f"| {row['RssFile'] / MiB:.0f} MiB | {row['VmHWM'] / MiB:.0f} MiB "
-                    f"| {bound / MiB:.0f} MiB |",
+                    f"| {predicted[label] / MiB:.0f} MiB "
+                    f"({predicted[label] / row['VmHWM'] - 1:+.0%}) | {bound / MiB:.0f} MiB |",
                     flush=True,
                 )
         same = len({tuple(t) for t in tokens.values()}) == 1
-        print(f"|  | (greedy tokens of the three runs {'agree' if same else 'DIFFER'}) | | | | | |")
+        agree = "agree" if same else "DIFFER"
+        print(f"|  | (greedy tokens of the three runs {agree}) | | | | | | |")
     for gguf in args.gguf:
         if args.llama_python is None:
             raise SystemExit("--gguf needs --llama-python (llama-cpp-python's environment)")
@@ -178,7 +203,7 @@ def main() -> None:
         print(
             f"| {gguf.name} ({gguf.stat().st_size / MiB:.0f} MiB) | llama.cpp, mapped "
             f"| {row['load_s']:.1f} | {row['VmRSS'] / MiB:.0f} MiB "
-            f"| {row['RssFile'] / MiB:.0f} MiB | {row['VmHWM'] / MiB:.0f} MiB | |",
+            f"| {row['RssFile'] / MiB:.0f} MiB | {row['VmHWM'] / MiB:.0f} MiB | | |",
             flush=True,
         )
 

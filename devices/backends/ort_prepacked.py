@@ -120,6 +120,32 @@ def prune(folder: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _runtime_record() -> dict[str, str]:
+    """What a store was packed by: this ONNX Runtime on this CPU (also in its key)."""
+    cpu = hashlib.sha256(f"{platform.machine()} {cpu_flags()}".encode()).hexdigest()[:16]
+    return {"onnxruntime": ort.__version__, "cpu": cpu}
+
+
+def stored_for(root: Path) -> bool:
+    """Whether the cache holds a store built from the package at `root` as it is now, by
+    this ONNX Runtime on this CPU (what the planner tells a user about the next load)."""
+    folder = cache_dir() / "prepacked"
+    if not folder.is_dir():
+        return False
+    package, runtime = Path(root).resolve(), _runtime_record()
+    for entry in folder.iterdir():
+        record = read_stamp(entry / RECORD_FILE)
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("package"), str)
+            and Path(record["package"]).resolve() == package
+            and all(record.get(k) == v for k, v in runtime.items())
+            and PackageRef.current(record)
+        ):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class PrepackedStore:
     """One segment's optimized model with its packed weights, under `root`."""
@@ -184,7 +210,11 @@ class PrepackedStore:
             del session, arrays
             if not (work / DATA_FILE).is_file():  # nothing large: no use mapping it
                 raise OSError("ONNX Runtime wrote no external data file")
-            record: dict[str, Any] = {"version": STORE_VERSION, **package.record()}
+            record: dict[str, Any] = {
+                "version": STORE_VERSION,
+                **package.record(),
+                **_runtime_record(),
+            }
             for name in (MODEL_FILE, DATA_FILE):
                 with open(work / name, "rb+") as fh:
                     os.fsync(fh.fileno())

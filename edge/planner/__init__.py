@@ -21,6 +21,7 @@ from edge.planner.plan import (
     Plan,
     PlanConfig,
     SegmentPlan,
+    StoredPacking,
     Streaming,
     Transfer,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Plan",
     "PlanConfig",
     "SegmentPlan",
+    "StoredPacking",
     "Streaming",
     "Transfer",
     "evaluate",

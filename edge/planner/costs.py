@@ -50,7 +50,7 @@ CLASSES = (
 # Read in full by every decode step (a gather table is not: one row per token).
 MATMUL_CLASSES = frozenset({MATMUL_F32, NBITS4, NBITS8, INT8_ROWS, QDQ_INT8})
 
-_AUX_SUFFIXES = (".scales", ".zero_points")
+AUX_SUFFIXES = (".scales", ".zero_points")  # a quantized matrix's side tensors
 _GATHER_MARKERS = (".gather", ".gather_scales", ".gather_zero_points")
 _FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 
@@ -76,7 +76,7 @@ def tensor_class(part: PartEntry, tensor: TensorEntry, nbits: Mapping[str, str])
     data = _nbits_class(name)
     if data is not None:
         return data
-    for suffix in _AUX_SUFFIXES:
+    for suffix in AUX_SUFFIXES:
         if name.endswith(suffix) and name[: -len(suffix)] in nbits:
             return nbits[name[: -len(suffix)]]
     if name.endswith((".int8", ".scale")) and part.static_graphs:

@@ -170,6 +170,11 @@ def plan_devices(
             plan = make_plan(package.manifest, devices, config, refusals)
         finally:
             package.close()
+        if local and plan.stored_packing is not None:
+            from devices.backends.ort_prepacked import stored_for
+
+            stored = replace(plan.stored_packing, stored=not laid_out and stored_for(path))
+            plan = replace(plan, stored_packing=stored)
     if not laid_out:
         return plan
     note = (

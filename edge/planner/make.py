@@ -26,6 +26,7 @@ from edge.planner.plan import (
     Plan,
     PlanConfig,
     SegmentPlan,
+    StoredPacking,
     Streaming,
     Transfer,
 )
@@ -176,9 +177,15 @@ def _segments(devices: tuple[Device, ...], placement: Placement) -> Segments:
 # ---- resident plans ------------------------------------------------------------------------
 
 
-def _breakdowns(tables: Tables, decode: Segments, prefill: Segments) -> list[memory.Breakdown]:
+def _breakdowns(
+    tables: Tables,
+    decode: Segments,
+    prefill: Segments,
+    runtimes: Mapping[str, memory.RuntimeMemory] | None = None,
+) -> list[memory.Breakdown]:
     """Exact per-device memory: each part once per device, maps shared by name counted once,
-    each runtime's one-off cost on the first device using it, the process on the host."""
+    each runtime's one-off cost on the first device using it, the process on the host.
+    `runtimes`: how a backend holds its weights where not as `memory.RUNTIMES` says."""
     ctx, charged, mapped = tables.ctx, set(), set()
     out = []
     for d, device in enumerate(tables.devices):
@@ -194,6 +201,7 @@ def _breakdowns(tables: Tables, decode: Segments, prefill: Segments) -> list[mem
             chunk=ctx.chunk,
             charge_runtime=charge,
             mapped_names=mapped,
+            runtimes=runtimes,
         )
         if d == tables.host:
             breakdown = replace(
@@ -261,6 +269,28 @@ def _transfers(tables: Tables, segments: Segments, phase: str) -> tuple[Transfer
     return tuple(out)
 
 
+def _stored_packing(
+    tables: Tables, decode: Priced, prefill: Priced, heap: list[memory.Breakdown]
+) -> StoredPacking | None:
+    """The peaks of loads that store ONNX Runtime's packing (the first: the heap path's peak
+    plus up to `STORE_BUILD_FACTOR` x the package bytes it packs) or map it (every later
+    one), where parts run on its CPU backend in the host's memory."""
+    pool = tables.devices[tables.host].profile.memory_pool
+    on_cpu = {
+        p
+        for s, e, d in (*decode.segments, *prefill.segments)
+        if tables.devices[d].backend == "ort_cpu" and tables.devices[d].profile.memory_pool == pool
+        for p in range(s, e)
+    }
+    packed = sum(tables.costs.parts[p].weight_bytes for p in on_cpu)
+    if not packed:
+        return None
+    stored = {"ort_cpu": memory.ORT_CPU_STORED}
+    mapped = _pool_peak(tables, _breakdowns(tables, decode.segments, prefill.segments, stored))
+    first = _pool_peak(tables, heap) + int(memory.STORE_BUILD_FACTOR * packed)
+    return StoredPacking(mapped, first)
+
+
 def _resident(tables: Tables, config: PlanConfig, decode: Priced, prefill: Priced) -> Plan:
     breakdowns = _breakdowns(tables, decode.segments, prefill.segments)
     uses = []
@@ -311,6 +341,7 @@ def _resident(tables: Tables, config: PlanConfig, decode: Priced, prefill: Price
         _pool_peak(tables, breakdowns),
         None,
         tuple(notes),
+        _stored_packing(tables, decode, prefill, breakdowns),
     )
 
 

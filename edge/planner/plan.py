@@ -204,6 +204,21 @@ class Streaming:
 
 
 @dataclass(frozen=True)
+class StoredPacking:
+    """The process's peak when ONNX Runtime's CPU backend keeps its packed weights in edge's
+    cache (`EngineConfig.prepacked_cache`): the first load packs on the heap and writes the
+    store (`first_load_peak_bytes`, an upper bound), every later load maps it
+    (`mapped_peak_bytes`). `stored`: whether a store of this package for this machine's CPU
+    and ONNX Runtime is in the cache now (None: not looked, a plan for other devices). The
+    plan's `peak_bytes` stays the heap path's, which bounds the mapped loads: a load under a
+    budget never builds a store and maps one only if it is there."""
+
+    mapped_peak_bytes: int
+    first_load_peak_bytes: int
+    stored: bool | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """The planner's answer; see the module docstring."""
 
@@ -223,6 +238,7 @@ class Plan:
     peak_bytes: int  # the host process (every device sharing the host's memory)
     streaming: Streaming | None = None
     notes: tuple[str, ...] = field(default=())
+    stored_packing: StoredPacking | None = None
 
     def placement(self) -> Placement:
         """The decode placement, for `EngineConfig(placement=...)`."""

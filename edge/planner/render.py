@@ -26,6 +26,8 @@ def describe(plan: Plan) -> str:
         f"{plan.decode_tokens_per_s:.1f} tokens/s, peak memory of the process "
         f"{format_size(plan.peak_bytes)}",
     ]
+    if plan.stored_packing is not None:
+        lines.append(_stored_line(plan))
     lines += _segments("prompt (prefill)", plan.prefill, "for the prompt")
     lines += _segments("decode", plan.decode, "per token")
     if plan.streaming is not None:
@@ -70,3 +72,22 @@ def describe(plan: Plan) -> str:
         lines += [f"  {f}" for f in plan.fallbacks]
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _stored_line(plan: Plan) -> str:
+    stored = plan.stored_packing
+    assert stored is not None
+    mapped = format_size(stored.mapped_peak_bytes)
+    first = format_size(stored.first_load_peak_bytes)
+    if stored.stored:
+        return (
+            f"  ONNX Runtime's packed weights are stored in edge's cache for this package: "
+            f"this load maps them, peak {mapped} (packing on the heap instead, "
+            "--prepacked-cache off: the peak above)"
+        )
+    where = "" if stored.stored is None else " (none stored yet)"
+    return (
+        f"  with ONNX Runtime's packed weights stored in edge's cache{where}: the first load "
+        f"packs and stores them, peak up to {first} (only where memory holds 4x the weights; "
+        f"under a budget it packs on the heap), every later load maps them, peak {mapped}"
+    )

@@ -6,7 +6,9 @@ four plans of different shapes:
    in one process, each holding the weights its own way);
 3. SmolLM2 int4 under a memory budget the resident plan does not fit: streamed, a third of the
    blocks pinned and the rest read from disk through a window (`edge.load(memory_budget=...)`);
-4. SmolLM2 w8a8 resident on ONNX Runtime (int8 rows that MatMulIntegerToFloat packs).
+4. SmolLM2 w8a8 resident on ONNX Runtime (int8 rows that MatMulIntegerToFloat packs);
+5. SmolLM2 int4 resident on ONNX Runtime mapping the packing an earlier process stored in
+   edge's cache (`Plan.stored_packing.mapped_peak_bytes`).
 
 Each runs in a fresh process that loads the model per the plan, prefills 64 tokens and decodes
 16 greedily, then reports its peak RSS: VmHWM from /proc/self/status, which belongs to that
@@ -65,7 +67,7 @@ if job["budget"]:
 else:
     config = EngineConfig(max_context=job["ctx"], prefill_chunk=job["chunk"], threads=2,
                           placement=Placement.from_dict(job["placement"]))
-    model = Model(open_package(job["package"], verify="sizes"), config, progress=False)
+    model = Model(open_package(job["package"], verify=job["verify"]), config, progress=False)
 engine = model.engine
 ids = [(7 * i + 100) % model.spec.vocab_size for i in range(job["prompt"])]
 token = int(engine.prefill(ids)[-1].argmax())
@@ -86,10 +88,17 @@ def _openvino_available() -> bool:
     return bool(registry.create("openvino").is_available())
 
 
+STORED = "int4 resident on ort_cpu, stored packing mapped"
+
+
 def _plans(fp32: Path, int4: Path, w8a8: Path) -> dict[str, tuple[Path, Plan]]:
     plans = {
         name: (path, make_plan(read_manifest(path), [Device(HOST, "ort_cpu")], CONFIG))
-        for name, path in (("fp32 resident on ort_cpu", fp32), ("w8a8 resident on ort_cpu", w8a8))
+        for name, path in (
+            ("fp32 resident on ort_cpu", fp32),
+            ("w8a8 resident on ort_cpu", w8a8),
+            (STORED, int4),
+        )
     }
     manifest = read_manifest(int4)
     n = len(manifest.parts)
@@ -114,9 +123,10 @@ def _plans(fp32: Path, int4: Path, w8a8: Path) -> dict[str, tuple[Path, Plan]]:
     return plans
 
 
-def _job(path: Path, plan: Plan) -> dict:
+def _job(path: Path, plan: Plan, verify: str = "sizes") -> dict:
     return {
         "package": str(path),
+        "verify": verify,
         "ctx": MAX_CONTEXT,
         "chunk": plan.prefill_chunk,
         "prompt": PROMPT,
@@ -128,28 +138,42 @@ def _job(path: Path, plan: Plan) -> dict:
 
 @pytest.fixture(scope="module")
 def measured(
-    smollm2_package: Path, planner_int4_package: Path, planner_w8a8_package: Path
-) -> dict[str, tuple[Plan, dict]]:
-    """Every plan's process, run side by side (each measures only its own memory)."""
+    smollm2_package: Path,
+    planner_int4_package: Path,
+    planner_w8a8_package: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
+    """Every plan's process, run side by side (each measures only its own memory). The stored
+    case's store is built first, by a process of its own, in a cache of its own."""
     plans = _plans(smollm2_package, planner_int4_package, planner_w8a8_package)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(_job(path, plan))],
+    stored_env = {
+        **env,
+        "EDGE_CACHE_DIR": str(tmp_path_factory.mktemp("stored-cache")),
+        "EDGE_PREPACKED_CACHE": "build",
+    }
+
+    def start(name: str, verify: str = "sizes") -> subprocess.Popen:
+        path, plan = plans[name]
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(_job(path, plan, verify))],
             cwd=REPO,
-            env=env,
+            env=stored_env if name == STORED else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for name, (path, plan) in plans.items()
-    }
+
+    build = start(STORED, verify="full")
+    assert build.wait(timeout=300) == 0, build.communicate()[1][-3000:]
+    procs = {name: start(name, "full" if name == STORED else "sizes") for name in plans}
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{stderr[-3000:]}"
         line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
         out[name] = (plans[name][1], json.loads(line[len("RESULT ") :]))
+    out[STORED][1].update(cache=stored_env["EDGE_CACHE_DIR"], package=str(plans[STORED][0]))
     return out
 
 
@@ -184,23 +208,41 @@ def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) ->
         "int4 split ort_cpu/openvino/ort_cpu",
         "int4 streamed under a budget",
         "w8a8 resident on ort_cpu",
+        STORED,
     ],
 )
-def test_planner_memory_prediction_within_10_percent(
-    name: str, measured: dict[str, tuple[Plan, dict]]
-) -> None:
+def test_planner_memory_prediction_within_10_percent(name: str, measured: dict) -> None:
     if name not in measured:
         pytest.skip("OpenVINO is not installed")
     plan, result = measured[name]
     peak = result["vm_hwm"]
-    error = (plan.peak_bytes - peak) / peak
+    predicted = plan.stored_packing.mapped_peak_bytes if name == STORED else plan.peak_bytes
+    error = (predicted - peak) / peak
     print(
-        f"\n{name}: predicted {format_size(plan.peak_bytes)}, measured peak RSS "
+        f"\n{name}: predicted {format_size(predicted)}, measured peak RSS "
         f"{format_size(peak)} (ru_maxrss {format_size(result['ru_maxrss'])}): {error:+.1%}"
     )
     assert abs(error) <= TOLERANCE, (
-        f"{name}: predicted {format_size(plan.peak_bytes)} vs measured {format_size(peak)} "
+        f"{name}: predicted {format_size(predicted)} vs measured {format_size(peak)} "
         f"({error:+.1%}); breakdown {[u.breakdown for u in plan.devices]}"
     )
     if plan.streaming is not None:
         assert peak <= plan.streaming.budget * (1 + TOLERANCE)
+
+
+def test_a_stored_packing_is_found_and_mapped_below_the_heap_peak(
+    measured: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store the first process built is what the planner finds for that package, and the
+    process that mapped it peaked below the heap path's predicted peak."""
+    from devices.backends.ort_prepacked import stored_for
+
+    plan, result = measured[STORED]
+    path = Path(result["package"])
+    monkeypatch.setenv("EDGE_CACHE_DIR", result["cache"])
+    assert stored_for(path)
+    monkeypatch.setenv("EDGE_CACHE_DIR", result["cache"] + "-elsewhere")
+    assert not stored_for(path)
+    assert result["vm_hwm"] < plan.peak_bytes
+    stored = plan.stored_packing
+    assert stored.mapped_peak_bytes < plan.peak_bytes < stored.first_load_peak_bytes

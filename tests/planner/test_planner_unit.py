@@ -286,3 +286,39 @@ def test_planner_shared_memory_counts_the_process(qwen15_shaped) -> None:
     assert tight_plan.peak_bytes <= gpu.peak_bytes + MiB  # it had to plan differently
     roomy = [dataclasses.replace(d, budget=plan.peak_bytes) for d in devices]
     assert make_plan(qwen15_shaped, roomy, CONFIG).decode == plan.decode
+
+
+def test_planner_predicts_the_stored_packing_loads(qwen15_shaped) -> None:
+    """A plan on ONNX Runtime's CPU backend also predicts the loads that map its packing stored
+    at an earlier load: the 4-bit data once, scales and block sums, no zero points, no package
+    pages, and the head in both forms while it loads; the first load, which builds the store,
+    peaks above the heap path. `edge plan` says both; a plan on OpenVINO alone has neither."""
+    from edge.planner import memory
+    from edge.planner.render import describe
+
+    plan = make_plan(qwen15_shaped, [Device(_cpu(), "ort_cpu")], CONFIG)
+    stored = plan.stored_packing
+    assert stored is not None and stored.stored is None
+    assert stored.mapped_peak_bytes < plan.peak_bytes < stored.first_load_peak_bytes
+    costs = model_costs(qwen15_shaped)
+    nbits = [
+        (name, nbytes)
+        for part in costs.parts
+        for name, _, _, cls, nbytes in part.tensors
+        if cls in (NBITS4, NBITS8)
+    ]
+    scales = sum(n for name, n in nbits if name.endswith(".scales"))
+    data = sum(n for name, n in nbits if not name.endswith((".scales", ".zero_points")))
+    assert sum(memory.stored_weight_bytes(name, n) for name, n in nbits) == data + 2 * scales
+    head = memory.stored_load_transient(
+        costs, memory.Span(len(costs.parts) - 1, len(costs.parts), "ort_cpu")
+    )
+    assert head == memory.stored_load_transient(costs, memory.Span(0, len(costs.parts), "ort_cpu"))
+    text = describe(plan)
+    assert "every later load maps them" in text and "the first load packs and stores" in text
+    found = describe(
+        dataclasses.replace(plan, stored_packing=dataclasses.replace(stored, stored=True))
+    )
+    assert "this load maps them" in found
+    openvino = make_plan(qwen15_shaped, [Device(_cpu(), "openvino")], CONFIG)
+    assert openvino.stored_packing is None
