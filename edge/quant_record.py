@@ -22,6 +22,11 @@ class StaticShapes:
     # "contrib": ONNX Runtime's attention and norm ops; "standard": standard ONNX ops only,
     # the KV cache written by the engine (exporters/arch/standard_ops.py)
     ops: str = "contrib"
+    # Bits of the standard-op int8 blocks' attention products (queries, keys, values,
+    # probabilities); 16 over 8-bit activations is the mixed A8/A16 package. None where the
+    # record has none: contrib and float graphs (no quantized attention), and standard ones
+    # written before the option, whose attention is at activation_bits
+    attention_bits: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,4 +98,7 @@ def _static_shapes(static: object) -> StaticShapes | None:
     ops = static.get("ops", "contrib")
     if ops not in STATIC_OPS:
         raise PackageError(f"quantization.static.ops is {ops!r:.40}; one of {list(STATIC_OPS)}")
-    return StaticShapes(tuple(chunks), **values, ops=ops)
+    attention_bits = static.get("attention_bits")
+    if attention_bits is not None:
+        check_int(attention_bits, "quantization.static.attention_bits", minimum=1)
+    return StaticShapes(tuple(chunks), **values, ops=ops, attention_bits=attention_bits)

@@ -87,6 +87,10 @@ class ExportConfig:
     # q-static-int8's op set: "contrib" (ONNX Runtime's GroupQueryAttention and norms) or
     # "standard" (standard ONNX ops only, what NPU providers take: exporters/arch/standard_ops.py)
     static_ops: str = "contrib"
+    # The standard-op blocks' attention products (queries, keys, values, probabilities): None
+    # quantizes them at static_activation_bits; 16 with 8-bit activations is the mixed
+    # precision Qualcomm runs LLMs at on its HTP (linear layers A8, attention A16)
+    static_attention_bits: int | None = None
     prefill_int8: bool = False
     check_tokenizer: bool = True
 
@@ -105,6 +109,15 @@ class ExportConfig:
             raise ValueError(f"static_ops={self.static_ops!r}; choose one of {list(STATIC_OPS)}")
         if self.static_activation_bits not in (8, 16):
             raise ValueError(f"static_activation_bits={self.static_activation_bits}; 8 or 16")
+        if self.static_attention_bits is not None:
+            if self.static_attention_bits not in (8, 16):
+                raise ValueError(f"static_attention_bits={self.static_attention_bits}; 8 or 16")
+            if self.quant != STATIC_INT8 or self.static_ops != "standard":
+                raise ValueError(
+                    "static_attention_bits sets the bits of the standard-op graphs' quantized "
+                    f"attention: it needs quant={STATIC_INT8!r} and static_ops='standard' "
+                    f"(not quant={self.quant!r}, static_ops={self.static_ops!r})"
+                )
         if 1 not in self.static_chunks or max(self.static_chunks) > self.static_context:
             raise ValueError(
                 f"static_chunks={self.static_chunks} must include 1 (decode) "
@@ -280,6 +293,7 @@ def _write_static_int8(
         config.static_context,
         FLOAT_BITS if config.quant == STATIC_FP32 else config.static_activation_bits,
         config.static_ops,
+        config.static_attention_bits,
     )
     parts = writer.write(tokenizer, config.calibration_tokens, bar)
     return parts, {
@@ -293,6 +307,12 @@ def _write_static_int8(
             "weight_bits": 8 if config.quant == STATIC_INT8 else FLOAT_BITS,
             # absent: "contrib", as packages written before the standard-op variant read
             **({"ops": config.static_ops} if config.static_ops != "contrib" else {}),
+            # the standard-op int8 blocks' attention products (contrib ones compute it in float)
+            **(
+                {"attention_bits": writer.attention_bits}
+                if writer.standard is not None and writer.activation_bits != FLOAT_BITS
+                else {}
+            ),
         },
         "tensors": writer.record,
     }

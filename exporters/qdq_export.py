@@ -100,6 +100,7 @@ class StaticInt8Writer:
         max_context: int,
         activation_bits: int,
         ops: str = "contrib",
+        attention_bits: int | None = None,
     ) -> None:
         beyond = [
             name for name, value in spec_features(spec).items() if value != _LLAMA_FEATURES[name]
@@ -114,6 +115,8 @@ class StaticInt8Writer:
         self.source, self.arch, self.spec, self.root = source, arch, spec, root
         self.chunks, self.max_context = chunks, max_context
         self.activation_bits = activation_bits
+        # the standard-op attention products' bits (None: activation_bits, as linear layers)
+        self.attention_bits = attention_bits or activation_bits
         # "standard": blocks and head of standard ONNX ops only (exporters/arch/standard_ops.py)
         self.standard = StandardOpsGraphs() if ops == "standard" else None
         self.record: dict[str, Any] = {}
@@ -254,7 +257,9 @@ class StaticInt8Writer:
         def build(d: GraphDims) -> Any:
             if standard is None or attention is None:
                 return arch.block_graph(spec, i, stored, linears, d)
-            block = StandardBlock(spec, i, stored, linears, attention, self.activation_bits)
+            block = StandardBlock(
+                spec, i, stored, linears, attention, self.activation_bits, self.attention_bits
+            )
             return standard.block_graph(block, d)
 
         part = self._save(

@@ -66,7 +66,14 @@ def standard_static_packages(
         kv_heads=3,
     )
     fp32 = export(gguf, folder / "fp32", ExportConfig(check_tokenizer=False), progress=False)
-    static = ExportConfig(
+    return fp32, export(gguf, folder / "a8w8", _standard_static(), progress=False)
+
+
+def _standard_static(attention_bits: int | None = None):  # -> ExportConfig
+    """The export of `standard_static_packages`' static package (and of the mixed one)."""
+    from exporters.export import ExportConfig
+
+    return ExportConfig(
         quant="q-static-int8",
         static_chunks=(1, 16),
         static_context=64,
@@ -74,5 +81,17 @@ def standard_static_packages(
         static_ops="standard",
         calibration_tokens=64,
         check_tokenizer=False,
+        static_attention_bits=attention_bits,
     )
-    return fp32, export(gguf, folder / "a8w8", static, progress=False)
+
+
+@pytest.fixture(scope="session")
+def mixed_static_package(standard_static_packages: tuple[Path, Path]) -> Path:
+    """The standard-op static package's export again with its attention products (queries,
+    keys, values, probabilities) at 16 bits, linear layers still at 8: the mixed A8/A16
+    precision of Qualcomm's HTP LLMs (`static_attention_bits=16`; export takes ~0.2 s)."""
+    from exporters.export import export
+
+    folder = standard_static_packages[1].parent
+    config = _standard_static(attention_bits=16)
+    return export(folder / "llama.gguf", folder / "a8w8-a16", config, progress=False)

@@ -83,6 +83,16 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "static-fp32 has standard ones only",
     )
     parser.add_argument(
+        "--attention-bits",
+        type=int,
+        default=None,
+        choices=(8, 16),
+        help="q-static-int8 with --static-ops standard: the attention products' activation "
+        "precision (queries, keys, values, probabilities; default: --activation-bits). "
+        "16 with --activation-bits 8 is the mixed precision Qualcomm's HTP runs LLMs at; "
+        "NNAPI takes 8-bit activations only",
+    )
+    parser.add_argument(
         "--accuracy-level",
         type=int,
         default=4,
@@ -97,6 +107,16 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
 
     from exporters.export import ExportConfig
 
+    if args.attention_bits is not None and (
+        args.quant != "q-static-int8" or args.static_ops != "standard"
+    ):
+        from edge.errors import ConfigError
+
+        raise ConfigError(
+            "--attention-bits sets the bits of the standard-op static graphs' quantized "
+            "attention: it needs --quant q-static-int8 --static-ops standard "
+            f"(got --quant {args.quant} --static-ops {args.static_ops or 'contrib'})"
+        )
     if args.quant == "auto":
         from exporters.defaults import default_export_config
 
@@ -119,4 +139,5 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
         static_context=args.static_context,
         static_activation_bits=args.activation_bits,
         static_ops=args.static_ops or ("standard" if quant == "static-fp32" else "contrib"),
+        static_attention_bits=args.attention_bits,
     )

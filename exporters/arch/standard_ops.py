@@ -22,9 +22,14 @@ before the softmax: the cache is never concatenated (copied) with the new keys. 
 are grouped per key/value head by Reshape/Transpose ([H_kv, G S, D] against [H_kv, C, D]):
 no Expand or Tile (neither is in NNAPI's list) and no G-fold copy of the cache. Every MatMul
 reads both operands through QuantizeLinear/DequantizeLinear (the probabilities on [0, 1]), as
-integer-only NPUs (Hexagon HTP, NNAPI) need. The head computes the logits of all S positions:
-a fixed count, no Shape-derived dimension. `static-fp32` packages are these graphs with float32
-weights and no Q/DQ at all, for CoreML (its op list has no Q/DQ; the Neural Engine is float16).
+integer-only NPUs (Hexagon HTP, NNAPI) need. The attention products' Q/DQ may be wider than
+the linear layers' (`StandardBlock.attention_bits`, `--attention-bits`): 16 over 8-bit linear
+layers is the mixed precision Qualcomm runs LLMs at on its HTP (8-bit queries, keys and
+probabilities are what puts A8W8 standard graphs behind the float-attention contrib ones,
+BENCHMARKS.md); 16-bit activations are uint16, which QNN takes and NNAPI (uint8) does not.
+The head computes the logits of all S positions: a fixed count, no Shape-derived dimension.
+`static-fp32` packages are these graphs with float32 weights and no Q/DQ at all, for CoreML
+(its op list has no Q/DQ; the Neural Engine is float16).
 """
 
 from __future__ import annotations
@@ -88,7 +93,10 @@ class StandardBlock:
     vectors: dict[str, TensorEntry]
     linears: dict[str, Linear]
     attention: AttentionRanges
-    activation_bits: int
+    activation_bits: int  # the linear layers' inputs
+    # the attention products' operands: 16 with 8-bit linear layers is Qualcomm's mixed
+    # precision for LLMs on its HTP (8-bit queries, keys and probabilities cost most)
+    attention_bits: int | None = None  # None: activation_bits
 
 
 class StandardOpsGraphs:
@@ -108,14 +116,16 @@ class StandardOpsGraphs:
         bias = g.input(fmt.STEP_MASK, FLOAT, [s, c + s])
         cos = g.input(fmt.STEP_COS, FLOAT, [s, d // 2])
         sin = g.input(fmt.STEP_SIN, FLOAT, [s, d // 2])
-        bits = block.activation_bits
+        # the attention products' Q/DQ bits; the linear layers' are in their QDQLinear
+        bits = block.attention_bits or block.activation_bits
 
         def weight(name: str) -> str:
             return g.weight(block.vectors[f"blk.{i}.{name}"])
 
         def linear(x: str, name: str) -> str:
             w = block.linears[f"blk.{i}.{name}"]
-            assert isinstance(w, QDQLinear if bits != FLOAT_BITS else FloatLinear), type(w)
+            floats = block.activation_bits == FLOAT_BITS
+            assert isinstance(w, FloatLinear if floats else QDQLinear), type(w)
             return LlamaArchitecture.linear(g, x, w)
 
         def qdq(g: GraphBuilder, x: str, value_range: Range, bits: int) -> str:

@@ -41,6 +41,24 @@ def test_qnn_and_nnapi_accept_every_part(static: Package) -> None:
         assert not refusal and "'DequantizeLinear', 'QuantizeLinear'" in refusal.reason
 
 
+def test_qnn_takes_the_mixed_package_and_nnapi_refuses_its_16_bit_attention(
+    mixed_static_package: Path,
+) -> None:
+    """The mixed A8/A16 package (`static_attention_bits=16`): QNN's HTP computes 8- and
+    16-bit activations, so its check accepts every part; NNAPI quantizes activations as uint8
+    only, so it refuses every block and says why (the attention products' uint16
+    activations), while the embedding and head, all 8-bit, pass."""
+    package = open_package(mixed_static_package, verify="sizes")
+    qnn, nnapi = registry.create("ort_qnn"), registry.create("ort_nnapi")
+    for part in package.manifest.parts:
+        assert qnn.supports(part, package), part.name
+        refusal = nnapi.supports(part, package)
+        if part.kind == "block":
+            assert not refusal and "is uint16, not one of ['uint8']" in refusal.reason
+        else:
+            assert refusal, part.name
+
+
 def test_coreml_takes_the_float_variants_blocks(
     standard_static_packages: tuple[Path, Path], tmp_path: Path
 ) -> None:
