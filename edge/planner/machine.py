@@ -171,10 +171,7 @@ def plan_devices(
         finally:
             package.close()
         if local and plan.stored_packing is not None:
-            from devices.backends.ort_prepacked import stored_for
-
-            stored = replace(plan.stored_packing, stored=not laid_out and stored_for(path))
-            plan = replace(plan, stored_packing=stored)
+            plan = _with_stored_packing(plan, path, laid_out)
     if not laid_out:
         return plan
     note = (
@@ -182,6 +179,20 @@ def plan_devices(
         "exported yet: `edge run` or `edge export` exports it first"
     )
     return replace(plan, notes=(*plan.notes, note))
+
+
+def _with_stored_packing(plan: Plan, path: Path, laid_out: bool) -> Plan:
+    """This machine's answer on stored packings: none where `EDGE_PREPACKED_CACHE=off` (no
+    load stores or maps one), else whether one of this package is in the cache."""
+    from edge.prepacked import effective
+
+    if effective("build") == "off":
+        return replace(plan, stored_packing=None)
+    from devices.backends.ort_prepacked import stored_for
+
+    assert plan.stored_packing is not None
+    stored = not laid_out and stored_for(path)
+    return replace(plan, stored_packing=replace(plan.stored_packing, stored=stored))
 
 
 def backend_refusals(
