@@ -202,6 +202,9 @@ class Backend(ABC):
     # in the engine's resident arrays: copies of those arrays would not save or restore its
     # cache, so the engine takes no KV snapshots (`Engine.can_snapshot`).
     owns_cache: ClassVar[bool] = False
+    # Element types of the engine's KV arrays this backend computes with: ONNX Runtime's CPU
+    # attention takes float32 only; a backend with its own attention may read float16.
+    kv_dtypes: ClassVar[tuple[str, ...]] = ("float32",)
 
     def __init__(self, options: Options | None = None) -> None:
         self.options: Mapping[str, OptionValue] = MappingProxyType(

@@ -127,7 +127,7 @@ class Engine:
             else max(min(config.prefill_chunk, self.max_context), self.min_step)
         )
         slots = self.max_context + self.min_step - 1  # a padded last step needs a spare slot
-        self.cache = KVCache.allocate(spec, slots)
+        self.cache = KVCache.allocate(spec, slots, self._kv_dtype(prompts))
         self.tree = TreeFeed(self.chunk, slots) if config.tree_verify else None
         # Bound by address: these arrays must live as long as the engine.
         self.rope = rope_tables(spec, slots)
@@ -208,6 +208,28 @@ class Engine:
         self._logits_all: np.ndarray | None = None
 
     # ---- building segments ------------------------------------------------------------------
+    def _kv_dtype(self, prompts: Placement | None) -> str:
+        """The config's KV element type, where every backend placed computes with it."""
+        from edge.backends import backend_class
+
+        dtype = self.config.kv_dtype
+        refusing = sorted(
+            {
+                s.backend
+                for p in (self.placement, prompts)
+                if p is not None
+                for s in p.segments
+                if dtype not in backend_class(s.backend).kv_dtypes
+            }
+        )
+        if refusing:
+            raise ConfigError(
+                f"kv_dtype={dtype!r}: backends {refusing} compute attention over float32 "
+                "caches only; a float16 cache is for parts that all run on the streamed "
+                "backend (edge.load(..., memory_budget=...))"
+            )
+        return dtype
+
     def _settle_memory(self) -> None:
         """After loading: give the heap pages the runtimes freed back (`edge.heap.trim`), then
         move what stays onto huge pages."""
@@ -585,10 +607,16 @@ class Engine:
         )
 
     def _logits_buffer(self, k: int) -> np.ndarray:
+        """Where a step's `k` rows of logits go. The rows for several positions grow to the
+        most a step has asked for, not the chunk (64 rows of a 151,936-token vocabulary are
+        37 MiB: a streamed verification asks for at most 16); segments bound to a smaller
+        buffer bind again."""
         if k == 1:
             return self._logits_last
-        if self._logits_all is None:
-            self._logits_all = np.zeros((1, self.chunk, self.spec.vocab_size), np.float32)
+        if self._logits_all is None or self._logits_all.shape[1] < k:
+            self._logits_all = np.zeros((1, k, self.spec.vocab_size), np.float32)
+            for segment in self._distinct():
+                segment.signature = None
         return self._logits_all[:, :k]
 
     def _bind_step(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from edge.errors import ConfigError
 from edge.format import ModelSpec
+from edge.kv_cache import KV_DTYPES
 from edge.placement import Placement
 from edge.prepacked import PrepackedMode, check_mode
 
@@ -60,11 +61,17 @@ class EngineConfig:
     # tree (`verify_tree`, edge/tree_attention.py); plain steps keep their arithmetic bit for
     # bit. ONNX Runtime's CPU backend only.
     tree_verify: bool = False
+    # The KV cache's element type: "float16" halves its memory where every part runs on a
+    # backend that computes attention itself (the streamed one; `StreamConfig` asks for it);
+    # ONNX Runtime's attention takes float32.
+    kv_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.readmit_interval_s >= 0:
             raise ConfigError(f"readmit_interval_s={self.readmit_interval_s}; must be >= 0")
         check_mode(self.prepacked_cache)
+        if self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"kv_dtype={self.kv_dtype!r}; one of {list(KV_DTYPES)}")
         if self.max_context is not None and self.max_context < 1:
             raise ConfigError(f"max_context={self.max_context}; must be >= 1")
         if self.prefill_chunk < 1:

@@ -9,10 +9,18 @@ import numpy as np
 
 from edge.format import ModelSpec
 
+# Element types a KV cache may have, and their bytes.
+KV_DTYPES = {"float32": 4, "float16": 2}
+# A streamed run's (`StreamConfig`, the planner's streamed plans): under a memory budget the
+# cache is what a user gives up context for, and halving it costs keys and values one rounding.
+STREAMED_KV_DTYPE = "float16"
+
 
 @dataclass
 class KVCache:
-    """Per layer, keys and values as [1, H_kv, max_context, D] float32 buffers.
+    """Per layer, keys and values as [1, H_kv, max_context, D] buffers: float32, or float16
+    where every backend computes attention itself from them (`KV_DTYPES`; the streamed
+    backend: half the memory, the context a budget holds doubled).
 
     The graphs' attention writes the new step's keys/values at positions [position, position+S)
     of these same buffers (input and output are bound to one address), so nothing is copied per
@@ -26,11 +34,13 @@ class KVCache:
     position: int = 0
 
     @classmethod
-    def allocate(cls, spec: ModelSpec, max_context: int) -> KVCache:
+    def allocate(cls, spec: ModelSpec, max_context: int, dtype: str = "float32") -> KVCache:
+        if dtype not in KV_DTYPES:
+            raise ValueError(f"KV cache dtype {dtype!r}; one of {list(KV_DTYPES)}")
         shape = (1, spec.num_kv_heads, max_context, spec.head_dim)
         return cls(
-            [np.zeros(shape, np.float32) for _ in range(spec.num_layers)],
-            [np.zeros(shape, np.float32) for _ in range(spec.num_layers)],
+            [np.zeros(shape, dtype) for _ in range(spec.num_layers)],
+            [np.zeros(shape, dtype) for _ in range(spec.num_layers)],
             max_context,
         )
 

@@ -141,9 +141,10 @@ TOKENIZER_RSS_FACTOR = 5
 EMBEDDING_ROWS_ALLOWANCE = 8 << 20
 
 
-def kv_cache_bytes(spec: ModelSpec, max_context: int) -> int:
-    """float32 keys and values of every layer for `max_context` tokens."""
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * 4
+def kv_cache_bytes(spec: ModelSpec, max_context: int, itemsize: int = 4) -> int:
+    """Keys and values of every layer for `max_context` tokens, `itemsize` bytes each
+    (float32: 4, float16: 2)."""
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * itemsize
 
 
 # Rows of logits a streamed step returns at most: one for a prompt chunk or a decoded token,
@@ -156,10 +157,12 @@ LOGITS_ROWS = 16
 def activation_bytes(spec: ModelSpec, chunk: int, max_context: int) -> int:
     """Peak float32 temporaries of one step of `chunk` tokens (the MLP's gate/up and the
     attention scores dominate), doubled for the copies numpy makes along the way, and the
-    logits of at most `LOGITS_ROWS` positions."""
+    logits of at most `LOGITS_ROWS` positions twice: the engine's rows and what choosing from
+    them takes (a verification's copy, the sampler's per-row scratch; measured on Qwen 1.5B
+    at its minimum budget, 16 tokens with lookup drafts: peak RSS 99.6% of it with one)."""
     mlp = chunk * spec.intermediate_size * 2 * 4 * 2
     scores = spec.num_heads * chunk * max_context * 4 * 2
-    logits = min(chunk, LOGITS_ROWS) * spec.vocab_size * 4
+    logits = 2 * min(chunk, LOGITS_ROWS) * spec.vocab_size * 4
     return 2 * (mlp + scores) + logits
 
 
@@ -174,6 +177,7 @@ def plan_budget_for(
     max_window: int | None = None,
     parts: Sequence[PartEntry] | None = None,
     elsewhere_bytes: int = 0,
+    kv_itemsize: int = 4,
 ) -> StreamPlan:
     """Pin the head and as many leading blocks as the budget holds beside a window of at least
     two streamed blocks (one computing, one being read); stream the rest. Where not even one
@@ -183,11 +187,12 @@ def plan_budget_for(
 
     `parts` (default: all) are the ones streamed from this plan, when other backends run the
     rest resident: their weights (`elsewhere_bytes`) count against the same budget.
+    `kv_itemsize`: bytes of a cached key or value element (4: float32, 2: float16).
 
     Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
     block does not fit beside the pinned parts, the KV cache and the activations.
     """
-    kv = kv_cache_bytes(manifest.spec, max_context)
+    kv = kv_cache_bytes(manifest.spec, max_context, kv_itemsize)
     act = activation_bytes(manifest.spec, chunk, max_context)
     overhead = (
         runtime_overhead
@@ -221,11 +226,11 @@ def plan_budget_for(
     except BudgetTooSmallError as exc:
         slices = _head_slices(streamable)
         if not slices:  # nothing fits: say what a shorter context would need
-            raise _with_context_hint(exc, manifest.spec, max_context, kv) from None
+            raise _with_context_hint(exc, manifest.spec, max_context, kv_itemsize) from None
         try:  # the floor: the head too streams, in slices no larger than a block
             return attempt(0, slices)
         except BudgetTooSmallError as floor:
-            raise _with_context_hint(floor, manifest.spec, max_context, kv) from None
+            raise _with_context_hint(floor, manifest.spec, max_context, kv_itemsize) from None
     for n in range(1, len(blocks)):
         try:
             plan = attempt(n)
@@ -256,13 +261,14 @@ def _head_slices(manifest: Manifest) -> int:
 
 
 def _with_context_hint(
-    exc: BudgetTooSmallError, spec: ModelSpec, max_context: int, kv: int
+    exc: BudgetTooSmallError, spec: ModelSpec, max_context: int, itemsize: int
 ) -> BudgetTooSmallError:
     """`exc`, plus the longest context (a multiple of 256) whose smaller KV cache would let
     the budget run, when there is one: the cache is often the part a user can give up."""
+    kv = kv_cache_bytes(spec, max_context, itemsize)
     for context in range(max_context - max_context % 256, 0, -256):
-        if context < max_context and exc.minimum - kv + kv_cache_bytes(spec, context) <= exc.budget:
-            smaller = kv_cache_bytes(spec, context)
+        smaller = kv_cache_bytes(spec, context, itemsize)
+        if context < max_context and exc.minimum - kv + smaller <= exc.budget:
             hint = (
                 f"; a context of {context} tokens fits (--ctx {context} / max_context="
                 f"{context}: KV cache {format_size(smaller)} instead of {format_size(kv)})"

@@ -251,6 +251,7 @@ class Plan:
         """The `EngineConfig` that runs this plan: prompts on the prefill placement, tokens on
         the decode one (a streamed plan: both on the streamed backend under its budget)."""
         from edge.engine import EngineConfig
+        from edge.kv_cache import STREAMED_KV_DTYPE
 
         return EngineConfig(
             max_context=self.max_context,
@@ -258,6 +259,7 @@ class Plan:
             threads=threads,
             placement=self.placement(),
             prefill_placement=self.prefill_placement(),
+            kv_dtype=STREAMED_KV_DTYPE if self.mode == "streamed" else "float32",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from devices.profiles import DeviceProfile
 from edge.errors import BudgetTooSmallError
 from edge.format import PREFILL_INT8_SUFFIXES, Manifest
+from edge.kv_cache import KV_DTYPES, STREAMED_KV_DTYPE
 from edge.planner import memory
 from edge.planner.costs import NBITS4, NBITS8, ModelCosts
 from edge.planner.memory import ImportFootprint
@@ -38,7 +39,8 @@ def engine_stream_plan(
     footprint: ImportFootprint | None = None,
 ) -> StreamPlan:
     """What the streamed backend decides for this budget (BudgetTooSmallError when nothing
-    fits): the very function it calls, `memory_sched.sizing.plan_budget_for`."""
+    fits): the very function it calls, `memory_sched.sizing.plan_budget_for`, with the KV
+    cache a streamed run allocates (`STREAMED_KV_DTYPE`)."""
     return plan_budget_for(
         manifest,
         MemoryBudget(budget),
@@ -47,6 +49,7 @@ def engine_stream_plan(
         chunk=chunk,
         max_window=max_window,
         runtime_overhead=memory.stream_allowance(footprint),
+        kv_itemsize=KV_DTYPES[STREAMED_KV_DTYPE],
     )
 
 
@@ -119,7 +122,9 @@ def streamed_costs(
         mapped=memory.mapped_embedding(costs, tokens),
         process=memory.process_base(costs, footprint, resident=False),
         runtime=memory.stream_runtime(quantized, footprint),
-        kv_cache=memory.kv_resident(spec, spec.num_layers, tokens),
+        kv_cache=memory.kv_resident(
+            spec, spec.num_layers, tokens, itemsize=KV_DTYPES[STREAMED_KV_DTYPE]
+        ),
         activations=int(memory.STREAM_ACTIVATION_FACTOR * act_bound),
     )
     streamed = plan.streamed_units

@@ -110,6 +110,8 @@ class StreamedBackend(Backend):
     name: ClassVar[str] = NAME
     reads_graphs: ClassVar[bool] = False
     may_fall_back: ClassVar[bool] = False  # resident on the CPU would break the budget
+    # numpy's attention reads a float16 cache as float32 (its rows rounded once, as written)
+    kv_dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16")
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "budget": int,
         "threads": int,
@@ -154,6 +156,7 @@ class StreamedBackend(Backend):
             graph.parts,
             int(self.options["budget"]),
             max_context=resident.keys[0].shape[2],
+            kv_itemsize=resident.keys[0].dtype.itemsize,
             chunk=int(self.options.get("chunk", 64)),
             runtime_overhead=self.options.get("runtime_overhead"),  # type: ignore[arg-type]
             max_window=int(self.options.get("max_window", 4)),
@@ -324,9 +327,11 @@ def plan_segment(
     chunk: int,
     runtime_overhead: int | None = None,
     max_window: int | None = None,
+    kv_itemsize: int = 4,
 ) -> StreamPlan:
     """The window for streaming `parts` of `package` under `budget` bytes: the parts of other
-    segments (resident on their backends) count against it too."""
+    segments (resident on their backends) count against it too, as does a KV cache of
+    `kv_itemsize`-byte elements."""
     manifest = package.manifest
     names = {p.name for p in parts}
     elsewhere = unique_bytes(p for p in manifest.parts if p.name not in names and p.kind != "embed")
@@ -340,6 +345,7 @@ def plan_segment(
         max_window=max_window,
         parts=parts,
         elsewhere_bytes=elsewhere,
+        kv_itemsize=kv_itemsize,
     )
 
 

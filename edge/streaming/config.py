@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edge.errors import BudgetTooSmallError, ConfigError
+from edge.kv_cache import KV_DTYPES, STREAMED_KV_DTYPE
 from edge.placement import Placement
 from memory_sched.budget import MemoryBudget, format_size
 
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 class StreamConfig:
     """How to stream: the memory budget (bytes, or "300MB", "1.5GiB", "25%" of RAM), the
     KV cache length, the prefill chunk (bounds activation memory), threads, and whether to
-    read with O_DIRECT (the page cache then holds none of the weights: the budget is real)."""
+    read with O_DIRECT (the page cache then holds none of the weights: the budget is real).
+    The KV cache is float16 by default: half the memory, so twice the context a budget
+    holds, for keys and values rounded once as they are written (llama.cpp's default too);
+    "float32" gives a resident run's arithmetic exactly."""
 
     budget: MemoryBudget
     max_context: int | None = None
@@ -44,6 +48,7 @@ class StreamConfig:
     runtime_overhead: int | None = None
     # How the int4 kernel multiplies: "auto" (int16 where AVX-512 VNNI is, else fp32), or pinned.
     kernel_activations: str = "auto"
+    kv_dtype: str = STREAMED_KV_DTYPE
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, MemoryBudget):
@@ -56,6 +61,8 @@ class StreamConfig:
             raise ConfigError(f"threads={self.threads}; must be >= 1")
         if self.max_window is not None and self.max_window < 1:
             raise ConfigError(f"max_window={self.max_window}; must be >= 1 or None")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"kv_dtype={self.kv_dtype!r}; one of {list(KV_DTYPES)}")
         if self.kernel_activations not in ("auto", "int16", "fp32"):
             raise ConfigError(
                 f"kernel_activations={self.kernel_activations!r}; one of auto, int16, fp32"
@@ -90,6 +97,7 @@ class StreamConfig:
             chunk=min(self.prefill_chunk, max_context),
             runtime_overhead=self.runtime_overhead,
             max_window=self.max_window,
+            kv_itemsize=KV_DTYPES[self.kv_dtype],
         )
 
     def sized_for(self, package: Package) -> StreamConfig:
@@ -135,6 +143,7 @@ class StreamConfig:
             threads=self.threads,
             placement=Placement.single(num_parts, NAME, self.backend_options()),
             prepacked_cache="use",  # a part falling back to ONNX Runtime must not build a store
+            kv_dtype=self.kv_dtype,
         )
 
 

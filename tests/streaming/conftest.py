@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import BudgetTooSmallError
+from edge.kv_cache import STREAMED_KV_DTYPE
 from edge.model import Model
 from edge.package import Package, open_package
 from edge.streaming import StreamConfig
@@ -29,10 +30,15 @@ EVERYTHING_PINNED = 8 << 30
 
 
 def minimum_budget(
-    package: Package, max_context: int = MAX_CONTEXT, prefill_chunk: int = 64
+    package: Package,
+    max_context: int = MAX_CONTEXT,
+    prefill_chunk: int = 64,
+    kv_dtype: str = STREAMED_KV_DTYPE,
 ) -> int:
     """The smallest budget the engine accepts for `package`, as its error states it."""
-    config = StreamConfig(1, max_context=max_context, prefill_chunk=prefill_chunk)
+    config = StreamConfig(
+        1, max_context=max_context, prefill_chunk=prefill_chunk, kv_dtype=kv_dtype
+    )
     try:
         config.plan(package)
     except BudgetTooSmallError as exc:
@@ -41,9 +47,14 @@ def minimum_budget(
     raise AssertionError("a budget of one byte was accepted")
 
 
-def stream_plan(package: Package, budget: int, max_context: int = MAX_CONTEXT) -> StreamPlan:
+def stream_plan(
+    package: Package,
+    budget: int,
+    max_context: int = MAX_CONTEXT,
+    kv_dtype: str = STREAMED_KV_DTYPE,
+) -> StreamPlan:
     """What the engine will pin and stream at `budget` (the default prefill chunk)."""
-    config = StreamConfig(budget, max_context=max_context)
+    config = StreamConfig(budget, max_context=max_context, kv_dtype=kv_dtype)
     return config.plan(package)
 
 

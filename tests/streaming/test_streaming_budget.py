@@ -91,6 +91,7 @@ def test_streaming_budget_percent_loads(streaming_int4_package: Path, streaming)
         ({"budget": 0}, "got 0"),
         ({"budget": -1}, "-1"),
         ({"budget": True}, "True"),
+        ({"kv_dtype": "int4"}, "'int4'"),
     ],
 )
 def test_streaming_config_rejects_bad_values(kwargs: dict[str, object], named: str) -> None:
@@ -171,3 +172,39 @@ def test_a_budget_too_small_for_the_default_context_shortens_it(
         )
     finally:
         pinned.engine.close()
+
+
+def test_a_streamed_kv_cache_is_float16_and_halves_the_floor(
+    streaming_int4_package: Path, streaming
+) -> None:
+    """A streamed run keeps keys and values as float16: its KV cache is half a float32 one,
+    the smallest budget it accepts is lower by exactly that half, and it decodes what the
+    float32 cache decodes here. ONNX Runtime's attention takes float32 only: asking it for a
+    float16 cache is refused by name."""
+    from edge.engine import Engine, EngineConfig
+    from memory_sched.sizing import kv_cache_bytes
+
+    root = streaming_int4_package
+    package = open_package(root, verify="sizes")
+    spec, context = package.spec, 1024
+    halves = kv_cache_bytes(spec, context, 4) - kv_cache_bytes(spec, context, 2)
+    floors = {
+        dtype: streaming.minimum_budget(package, max_context=context, kv_dtype=dtype)
+        for dtype in ("float32", "float16")
+    }
+    assert floors["float32"] - floors["float16"] == halves
+    with pytest.raises(ConfigError, match=r"kv_dtype='float16'.*ort_cpu"):
+        Engine(package, EngineConfig(kv_dtype="float16"), progress=False)
+    package.close()
+    texts = {}
+    for dtype in ("float16", "float32"):
+        config = StreamConfig(streaming.EVERYTHING_PINNED, max_context=context, kv_dtype=dtype)
+        model = edge.Model(open_package(root, verify="sizes"), config, progress=False)
+        try:
+            cache = model.engine.cache
+            assert cache.keys[0].dtype == dtype
+            assert cache.nbytes == kv_cache_bytes(spec, cache.max_context, cache.keys[0].itemsize)
+            texts[dtype] = model.generate("The capital of France is", max_tokens=12, temperature=0)
+        finally:
+            model.engine.close()
+    assert texts["float16"] == texts["float32"]
