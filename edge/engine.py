@@ -16,9 +16,7 @@ fails mid-generation raises `BackendError` naming it and the parts; `reset()` re
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +29,7 @@ from edge.engine_config import (  # noqa: F401  (edge.engine.EngineConfig is pub
     EngineConfig,
     default_context,
 )
+from edge.engine_recovery import DeviceRecovery, unload_quietly
 from edge.errors import (
     BackendError,
     ConfigError,
@@ -76,7 +75,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge.engine")
 
 
-class Engine:
+class Engine(DeviceRecovery):
     """Runs a package token by token. Not thread-safe: one generation at a time.
 
     >>> engine = Engine(open_package("smollm2-pkg"))  # doctest: +SKIP
@@ -286,7 +285,7 @@ class Engine:
             for phase, index in sorted(self._broken):
                 for segments in self._placed[phase][index].values():
                     for segment in segments:
-                        _unload_quietly(segment)
+                        unload_quietly(segment)
                 self._placed[phase][index] = self._loader.place((phase, index), reloading=True)
             self._broken.clear()
             self._assemble()
@@ -335,7 +334,7 @@ class Engine:
     def close(self) -> None:
         """Unload every executable (the engine is unusable afterwards)."""
         for segment in self._distinct():
-            _unload_quietly(segment)
+            unload_quietly(segment)
         for placed in self._placed.values():
             placed.clear()
 
@@ -506,78 +505,6 @@ class Engine:
         self.cache.position = position + n
         return logits[0, n - k : n] if self._host else logits[0]
 
-    def _recover(self, segment: Segment, exc: Exception) -> None:
-        """A device left mid-step (a cluster peer): load its parts elsewhere, rebuild the KV
-        cache from the tokens so far, and let the step run again. Its steps so far wrote
-        keys and values the new device does not hold, so every token is fed again; the
-        step's own ids are kept aside meanwhile."""
-        reason = (
-            f"{segment.backend.describe()} was lost: {type(exc).__name__}: {exception_text(exc)}"
-        )
-        log.warning("%s; re-placing its parts and rebuilding the KV cache", reason)
-        phase, index = segment.placed
-        self._displaced.setdefault(segment.placed, self._loader.segment_placement(segment.placed))
-        self._next_readmit = time.monotonic() + self.config.readmit_interval_s
-        for chain in self._placed[phase][index].values():
-            for lost in chain:
-                _unload_quietly(lost)
-        options = segment.backend.survivors(getattr(exc, "peer", ""))
-        if options is not None:  # the devices left take the lost one's share
-            placement, kinds = self.placements[phase]
-            segments = list(placement.segments)
-            segments[index] = replace(segments[index], options=tuple(options.items()))
-            self.placements[phase] = (Placement(tuple(segments)), kinds)
-            reason = ""
-        self._placed[phase][index] = self._loader.place(segment.placed, reloading=True, lost=reason)
-        self._assemble()
-        self._settle_memory()
-        position, step = self.cache.position, self._ids.copy()
-        self.cache.rewind(0)
-        try:
-            if position:
-                history = self._history[:position].copy()
-                prefill_in_chunks(history, self.chunk, False, lambda ids, _: self._step(ids, None))
-        finally:
-            self._ids[...] = step
-
-    def readmit(self) -> list[str]:
-        """Move segments re-placed when their device left back onto it once every device of
-        their first placement answers again (a worker restarted), so the next generation runs
-        as planned. Called between generations: the KV cache is emptied when anything moves.
-        A device still gone is asked at most every `EngineConfig.readmit_interval_s`."""
-        if not self._displaced or time.monotonic() < self._next_readmit:
-            return []
-        self._next_readmit = time.monotonic() + self.config.readmit_interval_s
-        moved = []
-        for where, first in sorted(self._displaced.items()):
-            if not self._loader.backend(first.backend, first.option_dict).reachable():
-                continue
-            phase, index = where
-            placement, kinds = self.placements[phase]
-            segments = list(placement.segments)
-            segments[index] = first
-            self.placements[phase] = (Placement(tuple(segments)), kinds)
-            for chain in self._placed[phase][index].values():
-                for segment in chain:
-                    _unload_quietly(segment)
-            fallbacks = len(self.fallbacks)
-            self._placed[phase][index] = self._loader.place(where, reloading=True)
-            if len(self.fallbacks) > fallbacks:
-                continue  # it answered but could not load: still on this machine, asked again
-            del self._displaced[where]
-            self.fallbacks[:] = [
-                f
-                for f in self.fallbacks
-                if (f.start, f.end, f.backend) != (first.start, first.end, first.backend)
-            ]
-            moved.append(f"parts [{first.start}, {first.end}) back on {first.backend}")
-        if moved:
-            self._assemble()
-            self._settle_memory()
-            self.reset()
-            log.warning("readmitted: %s", "; ".join(moved))
-        return moved
-
     def _failed(self, segment: Segment, position: int, exc: Exception) -> BackendError:
         from devices.backend import describe_parts
 
@@ -647,10 +574,3 @@ class Engine:
 
 def _hidden_name(names: Sequence[str] | frozenset[str]) -> str:
     return next(name for name in names if name.startswith("hidden."))
-
-
-def _unload_quietly(segment: Segment) -> None:
-    try:
-        segment.backend.unload(segment.loaded)
-    except Exception as exc:  # a backend that already failed may fail to unload too
-        log.warning("unloading %s failed: %s", segment.backend.describe(), exc)
