@@ -315,6 +315,7 @@ def load(
     kv_slots: int = 0,
     exact: bool = False,
     prepacked_cache: PrepackedMode = "build",
+    kv_dtype: str | None = None,
 ) -> Model:
     """Load a model by registry name, GGUF path, Hugging Face folder or edge package.
 
@@ -361,6 +362,11 @@ def load(
     but builds none (always so under `memory_budget`: a build peaks higher), "off" packs on
     the heap at every load (`EngineConfig.prepacked_cache`).
 
+    `kv_dtype` ("float16" or "float32") is the KV cache's element type under
+    `memory_budget`: float16 by default there (half the memory, so twice the context a budget
+    holds), float32 for a resident run's arithmetic. Resident runs keep float32 (ONNX
+    Runtime's attention takes nothing else).
+
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP
     >>> m = edge.load("qwen2.5-coder-1.5b", memory_budget="600MB")  # doctest: +SKIP
     """
@@ -383,7 +389,10 @@ def load(
             max_context=max_context,
             threads=threads,
             prefill_chunk=min(prefill_chunk, 64),
+            **({"kv_dtype": kv_dtype} if kv_dtype is not None else {}),
         )
+    if kv_dtype is not None and isinstance(config, EngineConfig):  # a plan's, or resident
+        config = replace(config, kv_dtype=kv_dtype)
     if exact and isinstance(config, EngineConfig):  # a streamed run computes every step alike
         config = replace(config, uniform_steps=True)
     if isinstance(config, EngineConfig):  # the stricter of the caller's and the plan's

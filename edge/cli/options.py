@@ -71,6 +71,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="cap memory (e.g. 600MB, 1.5GiB, 25%%): parts that do not fit "
         "stream from disk while earlier blocks compute",
     )
+    parser.add_argument(
+        "--kv-dtype",
+        choices=("float16", "float32"),
+        default=None,
+        help="with --memory-budget: the KV cache's element type (default float16: half the "
+        "memory, twice the context a budget holds; float32: a resident run's arithmetic)",
+    )
     group = parser.add_argument_group("home cluster")
     group.add_argument(
         "--cluster",
@@ -255,6 +262,7 @@ def load_model(args: argparse.Namespace, model: str | None):
         plan=getattr(args, "plan", None),
         cluster=cluster_config(args),
         prepacked_cache=getattr(args, "prepacked_cache", "build"),
+        kv_dtype=getattr(args, "kv_dtype", None),
         **draft_kwargs(args),
     )
     if (getattr(args, "plan", None) or args.memory_budget or args.cluster) and not args.quiet:

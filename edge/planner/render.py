@@ -40,8 +40,8 @@ def describe(plan: Plan) -> str:
         lines.append(
             f"streaming: budget {format_size(s.budget)}; {len(s.pinned)} parts "
             f"pinned, {len(s.streamed)} streamed through a window of {s.window} x "
-            f"{format_size(s.unit_bytes)}; {rereads}; the engine needs at least "
-            f"{format_size(s.engine_minimum)}"
+            f"{format_size(s.unit_bytes)}; {rereads}; KV cache float16 (--kv-dtype); the "
+            f"engine needs at least {format_size(s.engine_minimum)}"
         )
         if s.read_bytes_per_token:
             lines.append(

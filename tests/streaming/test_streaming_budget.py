@@ -177,11 +177,10 @@ def test_a_budget_too_small_for_the_default_context_shortens_it(
 def test_a_streamed_kv_cache_is_float16_and_halves_the_floor(
     streaming_int4_package: Path, streaming
 ) -> None:
-    """A streamed run keeps keys and values as float16: its KV cache is half a float32 one,
-    the smallest budget it accepts is lower by exactly that half, and it decodes what the
-    float32 cache decodes here. ONNX Runtime's attention takes float32 only: asking it for a
-    float16 cache is refused by name."""
-    from edge.engine import Engine, EngineConfig
+    """A streamed run keeps keys and values as float16 unless told float32 (`edge.load(...,
+    kv_dtype=)`, `--kv-dtype`): its KV cache is half a float32 one, the smallest budget it
+    accepts is lower by exactly that half, and it decodes what the float32 cache decodes here.
+    ONNX Runtime's attention takes float32 only: a resident float16 cache is refused by name."""
     from memory_sched.sizing import kv_cache_bytes
 
     root = streaming_int4_package
@@ -192,19 +191,25 @@ def test_a_streamed_kv_cache_is_float16_and_halves_the_floor(
         dtype: streaming.minimum_budget(package, max_context=context, kv_dtype=dtype)
         for dtype in ("float32", "float16")
     }
+    package.close()
     assert floors["float32"] - floors["float16"] == halves
     with pytest.raises(ConfigError, match=r"kv_dtype='float16'.*ort_cpu"):
-        Engine(package, EngineConfig(kv_dtype="float16"), progress=False)
-    package.close()
+        edge.load(root, kv_dtype="float16", progress=False, verify="sizes")
     texts = {}
-    for dtype in ("float16", "float32"):
-        config = StreamConfig(streaming.EVERYTHING_PINNED, max_context=context, kv_dtype=dtype)
-        model = edge.Model(open_package(root, verify="sizes"), config, progress=False)
+    for dtype in (None, "float32"):
+        model = edge.load(
+            root,
+            memory_budget=streaming.EVERYTHING_PINNED,
+            max_context=context,
+            kv_dtype=dtype,
+            progress=False,
+            verify="sizes",
+        )
         try:
             cache = model.engine.cache
-            assert cache.keys[0].dtype == dtype
+            assert cache.keys[0].dtype == (dtype or "float16")
             assert cache.nbytes == kv_cache_bytes(spec, cache.max_context, cache.keys[0].itemsize)
             texts[dtype] = model.generate("The capital of France is", max_tokens=12, temperature=0)
         finally:
             model.engine.close()
-    assert texts["float16"] == texts["float32"]
+    assert texts[None] == texts["float32"]
