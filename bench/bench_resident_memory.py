@@ -80,6 +80,7 @@ LLAMA_CHILD = (
     STATUS
     + """
 import json, sys, time
+import numpy as np
 job = json.loads(sys.argv[1])
 started = time.perf_counter()
 from llama_cpp import Llama
@@ -87,8 +88,10 @@ llm = Llama(model_path=job["gguf"], n_ctx=job["ctx"], n_threads=2, n_batch=512, 
 load_s = time.perf_counter() - started
 ids = llm.tokenize(job["prompt"].encode(), add_bos=False)[:32]
 llm.eval(ids)
-for _ in range(job["tokens"]):
-    llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+for _ in range(job["tokens"]):  # the newest logits, in place (scores holds them only with
+    # logits_all): greedy tokens, as the edge runs decode
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    llm.eval([int(np.argmax(logits))])
 print(json.dumps({**status(), "load_s": load_s}))
 """
 )

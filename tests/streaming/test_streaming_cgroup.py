@@ -13,6 +13,7 @@ too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,11 @@ OVERHEAD = 0.10  # the cgroup's limit over the budget: allocator slack, stacks, 
 MAX_CONTEXT = 512
 TOKENS = 16
 REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("memory_cgroup", REPO / "bench/memory_cgroup.py")
+memory_cgroup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(memory_cgroup)  # a bench helper, not part of the package
+MemoryCgroup, NoCgroupError = memory_cgroup.MemoryCgroup, memory_cgroup.NoCgroupError
+confined, make_cgroup = memory_cgroup.confined, memory_cgroup.make_cgroup
 
 # Peak RSS from the kernel's per-image high-water mark (VmHWM): ru_maxrss survives fork+exec,
 # so a child of a big pytest process would report its parent's peak.
@@ -53,89 +59,12 @@ print("RESULT " + json.dumps({
 """
 
 
-class MemoryCgroup:
-    """A child memory cgroup (v1 `memory.limit_in_bytes`, or v2 `memory.max`)."""
-
-    def __init__(self, path: Path, v1: bool) -> None:
-        self.path, self.v1 = path, v1
-
-    @property
-    def procs(self) -> Path:
-        return self.path / "cgroup.procs"
-
-    def set_limit(self, nbytes: int) -> None:
-        name = "memory.limit_in_bytes" if self.v1 else "memory.max"
-        (self.path / name).write_text(str(nbytes))
-
-    def limit(self) -> int:
-        name = "memory.limit_in_bytes" if self.v1 else "memory.max"
-        return int((self.path / name).read_text())
-
-    def peak(self) -> int | None:
-        name = "memory.max_usage_in_bytes" if self.v1 else "memory.peak"
-        path = self.path / name
-        return int(path.read_text()) if path.exists() else None
-
-    def events(self) -> str:
-        """Limit hits and OOM kills, for the report."""
-        if self.v1:
-            oom = (self.path / "memory.oom_control").read_text().split()
-            return (
-                f"failcnt {(self.path / 'memory.failcnt').read_text().strip()}, "
-                f"oom_control {' '.join(oom)}"
-            )
-        return (self.path / "memory.events").read_text().replace("\n", ", ")
-
-    def remove(self) -> None:
-        for _ in range(50):  # the last process may take a moment to leave
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.path.rmdir()
-
-
-def _own_cgroup(v1: bool) -> Path | None:
-    """The cgroup this process is in, under the v1 memory hierarchy or the v2 one."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if v1 and "memory" in controllers.split(","):
-            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-        if not v1 and controllers == "":
-            return Path("/sys/fs/cgroup") / path.lstrip("/")
-    return None
-
-
-def _make_cgroup(name: str) -> MemoryCgroup:
-    """A writable child memory cgroup, or skip saying why there is none."""
-    reasons = []
-    for v1, limit_file in ((True, "memory.limit_in_bytes"), (False, "memory.max")):
-        parent = _own_cgroup(v1)
-        if parent is None or not parent.is_dir():
-            reasons.append(f"cgroup {'v1' if v1 else 'v2'}: no memory hierarchy for this process")
-            continue
-        child = parent / name
-        try:
-            child.mkdir()
-        except OSError as exc:
-            reasons.append(f"cgroup {'v1' if v1 else 'v2'}: cannot create {child}: {exc}")
-            continue
-        if (child / limit_file).exists():
-            return MemoryCgroup(child, v1)
-        child.rmdir()
-        reasons.append(
-            f"cgroup {'v1' if v1 else 'v2'}: {child} has no {limit_file} "
-            "(memory controller not enabled there)"
-        )
-    pytest.skip("no writable memory cgroup: " + "; ".join(reasons))
-
-
 @pytest.fixture
 def cgroup() -> Iterator[MemoryCgroup]:
-    group = _make_cgroup(f"edge-stream-test-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        group = make_cgroup(f"edge-stream-test-{os.getpid()}-{time.monotonic_ns()}")
+    except NoCgroupError as exc:
+        pytest.skip(str(exc))
     try:
         yield group
     finally:
@@ -184,19 +113,18 @@ def test_streaming_budget_holds_in_memory_cgroup(
     assert cgroup.limit() >= limit - 4096  # the kernel rounds down to a page
 
     # The shell joins the group before exec'ing python, so the whole run is charged to it.
-    command = [
-        "sh",
-        "-c",
-        'echo $$ > "$0" && exec "$@"',
-        str(cgroup.procs),
-        sys.executable,
-        "-c",
-        CHILD,
-        str(qwen_package),
-        str(budget),
-        str(MAX_CONTEXT),
-        str(TOKENS),
-    ]
+    command = confined(
+        cgroup,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(qwen_package),
+            str(budget),
+            str(MAX_CONTEXT),
+            str(TOKENS),
+        ],
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     peak = cgroup.peak()
