@@ -128,16 +128,21 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
     calibrated = source is not None and quant in ("int4", "int4-mixed")
     method = args.method or ("awq" if calibrated else "rtn")
     chunks = tuple(int(c) for c in args.static_chunks.split(",") if c.strip())
-    return ExportConfig(
-        quant=quant,
-        block_size=args.block_size,
-        symmetric=not args.asymmetric,
-        prefill_int8=args.prefill_int8,
-        accuracy_level=args.accuracy_level,
-        method=method,
-        static_chunks=chunks,
-        static_context=args.static_context,
-        static_activation_bits=args.activation_bits,
-        static_ops=args.static_ops or ("standard" if quant == "static-fp32" else "contrib"),
-        static_attention_bits=args.attention_bits,
-    )
+    try:
+        return ExportConfig(
+            quant=quant,
+            block_size=args.block_size,
+            symmetric=not args.asymmetric,
+            prefill_int8=args.prefill_int8,
+            accuracy_level=args.accuracy_level,
+            method=method,
+            static_chunks=chunks,
+            static_context=args.static_context,
+            static_activation_bits=args.activation_bits,
+            static_ops=args.static_ops or ("standard" if quant == "static-fp32" else "contrib"),
+            static_attention_bits=args.attention_bits,
+        )
+    except ValueError as exc:  # options that contradict each other: one line, no traceback
+        from edge.errors import ConfigError
+
+        raise ConfigError(f"these export options do not go together: {exc}") from None

@@ -48,3 +48,15 @@ def test_attention_bits_need_standard_static_int8_graphs() -> None:
         ExportConfig(quant="q-static-int8", static_attention_bits=16)
     with pytest.raises(ValueError, match="8 or 16"):
         ExportConfig(quant="q-static-int8", static_ops="standard", static_attention_bits=4)
+
+
+def test_contradicting_static_options_are_one_clear_error() -> None:
+    """Options `ExportConfig` refuses together reach the user as a ConfigError (one line from
+    the CLI), not a traceback."""
+    parser = argparse.ArgumentParser()
+    export_cli.configure_parser(parser)
+    args = parser.parse_args(
+        ["src", "-o", "out", "--quant", "static-fp32", "--static-ops", "contrib"]
+    )
+    with pytest.raises(ConfigError, match=r"do not go together: .*static_ops='contrib'"):
+        export_config(args)
