@@ -38,17 +38,6 @@ from edge.format import PartEntry
 STEPPED = 64  # tokens fed one at a time through the 1-token graphs
 
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """KL(reference || other) per position, in nats."""
-    p = log_softmax(reference)
-    return (np.exp(p) * (p - log_softmax(other))).sum(-1)
-
-
 class OpenVinoDrop16(OpenVinoBackend):
     """OpenVINO taking graphs with 16-bit Q/DQ, which `openvino` refuses because its CPU plugin
     drops those pairs: the mixed package's attention products then run in float there."""
@@ -62,7 +51,7 @@ class OpenVinoDrop16(OpenVinoBackend):
 
 def main() -> None:
     from edge.engine import Engine, EngineConfig
-    from edge.evaluate import default_corpus
+    from edge.evaluate import default_corpus, kl_per_position
     from edge.models.pull import pull
     from edge.package import open_package
     from edge.placement import Placement
@@ -162,7 +151,7 @@ def main() -> None:
                 (f"prompt ({seconds:.1f} s)", prompts, references),
                 ("1-token", steps, [r[:STEPPED] for r in references]),
             ):
-                per = kl(np.concatenate(ref), np.concatenate(logits))
+                per = kl_per_position(np.concatenate(ref), np.concatenate(logits))
                 agree = float(
                     np.mean(np.concatenate(ref).argmax(-1) == np.concatenate(logits).argmax(-1))
                 )

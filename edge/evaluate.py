@@ -64,6 +64,18 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logits[np.arange(len(targets)), targets] - lse
 
 
+def kl_per_position(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """KL(reference || other) of the next-token distributions at each position, in nats:
+    how far a quantized package's logits move from its float32 reference's (rows [..., V])."""
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p = log_softmax(reference)
+    return (np.exp(p) * (p - log_softmax(other))).sum(-1)
+
+
 def perplexity(
     engine: Engine,
     tokens: list[int],

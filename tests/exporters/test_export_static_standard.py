@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from edge.engine import Engine, EngineConfig
+from edge.evaluate import kl_per_position
 from edge.format import read_manifest
 from edge.package import open_package
 from edge.quant_record import quantization_info
@@ -69,13 +70,7 @@ def test_graphs_are_fixed_shape_standard_ops(
 
 def _kl(reference: np.ndarray, other: np.ndarray) -> float:
     """Mean KL(reference || other) over positions, in nats."""
-
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    p = log_softmax(reference)
-    return float((np.exp(p) * (p - log_softmax(other))).sum(-1).mean())
+    return float(kl_per_position(reference, other).mean())
 
 
 def test_padded_prompts_and_single_tokens_follow_fp32(

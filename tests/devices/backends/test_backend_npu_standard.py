@@ -16,6 +16,7 @@ import pytest
 
 from devices import registry
 from edge.engine import Engine, EngineConfig
+from edge.evaluate import kl_per_position
 from edge.package import Package, open_package
 from edge.placement import Placement
 
@@ -94,12 +95,8 @@ def test_coreml_takes_the_float_variants_blocks(
 
 
 def _kl(reference: np.ndarray, other: np.ndarray) -> float:
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    p = log_softmax(reference)
-    return float((np.exp(p) * (p - log_softmax(other))).sum(-1).mean())
+    """Mean KL(reference || other) over positions, in nats."""
+    return float(kl_per_position(reference, other).mean())
 
 
 def test_planner_puts_prompts_on_the_npu_and_the_engine_runs_them_apart(

@@ -21,6 +21,7 @@ from devices import registry
 from devices.backends.npu_ep import check_graph, op_problems, qdq_problems, shape_problems
 from devices.backends.onnx_graph import read_graph
 from edge.engine import Engine, EngineConfig
+from edge.evaluate import kl_per_position
 from edge.package import Package, open_package
 from edge.placement import Placement
 
@@ -86,21 +87,10 @@ def test_dynamic_fp32_graph_is_refused_with_the_reasons(smollm2_package: Path) -
     assert any("not through DequantizeLinear (not QDQ)" in p for p in problems)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _kl(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """KL(reference || other) per position, in nats."""
-    p = _log_softmax(reference)
-    return (np.exp(p) * (p - _log_softmax(other))).sum(-1)
-
-
 def _closeness(reference: np.ndarray, logits: np.ndarray) -> tuple[float, float, float]:
     """Mean and max KL(reference || logits) over positions, and how often the reference's
     greedy token is in the other's top 5."""
-    kl = _kl(reference, logits)
+    kl = kl_per_position(reference, logits)
     top5 = np.argsort(-logits, axis=-1)[:, :5]
     hits = np.mean([t in row for t, row in zip(reference.argmax(-1), top5)])
     return float(kl.mean()), float(kl.max()), float(hits)
