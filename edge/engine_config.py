@@ -70,20 +70,27 @@ class EngineConfig:
         if not self.readmit_interval_s >= 0:
             raise ConfigError(f"readmit_interval_s={self.readmit_interval_s}; must be >= 0")
         check_mode(self.prepacked_cache)
-        if self.kv_dtype not in KV_DTYPES:
-            raise ConfigError(f"kv_dtype={self.kv_dtype!r}; one of {list(KV_DTYPES)}")
-        if self.max_context is not None and self.max_context < 1:
-            raise ConfigError(f"max_context={self.max_context}; must be >= 1")
-        if self.prefill_chunk < 1:
-            raise ConfigError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads={self.threads}; must be >= 1")
+        check_run_settings(self.max_context, self.prefill_chunk, self.threads, self.kv_dtype)
         if self.parts_per_session is not None and self.parts_per_session < 1:
             raise ConfigError(f"parts_per_session={self.parts_per_session}; must be >= 1")
         for name in ("placement", "prefill_placement"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Placement):
                 raise ConfigError(f"{name}={value!r}; must be an edge.placement.Placement or None")
+
+
+def check_run_settings(
+    max_context: int | None, prefill_chunk: int, threads: int | None, kv_dtype: str
+) -> None:
+    """The settings a resident and a streamed run share (`EngineConfig`, `StreamConfig`)."""
+    if max_context is not None and max_context < 1:
+        raise ConfigError(f"max_context={max_context}; must be >= 1")
+    if prefill_chunk < 1:
+        raise ConfigError(f"prefill_chunk={prefill_chunk}; must be >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}; must be >= 1")
+    if kv_dtype not in KV_DTYPES:
+        raise ConfigError(f"kv_dtype={kv_dtype!r}; one of {list(KV_DTYPES)}")
 
 
 def default_context(spec: ModelSpec, available: int | None = None) -> int:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from edge.engine_config import check_run_settings
 from edge.errors import BudgetTooSmallError, ConfigError
 from edge.kv_cache import KV_DTYPES, STREAMED_KV_DTYPE
 from edge.placement import Placement
@@ -53,16 +54,9 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.budget, MemoryBudget):
             object.__setattr__(self, "budget", MemoryBudget.parse(self.budget))
-        if self.max_context is not None and self.max_context < 1:
-            raise ConfigError(f"max_context={self.max_context}; must be >= 1")
-        if self.prefill_chunk < 1:
-            raise ConfigError(f"prefill_chunk={self.prefill_chunk}; must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads={self.threads}; must be >= 1")
+        check_run_settings(self.max_context, self.prefill_chunk, self.threads, self.kv_dtype)
         if self.max_window is not None and self.max_window < 1:
             raise ConfigError(f"max_window={self.max_window}; must be >= 1 or None")
-        if self.kv_dtype not in KV_DTYPES:
-            raise ConfigError(f"kv_dtype={self.kv_dtype!r}; one of {list(KV_DTYPES)}")
         if self.kernel_activations not in ("auto", "int16", "fp32"):
             raise ConfigError(
                 f"kernel_activations={self.kernel_activations!r}; one of auto, int16, fp32"
