@@ -10,11 +10,12 @@ Part graphs are written with globally unique names, which makes this sound.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from edge.errors import PackageError
+from edge.onnx_wire import Field as _Field
 from edge.onnx_wire import len_field as _len_field
+from edge.onnx_wire import raw_fields as _fields
 from edge.onnx_wire import varint as _varint
 
 # protobuf field numbers from onnx.proto
@@ -24,38 +25,6 @@ GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER = 1, 2, 5
 GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 11, 12, 13
 VALUE_INFO_NAME = 1
 TENSOR_NAME = 8
-WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
-
-
-@dataclass(frozen=True)
-class _Field:
-    number: int
-    raw: bytes  # the whole field, tag included, ready to copy
-    payload: bytes  # the value of a length-delimited field
-
-
-def _fields(buf: bytes) -> Iterator[_Field]:
-    pos = 0
-    while pos < len(buf):
-        start = pos
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        payload = b""
-        if wire == WIRE_VARINT:
-            _, pos = _varint(buf, pos)
-        elif wire == WIRE_I64:
-            pos += 8
-        elif wire == WIRE_I32:
-            pos += 4
-        elif wire == WIRE_LEN:
-            length, pos = _varint(buf, pos)
-            payload = buf[pos : pos + length]
-            pos += length
-        else:
-            raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
-        if pos > len(buf):
-            raise PackageError("truncated ONNX graph")
-        yield _Field(number, buf[start:pos], payload)
 
 
 def _string_field(message: bytes, number: int) -> str:

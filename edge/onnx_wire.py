@@ -8,6 +8,7 @@ enough to walk for the few fields needed; numbers are onnx.proto's.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from edge.errors import PackageError
 
@@ -48,6 +49,38 @@ def fields(buf: bytes | memoryview) -> Iterator[tuple[int, int | bytes | memoryv
             pos += 8 if wire == WIRE_I64 else 4
         else:
             raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
+
+
+@dataclass(frozen=True)
+class Field:
+    number: int
+    raw: bytes  # the whole field, tag included, ready to copy
+    payload: bytes  # the value of a length-delimited field (b"" for the other wire types)
+
+
+def raw_fields(buf: bytes) -> Iterator[Field]:
+    """Every field of `buf` whole (numbers of every wire type kept), to copy or rewrite."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        tag, pos = varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        payload = b""
+        if wire == WIRE_VARINT:
+            _, pos = varint(buf, pos)
+        elif wire == WIRE_I64:
+            pos += 8
+        elif wire == WIRE_I32:
+            pos += 4
+        elif wire == WIRE_LEN:
+            length, pos = varint(buf, pos)
+            payload = buf[pos : pos + length]
+            pos += length
+        else:
+            raise PackageError(f"unsupported protobuf wire type {wire} in ONNX graph")
+        if pos > len(buf):
+            raise PackageError("truncated ONNX graph")
+        yield Field(number, buf[start:pos], payload)
 
 
 def text(value: int | bytes | memoryview) -> str:

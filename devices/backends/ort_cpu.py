@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +30,7 @@ from devices.backend import (
     part_graph_files,
 )
 from devices.backends.onnx_graph import read_graph
+from devices.backends.row_slices import split_wide_matmuls
 from edge.errors import ConfigError, PackageError
 from edge.format import MANIFEST_FILE, PartEntry, TensorEntry
 from edge.package_files import drop_pages
@@ -126,9 +127,13 @@ class OrtCpuBackend(Backend):
         used = set(read_graph(graph.model).initializers)  # a prefill graph's weights differ
         tensors = {t.name: t for p in graph.parts for t in p.tensors if t.name in used}
         if self.options.get("prepacked", "off") != "off" and self.provider == CPU and tensors:
-            session = self._mapped_session(graph, tensors)
+            # Matched to its stored packing one slice at a time, a wide matrix (the head) no
+            # longer raises the load's peak by its size three times over (row_slices.py).
+            model, sliced = split_wide_matmuls(graph.model, tensors)
+            mapped = replace(graph, model=model)
+            session = self._mapped_session(mapped, sliced)
             if session is not None:
-                return self._executable(graph, session, [])
+                return self._executable(mapped, session, [])
         options = self.session_options(graph)
         # The weights come from our own memory maps (the same path streaming will use).
         weights = [graph.package.tensor(t) for t in tensors.values()]

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from devices.backends.row_slices import SLICE_BYTES, slice_count
 from edge.format import ModelSpec
 from edge.planner.costs import (
     AUX_SUFFIXES,
@@ -55,6 +56,7 @@ from edge.planner.costs import (
     PREFILL_INT8,
     QDQ_INT8,
     ModelCosts,
+    PartCost,
 )
 from memory_sched.budget import DEFAULT_RUNTIME_OVERHEAD
 
@@ -101,6 +103,9 @@ class RuntimeMemory:
     # Weights mapped from a packing stored at an earlier load (see ORT_CPU_STORED): MatMulNBits
     # tensors cost `stored_weight_bytes`, the load transient is `stored_load_transient`.
     stored_packing: bool = False
+    # MatMulNBits weights larger than this load as row slices (devices/backends/row_slices.py):
+    # a load transient is then a slice's. None: loaded whole.
+    slice_bytes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allocated", MappingProxyType(dict(self.allocated)))
@@ -203,10 +208,11 @@ OPENVINO = RuntimeMemory(
 # the store in RSS after loading: Qwen2.5-Coder-1.5B int4 (blocks of 64) 1038 MiB for 1006
 # predicted, SmolLM2 int4 (blocks of 32, 8-bit head) 141 for 140, SmolLM2 float32 620 for 621,
 # SmolLM2 int4 symmetric with a 4-bit head 115 for 114. Loading peaks above that
-# (`stored_load_transient`): ONNX Runtime reads each original once to match it to its packed
-# copy, the largest matrix (the head) held in both forms at once: 1.5B 251 MiB for 265
-# predicted, the SmolLM2 int4 packages 57 for 64 and 42 for 37; a float head 1.2x (SmolLM2
-# float32: 126 MiB for its 108 MiB head).
+# (`stored_load_transient`): ONNX Runtime packs each matrix again while reading its original,
+# the largest one held in both forms at once (the SmolLM2 int4 packages 57 MiB for 64
+# predicted and 42 for 37); a float one 1.2x. Matrices over `slice_bytes` load in row slices
+# (devices/backends/row_slices.py), so the transient is a slice's: the 0.5B's 8-bit head moved
+# it from 330 MiB to 80, and a float head tied to a Gather no longer keeps the table resident.
 ORT_CPU_STORED = replace(
     ORT_CPU,
     name="ort_cpu (stored packing)",
@@ -215,6 +221,7 @@ ORT_CPU_STORED = replace(
     prepack_transient=0.0,
     release_maps=False,
     stored_packing=True,
+    slice_bytes=SLICE_BYTES,
 )
 STORED_FLOAT_TRANSIENT = 1.2  # x the largest float matrix
 # A first load that stores the packing peaks above one that packs on the heap by up to this
@@ -406,10 +413,13 @@ def resident_breakdown(
         parts = costs.parts[span.start : span.end]
         n_blocks = sum(p.kind == "block" for p in parts)
         span_mapped = 0
+        sliced = _sliced_float_matrices(parts, model.slice_bytes)
         for part in parts:
             for name, file, offset, cls, nbytes in part.tensors:
                 if model.stored_packing and cls in (NBITS4, NBITS8):
                     weights += stored_weight_bytes(name, nbytes)
+                elif cls == GATHER_F32 and name in sliced:
+                    pass  # the matrix reads its slices; the table is paged in by the rows used
                 else:
                     weights += int(model.allocated.get(cls, 1.0) * nbytes)
                 if model.allocated_at_load is not None:
@@ -430,7 +440,7 @@ def resident_breakdown(
         growth += decoded * (model.growth_per_token + model.growth_per_token_block * n_blocks)
         prepack = int(model.prepack_transient * _last_prepacked(costs, span))
         if model.stored_packing:
-            prepack = stored_load_transient(costs, span)
+            prepack = stored_load_transient(costs, span, model.slice_bytes)
         if model.release_maps:
             transient = max(transient, prepack + span_mapped)
         else:
@@ -467,6 +477,36 @@ def _last_prepacked(costs: ModelCosts, span: Span) -> int:
     return max(matrices, default=0)
 
 
+def _sliced_float_matrices(parts: Sequence[PartCost], slice_bytes: int | None) -> set[str]:
+    """Float matrices the runtime loads in row slices: a table they share with a Gather (a tied
+    embedding) is then no longer read whole at load."""
+    return {
+        name
+        for part in parts
+        for name, _, _, cls, nbytes in part.tensors
+        if cls == MATMUL_F32 and _slices(nbytes, slice_bytes) > 1
+    }
+
+
+def _nbits_stem(name: str) -> str:
+    """The matrix a MatMulNBits tensor (data `X.q4`, `X.scales`, `X.zero_points`) belongs to."""
+    stem = name.removesuffix(".scales").removesuffix(".zero_points")
+    return stem.rpartition(".")[0] if stem == name else stem  # drop ".qN"
+
+
+def _nbits_sizes(tensors: Iterable[tuple[str, str, int, str, int]]) -> dict[str, int]:
+    """Bytes on disk of each MatMulNBits matrix (data, scales and zero points together)."""
+    sizes: dict[str, int] = {}
+    for name, _, _, cls, nbytes in tensors:
+        if cls in (NBITS4, NBITS8):
+            sizes[_nbits_stem(name)] = sizes.get(_nbits_stem(name), 0) + nbytes
+    return sizes
+
+
+def _slices(nbytes: int, slice_bytes: int | None) -> int:
+    return 1 if slice_bytes is None or not nbytes else slice_count(nbytes, slice_bytes)
+
+
 def stored_weight_bytes(name: str, nbytes: int) -> int:
     """Bytes a MatMulNBits tensor of `nbytes` on disk takes in a stored packing: the data as
     is, the scales twice (beside them a sum per block), the zero points not at all."""
@@ -475,17 +515,20 @@ def stored_weight_bytes(name: str, nbytes: int) -> int:
     return 0 if name.endswith(".zero_points") else nbytes
 
 
-def stored_load_transient(costs: ModelCosts, span: Span) -> int:
-    """A mapped load's peak above its steady state: the largest MatMulNBits matrix in its
-    packed and its original form at once, or STORED_FLOAT_TRANSIENT x the largest float one."""
+def stored_load_transient(costs: ModelCosts, span: Span, slice_bytes: int | None) -> int:
+    """A mapped load's peak above its steady state: the largest MatMulNBits matrix (or row
+    slice of one) in its packed and its original form at once, or STORED_FLOAT_TRANSIENT x the
+    largest float one."""
     packed: dict[str, int] = {}
     largest = 0
     for part in costs.parts[span.start : span.end]:
+        sizes = _nbits_sizes(part.tensors)
         for name, _, _, cls, nbytes in part.tensors:
             if cls == MATMUL_F32:
-                largest = max(largest, int(STORED_FLOAT_TRANSIENT * nbytes))
+                one = nbytes // _slices(nbytes, slice_bytes)
+                largest = max(largest, int(STORED_FLOAT_TRANSIENT * one))
             elif cls in (NBITS4, NBITS8):
-                stem = name.removesuffix(".scales").removesuffix(".zero_points")
-                stem = stem.rpartition(".")[0] if stem == name else stem  # drop ".qN"
-                packed[stem] = packed.get(stem, 0) + nbytes + stored_weight_bytes(name, nbytes)
+                stem = _nbits_stem(name)
+                both = nbytes + stored_weight_bytes(name, nbytes)
+                packed[stem] = packed.get(stem, 0) + both // _slices(sizes[stem], slice_bytes)
     return max(largest, *packed.values(), 0)

@@ -310,10 +310,14 @@ def test_planner_predicts_the_stored_packing_loads(qwen15_shaped) -> None:
     scales = sum(n for name, n in nbits if name.endswith(".scales"))
     data = sum(n for name, n in nbits if not name.endswith((".scales", ".zero_points")))
     assert sum(memory.stored_weight_bytes(name, n) for name, n in nbits) == data + 2 * scales
-    head = memory.stored_load_transient(
-        costs, memory.Span(len(costs.parts) - 1, len(costs.parts), "ort_cpu")
+    last = memory.Span(len(costs.parts) - 1, len(costs.parts), "ort_cpu")
+    head = memory.stored_load_transient(costs, last, memory.SLICE_BYTES)
+    whole = memory.stored_load_transient(
+        costs, everything := memory.Span(0, last.end, "ort_cpu"), None
     )
-    assert head == memory.stored_load_transient(costs, memory.Span(0, len(costs.parts), "ort_cpu"))
+    assert head == memory.stored_load_transient(costs, everything, memory.SLICE_BYTES)
+    # the head loads in row slices: its transient is a slice's, no longer the whole matrix's
+    assert whole > 3 * head
     text = describe(plan)
     assert "every later load maps them" in text and "the first load packs and stores" in text
     found = describe(

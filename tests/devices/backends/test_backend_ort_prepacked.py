@@ -192,3 +192,21 @@ def test_no_store_is_built_where_it_would_crowd_the_disk(
     monkeypatch.setattr(ort_cpu, "DISK_KEPT_SHARE", 1.0)
     np.testing.assert_array_equal(_logits(tiny_int4, "build"), _logits(tiny_int4, "off"))
     assert not _stores(cache)
+
+
+def test_wide_matrices_load_in_row_slices_with_the_same_logits(
+    tiny_int4: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the slice limit below the tiny head's size, a load that stores or maps the packing
+    takes the head as row slices (devices/backends/row_slices.py): the logits of the whole
+    head, bit for bit. The heap path keeps it whole."""
+    import devices.backends.row_slices as row_slices
+
+    whole = _logits(tiny_int4, "off")
+    head = next(p for p in open_package(tiny_int4).manifest.parts if p.kind == "head")
+    monkeypatch.setattr(row_slices, "SLICE_BYTES", sum(t.nbytes for t in head.tensors) // 3)
+    np.testing.assert_array_equal(_logits(tiny_int4, "off"), whole)
+    np.testing.assert_array_equal(_logits(tiny_int4, "build"), whole)
+    (store,) = _stores(cache)
+    assert b".rows0_" in (store / "segment.onnx").read_bytes()
+    np.testing.assert_array_equal(_logits(tiny_int4, "build"), whole)  # mapped from the store
