@@ -61,9 +61,9 @@ class EngineConfig:
     # tree (`verify_tree`, edge/tree_attention.py); plain steps keep their arithmetic bit for
     # bit. ONNX Runtime's CPU backend only.
     tree_verify: bool = False
-    # The KV cache's element type: "float16" halves its memory where every part runs on a
-    # backend that computes attention itself (the streamed one; `StreamConfig` asks for it);
-    # ONNX Runtime's attention takes float32.
+    # The KV cache's element type: "float16" halves its memory and "int8" quarters it where
+    # every part runs on a backend that computes attention itself (the streamed one;
+    # `StreamConfig` asks for float16); ONNX Runtime's attention takes float32.
     kv_dtype: str = "float32"
 
     def __post_init__(self) -> None:

@@ -7,13 +7,67 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import ConfigError
 from edge.format import ModelSpec
 
-# Element types a KV cache may have, and their bytes.
-KV_DTYPES = {"float32": 4, "float16": 2}
+# Values per scale of an int8 cache: llama.cpp's q8_0 cache layout (blocks of 32 along the head
+# dimension, a float16 scale each).
+INT8_BLOCK = 32
+# Element types a KV cache may have, and their bytes (int8: its scales included).
+KV_DTYPES = {"float32": 4.0, "float16": 2.0, "int8": 1 + 2 / INT8_BLOCK}
 # A streamed run's (`StreamConfig`, the planner's streamed plans): under a memory budget the
 # cache is what a user gives up context for, and halving it costs keys and values one rounding.
 STREAMED_KV_DTYPE = "float16"
+
+
+class Int8Rows:
+    """One layer's keys or values as int8 [1, H_kv, T, D], a float16 scale per INT8_BLOCK
+    values along D (symmetric, absmax / 127): 1.0625 bytes an element, a quarter of float32.
+
+    Indexed over the first three axes as the float buffers are (`rows[0, :, a:b] = x` rounds
+    `x` in; `rows[0, :, :n]` reads float32 back), so the numpy attention takes either."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        if shape[-1] % INT8_BLOCK:
+            raise ConfigError(
+                f"an int8 KV cache needs a head size divisible by {INT8_BLOCK}, not {shape[-1]}"
+            )
+        self.data = np.zeros(shape, np.int8)
+        self.scales = np.zeros((*shape[:-1], shape[-1] // INT8_BLOCK), np.float16)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scales.nbytes
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        data, scales = self.data[_rows_only(index)], self.scales[_rows_only(index)]
+        blocks = data.reshape(*scales.shape, INT8_BLOCK).astype(np.float32)
+        return (blocks * scales[..., None].astype(np.float32)).reshape(data.shape)
+
+    def __setitem__(self, index: tuple, values: np.ndarray) -> None:
+        index = _rows_only(index)
+        shape = self.data[index].shape
+        blocks = np.asarray(values, np.float32).reshape(*shape[:-1], -1, INT8_BLOCK)
+        scales = (np.abs(blocks).max(axis=-1) / 127).astype(np.float16)
+        wide = scales.astype(np.float32)[..., None]
+        quantized = np.divide(blocks, wide, out=np.zeros_like(blocks), where=wide > 0)
+        self.data[index] = np.rint(quantized).clip(-127, 127).astype(np.int8).reshape(shape)
+        self.scales[index] = scales
+
+
+def _rows_only(index: tuple) -> tuple:
+    """`index` as long as it selects whole rows (nothing along the last axis)."""
+    if not isinstance(index, tuple) or len(index) > 3:
+        raise IndexError("an int8 KV cache is indexed over [batch, head, position] only")
+    return index
 
 
 @dataclass
@@ -28,7 +82,7 @@ class KVCache:
     simply lets later steps overwrite the stale tail.
     """
 
-    keys: list[np.ndarray]
+    keys: list[np.ndarray]  # or Int8Rows
     values: list[np.ndarray]
     max_context: int
     position: int = 0
@@ -38,11 +92,20 @@ class KVCache:
         if dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype {dtype!r}; one of {list(KV_DTYPES)}")
         shape = (1, spec.num_kv_heads, max_context, spec.head_dim)
+
+        def layer() -> np.ndarray:
+            return Int8Rows(shape) if dtype == "int8" else np.zeros(shape, dtype)  # type: ignore[return-value]
+
         return cls(
-            [np.zeros(shape, dtype) for _ in range(spec.num_layers)],
-            [np.zeros(shape, dtype) for _ in range(spec.num_layers)],
+            [layer() for _ in range(spec.num_layers)],
+            [layer() for _ in range(spec.num_layers)],
             max_context,
         )
+
+    @property
+    def element_bytes(self) -> float:
+        """Bytes a cached key or value element takes (int8: its scales included)."""
+        return self.keys[0].nbytes / self.keys[0].size
 
     @property
     def nbytes(self) -> int:

@@ -362,9 +362,10 @@ def load(
     but builds none (always so under `memory_budget`: a build peaks higher), "off" packs on
     the heap at every load (`EngineConfig.prepacked_cache`).
 
-    `kv_dtype` ("float16" or "float32") is the KV cache's element type under
+    `kv_dtype` ("float16", "int8" or "float32") is the KV cache's element type under
     `memory_budget`: float16 by default there (half the memory, so twice the context a budget
-    holds), float32 for a resident run's arithmetic. Resident runs keep float32 (ONNX
+    holds), int8 a quarter (llama.cpp's q8_0 cache: a float16 scale per 32 values), float32
+    for a resident run's arithmetic. Resident runs keep float32 (ONNX
     Runtime's attention takes nothing else).
 
     >>> m = edge.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b")  # doctest: +SKIP

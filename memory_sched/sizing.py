@@ -141,10 +141,10 @@ TOKENIZER_RSS_FACTOR = 5
 EMBEDDING_ROWS_ALLOWANCE = 8 << 20
 
 
-def kv_cache_bytes(spec: ModelSpec, max_context: int, itemsize: int = 4) -> int:
+def kv_cache_bytes(spec: ModelSpec, max_context: int, itemsize: float = 4) -> int:
     """Keys and values of every layer for `max_context` tokens, `itemsize` bytes each
-    (float32: 4, float16: 2)."""
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * itemsize
+    (float32: 4, float16: 2, int8 with its scales: 1.0625)."""
+    return int(2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * max_context * itemsize)
 
 
 # Rows of logits a streamed step returns at most: one for a prompt chunk or a decoded token,
@@ -177,7 +177,7 @@ def plan_budget_for(
     max_window: int | None = None,
     parts: Sequence[PartEntry] | None = None,
     elsewhere_bytes: int = 0,
-    kv_itemsize: int = 4,
+    kv_itemsize: float = 4,
 ) -> StreamPlan:
     """Pin the head and as many leading blocks as the budget holds beside a window of at least
     two streamed blocks (one computing, one being read); stream the rest. Where not even one
@@ -187,7 +187,8 @@ def plan_budget_for(
 
     `parts` (default: all) are the ones streamed from this plan, when other backends run the
     rest resident: their weights (`elsewhere_bytes`) count against the same budget.
-    `kv_itemsize`: bytes of a cached key or value element (4: float32, 2: float16).
+    `kv_itemsize`: bytes of a cached key or value element (4: float32, 2: float16, 1.0625:
+    int8 with its scales).
 
     Raises `BudgetTooSmallError` with the smallest budget that runs when even one streamed
     block does not fit beside the pinned parts, the KV cache and the activations.
@@ -261,7 +262,7 @@ def _head_slices(manifest: Manifest) -> int:
 
 
 def _with_context_hint(
-    exc: BudgetTooSmallError, spec: ModelSpec, max_context: int, itemsize: int
+    exc: BudgetTooSmallError, spec: ModelSpec, max_context: int, itemsize: float
 ) -> BudgetTooSmallError:
     """`exc`, plus the longest context (a multiple of 256) whose smaller KV cache would let
     the budget run, when there is one: the cache is often the part a user can give up."""

@@ -73,10 +73,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kv-dtype",
-        choices=("float16", "float32"),
+        choices=("float16", "float32", "int8"),
         default=None,
         help="with --memory-budget: the KV cache's element type (default float16: half the "
-        "memory, twice the context a budget holds; float32: a resident run's arithmetic)",
+        "memory, twice the context a budget holds; int8: a quarter, scales included, llama.cpp's "
+        "q8_0 cache; float32: a resident run's arithmetic)",
     )
     group = parser.add_argument_group("home cluster")
     group.add_argument(

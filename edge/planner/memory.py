@@ -315,13 +315,13 @@ def stream_runtime(quantized: bool, footprint: ImportFootprint | None) -> int:
 
 
 def kv_resident(
-    spec: ModelSpec, blocks: int, tokens: int, kv_heads: int | None = None, itemsize: int = 4
+    spec: ModelSpec, blocks: int, tokens: int, kv_heads: int | None = None, itemsize: float = 4
 ) -> int:
     """KV-cache bytes resident once `tokens` positions are written: the cache is np.zeros
     (untouched pages cost nothing), laid out [1, H_kv, max_context, D] per layer, so each
     head's rows are touched page by page. `kv_heads`: the heads cached where fewer than the
     model's (a tensor-parallel share caches only those its query heads read)."""
-    row = tokens * spec.head_dim * itemsize
+    row = int(tokens * spec.head_dim * itemsize)
     heads = spec.num_kv_heads if kv_heads is None else kv_heads
     return 2 * blocks * heads * (-(-row // PAGE) * PAGE)
 

@@ -110,8 +110,9 @@ class StreamedBackend(Backend):
     name: ClassVar[str] = NAME
     reads_graphs: ClassVar[bool] = False
     may_fall_back: ClassVar[bool] = False  # resident on the CPU would break the budget
-    # numpy's attention reads a float16 cache as float32 (its rows rounded once, as written)
-    kv_dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16")
+    # numpy's attention reads a float16 or int8 cache as float32 (its rows rounded once, as
+    # written)
+    kv_dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "int8")
     OPTIONS: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "budget": int,
         "threads": int,
@@ -156,7 +157,7 @@ class StreamedBackend(Backend):
             graph.parts,
             int(self.options["budget"]),
             max_context=resident.keys[0].shape[2],
-            kv_itemsize=resident.keys[0].dtype.itemsize,
+            kv_itemsize=resident.keys[0].nbytes / resident.keys[0].size,
             chunk=int(self.options.get("chunk", 64)),
             runtime_overhead=self.options.get("runtime_overhead"),  # type: ignore[arg-type]
             max_window=int(self.options.get("max_window", 4)),
@@ -327,7 +328,7 @@ def plan_segment(
     chunk: int,
     runtime_overhead: int | None = None,
     max_window: int | None = None,
-    kv_itemsize: int = 4,
+    kv_itemsize: float = 4,
 ) -> StreamPlan:
     """The window for streaming `parts` of `package` under `budget` bytes: the parts of other
     segments (resident on their backends) count against it too, as does a KV cache of

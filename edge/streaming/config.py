@@ -37,7 +37,8 @@ class StreamConfig:
     read with O_DIRECT (the page cache then holds none of the weights: the budget is real).
     The KV cache is float16 by default: half the memory, so twice the context a budget
     holds, for keys and values rounded once as they are written (llama.cpp's default too);
-    "float32" gives a resident run's arithmetic exactly."""
+    "int8" quarters it (llama.cpp's q8_0 cache: a float16 scale per 32 values); "float32"
+    gives a resident run's arithmetic exactly."""
 
     budget: MemoryBudget
     max_context: int | None = None

@@ -177,26 +177,29 @@ def test_a_budget_too_small_for_the_default_context_shortens_it(
 def test_a_streamed_kv_cache_is_float16_and_halves_the_floor(
     streaming_int4_package: Path, streaming
 ) -> None:
-    """A streamed run keeps keys and values as float16 unless told float32 (`edge.load(...,
-    kv_dtype=)`, `--kv-dtype`): its KV cache is half a float32 one, the smallest budget it
-    accepts is lower by exactly that half, and it decodes what the float32 cache decodes here.
-    ONNX Runtime's attention takes float32 only: a resident float16 cache is refused by name."""
+    """A streamed run keeps keys and values as float16 unless told float32 or int8 (`edge.load(
+    ..., kv_dtype=)`, `--kv-dtype`): its KV cache is half a float32 one (int8 with its scales:
+    17/64), the smallest budget it accepts is lower by exactly the difference, and it decodes
+    what the float32 cache decodes here. ONNX Runtime's attention takes float32 only: a
+    resident float16 cache is refused by name."""
+    from edge.kv_cache import KV_DTYPES
     from memory_sched.sizing import kv_cache_bytes
 
     root = streaming_int4_package
     package = open_package(root, verify="sizes")
     spec, context = package.spec, 1024
-    halves = kv_cache_bytes(spec, context, 4) - kv_cache_bytes(spec, context, 2)
     floors = {
         dtype: streaming.minimum_budget(package, max_context=context, kv_dtype=dtype)
-        for dtype in ("float32", "float16")
+        for dtype in KV_DTYPES
     }
     package.close()
-    assert floors["float32"] - floors["float16"] == halves
+    for dtype in ("float16", "int8"):
+        saved = kv_cache_bytes(spec, context, 4) - kv_cache_bytes(spec, context, KV_DTYPES[dtype])
+        assert floors["float32"] - floors[dtype] == saved
     with pytest.raises(ConfigError, match=r"kv_dtype='float16'.*ort_cpu"):
         edge.load(root, kv_dtype="float16", progress=False, verify="sizes")
     texts = {}
-    for dtype in (None, "float32"):
+    for dtype in (None, "float32", "int8"):
         model = edge.load(
             root,
             memory_budget=streaming.EVERYTHING_PINNED,
@@ -207,9 +210,9 @@ def test_a_streamed_kv_cache_is_float16_and_halves_the_floor(
         )
         try:
             cache = model.engine.cache
-            assert cache.keys[0].dtype == (dtype or "float16")
-            assert cache.nbytes == kv_cache_bytes(spec, cache.max_context, cache.keys[0].itemsize)
+            assert cache.element_bytes == KV_DTYPES[dtype or "float16"]
+            assert cache.nbytes == kv_cache_bytes(spec, cache.max_context, cache.element_bytes)
             texts[dtype] = model.generate("The capital of France is", max_tokens=12, temperature=0)
         finally:
             model.engine.close()
-    assert texts[None] == texts["float32"]
+    assert texts[None] == texts["float32"] == texts["int8"]
