@@ -121,8 +121,11 @@ def test_gguf_q4_0_repacks_losslessly(q4_0_package: Path, smollm2_q4_0_gguf: Pat
     np.testing.assert_array_equal(ours[:, :576].T, q)
 
 
+@pytest.mark.slow
 def test_q4_0_package_matches_transformers(q4_0_package: Path, smollm2_q4_0_gguf: Path) -> None:
-    """The repacked package computes what transformers computes on the same Q4_0 file."""
+    """The repacked package computes what transformers computes on the same Q4_0 file (slow:
+    transformers dequantizes the whole file; in CI the repack is checked bit for bit against
+    gguf's own dequantization, `test_gguf_q4_0_repacks_losslessly`)."""
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(

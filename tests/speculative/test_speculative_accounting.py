@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from edge.cli.run import speculation_line
 from edge.generate import (
@@ -190,11 +191,13 @@ CODE_PROMPT = (
 )
 
 
+@pytest.mark.slow
 def test_real_lookup_reports_what_the_clock_measures(
     smollm2_package: Path, load_tiny: Callable[..., Model]
 ) -> None:
     """SmolLM2-135M with lookup drafts on code that repeats itself, nothing simulated: it wins,
-    reports the speedup the clock measures, and gives plain greedy's output."""
+    reports the speedup the clock measures, and gives plain greedy's output (slow: in CI the
+    same accounting runs on drafts of a set speed: the winning and losing draft tests)."""
     plain = load_tiny(smollm2_package, max_context=256)
     model = load_tiny(smollm2_package, max_context=256, draft=LookupDraft())
     ids = model.tokenizer.encode(CODE_PROMPT)
