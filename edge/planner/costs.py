@@ -100,6 +100,9 @@ class PartCost:
     kv_bytes_per_token: int
     static_steps: tuple[int, ...]  # fixed step lengths of its NPU graphs; () if none
     has_prefill_graph: bool
+    # A head that computes every position's logits (standard-op static graphs), not only the
+    # positions asked for: a prompt step costs it a whole step's worth.
+    logits_every_position: bool = False
     class_bytes: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -158,7 +161,9 @@ def _block_flops(spec: ModelSpec) -> tuple[int, int]:
     return 2 * matmuls, 4 * spec.num_heads * d
 
 
-def part_cost(index: int, part: PartEntry, spec: ModelSpec) -> PartCost:
+def part_cost(
+    index: int, part: PartEntry, spec: ModelSpec, logits_every_position: bool = False
+) -> PartCost:
     nbits = {
         t.name.rpartition(".")[0]: cls
         for t in part.tensors
@@ -183,6 +188,7 @@ def part_cost(index: int, part: PartEntry, spec: ModelSpec) -> PartCost:
         kv,
         tuple(sorted(s for s, _ in part.static_graphs)),
         part.prefill_graph is not None,
+        logits_every_position and part.kind == "head",
     )
 
 
@@ -210,7 +216,10 @@ def model_costs(manifest: Manifest) -> ModelCosts:
     )
     return ModelCosts(
         spec,
-        tuple(part_cost(i, p, spec) for i, p in enumerate(manifest.parts)),
+        tuple(
+            part_cost(i, p, spec, static is not None and static.ops == "standard")
+            for i, p in enumerate(manifest.parts)
+        ),
         tokenizer_bytes(manifest),
         static.max_context if static else None,
         label,

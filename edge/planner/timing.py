@@ -96,13 +96,14 @@ def prefill_seconds(
     chunk: int,
     int8_prefill: bool,
 ) -> float:
-    """A prompt of `tokens` in steps of `chunk`. The head computes the last position only;
-    attention over the growing prompt is counted at its mean length."""
+    """A prompt of `tokens` in steps of `chunk`. The head computes the last position only
+    (unless its graph computes every position: standard-op static graphs); attention over the
+    growing prompt is counted at its mean length."""
     if part.kind == "embed":
         return 0.0
     rates = PREFILL_RATE.get(runtime, GENERIC_PREFILL_RATE)
     steps = -(-tokens // chunk)
-    if part.kind == "head":  # one position's logits per step
+    if part.kind == "head" and not part.logits_every_position:  # one position's logits a step
         return decode_seconds(part, profile, runtime, tokens) * steps
     weight_classes = [c for c in part.class_bytes if c in rates]
     if int8_prefill and part.has_prefill_graph and PREFILL_INT8 in rates:

@@ -158,3 +158,22 @@ def test_planner_puts_prompts_on_the_npu_and_the_engine_runs_them_apart(
     on_cpu.reset()
     ort_kl = _kl(reference, on_cpu.prefill(IDS, all_logits=True))
     assert _kl(reference, on_ov) <= 1.5 * ort_kl + 0.05, (_kl(reference, on_ov), ort_kl)
+
+
+def test_the_planner_prices_every_position_the_standard_head_computes(static: Package) -> None:
+    """The standard-op head computes every position's logits (a fixed logit count), so a
+    prompt costs it a step's worth of positions, not the last one's alone as a contrib head."""
+    from dataclasses import replace
+
+    from devices.profiles import profile_by_name
+    from edge.planner.costs import model_costs
+    from edge.planner.timing import prefill_seconds
+
+    head = model_costs(static.manifest).parts[-1]
+    assert head.kind == "head" and head.logits_every_position
+    npu = profile_by_name("snapdragon-8-gen-3-npu")
+    every = prefill_seconds(head, npu, "ort_qnn", 256, 16, False)
+    last = prefill_seconds(
+        replace(head, logits_every_position=False), npu, "ort_qnn", 256, 16, False
+    )
+    assert every > 4 * last
