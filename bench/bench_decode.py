@@ -268,9 +268,15 @@ class LlamaServer:
             except json.JSONDecodeError:
                 print(f"llama.cpp: {text.rstrip()}", file=sys.stderr)
 
-    def runner(self, index: int) -> Callable[[list[int], int], tuple[float, float, list[int]]]:
+    def runner(
+        self, index: int, lookup: int | None = None
+    ) -> Callable[[list[int], int], tuple[float, float, list[int]]]:
+        """Greedy runs of model `index`; with `lookup`, through llama-cpp-python's prompt-lookup
+        decoding of that many tokens a pass (0: the same path, no drafts)."""
+        command: dict = {"model": index} if lookup is None else {"model": index, "lookup": lookup}
+
         def run(ids: list[int], gen: int) -> tuple[float, float, list[int]]:
-            self.proc.stdin.write(json.dumps({"model": index, "ids": ids, "gen": gen}) + "\n")
+            self.proc.stdin.write(json.dumps({**command, "ids": ids, "gen": gen}) + "\n")
             self.proc.stdin.flush()
             reply = self._line()
             if "error" in reply:

@@ -23,6 +23,13 @@ model out (a target with no smaller sibling, SmolLM2):
 
     python bench/bench_speculative.py --target smollm2-135m --draft none --tree 8 16 32 \
         --baseline smollm2-135m
+
+`--llama-python VENV/bin/python --gguf TARGET.gguf` adds llama.cpp on the same file as the
+anchor (llama-cpp-python, warm in its own process, bench/llama_cpp_runner.py): decoding the
+same token ids plainly and with its prompt-lookup speculative decoding
+(`LlamaPromptLookupDecoding`, `--llama-lookup` tokens a pass, its own default 10), both
+through `Llama.generate` at temperature 0; its "= target greedy" column compares its lookup
+output with its own plain output.
 """
 
 from __future__ import annotations
@@ -115,12 +122,17 @@ def main() -> None:
     )
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--llama-python", default=None, help="python with llama-cpp-python")
+    parser.add_argument("--gguf", default=None, help="the target's GGUF, for llama.cpp")
+    parser.add_argument("--llama-lookup", type=int, default=10, metavar="K")
     parser.add_argument(
         "--eos",
         action="store_true",
         help="stop each answer at its end of sequence (default: run past it)",
     )
     args = parser.parse_args()
+    if bool(args.llama_python) != bool(args.gguf) or (args.llama_python and args.eos):
+        parser.error("--llama-python and --gguf go together, and without --eos")
 
     # One target engine for every configuration, as edge.load builds it: the target's idle
     # threads spin (plain decoding is ~2% faster so), the draft's do not.
@@ -191,6 +203,7 @@ def run_configs(
             EngineConfig(threads=args.threads, max_context=2048),
         )
     )
+    llama = _llama_runs(args)
     rows: dict[str, Row] = {kind: Row() for kind in SPECULATIVE_PROMPTS}
     for _ in range(args.runs):
         for kind, texts in SPECULATIVE_PROMPTS.items():
@@ -225,6 +238,14 @@ def run_configs(
                         )
                     )
                     print(f"  {kind:5} {name:24} {rate:6.2f} tok/s{detail}", file=sys.stderr)
+                own = None  # llama.cpp's plain output, its lookup run's reference
+                for name, run in llama.items():
+                    _, seconds, out = run(ids, args.tokens)
+                    own = own or out
+                    rows[kind].rates.setdefault(name, []).append((len(out) - 1) / seconds)
+                    rows[kind].agreement.setdefault(name, []).append(_agreement(out, own))
+                    rate = rows[kind].rates[name][-1]
+                    print(f"  {kind:5} {name:24} {rate:6.2f} tok/s", file=sys.stderr)
     against = f" (baseline: {args.baseline} alone)" if baseline else ""
     print(
         f"\n{args.target} (target) / {args.draft} (draft){against}, {args.threads} threads, "
@@ -259,6 +280,23 @@ def run_configs(
                 f"| {kind} | {name} | {rate:.2f} | {rate / base:.2f}x |{versus} {acc} | "
                 f"{per} | {same} |"
             )
+
+
+def _llama_runs(args: argparse.Namespace) -> dict:
+    """llama.cpp's runs on the target's GGUF, plain and with prompt lookup, warmed up once
+    each; {} without --llama-python."""
+    if not args.llama_python:
+        return {}
+    from bench_decode import LlamaServer
+
+    server = LlamaServer(args.llama_python, [args.gguf], args.threads, 2048)
+    runs = {
+        "llama.cpp alone": server.runner(0, lookup=0),
+        f"llama.cpp lookup {args.llama_lookup}": server.runner(0, lookup=args.llama_lookup),
+    }
+    for run in runs.values():
+        run([1, 2, 3, 4], 4)
+    return runs
 
 
 if __name__ == "__main__":

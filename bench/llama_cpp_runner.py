@@ -9,7 +9,12 @@ tokens/s and the greedy tokens (so the caller can check both engines saw the sam
 `--serve` keeps llama.cpp warm, as edge is in the caller's process: every GGUF is loaded once,
 then prints `{"ready": ..., "models": [...]}` and answers each JSON-line command on stdin,
 `{"model": i, "ids": [...], "gen": N}`, with one JSON line: prefill and decode seconds and the
-greedy tokens (bench/bench_decode.py drives it). Not a project module: llama-cpp-python is
+greedy tokens (bench/bench_decode.py drives it). `"lookup": K` decodes through
+llama-cpp-python's prompt-lookup speculative decoding instead (`LlamaPromptLookupDecoding`, K
+tokens drafted a pass, `Llama.generate` at temperature 0: greedy), on a second instance of
+the model loaded on first use with the `logits_all` that mode needs; `"lookup": 0` takes the
+same `generate` path without a draft, so the two differ by the drafts alone
+(bench/bench_speculative.py --llama-python drives them). Not a project module: llama-cpp-python is
 deliberately not an edge dependency.
 """
 
@@ -47,7 +52,7 @@ def greedy(llm: Llama, ids: list[int], gen: int) -> tuple[float, float, list[int
     return prefill, time.perf_counter() - start, tokens
 
 
-def load(path: str, threads: int, n_ctx: int) -> Llama:
+def load(path: str, threads: int, n_ctx: int, **extra: object) -> Llama:
     return Llama(
         path,
         n_threads=threads,
@@ -55,7 +60,33 @@ def load(path: str, threads: int, n_ctx: int) -> Llama:
         n_ctx=n_ctx,
         n_batch=512,
         verbose=False,
+        **extra,
     )
+
+
+def generated(llm: Llama, ids: list[int], gen: int) -> tuple[float, float, list[int]]:
+    """(prefill seconds, decode seconds, tokens) through `Llama.generate` at temperature 0:
+    `gen` tokens, drafts and all, timed after the first (as edge's `max_tokens`)."""
+    llm.reset()
+    start = time.perf_counter()
+    tokens: list[int] = []
+    prefill = first = 0.0
+    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        if not tokens:
+            first = time.perf_counter()
+            prefill = first - start
+        tokens.append(int(token))
+        if len(tokens) >= gen:
+            break
+    return prefill, time.perf_counter() - first, tokens
+
+
+def lookup_model(path: str, args: argparse.Namespace, k: int) -> Llama:
+    """The model with prompt-lookup drafts of `k` tokens (0: none, the same decoding path)."""
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    draft = LlamaPromptLookupDecoding(num_pred_tokens=k) if k else None
+    return load(path, args.threads, args.n_ctx, logits_all=True, draft_model=draft)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -67,16 +98,23 @@ def serve(args: argparse.Namespace) -> None:
         models.append(llm)
         info.append({"path": path, "n_vocab": llm.n_vocab(), "load_s": time.perf_counter() - start})
     print(json.dumps({"ready": True, "pid": os.getpid(), "models": info}), flush=True)
+    lookups: dict[tuple[int, int], Llama] = {}
     for line in sys.stdin:
         if not line.strip():
             continue
         command = json.loads(line)
         llm = models[command["model"]]
-        ids, gen = command["ids"], command["gen"]
-        if len(ids) + gen > llm.n_ctx():
+        ids, gen, lookup = command["ids"], command["gen"], command.get("lookup")
+        if len(ids) + gen + 16 > llm.n_ctx():
             reply = {"error": f"{len(ids)} + {gen} tokens exceed n_ctx={llm.n_ctx()}"}
-        else:
+        elif lookup is None:
             prefill, decode, tokens = greedy(llm, ids, gen)
+            reply = {"prefill_s": prefill, "decode_s": decode, "tokens": tokens}
+        else:
+            key = (command["model"], int(lookup))
+            if key not in lookups:
+                lookups[key] = lookup_model(args.model[key[0]], args, key[1])
+            prefill, decode, tokens = generated(lookups[key], ids, gen)
             reply = {"prefill_s": prefill, "decode_s": decode, "tokens": tokens}
         print(json.dumps(reply), flush=True)
 

@@ -39,7 +39,8 @@ MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 ATTR_NAME, ATTR_INT, ATTR_TYPE, ATTR_TYPE_INT = 1, 3, 20, 2
-TENSOR_DIMS, TENSOR_NAME, TENSOR_EXTERNAL, TENSOR_LOCATION = 1, 8, 13, 14
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_EXTERNAL, TENSOR_LOCATION = 1, 2, 8, 13, 14
+UINT8, EXTERNAL = 2, 1
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 NBITS_INPUTS = 4  # A, B, scales, zero points; g_idx and bias are not split
 
@@ -131,7 +132,7 @@ def _initializer(entry: TensorEntry, data_type: int) -> bytes:
     """A TensorProto naming `entry`'s bytes in its package file (ONNX Runtime is handed the
     arrays themselves; the declaration gives their name, type and shape)."""
     out = [encode_varint(TENSOR_DIMS << 3) + encode_varint(d) for d in entry.shape]
-    out.append(encode_varint(2 << 3) + encode_varint(data_type))  # data_type
+    out.append(encode_varint(TENSOR_DATA_TYPE << 3) + encode_varint(data_type))
     out.append(len_field(TENSOR_NAME, entry.name.encode()))
     for key, value in (
         ("location", entry.file),
@@ -140,7 +141,7 @@ def _initializer(entry: TensorEntry, data_type: int) -> bytes:
     ):
         entry_bytes = len_field(ENTRY_KEY, key.encode()) + len_field(ENTRY_VALUE, value.encode())
         out.append(len_field(TENSOR_EXTERNAL, entry_bytes))
-    out.append(encode_varint(TENSOR_LOCATION << 3) + encode_varint(1))  # EXTERNAL
+    out.append(encode_varint(TENSOR_LOCATION << 3) + encode_varint(EXTERNAL))
     return b"".join(out)
 
 
@@ -165,7 +166,7 @@ def _data_types(graph: bytes | memoryview) -> dict[str, int]:
         if number == GRAPH_INITIALIZER:
             tensor = dict(fields(value))
             if TENSOR_NAME in tensor:
-                types[text(tensor[TENSOR_NAME])] = int(tensor.get(2, 0))
+                types[text(tensor[TENSOR_NAME])] = int(tensor.get(TENSOR_DATA_TYPE, 0))
     return types
 
 
@@ -221,7 +222,7 @@ def split_wide_matmuls(
                 for part, source in zip(parts, node.inputs[1:], strict=True):
                     out_tensors[part.name] = part
                     initializers.append(
-                        len_field(GRAPH_INITIALIZER, _initializer(part, types.get(source, 2)))
+                        len_field(GRAPH_INITIALIZER, _initializer(part, types.get(source, UINT8)))
                     )
             nodes.append(len_field(GRAPH_NODE, _concat_node(outputs, node.outputs[0])))
         elif field.number == GRAPH_INITIALIZER:
