@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge.errors import ConfigError, PackageError
-from edge.graph_merge import _fields
 from edge.kv_cache import KVCache
 from edge.onnx_wire import encode_varint as _varint
 from edge.onnx_wire import len_field as _len_field
+from edge.onnx_wire import raw_fields as _fields
 from edge.onnx_wire import varint
 
 POSITION_IDS = "tree.position_ids"  # int64 [1, S]: each step token's rotary position

@@ -173,11 +173,11 @@ def _data_types(graph: bytes | memoryview) -> dict[str, int]:
 def split_wide_matmuls(
     model: bytes, tensors: dict[str, TensorEntry], limit: int | None = None
 ) -> tuple[bytes, dict[str, TensorEntry]]:
-    """`model` with every `MatMulNBits` node whose weights (in `tensors`, by name) exceed
-    `limit` bytes (None: `SLICE_BYTES`) split by output rows, and the tensors the new model
-    reads. A node this cannot split (weights not all in `tensors`, not stored by row, a g_idx
-    or bias input) is left as it is; so is a model with none to split (the same bytes come
-    back)."""
+    """`model` with every `MatMulNBits` node and transposed float `Gemm` whose weights (in
+    `tensors`, by name) exceed `limit` bytes (None: `SLICE_BYTES`) split by output rows, and
+    the tensors the new model reads. A node this cannot split (weights not all in `tensors`,
+    not stored by row, a g_idx or bias input) is left as it is; so is a model with none to
+    split (the same bytes come back)."""
     limit = SLICE_BYTES if limit is None else limit
     header, graph = [], None
     for field in raw_fields(model):

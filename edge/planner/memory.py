@@ -103,8 +103,8 @@ class RuntimeMemory:
     # Weights mapped from a packing stored at an earlier load (see ORT_CPU_STORED): MatMulNBits
     # tensors cost `stored_weight_bytes`, the load transient is `stored_load_transient`.
     stored_packing: bool = False
-    # MatMulNBits weights larger than this load as row slices (devices/backends/row_slices.py):
-    # a load transient is then a slice's. None: loaded whole.
+    # Matrices (MatMulNBits, transposed float Gemm) larger than this load as row slices
+    # (devices/backends/row_slices.py): a load transient is then a slice's. None: whole.
     slice_bytes: int | None = None
 
     def __post_init__(self) -> None:
