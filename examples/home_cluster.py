@@ -7,16 +7,17 @@ On each worker (a Raspberry Pi, an old desktop), once:
                                                              # home` shows here
     edge cluster serve MODEL-PKG --receive                   # receives the package if missing
 
-On this machine:
+On this machine (MODEL: a registered name, GGUF file, Hugging Face folder or edge package,
+exported here first where needed; default SmolLM2-135M-Instruct):
 
     edge cluster init home && edge cluster pair home
-    python examples/home_cluster.py MODEL-PKG [--peer pi.local:5710 ...] [--split tensor]
+    python examples/home_cluster.py [MODEL] [--peer pi.local:5710 ...] [--split tensor]
 
 Without a home at hand:
 
-    python examples/home_cluster.py MODEL-PKG --local     # two workers on this machine
-    python examples/home_cluster.py MODEL-PKG --dry-run   # what the coordinator would choose
-                                                          # for two Raspberry Pi 5 workers
+    python examples/home_cluster.py [MODEL] --local     # two workers on this machine
+    python examples/home_cluster.py [MODEL] --dry-run   # what the coordinator would choose
+                                                        # for two Raspberry Pi 5 workers
 
 The coordinator measures each worker's round trip and reads its measured memory bandwidth,
 predicts the time per token of one device, a pipeline (its stages on workers hand their
@@ -94,12 +95,20 @@ def local_workers(package: Path, count: int, root: Path) -> tuple[list[str], lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("package", type=Path, help="an edge package (the same on every worker)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="name, GGUF, folder or package (the package is the same on every worker)",
+    )
     parser.add_argument("--peer", action="append", default=[], help="HOST:PORT of a worker")
     parser.add_argument("--split", choices=["auto", "pipeline", "tensor"], default="auto")
     parser.add_argument("--local", action="store_true", help="two workers on this machine")
     parser.add_argument("--dry-run", action="store_true", help="predict only, contact nobody")
     args = parser.parse_args()
+    from edge.resolve import resolve_package
+
+    args.package = resolve_package(args.model)  # exported once, then cached
     if args.dry_run:
         dry_run(args.package)
         return
