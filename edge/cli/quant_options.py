@@ -46,6 +46,13 @@ def add_quant_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "weight memory",
     )
     parser.add_argument(
+        "--requantize-head",
+        action="store_true",
+        help="quantize the head to the scheme's bits even where the source ships it more "
+        "precisely (a Q8_0 head is kept 8-bit by default); Qwen2.5-Coder-0.5B int4: 1.26x "
+        "faster decoding, +1.2%% perplexity",
+    )
+    parser.add_argument(
         "--method",
         choices=("rtn", "awq"),
         default=None,
@@ -121,7 +128,7 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
         from exporters.defaults import default_export_config
 
         config = default_export_config(source) if source else ExportConfig()
-        return replace(config, prefill_int8=args.prefill_int8)
+        return replace(config, prefill_int8=args.prefill_int8, requantize_head=args.requantize_head)
     quant = None if args.quant == "none" else args.quant
     # An int4 export calibrates by default (AWQ: +12% perplexity on SmolLM2 against +25% for
     # plain rounding); re-quantizing a package (`edge quantize`) rounds unless asked.
@@ -141,6 +148,7 @@ def export_config(args: argparse.Namespace, source: str | None = None):  # -> Ex
             static_activation_bits=args.activation_bits,
             static_ops=args.static_ops or ("standard" if quant == "static-fp32" else "contrib"),
             static_attention_bits=args.attention_bits,
+            requantize_head=args.requantize_head,
         )
     except ValueError as exc:  # options that contradict each other: one line, no traceback
         from edge.errors import ConfigError

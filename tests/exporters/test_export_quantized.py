@@ -260,3 +260,24 @@ def test_w8a8_stores_int8_rows_and_refuses_what_does_not_apply(
             t.name.endswith(".int8_rows") and t.dtype == "int8" for t in matrices
         )
     assert not any(p.prefill_graph for p in manifest.blocks)
+
+
+def test_a_finer_head_is_kept_unless_requantized(smollm2_package: Path, tmp_path: Path) -> None:
+    """A Q8_0 head beside 4-bit blocks stays 8-bit in an int4 export (never degrade what the
+    source shipped); `requantize_head` (`--requantize-head`) quantizes it to the scheme, and
+    the package runs."""
+    from tests.tiny_gguf import write_tiny_gguf
+
+    gguf_file = write_tiny_gguf(
+        smollm2_package / "tokenizer.json", tmp_path / "tiny.gguf", {"output.weight": "Q8_0"}
+    )
+    heads = {}
+    for requantize in (False, True):
+        config = ExportConfig(quant="int4", requantize_head=requantize)
+        out = export(gguf_file, tmp_path / f"pkg-{requantize}", config, progress=False)
+        heads[requantize] = open_package(out).manifest.quantization["tensors"]["output.weight"]
+        model = edge.load(out, progress=False)
+        assert np.isfinite(model.engine.prefill([5, 80, 17], all_logits=True)).all()
+        model.engine.close()
+    assert heads[False]["bits"] == 8 and "losslessly" in heads[False]["from"]
+    assert heads[True]["bits"] == 4 and heads[True]["from"] == "quantized from Q8_0"
