@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from edge.errors import PackageError
 from edge.onnx_wire import Field as _Field
 from edge.onnx_wire import len_field as _len_field
+from edge.onnx_wire import model_graph as _graph_of
 from edge.onnx_wire import raw_fields as _fields
 from edge.onnx_wire import varint as _varint
 
@@ -35,18 +36,6 @@ def _string_field(message: bytes, number: int) -> str:
             except UnicodeDecodeError as exc:
                 raise PackageError("corrupted ONNX graph: a tensor name is not UTF-8") from exc
     return ""
-
-
-def _graph_of(model: bytes) -> tuple[list[_Field], bytes]:
-    header, graph = [], None
-    for field in _fields(model):
-        if field.number == MODEL_GRAPH:
-            graph = field.payload
-        else:
-            header.append(field)
-    if graph is None:
-        raise PackageError("ONNX model has no graph")
-    return header, graph
 
 
 def _merged_opsets(models: Sequence[bytes]) -> list[_Field]:

@@ -83,6 +83,22 @@ def raw_fields(buf: bytes) -> Iterator[Field]:
         yield Field(number, buf[start:pos], payload)
 
 
+MODEL_GRAPH = 7  # ModelProto.graph
+
+
+def model_graph(model: bytes) -> tuple[list[Field], bytes]:
+    """A ModelProto's fields but its graph (to copy back), and its graph's bytes."""
+    header, graph = [], None
+    for field in raw_fields(model):
+        if field.number == MODEL_GRAPH:
+            graph = field.payload
+        else:
+            header.append(field)
+    if graph is None:
+        raise PackageError("ONNX model has no graph")
+    return header, graph
+
+
 def text(value: int | bytes | memoryview) -> str:
     assert isinstance(value, bytes | memoryview)
     return bytes(value).decode("utf-8", "replace")

@@ -25,8 +25,8 @@ from edge.errors import ConfigError, PackageError
 from edge.kv_cache import KVCache
 from edge.onnx_wire import encode_varint as _varint
 from edge.onnx_wire import len_field as _len_field
+from edge.onnx_wire import model_graph, varint
 from edge.onnx_wire import raw_fields as _fields
-from edge.onnx_wire import varint
 
 POSITION_IDS = "tree.position_ids"  # int64 [1, S]: each step token's rotary position
 ATTENTION_BIAS = "tree.attention_bias"  # float32 [1, 1, S, total]: -inf where a token must not look
@@ -44,14 +44,11 @@ def add_tree_inputs(model: bytes, label: str) -> bytes:
 
     Refused (PackageError naming `label`) where positions cannot reach the rotation: no such
     node, rotation computed outside it (Gemma 3's sliding layers), or a sliding window."""
-    header, graph = [], None
-    for field in _fields(model):
-        if field.number == MODEL_GRAPH:
-            graph = field.payload
-        else:
-            header.append(field.raw)
-    if graph is None:
-        raise PackageError(f"{label}: ONNX model has no graph")
+    try:
+        fields, graph = model_graph(model)
+    except PackageError as exc:
+        raise PackageError(f"{label}: {exc}") from None
+    header = [f.raw for f in fields]
     out, rewritten = [], 0
     for field in _fields(graph):
         if field.number == GRAPH_NODE and _is_attention(field.payload):

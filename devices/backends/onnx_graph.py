@@ -120,7 +120,8 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _node(buf: bytes) -> Node:
+def parse_node(buf: bytes) -> Node:
+    """A NodeProto's op, domain, name, inputs, outputs and integer attributes."""
     inputs, outputs, ints = [], [], {}
     op_type = domain = name = ""
     for number, value in _fields(buf):
@@ -201,7 +202,7 @@ def read_graph(model: bytes) -> GraphInfo:
         if not isinstance(value, bytes):
             continue
         if number == GRAPH_NODE:
-            nodes.append(_node(value))
+            nodes.append(parse_node(value))
         elif number == GRAPH_INPUT:
             inputs.append(_value_info(value))
         elif number == GRAPH_OUTPUT:

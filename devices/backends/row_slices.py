@@ -23,11 +23,20 @@ segment has loaded, gains nothing from slices and does not take them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import pairwise
 
+from devices.backends.onnx_graph import Node, parse_node
 from edge.format import TensorEntry
-from edge.onnx_wire import encode_varint, fields, len_field, raw_fields, text
+from edge.onnx_wire import (
+    MODEL_GRAPH,
+    encode_varint,
+    fields,
+    len_field,
+    model_graph,
+    raw_fields,
+    text,
+)
 
 SLICE_BYTES = 32 << 20  # the largest matrix a load packs at once
 # Slices start on this row grid: ONNX Runtime's kernels compute rows in tiles, and a row's sums
@@ -35,7 +44,6 @@ SLICE_BYTES = 32 << 20  # the largest matrix a load packs at once
 # arbitrary rows moved logits by up to 1e-6).
 ROW_ALIGN = 64
 
-MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER = 1, 5
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 ATTR_NAME, ATTR_INT, ATTR_TYPE, ATTR_TYPE_INT = 1, 3, 20, 2
@@ -59,37 +67,6 @@ def row_ranges(rows: int, nbytes: int, limit: int = SLICE_BYTES) -> list[tuple[i
     return list(pairwise(bounds))
 
 
-@dataclass(frozen=True)
-class _Node:
-    raw: bytes
-    inputs: list[str]
-    outputs: list[str]
-    name: str
-    op_type: str
-    domain: str
-    ints: dict[str, int]  # its integer attributes
-
-
-def _node(payload: bytes | memoryview) -> _Node:
-    inputs, outputs, name, op_type, domain, ints = [], [], "", "", "", {}
-    for number, value in fields(payload):
-        if number == NODE_INPUT:
-            inputs.append(text(value))
-        elif number == NODE_OUTPUT:
-            outputs.append(text(value))
-        elif number == NODE_NAME:
-            name = text(value)
-        elif number == NODE_OP_TYPE:
-            op_type = text(value)
-        elif number == NODE_DOMAIN:
-            domain = text(value)
-        elif number == NODE_ATTRIBUTE:
-            attribute = dict(fields(value))
-            if ATTR_NAME in attribute and ATTR_INT in attribute:
-                ints[text(attribute[ATTR_NAME])] = int(attribute[ATTR_INT])
-    return _Node(bytes(payload), inputs, outputs, name, op_type, domain, ints)
-
-
 def _int_attribute(name: str, value: int) -> bytes:
     encoded = encode_varint(value % (1 << 64))  # two's complement, as protobuf's int64
     return (
@@ -101,13 +78,13 @@ def _int_attribute(name: str, value: int) -> bytes:
     )
 
 
-def _slice_node(node: _Node, inputs: list[str], output: str, rows: int, j: int) -> bytes:
-    """`node` reading `inputs` into `output`, with N = `rows`; its other attributes as they
-    were."""
+def _slice_node(node: Node, raw: bytes, inputs: list[str], output: str, rows: int, j: int) -> bytes:
+    """`node` (`raw`: its bytes) reading `inputs` into `output`, with N = `rows`; its other
+    attributes as they were."""
     out = [len_field(NODE_INPUT, name.encode()) for name in inputs]
     out.append(len_field(NODE_OUTPUT, output.encode()))
     out.append(len_field(NODE_NAME, f"{node.name or output}.rows{j}".encode()))
-    for number, value in fields(node.raw):
+    for number, value in fields(raw):
         if number in (NODE_INPUT, NODE_OUTPUT, NODE_NAME):
             continue
         if number == NODE_ATTRIBUTE and text(dict(fields(value)).get(ATTR_NAME, b"")) == "N":
@@ -179,21 +156,14 @@ def split_wide_matmuls(
     not stored by row, a g_idx or bias input) is left as it is; so is a model with none to
     split (the same bytes come back)."""
     limit = SLICE_BYTES if limit is None else limit
-    header, graph = [], None
-    for field in raw_fields(model):
-        if field.number == MODEL_GRAPH:
-            graph = field.payload
-        else:
-            header.append(field.raw)
-    if graph is None:
-        return model, tensors
+    header, graph = model_graph(model)
     plans: dict[str, list[tuple[int, int, list[TensorEntry]]]] = {}
     split: set[str] = set()  # the tensors read by the nodes split
     kept: set[str] = set()  # those read by the nodes left whole
     for number, value in fields(graph):
         if number != GRAPH_NODE:
             continue
-        node = _node(value)
+        node = parse_node(bytes(value))
         plan = _plan(node, tensors, limit)
         if plan:
             plans[node.outputs[0]] = plan
@@ -208,7 +178,7 @@ def split_wide_matmuls(
     nodes, initializers = [], []
     for field in raw_fields(graph):
         if field.number == GRAPH_NODE:
-            node = _node(field.payload)
+            node = parse_node(field.payload)
             plan = plans.get(node.outputs[0]) if node.outputs else None
             if not plan:
                 nodes.append(field.raw)
@@ -218,7 +188,9 @@ def split_wide_matmuls(
                 output = f"{node.outputs[0]}.rows{j}"
                 outputs.append(output)
                 names = [node.inputs[0], *(p.name for p in parts)]
-                nodes.append(len_field(GRAPH_NODE, _slice_node(node, names, output, b - a, j)))
+                nodes.append(
+                    len_field(GRAPH_NODE, _slice_node(node, field.payload, names, output, b - a, j))
+                )
                 for part, source in zip(parts, node.inputs[1:], strict=True):
                     out_tensors[part.name] = part
                     initializers.append(
@@ -231,11 +203,11 @@ def split_wide_matmuls(
         else:
             nodes.append(field.raw)
     body = b"".join(nodes + initializers)
-    return b"".join(header) + len_field(MODEL_GRAPH, body), out_tensors
+    return b"".join(f.raw for f in header) + len_field(MODEL_GRAPH, body), out_tensors
 
 
 def _plan(
-    node: _Node, tensors: dict[str, TensorEntry], limit: int
+    node: Node, tensors: dict[str, TensorEntry], limit: int
 ) -> list[tuple[int, int, list[TensorEntry]]] | None:
     """Each slice's rows and tensors for `node`, or None where it stays whole."""
     weights = [name for name in node.inputs[1:] if name]
@@ -257,7 +229,7 @@ def _plan(
     return plan
 
 
-def _output_rows(node: _Node, weights: list[TensorEntry]) -> int:
+def _output_rows(node: Node, weights: list[TensorEntry]) -> int:
     """Output rows of a node this splits: `MatMulNBits` (weights, scales, zero points; no
     g_idx or bias) or a float `Gemm` whose weight is stored by output row (transB, no bias).
     0 for any other."""
