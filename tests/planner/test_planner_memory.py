@@ -166,6 +166,7 @@ def measured(
 
     build = start(STORED, verify="full")
     assert build.wait(timeout=300) == 0, build.communicate()[1][-3000:]
+    no_room = _no_room_for_a_store(Path(stored_env["EDGE_CACHE_DIR"]), plans[STORED][0])
     procs = {name: start(name, "full" if name == STORED else "sizes") for name in plans}
     out = {}
     for name, proc in procs.items():
@@ -173,8 +174,32 @@ def measured(
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{stderr[-3000:]}"
         line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
         out[name] = (plans[name][1], json.loads(line[len("RESULT ") :]))
-    out[STORED][1].update(cache=stored_env["EDGE_CACHE_DIR"], package=str(plans[STORED][0]))
+    out[STORED][1].update(
+        cache=stored_env["EDGE_CACHE_DIR"], package=str(plans[STORED][0]), no_room=no_room
+    )
     return out
+
+
+def _no_room_for_a_store(cache: Path, package: Path) -> str:
+    """Why the engine would refuse to build a store here for lack of disk (it keeps 5% of the
+    disk free, devices/backends/ort_cpu.py), or "" where the disk has the room."""
+    import shutil
+
+    from devices.backends.ort_cpu import DISK_KEPT_FREE, DISK_KEPT_SHARE, STORE_DISK_FACTOR
+
+    weights = sum(f.stat().st_size for f in package.glob("*.bin"))
+    disk = shutil.disk_usage(cache)
+    kept = max(DISK_KEPT_FREE, int(DISK_KEPT_SHARE * disk.total))
+    if int(STORE_DISK_FACTOR * weights) + kept <= disk.free:
+        return ""
+    return f"this disk has {disk.free >> 20} MiB free; a store is built only leaving {kept >> 20}"
+
+
+def _skip_without_a_store(result: dict) -> None:
+    """The stored case needs a store the build process could make: on a nearly full disk the
+    engine rightly packs on the heap instead (its own tests cover that refusal)."""
+    if result.get("no_room"):
+        pytest.skip(result["no_room"])
 
 
 def test_planner_memory_shapes_differ(measured: dict[str, tuple[Plan, dict]]) -> None:
@@ -215,6 +240,8 @@ def test_planner_memory_prediction_within_10_percent(name: str, measured: dict) 
     if name not in measured:
         pytest.skip("OpenVINO is not installed")
     plan, result = measured[name]
+    if name == STORED:
+        _skip_without_a_store(result)
     peak = result["vm_hwm"]
     predicted = plan.stored_packing.mapped_peak_bytes if name == STORED else plan.peak_bytes
     error = (predicted - peak) / peak
@@ -238,6 +265,7 @@ def test_a_stored_packing_is_found_and_mapped_below_the_heap_peak(
     from devices.backends.ort_prepacked import stored_for
 
     plan, result = measured[STORED]
+    _skip_without_a_store(result)
     path = Path(result["package"])
     monkeypatch.setenv("EDGE_CACHE_DIR", result["cache"])
     assert stored_for(path)
